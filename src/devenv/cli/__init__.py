@@ -1,0 +1,1 @@
+"""The command line: parsing, output, wiring. No logic beyond that; never touches a process."""

@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from rich.markup import escape
+
+from devenv.cli.commands._common import project_root
+from devenv.cli.output import err, out, service_color
+from devenv.client import Client
+from devenv.config.schema import parse_duration
+from devenv.core.errors import UsageError
+from devenv.engine import logstore
+
+STREAM_STYLE = {"err": "red", "devenv": "dim italic"}
+
+
+def parse_since(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {value!r}: not a duration or a time",
+                         hint="e.g. --since 30s, --since 5m, --since 2026-11-24T10:00:00") from None
+    return moment.astimezone().timestamp()
+
+
+def run(args: argparse.Namespace) -> int:
+    root = project_root(args)
+    since = parse_since(args.since)
+    client = Client(root)
+    if client.running():
+        stream(client, args.services, follow=args.follow, since=since, tail=args.tail,
+               startup=args.startup, verbose=args.verbose, as_json=args.json)
+        return 0
+    folder = Client(root).state.logs
+    services = args.services or logstore.logged_services(folder)
+    lines = logstore.query(folder, services, since=since, tail=args.tail, startup=args.startup,
+                           verbose=args.verbose)
+    show((ln.to_json() for ln in lines), as_json=args.json)
+    if args.follow:
+        err.print("[dim]the environment is not running; nothing more will come "
+                  "(start it with `devenv up`)[/]")
+    return 0
+
+
+def stream(client: Client, services: list[str], *, follow: bool, since: float | None,
+           tail: int | None, startup: bool, verbose: bool, as_json: bool) -> None:
+    show(client.logs(services, follow=follow, since=since, tail=tail, startup=startup,
+                     verbose=verbose), as_json=as_json)
+
+
+def show(lines: Iterable[dict[str, Any]], *, as_json: bool) -> None:
+    width = 0
+    for line in lines:
+        if as_json:
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+            continue
+        label = f"{line['service']}-{line['replica']}"
+        width = max(width, len(label))
+        text = escape(line["text"])
+        style = STREAM_STYLE.get(line["stream"])
+        if style:
+            text = f"[{style}]{text}[/]"
+        out.print(f"[{service_color(line['service'])}]{label:<{width}} |[/] {text}")

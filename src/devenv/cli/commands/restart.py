@@ -1,0 +1,18 @@
+from __future__ import annotations
+
+import argparse
+
+from devenv.cli.commands._common import project_root
+from devenv.cli.output import err, out
+from devenv.client import Client
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [n for group in args.services for n in group]
+    result = Client(project_root(args)).restart(names)
+    for name, reason in result.get("failed", {}).items():
+        err.print(f"[red]{name}[/]: {reason}")
+    if result.get("ok"):
+        out.print("restarted " + (", ".join(names) if names else "all services"))
+        return 0
+    return 1

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from rich.table import Table
+
+from devenv.cli.commands._common import project_root
+from devenv.cli.output import out, print_json, service_color, size, state_text
+from devenv.client import Client
+
+
+def run(args: argparse.Namespace) -> int:
+    root = project_root(args)
+    client = Client(root)
+    if not client.running():
+        if args.json:
+            print_json({"project": root.name, "running": False, "ingress": None,
+                        "services": []})
+        else:
+            out.print(f"no environment is running for {root}; start it with `devenv up`")
+        return 0
+    data = client.status(resources=args.resources)
+    if args.json:
+        print_json(_stable(data, args.resources))
+        return 0
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    cols = ["SERVICE", "STATE", "READY", "RESTARTS", "URL"]
+    if args.resources:
+        cols += ["CPU", "MEMORY"]
+    for col in cols:
+        table.add_column(col)
+    table.add_column("", style="dim")
+    for svc in data["services"]:
+        row = [f"[{service_color(svc['name'])}]{svc['name']}[/]", state_text(svc["state"]),
+               f"{svc['replicas']['ready']}/{svc['replicas']['desired']}",
+               str(svc["restarts"]), svc["url"] or "-"]
+        if args.resources:
+            row += [f"{svc['cpu_percent']:.1f}%", size(svc["rss_bytes"])]
+        table.add_row(*row, svc.get("detail", ""))
+    out.print(table)
+    if data.get("ingress"):
+        out.print(f"ingress: {data['ingress']}")
+    return 0
+
+
+def _stable(data: dict[str, Any], resources: bool) -> dict[str, Any]:
+    """The documented `status --json` shape; keys only ever get added."""
+    keys = ["name", "state", "detail", "replicas", "url", "restarts", "instances"]
+    if resources:
+        keys += ["cpu_percent", "rss_bytes"]
+    return {"project": data["project"], "running": True, "ingress": data.get("ingress"),
+            "engine": data.get("engine"),
+            "services": [{k: s.get(k) for k in keys} for s in data["services"]]}

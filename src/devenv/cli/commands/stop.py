@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import argparse
+
+from devenv.cli.commands._common import project_root
+from devenv.cli.output import out
+from devenv.client import Client
+
+
+def run(args: argparse.Namespace) -> int:
+    client = Client(project_root(args))
+    if not client.running():
+        out.print("nothing is running")
+        return 0
+    result = client.stop(persist_data=args.persist_data)
+    stopped = result.get("stopped", [])
+    out.print(f"stopped {len(stopped)} service{'s' if len(stopped) != 1 else ''}"
+              + (f": {', '.join(stopped)}" if stopped else ""))
+    return 0

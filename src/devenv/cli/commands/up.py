@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+
+from devenv.cli.commands._common import load_project
+from devenv.cli.output import err, out, print_json, seconds, service_color, state_text
+from devenv.client import Client
+from devenv.plan import select
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_project(args, args.profile)  # bad config: exit 2 before anything starts
+    names = list(select(loaded, args.services))
+    client = Client(loaded.root)
+    client.ensure_engine()
+    rows: dict[str, dict[str, Any]] = {n: {"state": "pending", "detail": ""} for n in names}
+    result: dict[str, Any] = {}
+    live = Live(_table(rows), console=err, transient=True, refresh_per_second=12) \
+        if err.is_terminal and not args.json else None
+    if live:
+        live.start()
+    try:
+        for event in client.up(args.services, args.profile):
+            if event["type"] == "done":
+                result = event
+                break
+            name = event.get("service", "")
+            row = rows.setdefault(name, {})
+            if (row.get("state"), row.get("detail")) == (event.get("state"), event.get("detail")):
+                continue
+            row.update(state=event.get("state", ""), detail=event.get("detail", ""))
+            if live:
+                live.update(_table(rows))
+            elif not args.json:
+                detail = f"  {escape(event.get('detail') or '')}" if event.get("detail") else ""
+                err.print(f"  [{service_color(name)}]{name:<16}[/] {state_text(event['state'])}"
+                          f"{detail}")
+    finally:
+        if live:
+            live.stop()
+    if args.json:
+        print_json(result)
+    else:
+        _summary(result)
+    if not result.get("ok"):
+        return 1
+    if args.attach:
+        from devenv.cli.commands import logs
+
+        try:
+            logs.stream(client, [], follow=True, since=None, tail=0, startup=False,
+                        verbose=False, as_json=False)
+        except KeyboardInterrupt:
+            err.print("stopping…")
+            client.stop(persist_data=True)
+    return 0
+
+
+def _table(rows: dict[str, dict[str, Any]]) -> Table:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    for name, row in rows.items():
+        table.add_row(f"[{service_color(name)}]{name}[/]", state_text(row.get("state", "")),
+                      f"[dim]{escape(row.get('detail') or '')}[/]")
+    return table
+
+
+def _summary(result: dict[str, Any]) -> None:
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("SERVICE", "STATE", "URL", "STARTED", "HEALTHY"):
+        table.add_column(col)
+    for svc in result.get("services", []):
+        state = svc.get("state", "")
+        if svc.get("action") == "keep" and svc.get("ok"):
+            state = f"{state} (unchanged)"
+        table.add_row(f"[{service_color(svc['name'])}]{svc['name']}[/]", state_text(state),
+                      svc.get("url") or "-", seconds(svc.get("started_s")),
+                      seconds(svc.get("healthy_s")))
+    out.print(table)
+    if result.get("ingress"):
+        out.print(f"ingress: {result['ingress']}  (e.g. http://<service>.localhost:"
+                  f"{result['ingress'].rsplit(':', 1)[1]}/)")
+    for warning in result.get("warnings", []):
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
+    for svc in result.get("services", []):
+        if svc.get("ok"):
+            continue
+        err.print(f"\n[bold red]{svc['name']}[/] {escape(svc.get('detail', ''))}")
+        for line in svc.get("logs", []):
+            err.print(f"  [dim]│[/] {escape(line)}")
+    if not result.get("ok"):
+        err.print("\n[red]some services are not healthy[/]; see `devenv logs` and "
+                  "`devenv status`")
+    sys.stdout.flush()

@@ -1,0 +1,116 @@
+"""Parse the command line and dispatch to one command module; translate errors once."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from devenv import __version__
+from devenv.core.errors import EXIT_USAGE, DevenvError
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="devenv", description="The whole multi-service system on "
+                                "your machine with one command.")
+    p.add_argument("--version", action="version", version=f"devenv {__version__}")
+    p.add_argument("-C", "--project-dir", default=None, help="project folder (default: the "
+                   "nearest folder with a devenv.yaml)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("init", help="check prerequisites and scaffold a devenv.yaml")
+    s.add_argument("--force", action="store_true", help="overwrite an existing devenv.yaml")
+
+    s = sub.add_parser("up", help="start services in dependency order and wait until healthy")
+    s.add_argument("--services", type=_csv, default=[], help="only these (and their dependencies),"
+                   " comma-separated")
+    s.add_argument("--profile", default=None, help="apply a profile from devenv.yaml")
+    s.add_argument("--attach", action="store_true", help="stay in the foreground streaming logs;"
+                   " Ctrl-C stops the environment")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    s = sub.add_parser("stop", help="stop every service and the engine")
+    s.add_argument("--persist-data", action="store_true", help="keep data services' data for "
+                   "the next up")
+
+    s = sub.add_parser("restart", help="restart services (all by default)")
+    s.add_argument("--service", dest="services", action="append", type=_csv, default=[],
+                   help="a service to restart (repeatable, or comma-separated)")
+
+    s = sub.add_parser("status", help="show services, replicas, URLs and health")
+    s.add_argument("--resources", action="store_true", help="add CPU and memory per service")
+    s.add_argument("--json", action="store_true", help="print a stable JSON document")
+
+    s = sub.add_parser("logs", help="show services' logs, merged")
+    s.add_argument("services", nargs="*", metavar="SERVICE")
+    s.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    s.add_argument("--since", default=None, help="only lines newer than 10s, 5m, 2h or an ISO "
+                   "time")
+    s.add_argument("-n", "--tail", type=int, default=None, help="only the last N lines")
+    s.add_argument("--startup", action="store_true", help="only each replica's latest start-up")
+    s.add_argument("--verbose", action="store_true", help="include devenv's own events")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    s = sub.add_parser("scale", help="set replica counts live, e.g. scale api=3 web=2")
+    s.add_argument("counts", nargs="+", metavar="SERVICE=N")
+
+    s = sub.add_parser("exec", help="run a command with a service's environment and folder")
+    s.add_argument("service")
+    s.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
+
+    s = sub.add_parser("config", help="validate, show, get and set configuration")
+    cs = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    c = cs.add_parser("validate", help="check devenv.yaml, overrides and every profile")
+    c.add_argument("--json", action="store_true")
+    c = cs.add_parser("show", help="print the effective configuration")
+    c.add_argument("--profile", default=None)
+    c.add_argument("--json", action="store_true")
+    c = cs.add_parser("get", help="print one value, e.g. services.api.port")
+    c.add_argument("key")
+    c.add_argument("--profile", default=None)
+    c = cs.add_parser("set", help="set a value (in .devenv/local.yaml unless --project)")
+    c.add_argument("key")
+    c.add_argument("value")
+    c.add_argument("--project", action="store_true", help="write devenv.yaml (keeps comments)")
+    c = cs.add_parser("unset", help="remove a value (from .devenv/local.yaml unless --project)")
+    c.add_argument("key")
+    c.add_argument("--project", action="store_true")
+    cs.add_parser("schema", help="print the JSON Schema of devenv.yaml")
+
+    s = sub.add_parser("doctor", help="diagnose the machine and the project")
+    s.add_argument("--json", action="store_true")
+    return p
+
+
+COMMANDS = {
+    "init": "init", "up": "up", "stop": "stop", "restart": "restart", "status": "status",
+    "logs": "logs", "scale": "scale", "exec": "exec_", "config": "config", "doctor": "doctor",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    module = importlib.import_module(f"devenv.cli.commands.{COMMANDS[args.command]}")
+    try:
+        code: int = module.run(args)
+        return code
+    except DevenvError as exc:
+        from devenv.cli.output import print_error
+
+        print_error(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+assert EXIT_USAGE == 2  # argparse's own usage errors exit 2 too

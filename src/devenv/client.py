@@ -1,0 +1,148 @@
+"""The typed client of the engine's control API (stdlib only, so the CLI starts fast)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from devenv.core.errors import DevenvError
+from devenv.core.paths import StateDir
+
+START_TIMEOUT = 15.0
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float | None):
+        super().__init__("engine", timeout=timeout)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self._path)
+        self.sock = sock
+
+
+class EngineNotRunning(DevenvError):
+    def __init__(self, root: Path):
+        super().__init__(f"no environment is running for {root}",
+                         hint="start it with `devenv up`")
+
+
+class Client:
+    def __init__(self, root: Path):
+        self.root = root
+        self.state = StateDir(root)
+
+    # ---- plumbing
+
+    def _request(self, method: str, path: str, body: Any = None, timeout: float | None = 30.0
+                 ) -> http.client.HTTPResponse:
+        conn = _UnixConnection(self.state.socket, timeout)
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload else {}
+        try:
+            conn.request(method, path, body=payload, headers=headers)
+            response = conn.getresponse()
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            raise EngineNotRunning(self.root) from exc
+        if response.status >= 400:
+            data = json.loads(response.read() or b"{}")
+            error = DevenvError(data.get("error", f"engine answered {response.status}"),
+                                hint=data.get("hint"), details=data.get("details"))
+            error.exit_code = int(data.get("exit_code", 1))
+            raise error
+        return response
+
+    def _json(self, method: str, path: str, body: Any = None, timeout: float | None = 30.0
+              ) -> Any:
+        return json.loads(self._request(method, path, body, timeout).read())
+
+    def _stream(self, method: str, path: str, body: Any = None) -> Iterator[dict[str, Any]]:
+        response = self._request(method, path, body, timeout=None)
+        for raw in response:
+            if raw.strip():
+                yield json.loads(raw)
+
+    # ---- the API
+
+    def running(self) -> bool:
+        try:
+            self._json("GET", "/v1/ping", timeout=2.0)
+            return True
+        except (EngineNotRunning, OSError):
+            return False
+
+    def status(self, resources: bool = False) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "/v1/status" + ("?resources=1" if resources
+                                                                    else ""))
+        return result
+
+    def up(self, services: list[str], profile: str | None) -> Iterator[dict[str, Any]]:
+        return self._stream("POST", "/v1/up", {"services": services, "profile": profile})
+
+    def restart(self, services: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/restart", {"services": services},
+                                            timeout=None)
+        return result
+
+    def scale(self, counts: dict[str, int]) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/scale", {"counts": counts},
+                                            timeout=None)
+        return result
+
+    def stop(self, persist_data: bool) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/stop", {"persist_data": persist_data},
+                                            timeout=None)
+        deadline = time.monotonic() + 10
+        while self.state.pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the engine exits right after answering
+        return result
+
+    def logs(self, services: list[str], *, follow: bool, since: float | None, tail: int | None,
+             startup: bool, verbose: bool) -> Iterator[dict[str, Any]]:
+        query: list[tuple[str, str]] = [("service", s) for s in services]
+        if follow:
+            query.append(("follow", "1"))
+        if since is not None:
+            query.append(("since", str(since)))
+        if tail is not None:
+            query.append(("tail", str(tail)))
+        if startup:
+            query.append(("startup", "1"))
+        if verbose:
+            query.append(("verbose", "1"))
+        return self._stream("GET", "/v1/logs?" + urllib.parse.urlencode(query))
+
+    # ---- starting the engine
+
+    def ensure_engine(self) -> None:
+        """Reach the project's engine, starting it when none runs."""
+        if self.running():
+            return
+        self.state.ensure()
+        with open(self.state.engine_log, "a") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "devenv.engine", str(self.root)], cwd=self.root,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.running():
+                return
+            code = proc.poll()
+            if code not in (None, 0):
+                break
+            time.sleep(0.02)
+        tail = self.state.engine_log.read_text(errors="replace").splitlines()[-15:]
+        raise DevenvError("the engine did not start", details=tail,
+                          hint=f"see {self.state.engine_log}")

@@ -1,0 +1,181 @@
+"""The typed model of devenv.yaml. Pure data: no I/O, no imports from higher layers.
+
+Every key is declared here once, with its type, default and description; loading, validation,
+the JSON Schema (`devenv config schema`) and generated docs all come from these declarations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from devenv.config.schema import Duration, key, shorthand
+
+Command = str | list[str]
+CURRENT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """How devenv decides a replica is ready to take traffic. Give one of http, tcp, command."""
+
+    http: str | None = key(
+        None, doc="Path probed with GET on the replica's port; any 2xx or 3xx answer is healthy."
+    )
+    tcp: bool = key(False, doc="Healthy when the replica's port accepts a TCP connection.")
+    command: Command | None = key(
+        None, doc="Command run in the service's environment and folder; exit code 0 is healthy."
+    )
+    interval: Duration = key(
+        Duration(5.0), doc="Time between checks once healthy (starting replicas are probed fast)."
+    )
+    timeout: Duration = key(Duration(2.0), doc="How long one check may take before it fails.")
+    retries: int = key(3, doc="Consecutive failed checks that make a healthy replica unhealthy.")
+    start_period: Duration = key(
+        Duration(60.0),
+        doc="How long a new replica may take to pass its first check; failures before then "
+        "are expected. After it, the start has failed.",
+    )
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """What a service waits for before it starts."""
+
+    condition: Literal["started", "healthy", "completed"] = key(
+        "healthy",
+        doc="started: the dependency's process is running; healthy: it passes its health "
+        "check; completed: it ran to exit code 0 (for one-off jobs such as migrations).",
+    )
+
+    @classmethod
+    @shorthand
+    def expand(cls, value: Any) -> Any:
+        return {"condition": value} if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class Route:
+    """How the local ingress reaches this service, besides `<service>.localhost`."""
+
+    host: str | None = key(None, doc="Extra host name routed to this service, e.g. shop.localhost.")
+    path: str | None = key(None, doc="Path prefix routed to this service on any host, e.g. /api.")
+    strip_prefix: bool = key(False, doc="Remove the path prefix before forwarding.")
+
+    SHORTHAND_SCHEMA = {"type": "boolean"}
+
+    @classmethod
+    @shorthand
+    def expand(cls, value: Any) -> Any:
+        return {} if value is True else value
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Which files reload the service when they change (`watch: false` turns it off)."""
+
+    enabled: bool = key(True, doc="Reload the service when its files change.")
+    paths: list[str] = key(
+        factory=list, doc="Paths watched, relative to the project; default: the service's path."
+    )
+    ignore: list[str] = key(
+        factory=list, doc="Glob patterns ignored, on top of .gitignore and the usual junk."
+    )
+    action: Literal["replace", "restart", "rebuild", "none"] = key(
+        "replace",
+        doc="replace: start a new instance, switch when healthy, drain the old one; restart: "
+        "stop then start; rebuild: run `build` first, then replace; none: the service reloads "
+        "itself.",
+    )
+    build: Command | None = key(None, doc="Build command run before a rebuild.")
+
+    @classmethod
+    @shorthand
+    def expand(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
+@dataclass(frozen=True)
+class Service:
+    """One service of the project, run as supervised processes (or pods on a cluster)."""
+
+    command: Command = key(
+        doc="What to run. A string runs through /bin/sh; a list runs as-is. It must listen on "
+        "$PORT when the service has a port.",
+    )
+    path: str = key(
+        ".", aliases=("cwd",), doc="Working folder, relative to the project (alias: cwd)."
+    )
+    port: int | None = key(
+        None,
+        doc="The service's stable address on 127.0.0.1. Replicas listen on their own $PORT "
+        "behind it; callers and the ingress always dial this one.",
+    )
+    env: dict[str, str] = key(factory=dict, doc="Environment variables; ${VAR} is interpolated.")
+    env_file: list[str] = key(factory=list, doc="Files of KEY=VALUE lines loaded before `env`.")
+    depends_on: dict[str, Dependency] = key(
+        factory=dict,
+        doc="Services started first. A list means condition healthy for each; a mapping gives "
+        "each its condition.",
+    )
+    health: HealthCheck | None = key(
+        None, doc="Readiness check. Default: TCP on the port when there is one, else started."
+    )
+    replicas: int = key(1, doc="How many instances run behind the service's address.")
+    ingress: Route | None = key(
+        None, doc="Extra ingress routes (host or path prefix); `true` for the defaults."
+    )
+    restart: Literal["always", "on-failure", "no"] = key(
+        "always", doc="Restart policy when the process exits; restarts back off exponentially."
+    )
+    watch: Watch = key(factory=Watch, doc="Hot reload settings; `false` turns watching off.")
+    stop_signal: Literal["TERM", "INT", "QUIT", "HUP"] = key(
+        "TERM", doc="Signal that asks the service to stop; KILL follows after stop_timeout."
+    )
+    stop_timeout: Duration = key(Duration(10.0), doc="Grace time before the stop escalates to KILL.")
+    description: str = key("", doc="What the service is for; shown in generated docs.")
+
+    @classmethod
+    @shorthand
+    def expand(cls, value: Any) -> Any:
+        if isinstance(value, dict) and isinstance(value.get("depends_on"), list):
+            value = {**value, "depends_on": {str(d): {} for d in value["depends_on"]}}
+        return value
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named variant of the environment: which services, and what to change in them."""
+
+    description: str = key("", doc="What the profile is for.")
+    services: list[str] = key(
+        factory=list, doc="Services started by the profile (plus their dependencies); empty: all."
+    )
+    env: dict[str, str] = key(factory=dict, doc="Environment added to every service.")
+    overrides: dict[str, Any] = key(
+        factory=dict,
+        doc="Per-service keys merged over the service's own, e.g. {api: {replicas: 3}}.",
+    )
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    """The one local HTTP entry point, routing by host and path prefix."""
+
+    enabled: bool = key(True, doc="Run the local ingress.")
+    port: int = key(7700, doc="Port of the ingress on 127.0.0.1.")
+    hold_timeout: Duration = key(
+        Duration(15.0),
+        doc="How long a request waits for a restarting service before it is answered 503.",
+    )
+
+
+@dataclass(frozen=True)
+class Project:
+    """devenv.yaml: the services of a project, declared once, run on any runtime."""
+
+    version: int = key(doc="Schema version of this file; this release reads version 1.")
+    name: str | None = key(None, doc="Project name; default: the folder's name.")
+    services: dict[str, Service] = key(factory=dict, doc="The services, by name.")
+    profiles: dict[str, Profile] = key(factory=dict, doc="Named variants, for `up --profile`.")
+    ingress: IngressConfig = key(factory=IngressConfig, doc="The local ingress.")

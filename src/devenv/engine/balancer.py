@@ -1,0 +1,79 @@
+"""A TCP balancer on a service's declared port: the address callers dial, whatever the replicas.
+
+Each connection goes to one ready backend for its lifetime; with none ready it waits for one
+(up to the pool's hold timeout) instead of refusing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from devenv.engine.pool import NoBackend, Pool
+
+HOST = "127.0.0.1"
+CHUNK = 64 * 1024
+
+
+class Balancer:
+    def __init__(self, pool: Pool, port: int):
+        self.pool = pool
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, HOST, self.port, reuse_address=True)
+
+    async def close(self) -> None:
+        if self._server:
+            self._server.close()
+            for task in list(self._conns):
+                task.cancel()
+            await asyncio.gather(*self._conns, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        tried: set[str] = set()
+        try:
+            while True:
+                try:
+                    async with self.pool.use(tried) as backend:
+                        try:
+                            up_r, up_w = await asyncio.open_connection(backend.host, backend.port)
+                        except OSError:
+                            tried.add(backend.id)  # died between health checks: try another
+                            continue
+                        await _splice(reader, writer, up_r, up_w)
+                        return
+                except NoBackend:
+                    return
+        finally:
+            self._conns.discard(task)
+            with contextlib.suppress(Exception):
+                writer.close()
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    try:
+        while data := await src.read(CHUNK):
+            dst.write(data)
+            await dst.drain()
+        if dst.can_write_eof():
+            dst.write_eof()
+    except (ConnectionError, OSError):
+        pass
+
+
+async def _splice(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,
+                  r2: asyncio.StreamReader, w2: asyncio.StreamWriter) -> None:
+    try:
+        await asyncio.gather(_pipe(r1, w2), _pipe(r2, w1))
+    finally:
+        for w in (w1, w2):
+            with contextlib.suppress(Exception):
+                w.close()

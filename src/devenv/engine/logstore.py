@@ -1,0 +1,183 @@
+"""Service output: one writer, persisted per service with rotation, fanned out to followers.
+
+Each line is stored as `<ISO time> <replica> <stream> <text>`; stream is out, err, or devenv
+for the engine's own events about the service. Known secret values are masked before a line
+is stored or shown anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO
+
+MAX_BYTES = 5 * 1024 * 1024
+KEEP_FILES = 3
+RING = 2000
+MASK = "********"
+
+
+@dataclass(frozen=True)
+class LogLine:
+    ts: float
+    service: str
+    replica: str
+    stream: str
+    text: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"ts": self.ts, "time": _iso(self.ts), "service": self.service,
+                "replica": self.replica, "stream": self.stream, "text": self.text}
+
+    def to_file(self) -> str:
+        return f"{_iso(self.ts)} {self.replica} {self.stream} {self.text}\n"
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_file_line(service: str, raw: str) -> LogLine | None:
+    parts = raw.rstrip("\n").split(" ", 3)
+    if len(parts) < 3:
+        return None
+    try:
+        ts = datetime.strptime(parts[0], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+    return LogLine(ts, service, parts[1], parts[2], parts[3] if len(parts) > 3 else "")
+
+
+class LogStore:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._files: dict[str, IO[str]] = {}
+        self._ring: dict[str, deque[LogLine]] = {}
+        self._followers: set[asyncio.Queue[LogLine]] = set()
+        self._secrets: re.Pattern[str] | None = None
+        self._flush_pending = False
+
+    def set_secrets(self, values: Iterable[str]) -> None:
+        escaped = sorted({re.escape(v) for v in values if v}, key=len, reverse=True)
+        self._secrets = re.compile("|".join(escaped)) if escaped else None
+
+    def mask(self, text: str) -> str:
+        return self._secrets.sub(MASK, text) if self._secrets else text
+
+    def add(self, service: str, replica: str, stream: str, text: str, ts: float | None = None
+            ) -> LogLine:
+        line = LogLine(ts or datetime.now(UTC).timestamp(), service, replica, stream,
+                       self.mask(text))
+        self._ring.setdefault(service, deque(maxlen=RING)).append(line)
+        self._write(line)
+        for queue in self._followers:
+            if queue.qsize() < 10_000:  # a stuck follower must not eat the engine's memory
+                queue.put_nowait(line)
+        return line
+
+    def recent(self, service: str, count: int) -> list[LogLine]:
+        ring = self._ring.get(service)
+        return list(ring)[-count:] if ring else []
+
+    def follow(self) -> asyncio.Queue[LogLine]:
+        queue: asyncio.Queue[LogLine] = asyncio.Queue()
+        self._followers.add(queue)
+        return queue
+
+    def unfollow(self, queue: asyncio.Queue[LogLine]) -> None:
+        self._followers.discard(queue)
+
+    def flush(self) -> None:
+        self._flush_pending = False
+        for fh in self._files.values():
+            with contextlib.suppress(OSError):
+                fh.flush()
+
+    def close(self) -> None:
+        self.flush()
+        for fh in self._files.values():
+            fh.close()
+        self._files.clear()
+
+    def _write(self, line: LogLine) -> None:
+        fh = self._files.get(line.service)
+        if fh is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fh = self._files[line.service] = open(self.path(line.service), "a")  # noqa: SIM115
+        fh.write(line.to_file())
+        if not self._flush_pending:  # flush soon after a burst, never on a timer when idle
+            self._flush_pending = True
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().call_later(0.2, self.flush)
+        if fh.tell() > MAX_BYTES:
+            fh.close()
+            self._rotate(line.service)
+            del self._files[line.service]
+
+    def path(self, service: str) -> Path:
+        return self.folder / f"{service}.log"
+
+    def _rotate(self, service: str) -> None:
+        base = self.path(service)
+        for n in range(KEEP_FILES - 1, 0, -1):
+            older = base.with_name(f"{base.name}.{n}")
+            if older.exists():
+                older.replace(base.with_name(f"{base.name}.{n + 1}"))
+        base.replace(base.with_name(f"{base.name}.1"))
+
+
+def read_files(folder: Path, services: Iterable[str]) -> Iterator[LogLine]:
+    """Persisted lines of the given services, oldest first, merged by time."""
+    lines: list[LogLine] = []
+    for service in services:
+        base = folder / f"{service}.log"
+        for n in range(KEEP_FILES, -1, -1):
+            path = base if n == 0 else base.with_name(f"{base.name}.{n}")
+            if not path.exists():
+                continue
+            with open(path, errors="replace") as fh:
+                lines.extend(ln for raw in fh if (ln := parse_file_line(service, raw)))
+    lines.sort(key=lambda ln: ln.ts)
+    return iter(lines)
+
+
+def logged_services(folder: Path) -> list[str]:
+    return sorted(p.name.removesuffix(".log") for p in folder.glob("*.log") if p.name != "engine.log")
+
+
+def query(folder: Path, services: Iterable[str], *, since: float | None = None,
+          tail: int | None = None, startup: bool = False, verbose: bool = False
+          ) -> list[LogLine]:
+    """Persisted lines, filtered as `devenv logs` asks."""
+    lines = list(read_files(folder, services))
+    if startup:
+        lines = _startup_only(lines)
+    if since is not None:
+        lines = [ln for ln in lines if ln.ts >= since]
+    if not verbose:
+        lines = [ln for ln in lines if ln.stream != "devenv"]
+    return lines[-tail:] if tail else lines
+
+
+def _startup_only(lines: list[LogLine]) -> list[LogLine]:
+    """For each replica, the lines from its latest start until it first became healthy."""
+    starts: dict[tuple[str, str], float] = {}
+    ends: dict[tuple[str, str], float] = {}
+    for ln in lines:
+        if ln.stream == "devenv" and ln.text.startswith("started "):
+            starts[(ln.service, ln.replica)] = ln.ts
+            ends.pop((ln.service, ln.replica), None)
+        elif ln.stream == "devenv" and ln.text == "healthy":
+            ends.setdefault((ln.service, ln.replica), ln.ts)
+    out = []
+    for ln in lines:
+        key = (ln.service, ln.replica)
+        if key in starts and ln.ts >= starts[key] and ln.ts <= ends.get(key, float("inf")):
+            out.append(ln)
+    return out

@@ -1,0 +1,386 @@
+"""One service at run time: its replicas, their restarts and health, and its stable address.
+
+A replica's life is one task: start an instance, probe it until ready, put it in the pool,
+watch its health, and when it exits apply the restart policy with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from devenv.engine.balancer import Balancer
+from devenv.engine.context import Context
+from devenv.engine.health import probe
+from devenv.engine.pool import Backend, Pool
+from devenv.plan import ServicePlan
+from devenv.runtime.base import Instance, InstanceSpec
+
+BACKOFF_FIRST = 0.25
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 30.0  # healthy this long: the crash count starts again
+CRASH_LOOP = (5, 60.0)  # this many crashes within this many seconds is a crash loop
+START_ATTEMPTS = 3  # crashes before first health that fail an `up`
+DRAIN_TIMEOUT = 10.0
+
+
+@dataclass(eq=False)
+class Replica:
+    index: int
+    plan: ServicePlan
+    state: str = "starting"
+    detail: str = ""
+    instance: Instance | None = None
+    backend: Backend | None = None
+    restarts: int = 0
+    start_crashes: int = 0
+    ever_healthy: bool = False
+    stopping: bool = False
+    gave_up: bool = False
+    crashes: list[float] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def failed_start(self) -> bool:
+        return not self.ever_healthy and (self.start_crashes >= START_ATTEMPTS or self.gave_up)
+
+
+class ServiceRunner:
+    def __init__(self, plan: ServicePlan, ctx: Context):
+        self.plan = plan
+        self.ctx = ctx
+        self.name = plan.name
+        self.pool = Pool(plan.name, ctx.hold_timeout)
+        self.balancer = Balancer(self.pool, plan.port) if plan.port else None
+        self.replicas: list[Replica] = []
+        self.desired = 0
+        self.restarts = 0
+        self.changed = asyncio.Event()
+        self._state = "stopped"
+
+    # ---- lifecycle
+
+    async def open(self) -> None:
+        if self.balancer:
+            try:
+                await self.balancer.start()
+            except OSError as exc:
+                raise PortInUse(self.name, self.plan.port or 0, exc) from exc
+
+    async def scale(self, count: int) -> None:
+        self.desired = count
+        while len(self.replicas) < count:
+            self._spawn(self._next_index(), self.plan)
+        surplus = self.replicas[count:]
+        del self.replicas[count:]
+        await asyncio.gather(*(self._retire(r) for r in surplus))
+        self._touch()
+
+    async def replace(self, plan: ServicePlan) -> bool:
+        """Roll every replica to `plan` with no downtime: new ones start and must be healthy
+        before the old ones are drained. If any new one fails, the old ones keep serving."""
+        old = list(self.replicas)
+        fresh = [Replica(index=r.index, plan=plan) for r in old]
+        for rep in fresh:
+            self._run(rep)
+        ok = await self._await_all(fresh)
+        if not ok:
+            await asyncio.gather(*(self._retire(r) for r in fresh))
+            self._touch()
+            return False
+        self.plan = plan
+        self.replicas = fresh
+        await asyncio.gather(*(self._retire(r) for r in old))
+        self._touch()
+        return True
+
+    async def restart(self) -> None:
+        old, self.replicas = self.replicas, []
+        await asyncio.gather(*(self._retire(r) for r in old))
+        await self.scale(self.desired)
+
+    async def close(self) -> None:
+        old, self.replicas = self.replicas, []
+        self.desired = 0
+        await asyncio.gather(*(self._retire(r, drain=False) for r in old))
+        if self.balancer:
+            await self.balancer.close()
+        self._touch()
+
+    # ---- waiting
+
+    async def wait_condition(self, condition: str, timeout: float | None = None) -> str | None:
+        """Wait until the service meets `condition` (started/healthy/completed); None when it
+        does, else why it cannot."""
+        async def check() -> str | None:
+            while True:
+                reason = self.condition_state(condition)
+                if reason != "":
+                    return reason
+                self.changed.clear()
+                await self.changed.wait()
+        return await asyncio.wait_for(check(), timeout)
+
+    def condition_state(self, condition: str) -> str | None:
+        """None: met; "": not yet; otherwise why it never will be."""
+        reps = self.replicas
+        failed = [r for r in reps if r.failed_start]
+        if failed:
+            return failed[0].detail or "failed to start"
+        if condition == "started":
+            return None if all(r.instance for r in reps) else ""
+        if condition == "up":  # what `up` waits for: healthy, or a job that completed
+            done = reps and all(r.state == "completed" for r in reps)
+            return None if done or self.ready >= self.desired else ""
+        if condition == "completed":
+            if any(r.state == "completed" for r in reps) and reps:
+                return None
+            return "" if reps else "not running"
+        return None if self.ready >= self.desired else ""
+
+    async def _await_all(self, reps: list[Replica]) -> bool:
+        while True:
+            if any(r.failed_start for r in reps):
+                return False
+            if all(r.state == "healthy" for r in reps):
+                return True
+            self.changed.clear()
+            await self.changed.wait()
+
+    # ---- one replica
+
+    def _next_index(self) -> int:
+        used = {r.index for r in self.replicas}
+        return next(i for i in range(1, len(used) + 2) if i not in used)
+
+    def _spawn(self, index: int, plan: ServicePlan) -> Replica:
+        rep = Replica(index=index, plan=plan)
+        self.replicas.append(rep)
+        self._run(rep)
+        return rep
+
+    def _run(self, rep: Replica) -> None:
+        rep.task = asyncio.create_task(self._life(rep), name=f"{self.name}-{rep.index}")
+
+    def _spec(self, rep: Replica) -> InstanceSpec:
+        p = rep.plan
+        return InstanceSpec(service=p.name, replica=rep.index, command=p.command, env=p.env,
+                            workdir=p.workdir, wants_port=p.port is not None,
+                            stop_signal=p.stop_signal, stop_timeout=p.stop_timeout)
+
+    def _event(self, rep: Replica, text: str) -> None:
+        self.ctx.logs.add(self.name, str(rep.index), "devenv", text)
+
+    def _set(self, rep: Replica, state: str, detail: str = "") -> None:
+        rep.state, rep.detail = state, detail
+        self._touch()
+
+    async def _life(self, rep: Replica) -> None:
+        spec = self._spec(rep)
+        while not rep.stopping:
+            self._set(rep, "starting")
+            started = self.ctx.clock()
+            try:
+                rep.instance = await self.ctx.runtime.start(spec)
+            except Exception as exc:  # noqa: BLE001 - shown to the user as the crash reason
+                rep.instance = None
+                if await self._crashed(rep, str(exc), started):
+                    continue
+                return
+            self._event(rep, f"started {rep.instance.id}")
+            pump = asyncio.create_task(self._pump(rep, rep.instance))
+            exit_task = asyncio.create_task(rep.instance.wait())
+            ready = await self._until_ready(rep, spec, exit_task)
+            watcher = None
+            if ready:
+                self._healthy(rep)
+                watcher = asyncio.create_task(self._watch_health(rep, spec))
+            code = await exit_task if ready or exit_task.done() else await self._kill(rep)
+            if watcher:
+                watcher.cancel()
+            self._unroute(rep)
+            await asyncio.wait([pump], timeout=1.0)
+            if rep.stopping:
+                self._set(rep, "stopped", f"exit code {code}")
+                return
+            if code == 0 and rep.plan.restart != "always":
+                self._set(rep, "completed", "exited with code 0")
+                self._event(rep, "completed (exit code 0)")
+                return
+            reason = rep.detail if rep.state == "failed" else f"exited with code {code}"
+            if rep.plan.restart == "no":
+                rep.gave_up = True
+                self._set(rep, "crashed", reason)
+                self._event(rep, f"{reason}; restart: no")
+                return
+            if not await self._crashed(rep, reason, started):
+                return
+
+    async def _crashed(self, rep: Replica, reason: str, started: float) -> bool:
+        """Record a crash and back off; False when the replica is being stopped."""
+        now = self.ctx.clock()
+        if rep.ever_healthy and now - started > STABLE_AFTER:
+            rep.crashes.clear()
+        rep.crashes = [t for t in rep.crashes if now - t < CRASH_LOOP[1]] + [now]
+        if not rep.ever_healthy:
+            rep.start_crashes += 1
+        delay = min(BACKOFF_FIRST * 2 ** (len(rep.crashes) - 1), BACKOFF_MAX)
+        loop = len(rep.crashes) >= CRASH_LOOP[0]
+        label = "crash loop: " if loop else ""
+        detail = f"{label}{reason}; restart #{rep.restarts + 1} in {delay:.1f}s"
+        self._set(rep, "crashed", detail)
+        self._event(rep, detail)
+        rep.wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(rep.wake.wait(), delay)
+        if rep.stopping:
+            return False
+        rep.restarts += 1
+        self.restarts += 1
+        return True
+
+    async def _until_ready(self, rep: Replica, spec: InstanceSpec,
+                           exit_task: asyncio.Task[int]) -> bool:
+        assert rep.instance is not None
+        check = rep.plan.health
+        budget = check.start_period if check else 60.0
+        deadline = self.ctx.clock() + budget
+        delay = 0.02
+        while not exit_task.done() and not rep.stopping:
+            if await probe(check, rep.instance, spec, self.ctx.runtime):
+                return True
+            if self.ctx.clock() > deadline:
+                rep.gave_up = True  # a start that times out fails `up` at once
+                self._set(rep, "failed", f"not healthy after {budget:g}s (start_period)")
+                self._event(rep, rep.detail)
+                return False
+            await asyncio.wait([exit_task], timeout=delay)
+            delay = min(delay * 1.5, 0.5)
+        return False
+
+    def _healthy(self, rep: Replica) -> None:
+        rep.ever_healthy = True
+        rep.start_crashes = 0
+        instance = rep.instance
+        assert instance is not None
+        if instance.endpoint:
+            host, port = instance.endpoint
+            rep.backend = rep.backend or Backend(instance.id, host, port)
+            if not rep.stopping:
+                self.pool.add(rep.backend)
+        self._set(rep, "healthy")
+        self._event(rep, "healthy")
+
+    def _unroute(self, rep: Replica) -> None:
+        if rep.backend:
+            self.pool.remove(rep.backend)
+        rep.backend = None
+
+    async def _watch_health(self, rep: Replica, spec: InstanceSpec) -> None:
+        check = rep.plan.health
+        interval = check.interval if check else 5.0
+        retries = check.retries if check else 3
+        failures = 0
+        assert rep.instance is not None
+        while True:
+            await asyncio.sleep(interval)
+            if await probe(check, rep.instance, spec, self.ctx.runtime):
+                if rep.state == "unhealthy":
+                    self._healthy(rep)
+                failures = 0
+                continue
+            failures += 1
+            if failures >= retries and rep.state == "healthy":
+                if rep.backend:
+                    self.pool.remove(rep.backend)
+                self._set(rep, "unhealthy", f"{failures} failed health checks")
+                self._event(rep, rep.detail)
+
+    async def _kill(self, rep: Replica) -> int:
+        assert rep.instance is not None
+        return await rep.instance.stop()
+
+    async def _pump(self, rep: Replica, instance: Instance) -> None:
+        index = str(rep.index)
+        async for line in instance.output():
+            self.ctx.logs.add(self.name, index, line.stream, line.text)
+
+    async def _retire(self, rep: Replica, drain: bool = True) -> None:
+        rep.stopping = True
+        rep.wake.set()
+        if rep.backend and drain:
+            await self.pool.drain(rep.backend, DRAIN_TIMEOUT)
+        elif rep.backend:
+            self.pool.remove(rep.backend)
+        if rep.instance:
+            await rep.instance.stop()
+            self._event(rep, "stopped")
+        if rep.task:
+            await asyncio.wait([rep.task], timeout=5.0)
+
+    # ---- what it looks like
+
+    @property
+    def ready(self) -> int:
+        return sum(1 for r in self.replicas if r.state == "healthy")
+
+    @property
+    def state(self) -> str:
+        reps = self.replicas
+        if not reps:
+            return "stopped"
+        if self.ready >= self.desired:
+            return "healthy"
+        if all(r.state == "completed" for r in reps):
+            return "completed"
+        if any(r.state in ("crashed", "failed") for r in reps):
+            return "crashed"
+        if any(r.state == "starting" for r in reps):
+            return "starting"
+        if all(r.state in ("stopped", "completed") for r in reps):
+            return "stopped"
+        return "unhealthy"
+
+    @property
+    def detail(self) -> str:
+        for rep in self.replicas:
+            if rep.detail and rep.state not in ("healthy", "stopped"):
+                return f"replica {rep.index}: {rep.detail}"
+        return ""
+
+    def _touch(self) -> None:
+        self.changed.set()
+        state = self.state
+        if state != self._state or self.detail:
+            self._state = state
+            self.ctx.bus.emit({"service": self.name, "state": state, "detail": self.detail,
+                               "ready": self.ready, "desired": self.desired})
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "detail": self.detail,
+            "replicas": {"ready": self.ready, "desired": self.desired},
+            "url": self.plan.url,
+            "restarts": self.restarts,
+            "config_hash": self.plan.config_hash,
+            "instances": [
+                {"replica": r.index, "state": r.state, "detail": r.detail,
+                 "id": r.instance.id if r.instance else None,
+                 "endpoint": "%s:%d" % r.instance.endpoint
+                 if r.instance and r.instance.endpoint else None,
+                 "restarts": r.restarts}
+                for r in self.replicas
+            ],
+        }
+
+
+class PortInUse(Exception):
+    def __init__(self, service: str, port: int, exc: OSError):
+        super().__init__(f"{service}: port {port} is already in use ({exc.strerror})")
+        self.service = service
+        self.port = port

@@ -1,0 +1,263 @@
+"""The local runtime: each instance is a process group on this machine.
+
+Instances run in their own process groups (a stop reaches every process a service started),
+stop escalates from the spec's signal to KILL after its timeout, and a guardian process plus
+a registry on disk make sure that no process outlives a dead engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+
+import psutil
+
+from devenv.core.atomic import write_atomic
+from devenv.core.errors import DevenvError
+from devenv.core.paths import StateDir
+from devenv.runtime.base import InstanceSpec, OutputLine, Resources
+from devenv.runtime.guardian import stop_groups
+
+LINE_LIMIT = 256 * 1024
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalInstance:
+    def __init__(self, spec: InstanceSpec, proc: asyncio.subprocess.Process,
+                 port: int | None, runtime: LocalRuntime):
+        self.spec = spec
+        self._proc = proc
+        self._port = port
+        self._runtime = runtime
+        self._pgid = proc.pid
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reaper = asyncio.create_task(self._reap())
+        self._cpu_sample: tuple[float, float] | None = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.spec.name}#{self._proc.pid}"
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        return (HOST, self._port) if self._port else None
+
+    async def output(self) -> AsyncIterator[OutputLine]:
+        queue: asyncio.Queue[OutputLine | None] = asyncio.Queue()
+        streams = [("out", self._proc.stdout), ("err", self._proc.stderr)]
+        readers = [asyncio.create_task(_pump(name, s, queue)) for name, s in streams if s]
+        open_streams = len(readers)
+        try:
+            while open_streams:
+                item = await queue.get()
+                if item is None:
+                    open_streams -= 1
+                else:
+                    yield item
+        finally:
+            for reader in readers:
+                reader.cancel()
+
+    async def _reap(self) -> None:
+        code = await self._proc.wait()
+        # The leader is gone; anything it left in its group goes with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._pgid, signal.SIGKILL)
+        self._runtime._forget(self._pgid)
+        self._exit.set_result(code)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exit)
+
+    async def stop(self) -> int:
+        if self._exit.done():
+            return self._exit.result()
+        sig = getattr(signal, f"SIG{self.spec.stop_signal}")
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._pgid, sig)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._exit), self.spec.stop_timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pgid, signal.SIGKILL)
+            return await asyncio.shield(self._exit)
+
+    def resources(self) -> Resources | None:
+        """CPU since the last sample (since start on the first), and RSS, of the whole group."""
+        try:
+            leader = psutil.Process(self._proc.pid)
+            procs = [leader, *leader.children(recursive=True)]
+            cpu = rss = 0.0
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    cpu += times.user + times.system
+                    rss += p.memory_info().rss
+            now = time.time()
+            last_at, last_cpu = self._cpu_sample or (leader.create_time(), 0.0)
+            self._cpu_sample = (now, cpu)
+            percent = 100.0 * (cpu - last_cpu) / max(now - last_at, 1e-3)
+            return Resources(cpu_percent=round(max(percent, 0.0), 1), rss_bytes=int(rss))
+        except psutil.Error:
+            return None
+
+
+async def _pump(name: str, stream: asyncio.StreamReader, queue: asyncio.Queue[OutputLine | None]
+                ) -> None:
+    try:
+        while True:
+            try:
+                chunk = await stream.readuntil(b"\n")
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial:
+                    await queue.put(OutputLine(name, exc.partial.decode(errors="replace")))
+                break
+            except asyncio.LimitOverrunError as exc:
+                chunk = await stream.readexactly(exc.consumed)
+            await queue.put(OutputLine(name, chunk.decode(errors="replace").rstrip("\r\n")))
+    finally:
+        await queue.put(None)
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(self, root: Path, environ: Mapping[str, str] | None = None):
+        self.root = root
+        self.state = StateDir(root)
+        self.environ = dict(os.environ if environ is None else environ)
+        self._groups: dict[int, float] = {}
+        self._guardian: subprocess.Popen[bytes] | None = None
+
+    def _env(self, spec: InstanceSpec, port: int | None) -> dict[str, str]:
+        env = {**self.environ, **spec.env, "DEVENV_REPLICA": str(spec.replica)}
+        env["PYTHONUNBUFFERED"] = env.get("PYTHONUNBUFFERED", "1")
+        if port:
+            env["PORT"] = str(port)
+        return env
+
+    async def start(self, spec: InstanceSpec) -> LocalInstance:
+        self._ensure_guardian()
+        port = free_port() if spec.wants_port else None
+        workdir = self.root / spec.workdir
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.command, cwd=workdir, env=self._env(spec, port),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=LINE_LIMIT,
+            )
+        except OSError as exc:
+            raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: {exc.strerror}",
+                              hint=f"check services.{spec.service}.command") from exc
+        self._remember(proc.pid)
+        return LocalInstance(spec, proc, port, self)
+
+    async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float) -> int:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=self.root / spec.workdir, env=self._env(spec, None),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            return await asyncio.wait_for(proc.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return -9
+
+    async def close(self) -> None:
+        if self._guardian and self._guardian.stdin:
+            self._guardian.stdin.close()
+            await asyncio.to_thread(self._guardian.wait)
+            self._guardian = None
+
+    # ---- orphan protection
+
+    def _ensure_guardian(self) -> None:
+        if self._guardian is not None and self._guardian.poll() is None:
+            return
+        self._guardian = subprocess.Popen(
+            [sys.executable, "-m", "devenv.runtime.guardian"], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, start_new_session=True,
+        )
+        for pgid in self._groups:
+            self._tell(f"+{pgid}")
+
+    def _tell(self, line: str) -> None:
+        if self._guardian and self._guardian.stdin:
+            with contextlib.suppress(BrokenPipeError):
+                self._guardian.stdin.write(f"{line}\n".encode())
+                self._guardian.stdin.flush()
+
+    def _remember(self, pgid: int) -> None:
+        try:
+            created = psutil.Process(pgid).create_time()
+        except psutil.Error:
+            created = 0.0
+        self._groups[pgid] = created
+        self._tell(f"+{pgid}")
+        self._save()
+
+    def _forget(self, pgid: int) -> None:
+        if self._groups.pop(pgid, None) is not None:
+            self._tell(f"-{pgid}")
+            self._save()
+
+    def _save(self) -> None:
+        write_atomic(self.state.procs, json.dumps({str(k): v for k, v in self._groups.items()}),
+                     mode=0o600)
+
+
+def recover_orphans(state: StateDir) -> int:
+    """Stop process groups a previous engine left behind (if even its guardian died).
+
+    A group is only stopped when its leader is gone or is still the very process we started
+    (same create time), so a recycled PID is never hit. Returns how many groups were stopped.
+    """
+    try:
+        groups = json.loads(state.procs.read_text())
+    except (OSError, ValueError):
+        return 0
+    doomed: set[int] = set()
+    for pgid_text, created in groups.items():
+        pgid = int(pgid_text)
+        try:
+            same = abs(psutil.Process(pgid).create_time() - float(created)) < 0.01
+        except psutil.NoSuchProcess:
+            same = True  # leader gone: only its own group members can still hold the pgid
+        except psutil.Error:
+            same = False
+        if same:
+            doomed.add(pgid)
+    if doomed:
+        stop_groups(doomed, grace=3.0)
+    state.procs.unlink(missing_ok=True)
+    return len(doomed)
+
+
+def run_foreground(argv: list[str], env: Mapping[str, str], cwd: Path) -> int:
+    """Run a command attached to this terminal; its exit code (128+N for signal N)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.run(argv, env={**os.environ, **env}, cwd=cwd, check=False)
+    except FileNotFoundError as exc:
+        raise DevenvError(f"command not found: {argv[0]}") from exc
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
