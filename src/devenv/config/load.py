@@ -53,10 +53,10 @@ class Loaded:
         return self.project.name or self.root.name
 
 
-def read_yaml(path: Path, shown: str) -> Source:
+def read_yaml(path: Path, shown: str, text: str | None = None) -> Source:
     """Parse a YAML file into plain dicts/lists plus a map of key path -> (file, line)."""
     try:
-        text = path.read_text()
+        text = path.read_text() if text is None else text
     except OSError as exc:
         raise ConfigError([Problem(shown, None, "", f"cannot read: {exc.strerror}")]) from exc
     try:
@@ -162,14 +162,17 @@ def interpolate(node: Any, env: Mapping[str, str], path: KeyPath, missing: set[s
 
 
 def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] | None = None,
-         with_local: bool = True) -> Loaded:
-    """Load and validate the project at `root`; raise ConfigError listing every problem."""
+         texts: Mapping[Path, str] | None = None) -> Loaded:
+    """Load and validate the project at `root`; raise ConfigError listing every problem.
+
+    `texts` stands in for files' contents (to validate an edit before it is written)."""
+    texts = texts or {}
     file = config_file(root)
     shown = file.name
-    source = read_yaml(file, shown)
+    source = read_yaml(file, shown, texts.get(file))
     local = StateDir(root).local_overrides
-    if with_local and local.is_file():
-        over = read_yaml(local, ".devenv/local.yaml")
+    if local in texts or local.is_file():
+        over = read_yaml(local, ".devenv/local.yaml", texts.get(local))
         merge(source, over.data, over.where)
     env = {**read_dotenv(root / ".env"), **(os.environ if environ is None else environ)}
     missing: set[str] = set()

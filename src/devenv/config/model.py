@@ -48,6 +48,8 @@ class Dependency:
         "check; completed: it ran to exit code 0 (for one-off jobs such as migrations).",
     )
 
+    SHORTHAND_SCHEMA = {"enum": ["started", "healthy", "completed"]}
+
     @classmethod
     @shorthand
     def expand(cls, value: Any) -> Any:
@@ -88,6 +90,8 @@ class Watch:
         "itself.",
     )
     build: Command | None = key(None, doc="Build command run before a rebuild.")
+
+    SHORTHAND_SCHEMA = {"type": "boolean"}
 
     @classmethod
     @shorthand
@@ -134,6 +138,8 @@ class Service:
     )
     stop_timeout: Duration = key(Duration(10.0), doc="Grace time before the stop escalates to KILL.")
     description: str = key("", doc="What the service is for; shown in generated docs.")
+
+    FIELD_SHORTHANDS = {"depends_on": {"type": "array", "items": {"type": "string"}}}
 
     @classmethod
     @shorthand

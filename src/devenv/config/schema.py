@@ -288,8 +288,11 @@ def _dataclass_schema(tp: Any, partial: bool) -> dict[str, Any]:
         schema["description"] = " ".join(tp.__doc__.split())
     if required:
         schema["required"] = required
-    expand = getattr(tp, "expand", None)
-    if expand is not None and getattr(expand, "__devenv_shorthand__", False):
-        short = getattr(tp, "SHORTHAND_SCHEMA", {"type": "boolean"})
+    for name, alternative in getattr(tp, "FIELD_SHORTHANDS", {}).items():
+        sub = props[name]
+        props[name] = {"anyOf": [{k: v for k, v in sub.items() if k != "description"},
+                                 alternative], "description": sub["description"]}
+    short = getattr(tp, "SHORTHAND_SCHEMA", None)
+    if short is not None:
         return {"anyOf": [schema, short], "description": schema.get("description", "")}
     return schema
