@@ -49,6 +49,18 @@ def procs_in(root: Path) -> list[psutil.Process]:
     return found
 
 
+def service_procs(root: Path) -> list[psutil.Process]:
+    """The fixture service processes (python svc.py) running in `root`."""
+    out = []
+    for proc in procs_in(root):
+        try:
+            if proc.name().startswith("python") and "svc.py" in proc.cmdline():
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
 def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:

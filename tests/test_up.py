@@ -8,7 +8,7 @@ import stat
 
 import psutil
 
-from conftest import Project, free_ports, procs_in, wait_for
+from conftest import Project, free_ports, service_procs, wait_for
 
 
 def three_services(project: Project, greeting: str = "hi") -> tuple[int, int, int]:
@@ -62,7 +62,7 @@ def test_up_starts_in_order_routes_and_stop_leaves_nothing(project: Project) -> 
     code, page = project.ingress("/nowhere", "unknown.example")
     assert code == 404 and "api" in page
 
-    pids = [p.pid for p in procs_in(project.root)]
+    pids = [p.pid for p in service_procs(project.root)]
     assert len(pids) >= 4
     project.devenv("stop", check=True)
     assert wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=5)
@@ -122,7 +122,7 @@ def test_failing_service_fails_up_with_its_logs_and_blocks_dependents(project: P
     assert "fatal: cannot start (missing DB_HOST)" in result.stderr
     assert "db" in result.stderr and "api" in result.stderr
     assert "dependency 'db' failed" in result.stderr
-    api_procs = [p for p in procs_in(project.root)
+    api_procs = [p for p in service_procs(project.root)
                  if "api" in p.environ().get("DEVENV_SERVICE", "")]
     assert api_procs == []
 
@@ -142,7 +142,7 @@ def test_bad_config_exits_2_with_location_and_starts_nothing(project: Project) -
     assert ("devenv.yaml:5 services.api.depends_on.ordr: unknown service 'ordr' "
             "(did you mean 'order'?)") in result.stderr
     assert not (project.root / ".devenv/run/engine.pid").exists()
-    assert procs_in(project.root) == []
+    assert service_procs(project.root) == []
 
 
 def test_control_socket_is_owner_only(project: Project) -> None:

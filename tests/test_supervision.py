@@ -1,0 +1,169 @@
+"""Supervision: crash restarts, kill -9 of the engine, live scaling under traffic, concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import psutil
+
+from conftest import Project, free_ports, service_procs, wait_for
+
+
+def one_service(project: Project, replicas: int = 1, restart: str = "always",
+                extra: str = "") -> int:
+    (port,) = free_ports(1)
+    project.write(f"""\
+        version: 1
+        ingress: {{port: {project.ingress_port}}}
+        services:
+          api:
+            command: python svc.py
+            port: {port}
+            replicas: {replicas}
+            restart: {restart}
+            stop_timeout: 3s
+            health: {{http: /healthz, interval: 200ms, retries: 1}}
+        {extra}""")
+    return port
+
+
+def test_crashed_service_is_restarted_and_counted(project: Project) -> None:
+    port = one_service(project)
+    project.up()
+    before = project.get(f"http://127.0.0.1:{port}/whoami")[1]["pid"]
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/crash", timeout=5)
+    except OSError:
+        pass
+    svc = wait_for(lambda: (s := project.service("api"))["restarts"] >= 1
+                   and s["state"] == "healthy" and s, timeout=10)
+    assert svc, project.service("api")
+    after = project.get(f"http://127.0.0.1:{port}/whoami")[1]["pid"]
+    assert after != before
+    assert not psutil.pid_exists(before)
+    logs = project.devenv("logs", "api", "--verbose", check=True).stdout
+    assert "exited with code 3" in logs and "crashing on request" in logs
+
+
+def test_crash_loop_is_shown_as_such(project: Project) -> None:
+    (port,) = free_ports(1)
+    project.write(f"""\
+        version: 1
+        ingress: {{port: {project.ingress_port}}}
+        services:
+          flaky:
+            command: python -c "import sys; print('boom', flush=True); sys.exit(2)"
+            port: {port}
+        """)
+    result = project.devenv("up")
+    assert result.returncode == 1 and "boom" in result.stderr
+    svc = wait_for(lambda: "crash loop" in (s := project.service("flaky"))["detail"] and s,
+                   timeout=20)
+    assert svc and svc["state"] == "crashed" and svc["restarts"] >= 4
+
+
+def test_kill_9_of_the_engine_leaves_no_orphans_and_next_up_recovers(project: Project) -> None:
+    one_service(project, replicas=2)
+    project.up()
+    pids = [p.pid for p in service_procs(project.root)]
+    assert len(pids) == 2
+    engine = project.engine_pid()
+    assert engine
+    os.kill(engine, signal.SIGKILL)
+    assert wait_for(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=10), \
+        "service processes outlived the engine"
+    project.up()
+    assert project.service("api")["state"] == "healthy"
+
+
+def test_next_up_stops_leftovers_even_if_the_guardian_died_too(project: Project) -> None:
+    one_service(project)
+    project.up()
+    (svc,) = service_procs(project.root)
+    engine = psutil.Process(project.engine_pid())
+    for child in engine.children():
+        if "devenv.runtime.guardian" in " ".join(child.cmdline()):
+            child.kill()
+    engine.kill()
+    time.sleep(0.5)
+    assert svc.is_running(), "nothing should have stopped the service yet"
+    project.up()
+    assert not svc.is_running()
+    assert project.service("api")["state"] == "healthy"
+
+
+def test_scale_up_and_down_under_traffic_loses_no_request(project: Project) -> None:
+    one_service(project)
+    project.up()
+    failures: list[str] = []
+    done = threading.Event()
+    served = [0]
+
+    def hammer() -> None:
+        while not done.is_set():
+            try:
+                code, _ = project.ingress("/slow?ms=20", "api.localhost")
+                if code != 200:
+                    failures.append(str(code))
+                served[0] += 1
+            except OSError as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        project.devenv("scale", "api=3", check=True)
+        assert project.service("api")["replicas"] == {"ready": 3, "desired": 3}
+        time.sleep(0.5)
+        project.devenv("scale", "api=1", check=True)
+        time.sleep(0.3)
+        project.devenv("scale", "api=2", check=True)
+        time.sleep(0.5)
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert served[0] > 50
+    assert project.service("api")["replicas"] == {"ready": 2, "desired": 2}
+    assert len(service_procs(project.root)) == 2
+
+
+def test_requests_are_held_while_a_service_restarts(project: Project) -> None:
+    one_service(project)
+    project.up()
+    restart = project.popen("restart", "--service", "api")
+    results = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        results.append(project.ingress("/whoami", "api.localhost")[0])
+    assert restart.wait(30) == 0
+    assert set(results) == {200}
+    assert project.service("api")["state"] == "healthy"
+
+
+def test_concurrent_cli_calls_share_one_engine_and_state_stays_consistent(
+        project: Project) -> None:
+    one_service(project, replicas=1)
+    ups = [project.popen("up") for _ in range(3)]
+    codes = [p.wait(60) for p in ups]
+    assert codes == [0, 0, 0], [p.stderr.read() for p in ups if p.stderr]
+    engines = [p for p in psutil.process_iter(["cmdline"])
+               if "devenv.engine" in " ".join(p.info["cmdline"] or [])
+               and str(project.root) in " ".join(p.info["cmdline"] or [])]
+    assert len(engines) == 1
+    calls = [project.popen("scale", "api=2"), project.popen("status", "--json"),
+             project.popen("up"), project.popen("scale", "api=3"), project.popen("status")]
+    assert [c.wait(60) for c in calls] == [0] * 5
+    status = project.service("api")
+    assert status["replicas"]["desired"] in (2, 3)
+    assert status["replicas"]["ready"] == status["replicas"]["desired"]
+    assert len(service_procs(project.root)) == status["replicas"]["desired"]
+    json.loads(calls[1].stdout.read() if calls[1].stdout else "{}")
