@@ -39,7 +39,7 @@ def three_services(project: Project, greeting: str = "hi") -> tuple[int, int, in
 
 
 def test_up_starts_in_order_routes_and_stop_leaves_nothing(project: Project) -> None:
-    db, api, web = three_services(project)
+    _db, api, web = three_services(project)
     result = project.up()
     assert "web" in result.stdout and "healthy" in result.stdout
     status = project.status()

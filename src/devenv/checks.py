@@ -48,7 +48,7 @@ def project_checks(root: Path, engine_running: bool) -> list[Check]:
     out = [Check("config", "ok", f"{loaded.file.name} is valid: {len(project.services)} services")]
     out += _state(StateDir(root), engine_running)
     if not engine_running:
-        ports = [(f"ingress.port", project.ingress.port)] if project.ingress.enabled else []
+        ports = [("ingress.port", project.ingress.port)] if project.ingress.enabled else []
         ports += [(f"services.{n}.port", s.port) for n, s in project.services.items() if s.port]
         out += [_port(key, port) for key, port in ports]
     for name, svc in project.services.items():
@@ -59,11 +59,12 @@ def project_checks(root: Path, engine_running: bool) -> list[Check]:
     return out
 
 
-def _python() -> Check:
+def _python(minimum: tuple[int, int] = (3, 11)) -> Check:
     version = ".".join(map(str, sys.version_info[:3]))
-    if sys.version_info >= (3, 11):
+    if sys.version_info[:2] >= minimum:
         return Check("python", "ok", f"Python {version}")
-    return Check("python", "fail", f"Python {version} is too old", "install Python 3.11 or newer")
+    return Check("python", "fail", f"Python {version} is too old",
+                 f"install Python {minimum[0]}.{minimum[1]} or newer")
 
 
 def _writable(root: Path) -> Check:

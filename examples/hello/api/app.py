@@ -16,7 +16,8 @@ class Handler(BaseHTTPRequestHandler):
         if self.path == "/healthz":
             return self._send(200, {"ok": True})
         count += 1
-        self._send(200, {"message": f"{GREETING} #{count}", "replica": os.environ["DEVENV_REPLICA"]})
+        replica = os.environ["DEVENV_REPLICA"]
+        self._send(200, {"message": f"{GREETING} #{count}", "replica": replica})
 
     def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()

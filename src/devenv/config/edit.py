@@ -45,7 +45,7 @@ def split_key(key: str) -> list[str]:
 
 def get_value(plain: Any, key: str) -> Any:
     node = plain
-    walked = []
+    walked: list[str] = []
     for part in split_key(key):
         if not isinstance(node, dict) or part not in node:
             from devenv.config.schema import did_you_mean
@@ -62,7 +62,7 @@ def parse_value(text: str) -> Any:
     """A value written on the command line, read as YAML: 3, true, [a, b], {x: 1}, text."""
     try:
         return YAML(typ="safe").load(text)
-    except Exception:  # noqa: BLE001 - anything unreadable is taken as plain text
+    except Exception:
         return text
 
 

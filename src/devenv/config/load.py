@@ -15,9 +15,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError
 
 from devenv.config.model import CURRENT_VERSION, Project
-from devenv.config.schema import Issue
+from devenv.config.schema import Issue, build, did_you_mean, dotted
 from devenv.config.schema import Path as KeyPath
-from devenv.config.schema import build, did_you_mean, dotted
 from devenv.core.errors import ConfigError, Problem
 from devenv.core.paths import StateDir, config_file
 
@@ -204,7 +203,8 @@ def apply_profile(project: Project, source: Source, name: str, shown: str, root:
         if isinstance(over, dict):
             merge(variant, over, source.where, ("services", svc), base + ("overrides", svc))
     if prof.env:
-        env_where = {("env", k): source.locate(base + ("env", k), shown) for k in prof.env}
+        env_where: dict[KeyPath, Where] = {
+            ("env", k): source.locate(base + ("env", k), shown) for k in prof.env}
         for svc in variant.data.get("services", {}):
             merge(variant, {"env": dict(prof.env)}, env_where, ("services", svc))
     result = _build(variant, shown)
@@ -218,7 +218,7 @@ def _build(source: Source, shown: str) -> Project:
         issues.append(Issue(("version",), f"this devenv reads version {CURRENT_VERSION}, the "
                             f"file says {project.version}; run `devenv migrate` or upgrade devenv"))
     _raise(issues, source, shown)
-    assert project is not None
+    assert isinstance(project, Project)
     return project
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from devenv.config.schema import Duration, key, shorthand
+from devenv.config.schema import Duration, key
 
 Command = str | list[str]
 CURRENT_VERSION = 1
@@ -51,7 +51,6 @@ class Dependency:
     SHORTHAND_SCHEMA = {"enum": ["started", "healthy", "completed"]}
 
     @classmethod
-    @shorthand
     def expand(cls, value: Any) -> Any:
         return {"condition": value} if isinstance(value, str) else value
 
@@ -67,7 +66,6 @@ class Route:
     SHORTHAND_SCHEMA = {"type": "boolean"}
 
     @classmethod
-    @shorthand
     def expand(cls, value: Any) -> Any:
         return {} if value is True else value
 
@@ -94,7 +92,6 @@ class Watch:
     SHORTHAND_SCHEMA = {"type": "boolean"}
 
     @classmethod
-    @shorthand
     def expand(cls, value: Any) -> Any:
         return {"enabled": value} if isinstance(value, bool) else value
 
@@ -136,13 +133,14 @@ class Service:
     stop_signal: Literal["TERM", "INT", "QUIT", "HUP"] = key(
         "TERM", doc="Signal that asks the service to stop; KILL follows after stop_timeout."
     )
-    stop_timeout: Duration = key(Duration(10.0), doc="Grace time before the stop escalates to KILL.")
+    stop_timeout: Duration = key(
+        Duration(10.0), doc="Grace time before the stop escalates to KILL."
+    )
     description: str = key("", doc="What the service is for; shown in generated docs.")
 
     FIELD_SHORTHANDS = {"depends_on": {"type": "array", "items": {"type": "string"}}}
 
     @classmethod
-    @shorthand
     def expand(cls, value: Any) -> Any:
         if isinstance(value, dict) and isinstance(value.get("depends_on"), list):
             value = {**value, "depends_on": {str(d): {} for d in value["depends_on"]}}

@@ -38,12 +38,6 @@ def key(
     return field(default=default, metadata=meta)
 
 
-def shorthand(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """Mark a classmethod that expands a shorthand value (e.g. `watch: false`) into a mapping."""
-    fn.__devenv_shorthand__ = True  # type: ignore[attr-defined]
-    return fn
-
-
 @dataclass
 class Issue:
     path: Path
@@ -188,8 +182,8 @@ def _convert_scalar(tp: Any, value: Any, path: Path, issues: list[Issue]) -> Any
 
 
 def _convert_dataclass(tp: Any, value: Any, path: Path, issues: list[Issue]) -> Any:
-    expand = getattr(tp, "expand", None)
-    if expand is not None and getattr(expand, "__devenv_shorthand__", False):
+    expand = getattr(tp, "expand", None)  # a classmethod turning a shorthand into a mapping
+    if expand is not None:
         value = expand(value)
     if value is None:
         value = {}
@@ -205,12 +199,12 @@ def _convert_dataclass(tp: Any, value: Any, path: Path, issues: list[Issue]) -> 
     failed = False
     for raw_key, raw_value in value.items():
         name = str(raw_key)
-        f = names.get(name)
-        if f is None:
+        if name not in names:
             known = [n.name for n in dataclasses.fields(tp)]
             issues.append(Issue(path + (name,), f"unknown key{did_you_mean(name, known)}"))
             failed = True
             continue
+        f = names[name]
         if f.name in kwargs:
             issues.append(Issue(path + (name,), f"'{name}' repeats key '{f.name}'"))
             failed = True

@@ -56,7 +56,13 @@ async def serve(root: Path, state: StateDir) -> None:
              p.route.strip_prefix if p.route else False)
             for p in engine.plan.services.values() if p.port and p.name in engine.runners])
 
+    ingress_lock = asyncio.Lock()  # concurrent `up` calls must not both start one
+
     async def ensure_ingress(port: int | None) -> str | None:
+        async with ingress_lock:
+            return await _ensure_ingress(port)
+
+    async def _ensure_ingress(port: int | None) -> str | None:
         nonlocal ingress
         if ingress is not None and ingress.port != port:
             await ingress.close()

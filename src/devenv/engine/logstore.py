@@ -148,7 +148,7 @@ def read_files(folder: Path, services: Iterable[str]) -> Iterator[LogLine]:
 
 
 def logged_services(folder: Path) -> list[str]:
-    return sorted(p.name.removesuffix(".log") for p in folder.glob("*.log") if p.name != "engine.log")
+    return sorted(p.stem for p in folder.glob("*.log") if p.name != "engine.log")
 
 
 def query(folder: Path, services: Iterable[str], *, since: float | None = None,

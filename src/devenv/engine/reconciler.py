@@ -111,10 +111,9 @@ class Engine:
                     return
                 self.runners[name] = runner
             created[name].set()
-            if act.kind == "replace":
-                if not await runner.replace(want):
-                    return self._failed(runner, result, progress, "new instance failed; the "
-                                        "previous one keeps serving")
+            if act.kind == "replace" and not await runner.replace(want):
+                return self._failed(runner, result, progress, "new instance failed; the "
+                                    "previous one keeps serving")
             if act.kind in ("create", "replace", "scale"):
                 await runner.scale(act.replicas)
             reason = await runner.wait_condition("up")

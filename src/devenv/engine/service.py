@@ -185,7 +185,7 @@ class ServiceRunner:
             started = self.ctx.clock()
             try:
                 rep.instance = await self.ctx.runtime.start(spec)
-            except Exception as exc:  # noqa: BLE001 - shown to the user as the crash reason
+            except Exception as exc:
                 rep.instance = None
                 if await self._crashed(rep, str(exc), started):
                     continue
@@ -371,7 +371,7 @@ class ServiceRunner:
             "instances": [
                 {"replica": r.index, "state": r.state, "detail": r.detail,
                  "id": r.instance.id if r.instance else None,
-                 "endpoint": "%s:%d" % r.instance.endpoint
+                 "endpoint": ":".join(map(str, r.instance.endpoint))
                  if r.instance and r.instance.endpoint else None,
                  "restarts": r.restarts}
                 for r in self.replicas

@@ -7,6 +7,7 @@ guardian stops them: TERM, then KILL after a grace period. It imports nothing bu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -25,18 +26,14 @@ def _alive(pgid: int) -> bool:
 
 def stop_groups(pgids: set[int], grace: float = GRACE_SECONDS) -> None:
     for pgid in pgids:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGTERM)
-        except (ProcessLookupError, PermissionError):
-            pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_alive(p) for p in pgids):
         time.sleep(0.05)
     for pgid in pgids:
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 def main() -> None:

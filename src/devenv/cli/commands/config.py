@@ -76,6 +76,6 @@ def schema() -> dict[str, object]:
     doc["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     doc["title"] = "devenv.yaml"
     overrides = json_schema(Service, partial=True)
-    profile = doc["properties"]["profiles"]["additionalProperties"]  # type: ignore[index]
+    profile = doc["properties"]["profiles"]["additionalProperties"]
     profile["properties"]["overrides"]["additionalProperties"] = overrides
     return doc
