@@ -10,6 +10,7 @@ API = os.environ["API_URL"]
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         if self.path == "/healthz":
