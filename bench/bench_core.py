@@ -63,7 +63,7 @@ def devenv(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def cold_up(root: Path, runs: int) -> list[float]:

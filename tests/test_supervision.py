@@ -166,3 +166,23 @@ def test_concurrent_cli_calls_share_one_engine_and_state_stays_consistent(
     assert status["replicas"]["ready"] == status["replicas"]["desired"]
     assert len(service_procs(project.root)) == status["replicas"]["desired"]
     json.loads(calls[1].stdout.read() if calls[1].stdout else "{}")
+
+
+def test_stop_escalates_to_kill_for_a_service_that_ignores_term(project: Project) -> None:
+    stubborn = ("import signal, time, os; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "print('ignoring TERM', flush=True); time.sleep(600)")
+    project.write(f"""\
+        version: 1
+        ingress: {{port: {project.ingress_port}}}
+        services:
+          stubborn:
+            command: [python, -c, "{stubborn}"]
+            stop_timeout: 1s
+        """)
+    project.up()
+    pid = project.service("stubborn")["instances"][0]["id"].split("#")[1]
+    t0 = time.monotonic()
+    project.devenv("stop", check=True)
+    took = time.monotonic() - t0
+    assert not psutil.pid_exists(int(pid))
+    assert 0.9 < took < 6

@@ -36,6 +36,7 @@ class Api:
         self.ensure_ingress = ensure_ingress
         self.ingress_url: str | None = None
         self.started = time.time()
+        self._tasks: set[asyncio.Task[Any]] = set()  # work that outlives a disconnected client
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_errors])
@@ -78,6 +79,8 @@ class Api:
         response = await _ndjson(request)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         task = asyncio.create_task(self.engine.up(plan, queue.put_nowait))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         while not task.done() or not queue.empty():
             getter = asyncio.ensure_future(queue.get())
             await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Any
 
 from rich.live import Live
@@ -54,8 +55,8 @@ def run(args: argparse.Namespace) -> int:
         from devenv.cli.commands import logs
 
         try:
-            logs.stream(client, [], follow=True, since=None, tail=0, startup=False,
-                        verbose=False, as_json=False)
+            logs.stream(client, [], follow=True, since=time.time(), tail=None,
+                        startup=False, verbose=False, as_json=False)
         except KeyboardInterrupt:
             err.print("stopping…")
             client.stop(persist_data=True)
