@@ -181,3 +181,19 @@ def test_doctor_reports_a_port_conflict_with_a_fix(project: Project) -> None:
     assert checks["config"]["status"] == "ok"
     assert up.returncode == 1 and f"port {api} is already in use" in up.stderr
     wait_for(lambda: True)
+
+
+def test_up_attach_streams_logs_and_sigterm_stops_the_environment(project: Project) -> None:
+    import signal as sig
+
+    api, _ = api_and_web(project)
+    attached = project.popen("up", "--attach")
+    assert wait_for(lambda: project.engine_pid() and any(
+        s["name"] == "web" and s["state"] == "healthy" for s in project.status()["services"]),
+        timeout=20)
+    project.get(f"http://127.0.0.1:{api}/whoami?attached=1")
+    time.sleep(0.5)
+    attached.send_signal(sig.SIGTERM)
+    out, err = attached.communicate(timeout=30)
+    assert "whoami?attached=1" in out
+    assert project.engine_pid() is None, err

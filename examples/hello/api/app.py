@@ -29,7 +29,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def log_message(self, fmt: str, *args: object) -> None:
-        print(f"api {self.command} {self.path} -> {args[1] if len(args) > 1 else ''}", flush=True)
+        if self.path != "/healthz":
+            print(f"api {self.command} {self.path}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, fmt: str, *args: object) -> None:
-        print(f"web {self.command} {self.path}", flush=True)
+        if self.path != "/healthz":
+            print(f"web {self.command} {self.path}", flush=True)
 
 
 if __name__ == "__main__":

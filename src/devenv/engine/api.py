@@ -126,11 +126,18 @@ class Api:
             for line in lines:
                 await _send(response, line.to_json())
             last = lines[-1].ts if lines else 0.0
-            while queue is not None:
-                line = await queue.get()
+            closing = asyncio.ensure_future(self.shutdown.wait())
+            while queue is not None and not closing.done():
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait([getter, closing], return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                line = getter.result()
                 if line.service in services and line.ts > last and (
                         verbose or line.stream != "devenv"):
                     await _send(response, line.to_json())
+            closing.cancel()
             await response.write_eof()
             return response
         finally:

@@ -83,7 +83,8 @@ async def serve(root: Path, state: StateDir) -> None:
 
     engine.on_routes_changed = refresh_routes
     api = Api(engine, root, shutdown, ensure_ingress)
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
+    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False,
+                           shutdown_timeout=2.0)
     await runner.setup()
     state.socket.unlink(missing_ok=True)
     old_umask = os.umask(0o177)

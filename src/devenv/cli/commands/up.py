@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from typing import Any
@@ -54,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if args.attach:
         from devenv.cli.commands import logs
 
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops it like Ctrl-C
+            signal.signal(sig, interrupt)
         try:
             logs.stream(client, [], follow=True, since=time.time(), tail=None,
                         startup=False, verbose=False, as_json=False)
