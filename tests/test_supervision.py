@@ -186,3 +186,21 @@ def test_stop_escalates_to_kill_for_a_service_that_ignores_term(project: Project
     took = time.monotonic() - t0
     assert not psutil.pid_exists(int(pid))
     assert 0.9 < took < 6
+
+
+def test_unhealthy_replicas_leave_rotation_and_return_when_healthy(project: Project) -> None:
+    flag = project.root / "unhealthy"
+    one_service(project, replicas=2)
+    text = (project.root / "devenv.yaml").read_text()
+    (project.root / "devenv.yaml").write_text(text.replace(
+        "stop_timeout: 3s", f"stop_timeout: 3s\n    env: {{UNHEALTHY_FILE: '{flag}'}}"))
+    project.up()
+    flag.write_text("")  # every replica's /healthz now answers 503
+    assert wait_for(lambda: project.service("api")["state"] == "unhealthy", timeout=5)
+    svc = project.service("api")
+    assert svc["replicas"] == {"ready": 0, "desired": 2}
+    assert "failed health checks" in svc["detail"]
+    assert svc["restarts"] == 0  # unhealthy is not a crash: nothing was killed
+    flag.unlink()
+    assert wait_for(lambda: project.service("api")["replicas"]["ready"] == 2, timeout=5)
+    assert project.ingress("/whoami", "api.localhost")[0] == 200

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from devenv import __version__
-from devenv.core.errors import EXIT_USAGE, DevenvError
+from devenv.core.errors import DevenvError
 
 
 def _csv(value: str) -> list[str]:
@@ -112,5 +112,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-assert EXIT_USAGE == 2  # argparse's own usage errors exit 2 too
