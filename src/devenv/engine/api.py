@@ -24,6 +24,7 @@ from devenv.engine.context import Event
 from devenv.engine.reconciler import Engine
 from devenv.plan import make_plan
 
+CPU_WINDOW = 0.25
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -56,6 +57,11 @@ class Api:
     async def status(self, request: web.Request) -> web.Response:
         services = self.engine.status()
         if request.query.get("resources") == "1":
+            for runner in self.engine.runners.values():  # CPU is measured over a short window
+                for rep in runner.replicas:
+                    if rep.instance:
+                        rep.instance.resources()
+            await asyncio.sleep(CPU_WINDOW)
             for svc in services:
                 runner = self.engine.runners[svc["name"]]
                 cpu, rss = 0.0, 0

@@ -58,7 +58,8 @@ class Instance(Protocol):
     async def stop(self) -> int:
         """Ask it to stop, escalate to a kill after the spec's stop_timeout; exit code."""
 
-    def resources(self) -> Resources | None: ...
+    def resources(self) -> Resources | None:
+        """Memory now, and CPU since the previous call (since start on the first)."""
 
 
 class Runtime(Protocol):
