@@ -17,6 +17,9 @@ from devenv.config.graph import closure, start_order
 from devenv.config.load import Loaded, read_dotenv
 from devenv.config.model import HealthCheck, Route, Service, Watch
 from devenv.core.errors import UsageError
+from devenv.core.paths import StateDir
+from devenv.data import kind_of
+from devenv.data.base import DataService
 
 SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL)", re.I)
 HOST = "127.0.0.1"
@@ -37,15 +40,24 @@ class ServicePlan:
     watch: Watch
     stop_signal: str
     stop_timeout: float
+    data: DataService | None = None
     config_hash: str = field(default="", compare=False)
 
     @property
     def url(self) -> str | None:
+        """Where to reach the service, as shown to people (data passwords masked)."""
+        if self.data:
+            real = kind_of(self.data.spec.kind).url(self.data)
+            return real.replace(f":{self.data.spec.password}@", ":***@")
         return f"http://{HOST}:{self.port}" if self.port else None
 
     def secrets(self) -> list[str]:
         """Values of secret-looking variables, to be masked in logs and output."""
-        return [v for k, v in self.env.items() if SECRET_NAME.search(k) and len(v) >= 4]
+        found = [v for k, v in self.env.items() if SECRET_NAME.search(k) and len(v) >= 4]
+        if self.data:
+            found.append(self.data.spec.password)
+            found += list(self.data.spec.users.values())
+        return found
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,12 @@ def command_argv(command: str | list[str]) -> tuple[str, ...]:
     return ("/bin/sh", "-c", command) if isinstance(command, str) else tuple(command)
 
 
+def data_service(loaded: Loaded, name: str) -> DataService:
+    svc = loaded.project.services[name]
+    assert svc.port is not None
+    return DataService(name, svc, StateDir(loaded.root).data / name, svc.port)
+
+
 def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     svc: Service = loaded.project.services[name]
     env: dict[str, str] = {}
@@ -72,24 +90,40 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         env.update(read_dotenv(loaded.root / env_file))
     env.update(svc.env)
     env["DEVENV_SERVICE"] = name
-    for dep in svc.depends_on:
-        dep_port = loaded.project.services[dep].port
-        if dep_port:
-            env.setdefault(url_var(dep), f"http://{HOST}:{dep_port}")
+    for dep, how in svc.depends_on.items():
+        target = loaded.project.services[dep]
+        if target.is_data:
+            kind = kind_of(target.kind)
+            url = kind.url(data_service(loaded, dep), how.database)
+            env.setdefault(kind.url_var, url)
+            env.setdefault(url_var(dep), url)
+        elif target.port:
+            env.setdefault(url_var(dep), f"http://{HOST}:{target.port}")
+    data = None
+    command = command_argv(svc.command) if svc.command is not None else ()
+    health, watch = svc.health, svc.watch
+    stop_signal: str = svc.stop_signal
+    if svc.is_data:
+        kind = kind_of(svc.kind)
+        data = data_service(loaded, name)
+        command, health, stop_signal = kind.command(data), kind.health(data), kind.stop_signal()
+        env.update(kind.env(data))
+        watch = Watch(enabled=False)
     plan = ServicePlan(
         name=name,
-        command=command_argv(svc.command),
+        command=command,
         workdir=str(Path(svc.path)),
         env=env,
         port=svc.port,
         replicas=svc.replicas,
-        health=svc.health,
+        health=health,
         restart=svc.restart,
         depends_on={d: dep.condition for d, dep in svc.depends_on.items()},
         route=svc.ingress,
-        watch=svc.watch,
-        stop_signal=svc.stop_signal,
+        watch=watch,
+        stop_signal=stop_signal,
         stop_timeout=svc.stop_timeout,
+        data=data,
     )
     fingerprint = asdict(plan)
     fingerprint.pop("replicas")

@@ -48,6 +48,11 @@ class Dependency:
         "check; completed: it ran to exit code 0 (for one-off jobs such as migrations).",
     )
 
+    database: str | None = key(
+        None, doc="For a postgres dependency: the database DATABASE_URL names (default: its "
+        "first database).",
+    )
+
     SHORTHAND_SCHEMA = {"enum": ["started", "healthy", "completed"]}
 
     @classmethod
@@ -100,9 +105,15 @@ class Watch:
 class Service:
     """One service of the project, run as supervised processes (or pods on a cluster)."""
 
-    command: Command = key(
-        doc="What to run. A string runs through /bin/sh; a list runs as-is. It must listen on "
-        "$PORT when the service has a port.",
+    kind: Literal["process", "postgres", "redis"] = key(
+        "process",
+        doc="process: run `command`; postgres or redis: a real data server run by devenv, "
+        "with its data under .devenv/data/<service>.",
+    )
+    command: Command | None = key(
+        None,
+        doc="What to run (required for kind process). A string runs through /bin/sh; a list "
+        "runs as-is. It must listen on $PORT when the service has a port.",
     )
     path: str = key(
         ".", aliases=("cwd",), doc="Working folder, relative to the project (alias: cwd)."
@@ -137,8 +148,48 @@ class Service:
         Duration(10.0), doc="Grace time before the stop escalates to KILL."
     )
     description: str = key("", doc="What the service is for; shown in generated docs.")
+    version: str | None = key(
+        None, doc="postgres/redis: the major version wanted; checked against the binaries."
+    )
+    bin_dir: str | None = key(
+        None, doc="postgres/redis: folder of the server binaries to use instead of the bundled "
+        "ones (e.g. /usr/lib/postgresql/16/bin).",
+    )
+    databases: list[str] = key(
+        factory=list, doc="postgres: databases created on first start (default: the service "
+        "name)."
+    )
+    user: str = key("devenv", doc="postgres: the owner role of the databases.")
+    password: str = key(
+        "devpass", doc="postgres/redis: password of `user` (redis: requirepass). Masked in "
+        "logs and output."
+    )
+    users: dict[str, str] = key(
+        factory=dict, doc="postgres: more login roles (name: password) with access to every "
+        "database."
+    )
 
     FIELD_SHORTHANDS = {"depends_on": {"type": "array", "items": {"type": "string"}}}
+
+    @property
+    def is_data(self) -> bool:
+        return self.kind != "process"
+
+    def problems(self) -> list[tuple[tuple[str, ...], str]]:
+        """Rules between keys of one service, checked as it is read."""
+        if self.kind == "process":
+            if self.command is None:
+                return [((), "missing required key 'command'")]
+            return []
+        found: list[tuple[tuple[str, ...], str]] = []
+        if self.command is not None:
+            found.append((("command",), f"a {self.kind} service is run by devenv; remove "
+                          "`command` (or use kind: process)"))
+        if self.replicas != 1:
+            found.append((("replicas",), f"a {self.kind} service runs exactly one replica"))
+        if self.port is None:
+            found.append(((), f"a {self.kind} service needs a `port:` (its stable address)"))
+        return found
 
     @classmethod
     def expand(cls, value: Any) -> Any:
@@ -160,6 +211,26 @@ class Profile:
         factory=dict,
         doc="Per-service keys merged over the service's own, e.g. {api: {replicas: 3}}.",
     )
+    datasets: list[str] = key(
+        factory=list, doc="Datasets loaded when `up` creates the data services' data afresh."
+    )
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Named data to load into the data services: files per service, and/or a script."""
+
+    description: str = key("", doc="What the data is for.")
+    files: dict[str, list[str]] = key(
+        factory=dict,
+        doc="Files per data service: `db: [schema.sql, rows.sql]` (SQL for postgres, into its "
+        "first database; `db/orders:` names another database), `cache: [keys.redis]` (one "
+        "Redis command per line).",
+    )
+    script: Command | None = key(
+        None, doc="A command run after the files, with every data service's URL in its "
+        "environment (DATABASE_URL, REDIS_URL, <SERVICE>_URL).",
+    )
 
 
 @dataclass(frozen=True)
@@ -175,6 +246,16 @@ class IngressConfig:
 
 
 @dataclass(frozen=True)
+class SnapshotConfig:
+    """Where snapshots go and how many automatic ones are kept."""
+
+    keep_automatic: int = key(
+        3, doc="Automatic snapshots (taken by `stop` before discarding data) kept; older ones "
+        "are deleted."
+    )
+
+
+@dataclass(frozen=True)
 class Project:
     """devenv.yaml: the services of a project, declared once, run on any runtime."""
 
@@ -183,3 +264,7 @@ class Project:
     services: dict[str, Service] = key(factory=dict, doc="The services, by name.")
     profiles: dict[str, Profile] = key(factory=dict, doc="Named variants, for `up --profile`.")
     ingress: IngressConfig = key(factory=IngressConfig, doc="The local ingress.")
+    datasets: dict[str, Dataset] = key(
+        factory=dict, doc="Named datasets, for `devenv data load --dataset NAME`."
+    )
+    snapshots: SnapshotConfig = key(factory=lambda: SnapshotConfig(), doc="Snapshot settings.")

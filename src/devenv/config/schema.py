@@ -220,7 +220,12 @@ def _convert_dataclass(tp: Any, value: Any, path: Path, issues: list[Issue]) -> 
             failed = True
     if failed:
         raise _Invalid
-    return tp(**kwargs)
+    obj = tp(**kwargs)
+    found = [Issue(path + sub, message) for sub, message in getattr(obj, "problems", list)()]
+    if found:
+        issues.extend(found)
+        raise _Invalid
+    return obj
 
 
 def build(tp: Any, value: Any) -> tuple[Any, list[Issue]]:

@@ -19,7 +19,7 @@ def semantic_issues(project: Project, root: Path) -> list[Issue]:
         at = ("services", name)
         if not _valid_name(name):
             issues.append(Issue(at, "service names use lower-case letters, digits and '-'"))
-        command = svc.command if isinstance(svc.command, str) else " ".join(svc.command)
+        command = svc.command if isinstance(svc.command, str) else " ".join(svc.command or ["x"])
         if not command.strip():
             issues.append(Issue(at + ("command",), "is empty; say what to run"))
         for dep in svc.depends_on:
@@ -32,6 +32,15 @@ def semantic_issues(project: Project, root: Path) -> list[Issue]:
                   and project.services[dep].restart == "always"):
                 issues.append(Issue(at + ("depends_on", dep), f"waits for '{dep}' to complete, "
                                     f"but '{dep}' has restart: always; give it restart: no"))
+            elif (database := svc.depends_on[dep].database) is not None:
+                target = project.services[dep]
+                if target.kind != "postgres":
+                    issues.append(Issue(at + ("depends_on", dep, "database"),
+                                        f"'{dep}' is not a postgres service"))
+                elif database not in databases_of(dep, target.databases):
+                    issues.append(Issue(at + ("depends_on", dep, "database"),
+                                        f"'{dep}' has no database '{database}'"
+                                        f"{did_you_mean(database, target.databases)}"))
         if svc.port is not None:
             if not 1 <= svc.port <= 65535:
                 issues.append(Issue(at + ("port",), f"{svc.port} is not a port (1-65535)"))
@@ -60,7 +69,12 @@ def semantic_issues(project: Project, root: Path) -> list[Issue]:
     if cycle:
         issues.append(Issue(("services", cycle[0], "depends_on"),
                             "dependency cycle: " + " -> ".join(cycle)))
+    issues += _dataset_issues(project, root)
     for pname, prof in project.profiles.items():
+        for i, dataset in enumerate(prof.datasets):
+            if dataset not in project.datasets:
+                issues.append(Issue(("profiles", pname, "datasets", i), f"unknown dataset "
+                                    f"'{dataset}'{did_you_mean(dataset, project.datasets)}"))
         for i, svc_name in enumerate(prof.services):
             if svc_name not in names:
                 issues.append(Issue(("profiles", pname, "services", i),
@@ -85,3 +99,29 @@ def _health_issues(health: object, port: int | None, at: tuple[str, ...]) -> lis
 def _valid_name(name: str) -> bool:
     return bool(name) and name[0].isalnum() and all(c.isalnum() or c in "-_" for c in name) \
         and name == name.lower()
+
+
+def databases_of(service: str, declared: list[str]) -> list[str]:
+    """A postgres service's databases; the first is the default one."""
+    return list(declared) or [service.replace("-", "_")]
+
+
+def _dataset_issues(project: Project, root: Path) -> list[Issue]:
+    issues = []
+    for name, dataset in project.datasets.items():
+        for target, files in dataset.files.items():
+            at = ("datasets", name, "files", target)
+            service, _, database = target.partition("/")
+            svc = project.services.get(service)
+            if svc is None or not svc.is_data:
+                data = [n for n, s in project.services.items() if s.is_data]
+                issues.append(Issue(at, f"'{service}' is not a data service"
+                                    f"{did_you_mean(service, data)}"))
+                continue
+            if database and (svc.kind != "postgres"
+                             or database not in databases_of(service, svc.databases)):
+                issues.append(Issue(at, f"'{service}' has no database '{database}'"))
+            for i, file in enumerate(files):
+                if not (root / file).is_file():
+                    issues.append(Issue(at + (i,), f"file '{file}' does not exist"))
+    return issues

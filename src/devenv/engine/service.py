@@ -11,6 +11,7 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from devenv.data import kind_of
 from devenv.engine.balancer import Balancer
 from devenv.engine.context import Context
 from devenv.engine.health import probe
@@ -60,6 +61,7 @@ class ServiceRunner:
         self.restarts = 0
         self.changed = asyncio.Event()
         self._state = "stopped"
+        self.fresh = False  # a data service that provisioned fresh data in this engine
 
     # ---- lifecycle
 
@@ -184,6 +186,9 @@ class ServiceRunner:
             self._set(rep, "starting")
             started = self.ctx.clock()
             try:
+                if rep.plan.data:
+                    await asyncio.to_thread(kind_of(rep.plan.data.spec.kind).prepare,
+                                            rep.plan.data)
                 rep.instance = await self.ctx.runtime.start(spec)
             except Exception as exc:
                 rep.instance = None
@@ -194,6 +199,8 @@ class ServiceRunner:
             pump = asyncio.create_task(self._pump(rep, rep.instance))
             exit_task = asyncio.create_task(rep.instance.wait())
             ready = await self._until_ready(rep, spec, exit_task)
+            if ready and rep.plan.data and not rep.plan.data.fresh_marker.exists():
+                ready = await self._provision(rep)
             watcher = None
             if ready:
                 self._healthy(rep)
@@ -260,6 +267,28 @@ class ServiceRunner:
             await asyncio.wait([exit_task], timeout=delay)
             delay = min(delay * 1.5, 0.5)
         return False
+
+    async def _provision(self, rep: Replica) -> bool:
+        """First healthy start on fresh data: create databases and users, once."""
+        data = rep.plan.data
+        assert data is not None and rep.instance is not None and rep.instance.endpoint
+        try:
+            await kind_of(data.spec.kind).provision(data, rep.instance.endpoint[1])
+        except Exception as exc:
+            rep.gave_up = True
+            self._set(rep, "failed", f"provisioning failed: {exc}")
+            self._event(rep, rep.detail)
+            return False
+        data.fresh_marker.write_text("provisioned\n")
+        self.fresh = True
+        self._event(rep, "provisioned fresh data")
+        return True
+
+    async def pause(self) -> None:
+        """Stop every replica but keep the address and desired count (for data restores)."""
+        old, self.replicas = self.replicas, []
+        await asyncio.gather(*(self._retire(r, drain=False) for r in old))
+        self._touch()
 
     def _healthy(self, rep: Replica) -> None:
         rep.ever_healthy = True

@@ -67,8 +67,10 @@ class Runtime(Protocol):
 
     async def start(self, spec: InstanceSpec) -> Instance: ...
 
-    async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float) -> int:
-        """Run a one-off command in an instance's environment (health checks); exit code."""
+    async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
+                  instance: Instance | None = None) -> int:
+        """Run a one-off command in an instance's environment (health checks); exit code.
+        With `instance`, the command sees that instance's $PORT."""
 
     async def close(self) -> None:
         """Stop everything this runtime still runs."""

@@ -24,7 +24,7 @@ import psutil
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
-from devenv.runtime.base import InstanceSpec, OutputLine, Resources
+from devenv.runtime.base import Instance, InstanceSpec, OutputLine, Resources
 from devenv.runtime.guardian import stop_groups
 
 LINE_LIMIT = 256 * 1024
@@ -167,9 +167,11 @@ class LocalRuntime:
         self._remember(proc.pid)
         return LocalInstance(spec, proc, port, self)
 
-    async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float) -> int:
+    async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
+                  instance: Instance | None = None) -> int:
+        port = instance.endpoint[1] if instance and instance.endpoint else None
         proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=self.root / spec.workdir, env=self._env(spec, None),
+            *argv, cwd=self.root / spec.workdir, env=self._env(spec, port),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
         )

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resources:
         cols += ["CPU", "MEMORY"]
     for col in cols:
-        table.add_column(col)
+        table.add_column(col, no_wrap=True)
     table.add_column("", style="dim")
     for svc in data["services"]:
         row = [f"[{service_color(svc['name'])}]{svc['name']}[/]", state_text(svc["state"]),
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                str(svc["restarts"]), svc["url"] or "-"]
         if args.resources:
             row += [f"{svc['cpu_percent']:.1f}%", size(svc["rss_bytes"])]
-        table.add_row(*row, svc.get("detail", ""))
+        table.add_row(*row, (svc.get("detail") or "").splitlines()[0] if svc.get("detail") else "")
     out.print(table)
     if data.get("ingress"):
         out.print(f"ingress: {data['ingress']}")
