@@ -55,7 +55,14 @@ class Client:
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             raise EngineNotRunning(self.root) from exc
         if response.status >= 400:
-            data = json.loads(response.read() or b"{}")
+            raw = response.read()
+            try:
+                data = json.loads(raw or b"{}")
+            except ValueError:
+                raise DevenvError(
+                    f"the engine answered {response.status}: {raw[:200].decode(errors='replace')}",
+                    hint="the running engine may be older than this devenv; restart it with "
+                    "`devenv stop --persist-data` and `devenv up`") from None
             error = DevenvError(data.get("error", f"engine answered {response.status}"),
                                 hint=data.get("hint"), details=data.get("details"))
             error.exit_code = int(data.get("exit_code", 1))
@@ -105,6 +112,25 @@ class Client:
         deadline = time.monotonic() + 10
         while self.state.pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.02)  # the engine exits right after answering
+        return result
+
+    def snapshot_save(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/snapshots", {"name": name},
+                                            timeout=None)
+        return result
+
+    def snapshot_restore(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/snapshots/restore", {"name": name},
+                                            timeout=None)
+        return result
+
+    def data_load(self, dataset: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/data/load", {"dataset": dataset},
+                                            timeout=None)
+        return result
+
+    def data_reset(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("POST", "/v1/data/reset", {}, timeout=None)
         return result
 
     def logs(self, services: list[str], *, follow: bool, since: float | None, tail: int | None,

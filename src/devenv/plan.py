@@ -67,6 +67,7 @@ class Plan:
     selected: tuple[str, ...]
     ingress_port: int | None
     hold_timeout: float
+    keep_automatic: int = 3
 
 
 def url_var(name: str) -> str:
@@ -160,4 +161,5 @@ def make_plan(loaded: Loaded, services: Iterable[str] = ()) -> Plan:
         selected=selected,
         ingress_port=ingress.port if ingress.enabled else None,
         hold_timeout=ingress.hold_timeout,
+        keep_automatic=loaded.project.snapshots.keep_automatic,
     )

@@ -82,6 +82,32 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--project", action="store_true")
     cs.add_parser("schema", help="print the JSON Schema of devenv.yaml")
 
+    s = sub.add_parser("data", help="load datasets, reset or restore the data services")
+    ds = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    d = ds.add_parser("load", help="load a dataset from devenv.yaml (all or nothing)")
+    d.add_argument("--dataset", required=True)
+    ds.add_parser("reset", help="every data service back to fresh, empty data")
+    d = ds.add_parser("restore", help="restore the data services from a snapshot")
+    d.add_argument("--from", dest="snapshot", required=True, metavar="SNAPSHOT")
+
+    s = sub.add_parser("snapshot", help="save, list, restore and share data snapshots")
+    ss = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    d = ss.add_parser("save", help="snapshot every data service, while they keep running")
+    d.add_argument("name")
+    d = ss.add_parser("list", help="the snapshots, newest last")
+    d.add_argument("--json", action="store_true")
+    d = ss.add_parser("restore", help="put every data service back as in the snapshot")
+    d.add_argument("name")
+    d = ss.add_parser("delete", help="delete a snapshot")
+    d.add_argument("name")
+    d = ss.add_parser("export", help="write a snapshot to one file, to share it")
+    d.add_argument("name")
+    d.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="FILE.tar, or FILE.tar.gz to compress")
+    d = ss.add_parser("import", help="add a snapshot from an exported file")
+    d.add_argument("file")
+    d.add_argument("--name", default=None, help="store it under another name")
+
     s = sub.add_parser("doctor", help="diagnose the machine and the project")
     s.add_argument("--json", action="store_true")
     return p
@@ -90,6 +116,7 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "init": "init", "up": "up", "stop": "stop", "restart": "restart", "status": "status",
     "logs": "logs", "scale": "scale", "exec": "exec_", "config": "config", "doctor": "doctor",
+    "data": "data", "snapshot": "snapshot",
 }
 
 

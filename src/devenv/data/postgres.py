@@ -130,11 +130,11 @@ class Postgres:
         staging = Path(tempfile.mkdtemp(prefix="pgdata.restore-", dir=ds.folder))
         try:
             with tarfile.open(src / "base.tar") as tar:
-                tar.extractall(staging, filter="fully_trusted")  # checksummed by the manifest
+                tar.extractall(staging, filter="data")  # no owners: files stay ours
             wal = src / "pg_wal.tar"
             if wal.exists():
                 with tarfile.open(wal) as tar:
-                    tar.extractall(staging / "pg_wal", filter="fully_trusted")
+                    tar.extractall(staging / "pg_wal", filter="data")
             staging.chmod(0o700)
             old = pgdata.with_name("pgdata.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -19,8 +19,10 @@ from aiohttp import web
 from devenv import __version__
 from devenv.config.load import load
 from devenv.core.errors import DevenvError
+from devenv.core.paths import StateDir
 from devenv.engine import logstore
 from devenv.engine.context import Event
+from devenv.engine.dataops import DataOps
 from devenv.engine.reconciler import Engine
 from devenv.plan import make_plan
 
@@ -32,10 +34,12 @@ class Api:
     def __init__(self, engine: Engine, root: Path, shutdown: asyncio.Event,
                  ensure_ingress: Callable[[int | None], Awaitable[str | None]]):
         self.engine = engine
+        self.data = DataOps(engine, StateDir(root))
         self.root = root
         self.shutdown = shutdown
         self.ensure_ingress = ensure_ingress
         self.ingress_url: str | None = None
+        self.profile: str | None = None  # of the last `up`
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()  # work that outlives a disconnected client
 
@@ -48,6 +52,11 @@ class Api:
         app.router.add_post("/v1/scale", self.scale)
         app.router.add_post("/v1/stop", self.stop)
         app.router.add_get("/v1/logs", self.logs)
+        app.router.add_get("/v1/snapshots", self.snapshot_list)
+        app.router.add_post("/v1/snapshots", self.snapshot_save)
+        app.router.add_post("/v1/snapshots/restore", self.snapshot_restore)
+        app.router.add_post("/v1/data/load", self.data_load)
+        app.router.add_post("/v1/data/reset", self.data_reset)
         return app
 
     async def ping(self, request: web.Request) -> web.Response:
@@ -81,6 +90,7 @@ class Api:
         body = await request.json()
         loaded = await asyncio.to_thread(load, self.root, body.get("profile"))
         plan = make_plan(loaded, body.get("services") or [])
+        self.profile = loaded.profile
         self.ingress_url = await self.ensure_ingress(plan.ingress_port)
         response = await _ndjson(request)
         queue: asyncio.Queue[Event] = asyncio.Queue()
@@ -95,8 +105,16 @@ class Api:
             else:
                 getter.cancel()
         result = task.result()
+        datasets: list[str] = []
+        if result["ok"]:
+            try:
+                datasets = await self.data.load_profile_datasets(loaded)
+            except DevenvError as exc:
+                result["ok"] = False
+                result["error"] = {"message": exc.message, "details": exc.details}
         await _send(response, {"type": "done", **result, "ingress": self.ingress_url,
-                               "project": plan.project, "warnings": loaded.warnings})
+                               "project": plan.project, "warnings": loaded.warnings,
+                               "datasets_loaded": datasets})
         await response.write_eof()
         return response
 
@@ -111,10 +129,43 @@ class Api:
         return web.json_response(await self.engine.scale(counts))
 
     async def stop(self, request: web.Request) -> web.Response:
+        body = await request.json()
         names = list(self.engine.runners)
+        folders = [r.plan.data.folder for r in self.data.data_runners().values()
+                   if r.plan.data is not None]
+        data: dict[str, Any] = {"snapshot": None, "data": "kept" if folders else "none"}
+        if folders and not body.get("persist_data"):
+            keep = self.engine.plan.keep_automatic if self.engine.plan else 3
+            async with self.engine.lock:
+                data = await self.data.discard_for_stop(self._project(), keep)
         await self.engine.stop_all()
+        if data["data"] == "discarded":
+            self.data.remove_data(folders)
         self.shutdown.set()
-        return web.json_response({"ok": True, "stopped": names})
+        return web.json_response({"ok": True, "stopped": names, **data})
+
+    def _project(self) -> str:
+        return self.engine.plan.project if self.engine.plan else self.root.name
+
+    async def snapshot_list(self, request: web.Request) -> web.Response:
+        return web.json_response([s.summary() for s in self.data.store.all()])
+
+    async def snapshot_save(self, request: web.Request) -> web.Response:
+        name = (await request.json())["name"]
+        snap = await self.data.save(name, self._project())
+        return web.json_response(snap.summary())
+
+    async def snapshot_restore(self, request: web.Request) -> web.Response:
+        snap = await self.data.restore((await request.json())["name"])
+        return web.json_response(snap.summary())
+
+    async def data_load(self, request: web.Request) -> web.Response:
+        dataset = (await request.json())["dataset"]
+        loaded = await asyncio.to_thread(load, self.root, self.profile)
+        return web.json_response(await self.data.load(loaded, dataset))
+
+    async def data_reset(self, request: web.Request) -> web.Response:
+        return web.json_response({"reset": await self.data.reset()})
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
         q = request.query

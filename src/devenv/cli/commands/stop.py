@@ -16,4 +16,14 @@ def run(args: argparse.Namespace) -> int:
     stopped = result.get("stopped", [])
     out.print(f"stopped {len(stopped)} service{'s' if len(stopped) != 1 else ''}"
               + (f": {', '.join(stopped)}" if stopped else ""))
+    if result.get("data") == "discarded":
+        out.print(f"data discarded; automatic snapshot [bold]{result['snapshot']}[/] kept "
+                  f"(bring it back with `devenv up` then `devenv snapshot restore "
+                  f"{result['snapshot']}`; keep data across stops with --persist-data)")
+    elif result.get("data") == "kept":
+        out.print("data kept for the next `devenv up`")
+    if result.get("warning"):
+        from devenv.cli.output import warn
+
+        warn(result["warning"])
     return 0

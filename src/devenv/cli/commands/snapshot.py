@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.table import Table
+
+from devenv.cli.commands._common import project_root
+from devenv.cli.output import out, print_json, size
+from devenv.client import Client, EngineNotRunning
+from devenv.core.paths import StateDir
+from devenv.data.snapshots import SnapshotStore
+
+
+def run(args: argparse.Namespace) -> int:
+    root = project_root(args)
+    store = SnapshotStore(StateDir(root).base / "snapshots")
+    action = args.action
+    if action in ("save", "restore"):
+        client = Client(root)
+        if not client.running():
+            raise EngineNotRunning(root)
+        snap = client.snapshot_save(args.name) if action == "save" \
+            else client.snapshot_restore(args.name)
+        verb = "saved" if action == "save" else "restored"
+        out.print(f"{verb} snapshot {snap['name']}: {', '.join(snap['services'])} "
+                  f"({size(snap['size_bytes'])})")
+    elif action == "list":
+        snaps = [s.summary() for s in store.all()]
+        if args.json:
+            print_json(snaps)
+            return 0
+        if not snaps:
+            out.print("no snapshots yet; take one with `devenv snapshot save NAME`")
+            return 0
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for col in ("NAME", "CREATED", "SIZE", "SERVICES", "DATASETS"):
+            table.add_column(col)
+        for s in snaps:
+            table.add_row(s["name"] + (" (auto)" if s["automatic"] else ""), s["created"],
+                          size(s["size_bytes"]),
+                          ", ".join(f"{n} ({v['kind']} {v['version']})"
+                                    for n, v in s["services"].items()),
+                          ", ".join(s["datasets"]) or "-")
+        out.print(table)
+    elif action == "delete":
+        store.delete(args.name)
+        out.print(f"deleted snapshot {args.name}")
+    elif action == "export":
+        written = store.export(args.name, Path(args.output))
+        out.print(f"exported {args.name} to {written} ({size(written.stat().st_size)})")
+    else:
+        imported = store.import_(Path(args.file), args.name)
+        out.print(f"imported snapshot {imported.name} ({size(imported.size)}); restore it "
+                  f"with `devenv snapshot restore {imported.name}`")
+    return 0

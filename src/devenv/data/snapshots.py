@@ -1,0 +1,259 @@
+"""The snapshot store: .devenv/snapshots/<name>/ with a manifest of checksums.
+
+A snapshot is built in a staging folder and appears under its name only by a final rename,
+after its files and manifest are on disk: a crash mid-save leaves nothing that lists as
+valid. Restore verifies every checksum first. Import never writes outside the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from devenv.config.schema import did_you_mean
+from devenv.core.atomic import write_atomic
+from devenv.core.errors import DevenvError, UsageError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MANIFEST = "manifest.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def created(self) -> str:
+        return str(self.manifest["created"])
+
+    @property
+    def automatic(self) -> bool:
+        return bool(self.manifest.get("automatic"))
+
+    @property
+    def size(self) -> int:
+        return sum(f["size"] for s in self.manifest["services"].values()
+                   for f in s["files"].values())
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "created": self.created, "automatic": self.automatic,
+                "size_bytes": self.size, "datasets": self.manifest.get("datasets", []),
+                "services": {n: {"kind": s["kind"], "version": s["version"]}
+                             for n, s in self.manifest["services"].items()}}
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name) or ".." in name:
+        raise UsageError(f"'{name}' is not a valid snapshot name",
+                         hint="use letters, digits, '.', '_' and '-' (up to 64), starting "
+                         "with a letter or digit")
+    return name
+
+
+def sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SnapshotStore:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def staging(self, name: str) -> Path:
+        check_name(name)
+        if (self.folder / name).exists():
+            raise UsageError(f"a snapshot named '{name}' already exists",
+                             hint="choose another name, or `devenv snapshot delete` it first")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=self.folder))
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def commit(self, staging: Path, name: str, manifest: dict[str, Any]) -> Snapshot:
+        """Checksum everything in `staging`, write the manifest last, then rename."""
+        for service, entry in manifest["services"].items():
+            root = staging / service
+            entry["files"] = {
+                str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": sha256(p)}
+                for p in sorted(root.rglob("*")) if p.is_file()}
+        manifest.update(format=FORMAT, name=name)
+        write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2))
+        _fsync_tree(staging)
+        target = self.folder / name
+        if target.exists():
+            self.discard(staging)
+            raise UsageError(f"a snapshot named '{name}' already exists")
+        staging.rename(target)
+        return Snapshot(name, target, manifest)
+
+    def all(self) -> list[Snapshot]:
+        if not self.folder.is_dir():
+            return []
+        found = []
+        for path in self.folder.iterdir():
+            if path.name.startswith(".") or not path.is_dir():
+                continue
+            try:
+                manifest = json.loads((path / MANIFEST).read_text())
+            except (OSError, ValueError):
+                continue  # not a complete snapshot
+            found.append(Snapshot(path.name, path, manifest))
+        return sorted(found, key=lambda s: s.manifest.get("created_ts", 0))
+
+    def get(self, name: str) -> Snapshot:
+        check_name(name)
+        for snap in self.all():
+            if snap.name == name:
+                return snap
+        names = [s.name for s in self.all()]
+        raise UsageError(f"no snapshot '{name}'{did_you_mean(name, names)}",
+                         hint="see `devenv snapshot list`")
+
+    def verify(self, name: str) -> Snapshot:
+        """The snapshot, after checking every file against the manifest."""
+        snap = self.get(name)
+        problems = []
+        for service, entry in snap.manifest["services"].items():
+            root = snap.path / service
+            on_disk = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} \
+                if root.is_dir() else set()
+            for rel, meta in entry["files"].items():
+                path = root / rel
+                if rel not in on_disk:
+                    problems.append(f"{service}/{rel}: missing")
+                elif path.stat().st_size != meta["size"]:
+                    problems.append(f"{service}/{rel}: {path.stat().st_size} bytes, the "
+                                    f"manifest says {meta['size']} (truncated?)")
+                elif sha256(path) != meta["sha256"]:
+                    problems.append(f"{service}/{rel}: checksum differs (corrupted or changed)")
+            problems += [f"{service}/{rel}: not in the manifest"
+                         for rel in on_disk - set(entry["files"])]
+        if problems:
+            raise DevenvError(f"snapshot '{name}' is damaged; nothing was restored",
+                              details=problems[:10],
+                              hint="restore another snapshot (`devenv snapshot list`)")
+        return snap
+
+    def delete(self, name: str) -> None:
+        snap = self.get(name)
+        doomed = self.folder / f".deleting-{name}-{time.time_ns()}"
+        snap.path.rename(doomed)  # gone from the list at once, even if the removal is cut
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def prune_automatic(self, keep: int) -> list[str]:
+        autos = [s for s in self.all() if s.automatic]
+        doomed = autos[: max(len(autos) - keep, 0)]
+        for snap in doomed:
+            self.delete(snap.name)
+        return [s.name for s in doomed]
+
+    def cleanup(self) -> None:
+        """Remove what a crash left: staging and half-deleted folders."""
+        if self.folder.is_dir():
+            for path in self.folder.iterdir():
+                if path.name.startswith((".staging-", ".deleting-", ".importing-")):
+                    shutil.rmtree(path, ignore_errors=True)
+
+    # ---- sharing
+
+    def export(self, name: str, file: Path) -> Path:
+        snap = self.verify(name)
+        tmp = file.with_name(f".{file.name}.tmp")
+        gz = file.name.endswith((".gz", ".tgz"))
+        with tarfile.open(tmp, "w:gz", compresslevel=1) if gz else tarfile.open(tmp, "w") as tar:
+            tar.add(snap.path, arcname=name, recursive=True)
+        tmp.replace(file)
+        return file
+
+    def import_(self, file: Path, name: str | None = None) -> Snapshot:
+        if not file.is_file():
+            raise UsageError(f"no file {file}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".importing-", dir=self.folder))
+        try:
+            top = self._extract(file, staging)
+            manifest = json.loads((staging / MANIFEST).read_text())
+            final = check_name(name or manifest.get("name") or top)
+            if (self.folder / final).exists():
+                raise UsageError(f"a snapshot named '{final}' already exists",
+                                 hint="import it under another name with --name")
+            manifest["name"] = final
+            write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2))
+            checked = staging.rename(self.folder / final)
+            try:
+                return self.verify(final)
+            except DevenvError:
+                shutil.rmtree(checked, ignore_errors=True)
+                raise
+        except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
+            raise DevenvError(f"cannot import {file}: {exc}",
+                              hint="the file must come from `devenv snapshot export`") from exc
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _extract(self, file: Path, staging: Path) -> str:
+        """Extract a shared snapshot file, member by member; anything that could land
+        outside `staging` (absolute paths, '..', links, devices) is refused."""
+        top: str | None = None
+        with tarfile.open(file, "r:*") as tar:
+            for member in tar:
+                parts = PurePosixPath(member.name).parts
+                if not parts or member.name.startswith("/") or ".." in parts:
+                    raise ValueError(f"unsafe path in archive: {member.name!r}")
+                if top is None:
+                    top = parts[0]
+                if parts[0] != top:
+                    raise ValueError("the archive holds more than one snapshot")
+                rel = Path(*parts[1:]) if len(parts) > 1 else Path(".")
+                target = (staging / rel).resolve()
+                if not target.is_relative_to(staging.resolve()):
+                    raise ValueError(f"unsafe path in archive: {member.name!r}")
+                if member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                elif member.isfile():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    source = tar.extractfile(member)
+                    assert source is not None
+                    with open(target, "wb") as out:
+                        shutil.copyfileobj(source, out, 1 << 20)
+                else:
+                    raise ValueError(f"unsupported entry in archive: {member.name!r}")
+        if top is None:
+            raise ValueError("the archive is empty")
+        return top
+
+
+def now_manifest(project: str, automatic: bool, datasets: list[str]) -> dict[str, Any]:
+    moment = datetime.now(UTC)
+    return {"project": project, "created": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created_ts": moment.timestamp(), "automatic": automatic, "datasets": datasets,
+            "services": {}}
