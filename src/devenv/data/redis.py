@@ -30,7 +30,7 @@ class Redis:
 
     def command(self, ds: DataService) -> tuple[str, ...]:
         return ("/bin/sh", "-c", f"exec '{self._bin(ds, 'redis-server')}' --port \"$PORT\" "
-                f"--bind {HOST} --dir '{ds.folder}' --dbfilename dump.rdb --save '1 1' "
+                f"--bind {HOST} --dir '{ds.folder}' --dbfilename dump.rdb --save 1 1 "
                 "--appendonly no --protected-mode yes --requirepass \"$REDIS_PASSWORD\"")
 
     def health(self, ds: DataService) -> HealthCheck:

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
             out.print("no snapshots yet; take one with `devenv snapshot save NAME`")
             return 0
         table = Table(box=None, header_style="bold", pad_edge=False)
-        for col in ("NAME", "CREATED", "SIZE", "SERVICES", "DATASETS"):
+        for col in ("NAME", "CREATED", "SIZE"):
+            table.add_column(col, no_wrap=True)
+        for col in ("SERVICES", "DATASETS"):
             table.add_column(col)
         for s in snaps:
             table.add_row(s["name"] + (" (auto)" if s["automatic"] else ""), s["created"],
