@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	cd examples/hello && ../../$(BIN)/devenv up --attach
+	cd examples/shop && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/devenv up --profile integration-test --attach
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench examples

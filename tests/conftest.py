@@ -22,6 +22,9 @@ import psutil
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# services started by the tests run with this virtualenv's python first on PATH
+ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1",
+       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
 def free_ports(n: int) -> list[int]:
@@ -82,7 +85,7 @@ class Project:
                input: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([sys.executable, "-m", "devenv", *args], cwd=self.root,
                                 capture_output=True, text=True, timeout=timeout, input=input,
-                                env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"})
+                                env=ENV)
         if check and result.returncode != 0:
             raise AssertionError(f"devenv {' '.join(args)} exited {result.returncode}\n"
                                  f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
@@ -90,7 +93,8 @@ class Project:
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen([sys.executable, "-m", "devenv", *args], cwd=self.root,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=ENV)
 
     def up(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.devenv("up", *args, check=True)

@@ -202,3 +202,16 @@ def test_model_declares_every_key_with_a_description() -> None:
 
     walk(schema(), "")
     assert Project.__doc__
+
+
+def test_personal_overrides_win_over_the_profile(tmp_path: Path) -> None:
+    write(tmp_path, """\
+        version: 1
+        services:
+          api: {command: x, env: {MODE: base}}
+        profiles:
+          ci: {env: {MODE: ci}}
+        """)
+    assert load(tmp_path, "ci").project.services["api"].env["MODE"] == "ci"
+    write(tmp_path, "services:\n  api:\n    env: {MODE: mine}\n", ".devenv/local.yaml")
+    assert load(tmp_path, "ci").project.services["api"].env["MODE"] == "mine"

@@ -170,21 +170,25 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     shown = file.name
     source = read_yaml(file, shown, texts.get(file))
     local = StateDir(root).local_overrides
+    over = None
     if local in texts or local.is_file():
         over = read_yaml(local, ".devenv/local.yaml", texts.get(local))
         merge(source, over.data, over.where)
-    env = {**read_dotenv(root / ".env"), **(os.environ if environ is None else environ)}
+    env = _env(root, environ)
     missing: set[str] = set()
     source.data = interpolate(source.data, env, (), missing)
     warnings = [f"${{{name}}} is not set; using an empty string" for name in sorted(missing)]
     project = _build(source, shown)
     _check(project, source, shown, root)
     if profile is not None:
-        project = apply_profile(project, source, profile, shown, root)
+        project = apply_profile(project, source, profile, shown, root, over)
     return Loaded(root, file, project, profile, source, warnings)
 
 
-def apply_profile(project: Project, source: Source, name: str, shown: str, root: Path) -> Project:
+def apply_profile(project: Project, source: Source, name: str, shown: str, root: Path,
+                  local: Source | None = None) -> Project:
+    """The project as the profile changes it; personal overrides still have the last word
+    (devenv.yaml < profile < .devenv/local.yaml)."""
     if name not in project.profiles:
         hint = did_you_mean(name, project.profiles)
         known = ", ".join(project.profiles) or "none declared"
@@ -207,6 +211,8 @@ def apply_profile(project: Project, source: Source, name: str, shown: str, root:
             ("env", k): source.locate(base + ("env", k), shown) for k in prof.env}
         for svc in variant.data.get("services", {}):
             merge(variant, {"env": dict(prof.env)}, env_where, ("services", svc))
+    if local is not None:
+        merge(variant, interpolate(local.data, _env(root), (), set()), local.where)
     result = _build(variant, shown)
     _check(result, variant, shown, root)
     return result
@@ -237,3 +243,8 @@ def _raise(issues: list[Issue], source: Source, shown: str) -> None:
         problems.append(Problem(file, line or None, dotted(issue.path), issue.message))
     problems.sort(key=lambda p: (p.file != shown, p.file, p.line or 0))
     raise ConfigError(problems)
+
+
+def _env(root: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What ${VAR} reads: the environment, over the project's .env file."""
+    return {**read_dotenv(root / ".env"), **(os.environ if environ is None else environ)}

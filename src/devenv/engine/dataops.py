@@ -132,7 +132,7 @@ class DataOps:
 
             await asyncio.gather(*(one(r) for r in runners.values()))
             await self._await_healthy(list(runners.values()))
-            self._set_loaded([])
+            self._record.unlink(missing_ok=True)
             return list(runners)
 
     async def _await_healthy(self, runners: list[ServiceRunner]) -> None:
@@ -239,18 +239,15 @@ class DataOps:
         self._record.unlink(missing_ok=True)
 
     async def load_profile_datasets(self, loaded: Loaded) -> list[str]:
-        """`up --profile P`: P's datasets, when this `up` created the data afresh."""
-        runners = self.data_runners()
-        fresh = any(r.fresh for r in runners.values())
-        for runner in runners.values():
-            runner.fresh = False
-        if not fresh or not loaded.profile:
+        """`up --profile P`: P's datasets, the first time the data meets a dataset (the
+        record goes whenever the data is discarded or reset, and a restore brings back the
+        snapshot's own)."""
+        wanted = loaded.project.profiles[loaded.profile].datasets if loaded.profile else []
+        if not wanted or self._record.exists() or not self.data_runners():
             return []
-        wanted = loaded.project.profiles[loaded.profile].datasets
-        todo = [d for d in wanted if d not in self.loaded_datasets()]
-        for dataset in todo:
+        for dataset in wanted:
             await self.load(loaded, dataset)
-        return todo
+        return list(wanted)
 
 
 def _remove(folder: Path) -> None:

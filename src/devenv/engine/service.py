@@ -61,7 +61,6 @@ class ServiceRunner:
         self.restarts = 0
         self.changed = asyncio.Event()
         self._state = "stopped"
-        self.fresh = False  # a data service that provisioned fresh data in this engine
 
     # ---- lifecycle
 
@@ -280,7 +279,6 @@ class ServiceRunner:
             self._event(rep, rep.detail)
             return False
         data.fresh_marker.write_text("provisioned\n")
-        self.fresh = True
         self._event(rep, "provisioned fresh data")
         return True
 

@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
                          hint="services: " + ", ".join(loaded.project.services))
     plan = service_plan(loaded, args.service)
     env = dict(plan.env)
+    if plan.port:
+        env["SERVICE_URL"] = f"http://127.0.0.1:{plan.port}"  # the service's own address
     if len(argv) == 1 and " " in argv[0]:
         argv = list(command_argv(argv[0]))
     return run_foreground(argv, env, loaded.root / plan.workdir)

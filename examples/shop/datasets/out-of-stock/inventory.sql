@@ -1,0 +1,1 @@
+UPDATE stock SET available = 0;
