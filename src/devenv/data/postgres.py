@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import subprocess
 import tarfile
@@ -130,11 +129,11 @@ class Postgres:
         staging = Path(tempfile.mkdtemp(prefix="pgdata.restore-", dir=ds.folder))
         try:
             with tarfile.open(src / "base.tar") as tar:
-                tar.extractall(staging, filter="data")  # no owners: files stay ours
+                tar.extractall(staging, filter=_ours)
             wal = src / "pg_wal.tar"
             if wal.exists():
                 with tarfile.open(wal) as tar:
-                    tar.extractall(staging / "pg_wal", filter="data")
+                    tar.extractall(staging / "pg_wal", filter=_ours)
             staging.chmod(0o700)
             old = pgdata.with_name("pgdata.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -145,5 +144,16 @@ class Postgres:
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
+        # no sync here: starting from a backup label, PostgreSQL syncs the data folder itself
         ds.fresh_marker.write_text("restored\n")
-        os.sync()
+
+
+def _ours(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
+    """Extract with no owner change: the files stay ours (the server may run in a user
+    namespace). The archive was verified against the snapshot's checksums before this, and
+    comes from pg_basebackup, so the stricter (and 2x slower) `data` filter is not needed."""
+    if member.issym() or member.islnk() or member.isdev():
+        raise tarfile.FilterError(f"unexpected entry in a base backup: {member.name}")
+    # None (not typeshed's int) is how tarfile's own data filter skips the chown
+    return member.replace(uid=None, gid=None, uname=None, gname=None,  # type: ignore[arg-type]
+                          deep=False)
