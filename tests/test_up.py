@@ -162,3 +162,26 @@ def test_status_resources_and_engine_not_running(project: Project) -> None:
     assert svc["rss_bytes"] > 5_000_000 and svc["cpu_percent"] >= 0
     text = project.devenv("status", "--resources", check=True).stdout
     assert "MiB" in text and "db" in text
+
+
+def test_interpolation_uses_the_callers_environment_on_every_up(project: Project) -> None:
+    (port,) = free_ports(1)
+    project.write(f"""\
+        version: 1
+        ingress: {{port: {project.ingress_port}}}
+        services:
+          api:
+            command: python svc.py
+            port: {port}
+            env: {{GREETING: "${{GREETING:-default}}"}}
+        """)
+    project.up()
+    assert project.get(f"http://127.0.0.1:{port}/whoami")[1]["greeting"] == "default"
+    import subprocess
+    import sys
+
+    from conftest import ENV
+
+    subprocess.run([sys.executable, "-m", "devenv", "up"], cwd=project.root, check=True,
+                   capture_output=True, env={**ENV, "GREETING": "from-the-shell"})
+    assert project.get(f"http://127.0.0.1:{port}/whoami")[1]["greeting"] == "from-the-shell"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -94,7 +95,9 @@ class Client:
         return result
 
     def up(self, services: list[str], profile: str | None) -> Iterator[dict[str, Any]]:
-        return self._stream("POST", "/v1/up", {"services": services, "profile": profile})
+        # ${VAR} in devenv.yaml means the caller's environment, not the engine's
+        return self._stream("POST", "/v1/up", {"services": services, "profile": profile,
+                                               "environ": dict(os.environ)})
 
     def restart(self, services: list[str]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/v1/restart", {"services": services},

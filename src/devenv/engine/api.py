@@ -40,6 +40,7 @@ class Api:
         self.ensure_ingress = ensure_ingress
         self.ingress_url: str | None = None
         self.profile: str | None = None  # of the last `up`
+        self.environ: dict[str, str] | None = None  # the caller's, for ${VAR}
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()  # work that outlives a disconnected client
 
@@ -88,7 +89,9 @@ class Api:
 
     async def up(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        loaded = await asyncio.to_thread(load, self.root, body.get("profile"))
+        self.environ = body.get("environ")
+        loaded = await asyncio.to_thread(load, self.root, body.get("profile"),
+                                         environ=self.environ)
         plan = make_plan(loaded, body.get("services") or [])
         self.profile = loaded.profile
         self.ingress_url = await self.ensure_ingress(plan.ingress_port)
@@ -161,7 +164,7 @@ class Api:
 
     async def data_load(self, request: web.Request) -> web.Response:
         dataset = (await request.json())["dataset"]
-        loaded = await asyncio.to_thread(load, self.root, self.profile)
+        loaded = await asyncio.to_thread(load, self.root, self.profile, environ=self.environ)
         return web.json_response(await self.data.load(loaded, dataset))
 
     async def data_reset(self, request: web.Request) -> web.Response:
