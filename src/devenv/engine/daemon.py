@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import IO
 
@@ -25,16 +23,6 @@ from devenv.engine.logstore import LogStore
 from devenv.engine.reconciler import Engine
 from devenv.runtime import get_runtime
 from devenv.runtime.local import recover_orphans
-
-
-def take_lock(state: StateDir) -> IO[str] | None:
-    fh = open(state.lock, "a+")  # noqa: SIM115 - held for the engine's lifetime
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        return None
-    return fh
 
 
 async def serve(root: Path, state: StateDir) -> None:
@@ -109,14 +97,10 @@ async def serve(root: Path, state: StateDir) -> None:
     state.socket.unlink(missing_ok=True)
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], lock: IO[str]) -> int:
+    """Serve the project at argv[0]; `lock` is its engine lock, already held."""
     root = Path(argv[0]).resolve()
     state = StateDir(root)
-    state.ensure()
-    lock = take_lock(state)
-    if lock is None:
-        print("another engine already serves this project", flush=True)
-        return 0
     recovered = recover_orphans(state)
     if recovered:
         print(f"stopped {recovered} process group(s) left by a previous engine", flush=True)
@@ -130,5 +114,3 @@ def main(argv: list[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
