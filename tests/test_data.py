@@ -250,3 +250,56 @@ def test_sql_splitter_keeps_quotes_comments_and_line_numbers() -> None:
     assert [s.line for s in statements] == [2, 3, 5]
     assert statements[1].text.endswith("($$c;d$$)")
     assert "SELECT 1;" in statements[2].text
+
+
+def test_dataset_script_users_restore_from_and_version_pin(project: Project) -> None:
+    db, _ = free_ports(2)
+    (project.root / "seed.py").write_text(
+        "import os, sys, psycopg\n"
+        "with psycopg.connect(os.environ['DATABASE_URL'], autocommit=True) as c:\n"
+        "    c.execute('CREATE TABLE IF NOT EXISTS seen (who text)')\n"
+        "    c.execute(\"INSERT INTO seen VALUES ('script')\")\n"
+        "sys.exit(int(os.environ.get('SEED_FAIL', '0')))\n")
+    project.write(f"""\
+        version: 1
+        ingress: {{enabled: false}}
+        services:
+          db:
+            kind: postgres
+            port: {db}
+            databases: [app]
+            users: {{reporting: report-pw}}
+        datasets:
+          scripted: {{script: [python, seed.py]}}
+        """)
+    project.up()
+    project.devenv("data", "load", "--dataset", "scripted", check=True)
+    url = f"postgresql://reporting:report-pw@127.0.0.1:{db}/app"
+    with psycopg.connect(url) as conn:  # the extra role can log in and read
+        assert conn.execute("SELECT who FROM seen").fetchall() == [("script",)]
+    project.devenv("snapshot", "save", "one-row", check=True)
+    project.devenv("data", "load", "--dataset", "scripted", check=True)
+
+    # a failing script is rolled back: the data is as it was before the load
+    import subprocess
+    import sys
+
+    from conftest import ENV
+
+    failed = subprocess.run([sys.executable, "-m", "devenv", "data", "load", "--dataset",
+                             "scripted"], cwd=project.root, capture_output=True, text=True,
+                            env={**ENV, "SEED_FAIL": "1"})
+    assert failed.returncode == 1 and "the data is back as it was" in failed.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM seen").fetchone() == (2,)
+    project.devenv("data", "restore", "--from", "one-row", check=True)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT count(*) FROM seen").fetchone() == (1,)
+    project.devenv("stop", "--persist-data", check=True)
+
+    text = (project.root / "devenv.yaml").read_text()
+    (project.root / "devenv.yaml").write_text(text.replace("databases: [app]",
+                                                           "databases: [app]\n    version: '9'"))
+    pinned = project.devenv("up")
+    assert pinned.returncode == 1
+    assert "wants PostgreSQL 9, the binaries are PostgreSQL 18" in pinned.stderr

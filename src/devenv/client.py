@@ -128,8 +128,8 @@ class Client:
         return result
 
     def data_load(self, dataset: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", "/v1/data/load", {"dataset": dataset},
-                                            timeout=None)
+        result: dict[str, Any] = self._json("POST", "/v1/data/load", {
+            "dataset": dataset, "environ": dict(os.environ)}, timeout=None)
         return result
 
     def data_reset(self) -> dict[str, Any]:

@@ -115,6 +115,17 @@ class Postgres:
                 for role in ds.spec.users:
                     await conn.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
                         sql.Identifier(db), sql.Identifier(role)))
+        for db in databases_of(ds.name, ds.spec.databases) if ds.spec.users else []:
+            # the extra roles also get what the owner creates later: tables, sequences
+            url = self.url(ds, db).replace(f":{ds.port}/", f":{port}/")
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                for role in ds.spec.users:
+                    ident = sql.Identifier(role)
+                    await conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(ident))
+                    for what in ("TABLES", "SEQUENCES"):
+                        await conn.execute(sql.SQL(
+                            "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT ALL "
+                            "ON " + what + " TO {}").format(sql.Identifier(ds.spec.user), ident))
 
     async def snapshot(self, ds: DataService, dest: Path) -> str:
         await run_tool([self._bin(ds, "pg_basebackup"), "-h", HOST, "-p", str(ds.port),

@@ -111,7 +111,7 @@ class Api:
         datasets: list[str] = []
         if result["ok"]:
             try:
-                datasets = await self.data.load_profile_datasets(loaded)
+                datasets = await self.data.load_profile_datasets(loaded, self.environ)
             except DevenvError as exc:
                 result["ok"] = False
                 result["error"] = {"message": exc.message, "details": exc.details}
@@ -163,9 +163,10 @@ class Api:
         return web.json_response(snap.summary())
 
     async def data_load(self, request: web.Request) -> web.Response:
-        dataset = (await request.json())["dataset"]
-        loaded = await asyncio.to_thread(load, self.root, self.profile, environ=self.environ)
-        return web.json_response(await self.data.load(loaded, dataset))
+        body = await request.json()
+        environ = body.get("environ") or self.environ
+        loaded = await asyncio.to_thread(load, self.root, self.profile, environ=environ)
+        return web.json_response(await self.data.load(loaded, body["dataset"], environ))
 
     async def data_reset(self, request: web.Request) -> web.Response:
         return web.json_response({"reset": await self.data.reset()})

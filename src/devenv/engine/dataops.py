@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,11 +145,13 @@ class DataOps:
 
     # ---- datasets
 
-    async def load(self, loaded: Loaded, dataset: str) -> dict[str, Any]:
+    async def load(self, loaded: Loaded, dataset: str,
+                   environ: dict[str, str] | None = None) -> dict[str, Any]:
         async with self.engine.lock:
-            return await self._load(loaded, dataset)
+            return await self._load(loaded, dataset, environ or dict(os.environ))
 
-    async def _load(self, loaded: Loaded, dataset: str) -> dict[str, Any]:
+    async def _load(self, loaded: Loaded, dataset: str, environ: dict[str, str]
+                    ) -> dict[str, Any]:
         from devenv.config.schema import did_you_mean
 
         spec = loaded.project.datasets.get(dataset)
@@ -174,7 +177,7 @@ class DataOps:
         try:
             counts = await load_files(loaded.root, spec.files, targets)
             if spec.script is not None:
-                await self._script(loaded, spec.script, runners)
+                await self._script(loaded, spec.script, runners, environ)
         except BaseException:
             if guard:
                 await self._restore_unlocked(guard)
@@ -199,7 +202,7 @@ class DataOps:
         await self._await_healthy([runners[s] for s in snap.manifest["services"]])
 
     async def _script(self, loaded: Loaded, script: str | list[str],
-                      runners: dict[str, ServiceRunner]) -> None:
+                      runners: dict[str, ServiceRunner], environ: dict[str, str]) -> None:
         from devenv.plan import command_argv, url_var
 
         env: dict[str, str] = {}
@@ -210,7 +213,7 @@ class DataOps:
             env.setdefault(kind.url_var, kind.url(data))
             env[url_var(name)] = kind.url(data)
         proc = await asyncio.create_subprocess_exec(
-            *command_argv(script), cwd=loaded.root, env={**_environ(), **env},
+            *command_argv(script), cwd=loaded.root, env={**environ, **env},
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         out, _ = await proc.communicate()
         if proc.returncode != 0:
@@ -238,7 +241,8 @@ class DataOps:
             _remove(folder)
         self._record.unlink(missing_ok=True)
 
-    async def load_profile_datasets(self, loaded: Loaded) -> list[str]:
+    async def load_profile_datasets(self, loaded: Loaded,
+                                    environ: dict[str, str] | None = None) -> list[str]:
         """`up --profile P`: P's datasets, the first time the data meets a dataset (the
         record goes whenever the data is discarded or reset, and a restore brings back the
         snapshot's own)."""
@@ -246,7 +250,7 @@ class DataOps:
         if not wanted or self._record.exists() or not self.data_runners():
             return []
         for dataset in wanted:
-            await self.load(loaded, dataset)
+            await self.load(loaded, dataset, environ)
         return list(wanted)
 
 
@@ -257,8 +261,3 @@ def _remove(folder: Path) -> None:
         folder.rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
 
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
