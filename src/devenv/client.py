@@ -94,10 +94,11 @@ class Client:
                                                                     else ""))
         return result
 
-    def up(self, services: list[str], profile: str | None) -> Iterator[dict[str, Any]]:
+    def up(self, services: list[str], profile: str | None, watch: bool = True
+           ) -> Iterator[dict[str, Any]]:
         # ${VAR} in devenv.yaml means the caller's environment, not the engine's
         return self._stream("POST", "/v1/up", {"services": services, "profile": profile,
-                                               "environ": dict(os.environ)})
+                                               "environ": dict(os.environ), "watch": watch})
 
     def restart(self, services: list[str]) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/v1/restart", {"services": services},

@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default=None, help="apply a profile from devenv.yaml")
     s.add_argument("--attach", action="store_true", help="stay in the foreground streaming logs;"
                    " Ctrl-C stops the environment")
+    s.add_argument("--no-watch", dest="watch", action="store_false",
+                   help="do not reload services when their files change")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     s = sub.add_parser("stop", help="stop every service and the engine")

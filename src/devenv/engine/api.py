@@ -24,6 +24,8 @@ from devenv.engine import logstore
 from devenv.engine.context import Event
 from devenv.engine.dataops import DataOps
 from devenv.engine.reconciler import Engine
+from devenv.engine.reloader import Reloader
+from devenv.engine.watch import Watcher, make_spec
 from devenv.plan import make_plan
 
 CPU_WINDOW = 0.25
@@ -35,12 +37,15 @@ class Api:
                  ensure_ingress: Callable[[int | None], Awaitable[str | None]]):
         self.engine = engine
         self.data = DataOps(engine, StateDir(root))
+        self.reloader = Reloader(engine)
+        self.watcher = Watcher(self.reloader.trigger, engine.ctx.clock)
         self.root = root
         self.shutdown = shutdown
         self.ensure_ingress = ensure_ingress
         self.ingress_url: str | None = None
         self.profile: str | None = None  # of the last `up`
         self.environ: dict[str, str] | None = None  # the caller's, for ${VAR}
+        self.watching = False
         self.started = time.time()
         self._tasks: set[asyncio.Task[Any]] = set()  # work that outlives a disconnected client
 
@@ -84,7 +89,7 @@ class Api:
         return web.json_response({
             "project": plan.project if plan else self.root.name, "running": True,
             "engine": {"pid": os.getpid(), "uptime_s": round(time.time() - self.started, 1)},
-            "ingress": self.ingress_url, "services": services,
+            "ingress": self.ingress_url, "services": services, "watching": self.watching,
         })
 
     async def up(self, request: web.Request) -> web.StreamResponse:
@@ -108,6 +113,7 @@ class Api:
             else:
                 getter.cancel()
         result = task.result()
+        self._watch(bool(body.get("watch", True)))
         datasets: list[str] = []
         if result["ok"]:
             try:
@@ -120,6 +126,17 @@ class Api:
                                "datasets_loaded": datasets})
         await response.write_eof()
         return response
+
+    def _watch(self, enabled: bool) -> None:
+        """Watch the files of every running service that reloads (`up --no-watch`: none)."""
+        specs = []
+        for runner in self.engine.runners.values():
+            watch = runner.plan.watch
+            if enabled and watch.enabled and runner.plan.data is None:
+                specs.append(make_spec(runner.name, self.root, runner.plan.workdir,
+                                       watch.paths, watch.ignore))
+        self.watcher.update(specs)
+        self.watching = enabled and bool(specs)
 
     async def restart(self, request: web.Request) -> web.Response:
         names = (await request.json()).get("services") or list(self.engine.runners)
@@ -141,6 +158,7 @@ class Api:
             keep = self.engine.plan.keep_automatic if self.engine.plan else 3
             async with self.engine.lock:
                 data = await self.data.discard_for_stop(self._project(), keep)
+        self.watcher.stop()
         await self.engine.stop_all()
         if data["data"] == "discarded":
             self.data.remove_data(folders)

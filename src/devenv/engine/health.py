@@ -18,7 +18,7 @@ async def probe(check: HealthCheck | None, instance: Instance, spec: InstanceSpe
     try:
         if check is not None and check.command is not None:
             argv = command_argv(check.command)
-            return await runtime.run(spec, argv, timeout, instance) == 0
+            return (await runtime.run(spec, argv, timeout, instance)).code == 0
         if endpoint is None:
             return True
         if check is not None and check.http:

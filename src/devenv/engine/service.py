@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ STABLE_AFTER = 30.0  # healthy this long: the crash count starts again
 CRASH_LOOP = (5, 60.0)  # this many crashes within this many seconds is a crash loop
 START_ATTEMPTS = 3  # crashes before first health that fail an `up`
 DRAIN_TIMEOUT = 10.0
+TAIL_LINES = 30  # each replica's last output lines, to show why a new instance failed
 
 
 @dataclass(eq=False)
@@ -40,13 +42,18 @@ class Replica:
     ever_healthy: bool = False
     stopping: bool = False
     gave_up: bool = False
+    start_attempts: int = START_ATTEMPTS  # crashes before its first health that fail it
     crashes: list[float] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
+    started_at: float | None = None
+    healthy_at: float | None = None
 
     @property
     def failed_start(self) -> bool:
-        return not self.ever_healthy and (self.start_crashes >= START_ATTEMPTS or self.gave_up)
+        return not self.ever_healthy and (self.start_crashes >= self.start_attempts
+                                          or self.gave_up)
 
 
 class ServiceRunner:
@@ -61,6 +68,8 @@ class ServiceRunner:
         self.restarts = 0
         self.changed = asyncio.Event()
         self._state = "stopped"
+        self.reloads = 0
+        self.last_reload: dict[str, Any] | None = None
 
     # ---- lifecycle
 
@@ -80,21 +89,40 @@ class ServiceRunner:
         await asyncio.gather(*(self._retire(r) for r in surplus))
         self._touch()
 
-    async def replace(self, plan: ServicePlan) -> bool:
+    async def replace(self, plan: ServicePlan, timings: dict[str, float] | None = None,
+                      failure: list[str] | None = None) -> bool:
         """Roll every replica to `plan` with no downtime: new ones start and must be healthy
-        before the old ones are drained. If any new one fails, the old ones keep serving."""
+        before the old ones leave the pool and drain. If any new one fails, the old ones keep
+        serving. `timings` gets seconds from the start to started/healthy/switched/drained;
+        `failure` gets the failed new instances' last output lines."""
+        clock, t0 = self.ctx.clock, self.ctx.clock()
         old = list(self.replicas)
-        fresh = [Replica(index=r.index, plan=plan) for r in old]
+        # a new instance that crashes once has failed: the old one is still serving
+        fresh = [Replica(index=r.index, plan=plan, start_attempts=1) for r in old]
         for rep in fresh:
             self._run(rep)
         ok = await self._await_all(fresh)
+        marks = timings if timings is not None else {}
+        if any(r.started_at for r in fresh):
+            marks["started"] = max(r.started_at or t0 for r in fresh) - t0
         if not ok:
+            if failure is not None:
+                for rep in fresh:
+                    if rep.failed_start or rep.state != "healthy":
+                        failure.append(rep.detail or "failed to start")
+                        failure.extend(rep.tail)
             await asyncio.gather(*(self._retire(r) for r in fresh))
             self._touch()
             return False
+        marks["healthy"] = max(r.healthy_at or t0 for r in fresh) - t0
         self.plan = plan
         self.replicas = fresh
+        for rep in old:  # traffic moves now: new instances are in the pool, old ones leave
+            if rep.backend:
+                self.pool.remove(rep.backend)
+        marks["switched"] = clock() - t0
         await asyncio.gather(*(self._retire(r) for r in old))
+        marks["drained"] = clock() - t0
         self._touch()
         return True
 
@@ -194,6 +222,7 @@ class ServiceRunner:
                 if await self._crashed(rep, str(exc), started):
                     continue
                 return
+            rep.started_at = self.ctx.clock()
             self._event(rep, f"started {rep.instance.id}")
             pump = asyncio.create_task(self._pump(rep, rep.instance))
             exit_task = asyncio.create_task(rep.instance.wait())
@@ -237,6 +266,8 @@ class ServiceRunner:
         loop = len(rep.crashes) >= CRASH_LOOP[0]
         label = "crash loop: " if loop else ""
         detail = f"{label}{reason}; restart #{rep.restarts + 1} in {delay:.1f}s"
+        if rep.failed_start and rep.start_attempts == 1:
+            detail = reason  # a replacement that failed is not restarted: it is dropped
         self._set(rep, "crashed", detail)
         self._event(rep, detail)
         rep.wake.clear()
@@ -245,7 +276,8 @@ class ServiceRunner:
         if rep.stopping:
             return False
         rep.restarts += 1
-        self.restarts += 1
+        if rep in self.replicas:  # an incoming replacement's crashes are the reload's story
+            self.restarts += 1
         return True
 
     async def _until_ready(self, rep: Replica, spec: InstanceSpec,
@@ -289,6 +321,8 @@ class ServiceRunner:
         self._touch()
 
     def _healthy(self, rep: Replica) -> None:
+        if not rep.ever_healthy:
+            rep.healthy_at = self.ctx.clock()
         rep.ever_healthy = True
         rep.start_crashes = 0
         instance = rep.instance
@@ -333,7 +367,8 @@ class ServiceRunner:
     async def _pump(self, rep: Replica, instance: Instance) -> None:
         index = str(rep.index)
         async for line in instance.output():
-            self.ctx.logs.add(self.name, index, line.stream, line.text)
+            logged = self.ctx.logs.add(self.name, index, line.stream, line.text)
+            rep.tail.append(logged.text)
 
     async def _retire(self, rep: Replica, drain: bool = True) -> None:
         rep.stopping = True
@@ -394,6 +429,8 @@ class ServiceRunner:
             "replicas": {"ready": self.ready, "desired": self.desired},
             "url": self.plan.url,
             "restarts": self.restarts,
+            "reloads": self.reloads,
+            "last_reload": self.last_reload,
             "config_hash": self.plan.config_hash,
             "instances": [
                 {"replica": r.index, "state": r.state, "detail": r.detail,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from devenv.runtime.base import Instance, InstanceSpec, OutputLine, Resources, Runtime
+from devenv.runtime.base import Instance, InstanceSpec, OutputLine, Resources, RunResult, Runtime
 
 RUNTIMES: dict[str, str] = {
     "local": "devenv.runtime.local:LocalRuntime",
@@ -22,5 +22,5 @@ def get_runtime(name: str, root: Path) -> Runtime:
     return runtime
 
 
-__all__ = ["RUNTIMES", "Instance", "InstanceSpec", "OutputLine", "Resources", "Runtime",
-           "get_runtime"]
+__all__ = ["RUNTIMES", "Instance", "InstanceSpec", "OutputLine", "Resources", "RunResult",
+           "Runtime", "get_runtime"]

@@ -36,6 +36,12 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class RunResult:
+    code: int
+    output: str  # the end of what it wrote, stdout and stderr merged
+
+
+@dataclass(frozen=True)
 class OutputLine:
     stream: str  # "out" or "err"
     text: str
@@ -68,9 +74,9 @@ class Runtime(Protocol):
     async def start(self, spec: InstanceSpec) -> Instance: ...
 
     async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
-                  instance: Instance | None = None) -> int:
-        """Run a one-off command in an instance's environment (health checks); exit code.
-        With `instance`, the command sees that instance's $PORT."""
+                  instance: Instance | None = None) -> RunResult:
+        """Run a one-off command in an instance's environment and folder (health checks,
+        builds). With `instance`, the command sees that instance's $PORT."""
 
     async def close(self) -> None:
         """Stop everything this runtime still runs."""

@@ -24,7 +24,7 @@ import psutil
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
-from devenv.runtime.base import Instance, InstanceSpec, OutputLine, Resources
+from devenv.runtime.base import Instance, InstanceSpec, OutputLine, Resources, RunResult
 from devenv.runtime.guardian import stop_groups
 
 LINE_LIMIT = 256 * 1024
@@ -168,20 +168,25 @@ class LocalRuntime:
         return LocalInstance(spec, proc, port, self)
 
     async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
-                  instance: Instance | None = None) -> int:
+                  instance: Instance | None = None) -> RunResult:
         port = instance.endpoint[1] if instance and instance.endpoint else None
-        proc = await asyncio.create_subprocess_exec(
-            *argv, cwd=self.root / spec.workdir, env=self._env(spec, port),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-        )
         try:
-            return await asyncio.wait_for(proc.wait(), timeout)
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=self.root / spec.workdir, env=self._env(spec, port),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            )
+        except OSError as exc:
+            return RunResult(127, f"cannot run {argv[0]!r}: {exc.strerror}")
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+            code = proc.returncode if proc.returncode is not None else -1
+            return RunResult(code, out[-65536:].decode(errors="replace"))
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-            return -9
+            return RunResult(-9, f"timed out after {timeout:g}s")
 
     async def close(self) -> None:
         if self._guardian and self._guardian.stdin:

@@ -17,7 +17,7 @@ from devenv.config.schema import parse_duration
 from devenv.core.errors import UsageError
 from devenv.engine import logstore
 
-STREAM_STYLE = {"err": "red", "devenv": "dim italic"}
+STREAM_STYLE = {"err": "red", "devenv": "dim italic", "alert": "bold red"}
 
 
 def parse_since(value: str | None) -> float | None:

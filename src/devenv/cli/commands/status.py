@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                str(svc["restarts"]), svc["url"] or "-"]
         if args.resources:
             row += [f"{svc['cpu_percent']:.1f}%", size(svc["rss_bytes"])]
-        table.add_row(*row, (svc.get("detail") or "").splitlines()[0] if svc.get("detail") else "")
+        table.add_row(*row, _note(svc))
     out.print(table)
     if data.get("ingress"):
         out.print(f"ingress: {data['ingress']}")
@@ -46,9 +46,22 @@ def run(args: argparse.Namespace) -> int:
 
 def _stable(data: dict[str, Any], resources: bool) -> dict[str, Any]:
     """The documented `status --json` shape; keys only ever get added."""
-    keys = ["name", "state", "detail", "replicas", "url", "restarts", "instances"]
+    keys = ["name", "state", "detail", "replicas", "url", "restarts", "reloads", "last_reload",
+            "instances"]
     if resources:
         keys += ["cpu_percent", "rss_bytes"]
     return {"project": data["project"], "running": True, "ingress": data.get("ingress"),
             "engine": data.get("engine"),
             "services": [{k: s.get(k) for k in keys} for s in data["services"]]}
+
+
+def _note(svc: dict[str, Any]) -> str:
+    """The one line worth reading about a service: what is wrong, or its last reload."""
+    if svc.get("detail"):
+        return str(svc["detail"]).splitlines()[0]
+    last = svc.get("last_reload")
+    if not last:
+        return ""
+    if not last["ok"]:
+        return f"[red]last reload failed[/]: {str(last['error']).splitlines()[0]}"
+    return f"reloaded in {last['phases'].get('total', 0):.2f}s ({last['action']})"

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if live:
         live.start()
     try:
-        for event in client.up(args.services, args.profile):
+        for event in client.up(args.services, args.profile, args.watch):
             if event["type"] == "done":
                 result = event
                 break

@@ -1,0 +1,147 @@
+"""Hot reload: what happens to a service when its files change.
+
+One reload at a time per service; changes that arrive during a reload start one more after
+it. `replace` (the default) starts new instances, switches to them once healthy and drains
+the old ones; if the new ones fail, the old ones keep serving and the failure, with the new
+instances' last output, is shown in status, logs and `up --attach`. Every reload is timed by
+phase: detect, build, started, healthy, switched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from devenv.engine.reconciler import Engine
+from devenv.engine.service import ServiceRunner
+from devenv.plan import command_argv
+from devenv.runtime.base import InstanceSpec
+
+BUILD_TIMEOUT = 600.0
+
+
+@dataclass
+class _State:
+    running: bool = False
+    pending: list[str] = field(default_factory=list)
+    since: float = 0.0
+
+
+class Reloader:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._states: dict[str, _State] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def trigger(self, service: str, files: list[str], seen: float) -> None:
+        runner = self.engine.runners.get(service)
+        if runner is None or not runner.plan.watch.enabled or runner.plan.data:
+            return
+        state = self._states.setdefault(service, _State())
+        if state.running:  # coalesce: one more reload after this one, for everything seen
+            state.pending = sorted(set(state.pending) | set(files))
+            return
+        state.running = True
+        task = asyncio.create_task(self._loop(service, files, seen))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _loop(self, service: str, files: list[str], seen: float) -> None:
+        state = self._states[service]
+        try:
+            while True:
+                await self._reload(service, files, seen)
+                if not state.pending:
+                    return
+                files, state.pending = state.pending, []
+                seen = self.engine.ctx.clock()
+        finally:
+            state.running = False
+
+    async def _reload(self, service: str, files: list[str], seen: float) -> None:
+        async with self.engine.lock:
+            runner = self.engine.runners.get(service)
+            if runner is None:
+                return
+            action = runner.plan.watch.action
+            record: dict[str, Any] = {
+                "at": time.time(), "files": [_short(f, self.engine.ctx.root) for f in files[:20]],
+                "changed": len(files), "action": action, "ok": False, "phases": {},
+                "error": None, "logs": []}
+            record["phases"]["detect"] = _detect_delay(files)
+            t0 = self.engine.ctx.clock()
+            ok = await self._act(runner, action, record)
+            record["ok"] = ok
+            record["phases"]["total"] = round(self.engine.ctx.clock() - t0
+                                              + record["phases"]["detect"], 3)
+            runner.reloads += 1
+            runner.last_reload = record
+            self._report(runner, record)
+            runner._touch()
+
+    async def _act(self, runner: ServiceRunner, action: str, record: dict[str, Any]) -> bool:
+        phases: dict[str, float] = record["phases"]
+        if action == "none":
+            return True
+        if action == "rebuild" and runner.plan.watch.build is not None:
+            t0 = self.engine.ctx.clock()
+            spec = InstanceSpec(service=runner.name, replica=0, command=(),
+                                env=runner.plan.env, workdir=runner.plan.workdir,
+                                wants_port=False)
+            result = await self.engine.ctx.runtime.run(
+                spec, command_argv(runner.plan.watch.build), BUILD_TIMEOUT)
+            phases["build"] = round(self.engine.ctx.clock() - t0, 3)
+            if result.code != 0:
+                record["error"] = f"build failed (exit code {result.code})"
+                record["logs"] = self.engine.ctx.logs.mask(result.output).splitlines()[-20:]
+                return False
+        if action == "restart":
+            t0 = self.engine.ctx.clock()
+            await runner.restart()
+            reason = await runner.wait_condition("up", 120)
+            phases["healthy"] = round(self.engine.ctx.clock() - t0, 3)
+            if reason:
+                record["error"] = reason
+            return reason is None
+        timings: dict[str, float] = {}
+        failure: list[str] = []
+        ok = await runner.replace(runner.plan, timings, failure)
+        phases.update({k: round(v, 3) for k, v in timings.items()})
+        if not ok:
+            record["error"] = (failure[0] if failure else "the new instance failed") + \
+                "; the previous instance keeps serving"
+            record["logs"] = failure[1:][-20:]
+        return ok
+
+    def _report(self, runner: ServiceRunner, record: dict[str, Any]) -> None:
+        logs = self.engine.ctx.logs
+        phases = ", ".join(f"{k} {v:.3f}s" for k, v in record["phases"].items())
+        what = ", ".join(record["files"][:3]) + (" …" if record["changed"] > 3 else "")
+        if record["ok"]:
+            logs.add(runner.name, "reload", "devenv", f"reloaded ({record['action']}) after "
+                     f"{what}: {phases}")
+            return
+        logs.add(runner.name, "reload", "alert", f"reload failed: {record['error']}")
+        for line in record["logs"]:
+            logs.add(runner.name, "reload", "alert", f"  {line}")
+
+
+def _detect_delay(files: list[str]) -> float:
+    """From the newest change on disk to now: how long detection took (incl. coalescing)."""
+    newest = 0.0
+    for path in files:
+        try:
+            newest = max(newest, os.stat(path).st_mtime)
+        except OSError:
+            continue
+    return round(max(time.time() - newest, 0.0), 3) if newest else 0.0
+
+
+def _short(path: str, root: Any) -> str:
+    try:
+        return os.path.relpath(path, root)
+    except ValueError:
+        return path
