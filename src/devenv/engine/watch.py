@@ -42,6 +42,8 @@ class WatchSpec:
             rel = path.relative_to(self.base).as_posix()
         except ValueError:
             return True
+        if path.is_dir():
+            rel += "/"  # so that directory patterns (`build/`) match the folder itself
         return not self.ignore.match_file(rel)
 
 

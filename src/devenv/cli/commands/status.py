@@ -51,7 +51,7 @@ def _stable(data: dict[str, Any], resources: bool) -> dict[str, Any]:
     if resources:
         keys += ["cpu_percent", "rss_bytes"]
     return {"project": data["project"], "running": True, "ingress": data.get("ingress"),
-            "engine": data.get("engine"),
+            "engine": data.get("engine"), "watching": data.get("watching", False),
             "services": [{k: s.get(k) for k in keys} for s in data["services"]]}
 
 

@@ -1,0 +1,179 @@
+"""Hot reload with real files and processes: edits are served, breakage never takes the
+running instance away, bursts coalesce, ignored paths do nothing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from conftest import FIXTURES, Project, free_ports, wait_for
+
+
+def make(project: Project, services: dict[str, str]) -> dict[str, int]:
+    """services: name -> extra YAML lines (indented 4) for that service."""
+    ports = dict(zip(services, free_ports(len(services)), strict=True))
+    lines = ["version: 1", f"ingress: {{port: {project.ingress_port}}}", "services:"]
+    for name, extra in services.items():
+        folder = project.root / name
+        folder.mkdir(exist_ok=True)
+        shutil.copy(FIXTURES / "versioned.py", folder / "app.py")
+        lines += [f"  {name}:", "    command: python app.py", f"    path: {name}",
+                  f"    port: {ports[name]}"]
+        lines += [f"    {line}" for line in extra.splitlines() if line.strip()]
+    (project.root / "devenv.yaml").write_text("\n".join(lines) + "\n")
+    return ports
+
+
+def answer(project: Project, service: str) -> str:
+    code, body = project.ingress("/", f"{service}.localhost")
+    assert code == 200, body
+    return str(body)
+
+
+def edit_version(project: Project, service: str, version: str) -> None:
+    app = project.root / service / "app.py"
+    text = app.read_text()
+    start = text.index('VERSION = "') + len('VERSION = "')
+    app.write_text(text[:start] + version + text[text.index('"', start):])
+
+
+def last_reload(project: Project, service: str) -> dict:
+    return project.service(service)["last_reload"] or {}
+
+
+def test_an_edit_is_served_through_the_ingress_and_timed(project: Project) -> None:
+    make(project, {"api": "replicas: 2"})
+    project.up()
+    assert answer(project, "api").startswith("v1|")
+    edit_version(project, "api", "v2")
+    assert wait_for(lambda: project.service("api")["reloads"] == 1, timeout=10)
+    assert all(answer(project, "api").startswith("v2|") for _ in range(6))  # both replicas
+    svc = project.service("api")
+    assert svc["reloads"] == 1 and svc["restarts"] == 0
+    reload = svc["last_reload"]
+    assert reload["ok"] and reload["action"] == "replace" and reload["files"] == ["api/app.py"]
+    assert {"detect", "started", "healthy", "switched", "total"} <= set(reload["phases"])
+    assert "reloaded in" in project.devenv("status", check=True).stdout
+
+
+def test_a_breaking_edit_keeps_the_old_instance_serving(project: Project) -> None:
+    make(project, {"api": ""})
+    project.up()
+    failures: list[str] = []
+    answers: list[str] = []
+    done = threading.Event()
+
+    def hammer() -> None:
+        while not done.is_set():
+            try:
+                answers.append(answer(project, "api"))
+            except (AssertionError, OSError) as exc:
+                failures.append(repr(exc))
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        app = project.root / "api/app.py"
+        good = app.read_text()
+        app.write_text(good + "\ndef broken(:\n")
+        assert wait_for(lambda: last_reload(project, "api").get("ok") is False, timeout=10)
+        time.sleep(0.3)
+        assert answer(project, "api").startswith("v1|")  # the old one still serves
+        reload = last_reload(project, "api")
+        assert "previous instance keeps serving" in reload["error"]
+        assert any("SyntaxError" in line for line in reload["logs"])
+        logs = project.devenv("logs", "api", check=True).stdout
+        assert "reload failed" in logs and "SyntaxError" in logs
+        assert "last reload failed" in project.devenv("status", check=True).stdout
+        app.write_text(good.replace('VERSION = "v1"', 'VERSION = "v3"'))
+        assert wait_for(lambda: answer(project, "api").startswith("v3|"), timeout=10)
+    finally:
+        done.set()
+        thread.join()
+    assert failures == [] and len(answers) > 20
+    assert project.service("api")["restarts"] == 0
+
+
+def test_a_burst_of_writes_gives_one_reload(project: Project) -> None:
+    make(project, {"api": ""})
+    project.up()
+    for i in range(12):
+        (project.root / f"api/module_{i}.py").write_text(f"X = {i}\n")
+    assert wait_for(lambda: project.service("api")["reloads"] >= 1, timeout=10)
+    time.sleep(1.0)
+    assert project.service("api")["reloads"] == 1
+    assert last_reload(project, "api")["changed"] == 12
+
+
+def test_ignored_paths_trigger_nothing(project: Project) -> None:
+    make(project, {"api": "watch: {ignore: ['docs/']}"})
+    (project.root / ".gitignore").write_text("*.log\n")
+    (project.root / "api/.gitignore").write_text("build/\n")
+    project.up()
+    api = project.root / "api"
+    for rel in ("server.log", "build/out.js", "__pycache__/app.cpython-311.pyc",
+                ".app.py.swp", "app.py~", "node_modules/x/index.js", ".git/HEAD",
+                "docs/guide.md"):
+        (api / rel).parent.mkdir(parents=True, exist_ok=True)
+        (api / rel).write_text("x")
+    (project.root / "notes.txt").write_text("outside every service's folder")
+    time.sleep(1.0)
+    assert project.service("api")["reloads"] == 0, last_reload(project, "api")["files"]
+
+
+def test_no_watch_and_watch_false_turn_reloading_off(project: Project) -> None:
+    make(project, {"api": "", "web": "watch: false"})
+    project.up("--no-watch")
+    edit_version(project, "api", "v2")
+    time.sleep(1.0)
+    assert answer(project, "api").startswith("v1|")
+    assert project.status()["watching"] is False
+    project.up()
+    edit_version(project, "web", "v2")
+    edit_version(project, "api", "v3")
+    assert wait_for(lambda: answer(project, "api").startswith("v3|"), timeout=10)
+    assert answer(project, "web").startswith("v1|")
+    assert project.service("web")["reloads"] == 0
+
+
+def test_rebuild_restart_and_a_shared_library(project: Project) -> None:
+    lib = project.root / "lib"
+    lib.mkdir()
+    (lib / "shared.txt").write_text("lib-1")
+    make(project, {
+        "builder": "watch: {action: rebuild, build: python build.py, "
+                   "ignore: [builder/built.txt]}",
+        "plain": "watch: {action: restart, paths: [plain, lib]}",
+        "other": "watch: {paths: [other, lib]}",
+    })
+    (project.root / "builder/build.py").write_text(
+        "import shutil, sys\n"
+        "from pathlib import Path\n"
+        "if not Path('src.txt').exists():\n"
+        "    sys.exit('build error: src.txt is missing')\n"
+        "shutil.copy('src.txt', 'built.txt')\n")
+    (project.root / "builder/src.txt").write_text("build-1")
+    (project.root / "builder/built.txt").write_text("build-1")
+    project.up()
+    assert answer(project, "builder").split("|")[1] == "build-1"
+    (project.root / "builder/src.txt").write_text("build-2")
+    assert wait_for(lambda: answer(project, "builder").split("|")[1] == "build-2", timeout=10)
+    assert "build" in last_reload(project, "builder")["phases"]
+
+    pids = {s: answer(project, s).split("|")[3] for s in ("plain", "other")}
+    (lib / "shared.txt").write_text("lib-2")
+    assert wait_for(lambda: all(project.service(s)["reloads"] == 1 for s in pids), timeout=10)
+    for service, pid in pids.items():  # both services that use the library were reloaded
+        assert answer(project, service).split("|")[3] != pid
+    assert last_reload(project, "plain")["action"] == "restart"
+    assert last_reload(project, "other")["action"] == "replace"
+    assert project.service("builder")["reloads"] == 1  # the library is not builder's
+
+    Path(project.root / "builder/src.txt").unlink()  # a build that fails keeps serving
+    assert wait_for(lambda: last_reload(project, "builder").get("ok") is False, timeout=10)
+    failed = last_reload(project, "builder")
+    assert "build failed" in failed["error"]
+    assert any("src.txt is missing" in line for line in failed["logs"])
+    assert answer(project, "builder").split("|")[1] == "build-2"
