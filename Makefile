@@ -24,6 +24,7 @@ test: lint
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_data.py
+	$(BIN)/python bench/bench_reload.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
