@@ -177,3 +177,21 @@ def test_rebuild_restart_and_a_shared_library(project: Project) -> None:
     assert "build failed" in failed["error"]
     assert any("src.txt is missing" in line for line in failed["logs"])
     assert answer(project, "builder").split("|")[1] == "build-2"
+
+
+def test_editing_devenv_yaml_is_left_to_up(project: Project) -> None:
+    (port,) = free_ports(1)
+    shutil.copy(FIXTURES / "versioned.py", project.root / "app.py")
+    project.write(f"""\
+        version: 1
+        ingress: {{port: {project.ingress_port}}}
+        services:
+          root-app: {{command: python app.py, port: {port}}}
+        """)
+    project.up()
+    (project.root / "devenv.yaml").write_text((project.root / "devenv.yaml").read_text()
+                                              + "# a comment\n")
+    time.sleep(1.0)
+    assert project.service("root-app")["reloads"] == 0
+    edit_version(project, ".", "v2")
+    assert wait_for(lambda: project.service("root-app")["reloads"] == 1, timeout=10)

@@ -18,6 +18,8 @@ from pathlib import Path
 import pathspec
 import watchfiles
 
+from devenv.core.paths import CONFIG_NAMES
+
 QUIET_MS = 50  # a batch ends after this long without events
 JUNK_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "venv",
                        ".devenv", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox",
@@ -81,6 +83,7 @@ def make_spec(service: str, root: Path, workdir: str, paths: Iterable[str],
     if folder != root.resolve() and folder.is_relative_to(root.resolve()):
         lines += _gitignore_lines(folder, root.resolve())
     lines += list(ignore)
+    lines += [f"/{name}" for name in CONFIG_NAMES]  # config changes are applied by `up`
     return WatchSpec(service, roots, pathspec.GitIgnoreSpec.from_lines(lines), root.resolve())
 
 
