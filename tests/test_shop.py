@@ -7,6 +7,9 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
+from browser import CHROMIUM, open_page
 from conftest import Project, free_ports
 
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
@@ -55,3 +58,37 @@ def test_shop_checkout_end_to_end(project: Project) -> None:
     with urllib.request.urlopen(request, timeout=30) as resp:
         assert json.loads(resp.read())["status"] == "paid"
     assert time.monotonic() - t0 >= 1.5
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium; "
+                    ".ci/run installs it)")
+def test_shop_page_in_a_real_browser(project: Project, tmp_path: Path) -> None:
+    import asyncio
+
+    shutil.copytree(SHOP, project.root, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(".devenv", "__pycache__"))
+    ports = free_ports(len(SERVICES))
+    (project.root / ".devenv").mkdir(exist_ok=True)
+    (project.root / ".devenv/local.yaml").write_text(json.dumps({
+        "ingress": {"port": project.ingress_port},
+        "services": {n: {"port": p} for n, p in zip(SERVICES, ports, strict=True)}}))
+    project.devenv("up", "--profile", "integration-test", check=True)
+
+    async def shop() -> tuple[int, str, str]:
+        async with open_page(f"http://shop.localhost:{project.ingress_port}/") as page:
+            rows = await page.wait_for("document.querySelectorAll('tr.p').length")
+            await page.eval("document.querySelector('button[data-product=\"2\"]').click()")
+            result = await page.wait_for(
+                "document.getElementById('result').textContent.includes('paid') && "
+                "document.getElementById('result').textContent")
+            notes = await page.wait_for(
+                "document.getElementById('notifications').textContent.includes('Order') && "
+                "document.getElementById('notifications').textContent", timeout=15)
+            await page.screenshot(tmp_path / "shop.png")
+            return rows, result, notes
+
+    rows, result, notes = asyncio.run(shop())
+    assert rows == 6
+    assert result.startswith("Order ") and "paid: 3.90 EUR" in result
+    assert "is paid: 3.90 EUR" in notes  # the notification service saw the stream event
+    assert (tmp_path / "shop.png").stat().st_size > 10_000
