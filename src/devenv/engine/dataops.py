@@ -93,29 +93,7 @@ class DataOps:
 
     async def restore(self, name: str) -> Snapshot:
         async with self.engine.lock:
-            snap = await asyncio.to_thread(self.store.verify, name)
-            runners = self.data_runners()
-            for svc, entry in snap.manifest["services"].items():
-                runner = runners.get(svc)
-                if runner is None or runner.plan.data is None:
-                    raise UsageError(f"snapshot '{name}' holds data of '{svc}', which is not a "
-                                     "running data service here")
-                if runner.plan.data.spec.kind != entry["kind"]:
-                    raise UsageError(f"snapshot '{name}' holds {entry['kind']} data for "
-                                     f"'{svc}', which is {runner.plan.data.spec.kind} here")
-
-            async def one(svc: str) -> None:
-                runner = runners[svc]
-                data = runner.plan.data
-                assert data is not None
-                await runner.pause()
-                await asyncio.to_thread(kind_of(data.spec.kind).restore, data, snap.path / svc)
-                await runner.scale(runner.desired or 1)
-
-            await asyncio.gather(*(one(s) for s in snap.manifest["services"]))
-            await self._await_healthy([runners[s] for s in snap.manifest["services"]])
-            self._set_loaded(list(snap.manifest.get("datasets", [])))
-            return snap
+            return await self._restore_unlocked(name)
 
     async def reset(self) -> list[str]:
         """Every data service back to fresh, provisioned, empty data."""
@@ -189,17 +167,31 @@ class DataOps:
         self._set_loaded(names)
         return {"dataset": dataset, "counts": counts}
 
-    async def _restore_unlocked(self, name: str) -> None:
-        snap = self.store.verify(name)
+    async def _restore_unlocked(self, name: str) -> Snapshot:
+        """Verify every checksum first; then swap each data service's data, all at once."""
+        snap = await asyncio.to_thread(self.store.verify, name)
         runners = self.data_runners()
-        for svc in snap.manifest["services"]:
+        for svc, entry in snap.manifest["services"].items():
+            runner = runners.get(svc)
+            if runner is None or runner.plan.data is None:
+                raise UsageError(f"snapshot '{name}' holds data of '{svc}', which is not a "
+                                 "running data service here")
+            if runner.plan.data.spec.kind != entry["kind"]:
+                raise UsageError(f"snapshot '{name}' holds {entry['kind']} data for "
+                                 f"'{svc}', which is {runner.plan.data.spec.kind} here")
+
+        async def one(svc: str) -> None:
             runner = runners[svc]
             data = runner.plan.data
             assert data is not None
             await runner.pause()
             await asyncio.to_thread(kind_of(data.spec.kind).restore, data, snap.path / svc)
             await runner.scale(runner.desired or 1)
+
+        await asyncio.gather(*(one(s) for s in snap.manifest["services"]))
         await self._await_healthy([runners[s] for s in snap.manifest["services"]])
+        self._set_loaded(list(snap.manifest.get("datasets", [])))
+        return snap
 
     async def _script(self, loaded: Loaded, script: str | list[str],
                       runners: dict[str, ServiceRunner], environ: dict[str, str]) -> None:
