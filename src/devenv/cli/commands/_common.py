@@ -2,10 +2,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devenv.cli.output import warn
-from devenv.config.load import Loaded, load
 from devenv.core.paths import find_project_root
+
+if TYPE_CHECKING:
+    from devenv.config.load import Loaded
 
 
 def project_root(args: argparse.Namespace) -> Path:
@@ -14,6 +17,8 @@ def project_root(args: argparse.Namespace) -> Path:
 
 
 def load_project(args: argparse.Namespace, profile: str | None = None) -> Loaded:
+    from devenv.config.load import load  # not at import: read-only commands stay fast
+
     loaded = load(project_root(args), profile)
     for message in loaded.warnings:
         warn(message)
