@@ -57,6 +57,34 @@ def test_every_problem_is_reported_at_once_with_file_line_and_path(tmp_path: Pat
     assert len(found) == 4
 
 
+def test_structural_and_reference_errors_come_together(tmp_path: Path) -> None:
+    write(tmp_path, """\
+        version: 1
+        services:
+          api:
+            command: x
+            port: 8000
+            depends_on: [ordr]
+          order:
+            command: x
+            port: 8000
+          broken:
+            command: x
+            replicas: many
+          web:
+            command: x
+            depends_on: [broken]
+        """)
+    found = problems(tmp_path)
+    assert "devenv.yaml:12 services.broken.replicas: expected an integer, got 'many'" in found
+    assert ("devenv.yaml:6 services.api.depends_on.ordr: unknown service 'ordr' (did you mean "
+            "'order'?)") in found
+    assert any(p.startswith("devenv.yaml:9 services.order.port: port 8000 is already used")
+               for p in found)
+    assert not any("services.web" in p for p in found)  # 'broken' exists, it is just broken
+    assert len(found) == 3
+
+
 def test_unknown_dependency_suggests_the_close_name(tmp_path: Path) -> None:
     write(tmp_path, """\
         version: 1

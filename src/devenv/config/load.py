@@ -178,7 +178,7 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     missing: set[str] = set()
     source.data = interpolate(source.data, env, (), missing)
     warnings = [f"${{{name}}} is not set; using an empty string" for name in sorted(missing)]
-    project = _build(source, shown)
+    project = _build(source, shown, root)
     _check(project, source, shown, root)
     if profile is not None:
         project = apply_profile(project, source, profile, shown, root, over)
@@ -218,14 +218,35 @@ def apply_profile(project: Project, source: Source, name: str, shown: str, root:
     return result
 
 
-def _build(source: Source, shown: str) -> Project:
+def _build(source: Source, shown: str, root: Path | None = None) -> Project:
     project, issues = build(Project, source.data)
+    if project is None and root is not None:
+        issues += _partial_semantics(source.data, issues, root)
     if project is not None and project.version != CURRENT_VERSION:
         issues.append(Issue(("version",), f"this devenv reads version {CURRENT_VERSION}, the "
                             f"file says {project.version}; run `devenv migrate` or upgrade devenv"))
     _raise(issues, source, shown)
     assert isinstance(project, Project)
     return project
+
+
+def _partial_semantics(data: dict[str, Any], issues: list[Issue], root: Path) -> list[Issue]:
+    """All errors at once: with some keys broken, still check references, cycles and ports
+    among the services that did read correctly (names are checked against all of them)."""
+    from devenv.config.validate import semantic_issues
+
+    raw_services = data.get("services")
+    if not isinstance(raw_services, dict):
+        return []
+    broken = {str(i.path[1]) for i in issues if len(i.path) >= 2 and i.path[0] == "services"}
+    bad_top = {str(i.path[0]) for i in issues if i.path and i.path[0] != "services"}
+    partial = {k: v for k, v in data.items() if k not in bad_top}
+    partial["services"] = {n: s for n, s in raw_services.items() if n not in broken}
+    partial.setdefault("version", CURRENT_VERSION)
+    project, _ = build(Project, partial)
+    if project is None:
+        return []
+    return semantic_issues(project, root, known=set(raw_services))
 
 
 def _check(project: Project, source: Source, shown: str, root: Path) -> None:

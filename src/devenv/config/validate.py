@@ -9,9 +9,12 @@ from devenv.config.model import Project
 from devenv.config.schema import Issue, did_you_mean
 
 
-def semantic_issues(project: Project, root: Path) -> list[Issue]:
+def semantic_issues(project: Project, root: Path, known: set[str] | None = None
+                    ) -> list[Issue]:
+    """`known`: every declared service name, when `project` holds only those that read
+    correctly (so references to the others are not reported as unknown)."""
     issues: list[Issue] = []
-    names = set(project.services)
+    names = set(project.services) | (known or set())
     ports: dict[int, str] = {}
     if project.ingress.enabled:
         ports[project.ingress.port] = "the ingress (ingress.port)"
@@ -28,6 +31,8 @@ def semantic_issues(project: Project, root: Path) -> list[Issue]:
             elif dep not in names:
                 issues.append(Issue(at + ("depends_on", dep),
                                     f"unknown service '{dep}'{did_you_mean(dep, names)}"))
+            elif dep not in project.services:
+                continue  # declared, but broken itself: reported on its own lines
             elif (svc.depends_on[dep].condition == "completed"
                   and project.services[dep].restart == "always"):
                 issues.append(Issue(at + ("depends_on", dep), f"waits for '{dep}' to complete, "
