@@ -7,6 +7,7 @@ Progress (`up`) and logs (`follow`) stream as newline-delimited JSON. Errors com
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
@@ -29,6 +30,7 @@ from devenv.engine.watch import Watcher, make_spec
 from devenv.plan import make_plan
 
 CPU_WINDOW = 0.25
+WATCH_READY_TIMEOUT = 10.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -113,7 +115,9 @@ class Api:
             else:
                 getter.cancel()
         result = task.result()
-        self._watch(bool(body.get("watch", True)))
+        watching = self._watch(bool(body.get("watch", True)))
+        with contextlib.suppress(TimeoutError):  # return once edits will be seen
+            await asyncio.wait_for(asyncio.shield(watching), WATCH_READY_TIMEOUT)
         datasets: list[str] = []
         if result["ok"]:
             try:
@@ -127,7 +131,7 @@ class Api:
         await response.write_eof()
         return response
 
-    def _watch(self, enabled: bool) -> None:
+    def _watch(self, enabled: bool) -> asyncio.Future[None]:
         """Watch the files of every running service that reloads (`up --no-watch`: none)."""
         specs = []
         for runner in self.engine.runners.values():
@@ -135,8 +139,8 @@ class Api:
             if enabled and watch.enabled and runner.plan.data is None:
                 specs.append(make_spec(runner.name, self.root, runner.plan.workdir,
                                        watch.paths, watch.ignore))
-        self.watcher.update(specs)
         self.watching = enabled and bool(specs)
+        return self.watcher.update(specs)
 
     async def restart(self, request: web.Request) -> web.Response:
         names = (await request.json()).get("services") or list(self.engine.runners)

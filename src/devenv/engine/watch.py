@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import watchfiles
 from devenv.core.paths import CONFIG_NAMES
 
 QUIET_MS = 50  # a batch ends after this long without events
+READY_MS = 100  # the watcher thread wakes this often when idle (and first says "watching")
 JUNK_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv", "venv",
                        ".devenv", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox",
                        ".idea", ".vscode"})
@@ -108,39 +110,73 @@ def affected(specs: Iterable[WatchSpec], changes: Iterable[str]) -> dict[str, li
 
 
 class Watcher:
+    """Runs the native watcher in its own thread (setting up watches on a large tree takes a
+    while and must not stall the engine) and hands batches to the event loop."""
+
     def __init__(self, on_change: OnChange, clock: Callable[[], float]):
         self.on_change = on_change
         self.clock = clock
         self.specs: list[WatchSpec] = []
-        self._task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
+        self._stop: threading.Event | None = None
         self._roots: tuple[Path, ...] = ()
+        self._ready: asyncio.Future[None] | None = None
 
-    def update(self, specs: list[WatchSpec]) -> None:
-        """Watch these; the native watcher restarts only when the set of roots changes."""
+    def update(self, specs: list[WatchSpec]) -> asyncio.Future[None]:
+        """Watch these; the native watcher restarts only when the set of roots changes. The
+        future completes once every root is being watched."""
+        loop = asyncio.get_running_loop()
         self.specs = specs
         roots = tuple(sorted({r for s in specs for r in s.roots if r.exists()}))
-        if roots == self._roots and self._task and not self._task.done():
-            return
+        if roots == self._roots and self._ready is not None:
+            return self._ready
         self.stop()
         self._roots = roots
-        if roots:
-            self._stop = asyncio.Event()
-            self._task = asyncio.create_task(self._run(roots, self._stop), name="watcher")
+        self._ready = loop.create_future()
+        if not roots:
+            self._ready.set_result(None)
+            return self._ready
+        self._stop = threading.Event()
+        threading.Thread(target=self._run, args=(roots, self._stop, loop, self._ready),
+                         name="watcher", daemon=True).start()
+        return self._ready
 
     def stop(self) -> None:
         if self._stop:
             self._stop.set()
-        if self._task:
-            self._task.cancel()
-        self._task = self._stop = None
+        self._stop = self._ready = None
         self._roots = ()
 
-    async def _run(self, roots: tuple[Path, ...], stop: asyncio.Event) -> None:
-        async for batch in watchfiles.awatch(
-                *roots, watch_filter=lambda _c, p: not is_junk(p), step=QUIET_MS,
-                debounce=1600, stop_event=stop, rust_timeout=1000, yield_on_timeout=False):
-            seen = self.clock()
-            for service, files in affected(self.specs, net_changes(batch)).items():
-                with contextlib.suppress(Exception):
-                    self.on_change(service, sorted(files), seen)
+    def _run(self, roots: tuple[Path, ...], stop: threading.Event,
+             loop: asyncio.AbstractEventLoop, ready: asyncio.Future[None]) -> None:
+        def mark_ready() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        told = False
+
+        def tell() -> None:  # once: the first event or idle timeout means we are watching
+            nonlocal told
+            if not told:
+                told = True
+                loop.call_soon_threadsafe(mark_ready)
+
+        def keep(_change: watchfiles.Change, path: str) -> bool:
+            tell()
+            return not is_junk(path)
+
+        try:
+            for batch in watchfiles.watch(
+                    *roots, watch_filter=keep, step=QUIET_MS, debounce=1600, stop_event=stop,
+                    rust_timeout=READY_MS, yield_on_timeout=True, raise_interrupt=False):
+                tell()
+                if batch:
+                    loop.call_soon_threadsafe(self._deliver, batch)
+        except Exception:  # a vanished root, a closed loop: stop watching, never crash
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(mark_ready)
+
+    def _deliver(self, batch: set[tuple[watchfiles.Change, str]]) -> None:
+        seen = self.clock()
+        for service, files in affected(self.specs, net_changes(batch)).items():
+            with contextlib.suppress(Exception):
+                self.on_change(service, sorted(files), seen)

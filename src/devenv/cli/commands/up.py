@@ -17,6 +17,7 @@ from devenv.plan import select
 
 
 def run(args: argparse.Namespace) -> int:
+    began = time.time()
     loaded = load_project(args, args.profile)  # bad config: exit 2 before anything starts
     names = list(select(loaded, args.services))
     client = Client(loaded.root)
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGHUP):  # a closed terminal stops it like Ctrl-C
             signal.signal(sig, interrupt)
         try:
-            logs.stream(client, [], follow=True, since=time.time(), tail=None,
+            logs.stream(client, [], follow=True, since=began, tail=None,  # incl. start-up
                         startup=False, verbose=False, as_json=False)
         except KeyboardInterrupt:
             err.print("stopping…")
