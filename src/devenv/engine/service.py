@@ -26,6 +26,7 @@ STABLE_AFTER = 30.0  # healthy this long: the crash count starts again
 CRASH_LOOP = (5, 60.0)  # this many crashes within this many seconds is a crash loop
 START_ATTEMPTS = 3  # crashes before first health that fail an `up`
 DRAIN_TIMEOUT = 10.0
+FAST_PROBE, FAST_PROBE_FOR = 0.05, 3.0  # readiness probes at most 50 ms apart for 3 s
 TAIL_LINES = 30  # each replica's last output lines, to show why a new instance failed
 
 
@@ -285,7 +286,8 @@ class ServiceRunner:
         assert rep.instance is not None
         check = rep.plan.health
         budget = check.start_period if check else 60.0
-        deadline = self.ctx.clock() + budget
+        began = self.ctx.clock()
+        deadline = began + budget
         delay = 0.02
         while not exit_task.done() and not rep.stopping:
             if await probe(check, rep.instance, spec, self.ctx.runtime):
@@ -296,7 +298,9 @@ class ServiceRunner:
                 self._event(rep, rep.detail)
                 return False
             await asyncio.wait([exit_task], timeout=delay)
-            delay = min(delay * 1.5, 0.5)
+            # probe often while a start is young (a reload waits on it), then back off
+            cap = FAST_PROBE if self.ctx.clock() - began < FAST_PROBE_FOR else 0.5
+            delay = min(delay * 1.5, cap)
         return False
 
     async def _provision(self, rep: Replica) -> bool:
