@@ -95,6 +95,9 @@ def test_dependents_get_urls_of_real_servers(shop: Project) -> None:
     assert redis.Redis.from_url(env["REDIS_URL"]).ping()
     status = shop.devenv("status", check=True).stdout
     assert "s3cret-pw" not in status and "postgresql://devenv:***@" in status
+    shown = shop.devenv("config", "show", check=True).stdout
+    assert "s3cret-pw" not in shown and "password: '********'" in shown
+    assert shop.devenv("config", "get", "services.db.password", check=True).stdout == "********\n"
 
 
 def test_dataset_loads_and_a_broken_one_changes_nothing(shop: Project) -> None:

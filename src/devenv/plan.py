@@ -18,10 +18,10 @@ from devenv.config.load import Loaded, read_dotenv
 from devenv.config.model import HealthCheck, Route, Service, Watch
 from devenv.core.errors import UsageError
 from devenv.core.paths import StateDir
+from devenv.core.secrets import looks_secret
 from devenv.data import kind_of
 from devenv.data.base import DataService
 
-SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE|CREDENTIAL)", re.I)
 HOST = "127.0.0.1"
 
 
@@ -53,7 +53,7 @@ class ServicePlan:
 
     def secrets(self) -> list[str]:
         """Values of secret-looking variables, to be masked in logs and output."""
-        found = [v for k, v in self.env.items() if SECRET_NAME.search(k) and len(v) >= 4]
+        found = [v for k, v in self.env.items() if looks_secret(k) and len(v) >= 4]
         if self.data:
             found.append(self.data.spec.password)
             found += list(self.data.spec.users.values())

@@ -18,22 +18,28 @@ from devenv.config.load import load
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import UsageError
 from devenv.core.paths import StateDir, config_file
-from devenv.plan import SECRET_NAME
+from devenv.core.secrets import MASK, looks_secret
 
 LOCAL_HEADER = "# Personal overrides of devenv.yaml for this checkout (not committed).\n"
-MASK = "********"
 
 
 def to_plain(value: Any) -> Any:
-    """The model as plain data, secrets masked."""
+    """The model as plain data; keys declared secret, or named like one, are masked."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _masked(getattr(value, f.name)) if f.metadata.get("secret")
+                else to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
-        return {k: MASK if isinstance(v, str) and SECRET_NAME.search(k) else to_plain(v)
+        return {k: MASK if isinstance(v, str) and looks_secret(k) else to_plain(v)
                 for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [to_plain(v) for v in value]
     return value
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: MASK for k in value}
+    return MASK if value else value
 
 
 def split_key(key: str) -> list[str]:

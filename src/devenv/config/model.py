@@ -161,12 +161,12 @@ class Service:
     )
     user: str = key("devenv", doc="postgres: the owner role of the databases.")
     password: str = key(
-        "devpass", doc="postgres/redis: password of `user` (redis: requirepass). Masked in "
-        "logs and output."
+        "devpass", secret=True,
+        doc="postgres/redis: password of `user` (redis: requirepass). Masked in logs and output.",
     )
     users: dict[str, str] = key(
-        factory=dict, doc="postgres: more login roles (name: password) with access to every "
-        "database."
+        factory=dict, secret=True,
+        doc="postgres: more login roles (name: password) with access to every database.",
     )
 
     FIELD_SHORTHANDS = {"depends_on": {"type": "array", "items": {"type": "string"}}}

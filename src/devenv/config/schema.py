@@ -30,9 +30,11 @@ def key(
     doc: str,
     aliases: tuple[str, ...] = (),
     factory: Callable[[], Any] | None = None,
+    secret: bool = False,
 ) -> Any:
-    """Declare a config key. Without a default or factory the key is required."""
-    meta = {"doc": doc, "aliases": aliases}
+    """Declare a config key. Without a default or factory the key is required; a secret
+    key's value is never shown (`config show/get` print it masked)."""
+    meta = {"doc": doc, "aliases": aliases, "secret": secret}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)

@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
+from devenv.core.secrets import MASK
+
 MAX_BYTES = 5 * 1024 * 1024
 KEEP_FILES = 3
 RING = 2000
-MASK = "********"
 
 
 @dataclass(frozen=True)
