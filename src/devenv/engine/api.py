@@ -136,7 +136,7 @@ class Api:
         specs = []
         for runner in self.engine.runners.values():
             watch = runner.plan.watch
-            if enabled and watch.enabled and runner.plan.data is None:
+            if enabled and watch.enabled:
                 specs.append(make_spec(runner.name, self.root, runner.plan.workdir,
                                        watch.paths, watch.ignore))
         self.watching = enabled and bool(specs)

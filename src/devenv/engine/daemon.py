@@ -20,6 +20,7 @@ from devenv.engine.api import Api
 from devenv.engine.context import Context
 from devenv.engine.ingress import Ingress, build_routes
 from devenv.engine.logstore import LogStore
+from devenv.engine.pool import Pool
 from devenv.engine.reconciler import Engine
 from devenv.runtime import get_runtime
 from devenv.runtime.local import recover_orphans
@@ -32,7 +33,7 @@ async def serve(root: Path, state: StateDir) -> None:
     shutdown = asyncio.Event()
     ingress: Ingress | None = None
 
-    def pool_of(name: str) -> object:
+    def pool_of(name: str) -> Pool | None:
         runner = engine.runners.get(name)
         return runner.pool if runner else None
 
@@ -56,7 +57,7 @@ async def serve(root: Path, state: StateDir) -> None:
             await ingress.close()
             ingress = None
         if port is not None and ingress is None:
-            candidate = Ingress(port, pool_of)  # type: ignore[arg-type]
+            candidate = Ingress(port, pool_of)
             try:
                 await candidate.start()
             except OSError as exc:

@@ -38,7 +38,7 @@ class Reloader:
 
     def trigger(self, service: str, files: list[str], seen: float) -> None:
         runner = self.engine.runners.get(service)
-        if runner is None or not runner.plan.watch.enabled or runner.plan.data:
+        if runner is None or not runner.plan.watch.enabled:  # (data services: never)
             return
         state = self._states.setdefault(service, _State())
         if state.running:  # coalesce: one more reload after this one, for everything seen

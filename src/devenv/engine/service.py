@@ -234,7 +234,7 @@ class ServiceRunner:
             if ready:
                 self._healthy(rep)
                 watcher = asyncio.create_task(self._watch_health(rep, spec))
-            code = await exit_task if ready or exit_task.done() else await self._kill(rep)
+            code = await exit_task if ready or exit_task.done() else await rep.instance.stop()
             if watcher:
                 watcher.cancel()
             self._unroute(rep)
@@ -363,10 +363,6 @@ class ServiceRunner:
                     self.pool.remove(rep.backend)
                 self._set(rep, "unhealthy", f"{failures} failed health checks")
                 self._event(rep, rep.detail)
-
-    async def _kill(self, rep: Replica) -> int:
-        assert rep.instance is not None
-        return await rep.instance.stop()
 
     async def _pump(self, rep: Replica, instance: Instance) -> None:
         index = str(rep.index)
