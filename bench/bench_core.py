@@ -14,9 +14,7 @@ import asyncio
 import http.client
 import json
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,18 +22,10 @@ from pathlib import Path
 
 import psutil
 
+from _common import devenv, free_ports, pct, stop
+
 REPO = Path(__file__).resolve().parents[1]
 SVC = REPO / "tests/fixtures/svc.py"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def make_project(root: Path) -> tuple[int, int]:
@@ -56,21 +46,11 @@ def make_project(root: Path) -> tuple[int, int]:
     return ports[0], ports[10]
 
 
-def devenv(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "devenv", *args], cwd=root, text=True,
-                          capture_output=True, check=True)
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def cold_up(root: Path, runs: int) -> list[float]:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        result = json.loads(devenv(root, "up", "--json").stdout)
+        result = json.loads(devenv(root, "up", "--json"))
         times.append(time.perf_counter() - t0)
         assert result["ok"], result
         if len(times) < runs:
@@ -159,8 +139,7 @@ def main() -> None:
             direct_rps, direct_bad = throughput(svc_port, "x", 8, secs)
             via_rps, via_bad = throughput(ingress_port, "backend-0.localhost", 8, secs)
         finally:
-            subprocess.run([sys.executable, "-m", "devenv", "stop"], cwd=root,
-                           capture_output=True)
+            stop(root)
     ms = 1000.0
     print(f"machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(f"cold up, 10 services to all-healthy (engine start included), {len(ups)} runs: "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -20,23 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import devenv, free_ports, stop
+
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def devenv(root: Path, *args: str) -> str:
-    return subprocess.run([sys.executable, "-m", "devenv", *args], cwd=root, env=ENV,
-                          text=True, capture_output=True, check=True).stdout
 
 
 def timed(fn: object, *args: object) -> float:
@@ -97,12 +82,15 @@ def snapshot_vs_dump(rows: int) -> None:
             print(f"pg_dump -Fc:             {dump:6.2f}s  "
                   f"({dump_file.stat().st_size / 2**20:.0f} MiB)")
             print(f"pg_restore:              {pg_restore:6.2f}s")
-            print(f"ratio: save {dump / save:.1f}x faster than pg_dump, restore "
-                  f"{pg_restore / restore:.1f}x faster than pg_restore, round trip "
-                  f"{(dump + pg_restore) / (save + restore):.1f}x faster")
+            print(f"ratio: save {_speed(dump, save)} than pg_dump, restore "
+                  f"{_speed(pg_restore, restore)} than pg_restore, round trip "
+                  f"{_speed(dump + pg_restore, save + restore)}")
         finally:
-            subprocess.run([sys.executable, "-m", "devenv", "stop", "--persist-data"],
-                           cwd=root, capture_output=True, env=ENV)
+            stop(root)
+
+
+def _speed(theirs: float, ours: float) -> str:
+    return f"{theirs / ours:.1f}x faster" if ours <= theirs else f"{ours / theirs:.1f}x slower"
 
 
 def shop_cold_up(runs: int) -> None:
@@ -129,8 +117,7 @@ def shop_cold_up(runs: int) -> None:
                 devenv(root, "stop", "--persist-data")
                 shutil.rmtree(root / ".devenv/data")
         finally:
-            subprocess.run([sys.executable, "-m", "devenv", "stop", "--persist-data"],
-                           cwd=root, capture_output=True, env=ENV)
+            stop(root)
     print(f"shop cold up, 10 services incl. initdb of fresh PostgreSQL, {len(times)} runs: "
           f"median {statistics.median(times):.2f}s, max {max(times):.2f}s")
     print(f"  with --profile integration-test (demo dataset loaded), {len(with_data)} runs: "

@@ -22,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+from _common import ENV, devenv, free_ports, pct, stop
+
 APP = '''VERSION = "v0"
 
 
@@ -42,10 +43,16 @@ async def app(scope, receive, send):
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def write_project(root: Path) -> int:
+    """devenv.yaml for one service `api` (the app, under uvicorn) in root/api; the ingress
+    port."""
+    (root / "api/app.py").write_text(APP)
+    ingress, port = free_ports(2)
+    (root / "devenv.yaml").write_text(
+        f"version: 1\ningress: {{port: {ingress}}}\nservices:\n  api:\n"
+        f"    command: uvicorn app:app --host 127.0.0.1 --port $PORT --log-level warning\n"
+        f"    path: api\n    port: {port}\n    health: {{http: /}}\n")
+    return ingress
 
 
 class Load:
@@ -55,7 +62,6 @@ class Load:
         self.port, self.host = port, host
         self.failures = 0
         self.requests = 0
-        self.latest: tuple[float, str] = (0.0, "")
         self.seen: dict[str, float] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -95,11 +101,6 @@ def edit_loop(folder: Path, load: Load, edits: int) -> list[float]:
     return delays
 
 
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
 def report(name: str, delays: list[float], load: Load, edits: int) -> None:
     ms = 1000
     print(f"{name:<22} edits served {len(delays)}/{edits}, write→new response: "
@@ -112,14 +113,8 @@ def run_devenv(edits: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "api").mkdir()
-        (root / "api/app.py").write_text(APP)
-        ingress, port = free_port(), free_port()
-        (root / "devenv.yaml").write_text(
-            f"version: 1\ningress: {{port: {ingress}}}\nservices:\n  api:\n"
-            f"    command: uvicorn app:app --host 127.0.0.1 --port $PORT --log-level warning\n"
-            f"    path: api\n    port: {port}\n    health: {{http: /}}\n")
-        subprocess.run([sys.executable, "-m", "devenv", "up"], cwd=root, env=ENV, check=True,
-                       capture_output=True)
+        ingress = write_project(root)
+        devenv(root, "up")
         load = Load(ingress, "api.localhost")
         load.thread.start()
         try:
@@ -128,8 +123,7 @@ def run_devenv(edits: int) -> None:
         finally:
             load.stop.set()
             load.thread.join()
-            subprocess.run([sys.executable, "-m", "devenv", "stop"], cwd=root, env=ENV,
-                           capture_output=True)
+            stop(root)
         report("devenv (replace)", delays, load, edits)
 
 
@@ -137,7 +131,7 @@ def run_uvicorn_reload(edits: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "app.py").write_text(APP)
-        port = free_port()
+        (port,) = free_ports(1)
         proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app:app", "--reload", "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "warning"], cwd=folder, env=ENV,
@@ -176,15 +170,9 @@ def big_repository(files: int) -> None:
             folder.mkdir(parents=True)
             for f in range(100):
                 (folder / f"f{f}.py").write_text("")
-        (api / "app.py").write_text(APP)
-        ingress, port = free_port(), free_port()
-        (root / "devenv.yaml").write_text(
-            f"version: 1\ningress: {{port: {ingress}}}\nservices:\n  api:\n"
-            f"    command: uvicorn app:app --host 127.0.0.1 --port $PORT --log-level warning\n"
-            f"    path: api\n    port: {port}\n    health: {{http: /}}\n")
+        ingress = write_project(root)
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "devenv", "up"], cwd=root, env=ENV, check=True,
-                       capture_output=True)
+        devenv(root, "up")
         up = time.perf_counter() - t0
         load = Load(ingress, "api.localhost")
         load.thread.start()
@@ -195,8 +183,7 @@ def big_repository(files: int) -> None:
         finally:
             load.stop.set()
             load.thread.join()
-            subprocess.run([sys.executable, "-m", "devenv", "stop"], cwd=root, env=ENV,
-                           capture_output=True)
+            stop(root)
         print(f"{files:,}-file service: up {up:.2f}s; first edit live "
               f"{delays[0] * 1000:.0f} ms after up returned its write, "
               f"p50 of 5 edits {pct(delays, 50) * 1000:.0f} ms; engine RSS "
