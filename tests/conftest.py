@@ -81,6 +81,12 @@ class Project:
     def write(self, yaml_text: str) -> None:
         (self.root / "devenv.yaml").write_text(textwrap.dedent(yaml_text))
 
+    def services(self, body: str) -> None:
+        """A devenv.yaml with this project's ingress port and these services (YAML as it
+        stands under `services:`)."""
+        head = f"version: 1\ningress: {{port: {self.ingress_port}}}\nservices:\n"
+        self.write(head + textwrap.indent(textwrap.dedent(body), "  "))
+
     def devenv(self, *args: str, timeout: float = 90, check: bool = False,
                input: str | None = None) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([sys.executable, "-m", "devenv", *args], cwd=self.root,

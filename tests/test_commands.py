@@ -19,10 +19,7 @@ def api_and_web(project: Project, **env: str) -> tuple[int, int]:
     api, web = free_ports(2)
     env_yaml = "".join(f"\n              {k}: '{v}'" for k, v in env.items())
     (project.root / "web").mkdir(exist_ok=True)
-    project.write(f"""\
-        version: 1
-        ingress: {{port: {project.ingress_port}}}
-        services:
+    project.services(f"""\
           api:
             command: python svc.py
             port: {api}
@@ -87,10 +84,7 @@ def test_logs_are_merged_filtered_followed_and_mask_secrets(project: Project) ->
 
 def test_ingress_streams_bodies_and_passes_websockets(project: Project) -> None:
     api, ws = free_ports(2)
-    project.write(f"""\
-        version: 1
-        ingress: {{port: {project.ingress_port}}}
-        services:
+    project.services(f"""\
           api: {{command: python svc.py, port: {api}}}
           chat: {{command: [{sys.executable}, ws.py], port: {ws}, health: {{http: /healthz}}}}
         """)
@@ -180,7 +174,6 @@ def test_doctor_reports_a_port_conflict_with_a_fix(project: Project) -> None:
     assert "devenv config set services.api.port" in checks["services.api.port"]["fix"]
     assert checks["config"]["status"] == "ok"
     assert up.returncode == 1 and f"port {api} is already in use" in up.stderr
-    wait_for(lambda: True)
 
 
 def test_up_attach_streams_logs_and_sigterm_stops_the_environment(project: Project) -> None:

@@ -12,17 +12,17 @@ from conftest import FIXTURES, Project, free_ports, wait_for
 
 
 def make(project: Project, services: dict[str, str]) -> dict[str, int]:
-    """services: name -> extra YAML lines (indented 4) for that service."""
+    """services: name -> extra YAML lines for that service (one per line)."""
     ports = dict(zip(services, free_ports(len(services)), strict=True))
-    lines = ["version: 1", f"ingress: {{port: {project.ingress_port}}}", "services:"]
+    lines = []
     for name, extra in services.items():
         folder = project.root / name
         folder.mkdir(exist_ok=True)
         shutil.copy(FIXTURES / "versioned.py", folder / "app.py")
-        lines += [f"  {name}:", "    command: python app.py", f"    path: {name}",
-                  f"    port: {ports[name]}"]
-        lines += [f"    {line}" for line in extra.splitlines() if line.strip()]
-    (project.root / "devenv.yaml").write_text("\n".join(lines) + "\n")
+        lines += [f"{name}:", "  command: python app.py", f"  path: {name}",
+                  f"  port: {ports[name]}"]
+        lines += [f"  {line}" for line in extra.splitlines() if line.strip()]
+    project.services("\n".join(lines) + "\n")
     return ports
 
 
@@ -158,8 +158,12 @@ def test_rebuild_restart_and_a_shared_library(project: Project) -> None:
     (project.root / "builder/built.txt").write_text("build-1")
     project.up()
     assert answer(project, "builder").split("|")[1] == "build-1"
+    pid = answer(project, "builder").split("|")[3]
     (project.root / "builder/src.txt").write_text("build-2")
-    assert wait_for(lambda: answer(project, "builder").split("|")[1] == "build-2", timeout=10)
+    # the old instance reads built.txt too: wait for the reload, not for the new text
+    assert wait_for(lambda: project.service("builder")["reloads"] == 1, timeout=10)
+    assert answer(project, "builder").split("|")[1] == "build-2"
+    assert answer(project, "builder").split("|")[3] != pid
     assert "build" in last_reload(project, "builder")["phases"]
 
     pids = {s: answer(project, s).split("|")[3] for s in ("plain", "other")}
@@ -182,10 +186,7 @@ def test_rebuild_restart_and_a_shared_library(project: Project) -> None:
 def test_editing_devenv_yaml_is_left_to_up(project: Project) -> None:
     (port,) = free_ports(1)
     shutil.copy(FIXTURES / "versioned.py", project.root / "app.py")
-    project.write(f"""\
-        version: 1
-        ingress: {{port: {project.ingress_port}}}
-        services:
+    project.services(f"""\
           root-app: {{command: python app.py, port: {port}}}
         """)
     project.up()

@@ -15,21 +15,16 @@ import psutil
 from conftest import Project, free_ports, service_procs, wait_for
 
 
-def one_service(project: Project, replicas: int = 1, restart: str = "always",
-                extra: str = "") -> int:
+def one_service(project: Project, replicas: int = 1) -> int:
     (port,) = free_ports(1)
-    project.write(f"""\
-        version: 1
-        ingress: {{port: {project.ingress_port}}}
-        services:
-          api:
-            command: python svc.py
-            port: {port}
-            replicas: {replicas}
-            restart: {restart}
-            stop_timeout: 3s
-            health: {{http: /healthz, interval: 200ms, retries: 1}}
-        {extra}""")
+    project.services(f"""\
+        api:
+          command: python svc.py
+          port: {port}
+          replicas: {replicas}
+          stop_timeout: 3s
+          health: {{http: /healthz, interval: 200ms, retries: 1}}
+        """)
     return port
 
 
@@ -51,13 +46,10 @@ def test_crashed_service_is_restarted_and_counted(project: Project) -> None:
 
 def test_crash_loop_is_shown_as_such(project: Project) -> None:
     (port,) = free_ports(1)
-    project.write(f"""\
-        version: 1
-        ingress: {{port: {project.ingress_port}}}
-        services:
-          flaky:
-            command: python -c "import sys; print('boom', flush=True); sys.exit(2)"
-            port: {port}
+    project.services(f"""\
+        flaky:
+          command: python -c "import sys; print('boom', flush=True); sys.exit(2)"
+          port: {port}
         """)
     result = project.devenv("up")
     assert result.returncode == 1 and "boom" in result.stderr
@@ -168,16 +160,15 @@ def test_concurrent_cli_calls_share_one_engine_and_state_stays_consistent(
     assert status["replicas"]["desired"] in (2, 3)
     assert status["replicas"]["ready"] == status["replicas"]["desired"]
     assert len(service_procs(project.root)) == status["replicas"]["desired"]
-    json.loads(calls[1].stdout.read() if calls[1].stdout else "{}")
+    assert calls[1].stdout is not None  # a status taken mid-change is still whole, valid JSON
+    during = json.loads(calls[1].stdout.read())
+    assert during["running"] and [s["name"] for s in during["services"]] == ["api"]
 
 
 def test_stop_escalates_to_kill_for_a_service_that_ignores_term(project: Project) -> None:
     stubborn = ("import signal, time, os; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "print('ignoring TERM', flush=True); time.sleep(600)")
-    project.write(f"""\
-        version: 1
-        ingress: {{port: {project.ingress_port}}}
-        services:
+    project.services(f"""\
           stubborn:
             command: [python, -c, "{stubborn}"]
             stop_timeout: 1s

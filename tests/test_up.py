@@ -13,10 +13,7 @@ from conftest import Project, free_ports, service_procs, wait_for
 
 def three_services(project: Project, greeting: str = "hi") -> tuple[int, int, int]:
     db, api, web = free_ports(3)
-    project.write(f"""\
-        version: 1
-        ingress: {{port: {project.ingress_port}}}
-        services:
+    project.services(f"""\
           db:
             command: python svc.py
             port: {db}
@@ -104,10 +101,7 @@ def test_services_flag_starts_only_the_closure(project: Project) -> None:
 
 def test_failing_service_fails_up_with_its_logs_and_blocks_dependents(project: Project) -> None:
     db, api = free_ports(2)
-    project.write(f"""\
-        version: 1
-        ingress: {{port: {project.ingress_port}}}
-        services:
+    project.services(f"""\
           db:
             command: python svc.py
             port: {db}
@@ -166,10 +160,7 @@ def test_status_resources_and_engine_not_running(project: Project) -> None:
 
 def test_interpolation_uses_the_callers_environment_on_every_up(project: Project) -> None:
     (port,) = free_ports(1)
-    project.write(f"""\
-        version: 1
-        ingress: {{port: {project.ingress_port}}}
-        services:
+    project.services(f"""\
           api:
             command: python svc.py
             port: {port}
