@@ -13,7 +13,11 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class InstanceSpec:
-    """One instance (replica) to run: a process is a value, run by a runtime."""
+    """One instance (replica) to run: a process is a value, run by a runtime.
+
+    `${PORT}` in an argument of `command` (or of a command run for it) is replaced by the
+    port the instance listens on, so a recipe needs no shell to learn it.
+    """
 
     service: str
     replica: int
@@ -27,6 +31,16 @@ class InstanceSpec:
     @property
     def name(self) -> str:
         return f"{self.service}-{self.replica}"
+
+
+PORT_REF = "${PORT}"
+
+
+def with_port(argv: tuple[str, ...], port: int | None) -> tuple[str, ...]:
+    """`argv` with `${PORT}` replaced by the instance's port."""
+    if port is None:
+        return argv
+    return tuple(a.replace(PORT_REF, str(port)) for a in argv)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,14 @@ import psutil
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
-from devenv.runtime.base import Instance, InstanceSpec, OutputLine, Resources, RunResult
+from devenv.runtime.base import (
+    Instance,
+    InstanceSpec,
+    OutputLine,
+    Resources,
+    RunResult,
+    with_port,
+)
 from devenv.runtime.guardian import stop_groups
 
 LINE_LIMIT = 256 * 1024
@@ -157,7 +164,7 @@ class LocalRuntime:
         workdir = self.root / spec.workdir
         try:
             proc = await asyncio.create_subprocess_exec(
-                *spec.command, cwd=workdir, env=self._env(spec, port),
+                *with_port(spec.command, port), cwd=workdir, env=self._env(spec, port),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=LINE_LIMIT,
             )
@@ -172,7 +179,7 @@ class LocalRuntime:
         port = instance.endpoint[1] if instance and instance.endpoint else None
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=self.root / spec.workdir, env=self._env(spec, port),
+                *with_port(argv, port), cwd=self.root / spec.workdir, env=self._env(spec, port),
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )
