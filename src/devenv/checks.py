@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shlex
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from devenv.core.errors import ConfigError
 from devenv.core.paths import StateDir
+from devenv.core.ports import port_owner
 
 
 @dataclass(frozen=True)
@@ -131,16 +131,6 @@ def _port(key: str, port: int) -> Check:
             return Check(key, "ok", f"port {port} is free")
         except OSError:
             pass
-    owner = _owner(port)
+    owner = port_owner(port)
     return Check(key, "fail", f"port {port} is in use{owner}",
                  f"stop that program, or choose another port with `devenv config set {key} N`")
-
-
-def _owner(port: int) -> str:
-    with contextlib.suppress(Exception):
-        import psutil
-
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == "LISTEN" and conn.pid:
-                return f" by pid {conn.pid} ({psutil.Process(conn.pid).name()})"
-    return ""

@@ -16,6 +16,16 @@ from typing import Any
 
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
+from devenv.runtime.base import InstanceSpec
+from devenv.wire import (
+    EnvironmentStatus,
+    LoadResult,
+    OpResult,
+    Progress,
+    StopResult,
+    UpResult,
+    from_json,
+)
 
 START_TIMEOUT = 15.0
 
@@ -89,34 +99,40 @@ class Client:
         except (EngineNotRunning, OSError):
             return False
 
-    def status(self, resources: bool = False) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("GET", "/v1/status" + ("?resources=1" if resources
-                                                                    else ""))
-        return result
+    def status(self, resources: bool = False) -> EnvironmentStatus:
+        return from_json(EnvironmentStatus, self._json(
+            "GET", "/v1/status" + ("?resources=1" if resources else "")))
 
     def up(self, services: list[str], profile: str | None, watch: bool = True
-           ) -> Iterator[dict[str, Any]]:
+           ) -> Iterator[Progress | UpResult]:
+        """Progress as it happens, ending with the result."""
         # ${VAR} in devenv.yaml means the caller's environment, not the engine's
-        return self._stream("POST", "/v1/up", {"services": services, "profile": profile,
-                                               "environ": dict(os.environ), "watch": watch})
+        for item in self._stream("POST", "/v1/up", {"services": services, "profile": profile,
+                                                    "environ": dict(os.environ),
+                                                    "watch": watch}):
+            yield from_json(UpResult, item) if item.get("type") == "done" \
+                else from_json(Progress, item)
 
-    def restart(self, services: list[str]) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", "/v1/restart", {"services": services},
-                                            timeout=None)
-        return result
+    def restart(self, services: list[str]) -> OpResult:
+        return from_json(OpResult, self._json("POST", "/v1/restart", {"services": services},
+                                              timeout=None))
 
-    def scale(self, counts: dict[str, int]) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", "/v1/scale", {"counts": counts},
-                                            timeout=None)
-        return result
+    def scale(self, counts: dict[str, int]) -> OpResult:
+        return from_json(OpResult, self._json("POST", "/v1/scale", {"counts": counts},
+                                              timeout=None))
 
-    def stop(self, persist_data: bool) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", "/v1/stop", {"persist_data": persist_data},
-                                            timeout=None)
+    def stop(self, persist_data: bool) -> StopResult:
+        result = from_json(StopResult, self._json("POST", "/v1/stop",
+                                                  {"persist_data": persist_data}, timeout=None))
         deadline = time.monotonic() + 10
         while self.state.pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.02)  # the engine exits right after answering
         return result
+
+    def exec_target(self, service: str) -> tuple[str, InstanceSpec]:
+        """The runtime and spec the running environment gives `devenv exec SERVICE`."""
+        data = self._json("GET", "/v1/exec/" + urllib.parse.quote(service, safe=""))
+        return data["runtime"], from_json(InstanceSpec, data["spec"])
 
     def snapshot_save(self, name: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json("POST", "/v1/snapshots", {"name": name},
@@ -128,13 +144,12 @@ class Client:
                                             timeout=None)
         return result
 
-    def data_load(self, dataset: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", "/v1/data/load", {
-            "dataset": dataset, "environ": dict(os.environ)}, timeout=None)
-        return result
+    def data_load(self, dataset: str) -> LoadResult:
+        return from_json(LoadResult, self._json("POST", "/v1/data/load", {
+            "dataset": dataset, "environ": dict(os.environ)}, timeout=None))
 
-    def data_reset(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", "/v1/data/reset", {}, timeout=None)
+    def data_reset(self) -> list[str]:
+        result: list[str] = self._json("POST", "/v1/data/reset", {}, timeout=None)["reset"]
         return result
 
     def logs(self, services: list[str], *, follow: bool, since: float | None, tail: int | None,

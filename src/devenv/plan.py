@@ -21,6 +21,8 @@ from devenv.core.paths import StateDir
 from devenv.core.secrets import looks_secret
 from devenv.data import kind_of
 from devenv.data.base import DataService
+from devenv.runtime import DEFAULT as DEFAULT_RUNTIME
+from devenv.runtime.base import InstanceSpec
 
 HOST = "127.0.0.1"
 
@@ -41,6 +43,7 @@ class ServicePlan:
     stop_signal: str
     stop_timeout: float
     data: DataService | None = None
+    runtime: str = DEFAULT_RUNTIME
     config_hash: str = field(default="", compare=False)
 
     @property
@@ -68,6 +71,7 @@ class Plan:
     ingress_port: int | None
     hold_timeout: float
     keep_automatic: int = 3
+    runtime: str = DEFAULT_RUNTIME
 
 
 def url_var(name: str) -> str:
@@ -131,6 +135,16 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     fingerprint.pop("watch")
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode())
     return replace(plan, config_hash=digest.hexdigest()[:16])
+
+
+def exec_spec(plan: ServicePlan) -> InstanceSpec:
+    """How `devenv exec SERVICE` runs: the service's environment and folder, plus
+    SERVICE_URL, its own stable address."""
+    env = dict(plan.env)
+    if plan.port:
+        env["SERVICE_URL"] = f"http://{HOST}:{plan.port}"
+    return InstanceSpec(service=plan.name, replica=0, command=(), env=env,
+                        workdir=plan.workdir, wants_port=False)
 
 
 def select(loaded: Loaded, services: Iterable[str] = ()) -> tuple[str, ...]:

@@ -1,44 +1,28 @@
-"""What every part of the engine shares: the runtime, the log store, the event bus, a clock."""
+"""What every part of the engine shares: its runtimes, the log store, the event stream, a
+clock. Injected, so tests can run the engine on a fake runtime and a fake clock."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from devenv.engine.events import Events, Logged
 from devenv.engine.logstore import LogStore
 from devenv.runtime.base import Runtime
-
-Event = dict[str, Any]
-
-
-class Bus:
-    """Fan-out of engine events (state changes) to whoever is listening, e.g. `up` progress."""
-
-    def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[Event]] = set()
-
-    def emit(self, event: Event) -> None:
-        for queue in self._queues:
-            queue.put_nowait(event)
-
-    def listen(self) -> asyncio.Queue[Event]:
-        queue: asyncio.Queue[Event] = asyncio.Queue()
-        self._queues.add(queue)
-        return queue
-
-    def unlisten(self, queue: asyncio.Queue[Event]) -> None:
-        self._queues.discard(queue)
 
 
 @dataclass
 class Context:
     root: Path
-    runtime: Runtime
+    runtimes: Callable[[str], Runtime]  # a plan names its runtime; this makes or finds it
     logs: LogStore
-    bus: Bus = field(default_factory=Bus)
+    events: Events = field(default_factory=Events)
     hold_timeout: float = 15.0
     clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        if self.logs.sink is None:  # every stored line is an event too
+            events = self.events
+            self.logs.sink = lambda line: events.publish(Logged(line))

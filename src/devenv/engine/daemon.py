@@ -1,7 +1,8 @@
 """The per-project engine process: one per project (a lock), owner-only control socket.
 
-Start-up recovers anything a previous engine left behind; SIGTERM or `devenv stop` stops
-every service, dependents first, and then the engine.
+Start-up has every runtime stop what a previous engine left behind; SIGTERM, `devenv stop`
+or the project folder disappearing stops every service, dependents first, and then the
+engine.
 """
 
 from __future__ import annotations
@@ -16,63 +17,22 @@ from typing import IO
 from aiohttp import web
 
 from devenv.core.paths import StateDir
-from devenv.engine.api import Api
+from devenv.engine.api import make_app
+from devenv.engine.app import Environment
 from devenv.engine.context import Context
-from devenv.engine.ingress import Ingress, build_routes
 from devenv.engine.logstore import LogStore
-from devenv.engine.pool import Pool
 from devenv.engine.reconciler import Engine
-from devenv.runtime import get_runtime
-from devenv.runtime.local import recover_orphans
+from devenv.runtime import Runtimes
+
+PROJECT_CHECK_INTERVAL = 2.0
 
 
-async def serve(root: Path, state: StateDir) -> None:
-    runtime = get_runtime("local", root)
-    ctx = Context(root=root, runtime=runtime, logs=LogStore(state.logs))
+async def serve(root: Path, state: StateDir, runtimes: Runtimes) -> None:
+    ctx = Context(root=root, runtimes=runtimes, logs=LogStore(state.logs))
     engine = Engine(ctx)
     shutdown = asyncio.Event()
-    ingress: Ingress | None = None
-
-    def pool_of(name: str) -> Pool | None:
-        runner = engine.runners.get(name)
-        return runner.pool if runner else None
-
-    def refresh_routes() -> None:
-        if ingress is None or engine.plan is None:
-            return
-        ingress.routes = build_routes([
-            (p.name, p.route.host if p.route else None, p.route.path if p.route else None,
-             p.route.strip_prefix if p.route else False)
-            for p in engine.plan.services.values() if p.port and p.name in engine.runners])
-
-    ingress_lock = asyncio.Lock()  # concurrent `up` calls must not both start one
-
-    async def ensure_ingress(port: int | None) -> str | None:
-        async with ingress_lock:
-            return await _ensure_ingress(port)
-
-    async def _ensure_ingress(port: int | None) -> str | None:
-        nonlocal ingress
-        if ingress is not None and ingress.port != port:
-            await ingress.close()
-            ingress = None
-        if port is not None and ingress is None:
-            candidate = Ingress(port, pool_of)
-            try:
-                await candidate.start()
-            except OSError as exc:
-                from devenv.core.errors import DevenvError
-
-                await candidate.close()
-                raise DevenvError(f"the ingress cannot listen on 127.0.0.1:{port}: "
-                                  f"{exc.strerror}", hint="set another port with `devenv config "
-                                  "set ingress.port N`, or stop what uses it") from exc
-            ingress = candidate
-        return ingress.url if ingress else None
-
-    engine.on_routes_changed = refresh_routes
-    api = Api(engine, root, shutdown, ensure_ingress)
-    runner = web.AppRunner(api.app(), access_log=None, handle_signals=False,
+    env = Environment(engine, root, shutdown)
+    runner = web.AppRunner(make_app(env), access_log=None, handle_signals=False,
                            shutdown_timeout=2.0)
     await runner.setup()
     state.socket.unlink(missing_ok=True)
@@ -86,32 +46,48 @@ async def serve(root: Path, state: StateDir) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, shutdown.set)
+    watchdog = asyncio.create_task(_while_project_exists(root, shutdown))
     print(f"engine {os.getpid()} serving {root}", flush=True)
     await shutdown.wait()
+    watchdog.cancel()
+    env.watcher.stop()
     await engine.stop_all()
-    if ingress:
-        await ingress.close()
+    await env.routing.close()
     await asyncio.sleep(0.05)  # let the answer to `stop` reach the client
     await runner.cleanup()
-    await runtime.close()
+    await runtimes.close()
     ctx.logs.close()
     state.socket.unlink(missing_ok=True)
+
+
+async def _while_project_exists(root: Path, shutdown: asyncio.Event) -> None:
+    """An engine whose project folder was deleted (or replaced) has nothing left to serve."""
+    inode = os.stat(root).st_ino
+    while True:
+        await asyncio.sleep(PROJECT_CHECK_INTERVAL)
+        try:
+            same = os.stat(root).st_ino == inode
+        except OSError:
+            same = False
+        if not same:
+            print(f"the project folder {root} is gone; stopping", flush=True)
+            shutdown.set()
+            return
 
 
 def main(argv: list[str], lock: IO[str]) -> int:
     """Serve the project at argv[0]; `lock` is its engine lock, already held."""
     root = Path(argv[0]).resolve()
     state = StateDir(root)
-    recovered = recover_orphans(state)
-    if recovered:
-        print(f"stopped {recovered} process group(s) left by a previous engine", flush=True)
+    runtimes = Runtimes(root)
+    for name, count in runtimes.recover().items():
+        print(f"stopped {count} instance(s) left on the {name} runtime by a previous engine",
+              flush=True)
     state.pidfile.write_text(str(os.getpid()))
     try:
-        asyncio.run(serve(root, state))
+        asyncio.run(serve(root, state, runtimes))
     finally:
         state.pidfile.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             lock.close()
     return 0
-
-

@@ -1,7 +1,8 @@
 """Data operations of a running environment: snapshots, restore, reset, dataset loads.
 
-All of them hold the engine's lock, so they never interleave with `up`, `scale` or each
-other. A restore or reset stops only the data services it touches; their stable addresses
+Each holds the locks of the data services (never the engine's), so they never interleave
+with each other or with `up`/`scale` of those services, and never wait on other services'
+reloads. A restore or reset takes only the data services offline; their stable addresses
 stay up and hold new connections while they come back.
 """
 
@@ -11,9 +12,11 @@ import asyncio
 import json
 import os
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from devenv.config.load import Loaded
 from devenv.core.atomic import write_atomic
@@ -24,6 +27,21 @@ from devenv.data.datasets import Target, load_files
 from devenv.data.snapshots import Snapshot, SnapshotStore, now_manifest
 from devenv.engine.reconciler import Engine
 from devenv.engine.service import ServiceRunner
+from devenv.plan import command_argv, url_var
+from devenv.runtime.base import InstanceSpec
+from devenv.wire import LoadResult
+
+SCRIPT_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    """What `stop` does with the data: none, kept, or discarded after a snapshot."""
+
+    data: str
+    snapshot: str | None = None
+    warning: str | None = None
+    folders: tuple[Path, ...] = ()
 
 
 class DataOps:
@@ -31,24 +49,27 @@ class DataOps:
         self.engine = engine
         self.state = state
         self.store = SnapshotStore(state.base / "snapshots")
-        self.store.cleanup()
+        self.store.cleanup()  # only what dead processes left: never work in progress
 
     # ---- which data services
 
     def data_runners(self) -> dict[str, ServiceRunner]:
         return {n: r for n, r in self.engine.runners.items() if r.plan.data is not None}
 
-    def _running(self) -> dict[str, ServiceRunner]:
-        runners = self.data_runners()
-        if not runners:
+    @asynccontextmanager
+    async def _held(self, healthy: bool = True) -> AsyncIterator[dict[str, ServiceRunner]]:
+        """Every data service's runner, locked; with `healthy`, each must be serving."""
+        names = list(self.data_runners())
+        if not names:
             raise UsageError("no data service is running",
                              hint="start the environment (with its data services) with "
                              "`devenv up`")
-        down = [n for n, r in runners.items() if r.ready < 1]
-        if down:
-            raise DevenvError(f"data service(s) not healthy: {', '.join(down)}",
-                              hint="see `devenv status`")
-        return runners
+        async with self.engine.holding(names) as runners:
+            down = [n for n, r in runners.items() if r.ready < 1]
+            if healthy and down:
+                raise DevenvError(f"data service(s) not healthy: {', '.join(down)}",
+                                  hint="see `devenv status`")
+            yield runners
 
     # ---- the record of loaded datasets
 
@@ -69,11 +90,11 @@ class DataOps:
     # ---- snapshots
 
     async def save(self, name: str, project: str, automatic: bool = False) -> Snapshot:
-        async with self.engine.lock:
-            return await self._save(name, project, automatic)
+        async with self._held() as runners:
+            return await self._save(runners, name, project, automatic)
 
-    async def _save(self, name: str, project: str, automatic: bool) -> Snapshot:
-        runners = self._running()
+    async def _save(self, runners: dict[str, ServiceRunner], name: str, project: str,
+                    automatic: bool) -> Snapshot:
         staging = self.store.staging(name)
         try:
             manifest = now_manifest(project, automatic, self.loaded_datasets())
@@ -92,52 +113,34 @@ class DataOps:
             raise
 
     async def restore(self, name: str) -> Snapshot:
-        async with self.engine.lock:
-            return await self._restore_unlocked(name)
+        async with self._held(healthy=False) as runners:
+            return await self._restore(runners, name)
 
     async def reset(self) -> list[str]:
         """Every data service back to fresh, provisioned, empty data."""
-        async with self.engine.lock:
-            runners = self.data_runners()
-            if not runners:
-                raise UsageError("no data service is running", hint="run `devenv up` first")
-
-            async def one(runner: ServiceRunner) -> None:
-                data = runner.plan.data
-                assert data is not None
-                await runner.pause()
-                await asyncio.to_thread(_remove, data.folder)
-                await runner.scale(runner.desired or 1)
-
-            await asyncio.gather(*(one(r) for r in runners.values()))
-            await self._await_healthy(list(runners.values()))
+        async with self._held(healthy=False) as runners, self.engine.offline(runners):
+            for runner in runners.values():
+                assert runner.plan.data is not None
+                await asyncio.to_thread(_remove, runner.plan.data.folder)
             self._record.unlink(missing_ok=True)
-            return list(runners)
-
-    async def _await_healthy(self, runners: list[ServiceRunner]) -> None:
-        reasons = await asyncio.gather(*(r.wait_condition("up", 120) for r in runners))
-        failed = {r.name: reason for r, reason in zip(runners, reasons, strict=True) if reason}
-        if failed:
-            raise DevenvError("data services did not come back",
-                              details=[f"{n}: {why}" for n, why in failed.items()])
+        return list(runners)
 
     # ---- datasets
 
     async def load(self, loaded: Loaded, dataset: str,
-                   environ: dict[str, str] | None = None) -> dict[str, Any]:
-        async with self.engine.lock:
-            return await self._load(loaded, dataset, environ or dict(os.environ))
-
-    async def _load(self, loaded: Loaded, dataset: str, environ: dict[str, str]
-                    ) -> dict[str, Any]:
+                   environ: dict[str, str] | None = None) -> LoadResult:
         from devenv.config.schema import did_you_mean
 
-        spec = loaded.project.datasets.get(dataset)
-        if spec is None:
+        if dataset not in loaded.project.datasets:
             raise UsageError(f"no dataset '{dataset}'"
                              f"{did_you_mean(dataset, loaded.project.datasets)}",
                              hint="datasets: " + (", ".join(loaded.project.datasets) or "none"))
-        runners = self._running()
+        async with self._held() as runners:
+            return await self._load(runners, loaded, dataset, environ or dict(os.environ))
+
+    async def _load(self, runners: dict[str, ServiceRunner], loaded: Loaded, dataset: str,
+                    environ: dict[str, str]) -> LoadResult:
+        spec = loaded.project.datasets[dataset]
         targets: dict[str, Target] = {}
         for key in spec.files:
             service, _, database = key.partition("/")
@@ -151,26 +154,25 @@ class DataOps:
         guard = None
         if spec.script is not None:  # a script cannot be rolled back: snapshot first
             guard = f"before-{dataset}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S-%f')}"
-            await self._save(guard, loaded.name, automatic=True)
+            await self._save(runners, guard, loaded.name, automatic=True)
         try:
             counts = await load_files(loaded.root, spec.files, targets)
             if spec.script is not None:
-                await self._script(loaded, spec.script, runners, environ)
+                await self._script(spec.script, runners, environ)
         except BaseException:
             if guard:
-                await self._restore_unlocked(guard)
+                await self._restore(runners, guard)
             raise
         finally:
             if guard:
                 self.store.delete(guard)
         names = [n for n in self.loaded_datasets() if n != dataset] + [dataset]
         self._set_loaded(names)
-        return {"dataset": dataset, "counts": counts}
+        return LoadResult(dataset=dataset, counts=counts)
 
-    async def _restore_unlocked(self, name: str) -> Snapshot:
+    async def _restore(self, runners: dict[str, ServiceRunner], name: str) -> Snapshot:
         """Verify every checksum first; then swap each data service's data, all at once."""
         snap = await asyncio.to_thread(self.store.verify, name)
-        runners = self.data_runners()
         for svc, entry in snap.manifest["services"].items():
             runner = runners.get(svc)
             if runner is None or runner.plan.data is None:
@@ -181,57 +183,62 @@ class DataOps:
                                  f"'{svc}', which is {runner.plan.data.spec.kind} here")
 
         async def one(svc: str) -> None:
-            runner = runners[svc]
-            data = runner.plan.data
+            data = runners[svc].plan.data
             assert data is not None
-            await runner.pause()
             await asyncio.to_thread(kind_of(data.spec.kind).restore, data, snap.path / svc)
-            await runner.scale(runner.desired or 1)
 
-        await asyncio.gather(*(one(s) for s in snap.manifest["services"]))
-        await self._await_healthy([runners[s] for s in snap.manifest["services"]])
+        touched = {s: runners[s] for s in snap.manifest["services"]}
+        async with self.engine.offline(touched):
+            await asyncio.gather(*(one(s) for s in touched))
         self._set_loaded(list(snap.manifest.get("datasets", [])))
         return snap
 
-    async def _script(self, loaded: Loaded, script: str | list[str],
-                      runners: dict[str, ServiceRunner], environ: dict[str, str]) -> None:
-        from devenv.plan import command_argv, url_var
-
-        env: dict[str, str] = {}
+    async def _script(self, script: str | list[str], runners: dict[str, ServiceRunner],
+                      environ: dict[str, str]) -> None:
+        """Run a dataset script on the data services' runtime, from the project folder, with
+        the caller's environment and every data service's URL."""
+        env: dict[str, str] = dict(environ)
         for name, runner in runners.items():
             data = runner.plan.data
             assert data is not None
             kind = kind_of(data.spec.kind)
             env.setdefault(kind.url_var, kind.url(data))
             env[url_var(name)] = kind.url(data)
-        proc = await asyncio.create_subprocess_exec(
-            *command_argv(script), cwd=loaded.root, env={**environ, **env},
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await proc.communicate()
-        if proc.returncode != 0:
-            lines = self.engine.ctx.logs.mask(out.decode(errors="replace")).splitlines()
-            raise DevenvError(f"the dataset script failed (exit code {proc.returncode}); the "
+        runtime = next(iter(runners.values())).runtime
+        spec = InstanceSpec(service="dataset", replica=0, command=(), env=env, workdir=".",
+                            wants_port=False)
+        result = await runtime.run(spec, command_argv(script), SCRIPT_TIMEOUT)
+        if result.code != 0:
+            lines = self.engine.ctx.logs.mask(result.output).splitlines()
+            raise DevenvError(f"the dataset script failed (exit code {result.code}); the "
                               "data is back as it was", details=lines[-10:])
 
     # ---- stop
 
-    async def discard_for_stop(self, project: str, keep: int) -> dict[str, Any]:
-        """`stop` without --persist-data: snapshot first, then the data may go."""
-        if not self.data_runners():
-            return {"snapshot": None, "data": "none"}
+    async def before_stop(self, project: str, persist: bool) -> StopOutcome:
+        """`stop`: with --persist-data keep the data; without, snapshot it first, and only
+        then may it go (after the servers stopped)."""
+        runners = self.data_runners()
+        if not runners:
+            return StopOutcome("none")
+        if persist:
+            return StopOutcome("kept")
+        keep = self.engine.plan.keep_automatic if self.engine.plan else 3
         name = "auto-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
         try:
-            await self._save(name, project, automatic=True)
+            await self.save(name, project, automatic=True)
         except Exception as exc:
-            return {"snapshot": None, "data": "kept", "warning": f"the automatic snapshot "
-                    f"failed ({exc}); the data was kept"}
+            return StopOutcome("kept", warning=f"the automatic snapshot failed ({exc}); the "
+                               "data was kept")
         self.store.prune_automatic(keep)
-        return {"snapshot": name, "data": "discarded"}
+        folders = tuple(r.plan.data.folder for r in runners.values() if r.plan.data)
+        return StopOutcome("discarded", snapshot=name, folders=folders)
 
-    def remove_data(self, folders: list[Path]) -> None:
-        for folder in folders:
-            _remove(folder)
-        self._record.unlink(missing_ok=True)
+    async def after_stop(self, outcome: StopOutcome) -> None:
+        if outcome.data == "discarded":
+            for folder in outcome.folders:
+                await asyncio.to_thread(_remove, folder)
+            self._record.unlink(missing_ok=True)
 
     async def load_profile_datasets(self, loaded: Loaded,
                                     environ: dict[str, str] | None = None) -> list[str]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 from devenv.core.secrets import MASK
 
@@ -40,6 +41,11 @@ class LogLine:
         return f"{_iso(self.ts)} {self.replica} {self.stream} {self.text}\n"
 
 
+def json_line(line: LogLine) -> bytes:
+    """One line of a streamed answer."""
+    return (json.dumps(line.to_json()) + "\n").encode()
+
+
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -55,12 +61,17 @@ def parse_file_line(service: str, raw: str) -> LogLine | None:
     return LogLine(ts, service, parts[1], parts[2], parts[3] if len(parts) > 3 else "")
 
 
+class Sink(Protocol):
+    def __call__(self, line: LogLine) -> None: ...
+
+
 class LogStore:
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, sink: Sink | None = None):
+        """`sink` sees every stored line (the engine's event stream)."""
         self.folder = folder
+        self.sink = sink
         self._files: dict[str, IO[str]] = {}
         self._ring: dict[str, deque[LogLine]] = {}
-        self._followers: set[asyncio.Queue[LogLine]] = set()
         self._secrets: re.Pattern[str] | None = None
         self._flush_pending = False
 
@@ -77,22 +88,13 @@ class LogStore:
                        self.mask(text))
         self._ring.setdefault(service, deque(maxlen=RING)).append(line)
         self._write(line)
-        for queue in self._followers:
-            if queue.qsize() < 10_000:  # a stuck follower must not eat the engine's memory
-                queue.put_nowait(line)
+        if self.sink:
+            self.sink(line)
         return line
 
     def recent(self, service: str, count: int) -> list[LogLine]:
         ring = self._ring.get(service)
         return list(ring)[-count:] if ring else []
-
-    def follow(self) -> asyncio.Queue[LogLine]:
-        queue: asyncio.Queue[LogLine] = asyncio.Queue()
-        self._followers.add(queue)
-        return queue
-
-    def unfollow(self, queue: asyncio.Queue[LogLine]) -> None:
-        self._followers.discard(queue)
 
     def flush(self) -> None:
         self._flush_pending = False
@@ -107,11 +109,17 @@ class LogStore:
         self._files.clear()
 
     def _write(self, line: LogLine) -> None:
+        """Persist a line; a folder that is gone (the project was deleted) or a full disk
+        loses the line on disk only, never the engine."""
         fh = self._files.get(line.service)
-        if fh is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fh = self._files[line.service] = open(self.path(line.service), "a")  # noqa: SIM115
-        fh.write(line.to_file())
+        try:
+            if fh is None:
+                self.folder.mkdir(exist_ok=True)
+                fh = self._files[line.service] = open(  # noqa: SIM115
+                    self.path(line.service), "a")
+            fh.write(line.to_file())
+        except OSError:
+            return
         if not self._flush_pending:  # flush soon after a burst, never on a timer when idle
             self._flush_pending = True
             with contextlib.suppress(RuntimeError):

@@ -25,7 +25,7 @@ class Backend:
         self.idle.set()
 
 
-class NoBackend(Exception):
+class NoBackend(LookupError):
     pass
 
 

@@ -1,48 +1,65 @@
 """Reconcile desired state (a Plan) with what runs: compute the convergence plan, then apply it.
 
-Mutations are serialised by one lock, so concurrent CLI calls never interleave. Services start
-as soon as their own dependencies meet their conditions, so independent services start in
-parallel; a service whose config hash is unchanged is left alone (`up` is idempotent).
+`up` and `stop` hold the engine's lock (one plan change at a time); every mutation of a
+service holds that service's own lock, so a slow reload or data operation on one service
+never stalls another. Services start as soon as their own dependencies meet their
+conditions, so independent services start in parallel; a service whose config hash is
+unchanged is left alone (`up` is idempotent). Every selected service's address is taken
+before any instance starts, so a port that is in use fails `up` at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
 
-from devenv.engine.context import Context, Event
-from devenv.engine.service import PortInUse, ServiceRunner
+from devenv.core.errors import DevenvError, UsageError
+from devenv.engine.context import Context
+from devenv.engine.events import StateChanged, Subscription
+from devenv.engine.service import ServiceRunner
 from devenv.plan import Plan, ServicePlan
+from devenv.runtime.base import AddressInUse
+from devenv.wire import (
+    ActionKind,
+    Condition,
+    OpResult,
+    Progress,
+    ServiceResult,
+    ServiceStatus,
+    State,
+    UpResult,
+)
 
-Progress = Callable[[Event], None]
+ProgressSink = Callable[[Progress], None]
 LOG_TAIL = 15
+COME_BACK_TIMEOUT = 120.0  # a service taken offline (data restore) must be healthy again
 
 
 @dataclass(frozen=True)
 class Action:
     service: str
-    kind: str  # create | replace | scale | keep | remove
+    kind: ActionKind
     replicas: int
 
 
 def convergence_plan(plan: Plan, running: dict[str, ServiceRunner],
                      scaled: dict[str, int]) -> list[Action]:
     """What to do to each service: pure, from desired and actual state."""
-    actions = [Action(n, "remove", 0) for n in running if n not in plan.services]
+    actions = [Action(n, ActionKind.REMOVE, 0) for n in running if n not in plan.services]
     for name in plan.selected:
         want = plan.services[name]
         replicas = scaled.get(name, want.replicas)
         runner = running.get(name)
         if runner is None:
-            actions.append(Action(name, "create", replicas))
+            actions.append(Action(name, ActionKind.CREATE, replicas))
         elif runner.plan.config_hash != want.config_hash:
-            actions.append(Action(name, "replace", replicas))
-        elif runner.desired != replicas or runner.state in ("stopped", "crashed"):
-            actions.append(Action(name, "scale", replicas))
+            actions.append(Action(name, ActionKind.REPLACE, replicas))
+        elif runner.desired != replicas or runner.state in (State.STOPPED, State.CRASHED):
+            actions.append(Action(name, ActionKind.SCALE, replicas))
         else:
-            actions.append(Action(name, "keep", replicas))
+            actions.append(Action(name, ActionKind.KEEP, replicas))
     return actions
 
 
@@ -52,130 +69,174 @@ class Engine:
         self.runners: dict[str, ServiceRunner] = {}
         self.plan: Plan | None = None
         self.scaled: dict[str, int] = {}
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # plan changes: up, stop
         self.on_routes_changed: Callable[[], None] = lambda: None
 
     # ---- up
 
-    async def up(self, plan: Plan, progress: Progress) -> dict[str, Any]:
+    async def up(self, plan: Plan, progress: ProgressSink) -> UpResult:
         async with self.lock:
             t0 = self.ctx.clock()
             actions = convergence_plan(plan, self.runners, self.scaled)
             for act in actions:
-                if act.kind == "remove":
-                    progress({"service": act.service, "state": "removing"})
-                    await self.runners.pop(act.service).close()
+                if act.kind == ActionKind.REMOVE:
+                    progress(Progress(act.service, "removing"))
+                    runner = self.runners.pop(act.service)
+                    async with runner.lock:
+                        await runner.close()
             self.plan = plan
             self.ctx.logs.set_secrets(s for p in plan.services.values() for s in p.secrets())
-            todo = {a.service: a for a in actions if a.kind != "remove"}
+            todo = {a.service: a for a in actions if a.kind != ActionKind.REMOVE}
+            await self._open_addresses(plan, todo)
             created = {name: asyncio.Event() for name in todo}
-            results: dict[str, dict[str, Any]] = {}
-            listen = self.ctx.bus.listen()
-            relay = asyncio.create_task(_relay(listen, progress, set(todo)))
-            try:
-                await asyncio.gather(*(
-                    self._bring_up(plan.services[n], todo[n], created, results, progress, t0)
-                    for n in todo))
-            finally:
-                relay.cancel()
-                self.ctx.bus.unlisten(listen)
+            results: dict[str, ServiceResult] = {}
+            with self.ctx.events.subscribe(StateChanged) as sub:
+                relay = asyncio.create_task(_relay(sub, progress, set(todo)))
+                try:
+                    await asyncio.gather(*(
+                        self._bring_up(plan.services[n], todo[n], created, results, progress, t0)
+                        for n in todo))
+                finally:
+                    relay.cancel()
             self.on_routes_changed()
-            ok = all(r["ok"] for r in results.values())
             order = [n for n in plan.selected if n in results]
-            return {"ok": ok, "services": [results[n] for n in order]}
+            return UpResult(ok=all(r.ok for r in results.values()),
+                            services=[results[n] for n in order], project=plan.project)
+
+    async def _open_addresses(self, plan: Plan, todo: dict[str, Action]) -> None:
+        """Make the runners of new services and take every address before anything starts;
+        if one is taken, give back what this call took and fail with every taken port."""
+        fresh: dict[str, ServiceRunner] = {}
+        taken: list[str] = []
+        for name, act in todo.items():
+            if act.kind != ActionKind.CREATE or name in self.runners:
+                continue
+            runner = ServiceRunner(plan.services[name], self.ctx)
+            try:
+                await runner.open()
+                fresh[name] = runner
+            except AddressInUse as exc:
+                taken.append(str(exc))
+        if taken:
+            for runner in fresh.values():
+                await runner.close()
+            raise UsageError("cannot take the services' addresses; nothing was started",
+                             details=taken, hint="stop what holds the port, or give the "
+                             "service another `port:` (devenv config set services.NAME.port N)")
+        self.runners.update(fresh)
 
     async def _bring_up(self, want: ServicePlan, act: Action, created: dict[str, asyncio.Event],
-                        results: dict[str, dict[str, Any]], progress: Progress, t0: float) -> None:
+                        results: dict[str, ServiceResult], progress: ProgressSink, t0: float
+                        ) -> None:
         name = want.name
-        result: dict[str, Any] = {"name": name, "action": act.kind, "ok": False, "url": want.url,
-                                  "started_s": None, "healthy_s": None, "detail": "", "logs": []}
-        results[name] = result
+        started_s: float | None = None
+
+        def done(ok: bool, state: str, detail: str = "", healthy_s: float | None = None,
+                 logs: list[str] | None = None) -> None:
+            results[name] = ServiceResult(name=name, action=act.kind, ok=ok, url=want.url,
+                                          state=state, detail=detail, started_s=started_s,
+                                          healthy_s=healthy_s, logs=logs or [])
+
+        done(False, "")
         try:
             blocked = await self._await_dependencies(want, created, progress)
             if blocked:
-                result.update(state="blocked", detail=blocked)
-                progress({"service": name, "state": "blocked", "detail": blocked})
+                done(False, "blocked", blocked)
+                progress(Progress(name, "blocked", blocked))
                 return
-            runner = self.runners.get(name)
-            if act.kind != "keep":
-                result["started_s"] = round(self.ctx.clock() - t0, 3)
-                progress({"service": name, "state": "starting", "action": act.kind})
-            if runner is None:
-                runner = ServiceRunner(want, self.ctx)
-                try:
-                    await runner.open()
-                except PortInUse as exc:
-                    await runner.close()
-                    result.update(state="crashed", detail=str(exc))
-                    progress({"service": name, "state": "crashed", "detail": str(exc)})
-                    return
-                self.runners[name] = runner
+            runner = self.runners[name]
+            if act.kind != ActionKind.KEEP:
+                started_s = round(self.ctx.clock() - t0, 3)
+                progress(Progress(name, State.STARTING, action=act.kind))
             created[name].set()
-            if act.kind == "replace" and not await runner.replace(want):
-                return self._failed(runner, result, progress, "new instance failed; the "
-                                    "previous one keeps serving")
-            if act.kind in ("create", "replace", "scale"):
-                await runner.scale(act.replicas)
-            reason = await runner.wait_condition("up")
+            async with runner.lock:
+                if act.kind == ActionKind.REPLACE and not await runner.replace(want):
+                    kept = "new instance failed; the previous one keeps serving"
+                    done(False, runner.state, kept, logs=self._tail(runner))
+                    progress(Progress(name, "failed", kept))
+                    return
+                if act.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.SCALE):
+                    await runner.scale(act.replicas)
+            reason = await runner.wait_condition(Condition.UP)
             if reason:
-                return self._failed(runner, result, progress, reason)
-            if act.kind != "keep":
-                result["healthy_s"] = round(self.ctx.clock() - t0, 3)
-            result.update(ok=True, state=runner.state)
-            progress({"service": name, "state": runner.state, "action": act.kind,
-                      "healthy_s": result["healthy_s"]})
+                done(False, runner.state, reason, logs=self._tail(runner))
+                progress(Progress(name, "failed", reason))
+                return
+            healthy_s = round(self.ctx.clock() - t0, 3) if act.kind != ActionKind.KEEP else None
+            done(True, runner.state, healthy_s=healthy_s)
+            progress(Progress(name, runner.state, action=act.kind, healthy_s=healthy_s))
         finally:
             created[name].set()
 
-    def _failed(self, runner: ServiceRunner, result: dict[str, Any], progress: Progress,
-                reason: str) -> None:
-        lines = [ln.text for ln in self.ctx.logs.recent(runner.name, LOG_TAIL * 4)
-                 if ln.stream != "devenv"][-LOG_TAIL:]
-        result.update(state=runner.state, detail=reason, logs=lines)
-        progress({"service": runner.name, "state": "failed", "detail": reason})
+    def _tail(self, runner: ServiceRunner) -> list[str]:
+        return [ln.text for ln in self.ctx.logs.recent(runner.name, LOG_TAIL * 4)
+                if ln.stream != "devenv"][-LOG_TAIL:]
 
     async def _await_dependencies(self, want: ServicePlan, created: dict[str, asyncio.Event],
-                                  progress: Progress) -> str | None:
+                                  progress: ProgressSink) -> str | None:
         for dep, condition in want.depends_on.items():
             if dep in created:
                 await created[dep].wait()
             runner = self.runners.get(dep)
             if runner is None:
                 return f"dependency '{dep}' is not running"
-            if runner.condition_state(condition) == "":
-                progress({"service": want.name, "state": "waiting",
-                          "detail": f"for {dep} ({condition})"})
-            reason = await runner.wait_condition(condition)
+            if runner.condition(Condition(condition)).pending:
+                progress(Progress(want.name, "waiting", f"for {dep} ({condition})"))
+            reason = await runner.wait_condition(Condition(condition))
             if reason:
                 return f"dependency '{dep}' failed: {reason}"
         return None
 
-    # ---- other mutations
+    # ---- other mutations: each under the locks of the services it touches
 
-    async def restart(self, names: list[str]) -> dict[str, Any]:
-        async with self.lock:
-            order = [n for n in (self.plan.selected if self.plan else []) if n in names]
-            order += [n for n in names if n not in order]
-            failed = {}
-            for name in order:
-                runner = self.runners[name]
-                await runner.restart()
-                reason = await runner.wait_condition("up")
-                if reason:
-                    failed[name] = reason
-            return {"ok": not failed, "failed": failed}
+    @contextlib.asynccontextmanager
+    async def holding(self, names: Iterable[str]) -> AsyncIterator[dict[str, ServiceRunner]]:
+        """The named services' runners, with their locks held (taken in name order)."""
+        runners = {n: self.runners[n] for n in sorted(set(names)) if n in self.runners}
+        async with contextlib.AsyncExitStack() as stack:
+            for runner in runners.values():
+                await stack.enter_async_context(runner.lock)
+            yield runners
 
-    async def scale(self, counts: dict[str, int]) -> dict[str, Any]:
-        async with self.lock:
-            failed = {}
+    @contextlib.asynccontextmanager
+    async def offline(self, runners: dict[str, ServiceRunner]) -> AsyncIterator[None]:
+        """Stop the (held) services' instances, keeping their addresses, which hold new
+        callers meanwhile; after the block, start them again and wait until healthy."""
+        await asyncio.gather(*(r.pause() for r in runners.values()))
+        try:
+            yield
+        finally:
+            await asyncio.gather(*(r.scale(r.desired or 1) for r in runners.values()))
+        reasons = await asyncio.gather(*(r.wait_condition(Condition.UP, COME_BACK_TIMEOUT)
+                                         for r in runners.values()))
+        failed = {n: why for n, why in zip(runners, reasons, strict=True) if why}
+        if failed:
+            raise DevenvError("services did not come back",
+                              details=[f"{n}: {why}" for n, why in failed.items()])
+
+    async def restart(self, names: list[str]) -> OpResult:
+        order = [n for n in (self.plan.selected if self.plan else []) if n in names]
+        order += [n for n in names if n not in order]
+        failed = {}
+        for name in order:
+            async with self.holding([name]) as held:
+                await held[name].restart()
+            reason = await self.runners[name].wait_condition(Condition.UP)
+            if reason:
+                failed[name] = reason
+        return OpResult(ok=not failed, failed=failed)
+
+    async def scale(self, counts: dict[str, int]) -> OpResult:
+        async with self.holding(counts) as held:
             for name, count in counts.items():
                 self.scaled[name] = count
-                await self.runners[name].scale(count)
-            for name in counts:
-                reason = await self.runners[name].wait_condition("up")
-                if reason:
-                    failed[name] = reason
-            return {"ok": not failed, "failed": failed}
+                await held[name].scale(count)
+        failed = {}
+        for name in counts:
+            reason = await self.runners[name].wait_condition(Condition.UP)
+            if reason:
+                failed[name] = reason
+        return OpResult(ok=not failed, failed=failed)
 
     async def stop_all(self) -> None:
         """Stop every service, dependents before what they depend on."""
@@ -187,22 +248,22 @@ class Engine:
                 for other, runner in runners.items():
                     if name in runner.plan.depends_on:
                         await done[other].wait()
-                await runners[name].close()
+                async with runners[name].lock:
+                    await runners[name].close()
                 done[name].set()
 
             await asyncio.gather(*(stop(n) for n in runners))
             self.runners.clear()
             self.scaled.clear()
 
-    def status(self) -> list[dict[str, Any]]:
+    def status(self) -> list[ServiceStatus]:
         order = list(self.plan.services) if self.plan else []
         names = [n for n in order if n in self.runners]
         names += [n for n in self.runners if n not in names]
         return [self.runners[n].status() for n in names]
 
 
-async def _relay(queue: asyncio.Queue[Event], progress: Progress, names: set[str]) -> None:
-    while True:
-        event = await queue.get()
-        if event.get("service") in names:
-            progress(event)
+async def _relay(sub: Subscription, progress: ProgressSink, names: set[str]) -> None:
+    async for event in sub:
+        if isinstance(event, StateChanged) and event.service in names:
+            progress(Progress(event.service, event.state, event.detail))

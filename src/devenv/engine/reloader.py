@@ -5,6 +5,9 @@ it. `replace` (the default) starts new instances, switches to them once healthy 
 the old ones; if the new ones fail, the old ones keep serving and the failure, with the new
 instances' last output, is shown in status, logs and `up --attach`. Every reload is timed by
 phase: detect, build, started, healthy, switched.
+
+A build runs without any lock (it can take minutes and touches no running instance); only
+the switch holds the service's own lock, so nothing else waits on it.
 """
 
 from __future__ import annotations
@@ -13,12 +16,13 @@ import asyncio
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
 from devenv.engine.reconciler import Engine
 from devenv.engine.service import ServiceRunner
 from devenv.plan import command_argv
 from devenv.runtime.base import InstanceSpec
+from devenv.wire import Condition, ReloadRecord
 
 BUILD_TIMEOUT = 600.0
 
@@ -27,7 +31,15 @@ BUILD_TIMEOUT = 600.0
 class _State:
     running: bool = False
     pending: list[str] = field(default_factory=list)
-    since: float = 0.0
+
+
+@dataclass
+class _Attempt:
+    """A reload being made: what it reports when done."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+    logs: list[str] = field(default_factory=list)
 
 
 class Reloader:
@@ -62,70 +74,69 @@ class Reloader:
             state.running = False
 
     async def _reload(self, service: str, files: list[str], seen: float) -> None:
-        async with self.engine.lock:
-            runner = self.engine.runners.get(service)
-            if runner is None:
-                return
-            action = runner.plan.watch.action
-            record: dict[str, Any] = {
-                "at": time.time(), "files": [_short(f, self.engine.ctx.root) for f in files[:20]],
-                "changed": len(files), "action": action, "ok": False, "phases": {},
-                "error": None, "logs": []}
-            record["phases"]["detect"] = _detect_delay(files)
-            t0 = self.engine.ctx.clock()
-            ok = await self._act(runner, action, record)
-            record["ok"] = ok
-            record["phases"]["total"] = round(self.engine.ctx.clock() - t0
-                                              + record["phases"]["detect"], 3)
-            runner.reloads += 1
-            runner.last_reload = record
-            self._report(runner, record)
-            runner._touch()
+        runner = self.engine.runners.get(service)
+        if runner is None:
+            return
+        ctx = self.engine.ctx
+        action = runner.plan.watch.action
+        attempt = _Attempt()
+        attempt.phases["detect"] = _detect_delay(files)
+        t0 = ctx.clock()
+        ok = await self._act(runner, action, attempt)
+        attempt.phases["total"] = round(ctx.clock() - t0 + attempt.phases["detect"], 3)
+        record = ReloadRecord(at=time.time(), files=[_short(f, ctx.root) for f in files[:20]],
+                              changed=len(files), action=action, ok=ok, phases=attempt.phases,
+                              error=attempt.error, logs=attempt.logs)
+        self._report(runner, record)
+        runner.record_reload(record)
 
-    async def _act(self, runner: ServiceRunner, action: str, record: dict[str, Any]) -> bool:
-        phases: dict[str, float] = record["phases"]
+    async def _act(self, runner: ServiceRunner, action: str, attempt: _Attempt) -> bool:
+        ctx, phases = self.engine.ctx, attempt.phases
         if action == "none":
             return True
         if action == "rebuild" and runner.plan.watch.build is not None:
-            t0 = self.engine.ctx.clock()
+            t0 = ctx.clock()
             spec = InstanceSpec(service=runner.name, replica=0, command=(),
                                 env=runner.plan.env, workdir=runner.plan.workdir,
                                 wants_port=False)
-            result = await self.engine.ctx.runtime.run(
-                spec, command_argv(runner.plan.watch.build), BUILD_TIMEOUT)
-            phases["build"] = round(self.engine.ctx.clock() - t0, 3)
+            result = await runner.runtime.run(spec, command_argv(runner.plan.watch.build),
+                                              BUILD_TIMEOUT)
+            phases["build"] = round(ctx.clock() - t0, 3)
             if result.code != 0:
-                record["error"] = f"build failed (exit code {result.code})"
-                record["logs"] = self.engine.ctx.logs.mask(result.output).splitlines()[-20:]
+                attempt.error = f"build failed (exit code {result.code})"
+                attempt.logs = ctx.logs.mask(result.output).splitlines()[-20:]
                 return False
-        if action == "restart":
-            t0 = self.engine.ctx.clock()
-            await runner.restart()
-            reason = await runner.wait_condition("up", 120)
-            phases["healthy"] = round(self.engine.ctx.clock() - t0, 3)
-            if reason:
-                record["error"] = reason
-            return reason is None
-        timings: dict[str, float] = {}
-        failure: list[str] = []
-        ok = await runner.replace(runner.plan, timings, failure)
+        async with self.engine.holding([runner.name]):
+            if self.engine.runners.get(runner.name) is not runner:
+                attempt.error = "the service was stopped or replaced meanwhile"
+                return False
+            if action == "restart":
+                t0 = ctx.clock()
+                await runner.restart()
+                reason = await runner.wait_condition(Condition.UP, 120)
+                phases["healthy"] = round(ctx.clock() - t0, 3)
+                attempt.error = reason
+                return reason is None
+            timings: dict[str, float] = {}
+            failure: list[str] = []
+            ok = await runner.replace(runner.plan, timings, failure)
         phases.update({k: round(v, 3) for k, v in timings.items()})
         if not ok:
-            record["error"] = (failure[0] if failure else "the new instance failed") + \
+            attempt.error = (failure[0] if failure else "the new instance failed") + \
                 "; the previous instance keeps serving"
-            record["logs"] = failure[1:][-20:]
+            attempt.logs = failure[1:][-20:]
         return ok
 
-    def _report(self, runner: ServiceRunner, record: dict[str, Any]) -> None:
+    def _report(self, runner: ServiceRunner, record: ReloadRecord) -> None:
         logs = self.engine.ctx.logs
-        phases = ", ".join(f"{k} {v:.3f}s" for k, v in record["phases"].items())
-        what = ", ".join(record["files"][:3]) + (" …" if record["changed"] > 3 else "")
-        if record["ok"]:
-            logs.add(runner.name, "reload", "devenv", f"reloaded ({record['action']}) after "
+        phases = ", ".join(f"{k} {v:.3f}s" for k, v in record.phases.items())
+        what = ", ".join(record.files[:3]) + (" …" if record.changed > 3 else "")
+        if record.ok:
+            logs.add(runner.name, "reload", "devenv", f"reloaded ({record.action}) after "
                      f"{what}: {phases}")
             return
-        logs.add(runner.name, "reload", "alert", f"reload failed: {record['error']}")
-        for line in record["logs"]:
+        logs.add(runner.name, "reload", "alert", f"reload failed: {record.error}")
+        for line in record.logs:
             logs.add(runner.name, "reload", "alert", f"  {line}")
 
 
@@ -140,7 +151,7 @@ def _detect_delay(files: list[str]) -> float:
     return round(max(time.time() - newest, 0.0), 3) if newest else 0.0
 
 
-def _short(path: str, root: Any) -> str:
+def _short(path: str, root: Path) -> str:
     try:
         return os.path.relpath(path, root)
     except ValueError:

@@ -10,15 +10,25 @@ import asyncio
 import contextlib
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 from devenv.data import kind_of
-from devenv.engine.balancer import Balancer
 from devenv.engine.context import Context
+from devenv.engine.events import Reloaded, StateChanged
 from devenv.engine.health import probe
 from devenv.engine.pool import Backend, Pool
 from devenv.plan import ServicePlan
-from devenv.runtime.base import Instance, InstanceSpec
+from devenv.runtime.base import Address, Instance, InstanceSpec
+from devenv.wire import (
+    MET,
+    PENDING,
+    Condition,
+    InstanceStatus,
+    ReloadRecord,
+    Replicas,
+    ServiceStatus,
+    State,
+    Verdict,
+)
 
 BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 30.0
@@ -34,7 +44,7 @@ TAIL_LINES = 30  # each replica's last output lines, to show why a new instance 
 class Replica:
     index: int
     plan: ServicePlan
-    state: str = "starting"
+    state: State = State.STARTING
     detail: str = ""
     instance: Instance | None = None
     backend: Backend | None = None
@@ -58,28 +68,34 @@ class Replica:
 
 
 class ServiceRunner:
+    """One service's replicas and address. Mutations happen under `lock` (one per service),
+    taken by the engine; reading its state needs no lock."""
+
     def __init__(self, plan: ServicePlan, ctx: Context):
         self.plan = plan
         self.ctx = ctx
         self.name = plan.name
+        self.runtime = ctx.runtimes(plan.runtime)
         self.pool = Pool(plan.name, ctx.hold_timeout)
-        self.balancer = Balancer(self.pool, plan.port) if plan.port else None
+        self.address: Address | None = (
+            self.runtime.address(plan.name, plan.port, self.pool) if plan.port else None)
+        self.lock = asyncio.Lock()
         self.replicas: list[Replica] = []
         self.desired = 0
         self.restarts = 0
         self.changed = asyncio.Event()
-        self._state = "stopped"
+        self._state = State.STOPPED
         self.reloads = 0
-        self.last_reload: dict[str, Any] | None = None
+        self.last_reload: ReloadRecord | None = None
+        self._open = False
 
     # ---- lifecycle
 
     async def open(self) -> None:
-        if self.balancer:
-            try:
-                await self.balancer.start()
-            except OSError as exc:
-                raise PortInUse(self.name, self.plan.port or 0, exc) from exc
+        """Take the service's stable address (AddressInUse when it is taken)."""
+        if self.address and not self._open:
+            await self.address.open()
+            self._open = True
 
     async def scale(self, count: int) -> None:
         self.desired = count
@@ -109,7 +125,7 @@ class ServiceRunner:
         if not ok:
             if failure is not None:
                 for rep in fresh:
-                    if rep.failed_start or rep.state != "healthy":
+                    if rep.failed_start or rep.state != State.HEALTHY:
                         failure.append(rep.detail or "failed to start")
                         failure.extend(rep.tail)
             await asyncio.gather(*(self._retire(r) for r in fresh))
@@ -136,46 +152,47 @@ class ServiceRunner:
         old, self.replicas = self.replicas, []
         self.desired = 0
         await asyncio.gather(*(self._retire(r, drain=False) for r in old))
-        if self.balancer:
-            await self.balancer.close()
+        if self.address and self._open:
+            await self.address.close()
+            self._open = False
         self._touch()
 
     # ---- waiting
 
-    async def wait_condition(self, condition: str, timeout: float | None = None) -> str | None:
-        """Wait until the service meets `condition` (started/healthy/completed); None when it
-        does, else why it cannot."""
+    async def wait_condition(self, condition: Condition, timeout: float | None = None
+                             ) -> str | None:
+        """Wait until the service meets `condition`; None when it does, else why it cannot."""
         async def check() -> str | None:
             while True:
-                reason = self.condition_state(condition)
-                if reason != "":
-                    return reason
+                verdict = self.condition(condition)
+                if not verdict.pending:
+                    return None if verdict.met else verdict.reason
                 self.changed.clear()
                 await self.changed.wait()
         return await asyncio.wait_for(check(), timeout)
 
-    def condition_state(self, condition: str) -> str | None:
-        """None: met; "": not yet; otherwise why it never will be."""
+    def condition(self, condition: Condition) -> Verdict:
+        """Whether the service meets `condition` now, will later, or never will."""
         reps = self.replicas
         failed = [r for r in reps if r.failed_start]
         if failed:
-            return failed[0].detail or "failed to start"
-        if condition == "started":
-            return None if all(r.instance for r in reps) else ""
-        if condition == "up":  # what `up` waits for: healthy, or a job that completed
-            done = reps and all(r.state == "completed" for r in reps)
-            return None if done or self.ready >= self.desired else ""
-        if condition == "completed":
-            if any(r.state == "completed" for r in reps) and reps:
-                return None
-            return "" if reps else "not running"
-        return None if self.ready >= self.desired else ""
+            return Verdict(reason=failed[0].detail or "failed to start")
+        if condition == Condition.STARTED:
+            return MET if all(r.instance for r in reps) else PENDING
+        if condition == Condition.UP:  # healthy, or a job that completed
+            done = reps and all(r.state == State.COMPLETED for r in reps)
+            return MET if done or self.ready >= self.desired else PENDING
+        if condition == Condition.COMPLETED:
+            if any(r.state == State.COMPLETED for r in reps) and reps:
+                return MET
+            return PENDING if reps else Verdict(reason="not running")
+        return MET if self.ready >= self.desired else PENDING
 
     async def _await_all(self, reps: list[Replica]) -> bool:
         while True:
             if any(r.failed_start for r in reps):
                 return False
-            if all(r.state == "healthy" for r in reps):
+            if all(r.state == State.HEALTHY for r in reps):
                 return True
             self.changed.clear()
             await self.changed.wait()
@@ -204,20 +221,20 @@ class ServiceRunner:
     def _event(self, rep: Replica, text: str) -> None:
         self.ctx.logs.add(self.name, str(rep.index), "devenv", text)
 
-    def _set(self, rep: Replica, state: str, detail: str = "") -> None:
+    def _set(self, rep: Replica, state: State, detail: str = "") -> None:
         rep.state, rep.detail = state, detail
         self._touch()
 
     async def _life(self, rep: Replica) -> None:
         spec = self._spec(rep)
         while not rep.stopping:
-            self._set(rep, "starting")
+            self._set(rep, State.STARTING)
             started = self.ctx.clock()
             try:
                 if rep.plan.data:
                     await asyncio.to_thread(kind_of(rep.plan.data.spec.kind).prepare,
                                             rep.plan.data)
-                rep.instance = await self.ctx.runtime.start(spec)
+                rep.instance = await self.runtime.start(spec)
             except Exception as exc:
                 rep.instance = None
                 if await self._crashed(rep, str(exc), started):
@@ -240,16 +257,16 @@ class ServiceRunner:
             self._unroute(rep)
             await asyncio.wait([pump], timeout=1.0)
             if rep.stopping:
-                self._set(rep, "stopped", f"exit code {code}")
+                self._set(rep, State.STOPPED, f"exit code {code}")
                 return
             if code == 0 and rep.plan.restart != "always":
-                self._set(rep, "completed", "exited with code 0")
+                self._set(rep, State.COMPLETED, "exited with code 0")
                 self._event(rep, "completed (exit code 0)")
                 return
-            reason = rep.detail if rep.state == "failed" else f"exited with code {code}"
+            reason = rep.detail if rep.state == State.FAILED else f"exited with code {code}"
             if rep.plan.restart == "no":
                 rep.gave_up = True
-                self._set(rep, "crashed", reason)
+                self._set(rep, State.CRASHED, reason)
                 self._event(rep, f"{reason}; restart: no")
                 return
             if not await self._crashed(rep, reason, started):
@@ -269,7 +286,7 @@ class ServiceRunner:
         detail = f"{label}{reason}; restart #{rep.restarts + 1} in {delay:.1f}s"
         if rep.failed_start and rep.start_attempts == 1:
             detail = reason  # a replacement that failed is not restarted: it is dropped
-        self._set(rep, "crashed", detail)
+        self._set(rep, State.CRASHED, detail)
         self._event(rep, detail)
         rep.wake.clear()
         with contextlib.suppress(TimeoutError):
@@ -290,11 +307,11 @@ class ServiceRunner:
         deadline = began + budget
         delay = 0.02
         while not exit_task.done() and not rep.stopping:
-            if await probe(check, rep.instance, spec, self.ctx.runtime):
+            if await probe(check, rep.instance, spec, self.runtime):
                 return True
             if self.ctx.clock() > deadline:
                 rep.gave_up = True  # a start that times out fails `up` at once
-                self._set(rep, "failed", f"not healthy after {budget:g}s (start_period)")
+                self._set(rep, State.FAILED, f"not healthy after {budget:g}s (start_period)")
                 self._event(rep, rep.detail)
                 return False
             await asyncio.wait([exit_task], timeout=delay)
@@ -311,7 +328,7 @@ class ServiceRunner:
             await kind_of(data.spec.kind).provision(data, rep.instance.endpoint[1])
         except Exception as exc:
             rep.gave_up = True
-            self._set(rep, "failed", f"provisioning failed: {exc}")
+            self._set(rep, State.FAILED, f"provisioning failed: {exc}")
             self._event(rep, rep.detail)
             return False
         data.fresh_marker.write_text("provisioned\n")
@@ -336,7 +353,7 @@ class ServiceRunner:
             rep.backend = rep.backend or Backend(instance.id, host, port)
             if not rep.stopping:
                 self.pool.add(rep.backend)
-        self._set(rep, "healthy")
+        self._set(rep, State.HEALTHY)
         self._event(rep, "healthy")
 
     def _unroute(self, rep: Replica) -> None:
@@ -352,16 +369,16 @@ class ServiceRunner:
         assert rep.instance is not None
         while True:
             await asyncio.sleep(interval)
-            if await probe(check, rep.instance, spec, self.ctx.runtime):
-                if rep.state == "unhealthy":
+            if await probe(check, rep.instance, spec, self.runtime):
+                if rep.state == State.UNHEALTHY:
                     self._healthy(rep)
                 failures = 0
                 continue
             failures += 1
-            if failures >= retries and rep.state == "healthy":
+            if failures >= retries and rep.state == State.HEALTHY:
                 if rep.backend:
                     self.pool.remove(rep.backend)
-                self._set(rep, "unhealthy", f"{failures} failed health checks")
+                self._set(rep, State.UNHEALTHY, f"{failures} failed health checks")
                 self._event(rep, rep.detail)
 
     async def _pump(self, rep: Replica, instance: Instance) -> None:
@@ -387,64 +404,57 @@ class ServiceRunner:
 
     @property
     def ready(self) -> int:
-        return sum(1 for r in self.replicas if r.state == "healthy")
+        return sum(1 for r in self.replicas if r.state == State.HEALTHY)
 
     @property
-    def state(self) -> str:
+    def state(self) -> State:
         reps = self.replicas
         if not reps:
-            return "stopped"
+            return State.STOPPED
         if self.ready >= self.desired:
-            return "healthy"
-        if all(r.state == "completed" for r in reps):
-            return "completed"
-        if any(r.state in ("crashed", "failed") for r in reps):
-            return "crashed"
-        if any(r.state == "starting" for r in reps):
-            return "starting"
-        if all(r.state in ("stopped", "completed") for r in reps):
-            return "stopped"
-        return "unhealthy"
+            return State.HEALTHY
+        if all(r.state == State.COMPLETED for r in reps):
+            return State.COMPLETED
+        if any(r.state in (State.CRASHED, State.FAILED) for r in reps):
+            return State.CRASHED
+        if any(r.state == State.STARTING for r in reps):
+            return State.STARTING
+        if all(r.state in (State.STOPPED, State.COMPLETED) for r in reps):
+            return State.STOPPED
+        return State.UNHEALTHY
 
     @property
     def detail(self) -> str:
         for rep in self.replicas:
-            if rep.detail and rep.state not in ("healthy", "stopped"):
+            if rep.detail and rep.state not in (State.HEALTHY, State.STOPPED):
                 return f"replica {rep.index}: {rep.detail}"
         return ""
+
+    def record_reload(self, record: ReloadRecord) -> None:
+        self.reloads += 1
+        self.last_reload = record
+        self.ctx.events.publish(Reloaded(self.name, record))
+        self._touch()
 
     def _touch(self) -> None:
         self.changed.set()
         state = self.state
         if state != self._state or self.detail:
             self._state = state
-            self.ctx.bus.emit({"service": self.name, "state": state, "detail": self.detail,
-                               "ready": self.ready, "desired": self.desired})
+            self.ctx.events.publish(StateChanged(self.name, state, self.detail, self.ready,
+                                                 self.desired))
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "state": self.state,
-            "detail": self.detail,
-            "replicas": {"ready": self.ready, "desired": self.desired},
-            "url": self.plan.url,
-            "restarts": self.restarts,
-            "reloads": self.reloads,
-            "last_reload": self.last_reload,
-            "config_hash": self.plan.config_hash,
-            "instances": [
-                {"replica": r.index, "state": r.state, "detail": r.detail,
-                 "id": r.instance.id if r.instance else None,
-                 "endpoint": ":".join(map(str, r.instance.endpoint))
-                 if r.instance and r.instance.endpoint else None,
-                 "restarts": r.restarts}
-                for r in self.replicas
-            ],
-        }
-
-
-class PortInUse(Exception):
-    def __init__(self, service: str, port: int, exc: OSError):
-        super().__init__(f"{service}: port {port} is already in use ({exc.strerror})")
-        self.service = service
-        self.port = port
+    def status(self) -> ServiceStatus:
+        return ServiceStatus(
+            name=self.name, state=self.state, detail=self.detail,
+            replicas=Replicas(ready=self.ready, desired=self.desired), url=self.plan.url,
+            restarts=self.restarts, reloads=self.reloads, last_reload=self.last_reload,
+            config_hash=self.plan.config_hash,
+            instances=[
+                InstanceStatus(
+                    replica=r.index, state=r.state, detail=r.detail,
+                    id=r.instance.id if r.instance else None,
+                    endpoint=":".join(map(str, r.instance.endpoint))
+                    if r.instance and r.instance.endpoint else None,
+                    restarts=r.restarts)
+                for r in self.replicas])

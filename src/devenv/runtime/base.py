@@ -2,11 +2,15 @@
 
 No PIDs and no host paths here: an instance is an opaque handle with an address, its output,
 its exit and its resource use, so a container or Kubernetes runtime can implement it too.
+Besides instances, a runtime realises a service's stable address (`address`), runs one-off
+commands attached to the caller's terminal (`exec`), and cleans up after a dead engine
+(`recover`).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,6 +86,38 @@ class Instance(Protocol):
         """Memory now, and CPU since the previous call (since start on the first)."""
 
 
+class Endpoint(Protocol):
+    """One ready instance, as an address sees it."""
+
+    id: str
+    host: str
+    port: int
+
+
+class Backends(Protocol):
+    """The ready instances an address sends callers to (the engine's pool of a service)."""
+
+    def use(self, exclude: set[str] | None = None) -> AbstractAsyncContextManager[Endpoint]:
+        """The next ready instance, counted as busy while the block runs; waits a while for
+        one when none is ready, then raises LookupError."""
+
+
+class Address(Protocol):
+    """A service's stable address (locally a TCP balancer on its port; in a container
+    runtime a published port; on Kubernetes a Service)."""
+
+    async def open(self) -> None:
+        """Start taking callers; AddressInUse when the address is taken."""
+
+    async def close(self) -> None: ...
+
+
+class AddressInUse(Exception):
+    def __init__(self, service: str, port: int, reason: str, holder: str = ""):
+        super().__init__(f"{service}: port {port} is already in use{holder} ({reason})")
+        self.service, self.port, self.holder = service, port, holder
+
+
 class Runtime(Protocol):
     name: str
 
@@ -90,7 +126,18 @@ class Runtime(Protocol):
     async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
                   instance: Instance | None = None) -> RunResult:
         """Run a one-off command in an instance's environment and folder (health checks,
-        builds). With `instance`, the command sees that instance's $PORT."""
+        builds, dataset scripts). With `instance`, the command sees that instance's $PORT."""
+
+    def exec(self, spec: InstanceSpec, argv: tuple[str, ...], *, tty: bool) -> int:
+        """Run a command with the spec's environment and folder attached to the caller's
+        terminal (stdin included), from the caller's process; its exit code (128+N for
+        signal N). Needs no engine."""
+
+    def address(self, service: str, port: int, backends: Backends) -> Address:
+        """How the service's stable address `port` is realised on this runtime."""
+
+    def recover(self) -> int:
+        """Stop what a dead engine left running on this runtime; how many it stopped."""
 
     async def close(self) -> None:
         """Stop everything this runtime still runs."""

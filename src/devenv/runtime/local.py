@@ -24,7 +24,9 @@ import psutil
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
+from devenv.runtime.balancer import Balancer
 from devenv.runtime.base import (
+    Backends,
     Instance,
     InstanceSpec,
     OutputLine,
@@ -195,6 +197,49 @@ class LocalRuntime:
             await proc.wait()
             return RunResult(-9, f"timed out after {timeout:g}s")
 
+    def exec(self, spec: InstanceSpec, argv: tuple[str, ...], *, tty: bool) -> int:
+        """Attached to this terminal (a tty needs nothing more locally)."""
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the command
+        try:
+            proc = subprocess.run(with_port(argv, None), env=self._env(spec, None),
+                                  cwd=self.root / spec.workdir, check=False)
+        except FileNotFoundError as exc:
+            raise DevenvError(f"command not found: {argv[0]}") from exc
+        except PermissionError as exc:
+            raise DevenvError(f"cannot run {argv[0]}: {exc.strerror}") from exc
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+
+    def address(self, service: str, port: int, backends: Backends) -> Balancer:
+        return Balancer(service, port, backends)
+
+    def recover(self) -> int:
+        """Stop process groups a previous engine left behind (if even its guardian died).
+
+        A group is only stopped when its leader is gone or is still the very process we
+        started (same create time), so a recycled PID is never hit.
+        """
+        try:
+            groups = json.loads(self.state.procs.read_text())
+        except (OSError, ValueError):
+            return 0
+        doomed: set[int] = set()
+        for pgid_text, created in groups.items():
+            pgid = int(pgid_text)
+            try:
+                same = abs(psutil.Process(pgid).create_time() - float(created)) < 0.01
+            except psutil.NoSuchProcess:
+                same = True  # leader gone: only its own group members can still hold the pgid
+            except psutil.Error:
+                same = False
+            if same:
+                doomed.add(pgid)
+        if doomed:
+            stop_groups(doomed, grace=3.0)
+        self.state.procs.unlink(missing_ok=True)
+        return len(doomed)
+
     async def close(self) -> None:
         if self._guardian and self._guardian.stdin:
             self._guardian.stdin.close()
@@ -236,42 +281,3 @@ class LocalRuntime:
     def _save(self) -> None:
         write_atomic(self.state.procs, json.dumps({str(k): v for k, v in self._groups.items()}),
                      mode=0o600)
-
-
-def recover_orphans(state: StateDir) -> int:
-    """Stop process groups a previous engine left behind (if even its guardian died).
-
-    A group is only stopped when its leader is gone or is still the very process we started
-    (same create time), so a recycled PID is never hit. Returns how many groups were stopped.
-    """
-    try:
-        groups = json.loads(state.procs.read_text())
-    except (OSError, ValueError):
-        return 0
-    doomed: set[int] = set()
-    for pgid_text, created in groups.items():
-        pgid = int(pgid_text)
-        try:
-            same = abs(psutil.Process(pgid).create_time() - float(created)) < 0.01
-        except psutil.NoSuchProcess:
-            same = True  # leader gone: only its own group members can still hold the pgid
-        except psutil.Error:
-            same = False
-        if same:
-            doomed.add(pgid)
-    if doomed:
-        stop_groups(doomed, grace=3.0)
-    state.procs.unlink(missing_ok=True)
-    return len(doomed)
-
-
-def run_foreground(argv: list[str], env: Mapping[str, str], cwd: Path) -> int:
-    """Run a command attached to this terminal; its exit code (128+N for signal N)."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        proc = subprocess.run(argv, env={**os.environ, **env}, cwd=cwd, check=False)
-    except FileNotFoundError as exc:
-        raise DevenvError(f"command not found: {argv[0]}") from exc
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode

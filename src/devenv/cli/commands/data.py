@@ -15,11 +15,10 @@ def run(args: argparse.Namespace) -> int:
         raise EngineNotRunning(client.root)
     if args.action == "load":
         result = client.data_load(args.dataset)
-        counts = ", ".join(f"{t}: {n}" for t, n in result["counts"].items())
+        counts = ", ".join(f"{t}: {n}" for t, n in result.counts.items())
         out.print(f"loaded dataset {args.dataset}" + (f" ({counts})" if counts else ""))
     elif args.action == "reset":
-        result = client.data_reset()
-        out.print("reset " + ", ".join(result["reset"]) + " to fresh data")
+        out.print("reset " + ", ".join(client.data_reset()) + " to fresh data")
     else:
         snap = client.snapshot_restore(args.snapshot)
         out.print(f"restored snapshot {snap['name']} ({snap['created']})")

@@ -10,9 +10,9 @@ from devenv.client import Client
 def run(args: argparse.Namespace) -> int:
     names = [n for group in args.services for n in group]
     result = Client(project_root(args)).restart(names)
-    for name, reason in result.get("failed", {}).items():
+    for name, reason in result.failed.items():
         err.print(f"[red]{name}[/]: {reason}")
-    if result.get("ok"):
+    if result.ok:
         out.print("restarted " + (", ".join(names) if names else "all services"))
         return 0
     return 1

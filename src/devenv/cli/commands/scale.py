@@ -21,7 +21,7 @@ def parse_counts(items: list[str]) -> dict[str, int]:
 def run(args: argparse.Namespace) -> int:
     counts = parse_counts(args.counts)
     result = Client(project_root(args)).scale(counts)
-    for name, reason in result.get("failed", {}).items():
+    for name, reason in result.failed.items():
         err.print(f"[red]{name}[/]: {reason}")
     out.print(", ".join(f"{n}={c}" for n, c in counts.items()))
-    return 0 if result.get("ok") else 1
+    return 0 if result.ok else 1

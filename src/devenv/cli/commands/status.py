@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
 from rich.table import Table
 
 from devenv.cli.commands._common import project_root
 from devenv.cli.output import out, print_json, service_color, size, state_text
 from devenv.client import Client
+from devenv.wire import EnvironmentStatus, ServiceStatus, to_json
 
 
 def run(args: argparse.Namespace) -> int:
@@ -15,14 +15,14 @@ def run(args: argparse.Namespace) -> int:
     client = Client(root)
     if not client.running():
         if args.json:
-            print_json({"project": root.name, "running": False, "ingress": None,
-                        "services": []})
+            print_json(to_json(EnvironmentStatus(project=root.name, running=False,
+                                                 ingress=None, services=[])))
         else:
             out.print(f"no environment is running for {root}; start it with `devenv up`")
         return 0
     data = client.status(resources=args.resources)
     if args.json:
-        print_json(_stable(data, args.resources))
+        print_json(to_json(data))
         return 0
     table = Table(box=None, header_style="bold", pad_edge=False)
     cols = ["SERVICE", "STATE", "READY", "RESTARTS", "URL"]
@@ -31,37 +31,26 @@ def run(args: argparse.Namespace) -> int:
     for col in cols:
         table.add_column(col, no_wrap=True)
     table.add_column("", style="dim")
-    for svc in data["services"]:
-        row = [f"[{service_color(svc['name'])}]{svc['name']}[/]", state_text(svc["state"]),
-               f"{svc['replicas']['ready']}/{svc['replicas']['desired']}",
-               str(svc["restarts"]), svc["url"] or "-"]
+    for svc in data.services:
+        row = [f"[{service_color(svc.name)}]{svc.name}[/]", state_text(svc.state),
+               f"{svc.replicas.ready}/{svc.replicas.desired}", str(svc.restarts),
+               svc.url or "-"]
         if args.resources:
-            row += [f"{svc['cpu_percent']:.1f}%", size(svc["rss_bytes"])]
+            row += [f"{svc.cpu_percent or 0:.1f}%", size(svc.rss_bytes or 0)]
         table.add_row(*row, _note(svc))
     out.print(table)
-    if data.get("ingress"):
-        out.print(f"ingress: {data['ingress']}")
+    if data.ingress:
+        out.print(f"ingress: {data.ingress}")
     return 0
 
 
-def _stable(data: dict[str, Any], resources: bool) -> dict[str, Any]:
-    """The documented `status --json` shape; keys only ever get added."""
-    keys = ["name", "state", "detail", "replicas", "url", "restarts", "reloads", "last_reload",
-            "instances"]
-    if resources:
-        keys += ["cpu_percent", "rss_bytes"]
-    return {"project": data["project"], "running": True, "ingress": data.get("ingress"),
-            "engine": data.get("engine"), "watching": data.get("watching", False),
-            "services": [{k: s.get(k) for k in keys} for s in data["services"]]}
-
-
-def _note(svc: dict[str, Any]) -> str:
+def _note(svc: ServiceStatus) -> str:
     """The one line worth reading about a service: what is wrong, or its last reload."""
-    if svc.get("detail"):
-        return str(svc["detail"]).splitlines()[0]
-    last = svc.get("last_reload")
+    if svc.detail:
+        return svc.detail.splitlines()[0]
+    last = svc.last_reload
     if not last:
         return ""
-    if not last["ok"]:
-        return f"[red]last reload failed[/]: {str(last['error']).splitlines()[0]}"
-    return f"reloaded in {last['phases'].get('total', 0):.2f}s ({last['action']})"
+    if not last.ok:
+        return f"[red]last reload failed[/]: {str(last.error).splitlines()[0]}"
+    return f"reloaded in {last.phases.get('total', 0):.2f}s ({last.action})"

@@ -13,17 +13,17 @@ def run(args: argparse.Namespace) -> int:
         out.print("nothing is running")
         return 0
     result = client.stop(persist_data=args.persist_data)
-    stopped = result.get("stopped", [])
+    stopped = result.stopped
     out.print(f"stopped {len(stopped)} service{'s' if len(stopped) != 1 else ''}"
               + (f": {', '.join(stopped)}" if stopped else ""))
-    if result.get("data") == "discarded":
-        out.print(f"data discarded; automatic snapshot [bold]{result['snapshot']}[/] kept "
+    if result.data == "discarded":
+        out.print(f"data discarded; automatic snapshot [bold]{result.snapshot}[/] kept "
                   f"(bring it back with `devenv up` then `devenv snapshot restore "
-                  f"{result['snapshot']}`; keep data across stops with --persist-data)")
-    elif result.get("data") == "kept":
+                  f"{result.snapshot}`; keep data across stops with --persist-data)")
+    elif result.data == "kept":
         out.print("data kept for the next `devenv up`")
-    if result.get("warning"):
+    if result.warning:
         from devenv.cli.output import warn
 
-        warn(result["warning"])
+        warn(result.warning)
     return 0

@@ -14,6 +14,7 @@ from devenv.cli.commands._common import load_project
 from devenv.cli.output import err, out, print_json, seconds, service_color, state_text
 from devenv.client import Client
 from devenv.plan import select
+from devenv.wire import UpResult, to_json
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,36 +24,35 @@ def run(args: argparse.Namespace) -> int:
     client = Client(loaded.root)
     client.ensure_engine()
     rows: dict[str, dict[str, Any]] = {n: {"state": "pending", "detail": ""} for n in names}
-    result: dict[str, Any] = {}
+    result = UpResult(ok=False, services=[])
     live = Live(_table(rows), console=err, transient=True, refresh_per_second=12) \
         if err.is_terminal and not args.json else None
     if live:
         live.start()
     try:
         for event in client.up(args.services, args.profile, args.watch):
-            if event["type"] == "done":
+            if isinstance(event, UpResult):
                 result = event
                 break
-            name = event.get("service", "")
-            row = rows.setdefault(name, {})
-            if (row.get("state"), row.get("detail")) == (event.get("state"), event.get("detail")):
+            row = rows.setdefault(event.service, {})
+            if (row.get("state"), row.get("detail")) == (event.state, event.detail):
                 continue
-            row.update(state=event.get("state", ""), detail=event.get("detail", ""))
+            row.update(state=event.state, detail=event.detail)
             if live:
                 live.update(_table(rows))
             elif not args.json:
-                detail = f"  {escape(event.get('detail') or '')}" if event.get("detail") else ""
-                err.print(f"  [{service_color(name)}]{name:<16}[/] {state_text(event['state'])}"
-                          f"{detail}")
+                detail = f"  {escape(event.detail)}" if event.detail else ""
+                err.print(f"  [{service_color(event.service)}]{event.service:<16}[/] "
+                          f"{state_text(event.state)}{detail}")
     finally:
         if live:
             live.stop()
     if args.json:
-        print_json(result)
+        print_json(to_json(result))
     else:
         _summary(result)
-    if not result.get("ok"):
-        return 1
+    if not result.ok:
+        return result.error.exit_code if result.error else 1
     if args.attach:
         from devenv.cli.commands import logs
 
@@ -78,30 +78,37 @@ def _table(rows: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
-def _summary(result: dict[str, Any]) -> None:
+def _summary(result: UpResult) -> None:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("SERVICE", "STATE", "URL", "STARTED", "HEALTHY"):
         table.add_column(col)
-    for svc in result.get("services", []):
-        state = svc.get("state", "")
-        if svc.get("action") == "keep" and svc.get("ok"):
+    for svc in result.services:
+        state = svc.state
+        if svc.action == "keep" and svc.ok:
             state = f"{state} (unchanged)"
-        table.add_row(f"[{service_color(svc['name'])}]{svc['name']}[/]", state_text(state),
-                      svc.get("url") or "-", seconds(svc.get("started_s")),
-                      seconds(svc.get("healthy_s")))
+        table.add_row(f"[{service_color(svc.name)}]{svc.name}[/]", state_text(state),
+                      svc.url or "-", seconds(svc.started_s), seconds(svc.healthy_s))
     out.print(table)
-    if result.get("ingress"):
-        out.print(f"ingress: {result['ingress']}  (e.g. http://<service>.localhost:"
-                  f"{result['ingress'].rsplit(':', 1)[1]}/)")
-    for warning in result.get("warnings", []):
+    if result.ingress:
+        out.print(f"ingress: {result.ingress}  (e.g. http://<service>.localhost:"
+                  f"{result.ingress.rsplit(':', 1)[1]}/)")
+    for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
-    for svc in result.get("services", []):
-        if svc.get("ok"):
+    for svc in result.services:
+        if svc.ok:
             continue
-        err.print(f"\n[bold red]{svc['name']}[/] {escape(svc.get('detail', ''))}")
-        for line in svc.get("logs", []):
+        err.print(f"\n[bold red]{svc.name}[/] {escape(svc.detail)}")
+        for line in svc.logs:
             err.print(f"  [dim]│[/] {escape(line)}")
-    if not result.get("ok"):
+    if result.error:
+        from devenv.cli.output import print_error
+        from devenv.core.errors import DevenvError
+
+        error = DevenvError(result.error.message, hint=result.error.hint,
+                            details=result.error.details)
+        print_error(error)
+        return
+    if not result.ok:
         err.print("\n[red]some services are not healthy[/]; see `devenv logs` and "
                   "`devenv status`")
     sys.stdout.flush()

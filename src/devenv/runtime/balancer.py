@@ -1,4 +1,4 @@
-"""A TCP balancer on a service's declared port: the address callers dial, whatever the replicas.
+"""The local runtime's stable address: a TCP balancer on the service's declared port.
 
 Each connection goes to one ready backend for its lifetime; with none ready it waits for one
 (up to the pool's hold timeout) instead of refusing.
@@ -9,21 +9,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from devenv.engine.pool import NoBackend, Pool
+from devenv.core.ports import port_owner
+from devenv.runtime.base import AddressInUse, Backends
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
 
 
 class Balancer:
-    def __init__(self, pool: Pool, port: int):
+    def __init__(self, service: str, port: int, pool: Backends):
+        self.service = service
         self.pool = pool
         self.port = port
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, HOST, self.port, reuse_address=True)
+    async def open(self) -> None:
+        try:
+            self._server = await asyncio.start_server(self._serve, HOST, self.port,
+                                                      reuse_address=True)
+        except OSError as exc:
+            raise AddressInUse(self.service, self.port, exc.strerror or str(exc),
+                               port_owner(self.port)) from exc
 
     async def close(self) -> None:
         if self._server:
@@ -50,7 +57,7 @@ class Balancer:
                             continue
                         await _splice(reader, writer, up_r, up_w)
                         return
-                except NoBackend:
+                except LookupError:  # nothing became ready in time
                     return
         finally:
             self._conns.discard(task)

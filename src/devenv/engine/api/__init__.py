@@ -1,0 +1,36 @@
+"""The engine's control API: JSON over HTTP on an owner-only Unix socket.
+
+Handlers only parse requests and write answers; the work is the application layer's
+(`engine/app.py`). Progress (`up`) and logs (`follow`) stream as newline-delimited JSON.
+Errors come back as {"error": message, "hint": ..., "details": [...], "exit_code": n}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from devenv.core.errors import DevenvError
+from devenv.engine.api import data, logs, services
+from devenv.engine.app import Environment
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ENV = web.AppKey("env", Environment)
+
+
+def make_app(env: Environment) -> web.Application:
+    app = web.Application(middlewares=[_errors])
+    app[ENV] = env
+    for module in (services, data, logs):
+        module.routes(app.router, env)
+    return app
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except DevenvError as exc:
+        return web.json_response({"error": exc.message, "hint": exc.hint,
+                                  "details": exc.details, "exit_code": exc.exit_code}, status=400)

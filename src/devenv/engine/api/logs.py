@@ -1,0 +1,49 @@
+"""The logs handler: stored lines, then (with follow) new ones from the event stream."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from devenv.engine import logstore
+from devenv.engine.api.stream import open_stream
+from devenv.engine.app import Environment
+from devenv.engine.events import Logged
+
+
+def routes(router: web.UrlDispatcher, env: Environment) -> None:
+    store = env.engine.ctx.logs
+
+    async def logs(request: web.Request) -> web.StreamResponse:
+        q = request.query
+        services = q.getall("service", []) or logstore.logged_services(store.folder)
+        verbose = q.get("verbose") == "1"
+        with env.engine.ctx.events.subscribe(Logged) as sub:  # before reading: no gap
+            store.flush()
+            lines = logstore.query(
+                store.folder, services, since=float(q["since"]) if "since" in q else None,
+                tail=int(q["tail"]) if "tail" in q else None, startup=q.get("startup") == "1",
+                verbose=verbose)
+            response = await open_stream(request)
+            for line in lines:
+                await response.write(logstore.json_line(line))
+            last = lines[-1].ts if lines else 0.0
+            closing = asyncio.ensure_future(env.shutdown.wait())
+            while q.get("follow") == "1" and not closing.done():
+                getter = asyncio.ensure_future(sub.get())
+                await asyncio.wait([getter, closing], return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                event = getter.result()
+                assert isinstance(event, Logged)
+                line = event.line
+                if line.service in services and line.ts > last and (
+                        verbose or line.stream != "devenv"):
+                    await response.write(logstore.json_line(line))
+            closing.cancel()
+        await response.write_eof()
+        return response
+
+    router.add_get("/v1/logs", logs)

@@ -1,0 +1,79 @@
+"""Handlers for the environment and its services: ping, status, up, restart, scale, stop,
+exec."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from aiohttp import web
+
+from devenv import __version__
+from devenv.core.errors import DevenvError
+from devenv.engine.api.stream import answer, open_stream, send
+from devenv.engine.app import Environment
+from devenv.wire import ErrorInfo, Progress, UpResult, to_json
+
+
+def routes(router: web.UrlDispatcher, env: Environment) -> None:
+    tasks: set[asyncio.Task[Any]] = set()  # work that outlives a disconnected client
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.json_response({"pid": os.getpid(), "root": str(env.root),
+                                  "version": __version__})
+
+    async def status(request: web.Request) -> web.Response:
+        return answer(await env.status(request.query.get("resources") == "1"))
+
+    async def up(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        queue: asyncio.Queue[Progress] = asyncio.Queue()
+        task = asyncio.create_task(env.up(body.get("services") or [], body.get("profile"),
+                                          body.get("environ"), bool(body.get("watch", True)),
+                                          queue.put_nowait))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        response: web.StreamResponse | None = None
+        while not task.done() or not queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait([getter, task], return_when=asyncio.FIRST_COMPLETED)
+            if getter.done():
+                response = response or await open_stream(request)
+                await send(response, getter.result())
+            else:
+                getter.cancel()
+        try:
+            result: UpResult = task.result()
+        except DevenvError as exc:
+            if response is None:  # nothing streamed yet (a bad config): a plain error answer
+                raise
+            result = UpResult(ok=False, services=[], error=ErrorInfo(
+                exc.message, exc.details, exc.hint, exc.exit_code))
+        response = response or await open_stream(request)
+        await send(response, result)
+        await response.write_eof()
+        return response
+
+    async def restart(request: web.Request) -> web.Response:
+        return answer(await env.restart((await request.json()).get("services") or []))
+
+    async def scale(request: web.Request) -> web.Response:
+        counts = {k: int(v) for k, v in (await request.json())["counts"].items()}
+        return answer(await env.scale(counts))
+
+    async def stop(request: web.Request) -> web.Response:
+        body = await request.json()
+        return answer(await env.stop(bool(body.get("persist_data"))))
+
+    async def exec_target(request: web.Request) -> web.Response:
+        runtime, spec = env.exec_target(request.match_info["service"])
+        return web.json_response({"runtime": runtime, "spec": to_json(spec)})
+
+    router.add_get("/v1/ping", ping)
+    router.add_get("/v1/status", status)
+    router.add_post("/v1/up", up)
+    router.add_post("/v1/restart", restart)
+    router.add_post("/v1/scale", scale)
+    router.add_post("/v1/stop", stop)
+    router.add_get("/v1/exec/{service}", exec_target)

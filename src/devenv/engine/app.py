@@ -1,0 +1,157 @@
+"""The application layer: what the engine does for each request, whatever the transport.
+
+The control API's handlers parse and answer; everything they ask for happens here: `up`
+(config, plan, ingress, convergence, watching, profile datasets), `stop`, status, exec
+targets, data operations. This layer and the engine below it are the only writers of
+service state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from devenv.config.load import load
+from devenv.core.errors import DevenvError, UsageError
+from devenv.core.paths import StateDir
+from devenv.engine.dataops import DataOps
+from devenv.engine.reconciler import Engine
+from devenv.engine.reloader import Reloader
+from devenv.engine.routing import Routing
+from devenv.engine.watch import Watcher, make_spec
+from devenv.plan import exec_spec, make_plan
+from devenv.runtime.base import InstanceSpec
+from devenv.wire import (
+    EngineInfo,
+    EnvironmentStatus,
+    ErrorInfo,
+    OpResult,
+    Progress,
+    StopResult,
+    UpResult,
+)
+
+CPU_WINDOW = 0.25
+WATCH_READY_TIMEOUT = 10.0
+
+
+class Environment:
+    def __init__(self, engine: Engine, root: Path, shutdown: asyncio.Event):
+        self.engine = engine
+        self.root = root
+        self.shutdown = shutdown
+        self.routing = Routing(engine)
+        self.data = DataOps(engine, StateDir(root))
+        self.reloader = Reloader(engine)
+        self.watcher = Watcher(self.reloader.trigger, engine.ctx.clock)
+        self.profile: str | None = None  # of the last `up`
+        self.environ: dict[str, str] | None = None  # the caller's, for ${VAR}
+        self.watching = False
+        self.started = time.time()
+
+    @property
+    def project(self) -> str:
+        return self.engine.plan.project if self.engine.plan else self.root.name
+
+    # ---- up and stop
+
+    async def up(self, services: list[str], profile: str | None, environ: dict[str, str] | None,
+                 watch: bool, progress: Callable[[Progress], None]) -> UpResult:
+        self.environ = environ
+        loaded = await asyncio.to_thread(load, self.root, profile, environ=environ)
+        plan = make_plan(loaded, services)
+        self.profile = loaded.profile
+        ingress = await self.routing.ensure(plan.ingress_port)
+        result = await self.engine.up(plan, progress)
+        watching = self._watch(watch)
+        with contextlib.suppress(TimeoutError):  # return once edits will be seen
+            await asyncio.wait_for(asyncio.shield(watching), WATCH_READY_TIMEOUT)
+        datasets: list[str] = []
+        error = None
+        if result.ok:
+            try:
+                datasets = await self.data.load_profile_datasets(loaded, environ)
+            except DevenvError as exc:
+                error = ErrorInfo(exc.message, exc.details, exc.hint, exc.exit_code)
+        return replace(result, ok=result.ok and error is None, error=error, ingress=ingress,
+                       warnings=loaded.warnings, datasets_loaded=datasets)
+
+    def _watch(self, enabled: bool) -> asyncio.Future[None]:
+        """Watch the files of every running service that reloads (`up --no-watch`: none)."""
+        specs = []
+        for runner in self.engine.runners.values():
+            watch = runner.plan.watch
+            if enabled and watch.enabled:
+                specs.append(make_spec(runner.name, self.root, runner.plan.workdir,
+                                       watch.paths, watch.ignore))
+        self.watching = enabled and bool(specs)
+        return self.watcher.update(specs)
+
+    async def stop(self, persist_data: bool) -> StopResult:
+        names = list(self.engine.runners)
+        outcome = await self.data.before_stop(self.project, persist_data)
+        self.watcher.stop()
+        await self.engine.stop_all()
+        await self.data.after_stop(outcome)
+        self.shutdown.set()
+        return StopResult(ok=True, stopped=names, snapshot=outcome.snapshot, data=outcome.data,
+                          warning=outcome.warning)
+
+    # ---- reading
+
+    async def status(self, resources: bool) -> EnvironmentStatus:
+        if resources:  # CPU is measured over a short window
+            for runner in self.engine.runners.values():
+                for rep in runner.replicas:
+                    if rep.instance:
+                        rep.instance.resources()
+            await asyncio.sleep(CPU_WINDOW)
+        services = []
+        for svc in self.engine.status():
+            if resources:
+                cpu, rss = 0.0, 0
+                for rep in self.engine.runners[svc.name].replicas:
+                    res = rep.instance.resources() if rep.instance else None
+                    if res:
+                        cpu, rss = cpu + res.cpu_percent, rss + res.rss_bytes
+                svc = replace(svc, cpu_percent=round(cpu, 1), rss_bytes=rss)
+            services.append(svc)
+        return EnvironmentStatus(
+            project=self.project, running=True, ingress=self.routing.url, services=services,
+            engine=EngineInfo(pid=os.getpid(), uptime_s=round(time.time() - self.started, 1)),
+            watching=self.watching)
+
+    def exec_target(self, service: str) -> tuple[str, InstanceSpec]:
+        """The runtime and spec `devenv exec SERVICE` runs with: as the service runs now (its
+        profile and the environment of the `up` that started it)."""
+        plan = self.engine.plan
+        if plan is None or service not in plan.services:
+            from devenv.config.schema import did_you_mean
+
+            names = list(plan.services) if plan else []
+            raise UsageError(f"no service '{service}'{did_you_mean(service, names)}",
+                             hint="services: " + (", ".join(names) or "none"))
+        want = plan.services[service]
+        return want.runtime, exec_spec(want)
+
+    # ---- other mutations
+
+    async def restart(self, names: list[str]) -> OpResult:
+        names = names or list(self.engine.runners)
+        self.known(names)
+        return await self.engine.restart(names)
+
+    async def scale(self, counts: dict[str, int]) -> OpResult:
+        self.known(list(counts))
+        return await self.engine.scale(counts)
+
+    def known(self, names: list[str]) -> None:
+        unknown = [n for n in names if n not in self.engine.runners]
+        if unknown:
+            running = ", ".join(self.engine.runners) or "none"
+            raise DevenvError(f"not running: {', '.join(unknown)}", hint=f"running: {running}")

@@ -1,0 +1,247 @@
+"""The types that cross the control socket, shared by the engine's API and the client.
+
+States and kinds are enums (`StrEnum`: on the wire, and compared with, their plain values);
+results are frozen dataclasses. `to_json` and `from_json` turn them into the documented JSON
+and back; keys are only ever added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from enum import Enum, StrEnum
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class State(StrEnum):
+    """Of a replica, and (all but `failed`) of a service."""
+
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    CRASHED = "crashed"
+    FAILED = "failed"  # a start that will not be retried (replica only)
+    STOPPED = "stopped"
+    COMPLETED = "completed"
+
+
+class Condition(StrEnum):
+    """What a dependent waits for (`up` waits for UP: healthy, or a job that completed)."""
+
+    STARTED = "started"
+    HEALTHY = "healthy"
+    COMPLETED = "completed"
+    UP = "up"
+
+
+class ActionKind(StrEnum):
+    CREATE = "create"
+    REPLACE = "replace"
+    SCALE = "scale"
+    KEEP = "keep"
+    REMOVE = "remove"
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """Whether a condition holds: met, pending, or never (with the reason)."""
+
+    met: bool = False
+    reason: str = ""  # set only when it never will be
+
+    @property
+    def pending(self) -> bool:
+        return not self.met and not self.reason
+
+
+MET, PENDING = Verdict(met=True), Verdict()
+
+
+def optional(default: Any = None) -> Any:
+    """A field left out of the JSON while it is None (documented as optional)."""
+    return dataclasses.field(default=default, metadata={"omit_none": True})
+
+
+@dataclasses.dataclass(frozen=True)
+class Replicas:
+    ready: int
+    desired: int
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceStatus:
+    replica: int
+    state: State
+    detail: str
+    id: str | None
+    endpoint: str | None
+    restarts: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadRecord:
+    at: float
+    files: list[str]
+    changed: int
+    action: str
+    ok: bool
+    phases: dict[str, float]
+    error: str | None = None
+    logs: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    state: State
+    detail: str
+    replicas: Replicas
+    url: str | None
+    restarts: int
+    reloads: int
+    last_reload: ReloadRecord | None
+    instances: list[InstanceStatus]
+    config_hash: str = ""
+    cpu_percent: float | None = optional()
+    rss_bytes: int | None = optional()
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineInfo:
+    pid: int
+    uptime_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvironmentStatus:
+    project: str
+    running: bool
+    ingress: str | None
+    services: list[ServiceStatus]
+    engine: EngineInfo | None = optional()  # only while running
+    watching: bool | None = optional()  # only while running
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """One step of `up`, as it happens."""
+
+    service: str
+    state: str  # a State, or pending/waiting/blocked/removing/failed
+    detail: str = ""
+    action: ActionKind | None = optional()
+    healthy_s: float | None = optional()
+    type: str = "progress"
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorInfo:
+    message: str
+    details: list[str] = dataclasses.field(default_factory=list)
+    hint: str | None = None
+    exit_code: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceResult:
+    """What `up` did to one service."""
+
+    name: str
+    action: ActionKind
+    ok: bool
+    url: str | None
+    state: str = ""
+    detail: str = ""
+    started_s: float | None = None
+    healthy_s: float | None = None
+    logs: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class UpResult:
+    ok: bool
+    services: list[ServiceResult]
+    project: str = ""
+    ingress: str | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    datasets_loaded: list[str] = dataclasses.field(default_factory=list)
+    error: ErrorInfo | None = optional()
+    type: str = "done"
+
+
+@dataclasses.dataclass(frozen=True)
+class OpResult:
+    """Of `restart` and `scale`: which services did not come back, and why."""
+
+    ok: bool
+    failed: dict[str, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class StopResult:
+    ok: bool
+    stopped: list[str]
+    snapshot: str | None
+    data: str  # none | kept | discarded
+    warning: str | None = optional()
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadResult:
+    dataset: str
+    counts: dict[str, int]
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def to_json(value: Any) -> Any:
+    """Plain JSON data: dataclasses as objects (optional Nones left out), enums as values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if item is None and f.metadata.get("omit_none"):
+                continue
+            out[f.name] = to_json(item)
+        return out
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    return value
+
+
+def from_json(tp: type[T], data: Any) -> T:
+    """The typed value of `data`; keys this version does not know are ignored."""
+    result: T = _convert(tp, data)
+    return result
+
+
+def _convert(tp: Any, data: Any) -> Any:
+    origin = get_origin(tp)
+    if data is None:
+        return None
+    if origin in (Union, types.UnionType):
+        options = [a for a in get_args(tp) if a is not type(None)]
+        return _convert(options[0], data) if len(options) == 1 else data
+    if origin is list:
+        return [_convert(get_args(tp)[0], v) for v in data]
+    if origin is tuple:
+        return tuple(data)
+    if origin is dict:
+        return {k: _convert(get_args(tp)[1], v) for k, v in data.items()}
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(data)
+        except ValueError:
+            return data  # a value a newer engine added: kept as text
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = get_type_hints(tp)
+        known = {f.name for f in dataclasses.fields(tp) if f.init}
+        return tp(**{k: _convert(hints[k], v) for k, v in data.items() if k in known})
+    return data
