@@ -272,6 +272,19 @@ class FakeInstance:
         self._exited.set()
 
 
+class FakeAddress:
+    """A service's stable address that binds nothing: records whether it is open."""
+
+    def __init__(self, service: str, port: int):
+        self.service, self.port, self.opened = service, port, False
+
+    async def open(self) -> None:
+        self.opened = True
+
+    async def close(self) -> None:
+        self.opened = False
+
+
 class FakeRuntime:
     """A fake Runtime: starts FakeInstances that follow per-service scripts, runs no process.
 
@@ -297,6 +310,7 @@ class FakeRuntime:
         self.build_code = 0
         self.build_takes = 0.0
         self.closed = False
+        self.addresses: dict[str, FakeAddress] = {}
 
     def script(self, service: str, *steps: Script) -> None:
         self._scripts[service] = deque(steps)
@@ -340,6 +354,18 @@ class FakeRuntime:
     def start_times(self, service: str, replica: int | None = None) -> list[float]:
         return [s.at for s in self.starts
                 if s.service == service and (replica is None or s.replica == replica)]
+
+    def address(self, service: str, port: int, backends: object) -> FakeAddress:
+        address = FakeAddress(service, port)
+        self.addresses[service] = address
+        return address
+
+    def exec(self, spec: InstanceSpec, argv: tuple[str, ...], *, tty: bool) -> int:
+        self.commands.append((spec.name, argv))
+        return 0
+
+    def recover(self) -> int:
+        return 0
 
     def live(self, service: str) -> list[FakeInstance]:
         return [i for i in self.instances if i.spec.service == service and i.alive]
@@ -385,5 +411,5 @@ def make_context(root: Path, runtime: FakeRuntime, *, hold_timeout: float = 15.0
     assert isinstance(loop, VirtualTimeLoop), "run the test with run_virtual()"
     logs = LogStore(root / "logs")
     loop.cleanups.append(logs.close)
-    return Context(root=root, runtime=runtime, logs=logs, hold_timeout=hold_timeout,
-                   clock=loop.time)
+    return Context(root=root, runtimes=lambda name: runtime, logs=logs,
+                   hold_timeout=hold_timeout, clock=loop.time)

@@ -10,10 +10,10 @@ from pathlib import Path
 from fakes import FakeRuntime, advance, crash, make_context, make_plan, now, ready, run_virtual
 
 from devenv.config.model import Watch
-from devenv.engine.context import Event
 from devenv.engine.reconciler import Engine
 from devenv.engine.reloader import Reloader
 from devenv.plan import Plan, ServicePlan
+from devenv.wire import Progress
 
 
 def plan_of(*services: ServicePlan) -> Plan:
@@ -21,7 +21,7 @@ def plan_of(*services: ServicePlan) -> Plan:
                 selected=tuple(s.name for s in services), ingress_port=None, hold_timeout=15.0)
 
 
-def ignore(event: Event) -> None:
+def ignore(event: Progress) -> None:
     pass
 
 
@@ -30,7 +30,7 @@ async def with_engine(root: Path, runtime: FakeRuntime, *services: ServicePlan,
     """`up` the services (no ports: nothing is bound), run `body`, stop everything."""
     engine = Engine(make_context(root, runtime))
     result = await engine.up(plan_of(*services), ignore)
-    assert result["ok"], result
+    assert result.ok, result
     try:
         await body(engine, Reloader(engine))
     finally:

@@ -58,9 +58,6 @@ def test_a_crashing_replica_restarts_with_exponential_backoff_capped_at_30s(
     assert gaps(starts[:9]) == [0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, BACKOFF_MAX]
 
 
-@pytest.mark.xfail(strict=True, reason="backoff counts only the crashes of the last 60 s "
-                   "(the crash-loop window), so a replica that keeps crashing falls back from "
-                   "the 30 s cap to 4 s once its early crashes age out of the window")
 def test_a_replica_that_keeps_crashing_stays_at_the_backoff_cap(tmp_path: Path) -> None:
     async def scenario() -> list[float]:
         runtime = FakeRuntime()
@@ -106,7 +103,7 @@ def test_crashes_spread_over_more_than_a_minute_are_not_a_crash_loop(tmp_path: P
         for _ in range(400):  # 200 s, looking every half second
             await advance(0.5)
             details.add(runner.replicas[0].detail)
-        assert len(runtime.starts) >= 9
+        assert len(runtime.starts) >= 8  # backoff keeps growing: never healthy 30 s at a time
         assert any(d.startswith("exited with code 1; restart #8 ") for d in details)
         assert not any("crash loop" in d for d in details)
         await runner.close()
@@ -139,9 +136,6 @@ def test_a_replica_healthy_long_enough_has_its_crash_count_reset(
     assert ("crash loop" in detail) is crash_loop
 
 
-@pytest.mark.xfail(strict=True, reason="the crash count is reset when the instance *started* "
-                   "more than STABLE_AFTER ago, not when it was *healthy* that long: a slow "
-                   "start (25 s) followed by a quick crash (10 s) hides the crash loop")
 def test_only_time_spent_healthy_resets_the_crash_count(tmp_path: Path) -> None:
     async def scenario() -> str:
         runtime = FakeRuntime()

@@ -54,7 +54,9 @@ class Replica:
     stopping: bool = False
     gave_up: bool = False
     start_attempts: int = START_ATTEMPTS  # crashes before its first health that fail it
-    crashes: list[float] = field(default_factory=list)
+    crashes: list[float] = field(default_factory=list)  # times, within the crash-loop window
+    backoff: int = 0  # crashes since it was last stably healthy: the next delay's exponent
+    healthy_since: float | None = None  # when the current instance became healthy
     task: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
@@ -229,7 +231,6 @@ class ServiceRunner:
         spec = self._spec(rep)
         while not rep.stopping:
             self._set(rep, State.STARTING)
-            started = self.ctx.clock()
             try:
                 if rep.plan.data:
                     await asyncio.to_thread(kind_of(rep.plan.data.spec.kind).prepare,
@@ -237,7 +238,7 @@ class ServiceRunner:
                 rep.instance = await self.runtime.start(spec)
             except Exception as exc:
                 rep.instance = None
-                if await self._crashed(rep, str(exc), started):
+                if await self._crashed(rep, str(exc)):
                     continue
                 return
             rep.started_at = self.ctx.clock()
@@ -269,18 +270,21 @@ class ServiceRunner:
                 self._set(rep, State.CRASHED, reason)
                 self._event(rep, f"{reason}; restart: no")
                 return
-            if not await self._crashed(rep, reason, started):
+            if not await self._crashed(rep, reason):
                 return
 
-    async def _crashed(self, rep: Replica, reason: str, started: float) -> bool:
+    async def _crashed(self, rep: Replica, reason: str) -> bool:
         """Record a crash and back off; False when the replica is being stopped."""
         now = self.ctx.clock()
-        if rep.ever_healthy and now - started > STABLE_AFTER:
+        if rep.healthy_since is not None and now - rep.healthy_since > STABLE_AFTER:
             rep.crashes.clear()
+            rep.backoff = 0
+        rep.healthy_since = None
         rep.crashes = [t for t in rep.crashes if now - t < CRASH_LOOP[1]] + [now]
+        rep.backoff += 1
         if not rep.ever_healthy:
             rep.start_crashes += 1
-        delay = min(BACKOFF_FIRST * 2 ** (len(rep.crashes) - 1), BACKOFF_MAX)
+        delay = min(BACKOFF_FIRST * 2 ** min(rep.backoff - 1, 16), BACKOFF_MAX)
         loop = len(rep.crashes) >= CRASH_LOOP[0]
         label = "crash loop: " if loop else ""
         detail = f"{label}{reason}; restart #{rep.restarts + 1} in {delay:.1f}s"
@@ -344,6 +348,8 @@ class ServiceRunner:
     def _healthy(self, rep: Replica) -> None:
         if not rep.ever_healthy:
             rep.healthy_at = self.ctx.clock()
+        if rep.healthy_since is None:
+            rep.healthy_since = self.ctx.clock()
         rep.ever_healthy = True
         rep.start_crashes = 0
         instance = rep.instance
@@ -378,6 +384,7 @@ class ServiceRunner:
             if failures >= retries and rep.state == State.HEALTHY:
                 if rep.backend:
                     self.pool.remove(rep.backend)
+                rep.healthy_since = None
                 self._set(rep, State.UNHEALTHY, f"{failures} failed health checks")
                 self._event(rep, rep.detail)
 
