@@ -7,12 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from fakes import health_check, make_plan
-
 from devenv.config import load
 from devenv.engine.reconciler import Action, convergence_plan
 from devenv.engine.service import ServiceRunner
 from devenv.plan import Plan, ServicePlan, service_plan
+from fakes import health_check, make_plan
 
 
 @dataclass

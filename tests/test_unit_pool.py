@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from fakes import now, run_virtual
 
 from devenv.engine.pool import Backend, NoBackend, Pool
+from fakes import now, run_virtual
 
 
 def backend(name: str) -> Backend:

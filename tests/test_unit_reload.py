@@ -7,13 +7,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from fakes import FakeRuntime, advance, crash, make_context, make_plan, now, ready, run_virtual
-
 from devenv.config.model import Watch
 from devenv.engine.reconciler import Engine
 from devenv.engine.reloader import Reloader
 from devenv.plan import Plan, ServicePlan
 from devenv.wire import Progress
+from fakes import FakeRuntime, advance, crash, make_context, make_plan, now, ready, run_virtual
 
 
 def plan_of(*services: ServicePlan) -> Plan:

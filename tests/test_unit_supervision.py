@@ -11,6 +11,9 @@ from itertools import pairwise
 from pathlib import Path
 
 import pytest
+
+from devenv.engine.service import BACKOFF_MAX, STABLE_AFTER, START_ATTEMPTS, ServiceRunner
+from devenv.plan import ServicePlan
 from fakes import (
     FakeRuntime,
     Script,
@@ -26,9 +29,6 @@ from fakes import (
     run_virtual,
     start_error,
 )
-
-from devenv.engine.service import BACKOFF_MAX, STABLE_AFTER, START_ATTEMPTS, ServiceRunner
-from devenv.plan import ServicePlan
 
 
 def runner_for(tmp_path: Path, runtime: FakeRuntime, plan: ServicePlan) -> ServiceRunner:

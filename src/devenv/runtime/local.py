@@ -279,5 +279,8 @@ class LocalRuntime:
             self._save()
 
     def _save(self) -> None:
-        write_atomic(self.state.procs, json.dumps({str(k): v for k, v in self._groups.items()}),
-                     mode=0o600)
+        """The registry a next engine recovers from; the guardian covers a failed write
+        (the project folder deleted, a full disk)."""
+        with contextlib.suppress(OSError):
+            write_atomic(self.state.procs,
+                         json.dumps({str(k): v for k, v in self._groups.items()}), mode=0o600)
