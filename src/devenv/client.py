@@ -20,8 +20,10 @@ from devenv.runtime.base import InstanceSpec
 from devenv.wire import (
     EnvironmentStatus,
     LoadResult,
+    LogLine,
     OpResult,
     Progress,
+    SnapshotSummary,
     StopResult,
     UpResult,
     from_json,
@@ -134,15 +136,13 @@ class Client:
         data = self._json("GET", "/v1/exec/" + urllib.parse.quote(service, safe=""))
         return data["runtime"], from_json(InstanceSpec, data["spec"])
 
-    def snapshot_save(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", "/v1/snapshots", {"name": name},
-                                            timeout=None)
-        return result
+    def snapshot_save(self, name: str) -> SnapshotSummary:
+        return from_json(SnapshotSummary, self._json("POST", "/v1/snapshots", {"name": name},
+                                                     timeout=None))
 
-    def snapshot_restore(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("POST", "/v1/snapshots/restore", {"name": name},
-                                            timeout=None)
-        return result
+    def snapshot_restore(self, name: str) -> SnapshotSummary:
+        return from_json(SnapshotSummary, self._json(
+            "POST", "/v1/snapshots/restore", {"name": name}, timeout=None))
 
     def data_load(self, dataset: str) -> LoadResult:
         return from_json(LoadResult, self._json("POST", "/v1/data/load", {
@@ -153,7 +153,7 @@ class Client:
         return result
 
     def logs(self, services: list[str], *, follow: bool, since: float | None, tail: int | None,
-             startup: bool, verbose: bool) -> Iterator[dict[str, Any]]:
+             startup: bool, verbose: bool) -> Iterator[LogLine]:
         query: list[tuple[str, str]] = [("service", s) for s in services]
         if follow:
             query.append(("follow", "1"))
@@ -165,7 +165,8 @@ class Client:
             query.append(("startup", "1"))
         if verbose:
             query.append(("verbose", "1"))
-        return self._stream("GET", "/v1/logs?" + urllib.parse.urlencode(query))
+        for item in self._stream("GET", "/v1/logs?" + urllib.parse.urlencode(query)):
+            yield from_json(LogLine, item)
 
     # ---- starting the engine
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
+from datetime import UTC, datetime
 from enum import Enum, StrEnum
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -192,6 +193,36 @@ class StopResult:
 class LoadResult:
     dataset: str
     counts: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class LogLine:
+    """One line a service (or devenv about it: stream `devenv`, `alert`) wrote."""
+
+    ts: float
+    service: str
+    replica: str
+    stream: str  # out | err | devenv | alert
+    text: str
+    time: str = ""  # ts as ISO 8601 UTC
+
+    def __post_init__(self) -> None:
+        if not self.time:
+            object.__setattr__(self, "time", iso_time(self.ts))
+
+
+def iso_time(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotSummary:
+    name: str
+    created: str
+    automatic: bool
+    size_bytes: int
+    datasets: list[str]
+    services: dict[str, dict[str, str]]  # name -> {kind, version}
 
 
 # ---------------------------------------------------------------- JSON

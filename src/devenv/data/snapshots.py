@@ -23,6 +23,7 @@ from typing import Any
 from devenv.config.schema import did_you_mean
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
+from devenv.wire import SnapshotSummary
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MANIFEST = "manifest.json"
@@ -48,11 +49,12 @@ class Snapshot:
         return sum(f["size"] for s in self.manifest["services"].values()
                    for f in s["files"].values())
 
-    def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "created": self.created, "automatic": self.automatic,
-                "size_bytes": self.size, "datasets": self.manifest.get("datasets", []),
-                "services": {n: {"kind": s["kind"], "version": s["version"]}
-                             for n, s in self.manifest["services"].items()}}
+    def summary(self) -> SnapshotSummary:
+        return SnapshotSummary(
+            name=self.name, created=self.created, automatic=self.automatic,
+            size_bytes=self.size, datasets=list(self.manifest.get("datasets", [])),
+            services={n: {"kind": s["kind"], "version": s["version"]}
+                      for n, s in self.manifest["services"].items()})
 
 
 def check_name(name: str) -> str:
@@ -93,7 +95,7 @@ class SnapshotStore:
             raise UsageError(f"a snapshot named '{name}' already exists",
                              hint="choose another name, or `devenv snapshot delete` it first")
         self.folder.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=self.folder))
+        return Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-{name}-", dir=self.folder))
 
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
@@ -165,7 +167,7 @@ class SnapshotStore:
 
     def delete(self, name: str) -> None:
         snap = self.get(name)
-        doomed = self.folder / f".deleting-{name}-{time.time_ns()}"
+        doomed = self.folder / f".deleting-{os.getpid()}-{name}-{time.time_ns()}"
         snap.path.rename(doomed)  # gone from the list at once, even if the removal is cut
         shutil.rmtree(doomed, ignore_errors=True)
 
@@ -177,10 +179,12 @@ class SnapshotStore:
         return [s.name for s in doomed]
 
     def cleanup(self) -> None:
-        """Remove what a crash left: staging and half-deleted folders."""
+        """Remove what a crash left: staging, importing and half-deleted folders whose
+        process is gone. Work in progress (a concurrent `snapshot import`) is left alone."""
         if self.folder.is_dir():
             for path in self.folder.iterdir():
-                if path.name.startswith((".staging-", ".deleting-", ".importing-")):
+                kind, _, rest = path.name.partition("-")
+                if kind in (".staging", ".deleting", ".importing") and not _owner_alive(rest):
                     shutil.rmtree(path, ignore_errors=True)
 
     # ---- sharing
@@ -198,7 +202,7 @@ class SnapshotStore:
         if not file.is_file():
             raise UsageError(f"no file {file}")
         self.folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".importing-", dir=self.folder))
+        staging = Path(tempfile.mkdtemp(prefix=f".importing-{os.getpid()}-", dir=self.folder))
         try:
             top = self._extract(file, staging)
             manifest = json.loads((staging / MANIFEST).read_text())
@@ -250,6 +254,20 @@ class SnapshotStore:
         if top is None:
             raise ValueError("the archive is empty")
         return top
+
+
+def _owner_alive(rest: str) -> bool:
+    """Whether the process named at the start of a work folder's name still runs."""
+    pid = rest.partition("-")[0]
+    if not pid.isdigit():
+        return False  # an older layout, or not ours: nothing is working on it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def now_manifest(project: str, automatic: bool, datasets: list[str]) -> dict[str, Any]:

@@ -11,8 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from devenv.engine.logstore import LogLine
-from devenv.wire import ReloadRecord, State
+from devenv.wire import LogLine, ReloadRecord, State
 
 QUEUE_LIMIT = 10_000
 

@@ -13,41 +13,25 @@ import json
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Protocol
 
 from devenv.core.secrets import MASK
+from devenv.wire import LogLine, to_json
 
 MAX_BYTES = 5 * 1024 * 1024
 KEEP_FILES = 3
 RING = 2000
 
 
-@dataclass(frozen=True)
-class LogLine:
-    ts: float
-    service: str
-    replica: str
-    stream: str
-    text: str
-
-    def to_json(self) -> dict[str, object]:
-        return {"ts": self.ts, "time": _iso(self.ts), "service": self.service,
-                "replica": self.replica, "stream": self.stream, "text": self.text}
-
-    def to_file(self) -> str:
-        return f"{_iso(self.ts)} {self.replica} {self.stream} {self.text}\n"
+def to_file(line: LogLine) -> str:
+    return f"{line.time} {line.replica} {line.stream} {line.text}\n"
 
 
 def json_line(line: LogLine) -> bytes:
     """One line of a streamed answer."""
-    return (json.dumps(line.to_json()) + "\n").encode()
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return (json.dumps(to_json(line)) + "\n").encode()
 
 
 def parse_file_line(service: str, raw: str) -> LogLine | None:
@@ -117,7 +101,7 @@ class LogStore:
                 self.folder.mkdir(exist_ok=True)
                 fh = self._files[line.service] = open(  # noqa: SIM115
                     self.path(line.service), "a")
-            fh.write(line.to_file())
+            fh.write(to_file(line))
         except OSError:
             return
         if not self._flush_pending:  # flush soon after a burst, never on a timer when idle

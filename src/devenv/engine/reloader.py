@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devenv.engine.events import Alert
 from devenv.engine.reconciler import Engine
 from devenv.engine.service import ServiceRunner
 from devenv.plan import command_argv
@@ -136,6 +137,7 @@ class Reloader:
                      f"{what}: {phases}")
             return
         logs.add(runner.name, "reload", "alert", f"reload failed: {record.error}")
+        self.engine.ctx.events.publish(Alert(runner.name, f"reload failed: {record.error}"))
         for line in record.logs:
             logs.add(runner.name, "reload", "alert", f"  {line}")
 

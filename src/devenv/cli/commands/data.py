@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
         out.print("reset " + ", ".join(client.data_reset()) + " to fresh data")
     else:
         snap = client.snapshot_restore(args.snapshot)
-        out.print(f"restored snapshot {snap['name']} ({snap['created']})")
-        if snap.get("datasets"):
-            err.print("datasets in it: " + ", ".join(snap["datasets"]))
+        out.print(f"restored snapshot {snap.name} ({snap.created})")
+        if snap.datasets:
+            err.print("datasets in it: " + ", ".join(snap.datasets))
     return 0

@@ -6,7 +6,6 @@ import sys
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
 
 from rich.markup import escape
 
@@ -16,6 +15,7 @@ from devenv.client import Client
 from devenv.config.schema import parse_duration
 from devenv.core.errors import UsageError
 from devenv.engine import logstore
+from devenv.wire import LogLine, to_json
 
 STREAM_STYLE = {"err": "red", "devenv": "dim italic", "alert": "bold red"}
 
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     services = args.services or logstore.logged_services(folder)
     lines = logstore.query(folder, services, since=since, tail=args.tail, startup=args.startup,
                            verbose=args.verbose)
-    show((ln.to_json() for ln in lines), as_json=args.json)
+    show(lines, as_json=args.json)
     if args.follow:
         err.print("[dim]the environment is not running; nothing more will come "
                   "(start it with `devenv up`)[/]")
@@ -60,17 +60,17 @@ def stream(client: Client, services: list[str], *, follow: bool, since: float | 
                      verbose=verbose), as_json=as_json)
 
 
-def show(lines: Iterable[dict[str, Any]], *, as_json: bool) -> None:
+def show(lines: Iterable[LogLine], *, as_json: bool) -> None:
     width = 0
     for line in lines:
         if as_json:
-            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.write(json.dumps(to_json(line)) + "\n")
             sys.stdout.flush()
             continue
-        label = f"{line['service']}-{line['replica']}"
+        label = f"{line.service}-{line.replica}"
         width = max(width, len(label))
-        text = escape(line["text"])
-        style = STREAM_STYLE.get(line["stream"])
+        text = escape(line.text)
+        style = STREAM_STYLE.get(line.stream)
         if style:
             text = f"[{style}]{text}[/]"
-        out.print(f"[{service_color(line['service'])}]{label:<{width}} |[/] {text}")
+        out.print(f"[{service_color(line.service)}]{label:<{width}} |[/] {text}")

@@ -10,6 +10,7 @@ from devenv.cli.output import out, print_json, size
 from devenv.client import Client, EngineNotRunning
 from devenv.core.paths import StateDir
 from devenv.data.snapshots import SnapshotStore
+from devenv.wire import to_json
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,12 +24,12 @@ def run(args: argparse.Namespace) -> int:
         snap = client.snapshot_save(args.name) if action == "save" \
             else client.snapshot_restore(args.name)
         verb = "saved" if action == "save" else "restored"
-        out.print(f"{verb} snapshot {snap['name']}: {', '.join(snap['services'])} "
-                  f"({size(snap['size_bytes'])})")
+        out.print(f"{verb} snapshot {snap.name}: {', '.join(snap.services)} "
+                  f"({size(snap.size_bytes)})")
     elif action == "list":
         snaps = [s.summary() for s in store.all()]
         if args.json:
-            print_json(snaps)
+            print_json(to_json(snaps))
             return 0
         if not snaps:
             out.print("no snapshots yet; take one with `devenv snapshot save NAME`")
@@ -39,11 +40,11 @@ def run(args: argparse.Namespace) -> int:
         for col in ("SERVICES", "DATASETS"):
             table.add_column(col)
         for s in snaps:
-            table.add_row(s["name"] + (" (auto)" if s["automatic"] else ""), s["created"],
-                          size(s["size_bytes"]),
+            table.add_row(s.name + (" (auto)" if s.automatic else ""), s.created,
+                          size(s.size_bytes),
                           ", ".join(f"{n} ({v['kind']} {v['version']})"
-                                    for n, v in s["services"].items()),
-                          ", ".join(s["datasets"]) or "-")
+                                    for n, v in s.services.items()),
+                          ", ".join(s.datasets) or "-")
         out.print(table)
     elif action == "delete":
         store.delete(args.name)

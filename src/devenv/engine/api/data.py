@@ -13,15 +13,15 @@ from devenv.engine.app import Environment
 
 def routes(router: web.UrlDispatcher, env: Environment) -> None:
     async def snapshot_list(request: web.Request) -> web.Response:
-        return web.json_response([s.summary() for s in env.data.store.all()])
+        return answer([s.summary() for s in env.data.store.all()])
 
     async def snapshot_save(request: web.Request) -> web.Response:
         snap = await env.data.save((await request.json())["name"], env.project)
-        return web.json_response(snap.summary())
+        return answer(snap.summary())
 
     async def snapshot_restore(request: web.Request) -> web.Response:
         snap = await env.data.restore((await request.json())["name"])
-        return web.json_response(snap.summary())
+        return answer(snap.summary())
 
     async def data_load(request: web.Request) -> web.Response:
         body = await request.json()
