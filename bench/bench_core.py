@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from _common import devenv, free_ports, pct, stop
+from _common import devenv, free_ports, pct, running
 
 REPO = Path(__file__).resolve().parents[1]
 SVC = REPO / "tests/fixtures/svc.py"
@@ -128,7 +128,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         svc_port, ingress_port = make_project(root)
-        try:
+        with running(root):
             ups = cold_up(root, 2 if quick else 5)
             stats = status_latency(root, 10 if quick else 30)
             cpu, svc_cpu, rss, guardian = engine_idle(root, 3 if quick else 10)
@@ -138,8 +138,6 @@ def main() -> None:
             secs = 2 if quick else 5
             direct_rps, direct_bad = throughput(svc_port, "x", 8, secs)
             via_rps, via_bad = throughput(ingress_port, "backend-0.localhost", 8, secs)
-        finally:
-            stop(root)
     ms = 1000.0
     print(f"machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}")
     print(f"cold up, 10 services to all-healthy (engine start included), {len(ups)} runs: "

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import devenv, free_ports, stop
+from _common import devenv, free_ports, running
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,9 +48,9 @@ def snapshot_vs_dump(rows: int) -> None:
             f"version: 1\ningress: {{port: {ingress}}}\nservices:\n"
             f"  db: {{kind: postgres, port: {db}, databases: [big]}}\n"
             f"  cache: {{kind: redis, port: {cache}}}\n")
-        devenv(root, "up")
         url = f"postgresql://devenv:devpass@127.0.0.1:{db}/big"
-        try:
+        with running(root):
+            devenv(root, "up")
             t0 = time.perf_counter()
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute("CREATE TABLE t (id bigint PRIMARY KEY, a text, b text, n int)")
@@ -85,8 +85,6 @@ def snapshot_vs_dump(rows: int) -> None:
             print(f"ratio: save {_speed(dump, save)} than pg_dump, restore "
                   f"{_speed(pg_restore, restore)} than pg_restore, round trip "
                   f"{_speed(dump + pg_restore, save + restore)}")
-        finally:
-            stop(root)
 
 
 def _speed(theirs: float, ours: float) -> str:
@@ -106,7 +104,7 @@ def shop_cold_up(runs: int) -> None:
         (root / ".devenv/local.yaml").write_text(json.dumps({
             "ingress": {"port": ports[-1]},
             "services": {n: {"port": p} for n, p in zip(services, ports, strict=False)}}))
-        try:
+        with running(root):
             for i in range(runs):
                 profile = ["--profile", "integration-test"] if i % 2 else []
                 t0 = time.perf_counter()
@@ -116,8 +114,6 @@ def shop_cold_up(runs: int) -> None:
                 (with_data if profile else times).append(elapsed)
                 devenv(root, "stop", "--persist-data")
                 shutil.rmtree(root / ".devenv/data")
-        finally:
-            stop(root)
     print(f"shop cold up, 10 services incl. initdb of fresh PostgreSQL, {len(times)} runs: "
           f"median {statistics.median(times):.2f}s, max {max(times):.2f}s")
     print(f"  with --profile integration-test (demo dataset loaded), {len(with_data)} runs: "

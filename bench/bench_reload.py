@@ -12,8 +12,6 @@ Run: make bench   (or .venv/bin/python bench/bench_reload.py [--edits N])
 from __future__ import annotations
 
 import http.client
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import ENV, devenv, free_ports, pct, stop
+from _common import ENV, devenv, free_ports, pct, running, stop_group
 
 APP = '''VERSION = "v0"
 
@@ -56,7 +54,8 @@ def write_project(root: Path) -> int:
 
 
 class Load:
-    """Requests in a loop (bounded by `stop`), new connection each time; records answers."""
+    """Requests in a loop, new connection each time; records answers. A context manager: the
+    loop runs inside the `with` block, and ends with it however the block ends."""
 
     def __init__(self, port: int, host: str):
         self.port, self.host = port, host
@@ -65,6 +64,14 @@ class Load:
         self.seen: dict[str, float] = {}
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Load:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
 
     def _run(self) -> None:
         while not self.stop.is_set():
@@ -114,16 +121,11 @@ def run_devenv(edits: int) -> None:
         root = Path(tmp)
         (root / "api").mkdir()
         ingress = write_project(root)
-        devenv(root, "up")
-        load = Load(ingress, "api.localhost")
-        load.thread.start()
-        try:
-            time.sleep(0.5)
-            delays = edit_loop(root / "api", load, edits)
-        finally:
-            load.stop.set()
-            load.thread.join()
-            stop(root)
+        with running(root):
+            devenv(root, "up")
+            with Load(ingress, "api.localhost") as load:
+                time.sleep(0.5)
+                delays = edit_loop(root / "api", load, edits)
         report("devenv (replace)", delays, load, edits)
 
 
@@ -144,15 +146,11 @@ def run_uvicorn_reload(edits: int) -> None:
                     break
                 except OSError:
                     time.sleep(0.05)
-            load = Load(port, "x")
-            load.thread.start()
-            time.sleep(0.5)
-            delays = edit_loop(folder, load, edits)
-            load.stop.set()
-            load.thread.join()
+            with Load(port, "x") as load:
+                time.sleep(0.5)
+                delays = edit_loop(folder, load, edits)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(10)
+            stop_group(proc)  # the reloader and the server it started
         report("uvicorn --reload", delays, load, edits)
 
 
@@ -171,19 +169,14 @@ def big_repository(files: int) -> None:
             for f in range(100):
                 (folder / f"f{f}.py").write_text("")
         ingress = write_project(root)
-        t0 = time.perf_counter()
-        devenv(root, "up")
-        up = time.perf_counter() - t0
-        load = Load(ingress, "api.localhost")
-        load.thread.start()
-        try:
-            delays = edit_loop(api, load, 5)
-            engine = psutil.Process(int((root / ".devenv/run/engine.pid").read_text()))
-            rss = engine.memory_info().rss
-        finally:
-            load.stop.set()
-            load.thread.join()
-            stop(root)
+        with running(root):
+            t0 = time.perf_counter()
+            devenv(root, "up")
+            up = time.perf_counter() - t0
+            with Load(ingress, "api.localhost") as load:
+                delays = edit_loop(api, load, 5)
+                engine = psutil.Process(int((root / ".devenv/run/engine.pid").read_text()))
+                rss = engine.memory_info().rss
         print(f"{files:,}-file service: up {up:.2f}s; first edit live "
               f"{delays[0] * 1000:.0f} ms after up returned its write, "
               f"p50 of 5 edits {pct(delays, 50) * 1000:.0f} ms; engine RSS "

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,7 @@ async def open_page(url: str) -> AsyncIterator[Page]:
                     if targets:
                         break
                     await asyncio.sleep(0.1)
+                assert targets, f"chromium gave no page on port {port}"
                 async with session.ws_connect(targets[0]["webSocketDebuggerUrl"],
                                               max_msg_size=0) as ws:
                     page = Page(ws)
@@ -85,6 +87,19 @@ async def open_page(url: str) -> AsyncIterator[Page]:
                     await page.call("Page.navigate", url=url)
                     yield page
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)  # the browser and its helpers
-            proc.wait(10)
+            stop_group(proc)
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the browser and its helpers (its process group): TERM, then KILL what is left once
+    the browser has exited (or after 10 s). The group is signalled only while its leader is not
+    yet reaped, so that its id cannot have passed to another process."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.waitid(
+            os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)

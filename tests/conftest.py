@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 import pytest
@@ -26,17 +28,72 @@ FIXTURES = Path(__file__).parent / "fixtures"
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1",
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
+# The ports the tests give services, ingresses and browsers come from a fixed range below the
+# kernel's ephemeral range. Binding port 0 would draw from the ephemeral range, which is where
+# the engine's instance ports, its health probes and every outgoing connection draw from too:
+# such a port can be taken again before the service binds it. (The benchmarks use 25000-29999,
+# so a test run and a benchmark run never share a port.)
+PORTS = range(20000, 25000)
+EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _ephemeral_low() -> int | None:
+    try:
+        return int(EPHEMERAL.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+if (_low := _ephemeral_low()) is not None and PORTS.stop > _low:
+    raise RuntimeError(f"test ports {PORTS.start}-{PORTS.stop - 1} overlap the ephemeral range "
+                       f"(from {_low}, {EPHEMERAL}); move PORTS in tests/conftest.py below it")
+
+
+def _bindable(port: int) -> bool:
+    """Nothing listens on, or still holds, 127.0.0.1:port (SO_REUSEADDR off: a port with a
+    connection in TIME_WAIT fails too)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class PortRange:
+    """Hands out each port of `ports` at most once in this process: a cursor moves through the
+    range from an offset derived from the PID (two test runs at once start far apart), and a
+    port is handed out only if it can be bound right now."""
+
+    def __init__(self, ports: range, pid: int):
+        self.ports = ports
+        self._cursor = random.Random(pid).randrange(len(ports))
+        self._given: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> list[int]:
+        out: list[int] = []
+        with self._lock:
+            for _ in range(len(self.ports)):
+                if len(out) == n:
+                    break
+                port = self.ports[self._cursor]
+                self._cursor = (self._cursor + 1) % len(self.ports)
+                if port not in self._given and _bindable(port):
+                    self._given.add(port)
+                    out.append(port)
+        if len(out) < n:
+            raise RuntimeError(f"no {n} free ports left in {self.ports.start}-"
+                               f"{self.ports.stop - 1}")
+        return out
+
+
+_PORTS = PortRange(PORTS, os.getpid())
+
 
 def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
+    """n ports, free now, never handed out before in this process."""
+    return _PORTS.take(n)
 
 
 def procs_in(root: Path) -> list[psutil.Process]:
@@ -73,10 +130,37 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> A
         time.sleep(interval)
 
 
+class Lines:
+    """What a process writes to a pipe, read line by line by a thread as it comes, so that a
+    test can wait for a line without blocking on the pipe."""
+
+    def __init__(self, pipe: IO[str] | None):
+        assert pipe is not None, "the process was started without this pipe"
+        self._lines: list[str] = []
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the pipe closed under us
+            for line in pipe:
+                self._lines.append(line)
+
+    @property
+    def text(self) -> str:
+        return "".join(self._lines)
+
+    def wait(self, timeout: float = 10) -> str:
+        """All of it, once the process has closed its end (it exited)."""
+        self._thread.join(timeout)
+        return self.text
+
+
 @dataclass
 class Project:
     root: Path
     ingress_port: int
+    # CLI processes a test started in the background: the fixture ends those still running
+    started: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def write(self, yaml_text: str) -> None:
         (self.root / "devenv.yaml").write_text(textwrap.dedent(yaml_text))
@@ -98,9 +182,11 @@ class Project:
         return result
 
     def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "devenv", *args], cwd=self.root,
+        proc = subprocess.Popen([sys.executable, "-m", "devenv", *args], cwd=self.root,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=ENV)
+        self.started.append(proc)
+        return proc
 
     def up(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.devenv("up", *args, check=True)
@@ -144,13 +230,28 @@ def project(tmp_path: Path) -> Iterator[Project]:
     shutil.copy(FIXTURES / "ws.py", root / "ws.py")
     proj = Project(root, free_ports(1)[0])
     yield proj
-    # Whatever a test did, nothing may be left running.
-    if proj.engine_pid():
-        proj.devenv("stop", timeout=60)
-    pid = proj.engine_pid()
-    if pid and psutil.pid_exists(pid):
-        os.kill(pid, signal.SIGKILL)
-    leftovers = wait_for(lambda: not procs_in(root), timeout=10)
-    for proc in procs_in(root):
-        proc.kill()
+    # Whatever a test did, nothing may be left running: first the CLI processes it started in
+    # the background, then the engine (by `devenv stop`, else by kill), then anything else.
+    try:
+        for proc in proj.started:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        if proj.engine_pid():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proj.devenv("stop", timeout=60)
+    finally:
+        pid = proj.engine_pid()
+        with contextlib.suppress(psutil.Error):
+            engine = psutil.Process(pid) if pid else None
+            if engine and "devenv.engine" in " ".join(engine.cmdline()):  # (not a reused PID)
+                engine.kill()
+        leftovers = wait_for(lambda: not procs_in(root), timeout=10)
+        for proc in procs_in(root):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
     assert leftovers, "processes were left running after the test"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 
-from conftest import Project, free_ports, wait_for
+from conftest import Lines, Project, free_ports, wait_for
 
 
 def api_and_web(project: Project, **env: str) -> tuple[int, int]:
@@ -61,21 +61,31 @@ def test_logs_are_merged_filtered_followed_and_mask_secrets(project: Project) ->
                                                       check=True).stdout.splitlines()]
     assert lines and {ln["service"] for ln in lines} == {"api"}
     assert {"ts", "time", "service", "replica", "stream", "text"} <= set(lines[0])
-    time.sleep(1.1)
+    # `--since 1s` is about the clock, so the clock is what to wait for: until the newest line
+    # `logs` would show is more than a second old; then it shows nothing
+    newest = max(json.loads(ln)["ts"]
+                 for ln in project.devenv("logs", "--json", check=True).stdout.splitlines())
+    assert wait_for(lambda: time.time() > newest + 1.0, timeout=5)
     assert project.devenv("logs", "--since", "1s", check=True).stdout.strip() == ""
     startup = project.devenv("logs", "api", "--startup", check=True).stdout
     assert "listening on" in startup and "GET /whoami" not in startup
 
     follower = project.popen("logs", "api", "--follow", "--since", "1s")
-    time.sleep(0.5)
-    project.get(f"http://127.0.0.1:{api}/whoami?marker=followed")
-    assert follower.stdout is not None
-    seen = ""
-    deadline = time.monotonic() + 5
-    while "marker=followed" not in seen and time.monotonic() < deadline:
-        seen += follower.stdout.readline()
-    follower.kill()
-    assert "marker=followed" in seen
+    followed = Lines(follower.stdout)
+
+    def following() -> bool:
+        """A request logged now shows up once the follower is connected (the engine takes a
+        follower on before it sends the lines it asked for)."""
+        project.get(f"http://127.0.0.1:{api}/whoami?marker=ping")
+        return "marker=ping" in followed.text
+
+    try:
+        assert wait_for(following, timeout=15), followed.text
+        project.get(f"http://127.0.0.1:{api}/whoami?marker=followed")  # only following shows it
+        assert wait_for(lambda: "marker=followed" in followed.text, timeout=5), followed.text
+    finally:
+        follower.kill()
+        follower.wait(10)
 
     project.devenv("stop", check=True)
     after_stop = project.devenv("logs", "api", check=True).stdout
@@ -120,7 +130,8 @@ def test_config_set_get_unset_keep_comments_and_refuse_bad_values(project: Proje
     api_and_web(project)
     original = (project.root / "devenv.yaml").read_text()
     (project.root / "devenv.yaml").write_text("# team config\n" + original)
-    assert project.devenv("config", "set", "services.api.replicas", "3", check=True)
+    set_local = project.devenv("config", "set", "services.api.replicas", "3", check=True)
+    assert set_local.stdout.strip() == "set services.api.replicas in .devenv/local.yaml"
     assert project.devenv("config", "get", "services.api.replicas", check=True).stdout == "3\n"
     assert "replicas: 3" in (project.root / ".devenv/local.yaml").read_text()
     assert "replicas" not in (project.root / "devenv.yaml").read_text()
@@ -136,7 +147,8 @@ def test_config_set_get_unset_keep_comments_and_refuse_bad_values(project: Proje
     assert project.devenv("config", "get", "services.api.replicas", check=True).stdout == "1\n"
     shown = project.devenv("config", "show", "--json", check=True).stdout
     assert "s3cr3t-value" not in shown and "********" in shown
-    assert project.devenv("config", "validate", check=True).returncode == 0
+    valid = project.devenv("config", "validate")
+    assert valid.returncode == 0 and "ok: 2 services" in valid.stderr, valid.stderr
 
 
 def test_init_scaffolds_from_procfile_and_project_folders(tmp_path: Path) -> None:
@@ -181,12 +193,14 @@ def test_up_attach_streams_logs_and_sigterm_stops_the_environment(project: Proje
 
     api, _ = api_and_web(project)
     attached = project.popen("up", "--attach")
+    out, err = Lines(attached.stdout), Lines(attached.stderr)
     assert wait_for(lambda: project.engine_pid() and any(
         s["name"] == "web" and s["state"] == "healthy" for s in project.status()["services"]),
-        timeout=20)
+        timeout=20), err.text
     project.get(f"http://127.0.0.1:{api}/whoami?attached=1")
-    time.sleep(0.5)
+    assert wait_for(lambda: "whoami?attached=1" in out.text, timeout=10), out.text
     attached.send_signal(sig.SIGTERM)
-    out, err = attached.communicate(timeout=30)
-    assert "whoami?attached=1" in out
-    assert project.engine_pid() is None, err
+    attached.wait(30)
+    out.wait()
+    err.wait()
+    assert project.engine_pid() is None, err.text

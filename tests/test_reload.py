@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 
 from conftest import FIXTURES, Project, free_ports, wait_for
@@ -41,6 +40,14 @@ def edit_version(project: Project, service: str, version: str) -> None:
 
 def last_reload(project: Project, service: str) -> dict:
     return project.service(service)["last_reload"] or {}
+
+
+def reloaded(project: Project, service: str, count: int) -> dict:
+    """The service's status once it has done `count` reloads (or more: the caller checks)."""
+    svc = wait_for(lambda: (s := project.service(service))["reloads"] >= count and s,
+                   timeout=10)
+    assert svc, project.service(service)
+    return dict(svc)
 
 
 def test_an_edit_is_served_through_the_ingress_and_timed(project: Project) -> None:
@@ -79,8 +86,11 @@ def test_a_breaking_edit_keeps_the_old_instance_serving(project: Project) -> Non
         good = app.read_text()
         app.write_text(good + "\ndef broken(:\n")
         assert wait_for(lambda: last_reload(project, "api").get("ok") is False, timeout=10)
-        time.sleep(0.3)
-        assert answer(project, "api").startswith("v1|")  # the old one still serves
+        # the old one still serves: the next 10 answers after the failure all come from it
+        seen = len(answers)
+        assert wait_for(lambda: len(answers) >= seen + 10, timeout=10), failures
+        assert all(a.startswith("v1|") for a in answers[seen:])
+        assert answer(project, "api").startswith("v1|")
         reload = last_reload(project, "api")
         assert "previous instance keeps serving" in reload["error"]
         assert any("SyntaxError" in line for line in reload["logs"])
@@ -101,10 +111,13 @@ def test_a_burst_of_writes_gives_one_reload(project: Project) -> None:
     project.up()
     for i in range(12):
         (project.root / f"api/module_{i}.py").write_text(f"X = {i}\n")
-    assert wait_for(lambda: project.service("api")["reloads"] >= 1, timeout=10)
-    time.sleep(1.0)
-    assert project.service("api")["reloads"] == 1
-    assert last_reload(project, "api")["changed"] == 12
+    svc = reloaded(project, "api", 1)
+    assert svc["reloads"] == 1 and svc["last_reload"]["changed"] == 12
+    # and nothing of the burst comes later: a reload for it would come before (or with) the
+    # one for a later edit, which is the second reload and has that edit alone
+    (project.root / "api/after_the_burst.py").write_text("Y = 1\n")
+    svc = reloaded(project, "api", 2)
+    assert svc["reloads"] == 2 and svc["last_reload"]["files"] == ["api/after_the_burst.py"]
 
 
 def test_ignored_paths_trigger_nothing(project: Project) -> None:
@@ -119,21 +132,38 @@ def test_ignored_paths_trigger_nothing(project: Project) -> None:
         (api / rel).parent.mkdir(parents=True, exist_ok=True)
         (api / rel).write_text("x")
     (project.root / "notes.txt").write_text("outside every service's folder")
-    time.sleep(1.0)
-    assert project.service("api")["reloads"] == 0, last_reload(project, "api")["files"]
+    # A reload for any of these would come before (or with) the one for a later edit: the
+    # first reload is that edit's, with that file alone.
+    edit_version(project, "api", "v2")
+    svc = reloaded(project, "api", 1)
+    assert svc["reloads"] == 1 and svc["last_reload"]["files"] == ["api/app.py"], svc
+    assert svc["last_reload"]["changed"] == 1
+    assert answer(project, "api").startswith("v2|")
 
 
 def test_no_watch_and_watch_false_turn_reloading_off(project: Project) -> None:
     make(project, {"api": "", "web": "watch: false"})
     project.up("--no-watch")
-    edit_version(project, "api", "v2")
-    time.sleep(1.0)
-    assert answer(project, "api").startswith("v1|")
     assert project.status()["watching"] is False
-    project.up()
-    edit_version(project, "web", "v2")
+    pid = answer(project, "api").split("|")[3]
+    edit_version(project, "api", "v2")  # not watched: neither served now nor later
+    project.up()  # watching from here on (api only)
+    assert project.status()["watching"] is True
+    again = answer(project, "api")
+    assert again.startswith("v1|") and again.split("|")[3] == pid  # not restarted by `up`
+    # A reload for the edit made while not watching would come before (or with) the one for a
+    # later edit: the first reload is that edit's alone, and the new instance serves the
+    # source as it is now.
+    edit_version(project, "web", "v2")  # watch: false
+    (project.root / "api/extra.py").write_text("X = 1\n")
+    svc = reloaded(project, "api", 1)
+    assert svc["reloads"] == 1 and svc["last_reload"]["files"] == ["api/extra.py"], svc
+    assert answer(project, "api").startswith("v2|")
+    # A reload of web for its edit would have been queued for the engine's lock before the
+    # next reload of api: once that is done, web's would be done too.
     edit_version(project, "api", "v3")
-    assert wait_for(lambda: answer(project, "api").startswith("v3|"), timeout=10)
+    assert reloaded(project, "api", 2)["reloads"] == 2
+    assert answer(project, "api").startswith("v3|")
     assert answer(project, "web").startswith("v1|")
     assert project.service("web")["reloads"] == 0
 
@@ -192,7 +222,7 @@ def test_editing_devenv_yaml_is_left_to_up(project: Project) -> None:
     project.up()
     (project.root / "devenv.yaml").write_text((project.root / "devenv.yaml").read_text()
                                               + "# a comment\n")
-    time.sleep(1.0)
-    assert project.service("root-app")["reloads"] == 0
+    # a reload for devenv.yaml would come before (or with) the one for the source edit
     edit_version(project, ".", "v2")
-    assert wait_for(lambda: project.service("root-app")["reloads"] == 1, timeout=10)
+    svc = reloaded(project, "root-app", 1)
+    assert svc["reloads"] == 1 and svc["last_reload"]["files"] == ["app.py"], svc

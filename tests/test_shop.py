@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -17,15 +19,25 @@ SERVICES = ["db", "cache", "user", "catalog", "inventory", "payment", "order", "
             "recommendation", "gateway"]
 
 
-def test_shop_checkout_end_to_end(project: Project) -> None:
+def copy_shop(project: Project) -> None:
+    """The example shop in the project folder, with every port it fixes in its devenv.yaml
+    (7700, 5433, 8200...) moved by .devenv/local.yaml to one of ours."""
     shutil.copytree(SHOP, project.root, dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns(".devenv", "__pycache__"))
-    ports = free_ports(len(SERVICES))
-    overrides = {"ingress": {"port": project.ingress_port},
-                 "services": {n: {"port": p} for n, p in zip(SERVICES, ports, strict=True)}}
+    ports = dict(zip(SERVICES, free_ports(len(SERVICES)), strict=True))
     (project.root / ".devenv").mkdir(exist_ok=True)
-    (project.root / ".devenv/local.yaml").write_text(json.dumps(overrides))
+    (project.root / ".devenv/local.yaml").write_text(json.dumps({
+        "ingress": {"port": project.ingress_port},
+        "services": {name: {"port": port} for name, port in ports.items()}}))
+    shown = json.loads(project.devenv("config", "show", "--profile", "integration-test",
+                                      "--json", check=True).stdout)
+    assert shown["ingress"]["port"] == project.ingress_port
+    assert {name: s["port"] for name, s in shown["services"].items()} == ports, \
+        "a service of the example shop kept a fixed port: add it to SERVICES"
 
+
+def test_shop_checkout_end_to_end(project: Project) -> None:
+    copy_shop(project)
     result = json.loads(project.devenv("up", "--profile", "integration-test", "--json",
                                        check=True).stdout)
     assert result["ok"] and result["datasets_loaded"] == ["demo"]
@@ -48,13 +60,11 @@ def test_shop_checkout_end_to_end(project: Project) -> None:
                                       check=True).stdout)
     changed = {s["name"] for s in again["services"] if s["action"] != "keep"}
     assert changed == {"payment"}
-    t0 = time.monotonic()
     gateway = project.service("gateway")["url"]
-    import urllib.request
-
     request = urllib.request.Request(
         f"{gateway}/api/checkout", method="POST", headers={"Content-Type": "application/json"},
         data=json.dumps({"user_id": 1, "items": [{"product_id": 1, "qty": 1}]}).encode())
+    t0 = time.monotonic()  # the checkout alone: it waits for the slow payment
     with urllib.request.urlopen(request, timeout=30) as resp:
         assert json.loads(resp.read())["status"] == "paid"
     assert time.monotonic() - t0 >= 1.5
@@ -63,15 +73,7 @@ def test_shop_checkout_end_to_end(project: Project) -> None:
 @pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium; "
                     ".ci/run installs it)")
 def test_shop_page_in_a_real_browser(project: Project, tmp_path: Path) -> None:
-    import asyncio
-
-    shutil.copytree(SHOP, project.root, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns(".devenv", "__pycache__"))
-    ports = free_ports(len(SERVICES))
-    (project.root / ".devenv").mkdir(exist_ok=True)
-    (project.root / ".devenv/local.yaml").write_text(json.dumps({
-        "ingress": {"port": project.ingress_port},
-        "services": {n: {"port": p} for n, p in zip(SERVICES, ports, strict=True)}}))
+    copy_shop(project)
     project.devenv("up", "--profile", "integration-test", check=True)
 
     async def shop() -> tuple[int, str, str]:
