@@ -185,7 +185,7 @@ def test_doctor_reports_a_port_conflict_with_a_fix(project: Project) -> None:
     assert checks["services.api.port"]["status"] == "fail"
     assert "devenv config set services.api.port" in checks["services.api.port"]["fix"]
     assert checks["config"]["status"] == "ok"
-    assert up.returncode == 1 and f"port {api} is already in use" in up.stderr
+    assert up.returncode == 2 and f"port {api} is already in use" in up.stderr
 
 
 def test_up_attach_streams_logs_and_sigterm_stops_the_environment(project: Project) -> None:
