@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from conftest import Project, free_ports
-from devenv.data.datasets import split_sql
+from devenv.data.postgres_load import split_sql
 from devenv.data.snapshots import SnapshotStore
 
 

@@ -12,14 +12,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from devenv import data as kinds
 from devenv.config.graph import closure, start_order
 from devenv.config.load import Loaded, read_dotenv
 from devenv.config.model import HealthCheck, Route, Service, Watch
 from devenv.core.errors import UsageError
 from devenv.core.paths import StateDir
 from devenv.core.secrets import looks_secret
-from devenv.data import kind_of
 from devenv.data.base import DataService
 from devenv.runtime import DEFAULT as DEFAULT_RUNTIME
 from devenv.runtime.base import InstanceSpec
@@ -42,7 +43,7 @@ class ServicePlan:
     watch: Watch
     stop_signal: str
     stop_timeout: float
-    data: DataService | None = None
+    data: DataService[Any] | None = None
     runtime: str = DEFAULT_RUNTIME
     config_hash: str = field(default="", compare=False)
 
@@ -50,16 +51,17 @@ class ServicePlan:
     def url(self) -> str | None:
         """Where to reach the service, as shown to people (data passwords masked)."""
         if self.data:
-            real = kind_of(self.data.spec.kind).url(self.data)
-            return real.replace(f":{self.data.spec.password}@", ":***@")
+            shown = kinds.url(self.data)
+            for secret in kinds.secrets(self.data):
+                shown = shown.replace(f":{secret}@", ":***@")
+            return shown
         return f"http://{HOST}:{self.port}" if self.port else None
 
     def secrets(self) -> list[str]:
         """Values of secret-looking variables, to be masked in logs and output."""
         found = [v for k, v in self.env.items() if looks_secret(k) and len(v) >= 4]
         if self.data:
-            found.append(self.data.spec.password)
-            found += list(self.data.spec.users.values())
+            found += kinds.secrets(self.data)
         return found
 
 
@@ -82,10 +84,10 @@ def command_argv(command: str | list[str]) -> tuple[str, ...]:
     return ("/bin/sh", "-c", command) if isinstance(command, str) else tuple(command)
 
 
-def data_service(loaded: Loaded, name: str) -> DataService:
+def data_service(loaded: Loaded, name: str) -> DataService[Any]:
     svc = loaded.project.services[name]
     assert svc.port is not None
-    return DataService(name, svc, StateDir(loaded.root).data / name, svc.port)
+    return DataService(name, svc.kind, svc.settings, StateDir(loaded.root).data / name, svc.port)
 
 
 def service_plan(loaded: Loaded, name: str) -> ServicePlan:
@@ -98,9 +100,8 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     for dep, how in svc.depends_on.items():
         target = loaded.project.services[dep]
         if target.is_data:
-            kind = kind_of(target.kind)
-            url = kind.url(data_service(loaded, dep), how.database)
-            env.setdefault(kind.url_var, url)
+            url = kinds.url(data_service(loaded, dep), how.database)
+            env.setdefault(kinds.url_var(target.kind), url)
             env.setdefault(url_var(dep), url)
         elif target.port:
             env.setdefault(url_var(dep), f"http://{HOST}:{target.port}")
@@ -109,10 +110,10 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     health, watch = svc.health, svc.watch
     stop_signal: str = svc.stop_signal
     if svc.is_data:
-        kind = kind_of(svc.kind)
         data = data_service(loaded, name)
-        command, health, stop_signal = kind.command(data), kind.health(data), kind.stop_signal()
-        env.update(kind.env(data))
+        server = kinds.server(data)
+        command, health, stop_signal = server.command, server.health, server.stop_signal
+        env.update(server.env)
         watch = Watch(enabled=False)
     plan = ServicePlan(
         name=name,

@@ -15,6 +15,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from devenv.config.load import load
+from devenv.config.schema import declared_items
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import UsageError
 from devenv.core.paths import StateDir, config_file
@@ -24,10 +25,11 @@ LOCAL_HEADER = "# Personal overrides of devenv.yaml for this checkout (not commi
 
 
 def to_plain(value: Any) -> Any:
-    """The model as plain data; keys declared secret, or named like one, are masked."""
+    """The model as plain data; keys declared secret, or named like one, are masked. A data
+    service's kind keys show flat on it, as they are written."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _masked(getattr(value, f.name)) if f.metadata.get("secret")
-                else to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: _masked(v) if f.metadata.get("secret") else to_plain(v)
+                for f, v in declared_items(value)}
     if isinstance(value, dict):
         return {k: MASK if isinstance(v, str) and looks_secret(k) else to_plain(v)
                 for k, v in value.items()}

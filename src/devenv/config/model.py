@@ -2,6 +2,8 @@
 
 Every key is declared here once, with its type, default and description; loading, validation,
 the JSON Schema (`devenv config schema`) and generated docs all come from these declarations.
+A data service's own keys (databases, password, …) are declared by its kind, in the kind's
+`Settings` (devenv.data), and written flat on the service.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from devenv.config.schema import Duration, key
+from devenv.config.schema import Duration, Variants, key
 
 Command = str | list[str]
 CURRENT_VERSION = 1
@@ -49,8 +51,8 @@ class Dependency:
     )
 
     database: str | None = key(
-        None, doc="For a postgres dependency: the database DATABASE_URL names (default: its "
-        "first database).",
+        None, doc="For a data service with several databases: the one its URL (DATABASE_URL, "
+        "<SERVICE>_URL) names; default: its first.",
     )
 
     SHORTHAND_SCHEMA = {"enum": ["started", "healthy", "completed"]}
@@ -101,14 +103,30 @@ class Watch:
         return {"enabled": value} if isinstance(value, bool) else value
 
 
+def _kind_names() -> list[str]:
+    # config sits below data in the layers: looking up the registry's kind names and a kind's
+    # pure-data Settings class here, lazily, is the one accepted exception.
+    from devenv.data import kind_names
+
+    return ["process", *kind_names()]
+
+
+def _kind_settings(kind: str) -> type | None:
+    if kind == "process":
+        return None
+    from devenv.data import settings_class  # (see _kind_names)
+
+    return settings_class(kind)
+
+
 @dataclass(frozen=True)
 class Service:
     """One service of the project, run as supervised processes (or pods on a cluster)."""
 
-    kind: Literal["process", "postgres", "redis"] = key(
+    kind: str = key(
         "process",
-        doc="process: run `command`; postgres or redis: a real data server run by devenv, "
-        "with its data under .devenv/data/<service>.",
+        doc="process: run `command`; any other kind is a real data server run by devenv, with "
+        "its data under .devenv/data/<service> and its own keys written beside these.",
     )
     command: Command | None = key(
         None,
@@ -148,32 +166,23 @@ class Service:
         Duration(10.0), doc="Grace time before the stop escalates to KILL."
     )
     description: str = key("", doc="What the service is for; shown in generated docs.")
-    version: str | None = key(
-        None, doc="postgres/redis: the major version wanted; checked against the binaries."
-    )
-    bin_dir: str | None = key(
-        None, doc="postgres/redis: folder of the server binaries to use instead of the bundled "
-        "ones (e.g. /usr/lib/postgresql/16/bin).",
-    )
-    databases: list[str] = key(
-        factory=list, doc="postgres: databases created on first start (default: the service "
-        "name)."
-    )
-    user: str = key("devenv", doc="postgres: the owner role of the databases.")
-    password: str = key(
-        "devpass", secret=True,
-        doc="postgres/redis: password of `user` (redis: requirepass). Masked in logs and output.",
-    )
-    users: dict[str, str] = key(
-        factory=dict, secret=True,
-        doc="postgres: more login roles (name: password) with access to every database.",
+    settings: Any = key(
+        None, doc="The kind's own keys, read with its Settings (not a key: they sit flat on "
+        "the service).",
     )
 
     FIELD_SHORTHANDS = {"depends_on": {"type": "array", "items": {"type": "string"}}}
+    VARIANTS = Variants("kind", "settings", names=_kind_names, resolve=_kind_settings,
+                        owner="this service")
 
     @property
     def is_data(self) -> bool:
         return self.kind != "process"
+
+    def targets(self, name: str) -> list[str]:
+        """What a dependency's `database` or a dataset's `service/target` may name (a data
+        service's databases; the first is its default). Empty: nothing to choose."""
+        return list(self.settings.targets(name)) if self.settings is not None else []
 
     def problems(self) -> list[tuple[tuple[str, ...], str]]:
         """Rules between keys of one service, checked as it is read."""
@@ -223,9 +232,9 @@ class Dataset:
     description: str = key("", doc="What the data is for.")
     files: dict[str, list[str]] = key(
         factory=dict,
-        doc="Files per data service: `db: [schema.sql, rows.sql]` (SQL for postgres, into its "
-        "first database; `db/orders:` names another database), `cache: [keys.redis]` (one "
-        "Redis command per line).",
+        doc="Files per data service, in its kind's format: `db: [schema.sql, rows.sql]` (SQL, "
+        "into its first database; `db/orders:` names another database), `cache: [keys.redis]` "
+        "(one Redis command per line).",
     )
     script: Command | None = key(
         None, doc="A command run after the files, with every data service's URL in its "

@@ -2,6 +2,8 @@
 
 `key()` declares a field; `convert()` turns raw YAML data into the dataclasses, collecting every
 problem with its key path; `json_schema()` derives an editor schema from the same declarations.
+`Variants` lets a dataclass take extra keys declared by another class, chosen by one of its
+fields (a service's `kind` brings that kind's keys).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import difflib
 import re
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal, NewType, Union, get_args, get_origin, get_type_hints
 
@@ -38,6 +40,62 @@ def key(
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Variants:
+    """Extra keys of a dataclass, declared by a variant class that a discriminator field picks.
+
+    Set as the class attribute `VARIANTS` of the dataclass. Keys it does not declare itself are
+    converted with the variant class of the discriminator's value, into the field `field`; they
+    are written flat beside its own keys, and errors keep their paths (`services.db.databases`).
+    """
+
+    discriminator: str  # the field whose value picks the variant, e.g. "kind"
+    field: str  # the field that receives the variant's object (not a key of its own)
+    names: Callable[[], list[str]]  # every valid value of the discriminator
+    resolve: Callable[[str], type | None]  # a value's variant class; None: no extra keys
+    owner: str = "this object"  # how a message names the object: "this service is kind redis"
+
+    def classes(self) -> dict[str, type]:
+        """Every value that brings extra keys, with its class."""
+        found = {name: self.resolve(name) for name in self.names()}
+        return {name: cls for name, cls in found.items() if cls is not None}
+
+
+def variants_of(tp: Any) -> Variants | None:
+    found = getattr(tp, "VARIANTS", None)
+    return found if isinstance(found, Variants) else None
+
+
+def _key_names(tp: Any) -> dict[str, dataclasses.Field[Any]]:
+    """A dataclass's keys, aliases included (a variant field is not a key)."""
+    variants = variants_of(tp)
+    names: dict[str, dataclasses.Field[Any]] = {}
+    for f in dataclasses.fields(tp):
+        if variants is not None and f.name == variants.field:
+            continue
+        names[f.name] = f
+        for alias in f.metadata.get("aliases", ()):
+            names[alias] = f
+    return names
+
+
+def _fields(tp: Any) -> list[str]:
+    """A dataclass's key names (no aliases), as unknown keys are matched against."""
+    return list(dict.fromkeys(f.name for f in _key_names(tp).values()))
+
+
+def declared_items(obj: Any) -> Iterator[tuple[dataclasses.Field[Any], Any]]:
+    """(field, value) of every key of a dataclass object, its variant's keys flat after its own."""
+    variants = variants_of(type(obj))
+    for f in dataclasses.fields(obj):
+        if variants is not None and f.name == variants.field:
+            continue
+        yield f, getattr(obj, f.name)
+    extra = getattr(obj, variants.field) if variants is not None else None
+    if extra is not None:
+        yield from declared_items(extra)
 
 
 @dataclass
@@ -192,18 +250,18 @@ def _convert_dataclass(tp: Any, value: Any, path: Path, issues: list[Issue]) -> 
     if not isinstance(value, dict):
         return _fail(issues, path, f"expected a mapping, got {_kind(value)}")
     hints = get_type_hints(tp)
-    names: dict[str, dataclasses.Field[Any]] = {}
-    for f in dataclasses.fields(tp):
-        names[f.name] = f
-        for alias in f.metadata.get("aliases", ()):
-            names[alias] = f
+    names = _key_names(tp)
+    variants = variants_of(tp)
     kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     failed = False
     for raw_key, raw_value in value.items():
         name = str(raw_key)
         if name not in names:
-            known = [n.name for n in dataclasses.fields(tp)]
-            issues.append(Issue(path + (name,), f"unknown key{did_you_mean(name, known)}"))
+            if variants is not None:
+                extra[name] = raw_value  # the variant's keys, sorted out below
+                continue
+            issues.append(Issue(path + (name,), f"unknown key{did_you_mean(name, _fields(tp))}"))
             failed = True
             continue
         f = names[name]
@@ -213,6 +271,14 @@ def _convert_dataclass(tp: Any, value: Any, path: Path, issues: list[Issue]) -> 
             continue
         try:
             kwargs[f.name] = convert(hints[f.name], raw_value, path + (name,), issues)
+        except _Invalid:
+            failed = True
+    if variants is not None:
+        try:
+            given = any(names[str(k)].name == variants.discriminator
+                        for k in value if str(k) in names)
+            kwargs[variants.field] = _convert_variant(tp, variants, kwargs, extra, given, path,
+                                                      issues)
         except _Invalid:
             failed = True
     for f in dataclasses.fields(tp):
@@ -228,6 +294,48 @@ def _convert_dataclass(tp: Any, value: Any, path: Path, issues: list[Issue]) -> 
         issues.extend(found)
         raise _Invalid
     return obj
+
+
+def _convert_variant(tp: Any, variants: Variants, kwargs: dict[str, Any], extra: dict[str, Any],
+                     given: bool, path: Path, issues: list[Issue]) -> Any:
+    """The variant object, from the keys that `tp` does not declare (None: no variant).
+    `given`: the discriminator was written (when it is not in `kwargs`, it failed to read)."""
+    disc = variants.discriminator
+    default = next(f.default for f in dataclasses.fields(tp) if f.name == disc)
+    chosen = kwargs.get(disc, None if given or default is MISSING else default)
+    names = variants.names()
+    valid = chosen in names
+    if disc in kwargs and not valid:
+        choices = ", ".join(repr(n) for n in names)
+        issues.append(Issue(path + (disc,), f"expected one of {choices}, got {chosen!r}"
+                            f"{did_you_mean(str(chosen), names)}"))
+    cls = variants.resolve(str(chosen)) if valid else None
+    own = _key_names(cls) if cls is not None else {}
+    others: dict[str, list[str]] = {}  # keys of the other variants, with whose they are
+    if any(name not in own for name in extra):  # (only then every variant is looked up)
+        for name, other in variants.classes().items():
+            if other is not cls:
+                for key_name in _key_names(other):
+                    others.setdefault(key_name, []).append(name)
+    failed = False
+    mine: dict[str, Any] = {}
+    for name, raw in extra.items():
+        if name in own:
+            mine[name] = raw
+        elif name in others and valid:
+            owners = "/".join(others[name])
+            issues.append(Issue(path + (name,), f"'{name}' is a {owners} key; "
+                                f"{variants.owner} is {disc} {chosen}"))
+            failed = True
+        elif valid or name not in others:  # (an invalid discriminator is reported already)
+            mine_too = [cls] if cls is not None else [] if valid else variants.classes().values()
+            options = _fields(tp) + [k for c in mine_too for k in _fields(c)]
+            issues.append(Issue(path + (name,), f"unknown key{did_you_mean(name, options)}"))
+            failed = True
+    result = _convert_dataclass(cls, mine, path, issues) if cls is not None else None
+    if failed:
+        raise _Invalid
+    return result
 
 
 def build(tp: Any, value: Any) -> tuple[Any, list[Issue]]:
@@ -266,15 +374,25 @@ def json_schema(tp: Any, *, partial: bool = False) -> dict[str, Any]:
     return {"type": {str: "string", int: "integer", float: "number", bool: "boolean"}[tp]}
 
 
+def _field_schema(f: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
+    sub = json_schema(hint)
+    sub["description"] = f.metadata.get("doc", "")
+    if f.default is not MISSING and isinstance(f.default, str | int | float | bool):
+        sub["default"] = f.default
+    return sub
+
+
 def _dataclass_schema(tp: Any, partial: bool) -> dict[str, Any]:
     hints = get_type_hints(tp)
+    variants = variants_of(tp)
     props: dict[str, Any] = {}
     required = []
     for f in dataclasses.fields(tp):
-        sub = json_schema(hints[f.name])
-        sub["description"] = f.metadata.get("doc", "")
-        if f.default is not MISSING and isinstance(f.default, str | int | float | bool):
-            sub["default"] = f.default
+        if variants is not None and f.name == variants.field:
+            continue
+        sub = _field_schema(f, hints[f.name])
+        if variants is not None and f.name == variants.discriminator:
+            sub = {"enum": variants.names(), **{k: v for k, v in sub.items() if k != "type"}}
         props[f.name] = sub
         for alias in f.metadata.get("aliases", ()):
             props[alias] = {**sub, "description": f"Alias of `{f.name}`."}
@@ -289,6 +407,11 @@ def _dataclass_schema(tp: Any, partial: bool) -> dict[str, Any]:
         schema["description"] = " ".join(tp.__doc__.split())
     if required:
         schema["required"] = required
+    if variants is not None:
+        owners = _variant_properties(variants, props)
+        rules = _variant_rules(tp, variants, owners)
+        if rules and not partial:  # (a partial mapping, e.g. a profile's override, lacks `kind`)
+            schema["allOf"] = rules
     for name, alternative in getattr(tp, "FIELD_SHORTHANDS", {}).items():
         sub = props[name]
         props[name] = {"anyOf": [{k: v for k, v in sub.items() if k != "description"},
@@ -297,3 +420,49 @@ def _dataclass_schema(tp: Any, partial: bool) -> dict[str, Any]:
     if short is not None:
         return {"anyOf": [schema, short], "description": schema.get("description", "")}
     return schema
+
+
+def _variant_properties(variants: Variants, props: dict[str, Any]) -> dict[str, list[str]]:
+    """Add every variant's keys to `props`, each described with the variants it belongs to
+    ("<variant>: …"); returns which variants declare each key."""
+    found: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, cls in variants.classes().items():
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            sub = _field_schema(f, hints[f.name])
+            found.setdefault(f.name, []).append((name, sub))
+            for alias in f.metadata.get("aliases", ()):
+                found.setdefault(alias, []).append(
+                    (name, {**sub, "description": f"Alias of `{f.name}`."}))
+    for key_name, entries in found.items():
+        docs: dict[str, list[str]] = {}
+        bodies: list[dict[str, Any]] = []
+        for name, sub in entries:
+            docs.setdefault(sub["description"], []).append(name)
+            body = {k: v for k, v in sub.items() if k not in ("description", "default")}
+            if body not in bodies:
+                bodies.append(body)
+        merged: dict[str, Any] = bodies[0] if len(bodies) == 1 else {"anyOf": bodies}
+        merged["description"] = " ".join(f"{'/'.join(names)}: {doc}"
+                                         for doc, names in docs.items())
+        defaults = [sub.get("default", MISSING) for _, sub in entries]
+        if defaults[0] is not MISSING and all(d == defaults[0] for d in defaults):
+            merged["default"] = defaults[0]
+        props[key_name] = merged
+    return {key_name: [name for name, _ in entries] for key_name, entries in found.items()}
+
+
+def _variant_rules(tp: Any, variants: Variants, owners: dict[str, list[str]]
+                   ) -> list[dict[str, Any]]:
+    """For each discriminator value, the other variants' keys are not allowed."""
+    default = next(f.default for f in dataclasses.fields(tp) if f.name == variants.discriminator)
+    rules = []
+    for name in variants.names():
+        banned = sorted(k for k, names in owners.items() if name not in names)
+        if not banned:
+            continue
+        when: dict[str, Any] = {"properties": {variants.discriminator: {"const": name}}}
+        if name != default:  # the default also applies when the discriminator is not written
+            when["required"] = [variants.discriminator]
+        rules.append({"if": when, "then": {"properties": dict.fromkeys(banned, False)}})
+    return rules

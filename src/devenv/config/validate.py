@@ -38,14 +38,14 @@ def semantic_issues(project: Project, root: Path, known: set[str] | None = None
                 issues.append(Issue(at + ("depends_on", dep), f"waits for '{dep}' to complete, "
                                     f"but '{dep}' has restart: always; give it restart: no"))
             elif (database := svc.depends_on[dep].database) is not None:
-                target = project.services[dep]
-                if target.kind != "postgres":
+                choices = project.services[dep].targets(dep)
+                if not choices:
                     issues.append(Issue(at + ("depends_on", dep, "database"),
-                                        f"'{dep}' is not a postgres service"))
-                elif database not in databases_of(dep, target.databases):
+                                        f"'{dep}' has no databases to choose from"))
+                elif database not in choices:
                     issues.append(Issue(at + ("depends_on", dep, "database"),
                                         f"'{dep}' has no database '{database}'"
-                                        f"{did_you_mean(database, target.databases)}"))
+                                        f"{did_you_mean(database, choices)}"))
         if svc.port is not None:
             if not 1 <= svc.port <= 65535:
                 issues.append(Issue(at + ("port",), f"{svc.port} is not a port (1-65535)"))
@@ -106,11 +106,6 @@ def _valid_name(name: str) -> bool:
         and name == name.lower()
 
 
-def databases_of(service: str, declared: list[str]) -> list[str]:
-    """A postgres service's databases; the first is the default one."""
-    return list(declared) or [service.replace("-", "_")]
-
-
 def _dataset_issues(project: Project, root: Path) -> list[Issue]:
     issues = []
     for name, dataset in project.datasets.items():
@@ -123,8 +118,7 @@ def _dataset_issues(project: Project, root: Path) -> list[Issue]:
                 issues.append(Issue(at, f"'{service}' is not a data service"
                                     f"{did_you_mean(service, data)}"))
                 continue
-            if database and (svc.kind != "postgres"
-                             or database not in databases_of(service, svc.databases)):
+            if database and database not in svc.targets(service):
                 issues.append(Issue(at, f"'{service}' has no database '{database}'"))
             for i, file in enumerate(files):
                 if not (root / file).is_file():

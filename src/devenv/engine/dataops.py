@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from devenv import data as kinds
 from devenv.config.load import Loaded
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
-from devenv.data import kind_of
 from devenv.data.datasets import Target, load_files
 from devenv.data.snapshots import Snapshot, SnapshotStore, now_manifest
 from devenv.engine.reconciler import Engine
@@ -102,8 +102,8 @@ class DataOps:
             async def one(svc: str, runner: ServiceRunner) -> None:
                 data = runner.plan.data
                 assert data is not None
-                version = await kind_of(data.spec.kind).snapshot(data, staging / svc)
-                manifest["services"][svc] = {"kind": data.spec.kind, "version": version}
+                version = await kinds.snapshot(data, staging / svc)
+                manifest["services"][svc] = {"kind": data.kind, "version": version}
 
             # every data service at the same moment, while the services keep running
             await asyncio.gather(*(one(n, r) for n, r in runners.items()))
@@ -148,9 +148,7 @@ class DataOps:
             if runner is None or runner.plan.data is None:
                 raise UsageError(f"dataset '{dataset}' loads into '{service}', which is not "
                                  "running", hint=f"devenv up --services {service}")
-            data = runner.plan.data
-            url = kind_of(data.spec.kind).url(data, database or None)
-            targets[key] = Target(service, data.spec.kind, url)
+            targets[key] = Target(runner.plan.data, database or None)
         guard = None
         if spec.script is not None:  # a script cannot be rolled back: snapshot first
             guard = f"before-{dataset}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S-%f')}"
@@ -178,14 +176,14 @@ class DataOps:
             if runner is None or runner.plan.data is None:
                 raise UsageError(f"snapshot '{name}' holds data of '{svc}', which is not a "
                                  "running data service here")
-            if runner.plan.data.spec.kind != entry["kind"]:
+            if runner.plan.data.kind != entry["kind"]:
                 raise UsageError(f"snapshot '{name}' holds {entry['kind']} data for "
-                                 f"'{svc}', which is {runner.plan.data.spec.kind} here")
+                                 f"'{svc}', which is {runner.plan.data.kind} here")
 
         async def one(svc: str) -> None:
             data = runners[svc].plan.data
             assert data is not None
-            await asyncio.to_thread(kind_of(data.spec.kind).restore, data, snap.path / svc)
+            await asyncio.to_thread(kinds.restore, data, snap.path / svc)
 
         touched = {s: runners[s] for s in snap.manifest["services"]}
         async with self.engine.offline(touched):
@@ -201,9 +199,8 @@ class DataOps:
         for name, runner in runners.items():
             data = runner.plan.data
             assert data is not None
-            kind = kind_of(data.spec.kind)
-            env.setdefault(kind.url_var, kind.url(data))
-            env[url_var(name)] = kind.url(data)
+            env.setdefault(kinds.url_var(data.kind), kinds.url(data))
+            env[url_var(name)] = kinds.url(data)
         runtime = next(iter(runners.values())).runtime
         spec = InstanceSpec(service="dataset", replica=0, command=(), env=env, workdir=".",
                             wants_port=False)

@@ -11,7 +11,7 @@ import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
-from devenv.data import kind_of
+from devenv import data as kinds
 from devenv.engine.context import Context
 from devenv.engine.events import Reloaded, StateChanged
 from devenv.engine.health import probe
@@ -233,8 +233,7 @@ class ServiceRunner:
             self._set(rep, State.STARTING)
             try:
                 if rep.plan.data:
-                    await asyncio.to_thread(kind_of(rep.plan.data.spec.kind).prepare,
-                                            rep.plan.data)
+                    await asyncio.to_thread(kinds.prepare, rep.plan.data)
                 rep.instance = await self.runtime.start(spec)
             except Exception as exc:
                 rep.instance = None
@@ -246,7 +245,7 @@ class ServiceRunner:
             pump = asyncio.create_task(self._pump(rep, rep.instance))
             exit_task = asyncio.create_task(rep.instance.wait())
             ready = await self._until_ready(rep, spec, exit_task)
-            if ready and rep.plan.data and not rep.plan.data.fresh_marker.exists():
+            if ready and rep.plan.data and not rep.plan.data.provisioned:
                 ready = await self._provision(rep)
             watcher = None
             if ready:
@@ -329,13 +328,12 @@ class ServiceRunner:
         data = rep.plan.data
         assert data is not None and rep.instance is not None and rep.instance.endpoint
         try:
-            await kind_of(data.spec.kind).provision(data, rep.instance.endpoint[1])
+            await kinds.provision(data, rep.instance.endpoint[1])
         except Exception as exc:
             rep.gave_up = True
             self._set(rep, State.FAILED, f"provisioning failed: {exc}")
             self._event(rep, rep.detail)
             return False
-        data.fresh_marker.write_text("provisioned\n")
         self._event(rep, "provisioned fresh data")
         return True
 
