@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,57 +17,15 @@ import psutil
 # services the benchmarks start run with this virtualenv's python (and uvicorn) first on PATH
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
 
-# The ports the benchmarks give services and ingresses come from a fixed range below the
-# kernel's ephemeral range. Binding port 0 would draw from the ephemeral range, which is where
-# the engine's instance ports, its health probes and every outgoing connection draw from too:
-# such a port can be taken again before the service binds it. (The tests use 20000-24999, so
-# a benchmark run and a test run never share a port.)
-PORTS = range(25000, 30000)
-EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from ports import BENCHES, PortRange  # noqa: E402 - shared with the tests
 
-
-def _ephemeral_low() -> int | None:
-    try:
-        return int(EPHEMERAL.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-if (_low := _ephemeral_low()) is not None and PORTS.stop > _low:
-    raise RuntimeError(f"benchmark ports {PORTS.start}-{PORTS.stop - 1} overlap the ephemeral "
-                       f"range (from {_low}, {EPHEMERAL}); move PORTS in bench/_common.py")
-
-
-def _bindable(port: int) -> bool:
-    """Nothing listens on, or still holds, 127.0.0.1:port (SO_REUSEADDR off: a port with a
-    connection in TIME_WAIT fails too)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-_cursor = random.Random(os.getpid()).randrange(len(PORTS))  # two runs at once start far apart
-_given: set[int] = set()
+_PORTS = PortRange(BENCHES)
 
 
 def free_ports(n: int) -> list[int]:
-    """n ports of PORTS, free now, never handed out before in this process."""
-    global _cursor
-    out: list[int] = []
-    for _ in range(len(PORTS)):
-        if len(out) == n:
-            break
-        port = PORTS[_cursor]
-        _cursor = (_cursor + 1) % len(PORTS)
-        if port not in _given and _bindable(port):
-            _given.add(port)
-            out.append(port)
-    if len(out) < n:
-        raise RuntimeError(f"no {n} free ports left in {PORTS.start}-{PORTS.stop - 1}")
-    return out
+    """n ports, free now, never handed out before in this process."""
+    return _PORTS.take(n)
 
 
 def pct(values: list[float], p: float) -> float:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,72 +21,14 @@ from typing import IO, Any
 import psutil
 import pytest
 
+from ports import TESTS, PortRange
+
 FIXTURES = Path(__file__).parent / "fixtures"
 # services started by the tests run with this virtualenv's python first on PATH
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1",
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-# The ports the tests give services, ingresses and browsers come from a fixed range below the
-# kernel's ephemeral range. Binding port 0 would draw from the ephemeral range, which is where
-# the engine's instance ports, its health probes and every outgoing connection draw from too:
-# such a port can be taken again before the service binds it. (The benchmarks use 25000-29999,
-# so a test run and a benchmark run never share a port.)
-PORTS = range(20000, 25000)
-EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
-
-
-def _ephemeral_low() -> int | None:
-    try:
-        return int(EPHEMERAL.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-if (_low := _ephemeral_low()) is not None and PORTS.stop > _low:
-    raise RuntimeError(f"test ports {PORTS.start}-{PORTS.stop - 1} overlap the ephemeral range "
-                       f"(from {_low}, {EPHEMERAL}); move PORTS in tests/conftest.py below it")
-
-
-def _bindable(port: int) -> bool:
-    """Nothing listens on, or still holds, 127.0.0.1:port (SO_REUSEADDR off: a port with a
-    connection in TIME_WAIT fails too)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-class PortRange:
-    """Hands out each port of `ports` at most once in this process: a cursor moves through the
-    range from an offset derived from the PID (two test runs at once start far apart), and a
-    port is handed out only if it can be bound right now."""
-
-    def __init__(self, ports: range, pid: int):
-        self.ports = ports
-        self._cursor = random.Random(pid).randrange(len(ports))
-        self._given: set[int] = set()
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> list[int]:
-        out: list[int] = []
-        with self._lock:
-            for _ in range(len(self.ports)):
-                if len(out) == n:
-                    break
-                port = self.ports[self._cursor]
-                self._cursor = (self._cursor + 1) % len(self.ports)
-                if port not in self._given and _bindable(port):
-                    self._given.add(port)
-                    out.append(port)
-        if len(out) < n:
-            raise RuntimeError(f"no {n} free ports left in {self.ports.start}-"
-                               f"{self.ports.stop - 1}")
-        return out
-
-
-_PORTS = PortRange(PORTS, os.getpid())
+_PORTS = PortRange(TESTS)
 
 
 def free_ports(n: int) -> list[int]:
