@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
-from devenv.runtime.base import InstanceSpec
 from devenv.wire import (
     EnvironmentStatus,
     LoadResult,
@@ -29,19 +26,76 @@ from devenv.wire import (
     from_json,
 )
 
+if TYPE_CHECKING:
+    from devenv.runtime.base import InstanceSpec
+
 START_TIMEOUT = 15.0
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float | None):
-        super().__init__("engine", timeout=timeout)
-        self._path = str(path)
+class EngineGone(DevenvError):
+    def __init__(self) -> None:
+        super().__init__("the engine stopped answering (it exited or was killed)",
+                         hint="see `devenv status`; `devenv up` starts it again")
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
+
+class _Response:
+    """One HTTP/1.1 answer read off the control socket: the status, then the body (sized,
+    chunked, or to the end of the connection), whole or line by line. Plain sockets, not
+    http.client: its imports cost more than the rest of a `devenv status`."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._file = sock.makefile("rb")
+        parts = self._file.readline(65537).split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            self.close()
+            raise EngineGone()
+        self.status = int(parts[1])
+        self.headers: dict[str, str] = {}
+        while (line := self._file.readline(65537)) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+
+    def _chunks(self) -> Iterator[bytes]:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            while True:
+                line = self._file.readline(1024)
+                if not line:
+                    raise EngineGone()  # cut off before the last chunk
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    return
+                chunk = self._file.read(size)
+                if len(chunk) < size:
+                    raise EngineGone()
+                yield chunk
+                self._file.readline(3)
+        elif "content-length" in self.headers:
+            yield self._file.read(int(self.headers["content-length"]))
+        else:
+            while chunk := self._file.read1(65536):
+                yield chunk
+
+    def read(self) -> bytes:
+        try:
+            return b"".join(self._chunks())
+        finally:
+            self.close()
+
+    def lines(self) -> Iterator[bytes]:
+        try:
+            pending = b""
+            for chunk in self._chunks():
+                *lines, pending = (pending + chunk).split(b"\n")
+                yield from lines
+            if pending:
+                yield pending
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._file.close()
+        self._sock.close()
 
 
 class EngineNotRunning(DevenvError):
@@ -58,15 +112,23 @@ class Client:
     # ---- plumbing
 
     def _request(self, method: str, path: str, body: Any = None, timeout: float | None = 30.0
-                 ) -> http.client.HTTPResponse:
-        conn = _UnixConnection(self.state.socket, timeout)
-        payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload else {}
+                 ) -> _Response:
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = (f"{method} {path} HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
         try:
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
+            sock.connect(str(self.state.socket))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
             raise EngineNotRunning(self.root) from exc
+        try:
+            sock.sendall(head.encode() + payload)
+            response = _Response(sock)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            sock.close()
+            raise EngineGone() from exc
         if response.status >= 400:
             raw = response.read()
             try:
@@ -87,8 +149,7 @@ class Client:
         return json.loads(self._request(method, path, body, timeout).read())
 
     def _stream(self, method: str, path: str, body: Any = None) -> Iterator[dict[str, Any]]:
-        response = self._request(method, path, body, timeout=None)
-        for raw in response:
+        for raw in self._request(method, path, body, timeout=None).lines():
             if raw.strip():
                 yield json.loads(raw)
 
@@ -133,7 +194,11 @@ class Client:
 
     def exec_target(self, service: str) -> tuple[str, InstanceSpec]:
         """The runtime and spec the running environment gives `devenv exec SERVICE`."""
-        data = self._json("GET", "/v1/exec/" + urllib.parse.quote(service, safe=""))
+        from urllib.parse import quote
+
+        from devenv.runtime.base import InstanceSpec
+
+        data = self._json("GET", "/v1/exec/" + quote(service, safe=""))
         return data["runtime"], from_json(InstanceSpec, data["spec"])
 
     def snapshot_save(self, name: str) -> SnapshotSummary:
@@ -154,6 +219,8 @@ class Client:
 
     def logs(self, services: list[str], *, follow: bool, since: float | None, tail: int | None,
              startup: bool, verbose: bool) -> Iterator[LogLine]:
+        from urllib.parse import urlencode
+
         query: list[tuple[str, str]] = [("service", s) for s in services]
         if follow:
             query.append(("follow", "1"))
@@ -165,7 +232,7 @@ class Client:
             query.append(("startup", "1"))
         if verbose:
             query.append(("verbose", "1"))
-        for item in self._stream("GET", "/v1/logs?" + urllib.parse.urlencode(query)):
+        for item in self._stream("GET", "/v1/logs?" + urlencode(query)):
             yield from_json(LogLine, item)
 
     # ---- starting the engine

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from devenv import data as kinds
-from devenv.config.graph import closure, start_order
+from devenv.config.graph import select
 from devenv.config.load import Loaded, read_dotenv
 from devenv.config.model import HealthCheck, Route, Service, Watch
-from devenv.core.errors import UsageError
 from devenv.core.paths import StateDir
 from devenv.core.secrets import looks_secret
 from devenv.data.base import DataService
@@ -146,25 +145,6 @@ def exec_spec(plan: ServicePlan) -> InstanceSpec:
         env["SERVICE_URL"] = f"http://{HOST}:{plan.port}"
     return InstanceSpec(service=plan.name, replica=0, command=(), env=env,
                         workdir=plan.workdir, wants_port=False)
-
-
-def select(loaded: Loaded, services: Iterable[str] = ()) -> tuple[str, ...]:
-    """Services asked for (or the profile's, or all), plus their dependencies, in start order."""
-    project = loaded.project
-    asked = list(services)
-    if not asked and loaded.profile:
-        asked = list(project.profiles[loaded.profile].services)
-    for name in asked:
-        if name not in project.services:
-            from devenv.config.schema import did_you_mean
-
-            raise UsageError(
-                f"no service '{name}'{did_you_mean(name, project.services)}",
-                hint="services: " + ", ".join(project.services),
-            )
-    deps = {n: list(s.depends_on) for n, s in project.services.items()}
-    chosen = closure(deps, asked) if asked else set(project.services)
-    return tuple(start_order(deps, chosen))
 
 
 def make_plan(loaded: Loaded, services: Iterable[str] = ()) -> Plan:

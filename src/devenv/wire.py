@@ -8,6 +8,7 @@ and back; keys are only ever added.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 from datetime import UTC, datetime
 from enum import Enum, StrEnum
@@ -253,6 +254,12 @@ def from_json(tp: type[T], data: Any) -> T:
     return result
 
 
+@functools.cache
+def _hints(tp: type) -> tuple[dict[str, Any], frozenset[str]]:
+    """A dataclass's field types and the names its constructor takes (worked out once)."""
+    return get_type_hints(tp), frozenset(f.name for f in dataclasses.fields(tp) if f.init)
+
+
 def _convert(tp: Any, data: Any) -> Any:
     origin = get_origin(tp)
     if data is None:
@@ -272,7 +279,6 @@ def _convert(tp: Any, data: Any) -> Any:
         except ValueError:
             return data  # a value a newer engine added: kept as text
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        hints = get_type_hints(tp)
-        known = {f.name for f in dataclasses.fields(tp) if f.init}
+        hints, known = _hints(tp)
         return tp(**{k: _convert(hints[k], v) for k, v in data.items() if k in known})
     return data

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from devenv.core.errors import UsageError
+
+if TYPE_CHECKING:
+    from devenv.config.load import Loaded
 
 
 def find_cycle(deps: Mapping[str, Sequence[str]]) -> list[str] | None:
@@ -59,3 +65,22 @@ def start_order(deps: Mapping[str, Sequence[str]], only: Iterable[str] | None = 
     for node in deps:
         visit(node)
     return done
+
+
+def select(loaded: Loaded, services: Iterable[str] = ()) -> tuple[str, ...]:
+    """Services asked for (or the profile's, or all), plus their dependencies, in start order."""
+    project = loaded.project
+    asked = list(services)
+    if not asked and loaded.profile:
+        asked = list(project.profiles[loaded.profile].services)
+    for name in asked:
+        if name not in project.services:
+            from devenv.config.schema import did_you_mean
+
+            raise UsageError(
+                f"no service '{name}'{did_you_mean(name, project.services)}",
+                hint="services: " + ", ".join(project.services),
+            )
+    deps = {n: list(s.depends_on) for n, s in project.services.items()}
+    chosen = closure(deps, asked) if asked else set(project.services)
+    return tuple(start_order(deps, chosen))

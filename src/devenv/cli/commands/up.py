@@ -13,7 +13,7 @@ from rich.table import Table
 from devenv.cli.commands._common import load_project
 from devenv.cli.output import err, out, print_json, seconds, service_color, state_text
 from devenv.client import Client
-from devenv.plan import select
+from devenv.config.graph import select
 from devenv.wire import UpResult, to_json
 
 
