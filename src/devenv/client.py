@@ -238,24 +238,47 @@ class Client:
     # ---- starting the engine
 
     def ensure_engine(self) -> None:
-        """Reach the project's engine, starting it when none runs."""
+        """Reach the project's engine, starting it when none runs. While it starts, a marker
+        says so, so that a `stop` meanwhile waits for it instead of missing it."""
         if self.running():
             return
         self.state.ensure()
-        with open(self.state.engine_log, "a") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "devenv.engine", str(self.root)], cwd=self.root,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.running():
-                return
-            code = proc.poll()
-            if code not in (None, 0):
-                break
-            time.sleep(0.02)
+        starting = self.state.run / "starting"
+        starting.write_text(str(os.getpid()))
+        try:
+            with open(self.state.engine_log, "a") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "devenv.engine", str(self.root)], cwd=self.root,
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                if self.running():
+                    return
+                code = proc.poll()
+                if code not in (None, 0):
+                    break
+                time.sleep(0.02)
+        finally:
+            starting.unlink(missing_ok=True)
         tail = self.state.engine_log.read_text(errors="replace").splitlines()[-15:]
         raise DevenvError("the engine did not start", details=tail,
                           hint=f"see {self.state.engine_log}")
+
+    def reachable(self) -> bool:
+        """Running, or being started by another devenv right now (then wait for it)."""
+        if self.running():
+            return True
+        starting = self.state.run / "starting"
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                pid = int(starting.read_text())
+                os.kill(pid, 0)
+            except (OSError, ValueError):
+                return self.running()  # no start in progress (or it just finished)
+            if self.running():
+                return True
+            time.sleep(0.02)
+        return self.running()

@@ -9,6 +9,7 @@ never a kind by name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -20,6 +21,7 @@ from devenv.config.model import HealthCheck
 from devenv.core.errors import DevenvError
 
 HOST = "127.0.0.1"
+TOOL_TIMEOUT = 600.0  # a snapshot of a large database can take minutes; never forever
 
 S = TypeVar("S")
 
@@ -166,13 +168,25 @@ def as_non_root(argv: list[str]) -> list[str]:
     return [unshare, "--user", "--map-user=1000", "--map-group=1000", *argv]
 
 
-async def run_tool(argv: list[str], env: dict[str, str] | None = None, what: str = "") -> str:
-    """Run a helper (initdb, pg_basebackup, …) to completion; its output, or an error."""
+async def run_tool(argv: list[str], env: dict[str, str] | None = None, what: str = "",
+                   timeout: float = TOOL_TIMEOUT) -> str:
+    """Run a helper (initdb, pg_basebackup, …) to completion within `timeout`; its output, or
+    an error that says what it waited for. Cancelled or timed out, the helper is killed."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env={**os.environ, **(env or {})},
     )
-    out, _ = await proc.communicate()
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        raise DevenvError(f"{what or argv[0]} did not finish within {timeout:g}s; it was "
+                          "stopped", hint="see `devenv status` and `devenv logs` of the data "
+                          "service") from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
     text = out.decode(errors="replace")
     if proc.returncode != 0:
         raise DevenvError(f"{what or argv[0]} failed (exit code {proc.returncode})",

@@ -38,6 +38,7 @@ from devenv.wire import (
 
 CPU_WINDOW = 0.25
 WATCH_READY_TIMEOUT = 10.0
+CANCEL_TIMEOUT = 5.0
 
 
 class Environment:
@@ -53,6 +54,7 @@ class Environment:
         self.environ: dict[str, str] | None = None  # the caller's, for ${VAR}
         self.watching = False
         self.started = time.time()
+        self._work: set[asyncio.Task[object]] = set()  # `up`s in flight: `stop` cancels them
 
     @property
     def project(self) -> str:
@@ -62,6 +64,17 @@ class Environment:
 
     async def up(self, services: list[str], profile: str | None, environ: dict[str, str] | None,
                  watch: bool, progress: Callable[[Progress], None]) -> UpResult:
+        task = asyncio.current_task()
+        assert task is not None
+        self._work.add(task)
+        try:
+            return await self._up(services, profile, environ, watch, progress)
+        finally:
+            self._work.discard(task)
+
+    async def _up(self, services: list[str], profile: str | None,
+                  environ: dict[str, str] | None, watch: bool,
+                  progress: Callable[[Progress], None]) -> UpResult:
         self.environ = environ
         loaded = await asyncio.to_thread(load, self.root, profile, environ=environ)
         plan = make_plan(loaded, services)
@@ -93,14 +106,28 @@ class Environment:
         return self.watcher.update(specs)
 
     async def stop(self, persist_data: bool) -> StopResult:
+        await self._cancel_work()
         names = list(self.engine.runners)
         outcome = await self.data.before_stop(self.project, persist_data)
-        self.watcher.stop()
-        await self.engine.stop_all()
+        await self.halt()
         await self.data.after_stop(outcome)
         self.shutdown.set()
         return StopResult(ok=True, stopped=names, snapshot=outcome.snapshot, data=outcome.data,
                           warning=outcome.warning)
+
+    async def halt(self) -> None:
+        """Stop everything now (`stop`, SIGTERM, the project folder gone): what is in flight
+        is cancelled first, so nothing waits on a start that would take long."""
+        await self._cancel_work()
+        self.watcher.stop()
+        await self.engine.stop_all()
+
+    async def _cancel_work(self) -> None:
+        work = [t for t in [*self._work, *self.reloader.tasks] if t is not asyncio.current_task()]
+        for task in work:
+            task.cancel()
+        if work:
+            await asyncio.wait(work, timeout=CANCEL_TIMEOUT)
 
     # ---- reading
 
@@ -148,6 +175,10 @@ class Environment:
 
     async def scale(self, counts: dict[str, int]) -> OpResult:
         self.known(list(counts))
+        data = [n for n, c in counts.items() if c > 1 and self.engine.runners[n].plan.data]
+        if data:
+            raise UsageError(f"{', '.join(data)}: a data service runs exactly one server on its "
+                             "data; it cannot be scaled", hint="scale the services that use it")
         return await self.engine.scale(counts)
 
     def known(self, names: list[str]) -> None:

@@ -50,8 +50,7 @@ async def serve(root: Path, state: StateDir, runtimes: Runtimes) -> None:
     print(f"engine {os.getpid()} serving {root}", flush=True)
     await shutdown.wait()
     watchdog.cancel()
-    env.watcher.stop()
-    await engine.stop_all()
+    await env.halt()
     await env.routing.close()
     await asyncio.sleep(0.05)  # let the answer to `stop` reach the client
     await runner.cleanup()

@@ -57,14 +57,15 @@ class DataOps:
         return {n: r for n, r in self.engine.runners.items() if r.plan.data is not None}
 
     @asynccontextmanager
-    async def _held(self, healthy: bool = True) -> AsyncIterator[dict[str, ServiceRunner]]:
+    async def _held(self, doing: str, healthy: bool = True
+                    ) -> AsyncIterator[dict[str, ServiceRunner]]:
         """Every data service's runner, locked; with `healthy`, each must be serving."""
         names = list(self.data_runners())
         if not names:
             raise UsageError("no data service is running",
                              hint="start the environment (with its data services) with "
                              "`devenv up`")
-        async with self.engine.holding(names) as runners:
+        async with self.engine.holding(names, doing) as runners:
             down = [n for n, r in runners.items() if r.ready < 1]
             if healthy and down:
                 raise DevenvError(f"data service(s) not healthy: {', '.join(down)}",
@@ -90,7 +91,7 @@ class DataOps:
     # ---- snapshots
 
     async def save(self, name: str, project: str, automatic: bool = False) -> Snapshot:
-        async with self._held() as runners:
+        async with self._held(f"snapshot {name}") as runners:
             return await self._save(runners, name, project, automatic)
 
     async def _save(self, runners: dict[str, ServiceRunner], name: str, project: str,
@@ -113,12 +114,13 @@ class DataOps:
             raise
 
     async def restore(self, name: str) -> Snapshot:
-        async with self._held(healthy=False) as runners:
+        async with self._held(f"restore of {name}", healthy=False) as runners:
             return await self._restore(runners, name)
 
     async def reset(self) -> list[str]:
         """Every data service back to fresh, provisioned, empty data."""
-        async with self._held(healthy=False) as runners, self.engine.offline(runners):
+        async with self._held("data reset", healthy=False) as runners, \
+                self.engine.offline(runners):
             for runner in runners.values():
                 assert runner.plan.data is not None
                 await asyncio.to_thread(_remove, runner.plan.data.folder)
@@ -135,7 +137,7 @@ class DataOps:
             raise UsageError(f"no dataset '{dataset}'"
                              f"{did_you_mean(dataset, loaded.project.datasets)}",
                              hint="datasets: " + (", ".join(loaded.project.datasets) or "none"))
-        async with self._held() as runners:
+        async with self._held(f"dataset load {dataset}") as runners:
             return await self._load(runners, loaded, dataset, environ or dict(os.environ))
 
     async def _load(self, runners: dict[str, ServiceRunner], loaded: Loaded, dataset: str,
@@ -220,7 +222,7 @@ class DataOps:
             return StopOutcome("none")
         if persist:
             return StopOutcome("kept")
-        keep = self.engine.plan.keep_automatic if self.engine.plan else 3
+        keep = max(self.engine.plan.keep_automatic if self.engine.plan else 3, 1)  # this one
         name = "auto-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
         try:
             await self.save(name, project, automatic=True)

@@ -35,6 +35,7 @@ from devenv.wire import (
 ProgressSink = Callable[[Progress], None]
 LOG_TAIL = 15
 COME_BACK_TIMEOUT = 120.0  # a service taken offline (data restore) must be healthy again
+LOCK_TIMEOUT = 300.0  # the longest any operation waits for another on the same service
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,8 @@ class Engine:
             for act in actions:
                 if act.kind == ActionKind.REMOVE:
                     progress(Progress(act.service, "removing"))
-                    runner = self.runners.pop(act.service)
-                    async with runner.lock:
-                        await runner.close()
+                    async with self.holding([act.service], "removal"):
+                        await self.runners.pop(act.service).close()
             todo = {a.service: a for a in actions if a.kind != ActionKind.REMOVE}
             await self._open_addresses(plan, todo)
             self.plan = plan
@@ -149,7 +149,7 @@ class Engine:
                 started_s = round(self.ctx.clock() - t0, 3)
                 progress(Progress(name, State.STARTING, action=act.kind))
             created[name].set()
-            async with runner.lock:
+            async with self.holding([name], "up"):
                 if act.kind == ActionKind.REPLACE and not await runner.replace(want):
                     kept = "new instance failed; the previous one keeps serving"
                     done(False, runner.state, kept, logs=self._tail(runner))
@@ -190,12 +190,24 @@ class Engine:
     # ---- other mutations: each under the locks of the services it touches
 
     @contextlib.asynccontextmanager
-    async def holding(self, names: Iterable[str]) -> AsyncIterator[dict[str, ServiceRunner]]:
-        """The named services' runners, with their locks held (taken in name order)."""
+    async def holding(self, names: Iterable[str], doing: str,
+                      timeout: float = LOCK_TIMEOUT) -> AsyncIterator[dict[str, ServiceRunner]]:
+        """The named services' runners, with their locks held (taken in name order) for
+        `doing`; waiting longer than `timeout` for one fails, naming what holds it."""
         runners = {n: self.runners[n] for n in sorted(set(names)) if n in self.runners}
         async with contextlib.AsyncExitStack() as stack:
-            for runner in runners.values():
-                await stack.enter_async_context(runner.lock)
+            for name, runner in runners.items():
+                try:
+                    await asyncio.wait_for(runner.lock.acquire(), timeout)
+                except TimeoutError:
+                    raise DevenvError(f"{name} is busy ({runner.doing or 'another operation'}) "
+                                      f"and did not become free within {timeout:g}s; "
+                                      f"nothing was done for {doing}",
+                                      hint="try again when it is done (`devenv status`)"
+                                      ) from None
+                stack.callback(runner.lock.release)
+                runner.doing = doing
+                stack.callback(setattr, runner, "doing", "")
             yield runners
 
     @contextlib.asynccontextmanager
@@ -219,15 +231,15 @@ class Engine:
         order += [n for n in names if n not in order]
         failed = {}
         for name in order:
-            async with self.holding([name]) as held:
-                await held[name].restart()
-            reason = await self.runners[name].wait_condition(Condition.UP)
+            async with self.holding([name], "restart") as held:
+                reason = await held[name].roll()
+            reason = reason or await self.runners[name].wait_condition(Condition.UP)
             if reason:
                 failed[name] = reason
         return OpResult(ok=not failed, failed=failed)
 
     async def scale(self, counts: dict[str, int]) -> OpResult:
-        async with self.holding(counts) as held:
+        async with self.holding(counts, "scale") as held:
             for name, count in counts.items():
                 self.scaled[name] = count
                 await held[name].scale(count)
@@ -248,7 +260,7 @@ class Engine:
                 for other, runner in runners.items():
                     if name in runner.plan.depends_on:
                         await done[other].wait()
-                async with runners[name].lock:
+                async with self.holding([name], "stop"):
                     await runners[name].close()
                 done[name].set()
 

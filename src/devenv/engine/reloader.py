@@ -47,7 +47,7 @@ class Reloader:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._states: dict[str, _State] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks: set[asyncio.Task[None]] = set()  # reloads in flight
 
     def trigger(self, service: str, files: list[str], seen: float) -> None:
         runner = self.engine.runners.get(service)
@@ -59,8 +59,8 @@ class Reloader:
             return
         state.running = True
         task = asyncio.create_task(self._loop(service, files, seen))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     async def _loop(self, service: str, files: list[str], seen: float) -> None:
         state = self._states[service]
@@ -107,7 +107,7 @@ class Reloader:
                 attempt.error = f"build failed (exit code {result.code})"
                 attempt.logs = ctx.logs.mask(result.output).splitlines()[-20:]
                 return False
-        async with self.engine.holding([runner.name]):
+        async with self.engine.holding([runner.name], "reload"):
             if self.engine.runners.get(runner.name) is not runner:
                 attempt.error = "the service was stopped or replaced meanwhile"
                 return False

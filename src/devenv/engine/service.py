@@ -82,6 +82,7 @@ class ServiceRunner:
         self.address: Address | None = (
             self.runtime.address(plan.name, plan.port, self.pool) if plan.port else None)
         self.lock = asyncio.Lock()
+        self.doing = ""  # what holds the lock, to say what others wait for
         self.replicas: list[Replica] = []
         self.desired = 0
         self.restarts = 0
@@ -146,9 +147,24 @@ class ServiceRunner:
         return True
 
     async def restart(self) -> None:
+        """Stop every replica, then start them again (a gap; reload's `restart` action)."""
         old, self.replicas = self.replicas, []
         await asyncio.gather(*(self._retire(r) for r in old))
         await self.scale(self.desired)
+
+    async def roll(self) -> str | None:
+        """New replicas, with no gap: each new one healthy before the old ones drain (as a
+        reload does); if they fail, the old ones keep serving. A data service (one server on
+        its data) is stopped, then started. None when done, else why not."""
+        if self.plan.data is not None or not any(r.state == State.HEALTHY
+                                                 for r in self.replicas):
+            await self.restart()  # nothing is serving: no gap to avoid
+            return None
+        failure: list[str] = []
+        if await self.replace(self.plan, failure=failure):
+            return None
+        return (failure[0] if failure else "the new instances failed") + \
+            "; the previous ones keep serving"
 
     async def close(self) -> None:
         old, self.replicas = self.replicas, []
@@ -411,11 +427,23 @@ class ServiceRunner:
     def ready(self) -> int:
         return sum(1 for r in self.replicas if r.state == State.HEALTHY)
 
+    def _looping(self) -> Replica | None:
+        """A replica that crashed CRASH_LOOP times within its window, even if it is up again
+        right now (a service without a port or check counts as healthy the moment it starts)."""
+        now = self.ctx.clock()
+        count, window = CRASH_LOOP
+        for rep in self.replicas:
+            if sum(1 for t in rep.crashes if now - t < window) >= count:
+                return rep
+        return None
+
     @property
     def state(self) -> State:
         reps = self.replicas
         if not reps:
             return State.STOPPED
+        if self._looping() is not None:
+            return State.CRASHED
         if self.ready >= self.desired:
             return State.HEALTHY
         if all(r.state == State.COMPLETED for r in reps):
@@ -430,6 +458,10 @@ class ServiceRunner:
 
     @property
     def detail(self) -> str:
+        looping = self._looping()
+        if looping is not None and looping.state == State.HEALTHY:
+            return f"replica {looping.index}: crash loop: {len(looping.crashes)} crashes " \
+                f"within {CRASH_LOOP[1]:g}s"
         for rep in self.replicas:
             if rep.detail and rep.state not in (State.HEALTHY, State.STOPPED):
                 return f"replica {rep.index}: {rep.detail}"

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,7 +35,7 @@ from devenv.runtime.base import (
     RunResult,
     with_port,
 )
-from devenv.runtime.guardian import stop_groups
+from devenv.runtime.guardian import ENGINE_VAR, INSTANCE_VAR, kill_carrying, stop_groups
 
 LINE_LIMIT = 256 * 1024
 HOST = "127.0.0.1"
@@ -46,10 +47,37 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's, plus a future set the moment the process exits. (`Process.wait()` also
+    waits for its pipes to close, which a detached child holding them delays forever.)"""
+
+    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop):
+        super().__init__(limit=limit, loop=loop)
+        self.exited: asyncio.Future[int] = loop.create_future()
+
+    def process_exited(self) -> None:
+        transport = self._transport  # type: ignore[attr-defined]  # (super() may drop it)
+        code = transport.get_returncode() if transport else None
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(code if code is not None else -1)
+
+
+async def _spawn(argv: tuple[str, ...], **kwargs: object) -> tuple[asyncio.subprocess.Process,
+                                                                   _Protocol]:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.subprocess_exec(
+        lambda: _Protocol(LINE_LIMIT, loop), *argv, **kwargs)  # type: ignore[arg-type]
+    return asyncio.subprocess.Process(transport, protocol, loop), protocol
+
+
 class LocalInstance:
     def __init__(self, spec: InstanceSpec, proc: asyncio.subprocess.Process,
-                 port: int | None, runtime: LocalRuntime):
+                 exited: asyncio.Future[int], port: int | None, runtime: LocalRuntime,
+                 mark: str):
         self.spec = spec
+        self._exited = exited
+        self.mark = mark  # $DEVENV_INSTANCE of everything it starts
         self._proc = proc
         self._port = port
         self._runtime = runtime
@@ -83,12 +111,16 @@ class LocalInstance:
                 reader.cancel()
 
     async def _reap(self) -> None:
-        code = await self._proc.wait()
-        # The leader is gone; anything it left in its group goes with it.
+        code = await self._exited
+        # The leader is gone; anything it left goes with it: its group, and what escaped the
+        # group (a `setsid` child) but still carries the instance's mark.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._pgid, signal.SIGKILL)
+        await asyncio.to_thread(kill_carrying, INSTANCE_VAR, self.mark)
         self._runtime._forget(self._pgid)
         self._exit.set_result(code)
+
+
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exit)
@@ -150,6 +182,8 @@ class LocalRuntime:
         self.root = root
         self.state = StateDir(root)
         self.environ = dict(os.environ if environ is None else environ)
+        self.token = secrets.token_hex(8)  # $DEVENV_ENGINE of everything this engine starts
+        self._started = 0
         self._groups: dict[int, float] = {}
         self._guardian: subprocess.Popen[bytes] | None = None
 
@@ -164,38 +198,55 @@ class LocalRuntime:
         self._ensure_guardian()
         port = free_port() if spec.wants_port else None
         workdir = self.root / spec.workdir
+        self._started += 1
+        mark = f"{self.token}-{self._started}"
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *with_port(spec.command, port), cwd=workdir, env=self._env(spec, port),
+            proc, protocol = await _spawn(
+                with_port(spec.command, port), cwd=workdir,
+                env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark},
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=LINE_LIMIT,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
             )
         except OSError as exc:
             raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: {exc.strerror}",
                               hint=f"check services.{spec.service}.command") from exc
         self._remember(proc.pid)
-        return LocalInstance(spec, proc, port, self)
+        return LocalInstance(spec, proc, protocol.exited, port, self, mark)
 
     async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
                   instance: Instance | None = None) -> RunResult:
+        """A one-off command; whatever it leaves running when it exits (or times out) is
+        killed, so it never holds its output open or outlives its purpose."""
         port = instance.endpoint[1] if instance and instance.endpoint else None
+        self._started += 1
+        mark = f"{self.token}-run-{self._started}"
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *with_port(argv, port), cwd=self.root / spec.workdir, env=self._env(spec, port),
+            proc, protocol = await _spawn(
+                with_port(argv, port), cwd=self.root / spec.workdir,
+                env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark},
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )
         except OSError as exc:
             return RunResult(127, f"cannot run {argv[0]!r}: {exc.strerror}")
+        assert proc.stdout is not None
+        reader = asyncio.ensure_future(proc.stdout.read())
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-            code = proc.returncode if proc.returncode is not None else -1
-            return RunResult(code, out[-65536:].decode(errors="replace"))
+            code: int | None = await asyncio.wait_for(asyncio.shield(protocol.exited), timeout)
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
+            code = None
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            await asyncio.to_thread(kill_carrying, INSTANCE_VAR, mark)
+        try:
+            out = await asyncio.wait_for(reader, 5.0)
+        except TimeoutError:
+            out = b""
+        await proc.wait()
+        if code is None:
             return RunResult(-9, f"timed out after {timeout:g}s")
+        return RunResult(code, out[-65536:].decode(errors="replace"))
 
     def exec(self, spec: InstanceSpec, argv: tuple[str, ...], *, tty: bool) -> int:
         """Attached to this terminal (a tty needs nothing more locally)."""
@@ -221,9 +272,11 @@ class LocalRuntime:
         started (same create time), so a recycled PID is never hit.
         """
         try:
-            groups = json.loads(self.state.procs.read_text())
+            saved = json.loads(self.state.procs.read_text())
         except (OSError, ValueError):
             return 0
+        token = saved.get("token", "") if isinstance(saved, dict) else ""
+        groups = saved.get("groups", {}) if "token" in saved else saved
         doomed: set[int] = set()
         for pgid_text, created in groups.items():
             pgid = int(pgid_text)
@@ -237,8 +290,9 @@ class LocalRuntime:
                 doomed.add(pgid)
         if doomed:
             stop_groups(doomed, grace=3.0)
+        escaped = kill_carrying(ENGINE_VAR, token) if token else 0
         self.state.procs.unlink(missing_ok=True)
-        return len(doomed)
+        return len(doomed) + escaped
 
     async def close(self) -> None:
         if self._guardian and self._guardian.stdin:
@@ -255,6 +309,7 @@ class LocalRuntime:
             [sys.executable, "-m", "devenv.runtime.guardian"], stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL, start_new_session=True,
         )
+        self._tell(f"={self.token}")
         for pgid in self._groups:
             self._tell(f"+{pgid}")
 
@@ -283,4 +338,6 @@ class LocalRuntime:
         (the project folder deleted, a full disk)."""
         with contextlib.suppress(OSError):
             write_atomic(self.state.procs,
-                         json.dumps({str(k): v for k, v in self._groups.items()}), mode=0o600)
+                         json.dumps({"token": self.token,
+                                     "groups": {str(k): v for k, v in self._groups.items()}}),
+                         mode=0o600)

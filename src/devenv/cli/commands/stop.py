@@ -9,7 +9,7 @@ from devenv.client import Client
 
 def run(args: argparse.Namespace) -> int:
     client = Client(project_root(args))
-    if not client.running():
+    if not client.reachable():
         out.print("nothing is running")
         return 0
     result = client.stop(persist_data=args.persist_data)

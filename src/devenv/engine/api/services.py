@@ -44,6 +44,8 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
             else:
                 getter.cancel()
         try:
+            if task.cancelled():
+                raise DevenvError("the environment was stopped while it came up (`devenv stop`)")
             result: UpResult = task.result()
         except DevenvError as exc:
             if response is None:  # nothing streamed yet (a bad config): a plain error answer

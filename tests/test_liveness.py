@@ -1,0 +1,141 @@
+"""Liveness: `stop` always finishes and leaves nothing behind, a `stop` racing an `up` is
+never lost, `restart` rolls with no gap, and what devenv refuses it says at once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+
+from conftest import Project, free_ports, procs_in, wait_for
+
+
+def _gone(pids: list[int]) -> bool:
+    return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                   for p in pids)
+
+
+def test_stop_cancels_an_up_that_waits_on_a_long_start(project: Project) -> None:
+    (port,) = free_ports(1)
+    project.services(f"""\
+        slow:
+          command: python svc.py
+          port: {port}
+          health: {{http: /never, start_period: 300s}}
+          stop_timeout: 2s
+        """)
+    up = project.popen("up")
+    assert wait_for(lambda: project.engine_pid() and any(
+        s["state"] == "starting" for s in project.status()["services"]), timeout=20)
+    began = time.monotonic()
+    stopped = project.devenv("stop", timeout=30)
+    assert stopped.returncode == 0 and "stopped 1 service" in stopped.stdout, stopped.stderr
+    assert time.monotonic() - began < 15
+    _, err = up.communicate(timeout=15)
+    assert up.returncode == 1 and "stopped while it came up" in err
+    assert wait_for(lambda: not procs_in(project.root), timeout=10)
+
+
+def test_sigterm_stops_an_engine_busy_starting_services(project: Project) -> None:
+    (port,) = free_ports(1)
+    project.services(f"slow: {{command: python svc.py, port: {port}, "
+                     "health: {http: /never, start_period: 300s}, stop_timeout: 2s}\n")
+    up = project.popen("up")
+    assert wait_for(lambda: project.engine_pid() and any(
+        s["state"] == "starting" for s in project.status()["services"]), timeout=20)
+    engine = psutil.Process(project.engine_pid())
+    engine.send_signal(signal.SIGTERM)
+    engine.wait(timeout=15)
+    up.communicate(timeout=15)
+    assert wait_for(lambda: not procs_in(project.root), timeout=10)
+
+
+def test_stop_leaves_no_process_a_service_detached(project: Project) -> None:
+    project.services("""\
+        spawner:
+          command: "setsid sleep 997 & exec sleep 998"
+          stop_timeout: 2s
+        """)
+    project.up()
+    detached = wait_for(lambda: [p.pid for p in procs_in(project.root)
+                                 if p.cmdline()[-2:] == ["sleep", "997"]], timeout=10)
+    assert detached, "the detached child did not start"
+    assert os.getsid(detached[0]) == detached[0]  # its own session: outside every group
+    began = time.monotonic()
+    project.devenv("stop", check=True, timeout=30)
+    assert time.monotonic() - began < 10
+    assert wait_for(lambda: _gone(detached), timeout=5), "a detached child outlived stop"
+
+
+def test_kill_9_of_the_engine_takes_detached_children_too(project: Project) -> None:
+    project.services('spawner: {command: "setsid sleep 996 & exec sleep 995"}\n')
+    project.up()
+    detached = wait_for(lambda: [p.pid for p in procs_in(project.root)
+                                 if p.cmdline()[-2:] == ["sleep", "996"]], timeout=10)
+    assert detached
+    os.kill(project.engine_pid() or 0, signal.SIGKILL)
+    assert wait_for(lambda: _gone(detached), timeout=15), "a detached child outlived the engine"
+
+
+def test_a_stop_racing_an_up_is_never_lost(project: Project) -> None:
+    (port,) = free_ports(1)
+    project.services(f"api: {{command: python svc.py, port: {port}}}\n")
+    for _ in range(3):
+        up = project.popen("up")
+        assert wait_for(lambda: (project.root / ".devenv/run/starting").exists()
+                        or project.engine_pid(), timeout=20, interval=0.005)
+        stopped = project.devenv("stop", timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "nothing is running" not in stopped.stdout
+        up.communicate(timeout=30)
+        assert wait_for(lambda: project.engine_pid() is None and not procs_in(project.root),
+                        timeout=15), "the environment came up after the stop"
+
+
+def test_restart_rolls_new_instances_in_before_old_ones_leave(project: Project) -> None:
+    (port,) = free_ports(1)
+    project.services(f"""\
+        api:
+          command: python svc.py
+          port: {port}
+          replicas: 2
+          env: {{START_DELAY: "1.5"}}
+          health: {{http: /healthz, interval: 200ms}}
+        """)
+    project.up()
+    before = {i["id"] for i in project.service("api")["instances"]}
+    restart = project.popen("restart", "--service", "api")
+    slowest = 0.0
+    while restart.poll() is None:
+        t0 = time.monotonic()
+        code, _ = project.get(f"http://127.0.0.1:{port}/whoami")
+        slowest = max(slowest, time.monotonic() - t0)
+        assert code == 200
+    assert restart.returncode == 0
+    after = {i["id"] for i in project.service("api")["instances"]}
+    assert not before & after  # every instance is new
+    assert slowest < 1.0, f"a request waited {slowest:.1f}s: the service had a gap"
+
+
+def test_a_data_service_cannot_be_scaled(project: Project) -> None:
+    (port,) = free_ports(1)
+    project.services(f"cache: {{kind: redis, port: {port}}}\n")
+    project.up()
+    result = project.devenv("scale", "cache=2")
+    assert result.returncode == 2 and "cannot be scaled" in result.stderr
+    assert project.service("cache")["replicas"] == {"ready": 1, "desired": 1}
+
+
+def test_a_portless_service_in_a_crash_loop_is_never_shown_healthy(project: Project) -> None:
+    project.services('flaky: {command: "sleep 0.3; exit 1"}\n')
+    project.devenv("up")
+    assert wait_for(lambda: project.service("flaky")["restarts"] >= 5, timeout=30)
+    seen = set()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        svc = project.service("flaky")
+        seen.add(svc["state"])
+        assert "crash loop" in svc["detail"], svc
+    assert seen == {"crashed"}
