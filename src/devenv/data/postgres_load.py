@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import psycopg
 
 HINT = "nothing was loaded; fix the file and run the load again"
+TRANSACTION_CONTROL = {"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT"}
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,16 @@ class SqlLoad:
         self.url = url
         self.items = [(name, st) for name, path in files for st in split_sql(path.read_text())]
         self.conn: psycopg.AsyncConnection[Any] | None = None
+        for name, st in self.items:
+            words = st.text.split(None, 2)
+            first = words[0].upper().rstrip(";") if words else ""
+            if first in TRANSACTION_CONTROL or (
+                    first == "PREPARE" and len(words) > 1 and words[1].upper() == "TRANSACTION"):
+                raise DatasetError(
+                    f"{name}:{st.line}: {first} is not allowed in a dataset: devenv runs each "
+                    "database's files in one transaction, so that a load is all or nothing",
+                    hint="remove the transaction statements (BEGIN, COMMIT, ROLLBACK, …); "
+                    "nothing was loaded")
 
     async def stage(self) -> int:
         import psycopg

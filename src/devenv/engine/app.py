@@ -85,14 +85,16 @@ class Environment:
         with contextlib.suppress(TimeoutError):  # return once edits will be seen
             await asyncio.wait_for(asyncio.shield(watching), WATCH_READY_TIMEOUT)
         datasets: list[str] = []
+        notices: list[str] = []
         error = None
         if result.ok:
             try:
+                notices = await self.data.recover()
                 datasets = await self.data.load_profile_datasets(loaded, environ)
             except DevenvError as exc:
                 error = ErrorInfo(exc.message, exc.details, exc.hint, exc.exit_code)
         return replace(result, ok=result.ok and error is None, error=error, ingress=ingress,
-                       warnings=loaded.warnings, datasets_loaded=datasets)
+                       warnings=loaded.warnings + notices, datasets_loaded=datasets)
 
     def _watch(self, enabled: bool) -> asyncio.Future[None]:
         """Watch the files of every running service that reloads (`up --no-watch`: none)."""

@@ -9,6 +9,7 @@ stay up and hold new connections while they come back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -20,10 +21,11 @@ from pathlib import Path
 
 from devenv import data as kinds
 from devenv.config.load import Loaded
+from devenv.core import faults
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
-from devenv.data.datasets import Target, load_files
+from devenv.data.datasets import Target, atomic, open_loads, run_loads
 from devenv.data.snapshots import Snapshot, SnapshotStore, now_manifest
 from devenv.engine.reconciler import Engine
 from devenv.engine.service import ServiceRunner
@@ -77,6 +79,31 @@ class DataOps:
     @property
     def _record(self) -> Path:
         return self.state.data / ".datasets.json"
+
+    @property
+    def _journal(self) -> Path:
+        """Names the guard snapshot of a dataset load in progress (gone once it is done)."""
+        return self.state.data / ".load.json"
+
+    async def recover(self) -> list[str]:
+        """After a crash: a dataset load cut short is undone from its guard snapshot. What was
+        done, to tell the user."""
+        try:
+            cut = json.loads(self._journal.read_text())
+        except (OSError, ValueError):
+            return []
+        guard, dataset = str(cut.get("guard", "")), str(cut.get("dataset", "?"))
+        if guard not in {s.name for s in self.store.all()}:
+            self._journal.unlink(missing_ok=True)  # cut before its guard was complete
+            return [f"a load of dataset '{dataset}' was cut short before it changed anything"]
+        snap = self.store.get(guard)
+        async with self._held(f"undoing the load of {dataset}", healthy=False) as runners:
+            await self._restore({n: runners[n] for n in snap.manifest["services"]
+                                 if n in runners}, guard)
+        self._journal.unlink(missing_ok=True)
+        self.store.delete(guard)
+        return [f"a load of dataset '{dataset}' was cut short by a crash; its data services "
+                "are back as they were before it (nothing of it was kept)"]
 
     def loaded_datasets(self) -> list[str]:
         try:
@@ -151,20 +178,33 @@ class DataOps:
                 raise UsageError(f"dataset '{dataset}' loads into '{service}', which is not "
                                  "running", hint=f"devenv up --services {service}")
             targets[key] = Target(runner.plan.data, database or None)
+        opened = await open_loads(loaded.root, spec.files, targets)  # every file read first
+        touched = {t.data.name: runners[t.data.name] for t in targets.values()}
         guard = None
-        if spec.script is not None:  # a script cannot be rolled back: snapshot first
+        if spec.script is not None or not atomic(opened):
+            # not one transaction: keep a snapshot of what the load touches, and a journal
+            # naming it, so a failure or a crash (then the next `up`) puts the data back
+            if spec.script is not None:
+                touched = runners
             guard = f"before-{dataset}-{datetime.now(UTC).strftime('%Y%m%d-%H%M%S-%f')}"
-            await self._save(runners, guard, loaded.name, automatic=True)
+            await self._save(touched, guard, loaded.name, automatic=True)
+            write_atomic(self._journal, json.dumps({"dataset": dataset, "guard": guard}),
+                         mode=0o600)
+            faults.point("load:guarded")
         try:
-            counts = await load_files(loaded.root, spec.files, targets)
+            counts = await run_loads(opened)
             if spec.script is not None:
                 await self._script(spec.script, runners, environ)
         except BaseException:
+            for _, load in opened:
+                with contextlib.suppress(Exception):
+                    await load.abort()
             if guard:
-                await self._restore(runners, guard)
+                await self._restore(touched, guard)
             raise
         finally:
             if guard:
+                self._journal.unlink(missing_ok=True)
                 self.store.delete(guard)
         names = [n for n in self.loaded_datasets() if n != dataset] + [dataset]
         self._set_loaded(names)

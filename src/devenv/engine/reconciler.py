@@ -148,7 +148,6 @@ class Engine:
             if act.kind != ActionKind.KEEP:
                 started_s = round(self.ctx.clock() - t0, 3)
                 progress(Progress(name, State.STARTING, action=act.kind))
-            created[name].set()
             async with self.holding([name], "up"):
                 if act.kind == ActionKind.REPLACE and not await runner.replace(want):
                     kept = "new instance failed; the previous one keeps serving"
@@ -157,6 +156,7 @@ class Engine:
                     return
                 if act.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.SCALE):
                     await runner.scale(act.replicas)
+            created[name].set()  # dependents look at it now that its replicas are asked for
             reason = await runner.wait_condition(Condition.UP)
             if reason:
                 done(False, runner.state, reason, logs=self._tail(runner))

@@ -1,0 +1,48 @@
+"""The engine's `up` on a fake runtime and a virtual clock: dependency order and failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devenv.engine.reconciler import Engine
+from devenv.plan import Plan, ServicePlan
+from devenv.wire import Progress
+from fakes import FakeRuntime, crash, make_context, make_plan, ready, run_virtual
+
+
+def plan_of(*services: ServicePlan) -> Plan:
+    return Plan(project="p", services={s.name: s for s in services},
+                selected=tuple(s.name for s in services), ingress_port=None, hold_timeout=15.0)
+
+
+def test_a_dependent_never_starts_when_its_dependency_fails_to_start(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.script("db", crash(after=0.1, code=1))
+        engine = Engine(make_context(tmp_path, runtime))
+        seen: list[Progress] = []
+        result = await engine.up(plan_of(make_plan("db"), make_plan("api", depends_on={
+            "db": "healthy"})), seen.append)
+        by_name = {r.name: r for r in result.services}
+        assert not result.ok
+        assert by_name["api"].state == "blocked"
+        assert "dependency 'db' failed" in by_name["api"].detail
+        assert [s.service for s in runtime.starts] == ["db"] * 3  # START_ATTEMPTS, no api
+        await engine.stop_all()
+
+    run_virtual(scenario())
+
+
+def test_a_dependent_starts_only_once_its_dependency_is_healthy(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.script("db", ready(after=5.0))
+        engine = Engine(make_context(tmp_path, runtime))
+        result = await engine.up(plan_of(make_plan("db"), make_plan("api", depends_on={
+            "db": "healthy"})), lambda _: None)
+        assert result.ok
+        starts = {s.service: s.at for s in runtime.starts}
+        assert starts["api"] >= starts["db"] + 5.0
+        await engine.stop_all()
+
+    run_virtual(scenario())
