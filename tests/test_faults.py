@@ -110,3 +110,30 @@ def test_kill_9_of_the_engine_mid_snapshot_save_leaves_no_half_snapshot(shop: Pr
     assert not any(p.name.startswith(".staging-") for p in folder.iterdir())
     assert state(shop) == before
     shop.devenv("snapshot", "save", "half", check=True)  # the name is free again
+
+
+def _server(project: Project, name: str) -> psutil.Process:
+    """The data server process of service `name` (its data folder is on its command line)."""
+    folder = str(project.root / ".devenv" / "data" / name)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if folder in cmdline and ("redis-server" in cmdline or "postgres" in cmdline):
+            return proc
+    raise AssertionError(f"no server process for {name}")
+
+
+@pytest.mark.parametrize("victim", ["cache", "db"])
+def test_snapshot_save_after_a_data_server_was_killed_and_came_back(
+        shop: Project, victim: str) -> None:  # noqa: F811
+    shop.up()
+    shop.devenv("data", "load", "--dataset", "demo", check=True)
+    restarts = shop.service(victim)["restarts"]
+    _server(shop, victim).kill()
+    assert wait_for(lambda: (s := shop.service(victim))["restarts"] > restarts
+                    and s["state"] == "healthy", timeout=30)
+    before = state(shop)
+    saved = shop.devenv("snapshot", "save", f"after-{victim}-crash", timeout=60)
+    assert saved.returncode == 0, saved.stderr
+    restored = shop.devenv("snapshot", "restore", f"after-{victim}-crash", timeout=60)
+    assert restored.returncode == 0, restored.stderr
+    assert state(shop) == before
