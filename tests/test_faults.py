@@ -113,13 +113,13 @@ def test_kill_9_of_the_engine_mid_snapshot_save_leaves_no_half_snapshot(shop: Pr
 
 
 def _server(project: Project, name: str) -> psutil.Process:
-    """The data server process of service `name` (its data folder is on its command line)."""
-    folder = str(project.root / ".devenv" / "data" / name)
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if folder in cmdline and ("redis-server" in cmdline or "postgres" in cmdline):
-            return proc
-    raise AssertionError(f"no server process for {name}")
+    """The data server process of service `name`: the one listening on its instance's port."""
+    endpoint = project.service(name)["instances"][0]["endpoint"]
+    port = int(endpoint.rsplit(":", 1)[1])
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.laddr and conn.laddr.port == port and conn.status == "LISTEN" and conn.pid:
+            return psutil.Process(conn.pid)
+    raise AssertionError(f"no server process for {name} on port {port}")
 
 
 @pytest.mark.parametrize("victim", ["cache", "db"])
