@@ -137,3 +137,58 @@ def test_snapshot_save_after_a_data_server_was_killed_and_came_back(
     restored = shop.devenv("snapshot", "restore", f"after-{victim}-crash", timeout=60)
     assert restored.returncode == 0, restored.stderr
     assert state(shop) == before
+
+
+@pytest.mark.parametrize("point", ["restore:staged", "restore:journaled",
+                                   "restore:swapped-one"])
+def test_a_restore_killed_at_any_step_is_finished_or_undone_by_the_next_up(
+        shop: Project, point: str) -> None:  # noqa: F811
+    add_dataset(shop, "extra", {"db/shop": "INSERT INTO product VALUES (7, 'Mate', 2);\n",
+                                "cache": "SET extra 1\n"})
+    shop.up()
+    shop.devenv("data", "load", "--dataset", "demo", check=True)
+    saved = state(shop)
+    shop.devenv("snapshot", "save", "good", check=True)
+    shop.devenv("data", "load", "--dataset", "extra", check=True)
+    changed = state(shop)
+    assert changed != saved
+    shop.devenv("stop", "--persist-data", check=True)
+
+    up_with_fault(shop, point)
+    engine = shop.engine_pid()
+    cut = shop.devenv("snapshot", "restore", "good")
+    assert cut.returncode == 1 and "stopped answering" in cut.stderr, cut.stderr
+    assert wait_for(lambda: not psutil.pid_exists(engine or 0), timeout=10)
+
+    again = shop.devenv("up")
+    assert again.returncode == 0, again.stderr
+    assert "restore of snapshot 'good' was cut short" in again.stderr
+    if point == "restore:staged":
+        assert state(shop) == changed  # undone: nothing had changed yet
+    else:
+        assert state(shop) == saved  # finished: every store is the snapshot's
+    leftovers = [p.name for p in (shop.root / ".devenv" / "data").rglob("*restore*")]
+    assert leftovers == []
+
+
+def test_postgres_killed_at_its_first_start_after_a_restore_comes_back(
+        shop: Project) -> None:  # noqa: F811
+    shop.up()
+    shop.devenv("data", "load", "--dataset", "demo", check=True)
+    saved = state(shop)
+    shop.devenv("snapshot", "save", "good", check=True)
+    shop.devenv("data", "reset", check=True)
+    shop.devenv("stop", "--persist-data", check=True)
+    up_with_fault(shop, "restore:swapped-one")
+    shop.devenv("snapshot", "restore", "good")  # the engine dies after the first swap
+    pgdata = str(shop.root / ".devenv" / "data" / "db")
+    up = shop.popen("up")
+    victim = wait_for(lambda: [p for p in psutil.process_iter(["cmdline"])
+                               if p.info["cmdline"] and p.info["cmdline"][0].endswith("postgres")
+                               and any(pgdata in a for a in p.info["cmdline"])],
+                      timeout=30, interval=0.005)
+    assert victim, "postgres never started"
+    victim[0].kill()  # during its first start on the restored data
+    _, err = up.communicate(timeout=120)
+    assert up.returncode == 0, err
+    assert state(shop) == saved

@@ -73,10 +73,22 @@ async def snapshot(ds: DataService[Any], dest: Path) -> str:
     return await kind_of(ds.kind).snapshot(ds, dest)
 
 
-def restore(ds: DataService[Any], src: Path) -> None:
-    """The (stopped) server's data replaced by a copy; it counts as provisioned."""
-    kind_of(ds.kind).restore(ds, src)
-    ds.mark("restored")
+def stage_restore(ds: DataService[Any], src: Path) -> None:
+    """A copy made ready beside the (stopped) server's live data; nothing live touched."""
+    kind_of(ds.kind).stage_restore(ds, src)
+
+
+def swap_restore(ds: DataService[Any]) -> bool:
+    """The staged copy put in place (idempotent); it counts as provisioned."""
+    swapped = kind_of(ds.kind).swap_restore(ds)
+    if swapped:
+        ds.mark("restored")
+    return swapped
+
+
+def drop_restore(ds: DataService[Any]) -> None:
+    """What restores left beside the live data, removed."""
+    kind_of(ds.kind).drop_restore(ds)
 
 
 async def open_load(ds: DataService[Any], target: str | None,
@@ -98,6 +110,24 @@ def secrets(ds: DataService[Any]) -> list[str]:
     return found
 
 
-__all__ = ["KINDS", "DataKind", "DataService", "DatasetLoad", "Server", "kind_names",
-           "kind_of", "open_load", "prepare", "provision", "restore", "secrets", "server",
-           "settings_class", "snapshot", "url", "url_var"]
+__all__ = [
+    "KINDS",
+    "DataKind",
+    "DataService",
+    "DatasetLoad",
+    "Server",
+    "drop_restore",
+    "kind_names",
+    "kind_of",
+    "open_load",
+    "prepare",
+    "provision",
+    "secrets",
+    "server",
+    "settings_class",
+    "snapshot",
+    "stage_restore",
+    "swap_restore",
+    "url",
+    "url_var",
+]

@@ -122,8 +122,16 @@ class DataKind(Protocol):
     async def snapshot(self, ds: DataService[Any], dest: Path) -> str:
         """Write a consistent copy of the running server's data into `dest`; its version."""
 
-    def restore(self, ds: DataService[Any], src: Path) -> None:
-        """Replace the (stopped) server's data with the copy in `src`."""
+    def stage_restore(self, ds: DataService[Any], src: Path) -> None:
+        """Make the copy in `src` into complete data beside the live data of the (stopped)
+        server, touching nothing live; on disk when it returns."""
+
+    def swap_restore(self, ds: DataService[Any]) -> bool:
+        """Put the staged data in place of the live data; idempotent, so that a crash at any
+        point is finished by calling it again. False when nothing is staged."""
+
+    def drop_restore(self, ds: DataService[Any]) -> None:
+        """Remove what a restore left beside the live data: staged or replaced copies."""
 
 
 class DatasetError(DevenvError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import tarfile
@@ -75,6 +76,9 @@ def _version(ds: PG) -> str:
     out = subprocess.run([_bin(ds, "postgres"), "--version"], capture_output=True,
                          text=True, check=True).stdout
     return out.split()[-1]
+
+
+RECOVERY_TIMEOUT = 600.0  # replaying a snapshot's WAL once, before it is swapped in
 
 
 class Postgres:
@@ -175,28 +179,59 @@ class Postgres:
                        what=f"{ds.name}: pg_basebackup")
         return await asyncio.to_thread(_version, ds)
 
-    def restore(self, ds: PG, src: Path) -> None:
-        pgdata = _pgdata(ds)
+    def stage_restore(self, ds: PG, src: Path) -> None:
+        """The snapshot made into a complete, cleanly shut down data folder beside the live
+        one: extracted, then recovered once by a single-user server (so its first start is
+        an ordinary one, which a kill cannot break), then renamed into place as `new`."""
+        new = ds.folder / "pgdata.restore-new"
         ds.folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix="pgdata.restore-", dir=ds.folder))
-        try:
-            with tarfile.open(src / "base.tar") as tar:
-                tar.extractall(staging, filter=_ours)
-            wal = src / "pg_wal.tar"
-            if wal.exists():
-                with tarfile.open(wal) as tar:
-                    tar.extractall(staging / "pg_wal", filter=_ours)
-            staging.chmod(0o700)
-            old = pgdata.with_name("pgdata.old")
-            shutil.rmtree(old, ignore_errors=True)
-            if pgdata.exists():
-                pgdata.rename(old)
-            staging.rename(pgdata)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        # no sync here: starting from a backup label, PostgreSQL syncs the data folder itself
+        tmp = ds.folder / "pgdata.restore-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(src / "base.tar") as tar:
+            tar.extractall(tmp, filter=_ours)
+        wal = src / "pg_wal.tar"
+        if wal.exists():
+            with tarfile.open(wal) as tar:
+                tar.extractall(tmp / "pg_wal", filter=_ours)
+        tmp.chmod(0o700)
+        argv = as_non_root([_bin(ds, "postgres"), "--single", "-D", str(tmp), "postgres"])
+        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                timeout=RECOVERY_TIMEOUT)
+        state = subprocess.run([_bin(ds, "pg_controldata"), str(tmp)], capture_output=True,
+                               text=True).stdout
+        if result.returncode != 0 or "shut down" not in state:
+            raise DevenvError(f"{ds.name}: the snapshot's data did not recover",
+                              details=(result.stdout + result.stderr).splitlines()[-10:])
+        tmp.rename(new)
+
+    def swap_restore(self, ds: PG) -> bool:
+        """Install the staged data (idempotent: a crash at any point is finished by calling it
+        again). False when nothing was staged."""
+        live = _pgdata(ds)
+        old, new = ds.folder / "pgdata.restore-old", ds.folder / "pgdata.restore-new"
+        if not new.exists():
+            return False
+        if live.exists():
+            shutil.rmtree(old, ignore_errors=True)  # the leftover of an earlier restore
+            live.rename(old)
+        new.rename(live)
+        _fsync_dir(ds.folder)
+        return True
+
+    def drop_restore(self, ds: PG) -> None:
+        """Remove what a restore leaves beside the live data (staged or replaced copies)."""
+        if ds.folder.is_dir():
+            for path in ds.folder.iterdir():
+                if path.name.startswith("pgdata.restore-") or path.name == "pgdata.old":
+                    shutil.rmtree(path, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _ours(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:

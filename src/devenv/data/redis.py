@@ -100,13 +100,25 @@ class Redis:
                        what=f"{ds.name}: redis-cli --rdb")
         return _version(ds)
 
-    def restore(self, ds: RD, src: Path) -> None:
+    def stage_restore(self, ds: RD, src: Path) -> None:
+        """The snapshot's dump beside the live data, complete and on disk."""
         ds.folder.mkdir(parents=True, exist_ok=True)
-        tmp = ds.folder / "dump.rdb.restore"
+        tmp, new = ds.folder / "dump.rdb.restore-tmp", ds.folder / "dump.rdb.restore-new"
         shutil.copyfile(src / "dump.rdb", tmp)
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
-        tmp.replace(ds.folder / "dump.rdb")
+        tmp.replace(new)
+
+    def swap_restore(self, ds: RD) -> bool:
+        new = ds.folder / "dump.rdb.restore-new"
+        if not new.exists():
+            return False
+        new.replace(ds.folder / "dump.rdb")
+        return True
+
+    def drop_restore(self, ds: RD) -> None:
+        for name in ("dump.rdb.restore-tmp", "dump.rdb.restore-new", "dump.rdb.restore"):
+            (ds.folder / name).unlink(missing_ok=True)
 
 
 if TYPE_CHECKING:

@@ -80,16 +80,18 @@ class Environment:
         plan = make_plan(loaded, services)
         self.profile = loaded.profile
         ingress = await self.routing.ensure(plan.ingress_port)
+        stores = {n: p.data for n, p in plan.services.items()
+                  if p.data is not None and n not in self.engine.runners}
+        notices = await asyncio.to_thread(self.data.finish_restores, stores) if stores else []
         result = await self.engine.up(plan, progress)
         watching = self._watch(watch)
         with contextlib.suppress(TimeoutError):  # return once edits will be seen
             await asyncio.wait_for(asyncio.shield(watching), WATCH_READY_TIMEOUT)
         datasets: list[str] = []
-        notices: list[str] = []
         error = None
         if result.ok:
             try:
-                notices = await self.data.recover()
+                notices += await self.data.recover()
                 datasets = await self.data.load_profile_datasets(loaded, environ)
             except DevenvError as exc:
                 error = ErrorInfo(exc.message, exc.details, exc.hint, exc.exit_code)

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from devenv import data as kinds
 from devenv.config.load import Loaded
@@ -25,6 +26,7 @@ from devenv.core import faults
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
+from devenv.data.base import DataService
 from devenv.data.datasets import Target, atomic, open_loads, run_loads
 from devenv.data.snapshots import Snapshot, SnapshotStore, now_manifest
 from devenv.engine.reconciler import Engine
@@ -84,6 +86,48 @@ class DataOps:
     def _journal(self) -> Path:
         """Names the guard snapshot of a dataset load in progress (gone once it is done)."""
         return self.state.data / ".load.json"
+
+    @property
+    def _restore_journal(self) -> Path:
+        return self.state.data / ".restore.json"
+
+    def _write_restore_journal(self, name: str, runners: dict[str, ServiceRunner],
+                               phase: str) -> None:
+        self.state.data.mkdir(parents=True, exist_ok=True)
+        write_atomic(self._restore_journal, json.dumps(
+            {"snapshot": name, "services": sorted(runners), "phase": phase}), mode=0o600)
+
+    def finish_restores(self, stores: dict[str, DataService[Any]]) -> list[str]:
+        """Before data services start: a restore cut short by a crash is finished (its copies
+        were complete: the journal says `swapping`) or undone (`staging`); whatever restores
+        left beside the live data is removed. What was done, to tell the user."""
+        notices = []
+        try:
+            cut = json.loads(self._restore_journal.read_text())
+        except (OSError, ValueError):
+            cut = None
+        if cut is not None:
+            name = cut.get("snapshot", "?")
+            if cut.get("phase") == "swapping":
+                for svc in cut.get("services", []):
+                    if svc in stores:
+                        kinds.swap_restore(stores[svc])
+                notices.append(f"the restore of snapshot '{name}' was cut short by a crash "
+                               "after its data was ready; it was completed")
+                self._set_loaded(list(self._snapshot_datasets(name)))
+            else:
+                notices.append(f"the restore of snapshot '{name}' was cut short by a crash "
+                               "before it changed anything; the data is as it was")
+            self._restore_journal.unlink(missing_ok=True)
+        for ds in stores.values():
+            kinds.drop_restore(ds)
+        return notices
+
+    def _snapshot_datasets(self, name: str) -> list[str]:
+        try:
+            return list(self.store.get(name).manifest.get("datasets", []))
+        except DevenvError:
+            return []
 
     async def recover(self) -> list[str]:
         """After a crash: a dataset load cut short is undone from its guard snapshot. What was
@@ -222,14 +266,31 @@ class DataOps:
                 raise UsageError(f"snapshot '{name}' holds {entry['kind']} data for "
                                  f"'{svc}', which is {runner.plan.data.kind} here")
 
-        async def one(svc: str) -> None:
-            data = runners[svc].plan.data
-            assert data is not None
-            await asyncio.to_thread(kinds.restore, data, snap.path / svc)
-
         touched = {s: runners[s] for s in snap.manifest["services"]}
+        stores = [r.plan.data for r in touched.values() if r.plan.data is not None]
         async with self.engine.offline(touched):
-            await asyncio.gather(*(one(s) for s in touched))
+            # all or nothing across stores: stage every copy beside the live data, then a
+            # journal (the commit point), then swap; a crash before the journal leaves the
+            # old data, after it the next `up` finishes the swap (`finish_restores`)
+            self._write_restore_journal(name, touched, "staging")
+            try:
+                await asyncio.gather(*(asyncio.to_thread(kinds.stage_restore, ds,
+                                                         snap.path / ds.name)
+                                       for ds in stores))
+                faults.point("restore:staged")
+            except BaseException:
+                for ds in stores:
+                    await asyncio.to_thread(kinds.drop_restore, ds)
+                self._restore_journal.unlink(missing_ok=True)
+                raise
+            self._write_restore_journal(name, touched, "swapping")
+            faults.point("restore:journaled")
+            for ds in stores:
+                kinds.swap_restore(ds)
+                faults.point("restore:swapped-one")
+            self._restore_journal.unlink(missing_ok=True)
+            for ds in stores:
+                await asyncio.to_thread(kinds.drop_restore, ds)
         self._set_loaded(list(snap.manifest.get("datasets", [])))
         return snap
 
