@@ -54,9 +54,9 @@ def test_up_starts_in_order_routes_and_stop_leaves_nothing(project: Project) -> 
     assert project.ingress("/whoami", "db.localhost")[1]["service"] == "db"
     assert project.ingress("/whoami", "shop.localhost")[1]["service"] == "web"
     assert project.ingress("/api/whoami", "127.0.0.1")[1]["service"] == "api"
-    replicas = {project.ingress("/api/whoami", "x")[1]["replica"] for _ in range(8)}
+    replicas = {project.ingress("/api/whoami", "localhost")[1]["replica"] for _ in range(8)}
     assert replicas == {"1", "2"}
-    code, page = project.ingress("/nowhere", "unknown.example")
+    code, page = project.ingress("/nowhere", "unknown.localhost")
     assert code == 404 and "api" in page
 
     pids = [p.pid for p in service_procs(project.root)]
@@ -89,7 +89,7 @@ def test_up_json_reports_times_and_only_changed_services_restart(project: Projec
     after = {s["name"]: [i["id"] for i in s["instances"]] for s in project.status()["services"]}
     assert after["db"] == pids["db"] and after["web"] == pids["web"]
     assert not set(after["api"]) & set(pids["api"])
-    assert project.ingress("/api/whoami", "x")[1]["greeting"] == "hello"
+    assert project.ingress("/api/whoami", "localhost")[1]["greeting"] == "hello"
 
 
 def test_services_flag_starts_only_the_closure(project: Project) -> None:

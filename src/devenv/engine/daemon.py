@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 from pathlib import Path
 from typing import IO
@@ -74,8 +75,17 @@ async def _while_project_exists(root: Path, shutdown: asyncio.Event) -> None:
             return
 
 
+def raise_descriptor_limit() -> None:
+    """Take the hard limit on open files as the soft one: the engine holds the ingress's and
+    balancers' connections, its control socket, health probes and services' pipes."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: list[str], lock: IO[str]) -> int:
     """Serve the project at argv[0]; `lock` is its engine lock, already held."""
+    raise_descriptor_limit()
     root = Path(argv[0]).resolve()
     state = StateDir(root)
     runtimes = Runtimes(root)

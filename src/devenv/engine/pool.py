@@ -51,10 +51,12 @@ class Pool:
         if backend in self._ready:
             self._ready.remove(backend)
 
-    async def pick(self, exclude: set[str] | None = None) -> Backend:
-        """The next ready backend, least busy first; waits up to hold_timeout for one."""
+    async def pick(self, exclude: set[str] | None = None,
+                   timeout: float | None = None) -> Backend:
+        """The next ready backend, least busy first; waits up to `timeout` (by default the
+        hold timeout) for one."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.hold_timeout
+        deadline = loop.time() + (self.hold_timeout if timeout is None else timeout)
         while True:
             choices = [b for b in self._ready if not exclude or b.id not in exclude]
             if choices:
@@ -69,8 +71,9 @@ class Pool:
                 await asyncio.wait_for(self._changed.wait(), remaining)
 
     @contextlib.asynccontextmanager
-    async def use(self, exclude: set[str] | None = None) -> AsyncIterator[Backend]:
-        backend = await self.pick(exclude)
+    async def use(self, exclude: set[str] | None = None,
+                  timeout: float | None = None) -> AsyncIterator[Backend]:
+        backend = await self.pick(exclude, timeout)
         backend.inflight += 1
         backend.idle.clear()
         try:

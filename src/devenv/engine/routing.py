@@ -7,7 +7,7 @@ import asyncio
 
 from devenv.core.errors import UsageError
 from devenv.core.ports import port_owner
-from devenv.engine.ingress import Ingress, build_routes
+from devenv.engine.ingress import Ingress, RouteSpec, build_routes
 from devenv.engine.pool import Pool
 from devenv.engine.reconciler import Engine
 
@@ -49,10 +49,15 @@ class Routing:
         plan = self.engine.plan
         if self.ingress is None or plan is None:
             return
-        self.ingress.routes = build_routes([
-            (p.name, p.route.host if p.route else None, p.route.path if p.route else None,
-             p.route.strip_prefix if p.route else False)
-            for p in plan.services.values() if p.port and p.name in self.engine.runners])
+        # every service of the plan: its declared host is accepted even while it does not
+        # run, and a data service (it speaks no HTTP) is named as such rather than routed
+        self.ingress.routes = build_routes(
+            RouteSpec(p.name, host=p.route.host if p.route else None,
+                      path=p.route.path if p.route else None,
+                      strip_prefix=p.route.strip_prefix if p.route else False,
+                      data_kind=p.data.kind if p.data is not None else None, port=p.port,
+                      running=bool(p.port) and p.name in self.engine.runners)
+            for p in plan.services.values())
 
     async def close(self) -> None:
         if self.ingress:
