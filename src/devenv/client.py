@@ -33,9 +33,24 @@ START_TIMEOUT = 15.0
 
 
 class EngineGone(DevenvError):
+    """The engine's answer was cut off, or never came: it exited or was killed."""
+
     def __init__(self) -> None:
         super().__init__("the engine stopped answering (it exited or was killed)",
                          hint="see `devenv status`; `devenv up` starts it again")
+
+
+class EngineTimeout(DevenvError):
+    def __init__(self, root: Path) -> None:
+        super().__init__("the engine did not answer in time",
+                         hint=f"it may be stuck; see {StateDir(root).engine_log}, and "
+                         "`devenv stop` then `devenv up` to start afresh")
+
+
+def _unreadable(what: str) -> DevenvError:
+    return DevenvError(f"cannot read the engine's answer: {what}",
+                       hint="the running engine may be older than this devenv; restart it "
+                       "with `devenv stop --persist-data` and `devenv up`")
 
 
 class _Response:
@@ -44,19 +59,35 @@ class _Response:
     http.client: its imports cost more than the rest of a `devenv status`."""
 
     def __init__(self, sock: socket.socket):
+        """Reads the status and headers; an answer that is empty or cut off (the engine
+        died) raises EngineGone. (Socket errors are the caller's to translate.)"""
         self._sock = sock
         self._file = sock.makefile("rb")
-        parts = self._file.readline(65537).split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+        try:
+            parts = self._file.readline(65537).split(None, 2)
+            if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+                raise EngineGone()
+            self.status = int(parts[1])
+            self.headers: dict[str, str] = {}
+            while (line := self._file.readline(65537)) not in (b"\r\n", b"\n"):
+                if not line:
+                    raise EngineGone()  # cut off in the headers
+                name, _, value = line.decode("latin-1").partition(":")
+                self.headers[name.strip().lower()] = value.strip()
+        except BaseException:
             self.close()
-            raise EngineGone()
-        self.status = int(parts[1])
-        self.headers: dict[str, str] = {}
-        while (line := self._file.readline(65537)) not in (b"\r\n", b"\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            self.headers[name.strip().lower()] = value.strip()
+            raise
 
     def _chunks(self) -> Iterator[bytes]:
+        """The body, as it comes; cut off (the engine died): EngineGone."""
+        try:
+            yield from self._raw_chunks()
+        except TimeoutError:
+            raise  # (the caller names the engine's folder)
+        except (OSError, ValueError) as exc:  # reset, or garbage where a chunk size goes
+            raise EngineGone() from exc
+
+    def _raw_chunks(self) -> Iterator[bytes]:
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
                 line = self._file.readline(1024)
@@ -71,7 +102,11 @@ class _Response:
                 yield chunk
                 self._file.readline(3)
         elif "content-length" in self.headers:
-            yield self._file.read(int(self.headers["content-length"]))
+            size = int(self.headers["content-length"])
+            body = self._file.read(size)
+            if len(body) < size:
+                raise EngineGone()  # cut off mid-answer
+            yield body
         else:
             while chunk := self._file.read1(65536):
                 yield chunk
@@ -113,6 +148,12 @@ class Client:
 
     def _request(self, method: str, path: str, body: Any = None, timeout: float | None = 30.0
                  ) -> _Response:
+        try:
+            return self._send(method, path, body, timeout)
+        except TimeoutError as exc:
+            raise EngineTimeout(self.root) from exc
+
+    def _send(self, method: str, path: str, body: Any, timeout: float | None) -> _Response:
         payload = json.dumps(body).encode() if body is not None else b""
         head = (f"{method} {path} HTTP/1.1\r\nHost: engine\r\nConnection: close\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
@@ -123,16 +164,29 @@ class Client:
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
             raise EngineNotRunning(self.root) from exc
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            raise DevenvError(f"cannot reach the engine at {self.state.socket}: "
+                              f"{exc.strerror or exc}",
+                              hint="`devenv doctor` checks the machine") from exc
         try:
             sock.sendall(head.encode() + payload)
             response = _Response(sock)
-        except (BrokenPipeError, ConnectionResetError) as exc:
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:  # reset, broken pipe: the engine went away as we asked
             sock.close()
             raise EngineGone() from exc
         if response.status >= 400:
             raw = response.read()
             try:
                 data = json.loads(raw or b"{}")
+                if not isinstance(data, dict):
+                    raise ValueError
             except ValueError:
                 raise DevenvError(
                     f"the engine answered {response.status}: {raw[:200].decode(errors='replace')}",
@@ -146,12 +200,26 @@ class Client:
 
     def _json(self, method: str, path: str, body: Any = None, timeout: float | None = 30.0
               ) -> Any:
-        return json.loads(self._request(method, path, body, timeout).read())
+        response = self._request(method, path, body, timeout)
+        try:
+            raw = response.read()
+        except TimeoutError as exc:
+            raise EngineTimeout(self.root) from exc
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise _unreadable(raw[:200].decode(errors="replace") or "nothing") from None
 
     def _stream(self, method: str, path: str, body: Any = None) -> Iterator[dict[str, Any]]:
         for raw in self._request(method, path, body, timeout=None).lines():
             if raw.strip():
-                yield json.loads(raw)
+                try:
+                    item = json.loads(raw)
+                except ValueError:
+                    raise _unreadable(raw[:200].decode(errors="replace")) from None
+                if not isinstance(item, dict):
+                    raise _unreadable(raw[:200].decode(errors="replace"))
+                yield item
 
     # ---- the API
 
@@ -159,7 +227,7 @@ class Client:
         try:
             self._json("GET", "/v1/ping", timeout=2.0)
             return True
-        except (EngineNotRunning, OSError):
+        except (EngineNotRunning, EngineGone, EngineTimeout, OSError):
             return False
 
     def status(self, resources: bool = False) -> EnvironmentStatus:

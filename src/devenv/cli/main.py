@@ -15,6 +15,16 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of lines") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value} lines: give 0 or more")
+    return number
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="devenv", description="The whole multi-service system on "
                                 "your machine with one command.")
@@ -41,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
                    "the next up")
 
     s = sub.add_parser("restart", help="restart services (all by default)")
+    s.add_argument("names", nargs="*", metavar="SERVICE", help="services to restart")
     s.add_argument("--service", dest="services", action="append", type=_csv, default=[],
                    help="a service to restart (repeatable, or comma-separated)")
 
@@ -53,7 +64,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
     s.add_argument("--since", default=None, help="only lines newer than 10s, 5m, 2h or an ISO "
                    "time")
-    s.add_argument("-n", "--tail", type=int, default=None, help="only the last N lines")
+    s.add_argument("-n", "--tail", type=_count, default=None, metavar="N",
+                   help="only the last N lines")
     s.add_argument("--startup", action="store_true", help="only each replica's latest start-up")
     s.add_argument("--verbose", action="store_true", help="include devenv's own events")
     s.add_argument("--json", action="store_true", help="one JSON object per line")

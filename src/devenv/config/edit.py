@@ -14,7 +14,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
-from devenv.config.load import load
+from devenv.config.load import load, parse_yaml, read_text
 from devenv.config.schema import declared_items
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import UsageError
@@ -87,8 +87,9 @@ def edit(root: Path, key: str, value: Any, *, project: bool, remove: bool = Fals
     state = StateDir(root)
     target = config_file(root) if project else state.local_overrides
     yaml = _roundtrip()
-    text = target.read_text() if target.exists() else LOCAL_HEADER
-    doc = yaml.load(text) or CommentedMap()
+    shown = _shown(root, target)
+    text = read_text(target, shown) if target.exists() else LOCAL_HEADER
+    doc = parse_yaml(text, shown, yaml) or CommentedMap()  # a broken file: fix it first
     node = doc
     for part in parts[:-1]:
         child = node.get(part)

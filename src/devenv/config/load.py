@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from devenv.config.model import CURRENT_VERSION, Project
 from devenv.config.schema import Issue, build, did_you_mean, dotted
@@ -52,25 +52,51 @@ class Loaded:
         return self.project.name or self.root.name
 
 
-def read_yaml(path: Path, shown: str, text: str | None = None) -> Source:
-    """Parse a YAML file into plain dicts/lists plus a map of key path -> (file, line)."""
+def read_text(path: Path, shown: str) -> str:
+    """A text file of the configuration; one that cannot be read, or is not UTF-8, is a
+    ConfigError naming it (and the line of the first byte that is not UTF-8)."""
     try:
-        text = path.read_text() if text is None else text
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([Problem(shown, None, "", f"cannot read: {exc.strerror}")]) from exc
     try:
-        doc = YAML(typ="rt").load(text)
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, byte = not_utf8(data, exc)
+        raise ConfigError([Problem(shown, line, "", f"not UTF-8 text (byte 0x{byte:02x}); "
+                                   "save the file as UTF-8")]) from exc
+
+
+def not_utf8(data: bytes, exc: UnicodeDecodeError) -> tuple[int, int]:
+    """Where UTF-8 decoding failed: (1-based line, the byte)."""
+    return data.count(b"\n", 0, exc.start) + 1, data[exc.start]
+
+
+def read_yaml(path: Path, shown: str, text: str | None = None) -> Source:
+    """Parse a YAML file into plain dicts/lists plus a map of key path -> (file, line)."""
+    text = read_text(path, shown) if text is None else text
+    doc = parse_yaml(text, shown)
+    where: dict[KeyPath, Where] = {(): (shown, 1)}
+    return Source(_plain(doc, (), shown, where), where)
+
+
+def parse_yaml(text: str, shown: str, yaml: YAML | None = None) -> Any:
+    """A YAML document that must be a mapping (empty: an empty one), parsed by `yaml`
+    (default: round-trip, which keeps lines); a ConfigError naming file:line otherwise."""
+    try:
+        doc = (yaml or YAML(typ="rt")).load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
         reason = exc.problem or exc.context or "not valid YAML"
         raise ConfigError([Problem(shown, line, "", f"YAML syntax: {reason}")]) from exc
+    except YAMLError as exc:
+        raise ConfigError([Problem(shown, None, "", f"YAML syntax: {exc}")]) from exc
     if doc is None:
-        doc = {}
+        return {}
     if not isinstance(doc, dict):
         raise ConfigError([Problem(shown, 1, "", "the file must be a mapping of keys")])
-    where: dict[KeyPath, Where] = {(): (shown, 1)}
-    return Source(_plain(doc, (), shown, where), where)
+    return doc
 
 
 def _plain(node: Any, path: KeyPath, shown: str, where: dict[KeyPath, Where]) -> Any:
@@ -116,12 +142,13 @@ def merge(base: Source, over: Mapping[str, Any], over_where: Mapping[KeyPath, Wh
             base.where[dst] = over_where[src]
 
 
-def read_dotenv(path: Path) -> dict[str, str]:
-    """KEY=VALUE lines; `export`, comments and quotes as in Compose's .env."""
+def read_dotenv(path: Path, shown: str | None = None) -> dict[str, str]:
+    """KEY=VALUE lines; `export`, comments and quotes as in Compose's .env. A file that is
+    not UTF-8 is a ConfigError naming it (`shown`, default: its name)."""
     values: dict[str, str] = {}
     if not path.is_file():
         return values
-    for raw in path.read_text().splitlines():
+    for raw in read_text(path, shown or path.name).removeprefix("\ufeff").splitlines():
         line = raw.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue

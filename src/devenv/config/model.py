@@ -11,10 +11,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from devenv.config.schema import Duration, Variants, key
+from devenv.config.schema import Duration, Names, Variants, key
 
 Command = str | list[str]
 CURRENT_VERSION = 1
+MAX_REPLICAS = 100
+
+SERVICE_NAMES = Names(
+    r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$",
+    "service names are up to 63 lower-case letters, digits and '-', starting and ending with "
+    "a letter or digit (each becomes the host <name>.localhost and names files)",
+    max_length=63,
+)
+ENV_NAMES = Names(
+    r"^[A-Za-z_][A-Za-z0-9_]*$",
+    "environment variable names are letters, digits and '_', not starting with a digit",
+)
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,8 @@ class HealthCheck:
         Duration(5.0), doc="Time between checks once healthy (starting replicas are probed fast)."
     )
     timeout: Duration = key(Duration(2.0), doc="How long one check may take before it fails.")
-    retries: int = key(3, doc="Consecutive failed checks that make a healthy replica unhealthy.")
+    retries: int = key(3, minimum=1,
+                       doc="Consecutive failed checks that make a healthy replica unhealthy.")
     start_period: Duration = key(
         Duration(60.0),
         doc="How long a new replica may take to pass its first check; failures before then "
@@ -137,11 +150,12 @@ class Service:
         ".", aliases=("cwd",), doc="Working folder, relative to the project (alias: cwd)."
     )
     port: int | None = key(
-        None,
+        None, minimum=1, maximum=65535,
         doc="The service's stable address on 127.0.0.1. Replicas listen on their own $PORT "
         "behind it; callers and the ingress always dial this one.",
     )
-    env: dict[str, str] = key(factory=dict, doc="Environment variables; ${VAR} is interpolated.")
+    env: dict[str, str] = key(factory=dict, names=ENV_NAMES,
+                              doc="Environment variables; ${VAR} is interpolated.")
     env_file: list[str] = key(factory=list, doc="Files of KEY=VALUE lines loaded before `env`.")
     depends_on: dict[str, Dependency] = key(
         factory=dict,
@@ -151,7 +165,9 @@ class Service:
     health: HealthCheck | None = key(
         None, doc="Readiness check. Default: TCP on the port when there is one, else started."
     )
-    replicas: int = key(1, doc="How many instances run behind the service's address.")
+    replicas: int = key(1, minimum=0, maximum=MAX_REPLICAS,
+                        doc="How many instances run behind the service's address (0: none "
+                        "for now).")
     ingress: Route | None = key(
         None, doc="Extra ingress routes (host or path prefix); `true` for the defaults."
     )
@@ -215,7 +231,8 @@ class Profile:
     services: list[str] = key(
         factory=list, doc="Services started by the profile (plus their dependencies); empty: all."
     )
-    env: dict[str, str] = key(factory=dict, doc="Environment added to every service.")
+    env: dict[str, str] = key(factory=dict, names=ENV_NAMES,
+                              doc="Environment added to every service.")
     overrides: dict[str, Any] = key(
         factory=dict,
         doc="Per-service keys merged over the service's own, e.g. {api: {replicas: 3}}.",
@@ -247,7 +264,7 @@ class IngressConfig:
     """The one local HTTP entry point, routing by host and path prefix."""
 
     enabled: bool = key(True, doc="Run the local ingress.")
-    port: int = key(7700, doc="Port of the ingress on 127.0.0.1.")
+    port: int = key(7700, minimum=1, maximum=65535, doc="Port of the ingress on 127.0.0.1.")
     hold_timeout: Duration = key(
         Duration(15.0),
         doc="How long a request waits for a restarting service before it is answered 503.",
@@ -259,8 +276,8 @@ class SnapshotConfig:
     """Where snapshots go and how many automatic ones are kept."""
 
     keep_automatic: int = key(
-        3, doc="Automatic snapshots (taken by `stop` before discarding data) kept; older ones "
-        "are deleted."
+        3, minimum=1, doc="Automatic snapshots (taken by `stop` before discarding data) kept; "
+        "older ones are deleted. At least 1: `stop` never discards data without one."
     )
 
 
@@ -270,7 +287,8 @@ class Project:
 
     version: int = key(doc="Schema version of this file; this release reads version 1.")
     name: str | None = key(None, doc="Project name; default: the folder's name.")
-    services: dict[str, Service] = key(factory=dict, doc="The services, by name.")
+    services: dict[str, Service] = key(factory=dict, names=SERVICE_NAMES,
+                                       doc="The services, by name.")
     profiles: dict[str, Profile] = key(factory=dict, doc="Named variants, for `up --profile`.")
     ingress: IngressConfig = key(factory=IngressConfig, doc="The local ingress.")
     datasets: dict[str, Dataset] = key(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -18,12 +19,31 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any, Literal, NewType, Union, get_args, get_origin, get_type_hints
 
 Duration = NewType("Duration", float)
-"""Seconds; written as a number or as `500ms`, `5s`, `2m`."""
+"""Seconds, more than 0; written as a number or as `500ms`, `5s`, `2m`."""
 
 Path = tuple[str | int, ...]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# the JSON Schema's pattern of a duration written as text: as _DURATION, not all zeros
+_DURATION_TEXT = r"^\s*(?=[0-9.]*[1-9])\d+(?:\.\d+)?\s*(ms|s|m|h)?\s*$"
+
+
+@dataclass(frozen=True)
+class Names:
+    """What the names of a mapping key's entries may be (service names, environment
+    variables): a pattern (for the JSON Schema too) and the rule as a message states it."""
+
+    pattern: str  # anchored (^…$): JSON Schema patterns match anywhere
+    rule: str
+    max_length: int | None = None
+
+    def problem(self, name: str) -> str | None:
+        if self.max_length is not None and len(name) > self.max_length:
+            return f"is {len(name)} characters long; {self.rule}"
+        if not re.fullmatch(self.pattern, name):
+            return f"is not a valid name; {self.rule}"
+        return None
 
 
 def key(
@@ -33,13 +53,37 @@ def key(
     aliases: tuple[str, ...] = (),
     factory: Callable[[], Any] | None = None,
     secret: bool = False,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    names: Names | None = None,
 ) -> Any:
     """Declare a config key. Without a default or factory the key is required; a secret
-    key's value is never shown (`config show/get` print it masked)."""
-    meta = {"doc": doc, "aliases": aliases, "secret": secret}
+    key's value is never shown (`config show/get` print it masked). `minimum`/`maximum`
+    bound a number (inclusive); `names` rules the names of a mapping's entries. Both are
+    checked as the file is read and shown in the JSON Schema."""
+    meta = {"doc": doc, "aliases": aliases, "secret": secret, "minimum": minimum,
+            "maximum": maximum, "names": names}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def bounds(f: dataclasses.Field[Any]) -> tuple[int | None, int | None]:
+    """A key's declared (minimum, maximum)."""
+    return f.metadata.get("minimum"), f.metadata.get("maximum")
+
+
+def bound_problem(f: dataclasses.Field[Any], value: Any) -> str | None:
+    low, high = bounds(f)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    if low is not None and high is not None and not low <= value <= high:
+        return f"{value} is out of range: give {low} to {high}"
+    if low is not None and value < low:
+        return f"{value} is too small: give at least {low}"
+    if high is not None and value > high:
+        return f"{value} is too large: give at most {high}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -154,9 +198,13 @@ def convert(tp: Any, value: Any, path: Path, issues: list[Issue]) -> Any:
         return value
     if tp is Duration:
         try:
-            return parse_duration(value)
+            seconds = parse_duration(value)
         except ValueError:
             return _fail(issues, path, f"expected {_describe(tp)}, got {value!r}")
+        if not math.isfinite(seconds) or seconds <= 0:
+            return _fail(issues, path, f"must be more than 0 (a duration like 5s or 500ms), "
+                         f"got {value!r}")
+        return seconds
     if origin is Literal:
         if value in get_args(tp):
             return value
@@ -269,9 +317,14 @@ def _convert_dataclass(tp: Any, value: Any, path: Path, issues: list[Issue]) -> 
             issues.append(Issue(path + (name,), f"'{name}' repeats key '{f.name}'"))
             failed = True
             continue
+        found = _names_issues(f, raw_value, path + (name,))
         try:
             kwargs[f.name] = convert(hints[f.name], raw_value, path + (name,), issues)
+            found += _bounds_issues(f, kwargs[f.name], path + (name,))
         except _Invalid:
+            failed = True
+        if found:
+            issues.extend(found)
             failed = True
     if variants is not None:
         try:
@@ -294,6 +347,22 @@ def _convert_dataclass(tp: Any, value: Any, path: Path, issues: list[Issue]) -> 
         issues.extend(found)
         raise _Invalid
     return obj
+
+
+def _bounds_issues(f: dataclasses.Field[Any], value: Any, path: Path) -> list[Issue]:
+    """A converted key's declared bounds."""
+    problem = bound_problem(f, value)
+    return [Issue(path, problem)] if problem else []
+
+
+def _names_issues(f: dataclasses.Field[Any], raw: Any, path: Path) -> list[Issue]:
+    """The declared rule for the names of a mapping key's entries, checked on what was
+    written (so a bad name is reported even when an entry is broken too)."""
+    names: Names | None = f.metadata.get("names")
+    if names is None or not isinstance(raw, dict):
+        return []
+    return [Issue(path + (str(entry),), problem) for entry in raw
+            if (problem := names.problem(str(entry)))]
 
 
 def _convert_variant(tp: Any, variants: Variants, kwargs: dict[str, Any], extra: dict[str, Any],
@@ -356,7 +425,8 @@ def json_schema(tp: Any, *, partial: bool = False) -> dict[str, Any]:
     if tp is Any:
         return {}
     if tp is Duration:
-        return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _DURATION.pattern}]}
+        return {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                          {"type": "string", "pattern": _DURATION_TEXT}]}
     if origin is Literal:
         return {"enum": list(get_args(tp))}
     if origin in (Union, types.UnionType):
@@ -377,6 +447,17 @@ def json_schema(tp: Any, *, partial: bool = False) -> dict[str, Any]:
 def _field_schema(f: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
     sub = json_schema(hint)
     sub["description"] = f.metadata.get("doc", "")
+    low, high = bounds(f)
+    if low is not None:
+        sub["minimum"] = low
+    if high is not None:
+        sub["maximum"] = high
+    names: Names | None = f.metadata.get("names")
+    if names is not None:
+        rule: dict[str, Any] = {"pattern": names.pattern}
+        if names.max_length is not None:
+            rule["maxLength"] = names.max_length
+        sub["propertyNames"] = rule
     if f.default is not MISSING and isinstance(f.default, str | int | float | bool):
         sub["default"] = f.default
     return sub

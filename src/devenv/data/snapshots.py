@@ -2,19 +2,23 @@
 
 A snapshot is built in a staging folder and appears under its name only by a final rename,
 after its files and manifest are on disk: a crash mid-save leaves nothing that lists as
-valid. Restore verifies every checksum first. Import never writes outside the store.
+valid. Restore verifies every checksum first. Import never writes outside the store, and
+checks the manifest and every file before the snapshot appears under its name. A folder whose
+manifest is missing or malformed never lists as a snapshot (`scan` names it as damaged).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import re
 import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -28,6 +32,72 @@ from devenv.wire import SnapshotSummary
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MANIFEST = "manifest.json"
 FORMAT = 1
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ManifestError(ValueError):
+    """Why a manifest cannot describe a snapshot."""
+
+
+def check_manifest(manifest: Any) -> dict[str, Any]:
+    """The manifest, if it describes a snapshot fully (every key that listing, verifying and
+    restoring read, of the right type); else ManifestError saying what is wrong."""
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{MANIFEST} is not a JSON object")
+    if not isinstance(manifest.get("created"), str):
+        raise ManifestError(f"{MANIFEST} has no 'created' time")
+    for key_name, types, shown in (("created_ts", (int, float), "a number"),
+                                   ("automatic", (bool,), "true or false"),
+                                   ("name", (str,), "a string")):
+        if key_name in manifest and (not isinstance(manifest[key_name], types)
+                                     or (bool not in types and isinstance(manifest[key_name],
+                                                                          bool))):
+            raise ManifestError(f"{MANIFEST}: '{key_name}' is not {shown}")
+    datasets = manifest.get("datasets", [])
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise ManifestError(f"{MANIFEST}: 'datasets' is not a list of names")
+    services = manifest.get("services")
+    if not isinstance(services, dict):
+        raise ManifestError(f"{MANIFEST} has no 'services'")
+    for service, entry in services.items():
+        if not NAME.match(service) or ".." in service:
+            raise ManifestError(f"{MANIFEST}: '{service}' is not a service name")
+        if not isinstance(entry, dict) or not isinstance(entry.get("kind"), str) \
+                or not isinstance(entry.get("version"), str):
+            raise ManifestError(f"{MANIFEST}: services.{service} needs a 'kind' and a "
+                                "'version'")
+        files = entry.get("files")
+        if not isinstance(files, dict):
+            raise ManifestError(f"{MANIFEST}: services.{service}.files is not a mapping of "
+                                "files")
+        for rel, meta in files.items():
+            parts = PurePosixPath(rel).parts
+            if not parts or rel.startswith("/") or ".." in parts:
+                raise ManifestError(f"{MANIFEST}: unsafe file name {rel!r}")
+            if not isinstance(meta, dict) or not isinstance(meta.get("size"), int) \
+                    or isinstance(meta.get("size"), bool) or meta["size"] < 0 \
+                    or not isinstance(meta.get("sha256"), str) \
+                    or not _SHA256.match(meta["sha256"]):
+                raise ManifestError(f"{MANIFEST}: services.{service}.files.{rel} needs a "
+                                    "'size' and a 'sha256'")
+    return manifest
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A snapshot folder's manifest, checked (ManifestError when it is missing or bad)."""
+    try:
+        text = (folder / MANIFEST).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"it holds no {MANIFEST}") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read {MANIFEST}: {exc.strerror}") from None
+    except ValueError:
+        raise ManifestError(f"{MANIFEST} is not UTF-8 text") from None
+    try:
+        manifest = json.loads(text)
+    except ValueError as exc:
+        raise ManifestError(f"{MANIFEST} is not valid JSON ({exc})") from None
+    return check_manifest(manifest)
 
 
 @dataclass(frozen=True)
@@ -118,57 +188,56 @@ class SnapshotStore:
         return Snapshot(name, target, manifest)
 
     def all(self) -> list[Snapshot]:
+        """The snapshots, oldest first (folders that are not complete snapshots left out)."""
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[Snapshot], list[tuple[Path, str]]]:
+        """The snapshots, oldest first, and the folders that should be snapshots but whose
+        manifest is missing or malformed, each with why (work folders are not listed)."""
         if not self.folder.is_dir():
-            return []
-        found = []
-        for path in self.folder.iterdir():
+            return [], []
+        found, damaged = [], []
+        for path in sorted(self.folder.iterdir()):
             if path.name.startswith(".") or not path.is_dir():
                 continue
             try:
-                manifest = json.loads((path / MANIFEST).read_text())
-            except (OSError, ValueError):
-                continue  # not a complete snapshot
-            found.append(Snapshot(path.name, path, manifest))
-        return sorted(found, key=lambda s: s.manifest.get("created_ts", 0))
+                found.append(Snapshot(path.name, path, read_manifest(path)))
+            except ManifestError as exc:
+                damaged.append((path, str(exc)))
+        return sorted(found, key=lambda s: s.manifest.get("created_ts", 0)), damaged
 
     def get(self, name: str) -> Snapshot:
         check_name(name)
-        for snap in self.all():
+        snaps, damaged = self.scan()
+        for snap in snaps:
             if snap.name == name:
                 return snap
-        names = [s.name for s in self.all()]
+        for path, why in damaged:
+            if path.name == name:
+                raise DevenvError(f"snapshot '{name}' is damaged: {why}",
+                                  hint=f"delete it with `devenv snapshot delete {name}`")
+        names = [s.name for s in snaps]
         raise UsageError(f"no snapshot '{name}'{did_you_mean(name, names)}",
                          hint="see `devenv snapshot list`")
 
-    def verify(self, name: str) -> Snapshot:
+    def verify(self, name: str, undone: str = "nothing was restored") -> Snapshot:
         """The snapshot, after checking every file against the manifest."""
         snap = self.get(name)
-        problems = []
-        for service, entry in snap.manifest["services"].items():
-            root = snap.path / service
-            on_disk = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} \
-                if root.is_dir() else set()
-            for rel, meta in entry["files"].items():
-                path = root / rel
-                if rel not in on_disk:
-                    problems.append(f"{service}/{rel}: missing")
-                elif path.stat().st_size != meta["size"]:
-                    problems.append(f"{service}/{rel}: {path.stat().st_size} bytes, the "
-                                    f"manifest says {meta['size']} (truncated?)")
-                elif sha256(path) != meta["sha256"]:
-                    problems.append(f"{service}/{rel}: checksum differs (corrupted or changed)")
-            problems += [f"{service}/{rel}: not in the manifest"
-                         for rel in on_disk - set(entry["files"])]
+        problems = file_problems(snap.path, snap.manifest)
         if problems:
-            raise DevenvError(f"snapshot '{name}' is damaged; nothing was restored",
+            raise DevenvError(f"snapshot '{name}' is damaged; {undone}",
                               details=problems[:10],
                               hint="restore another snapshot (`devenv snapshot list`)")
         return snap
 
     def delete(self, name: str) -> None:
-        snap = self.get(name)
+        """Delete a snapshot, or a damaged one's folder."""
+        check_name(name)
+        path = self.folder / name
+        if not path.is_dir():
+            self.get(name)  # no such snapshot: says so, with the close names
         doomed = self.folder / f".deleting-{os.getpid()}-{name}-{time.time_ns()}"
-        snap.path.rename(doomed)  # gone from the list at once, even if the removal is cut
+        path.rename(doomed)  # gone from the list at once, even if the removal is cut
         shutil.rmtree(doomed, ignore_errors=True)
 
     def prune_automatic(self, keep: int) -> list[str]:
@@ -190,37 +259,60 @@ class SnapshotStore:
     # ---- sharing
 
     def export(self, name: str, file: Path) -> Path:
-        snap = self.verify(name)
+        if file.is_dir():
+            raise UsageError(f"{file} is a folder; give the name of the file to write",
+                             hint=f"e.g. -o {file / (name + '.tar.gz')}")
+        if not file.parent.is_dir():
+            raise UsageError(f"cannot write {file}: folder {file.parent} does not exist",
+                             hint="create the folder first, or write the file elsewhere")
+        snap = self.verify(name, undone="nothing was exported")
         tmp = file.with_name(f".{file.name}.tmp")
         gz = file.name.endswith((".gz", ".tgz"))
-        with tarfile.open(tmp, "w:gz", compresslevel=1) if gz else tarfile.open(tmp, "w") as tar:
-            tar.add(snap.path, arcname=name, recursive=True)
-        tmp.replace(file)
+        try:
+            with tarfile.open(tmp, "w:gz", compresslevel=1) if gz \
+                    else tarfile.open(tmp, "w") as tar:
+                tar.add(snap.path, arcname=name, recursive=True)
+            tmp.replace(file)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise DevenvError(f"cannot write {file}: {exc.strerror or exc}") from exc
         return file
 
     def import_(self, file: Path, name: str | None = None) -> Snapshot:
+        """Add the snapshot in an exported file. Everything is checked in a work folder (the
+        archive's paths, the manifest, every file's size and checksum) before the snapshot
+        appears under its name; a failed import leaves nothing behind."""
+        if file.is_dir():
+            raise UsageError(f"{file} is a folder", hint="give the file written by "
+                             "`devenv snapshot export`")
         if not file.is_file():
             raise UsageError(f"no file {file}")
         self.folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".importing-{os.getpid()}-", dir=self.folder))
+        hint = "the file must come from `devenv snapshot export`"
         try:
             top = self._extract(file, staging)
-            manifest = json.loads((staging / MANIFEST).read_text())
+            manifest = read_manifest(staging)
             final = check_name(name or manifest.get("name") or top)
             if (self.folder / final).exists():
                 raise UsageError(f"a snapshot named '{final}' already exists",
                                  hint="import it under another name with --name")
+            problems = file_problems(staging, manifest)
+            if problems:
+                raise DevenvError(f"cannot import {file}: the snapshot in it is damaged",
+                                  details=problems[:10], hint=hint)
             manifest["name"] = final
             write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2))
-            checked = staging.rename(self.folder / final)
-            try:
-                return self.verify(final)
-            except DevenvError:
-                shutil.rmtree(checked, ignore_errors=True)
-                raise
-        except (OSError, ValueError, KeyError, tarfile.TarError) as exc:
-            raise DevenvError(f"cannot import {file}: {exc}",
-                              hint="the file must come from `devenv snapshot export`") from exc
+            _fsync_tree(staging)
+            staging.rename(self.folder / final)  # the last step: now it lists
+            return Snapshot(final, self.folder / final, manifest)
+        except ManifestError as exc:
+            raise DevenvError(f"cannot import {file}: {exc}", hint=hint) from exc
+        except (EOFError, zlib.error, lzma.LZMAError) as exc:
+            raise DevenvError(f"cannot import {file}: the file is incomplete or corrupted "
+                              f"({exc})", hint=hint) from exc
+        except (OSError, ValueError, tarfile.TarError) as exc:
+            raise DevenvError(f"cannot import {file}: {exc}", hint=hint) from exc
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
@@ -254,6 +346,27 @@ class SnapshotStore:
         if top is None:
             raise ValueError("the archive is empty")
         return top
+
+
+def file_problems(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """Every file of a snapshot folder that differs from its (checked) manifest."""
+    problems = []
+    for service, entry in manifest["services"].items():
+        root = folder / service
+        on_disk = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} \
+            if root.is_dir() else set()
+        for rel, meta in entry["files"].items():
+            path = root / rel
+            if rel not in on_disk:
+                problems.append(f"{service}/{rel}: missing")
+            elif path.stat().st_size != meta["size"]:
+                problems.append(f"{service}/{rel}: {path.stat().st_size} bytes, the "
+                                f"manifest says {meta['size']} (truncated?)")
+            elif sha256(path) != meta["sha256"]:
+                problems.append(f"{service}/{rel}: checksum differs (corrupted or changed)")
+        problems += [f"{service}/{rel}: not in the manifest"
+                     for rel in on_disk - set(entry["files"])]
+    return problems
 
 
 def _owner_alive(rest: str) -> bool:

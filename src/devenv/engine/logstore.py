@@ -147,7 +147,9 @@ def logged_services(folder: Path) -> list[str]:
 def query(folder: Path, services: Iterable[str], *, since: float | None = None,
           tail: int | None = None, startup: bool = False, verbose: bool = False
           ) -> list[LogLine]:
-    """Persisted lines, filtered as `devenv logs` asks."""
+    """Persisted lines, filtered as `devenv logs` asks; `tail`: only the last N (0: none)."""
+    if tail is not None and tail < 0:
+        raise ValueError(f"tail must be 0 or more, not {tail}")
     lines = list(read_files(folder, services))
     if startup:
         lines = _startup_only(lines)
@@ -155,7 +157,7 @@ def query(folder: Path, services: Iterable[str], *, since: float | None = None,
         lines = [ln for ln in lines if ln.ts >= since]
     if not verbose:
         lines = [ln for ln in lines if ln.stream != "devenv"]
-    return lines[-tail:] if tail else lines
+    return lines if tail is None else lines[max(len(lines) - tail, 0):]
 
 
 def _startup_only(lines: list[LogLine]) -> list[LogLine]:

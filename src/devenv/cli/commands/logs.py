@@ -6,14 +6,15 @@ import sys
 import time
 from collections.abc import Iterable
 from datetime import datetime
+from pathlib import Path
 
 from rich.markup import escape
 
 from devenv.cli.commands._common import project_root
 from devenv.cli.output import err, out, service_color
 from devenv.client import Client
-from devenv.config.schema import parse_duration
-from devenv.core.errors import UsageError
+from devenv.config.schema import did_you_mean, parse_duration
+from devenv.core.errors import ConfigError, UsageError
 from devenv.engine import logstore
 from devenv.wire import LogLine, to_json
 
@@ -39,11 +40,15 @@ def run(args: argparse.Namespace) -> int:
     root = project_root(args)
     since = parse_since(args.since)
     client = Client(root)
+    if args.services:
+        check_services(root, client, args.services)
     if client.running():
         stream(client, args.services, follow=args.follow, since=since, tail=args.tail,
                startup=args.startup, verbose=args.verbose, as_json=args.json)
+        if args.follow:  # the engine ended the stream: it is stopping
+            err.print("[dim]the environment stopped; nothing more will come[/]")
         return 0
-    folder = Client(root).state.logs
+    folder = client.state.logs
     services = args.services or logstore.logged_services(folder)
     lines = logstore.query(folder, services, since=since, tail=args.tail, startup=args.startup,
                            verbose=args.verbose)
@@ -52,6 +57,34 @@ def run(args: argparse.Namespace) -> int:
         err.print("[dim]the environment is not running; nothing more will come "
                   "(start it with `devenv up`)[/]")
     return 0
+
+
+def check_services(root: Path, client: Client, asked: list[str]) -> None:
+    """Every service asked for is declared in devenv.yaml, or has logs (a service since
+    renamed or removed); else a usage error naming the close one."""
+    declared = declared_services(root)
+    known = set(declared) | set(logstore.logged_services(client.state.logs))
+    for name in asked:
+        if name not in known:
+            raise UsageError(f"no service '{name}'{did_you_mean(name, declared or known)}",
+                             hint="services: " + (", ".join(declared or sorted(known))
+                                                  or "none declared"))
+
+
+def declared_services(root: Path) -> list[str]:
+    """The services devenv.yaml declares; when it does not load, the names written in it."""
+    from devenv.config.load import load, read_yaml
+    from devenv.core.paths import config_file
+
+    try:
+        return list(load(root).project.services)
+    except ConfigError:
+        pass
+    try:
+        written = read_yaml(config_file(root), "devenv.yaml").data.get("services")
+    except ConfigError:
+        return []
+    return [str(n) for n in written] if isinstance(written, dict) else []
 
 
 def stream(client: Client, services: list[str], *, follow: bool, since: float | None,

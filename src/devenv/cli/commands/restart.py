@@ -8,7 +8,8 @@ from devenv.client import Client
 
 
 def run(args: argparse.Namespace) -> int:
-    names = [n for group in args.services for n in group]
+    names = list(dict.fromkeys([n for group in args.services for n in group]
+                               + [n for arg in args.names for n in arg.split(",") if n]))
     result = Client(project_root(args)).restart(names)
     for name, reason in result.failed.items():
         err.print(f"[red]{name}[/]: {reason}")

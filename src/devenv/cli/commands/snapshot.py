@@ -6,10 +6,10 @@ from pathlib import Path
 from rich.table import Table
 
 from devenv.cli.commands._common import project_root
-from devenv.cli.output import out, print_json, size
+from devenv.cli.output import out, print_json, size, warn
 from devenv.client import Client, EngineNotRunning
 from devenv.core.paths import StateDir
-from devenv.data.snapshots import SnapshotStore
+from devenv.data.snapshots import NAME, SnapshotStore
 from devenv.wire import to_json
 
 
@@ -27,7 +27,12 @@ def run(args: argparse.Namespace) -> int:
         out.print(f"{verb} snapshot {snap.name}: {', '.join(snap.services)} "
                   f"({size(snap.size_bytes)})")
     elif action == "list":
-        snaps = [s.summary() for s in store.all()]
+        found, damaged = store.scan()
+        for path, why in damaged:
+            fix = f"`devenv snapshot delete {path.name}`" if NAME.match(path.name) \
+                else "remove the folder"
+            warn(f"skipped {path.relative_to(root)}: {why} ({fix} if it is not needed)")
+        snaps = [s.summary() for s in found]
         if args.json:
             print_json(to_json(snaps))
             return 0

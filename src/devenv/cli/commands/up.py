@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             logs.stream(client, [], follow=True, since=began, tail=None,  # incl. start-up
                         startup=False, verbose=False, as_json=False)
+            err.print("[dim]the environment stopped[/]")  # (stopped by another command)
         except KeyboardInterrupt:
             err.print("stopping…")
             client.stop(persist_data=True)
