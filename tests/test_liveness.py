@@ -124,7 +124,7 @@ def test_a_data_service_cannot_be_scaled(project: Project) -> None:
     project.services(f"cache: {{kind: redis, port: {port}}}\n")
     project.up()
     result = project.devenv("scale", "cache=2")
-    assert result.returncode == 2 and "cannot be scaled" in result.stderr
+    assert result.returncode == 2 and "cannot scale cache to 2" in result.stderr, result.stderr
     assert project.service("cache")["replicas"] == {"ready": 1, "desired": 1}
 
 

@@ -93,7 +93,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     svc: Service = loaded.project.services[name]
     env: dict[str, str] = {}
     for env_file in svc.env_file:
-        env.update(read_dotenv(loaded.root / env_file))
+        env.update(read_dotenv(loaded.root / env_file, env_file))
     env.update(svc.env)
     env["DEVENV_SERVICE"] = name
     for dep, how in svc.depends_on.items():

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from devenv.config.load import read_text
 from devenv.data.base import DatasetError
 
 if TYPE_CHECKING:
@@ -81,7 +82,8 @@ class SqlLoad:
 
     def __init__(self, url: str, files: list[tuple[str, Path]]):
         self.url = url
-        self.items = [(name, st) for name, path in files for st in split_sql(path.read_text())]
+        self.items = [(name, st) for name, path in files
+                      for st in split_sql(read_text(path, name))]
         self.conn: psycopg.AsyncConnection[Any] | None = None
         for name, st in self.items:
             words = st.text.split(None, 2)

@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+from devenv.config.load import read_text
 from devenv.data.base import DatasetError
 
 HINT = "nothing was loaded; fix the file and run the load again"
@@ -15,7 +16,7 @@ HINT = "nothing was loaded; fix the file and run the load again"
 def parse_redis(path: Path, shown: str) -> list[tuple[int, list[str]]]:
     """A Redis dataset file: one command per line, e.g. `HSET product:1 name "Green tea"`."""
     commands = []
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
+    for number, raw in enumerate(read_text(path, shown).splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -39,6 +39,7 @@ from devenv.wire import (
 CPU_WINDOW = 0.25
 WATCH_READY_TIMEOUT = 10.0
 CANCEL_TIMEOUT = 5.0
+MAX_REPLICAS = 100  # as services.*.replicas allows
 
 
 class Environment:
@@ -179,10 +180,13 @@ class Environment:
 
     async def scale(self, counts: dict[str, int]) -> OpResult:
         self.known(list(counts))
-        data = [n for n, c in counts.items() if c > 1 and self.engine.runners[n].plan.data]
-        if data:
-            raise UsageError(f"{', '.join(data)}: a data service runs exactly one server on its "
-                             "data; it cannot be scaled", hint="scale the services that use it")
+        for name, count in counts.items():
+            if self.engine.runners[name].plan.data is not None and count != 1:
+                raise UsageError(f"cannot scale {name} to {count}: a data service runs exactly "
+                                 "one server on its data", hint="scale the services that use it")
+            if not 0 <= count <= MAX_REPLICAS:
+                raise UsageError(f"cannot scale {name} to {count}: replicas are 0 to "
+                                 f"{MAX_REPLICAS}")
         return await self.engine.scale(counts)
 
     def known(self, names: list[str]) -> None:

@@ -24,6 +24,7 @@ from devenv.engine.context import Context
 from devenv.engine.logstore import LogStore
 from devenv.engine.reconciler import Engine
 from devenv.runtime import Runtimes
+from devenv.runtime.base import CHILD_LIMIT_VAR
 
 PROJECT_CHECK_INTERVAL = 2.0
 
@@ -78,9 +79,10 @@ async def _while_project_exists(root: Path, shutdown: asyncio.Event) -> None:
 def raise_descriptor_limit() -> None:
     """Take the hard limit on open files as the soft one: the engine holds the ingress's and
     balancers' connections, its control socket, health probes and services' pipes."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        os.environ[CHILD_LIMIT_VAR] = str(soft)  # what services get back (see the runtime)
 
 
 def main(argv: list[str], lock: IO[str]) -> int:

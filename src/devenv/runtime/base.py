@@ -38,6 +38,7 @@ class InstanceSpec:
 
 
 PORT_REF = "${PORT}"
+CHILD_LIMIT_VAR = "DEVENV_CHILD_NOFILE"  # instances' open-files limit (the engine raises its own)
 
 
 def with_port(argv: tuple[str, ...], port: int | None) -> tuple[str, ...]:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -27,6 +28,7 @@ from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
 from devenv.runtime.balancer import Balancer
 from devenv.runtime.base import (
+    CHILD_LIMIT_VAR,
     Backends,
     Instance,
     InstanceSpec,
@@ -182,6 +184,8 @@ class LocalRuntime:
         self.root = root
         self.state = StateDir(root)
         self.environ = dict(os.environ if environ is None else environ)
+        limit = self.environ.pop(CHILD_LIMIT_VAR, "")
+        self._child_nofile = int(limit) if limit.isdigit() else None
         self.token = secrets.token_hex(8)  # $DEVENV_ENGINE of everything this engine starts
         self._started = 0
         self._groups: dict[int, float] = {}
@@ -211,6 +215,7 @@ class LocalRuntime:
             raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: {exc.strerror}",
                               hint=f"check services.{spec.service}.command") from exc
         self._remember(proc.pid)
+        self._limit_files(proc.pid)
         return LocalInstance(spec, proc, protocol.exited, port, self, mark)
 
     async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
@@ -247,6 +252,14 @@ class LocalRuntime:
         if code is None:
             return RunResult(-9, f"timed out after {timeout:g}s")
         return RunResult(code, out[-65536:].decode(errors="replace"))
+
+    def _limit_files(self, pid: int) -> None:
+        """Give an instance the open-files limit the engine had before it raised its own (a
+        program that walks every descriptor up to the limit would crawl)."""
+        if self._child_nofile is not None:
+            with contextlib.suppress(OSError, ValueError):
+                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                resource.prlimit(pid, resource.RLIMIT_NOFILE, (self._child_nofile, hard))
 
     def exec(self, spec: InstanceSpec, argv: tuple[str, ...], *, tty: bool) -> int:
         """Attached to this terminal (a tty needs nothing more locally)."""

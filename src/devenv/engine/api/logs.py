@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from devenv.core.errors import UsageError
 from devenv.engine import logstore
 from devenv.engine.api.stream import open_stream
 from devenv.engine.app import Environment
@@ -17,13 +18,16 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
 
     async def logs(request: web.Request) -> web.StreamResponse:
         q = request.query
+        tail = q.get("tail")
+        if tail is not None and not (tail.isascii() and tail.isdigit()):
+            raise UsageError(f"-n {tail}: not a count of lines", hint="e.g. -n 100")
         services = q.getall("service", []) or logstore.logged_services(store.folder)
         verbose = q.get("verbose") == "1"
         with env.engine.ctx.events.subscribe(Logged) as sub:  # before reading: no gap
             store.flush()
             lines = logstore.query(
                 store.folder, services, since=float(q["since"]) if "since" in q else None,
-                tail=int(q["tail"]) if "tail" in q else None, startup=q.get("startup") == "1",
+                tail=int(tail) if tail is not None else None, startup=q.get("startup") == "1",
                 verbose=verbose)
             response = await open_stream(request)
             for line in lines:

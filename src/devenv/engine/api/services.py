@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from devenv import __version__
-from devenv.core.errors import DevenvError
+from devenv.core.errors import DevenvError, UsageError
 from devenv.engine.api.stream import answer, open_stream, send
 from devenv.engine.app import Environment
 from devenv.wire import ErrorInfo, Progress, UpResult, to_json
@@ -61,7 +61,10 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
         return answer(await env.restart((await request.json()).get("services") or []))
 
     async def scale(request: web.Request) -> web.Response:
-        counts = {k: int(v) for k, v in (await request.json())["counts"].items()}
+        counts = (await request.json()).get("counts")
+        if not isinstance(counts, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
+            raise UsageError("scale takes SERVICE=N counts", hint="e.g. devenv scale api=3")
         return answer(await env.scale(counts))
 
     async def stop(request: web.Request) -> web.Response:
