@@ -4,12 +4,15 @@ never lost, `restart` rolls with no gap, and what devenv refuses it says at once
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
 
-from conftest import Project, free_ports, procs_in, wait_for
+from conftest import ENV, Project, free_ports, procs_in, wait_for
 
 
 def _gone(pids: list[int]) -> bool:
@@ -139,3 +142,18 @@ def test_a_portless_service_in_a_crash_loop_is_never_shown_healthy(project: Proj
         seen.add(svc["state"])
         assert "crash loop" in svc["detail"], svc
     assert seen == {"crashed"}
+
+
+def test_services_keep_the_usual_open_files_limit(project: Project) -> None:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    soft = min(1024, hard)
+    project.services('files: {command: "python -c \\"import resource, time; '
+                     'print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], flush=True); '
+                     'time.sleep(600)\\""}\n')
+    subprocess.run([sys.executable, "-m", "devenv", "up"], cwd=project.root, env=ENV,
+                   check=True, capture_output=True, timeout=60,
+                   preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard)))
+    assert wait_for(lambda: project.devenv("logs", "files").stdout.strip(), timeout=10)
+    assert project.devenv("logs", "files").stdout.split()[-1] == str(soft)
+    engine = psutil.Process(project.engine_pid())
+    assert engine.rlimit(psutil.RLIMIT_NOFILE)[0] == hard  # the engine's own is raised
