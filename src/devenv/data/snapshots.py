@@ -23,6 +23,7 @@ from typing import Any
 from devenv.config.schema import did_you_mean
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
+from devenv.core.paths import PRIVATE_FILE, private_dir, private_opener
 from devenv.wire import SnapshotSummary
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -94,7 +95,7 @@ class SnapshotStore:
         if (self.folder / name).exists():
             raise UsageError(f"a snapshot named '{name}' already exists",
                              hint="choose another name, or `devenv snapshot delete` it first")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         return Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-{name}-", dir=self.folder))
 
     def discard(self, staging: Path) -> None:
@@ -108,7 +109,7 @@ class SnapshotStore:
                 str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": sha256(p)}
                 for p in sorted(root.rglob("*")) if p.is_file()}
         manifest.update(format=FORMAT, name=name)
-        write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2))
+        write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2), mode=PRIVATE_FILE)
         _fsync_tree(staging)
         target = self.folder / name
         if target.exists():
@@ -193,7 +194,12 @@ class SnapshotStore:
         snap = self.verify(name)
         tmp = file.with_name(f".{file.name}.tmp")
         gz = file.name.endswith((".gz", ".tgz"))
-        with tarfile.open(tmp, "w:gz", compresslevel=1) if gz else tarfile.open(tmp, "w") as tar:
+        tmp.unlink(missing_ok=True)
+        # owner-only from its creation (a shared folder's other users never get it open)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
+        with os.fdopen(fd, "wb") as out, \
+                tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) if gz \
+                else tarfile.open(fileobj=out, mode="w") as tar:
             tar.add(snap.path, arcname=name, recursive=True)
         tmp.replace(file)
         return file
@@ -201,7 +207,7 @@ class SnapshotStore:
     def import_(self, file: Path, name: str | None = None) -> Snapshot:
         if not file.is_file():
             raise UsageError(f"no file {file}")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         staging = Path(tempfile.mkdtemp(prefix=f".importing-{os.getpid()}-", dir=self.folder))
         try:
             top = self._extract(file, staging)
@@ -211,7 +217,7 @@ class SnapshotStore:
                 raise UsageError(f"a snapshot named '{final}' already exists",
                                  hint="import it under another name with --name")
             manifest["name"] = final
-            write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2))
+            write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2), mode=PRIVATE_FILE)
             checked = staging.rename(self.folder / final)
             try:
                 return self.verify(final)
@@ -242,12 +248,12 @@ class SnapshotStore:
                 if not target.is_relative_to(staging.resolve()):
                     raise ValueError(f"unsafe path in archive: {member.name!r}")
                 if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
+                    target.mkdir(mode=0o700, parents=True, exist_ok=True)
                 elif member.isfile():
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                     source = tar.extractfile(member)
                     assert source is not None
-                    with open(target, "wb") as out:
+                    with open(target, "wb", opener=private_opener) as out:
                         shutil.copyfileobj(source, out, 1 << 20)
                 else:
                     raise ValueError(f"unsupported entry in archive: {member.name!r}")
