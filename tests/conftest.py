@@ -37,14 +37,23 @@ def free_ports(n: int) -> list[int]:
 
 
 def procs_in(root: Path) -> list[psutil.Process]:
-    """Live processes whose working folder is inside `root` (our services)."""
+    """Live processes of the project at `root` (our services): by their working folder, or
+    by the project mark devenv gives every process it starts (data servers run in a private
+    mount namespace, where their working folder is not the project's)."""
+    mark = f"DEVENV_PROJECT={root}".encode()
     found = []
     for proc in psutil.process_iter(["cwd", "status"]):
         try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
             cwd = proc.info["cwd"]
-            if cwd and cwd.startswith(str(root)) and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            if cwd and cwd.startswith(str(root)):
                 found.append(proc)
-        except psutil.Error:
+                continue
+            with open(f"/proc/{proc.pid}/environ", "rb") as fh:
+                if mark in fh.read().split(b"\0"):
+                    found.append(proc)
+        except (psutil.Error, OSError):
             continue
     return found
 

@@ -115,7 +115,7 @@ def edit(root: Path, key: str, value: Any, *, project: bool, remove: bool = Fals
     load(root, texts={target: new_text})  # raises ConfigError, and nothing is written
     if not project:
         state.ensure()
-    write_atomic(target, new_text)
+    write_atomic(target, new_text, mode=0o644 if project else 0o600)  # local.yaml: personal
     return target
 
 

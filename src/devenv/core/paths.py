@@ -9,6 +9,23 @@ from pathlib import Path
 from devenv.core.errors import UsageError
 
 CONFIG_NAMES = ("devenv.yaml", "devenv.yml")
+PRIVATE_DIR = 0o700  # everything under .devenv/ is the owner's only: data, logs, secrets
+PRIVATE_FILE = 0o600
+
+
+def private_opener(path: str, flags: int) -> int:
+    """`open(path, mode, opener=private_opener)`: a file it creates is owner-only (0600)."""
+    return os.open(path, flags, PRIVATE_FILE)
+
+
+def private_dir(folder: Path) -> Path:
+    """`folder` (and any missing parent) created owner-only; an existing one made so."""
+    if not folder.parent.is_dir():
+        private_dir(folder.parent)
+    folder.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+    if folder.stat().st_mode & 0o777 != PRIVATE_DIR:
+        os.chmod(folder, PRIVATE_DIR)
+    return folder
 
 
 def find_project_root(start: Path | None = None) -> Path:
@@ -71,15 +88,27 @@ class StateDir:
         return self.base / "data"
 
     @property
+    def snapshots(self) -> Path:
+        return self.base / "snapshots"
+
+    @property
     def local_overrides(self) -> Path:
         return self.base / "local.yaml"
 
     def ensure(self) -> None:
-        """Create the state folders; `run/` is owner-only, it holds the control socket."""
-        self.base.mkdir(exist_ok=True)
-        gitignore = self.base / ".gitignore"
-        if not gitignore.exists():
-            gitignore.write_text("*\n")
-        self.run.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.run, 0o700)
-        self.logs.mkdir(exist_ok=True)
+        """Create the state folders, all owner-only (0700; files in them 0600): they hold
+        the control socket, data, logs, secrets and personal overrides. Folders an older
+        devenv made open to others are closed; so are the lock and the engine's log, made
+        here so that whoever opens them next finds them owner-only."""
+        for folder in (self.base, self.run, self.logs, self.data, self.snapshots):
+            private_dir(folder)
+        for file, text in ((self.base / ".gitignore", "*\n"), (self.lock, ""),
+                           (self.engine_log, "")):
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+            try:
+                if os.fstat(fd).st_mode & 0o077:
+                    os.fchmod(fd, PRIVATE_FILE)
+                if text and not os.fstat(fd).st_size:
+                    os.write(fd, text.encode())
+            finally:
+                os.close(fd)

@@ -12,6 +12,7 @@ import functools
 import importlib
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from devenv.core.errors import DevenvError
 from devenv.data.base import DataKind, DataService, DatasetLoad, Server
@@ -107,7 +108,8 @@ def secrets(ds: DataService[Any]) -> list[str]:
             value = list(value.values())
         found += [str(v) for v in (value if isinstance(value, list | tuple) else [value])
                   if v not in (None, "")]
-    return found
+    # as they appear in a URL too (DATABASE_URL, REDIS_URL): percent-encoded
+    return found + [q for v in found if (q := quote(v, safe="")) != v]
 
 
 __all__ = [

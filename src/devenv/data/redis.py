@@ -1,23 +1,39 @@
-"""Redis: a real server on its port with RDB persistence; snapshots with `redis-cli --rdb`."""
+"""Redis: a real server on its port, every acknowledged write in its append-only file;
+snapshots with `redis-cli --rdb`.
+
+The server runs as the data user (devenv.data.base.Confinement), with CONFIG, DEBUG and
+MODULE gone and the clients' user denied administration (ACL), its password kept in the
+server's users file (hashed) rather than in its argv. An empty password means no password.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from devenv.config.model import HealthCheck
 from devenv.config.schema import key
+from devenv.core.atomic import write_atomic
+from devenv.core.errors import DevenvError
+from devenv.core.paths import PRIVATE_FILE, private_dir, private_opener
 from devenv.data.base import (
     HOST,
+    Confinement,
     DataService,
     DatasetLoad,
     Server,
     binary,
     check_version,
+    data_identity,
+    fsync_dir,
+    hand_over,
     package_dir,
     run_tool,
 )
@@ -36,14 +52,33 @@ class Settings:
     )
     password: str = key(
         "devpass", secret=True,
-        doc="the server's password (requirepass). Masked in logs and output.",
+        doc="the clients' password. Masked in logs and output. Empty (\"\"): no password, "
+        "so any local user can read and change the data.",
     )
 
     def targets(self, service: str) -> list[str]:
         return []  # one keyspace: nothing to choose
 
+    def warnings(self, service: str) -> list[str]:
+        """An empty password is allowed (some clients expect none), and said out loud."""
+        if self.password:
+            return []
+        return [f"services.{service}.password is empty: Redis runs with no password, so any "
+                "local user can read and change its data"]
+
 
 RD = DataService[Settings]
+
+AOF = "appendonly.aof"
+# Off for everyone (devenv needs none of them): they reconfigure the server, load code, or
+# write files where a client says.
+DISABLED = ("CONFIG", "DEBUG", "MODULE")
+# The clients' rights: everything but administration (saving, shutting down, replicating
+# from elsewhere, ACLs), except its harmless parts: naming and listing clients, MONITOR,
+# the slow log, and a replica's sync, which `redis-cli --rdb` (snapshots) uses and which
+# reads nothing a client could not read anyway.
+CLIENT_RULES = ("~* &* +@all -@admin +client +monitor +slowlog +latency +lastsave "
+                "+sync +psync +replconf")
 
 
 def _bundled() -> Path | None:
@@ -61,27 +96,77 @@ def _version(ds: RD) -> str:
     return next(p.split("=")[1] for p in out.split() if p.startswith("v="))
 
 
+def _server_tool(jail: Confinement, ds: RD) -> str:
+    """redis-server as the data user sees it (the bundled package mounted if need be)."""
+    path, bundled = _bin(ds, "redis-server"), _bundled()
+    return jail.tool(path, bundled.parent if bundled and Path(path).is_relative_to(bundled)
+                     else None)
+
+
+def _store(ds: RD) -> Path:
+    """The server's own folder (the data user's): the append-only file."""
+    return ds.folder / "server"
+
+
+def _staged(ds: RD) -> Path:
+    """A restored server folder, complete, waiting to be swapped in."""
+    return ds.folder / "server.restore-new"
+
+
+def _acl(ds: RD) -> Path:
+    """The server's users, given on its standard input: devenv's, never the server's."""
+    return ds.folder / "users.acl"
+
+
 class Redis:
     name = "redis"
     url_var = "REDIS_URL"
     Settings = Settings
 
     def server(self, ds: RD) -> Server:
-        # redis-server quotes each argument itself when it turns them into its config
-        command = (_bin(ds, "redis-server"), "--port", "${PORT}", "--bind", HOST,
-                   "--dir", str(ds.folder), "--dbfilename", "dump.rdb", "--save", "1", "1",
-                   "--appendonly", "no", "--protected-mode", "yes",
-                   "--requirepass", ds.settings.password)
-        return Server(command=command, health=HealthCheck(tcp=True),
+        # Every acknowledged write is on disk before the reply: the append-only file,
+        # fsynced before each reply (appendfsync always); a kill -9 loses none of them.
+        # redis-server quotes each argument itself when it turns them into its config.
+        jail = Confinement(_store(ds), stdin=_acl(ds))
+        command = [_server_tool(jail, ds), "-", "--port", "${PORT}", "--bind", HOST,
+                   "--dir", jail.data, "--appendonly", "yes", "--appendfilename", AOF,
+                   "--appendfsync", "always", "--aof-use-rdb-preamble", "yes",
+                   "--save", "", "--dbfilename", "dump.rdb", "--protected-mode", "yes"]
+        for name in DISABLED:
+            command += ["--rename-command", name, ""]
+        return Server(command=tuple(jail.argv(command)), health=HealthCheck(tcp=True),
                       env={"REDIS_PASSWORD": ds.settings.password},
-                      stop_signal="TERM")  # saves the data, then exits
+                      stop_signal="TERM")  # fsyncs the append-only file, then exits
 
     def url(self, ds: RD, target: str | None = None) -> str:
-        return f"redis://:{ds.settings.password}@{HOST}:{ds.port}/0"
+        password = ds.settings.password
+        auth = f":{quote(password, safe='')}@" if password else ""
+        return f"redis://{auth}{HOST}:{ds.port}/0"
 
     def prepare(self, ds: RD) -> None:
-        check_version(ds.name, ds.settings.version, _version(ds), "Redis")
-        ds.folder.mkdir(parents=True, exist_ok=True)
+        version = _version(ds)
+        check_version(ds.name, ds.settings.version, version, "Redis")
+        if int(version.split(".")[0]) < 6:
+            raise DevenvError(f"{ds.name}: Redis {version} has no ACLs; devenv needs 6 or "
+                              "later", hint=f"fix services.{ds.name}.bin_dir")
+        who = data_identity()
+        private_dir(ds.folder)
+        store = _store(ds)
+        old = store.with_name(f"{store.name}.old")
+        if not store.exists() and old.exists():
+            old.rename(store)  # a restore was cut short between its two renames
+        if not store.exists():
+            building = Path(tempfile.mkdtemp(prefix="server.new-", dir=ds.folder))
+            earlier = ds.folder / "dump.rdb"  # an older devenv's layout: an RDB file only
+            if earlier.exists():  # (an append-only file may start with an RDB file)
+                earlier.replace(building / AOF)
+            hand_over(building, who)
+            building.rename(store)
+        hand_over(store, who, check=True)
+        password = ds.settings.password
+        secret = f"#{hashlib.sha256(password.encode()).hexdigest()}" if password else "nopass"
+        write_atomic(_acl(ds), f"user default reset on {secret} {CLIENT_RULES}\n",
+                     mode=PRIVATE_FILE)
 
     async def provision(self, ds: RD, port: int) -> None:
         return None
@@ -93,32 +178,55 @@ class Redis:
         return RedisLoad(self.url(ds, target), files)
 
     async def snapshot(self, ds: RD, dest: Path) -> str:
-        dest.mkdir(parents=True, exist_ok=True)
+        private_dir(dest)
+        password = ds.settings.password
         await run_tool([_bin(ds, "redis-cli"), "-h", HOST, "-p", str(ds.port),
                         "--no-auth-warning", "--rdb", str(dest / "dump.rdb")],
-                       env={"REDISCLI_AUTH": ds.settings.password},
+                       env={"REDISCLI_AUTH": password} if password else {},
+                       unset=() if password else ("REDISCLI_AUTH",),
                        what=f"{ds.name}: redis-cli --rdb")
+        os.chmod(dest / "dump.rdb", PRIVATE_FILE)
         return _version(ds)
 
     def stage_restore(self, ds: RD, src: Path) -> None:
-        """The snapshot's dump beside the live data, complete and on disk."""
-        ds.folder.mkdir(parents=True, exist_ok=True)
-        tmp, new = ds.folder / "dump.rdb.restore-tmp", ds.folder / "dump.rdb.restore-new"
-        shutil.copyfile(src / "dump.rdb", tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        tmp.replace(new)
+        """The snapshot's RDB file becomes the whole append-only file (its RDB preamble) of a
+        new server folder beside the live one: complete, on disk, the data user's. Swapped
+        in whole, so no stale append-only or RDB file is left for the server to load."""
+        private_dir(ds.folder)
+        store = _store(ds)
+        tmp, new = store.with_name(f"{store.name}.restore-tmp"), _staged(ds)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        with open(src / "dump.rdb", "rb") as source, \
+                open(tmp / AOF, "wb", opener=private_opener) as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+            target.flush()
+            os.fsync(target.fileno())
+        hand_over(tmp, data_identity())
+        tmp.rename(new)
 
     def swap_restore(self, ds: RD) -> bool:
-        new = ds.folder / "dump.rdb.restore-new"
+        store, new = _store(ds), _staged(ds)
         if not new.exists():
             return False
-        new.replace(ds.folder / "dump.rdb")
+        if store.exists():
+            old = store.with_name(f"{store.name}.restore-old")
+            shutil.rmtree(old, ignore_errors=True)  # the leftover of an earlier restore
+            store.rename(old)
+        new.rename(store)
+        fsync_dir(ds.folder)
         return True
 
     def drop_restore(self, ds: RD) -> None:
-        for name in ("dump.rdb.restore-tmp", "dump.rdb.restore-new", "dump.rdb.restore"):
-            (ds.folder / name).unlink(missing_ok=True)
+        if not ds.folder.is_dir():
+            return
+        store = _store(ds).name
+        for path in ds.folder.iterdir():
+            if path.name.startswith((f"{store}.restore-", f"{store}.old", "dump.rdb.restore")):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
 
 if TYPE_CHECKING:

@@ -27,6 +27,7 @@ from typing import Any
 from devenv.config.schema import did_you_mean
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
+from devenv.core.paths import PRIVATE_FILE, private_dir, private_opener
 from devenv.wire import SnapshotSummary
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -164,7 +165,7 @@ class SnapshotStore:
         if (self.folder / name).exists():
             raise UsageError(f"a snapshot named '{name}' already exists",
                              hint="choose another name, or `devenv snapshot delete` it first")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         return Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-{name}-", dir=self.folder))
 
     def discard(self, staging: Path) -> None:
@@ -178,7 +179,7 @@ class SnapshotStore:
                 str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": sha256(p)}
                 for p in sorted(root.rglob("*")) if p.is_file()}
         manifest.update(format=FORMAT, name=name)
-        write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2))
+        write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2), mode=PRIVATE_FILE)
         _fsync_tree(staging)
         target = self.folder / name
         if target.exists():
@@ -268,9 +269,13 @@ class SnapshotStore:
         snap = self.verify(name, undone="nothing was exported")
         tmp = file.with_name(f".{file.name}.tmp")
         gz = file.name.endswith((".gz", ".tgz"))
+        tmp.unlink(missing_ok=True)
         try:
-            with tarfile.open(tmp, "w:gz", compresslevel=1) if gz \
-                    else tarfile.open(tmp, "w") as tar:
+            # owner-only from its creation (a shared folder's other users never get it open)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, PRIVATE_FILE)
+            with os.fdopen(fd, "wb") as out, \
+                    tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) if gz \
+                    else tarfile.open(fileobj=out, mode="w") as tar:
                 tar.add(snap.path, arcname=name, recursive=True)
             tmp.replace(file)
         except OSError as exc:
@@ -287,7 +292,7 @@ class SnapshotStore:
                              "`devenv snapshot export`")
         if not file.is_file():
             raise UsageError(f"no file {file}")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.folder)
         staging = Path(tempfile.mkdtemp(prefix=f".importing-{os.getpid()}-", dir=self.folder))
         hint = "the file must come from `devenv snapshot export`"
         try:
@@ -302,7 +307,7 @@ class SnapshotStore:
                 raise DevenvError(f"cannot import {file}: the snapshot in it is damaged",
                                   details=problems[:10], hint=hint)
             manifest["name"] = final
-            write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2))
+            write_atomic(staging / MANIFEST, json.dumps(manifest, indent=2), mode=PRIVATE_FILE)
             _fsync_tree(staging)
             staging.rename(self.folder / final)  # the last step: now it lists
             return Snapshot(final, self.folder / final, manifest)
@@ -334,12 +339,12 @@ class SnapshotStore:
                 if not target.is_relative_to(staging.resolve()):
                     raise ValueError(f"unsafe path in archive: {member.name!r}")
                 if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
+                    target.mkdir(mode=0o700, parents=True, exist_ok=True)
                 elif member.isfile():
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                     source = tar.extractfile(member)
                     assert source is not None
-                    with open(target, "wb") as out:
+                    with open(target, "wb", opener=private_opener) as out:
                         shutil.copyfileobj(source, out, 1 << 20)
                 else:
                     raise ValueError(f"unsupported entry in archive: {member.name!r}")

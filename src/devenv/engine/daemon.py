@@ -17,6 +17,7 @@ from typing import IO
 
 from aiohttp import web
 
+from devenv.core.atomic import write_atomic
 from devenv.core.paths import StateDir
 from devenv.engine.api import make_app
 from devenv.engine.app import Environment
@@ -94,7 +95,7 @@ def main(argv: list[str], lock: IO[str]) -> int:
     for name, count in runtimes.recover().items():
         print(f"stopped {count} instance(s) left on the {name} runtime by a previous engine",
               flush=True)
-    state.pidfile.write_text(str(os.getpid()))
+    write_atomic(state.pidfile, str(os.getpid()), mode=0o600)
     try:
         asyncio.run(serve(root, state, runtimes))
     finally:

@@ -157,7 +157,7 @@ class DataOps:
 
     def _set_loaded(self, names: list[str]) -> None:
         self.state.data.mkdir(parents=True, exist_ok=True)
-        write_atomic(self._record, json.dumps(names))
+        write_atomic(self._record, json.dumps(names), mode=0o600)
 
     # ---- snapshots
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Protocol
 
+from devenv.core.paths import private_opener
 from devenv.core.secrets import MASK
 from devenv.wire import LogLine, to_json
 
@@ -98,9 +99,9 @@ class LogStore:
         fh = self._files.get(line.service)
         try:
             if fh is None:
-                self.folder.mkdir(exist_ok=True)
+                self.folder.mkdir(mode=0o700, exist_ok=True)
                 fh = self._files[line.service] = open(  # noqa: SIM115
-                    self.path(line.service), "a")
+                    self.path(line.service), "a", opener=private_opener)
             fh.write(to_file(line))
         except OSError:
             return

@@ -18,6 +18,7 @@ import time
 GRACE_SECONDS = 5.0
 ENGINE_VAR = "DEVENV_ENGINE"  # in every instance's environment: whose it is
 INSTANCE_VAR = "DEVENV_INSTANCE"
+PROJECT_VAR = "DEVENV_PROJECT"  # the project folder, for whoever looks (tests, doctor)
 
 
 def _alive(pgid: int) -> bool:

@@ -37,7 +37,13 @@ from devenv.runtime.base import (
     RunResult,
     with_port,
 )
-from devenv.runtime.guardian import ENGINE_VAR, INSTANCE_VAR, kill_carrying, stop_groups
+from devenv.runtime.guardian import (
+    ENGINE_VAR,
+    INSTANCE_VAR,
+    PROJECT_VAR,
+    kill_carrying,
+    stop_groups,
+)
 
 LINE_LIMIT = 256 * 1024
 HOST = "127.0.0.1"
@@ -207,7 +213,8 @@ class LocalRuntime:
         try:
             proc, protocol = await _spawn(
                 with_port(spec.command, port), cwd=workdir,
-                env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark},
+                env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark,
+                     PROJECT_VAR: str(self.root)},
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
             )
@@ -228,7 +235,8 @@ class LocalRuntime:
         try:
             proc, protocol = await _spawn(
                 with_port(argv, port), cwd=self.root / spec.workdir,
-                env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark},
+                env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark,
+                     PROJECT_VAR: str(self.root)},
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT, start_new_session=True,
             )
