@@ -13,6 +13,7 @@ import json
 import os
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -192,6 +193,7 @@ class LocalRuntime:
         self.environ = dict(os.environ if environ is None else environ)
         limit = self.environ.pop(CHILD_LIMIT_VAR, "")
         self._child_nofile = int(limit) if limit.isdigit() else None
+        self._prlimit = shutil.which("prlimit")
         self.token = secrets.token_hex(8)  # $DEVENV_ENGINE of everything this engine starts
         self._started = 0
         self._groups: dict[int, float] = {}
@@ -212,7 +214,7 @@ class LocalRuntime:
         mark = f"{self.token}-{self._started}"
         try:
             proc, protocol = await _spawn(
-                with_port(spec.command, port), cwd=workdir,
+                self._limited(with_port(spec.command, port)), cwd=workdir,
                 env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark,
                      PROJECT_VAR: str(self.root)},
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -222,7 +224,6 @@ class LocalRuntime:
             raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: {exc.strerror}",
                               hint=f"check services.{spec.service}.command") from exc
         self._remember(proc.pid)
-        self._limit_files(proc.pid)
         return LocalInstance(spec, proc, protocol.exited, port, self, mark)
 
     async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
@@ -261,13 +262,14 @@ class LocalRuntime:
             return RunResult(-9, f"timed out after {timeout:g}s")
         return RunResult(code, out[-65536:].decode(errors="replace"))
 
-    def _limit_files(self, pid: int) -> None:
-        """Give an instance the open-files limit the engine had before it raised its own (a
-        program that walks every descriptor up to the limit would crawl)."""
-        if self._child_nofile is not None:
-            with contextlib.suppress(OSError, ValueError):
-                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-                resource.prlimit(pid, resource.RLIMIT_NOFILE, (self._child_nofile, hard))
+    def _limited(self, argv: tuple[str, ...]) -> tuple[str, ...]:
+        """`argv` run with the open-files limit the engine had before it raised its own (a
+        program that walks every descriptor up to the limit would crawl): through
+        util-linux's `prlimit`, which sets it before the program starts."""
+        if self._child_nofile is None or self._prlimit is None:
+            return argv
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        return (self._prlimit, f"--nofile={min(self._child_nofile, hard)}:{hard}", "--", *argv)
 
     def exec(self, spec: InstanceSpec, argv: tuple[str, ...], *, tty: bool) -> int:
         """Attached to this terminal (a tty needs nothing more locally)."""
