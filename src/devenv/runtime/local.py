@@ -212,10 +212,15 @@ class LocalRuntime:
         workdir = self.root / spec.workdir
         self._started += 1
         mark = f"{self.token}-{self._started}"
+        env = self._env(spec, port)
+        if spec.command and not shutil.which(spec.command[0], path=env.get("PATH")) and \
+                not (workdir / spec.command[0]).is_file():
+            raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: not found",
+                              hint=f"check services.{spec.service}.command (and PATH)")
         try:
             proc, protocol = await _spawn(
                 self._limited(with_port(spec.command, port)), cwd=workdir,
-                env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark,
+                env={**env, ENGINE_VAR: self.token, INSTANCE_VAR: mark,
                      PROJECT_VAR: str(self.root)},
                 stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,
@@ -266,7 +271,7 @@ class LocalRuntime:
         """`argv` run with the open-files limit the engine had before it raised its own (a
         program that walks every descriptor up to the limit would crawl): through
         util-linux's `prlimit`, which sets it before the program starts."""
-        if self._child_nofile is None or self._prlimit is None:
+        if self._child_nofile is None or self._prlimit is None or not argv:
             return argv
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         return (self._prlimit, f"--nofile={min(self._child_nofile, hard)}:{hard}", "--", *argv)
