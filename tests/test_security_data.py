@@ -410,7 +410,8 @@ def test_an_empty_redis_password_is_no_password_everywhere(proj: Project) -> Non
     (proj.root / "seed.redis").write_text("SET seeded yes\n")
     with open(proj.root / "devenv.yaml", "a") as fh:
         fh.write("datasets:\n  seed:\n    files:\n      cache: [seed.redis]\n")
-    proj.up()
+    up = proj.up()
+    assert "services.cache.password is empty: Redis runs with no password" in up.stderr
     env = api_env(proj, ports)
     assert env["REDIS_URL"] == f"redis://127.0.0.1:{ports['cache']}/0"
     cache = redis.Redis(port=ports["cache"])  # no password at all

@@ -209,6 +209,8 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     _check(project, source, shown, root)
     if profile is not None:
         project = apply_profile(project, source, profile, shown, root, over)
+    warnings += [w for name, svc in project.services.items() if svc.is_data
+                 for w in svc.settings.warnings(name)]  # a data kind's own cautions
     return Loaded(root, file, project, profile, source, warnings)
 
 
