@@ -219,6 +219,10 @@ def test_servers_run_as_the_unprivileged_data_user(proj: Project) -> None:
                             "WHERE rolname = current_user").fetchone() == (False, False, False)
         conn.execute("CREATE TABLE t (x int)")
     assert redis.Redis.from_url(env["REDIS_URL"]).set("k", "v")
+    # health checks and devenv's own tools log in with the right role: no failed login in
+    # the server's log (its first start was probed every 50 ms), no password in its env
+    logs = proj.devenv("logs", "db", check=True).stdout
+    assert "password authentication failed" not in logs, logs[-2000:]
 
 
 @needs_root

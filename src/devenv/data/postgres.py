@@ -26,6 +26,7 @@ from urllib.parse import quote
 
 from devenv.config.model import HealthCheck
 from devenv.config.schema import key
+from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import PRIVATE_FILE, private_dir
 from devenv.data.base import (
@@ -111,6 +112,24 @@ def _admin_secret(ds: PG) -> Path:
     return ds.folder / "admin.secret"
 
 
+def _pgpass(ds: PG) -> Path:
+    """libpq's password file (PGPASSFILE) for the health check, devenv's tools and
+    `devenv exec`: so no password sits in an environment, and no check fails a login."""
+    return ds.folder / "pgpass"
+
+
+def _write_pgpass(ds: PG) -> None:
+    """The admin role's and the application role's passwords, owner-only."""
+    def esc(text: str) -> str:
+        return text.replace("\\", "\\\\").replace(":", "\\:")
+
+    lines = [f"*:*:*:{esc(ds.settings.user)}:{esc(ds.settings.password)}"]
+    secret = read_secret(_admin_secret(ds))
+    if secret:
+        lines.insert(0, f"*:*:*:{ADMIN}:{esc(secret)}")
+    write_atomic(_pgpass(ds), "\n".join(lines) + "\n", mode=PRIVATE_FILE)
+
+
 def _version(ds: PG) -> str:
     out = subprocess.run([_bin(ds, "postgres"), "--version"], capture_output=True,
                          text=True, check=True).stdout
@@ -153,7 +172,7 @@ class Postgres:
         ready = [_bin(ds, "pg_isready"), "-q", "-h", HOST, "-p", "${PORT}", "-d", "postgres",
                  "-U", ADMIN]  # (a role that exists from the start: no failed login logged)
         return Server(command=tuple(command), health=HealthCheck(command=ready),
-                      env={"PGPASSWORD": ds.settings.password, "PGUSER": ds.settings.user},
+                      env={"PGPASSFILE": str(_pgpass(ds)), "PGUSER": ds.settings.user},
                       stop_signal="INT")  # "fast" shutdown: clean, no wait for pooled clients
 
     def url(self, ds: PG, target: str | None = None) -> str:
@@ -188,9 +207,10 @@ class Postgres:
             hand_over(pgdata, who, check=True)  # data of an older devenv was root's
             if read_secret(_admin_secret(ds)) is None:
                 ds.unmark()  # data of an older devenv: provisioning migrates it (_migrate)
-            return
-        ds.unmark()
-        self._initdb(ds, who)
+        else:
+            ds.unmark()
+            self._initdb(ds, who)
+        _write_pgpass(ds)
 
     def _initdb(self, ds: PG, who: Identity | None) -> None:
         """A fresh data folder whose bootstrap superuser is the admin role, with a new
@@ -312,6 +332,7 @@ class Postgres:
             else:
                 _admin_secret(ds).unlink(missing_ok=True)
                 staged_secret.unlink()
+            _write_pgpass(ds)
         return True
 
     def drop_restore(self, ds: PG) -> None:
@@ -427,6 +448,7 @@ async def _migrate(ds: PG, port: int) -> str:
             await conn.execute("SELECT set_config('devenv.app', %s, false)", [s.user])
             await conn.execute(_HAND_OVER)
     write_secret(_admin_secret(ds), secret)
+    _write_pgpass(ds)
     pending.unlink(missing_ok=True)
     return secret
 
