@@ -162,3 +162,23 @@ def test_services_keep_the_usual_open_files_limit(project: Project) -> None:
     assert project.devenv("logs", "files").stdout.split()[-1] == str(soft)
     engine = psutil.Process(project.engine_pid())
     assert engine.rlimit(psutil.RLIMIT_NOFILE)[0] == hard  # the engine's own is raised
+
+
+def test_a_failed_one_shot_fails_up_and_its_dependents_at_once(project: Project) -> None:
+    (port,) = free_ports(1)
+    project.services(f"""\
+        job: {{command: "echo migrating; sleep 0.2; exit 1", restart: "no"}}
+        web:
+          command: python svc.py
+          port: {port}
+          depends_on: {{job: completed}}
+        """)
+    began = time.monotonic()
+    result = project.devenv("up", timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "dependency 'job' failed: exited with code 1" in result.stderr
+    assert time.monotonic() - began < 20
+    states = {s["name"]: s["state"] for s in project.status()["services"]}
+    assert states == {"job": "crashed", "web": "stopped"}  # web never started
+    stopped = project.devenv("stop", timeout=30)
+    assert stopped.returncode == 0

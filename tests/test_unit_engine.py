@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from devenv.engine.reconciler import Engine
@@ -43,6 +44,25 @@ def test_a_dependent_starts_only_once_its_dependency_is_healthy(tmp_path: Path) 
         assert result.ok
         starts = {s.service: s.at for s in runtime.starts}
         assert starts["api"] >= starts["db"] + 5.0
+        await engine.stop_all()
+
+    run_virtual(scenario())
+
+
+def test_a_failed_one_shot_fails_its_dependents_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.script("job", crash(after=0.5, code=1))
+        engine = Engine(make_context(tmp_path, runtime))
+        job = make_plan("job", restart="no", health=None)
+        web = make_plan("web", depends_on={"job": "completed"})
+        result = await asyncio.wait_for(engine.up(plan_of(job, web), lambda _: None), 60)
+        by_name = {r.name: r for r in result.services}
+        assert not result.ok
+        assert engine.runners["job"].state == "crashed"  # (its own `up` result: issue 9.14)
+        assert by_name["web"].state == "blocked"
+        assert "dependency 'job' failed: exited with code 1" in by_name["web"].detail
+        assert [s.service for s in runtime.starts] == ["job"]
         await engine.stop_all()
 
     run_virtual(scenario())

@@ -192,7 +192,10 @@ class ServiceRunner:
     def condition(self, condition: Condition) -> Verdict:
         """Whether the service meets `condition` now, will later, or never will."""
         reps = self.replicas
-        failed = [r for r in reps if r.failed_start]
+        # never: a start that failed, or a replica that crashed and will not be restarted
+        # (a one-shot job with `restart: no` that exited with an error)
+        failed = [r for r in reps
+                  if r.failed_start or (r.gave_up and r.state == State.CRASHED)]
         if failed:
             return Verdict(reason=failed[0].detail or "failed to start")
         if condition == Condition.STARTED:
