@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import jsonschema
@@ -16,18 +15,7 @@ from conftest import ENV
 from devenv.config import load
 from devenv.config.load import read_dotenv
 from devenv.core.errors import ConfigError
-
-
-def write(root: Path, text: str, name: str = "devenv.yaml") -> None:
-    path = root / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(textwrap.dedent(text))
-
-
-def problems(root: Path, profile: str | None = None) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(root, profile)
-    return info.value.details
+from test_config import problems, write
 
 
 def devenv(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

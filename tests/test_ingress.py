@@ -175,15 +175,15 @@ def test_headers_named_by_connection_are_not_forwarded(project: Project) -> None
 
 def test_the_websocket_subprotocol_is_the_one_the_backend_chose(project: Project) -> None:
     chooses, declines = free_ports(2)
-    fixture(project, "ws_proto.py")
+    fixture(project, "ws.py")
     project.services(f"""\
           picky:
-            command: [{sys.executable}, ws_proto.py]
+            command: [{sys.executable}, ws.py]
             port: {chooses}
             env: {{WS_PROTOCOLS: v2.chat}}
             health: {{http: /healthz}}
           plain:
-            command: [{sys.executable}, ws_proto.py]
+            command: [{sys.executable}, ws.py]
             port: {declines}
             health: {{http: /healthz}}
         """)
@@ -198,7 +198,7 @@ def test_the_websocket_subprotocol_is_the_one_the_backend_chose(project: Project
 
     assert asyncio.run(talk("picky.localhost", ("v1.chat", "v2.chat"))) == (
         "v2.chat", "v2.chat: hi")
-    assert asyncio.run(talk("plain.localhost", ("v1.chat",))) == (None, "None: hi")
+    assert asyncio.run(talk("plain.localhost", ("v1.chat",))) == (None, "echo: hi")
 
 
 # ---- 9.2: a backend that hangs up without answering

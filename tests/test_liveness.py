@@ -13,6 +13,7 @@ import time
 import psutil
 
 from conftest import ENV, Project, free_ports, procs_in, wait_for
+from test_reload import edit_version, make
 
 
 def _gone(pids: list[int]) -> bool:
@@ -182,3 +183,13 @@ def test_a_failed_one_shot_fails_up_and_its_dependents_at_once(project: Project)
     assert states == {"job": "crashed", "web": "stopped"}  # web never started
     stopped = project.devenv("stop", timeout=30)
     assert stopped.returncode == 0
+
+
+def test_a_build_that_leaves_a_detached_child_neither_hangs_nor_leaks_it(
+        project: Project) -> None:
+    make(project, {"api": 'watch: {action: rebuild, build: "setsid sleep 991 & echo built"}'})
+    project.up()
+    edit_version(project, "api", "v2")
+    assert wait_for(lambda: project.service("api")["reloads"] == 1, timeout=20)
+    assert project.service("api")["last_reload"]["ok"]
+    assert not [p for p in procs_in(project.root) if p.cmdline()[-2:] == ["sleep", "991"]]

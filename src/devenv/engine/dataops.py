@@ -9,7 +9,6 @@ stay up and hold new connections while they come back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
@@ -239,10 +238,7 @@ class DataOps:
             counts = await run_loads(opened)
             if spec.script is not None:
                 await self._script(spec.script, runners, environ)
-        except BaseException:
-            for _, load in opened:
-                with contextlib.suppress(Exception):
-                    await load.abort()
+        except BaseException:  # (run_loads has aborted what it staged)
             if guard:
                 await self._restore(touched, guard)
             raise

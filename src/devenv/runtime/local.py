@@ -48,6 +48,7 @@ from devenv.runtime.guardian import (
 
 LINE_LIMIT = 256 * 1024
 HOST = "127.0.0.1"
+OUTPUT_GRACE = 0.5  # a one-off's output closes this soon after it exits, unless a child holds it
 
 
 def free_port() -> int:
@@ -256,12 +257,15 @@ class LocalRuntime:
             code = None
         finally:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await asyncio.to_thread(kill_carrying, INSTANCE_VAR, mark)
+                os.killpg(proc.pid, signal.SIGKILL)  # what it left in its group
         try:
-            out = await asyncio.wait_for(reader, 5.0)
-        except TimeoutError:
-            out = b""
+            out = await asyncio.wait_for(asyncio.shield(reader), OUTPUT_GRACE)
+        except TimeoutError:  # something outside its group holds its output: find it by mark
+            await asyncio.to_thread(kill_carrying, INSTANCE_VAR, mark)
+            try:
+                out = await asyncio.wait_for(reader, 5.0)
+            except TimeoutError:
+                out = b""
         await proc.wait()
         if code is None:
             return RunResult(-9, f"timed out after {timeout:g}s")
