@@ -30,7 +30,7 @@ from devenv.config.schema import Duration
 from devenv.core.errors import DevenvError
 from devenv.engine.context import Context
 from devenv.engine.logstore import LogStore
-from devenv.plan import ServicePlan
+from devenv.plan import LIVE_FIELDS, ServicePlan
 from devenv.runtime.base import Instance, InstanceSpec, OutputLine, Resources, RunResult
 
 T = TypeVar("T")
@@ -395,14 +395,22 @@ def make_plan(name: str, *, replicas: int = 1, restart: str = "always",
     plan = ServicePlan(
         name=name, command=command, workdir=".", env={"DEVENV_SERVICE": name, **(env or {})},
         port=port, replicas=replicas, health=health, restart=restart,
-        depends_on=dict(depends_on or {}), route=route, watch=watch or Watch(),
+        depends_on=dict(depends_on or {}), route=route,
+        watch=_resolved(watch or Watch(), restart == "always" or port is not None),
         stop_signal="TERM", stop_timeout=10.0,
     )
     fingerprint = asdict(plan)
-    fingerprint.pop("replicas")
-    fingerprint.pop("watch")
+    for live in LIVE_FIELDS:
+        fingerprint.pop(live)
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode())
     return replace(plan, config_hash=digest.hexdigest()[:16])
+
+
+def _resolved(watch: Watch, serves: bool) -> Watch:
+    """Watch settings as `service_plan` makes them concrete (no dev-server detection)."""
+    enabled = serves if watch.enabled is None else watch.enabled
+    return replace(watch, enabled=enabled, action="replace" if watch.action == "auto"
+                   else watch.action)
 
 
 def make_context(root: Path, runtime: FakeRuntime, *, hold_timeout: float = 15.0) -> Context:
@@ -412,4 +420,9 @@ def make_context(root: Path, runtime: FakeRuntime, *, hold_timeout: float = 15.0
     logs = LogStore(root / "logs")
     loop.cleanups.append(logs.close)
     return Context(root=root, runtimes=lambda name: runtime, logs=logs,
-                   hold_timeout=hold_timeout, clock=loop.time)
+                   hold_timeout=hold_timeout, clock=loop.time, blocking=_inline)
+
+
+async def _inline(fn: Callable[..., T], *args: Any) -> T:
+    """File work run on the loop's thread: a thread's real time would let virtual time run."""
+    return fn(*args)

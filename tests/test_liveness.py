@@ -180,7 +180,8 @@ def test_a_failed_one_shot_fails_up_and_its_dependents_at_once(project: Project)
     assert "dependency 'job' failed: exited with code 1" in result.stderr
     assert time.monotonic() - began < 20
     states = {s["name"]: s["state"] for s in project.status()["services"]}
-    assert states == {"job": "crashed", "web": "stopped"}  # web never started
+    assert states == {"job": "failed", "web": "stopped"}  # web never started
+    assert "migrating" in result.stderr  # the job's last lines say why
     stopped = project.devenv("stop", timeout=30)
     assert stopped.returncode == 0
 

@@ -59,7 +59,7 @@ def test_a_failed_one_shot_fails_its_dependents_at_once(tmp_path: Path) -> None:
         result = await asyncio.wait_for(engine.up(plan_of(job, web), lambda _: None), 60)
         by_name = {r.name: r for r in result.services}
         assert not result.ok
-        assert engine.runners["job"].state == "crashed"  # (its own `up` result: issue 9.14)
+        assert engine.runners["job"].state == "failed"
         assert by_name["web"].state == "blocked"
         assert "dependency 'job' failed: exited with code 1" in by_name["web"].detail
         assert [s.service for s in runtime.starts] == ["job"]

@@ -180,3 +180,47 @@ def test_drain_gives_up_after_its_timeout_when_work_never_finishes() -> None:
     at, inflight = run_virtual(scenario())
     assert at == pytest.approx(10.0)
     assert inflight == 1
+
+
+def test_drain_closes_a_merely_open_connection_after_the_idle_timeout() -> None:
+    async def scenario() -> float:
+        pool = Pool("web")
+        old = backend("old")
+        pool.add(old)
+
+        async def quiet_websocket() -> None:  # open, answered, waiting for nothing
+            async with pool.use():
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(quiet_websocket())
+        await asyncio.sleep(0)
+        await pool.drain(old, timeout=10.0, idle_timeout=2.0)
+        task.cancel()
+        return now()
+
+    assert run_virtual(scenario()) == pytest.approx(2.0)
+
+
+def test_drain_waits_longer_for_a_connection_waiting_for_its_answer() -> None:
+    async def scenario() -> float:
+        pool = Pool("web")
+        old = backend("old")
+        pool.add(old)
+        answered = asyncio.Event()
+
+        async def slow_request() -> None:  # asked; the answer takes 5 s; then kept open
+            async with pool.use() as b:
+                b.working(1)
+                await asyncio.sleep(5.0)
+                b.working(-1)
+                answered.set()
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(slow_request())
+        await asyncio.sleep(0)
+        await pool.drain(old, timeout=10.0, idle_timeout=2.0)
+        assert answered.is_set()
+        task.cancel()
+        return now()
+
+    assert run_virtual(scenario()) == pytest.approx(5.0)  # the answer, then no idle wait

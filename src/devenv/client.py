@@ -234,13 +234,13 @@ class Client:
         return from_json(EnvironmentStatus, self._json(
             "GET", "/v1/status" + ("?resources=1" if resources else "")))
 
-    def up(self, services: list[str], profile: str | None, watch: bool = True
-           ) -> Iterator[Progress | UpResult]:
+    def up(self, services: list[str], profile: str | None, watch: bool = True,
+           rerun: list[str] | None = None) -> Iterator[Progress | UpResult]:
         """Progress as it happens, ending with the result."""
         # ${VAR} in devenv.yaml means the caller's environment, not the engine's
         for item in self._stream("POST", "/v1/up", {"services": services, "profile": profile,
                                                     "environ": dict(os.environ),
-                                                    "watch": watch}):
+                                                    "watch": watch, "rerun": rerun or []}):
             yield from_json(UpResult, item) if item.get("type") == "done" \
                 else from_json(Progress, item)
 

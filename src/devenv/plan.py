@@ -21,6 +21,7 @@ from devenv.config.model import HealthCheck, Route, Service, Watch
 from devenv.core.paths import StateDir
 from devenv.core.secrets import looks_secret
 from devenv.data.base import DataService
+from devenv.devservers import reloads_itself
 from devenv.runtime import DEFAULT as DEFAULT_RUNTIME
 from devenv.runtime.base import InstanceSpec
 
@@ -43,8 +44,23 @@ class ServicePlan:
     stop_signal: str
     stop_timeout: float
     data: DataService[Any] | None = None
+    drain_timeout: float = 2.0
+    run_timeout: float = 300.0
+    watch_note: str = ""  # why watching is what it is: "vite reloads itself"
     runtime: str = DEFAULT_RUNTIME
     config_hash: str = field(default="", compare=False)
+
+    @property
+    def job(self) -> bool:
+        """A one-shot: it is meant to exit (restart no or on-failure, and nothing to serve)."""
+        return self.restart != "always" and self.port is None and self.data is None
+
+    @property
+    def watch_mode(self) -> str:
+        """How file changes reload it, as `status` shows it."""
+        if not self.watch.enabled:
+            return "off" + (f" ({self.watch_note})" if self.watch_note else "")
+        return self.watch.action + (f" ({self.watch_note})" if self.watch_note else "")
 
     @property
     def url(self) -> str | None:
@@ -114,6 +130,8 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         command, health, stop_signal = server.command, server.health, server.stop_signal
         env.update(server.env)
         watch = Watch(enabled=False)
+    job = svc.restart != "always" and svc.port is None and not svc.is_data
+    watch, watch_note = _resolve_watch(watch, job, svc, loaded.root, env)
     plan = ServicePlan(
         name=name,
         command=command,
@@ -129,12 +147,35 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         stop_signal=stop_signal,
         stop_timeout=svc.stop_timeout,
         data=data,
+        drain_timeout=svc.drain_timeout,
+        run_timeout=svc.run_timeout,
+        watch_note=watch_note,
     )
     fingerprint = asdict(plan)
-    fingerprint.pop("replicas")
-    fingerprint.pop("watch")
+    for live in LIVE_FIELDS:  # changed on running instances, no new ones needed
+        fingerprint.pop(live)
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode())
     return replace(plan, config_hash=digest.hexdigest()[:16])
+
+
+LIVE_FIELDS = ("replicas", "watch", "watch_note", "drain_timeout", "run_timeout")
+
+
+def _resolve_watch(watch: Watch, job: bool, svc: Service, root: Path,
+                   env: dict[str, str]) -> tuple[Watch, str]:
+    """Watch settings made concrete: on unless turned off (one-shot jobs: off unless turned
+    on); `auto` is none for a dev server that reloads itself, else replace."""
+    note = ""
+    enabled = watch.enabled
+    if enabled is None:
+        enabled = not job and not svc.is_data
+        note = "one-shot job" if job else ""
+    action = watch.action
+    if action == "auto":
+        tool = reloads_itself(svc.command, root / svc.path, env) if enabled else None
+        action = "none" if tool else "replace"
+        note = f"{tool} reloads itself" if tool else note
+    return replace(watch, enabled=enabled, action=action), note
 
 
 def exec_spec(plan: ServicePlan) -> InstanceSpec:

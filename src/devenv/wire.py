@@ -18,13 +18,15 @@ T = TypeVar("T")
 
 
 class State(StrEnum):
-    """Of a replica, and (all but `failed`) of a service."""
+    """Of a replica, and of a service. A one-shot job is `running`, then `completed` (exit code
+    0) or `failed` (an exit that will not be retried); a server is `healthy` once it is ready."""
 
     STARTING = "starting"
+    RUNNING = "running"  # a one-shot job at work
     HEALTHY = "healthy"
     UNHEALTHY = "unhealthy"
     CRASHED = "crashed"
-    FAILED = "failed"  # a start that will not be retried (replica only)
+    FAILED = "failed"  # a start or a job that will not be retried
     STOPPED = "stopped"
     COMPLETED = "completed"
 
@@ -42,6 +44,7 @@ class ActionKind(StrEnum):
     CREATE = "create"
     REPLACE = "replace"
     SCALE = "scale"
+    UPDATE = "update"  # settings that need no new instances (watching, draining)
     KEEP = "keep"
     REMOVE = "remove"
 
@@ -106,6 +109,8 @@ class ServiceStatus:
     last_reload: ReloadRecord | None
     instances: list[InstanceStatus]
     config_hash: str = ""
+    job: bool = False  # a one-shot: its state says running / completed / failed
+    watch: str = ""  # how file changes reload it: replace, none (vite reloads itself), off
     cpu_percent: float | None = optional()
     rss_bytes: int | None = optional()
 

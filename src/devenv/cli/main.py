@@ -44,6 +44,9 @@ def parser() -> argparse.ArgumentParser:
                    " Ctrl-C stops the environment")
     s.add_argument("--no-watch", dest="watch", action="store_false",
                    help="do not reload services when their files change")
+    s.add_argument("--rerun", action="append", type=_csv, default=[], metavar="JOB",
+                   help="run a one-shot job again even if it completed before and nothing it "
+                   "depends on changed (repeatable, or comma-separated)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     s = sub.add_parser("stop", help="stop every service and the engine")

@@ -94,18 +94,22 @@ class Route:
 class Watch:
     """Which files reload the service when they change (`watch: false` turns it off)."""
 
-    enabled: bool = key(True, doc="Reload the service when its files change.")
+    enabled: bool | None = key(
+        None, doc="Reload the service when its files change. Default: on, except for one-shot "
+        "jobs (restart: no or on-failure, no port), which rerun on a change only when on.",
+    )
     paths: list[str] = key(
         factory=list, doc="Paths watched, relative to the project; default: the service's path."
     )
     ignore: list[str] = key(
         factory=list, doc="Glob patterns ignored, on top of .gitignore and the usual junk."
     )
-    action: Literal["replace", "restart", "rebuild", "none"] = key(
-        "replace",
+    action: Literal["auto", "replace", "restart", "rebuild", "none"] = key(
+        "auto",
         doc="replace: start a new instance, switch when healthy, drain the old one; restart: "
         "stop then start; rebuild: run `build` first, then replace; none: the service reloads "
-        "itself.",
+        "itself; auto: none for a dev server known to reload itself (vite, next dev, nodemon, "
+        "uvicorn --reload, ...), else replace.",
     )
     build: Command | None = key(None, doc="Build command run before a rebuild.")
 
@@ -180,6 +184,17 @@ class Service:
     )
     stop_timeout: Duration = key(
         Duration(10.0), doc="Grace time before the stop escalates to KILL."
+    )
+    drain_timeout: Duration = key(
+        Duration(2.0), minimum=0, maximum=600,
+        doc="How long a replaced or scaled-away instance keeps connections that are open but "
+        "idle (keep-alive, websockets such as a dev server's HMR socket) before it is stopped. "
+        "A request still being answered gets up to 10s.",
+    )
+    run_timeout: Duration = key(
+        Duration(300.0), minimum=1,
+        doc="For a one-shot job (restart: no or on-failure, no port): how long one run may take "
+        "before it is stopped and counts as failed; `up` and its dependents wait at most this.",
     )
     description: str = key("", doc="What the service is for; shown in generated docs.")
     settings: Any = key(

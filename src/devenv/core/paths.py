@@ -92,6 +92,10 @@ class StateDir:
         return self.base / "snapshots"
 
     @property
+    def jobs(self) -> Path:
+        return self.base / "jobs.json"
+
+    @property
     def local_overrides(self) -> Path:
         return self.base / "local.yaml"
 

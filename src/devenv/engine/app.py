@@ -24,7 +24,7 @@ from devenv.engine.reconciler import Engine
 from devenv.engine.reloader import Reloader
 from devenv.engine.routing import Routing
 from devenv.engine.watch import Watcher, make_spec
-from devenv.plan import exec_spec, make_plan
+from devenv.plan import Plan, exec_spec, make_plan
 from devenv.runtime.base import InstanceSpec
 from devenv.wire import (
     EngineInfo,
@@ -64,27 +64,29 @@ class Environment:
     # ---- up and stop
 
     async def up(self, services: list[str], profile: str | None, environ: dict[str, str] | None,
-                 watch: bool, progress: Callable[[Progress], None]) -> UpResult:
+                 watch: bool, progress: Callable[[Progress], None], rerun: list[str] | None = None
+                 ) -> UpResult:
         task = asyncio.current_task()
         assert task is not None
         self._work.add(task)
         try:
-            return await self._up(services, profile, environ, watch, progress)
+            return await self._up(services, profile, environ, watch, progress, rerun or [])
         finally:
             self._work.discard(task)
 
     async def _up(self, services: list[str], profile: str | None,
                   environ: dict[str, str] | None, watch: bool,
-                  progress: Callable[[Progress], None]) -> UpResult:
+                  progress: Callable[[Progress], None], rerun: list[str]) -> UpResult:
         self.environ = environ
         loaded = await asyncio.to_thread(load, self.root, profile, environ=environ)
         plan = make_plan(loaded, services)
+        _check_rerun(plan, rerun)
         self.profile = loaded.profile
         ingress = await self.routing.ensure(plan.ingress_port)
         stores = {n: p.data for n, p in plan.services.items()
                   if p.data is not None and n not in self.engine.runners}
         notices = await asyncio.to_thread(self.data.finish_restores, stores) if stores else []
-        result = await self.engine.up(plan, progress)
+        result = await self.engine.up(plan, progress, rerun)
         watching = self._watch(watch)
         with contextlib.suppress(TimeoutError):  # return once edits will be seen
             await asyncio.wait_for(asyncio.shield(watching), WATCH_READY_TIMEOUT)
@@ -104,7 +106,7 @@ class Environment:
         specs = []
         for runner in self.engine.runners.values():
             watch = runner.plan.watch
-            if enabled and watch.enabled:
+            if enabled and watch.enabled and watch.action != "none":  # none: it reloads itself
                 specs.append(make_spec(runner.name, self.root, runner.plan.workdir,
                                        watch.paths, watch.ignore))
         self.watching = enabled and bool(specs)
@@ -194,3 +196,18 @@ class Environment:
         if unknown:
             running = ", ".join(self.engine.runners) or "none"
             raise DevenvError(f"not running: {', '.join(unknown)}", hint=f"running: {running}")
+
+
+def _check_rerun(plan: Plan, names: list[str]) -> None:
+    """`up --rerun NAME`: NAME must be a one-shot job this `up` brings up."""
+    for name in names:
+        if name not in plan.services:
+            raise UsageError(f"--rerun {name}: no such service",
+                             hint="see `devenv config show` for the services")
+        if not plan.services[name].job:
+            raise UsageError(f"--rerun {name}: {name} is not a one-shot job (restart: no or "
+                             "on-failure, and no port)", hint=f"`devenv restart {name}` "
+                             "restarts a service")
+        if name not in plan.selected:
+            raise UsageError(f"--rerun {name}: {name} is not among the services this `up` "
+                             "starts", hint=f"add it: --services ...,{name}")

@@ -3,10 +3,12 @@ clock. Injected, so tests can run the engine on a fake runtime and a fake clock.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from devenv.engine.events import Events, Logged
 from devenv.engine.logstore import LogStore
@@ -21,6 +23,8 @@ class Context:
     events: Events = field(default_factory=Events)
     hold_timeout: float = 15.0
     clock: Callable[[], float] = time.monotonic
+    # file work off the event loop (tests on a virtual clock run it inline)
+    blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread
 
     def __post_init__(self) -> None:
         if self.logs.sink is None:  # every stored line is an event too

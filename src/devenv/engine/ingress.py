@@ -450,8 +450,8 @@ class Ingress:
         refused: list[str] = []
         for _ in range(ATTEMPTS):
             try:
-                async with pool.use(tried, timeout=max(0.0, hold_until - loop.time())
-                                    ) as backend:
+                async with pool.use(tried, timeout=max(0.0, hold_until - loop.time()),
+                                    busy=True) as backend:
                     # encoded=True: the path goes out byte for byte as the client sent it
                     url = URL(f"http://{backend.host}:{backend.port}{suffix}", encoded=True)
                     try:

@@ -2,7 +2,9 @@
 
 Both the TCP balancer (the service's own port) and the ingress pick from the same pool, count
 what they have in flight, and wait a little when nothing is ready (a restart in progress)
-rather than fail. Draining takes a backend out of rotation and waits for its work to finish.
+rather than fail. Draining takes a backend out of rotation and waits for its work to finish:
+a request still being answered gets the long timeout, connections that are merely open (idle
+keep-alive, a dev server's quiet HMR websocket) only the short one.
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ class Backend:
     id: str
     host: str
     port: int
-    inflight: int = 0
+    inflight: int = 0  # connections open through it
+    busy: int = 0  # of those, the ones waiting for an answer
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+    def working(self, delta: int) -> None:
+        self.busy += delta
+        self.changed.set()
 
 
 class NoBackend(LookupError):
@@ -72,19 +80,37 @@ class Pool:
 
     @contextlib.asynccontextmanager
     async def use(self, exclude: set[str] | None = None,
-                  timeout: float | None = None) -> AsyncIterator[Backend]:
+                  timeout: float | None = None, busy: bool = False) -> AsyncIterator[Backend]:
+        """A backend for one connection; `busy`: the whole block is one request."""
         backend = await self.pick(exclude, timeout)
         backend.inflight += 1
         backend.idle.clear()
+        if busy:
+            backend.working(1)
         try:
             yield backend
         finally:
             backend.inflight -= 1
+            if busy:
+                backend.working(-1)
             if backend.inflight == 0:
                 backend.idle.set()
+            backend.changed.set()
 
-    async def drain(self, backend: Backend, timeout: float) -> None:
-        """Stop sending work to `backend` and wait (up to timeout) for what it has."""
+    async def drain(self, backend: Backend, timeout: float, idle_timeout: float | None = None
+                    ) -> None:
+        """Stop sending work to `backend` and wait for what it has: up to `timeout` while a
+        connection waits for an answer, up to `idle_timeout` (default: the same) for
+        connections that are merely open."""
         self.remove(backend)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(backend.idle.wait(), timeout)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        linger = timeout if idle_timeout is None else min(idle_timeout, timeout)
+        while not backend.idle.is_set():
+            waited = loop.time() - began
+            if waited >= timeout or (backend.busy <= 0 and waited >= linger):
+                return
+            limit = timeout if backend.busy > 0 else linger
+            backend.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(backend.changed.wait(), limit - waited)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from devenv.core.errors import DevenvError, UsageError
 from devenv.engine.context import Context
 from devenv.engine.events import StateChanged, Subscription
+from devenv.engine.jobs import JobRecords, fingerprint
 from devenv.engine.service import ServiceRunner
 from devenv.plan import Plan, ServicePlan
 from devenv.runtime.base import AddressInUse
@@ -46,8 +47,10 @@ class Action:
 
 
 def convergence_plan(plan: Plan, running: dict[str, ServiceRunner],
-                     scaled: dict[str, int]) -> list[Action]:
-    """What to do to each service: pure, from desired and actual state."""
+                     scaled: dict[str, int], rerun: Iterable[str] = ()) -> list[Action]:
+    """What to do to each service: pure, from desired and actual state. A one-shot job runs
+    again when its config changed, when it failed, or when named in `rerun`."""
+    rerun = set(rerun)
     actions = [Action(n, ActionKind.REMOVE, 0) for n in running if n not in plan.services]
     for name in plan.selected:
         want = plan.services[name]
@@ -55,10 +58,13 @@ def convergence_plan(plan: Plan, running: dict[str, ServiceRunner],
         runner = running.get(name)
         if runner is None:
             actions.append(Action(name, ActionKind.CREATE, replicas))
-        elif runner.plan.config_hash != want.config_hash:
+        elif runner.plan.config_hash != want.config_hash or (want.job and (
+                name in rerun or runner.state in (State.FAILED, State.CRASHED))):
             actions.append(Action(name, ActionKind.REPLACE, replicas))
         elif runner.desired != replicas or runner.state in (State.STOPPED, State.CRASHED):
             actions.append(Action(name, ActionKind.SCALE, replicas))
+        elif runner.plan != want:  # watching, draining: taken on by what runs
+            actions.append(Action(name, ActionKind.UPDATE, replicas))
         else:
             actions.append(Action(name, ActionKind.KEEP, replicas))
     return actions
@@ -71,14 +77,17 @@ class Engine:
         self.plan: Plan | None = None
         self.scaled: dict[str, int] = {}
         self.lock = asyncio.Lock()  # plan changes: up, stop
+        self.jobs = JobRecords(ctx.root)
         self.on_routes_changed: Callable[[], None] = lambda: None
 
     # ---- up
 
-    async def up(self, plan: Plan, progress: ProgressSink) -> UpResult:
+    async def up(self, plan: Plan, progress: ProgressSink, rerun: Iterable[str] = ()
+                 ) -> UpResult:
         async with self.lock:
             t0 = self.ctx.clock()
-            actions = convergence_plan(plan, self.runners, self.scaled)
+            rerun = set(rerun)
+            actions = convergence_plan(plan, self.runners, self.scaled, rerun)
             for act in actions:
                 if act.kind == ActionKind.REMOVE:
                     progress(Progress(act.service, "removing"))
@@ -94,7 +103,8 @@ class Engine:
                 relay = asyncio.create_task(_relay(sub, progress, set(todo)))
                 try:
                     await asyncio.gather(*(
-                        self._bring_up(plan.services[n], todo[n], created, results, progress, t0)
+                        self._bring_up(plan.services[n], todo[n], created, results, progress, t0,
+                                       n in rerun)
                         for n in todo))
                 finally:
                     relay.cancel()
@@ -126,8 +136,8 @@ class Engine:
         self.runners.update(fresh)
 
     async def _bring_up(self, want: ServicePlan, act: Action, created: dict[str, asyncio.Event],
-                        results: dict[str, ServiceResult], progress: ProgressSink, t0: float
-                        ) -> None:
+                        results: dict[str, ServiceResult], progress: ProgressSink, t0: float,
+                        rerun: bool = False) -> None:
         name = want.name
         started_s: float | None = None
 
@@ -145,10 +155,23 @@ class Engine:
                 progress(Progress(name, "blocked", blocked))
                 return
             runner = self.runners[name]
-            if act.kind != ActionKind.KEEP:
+            print_ = None
+            if want.job and act.kind in (ActionKind.CREATE, ActionKind.REPLACE):
+                print_ = await self.ctx.blocking(fingerprint, want, self.ctx.root)
+                if act.kind == ActionKind.CREATE and not rerun and \
+                        self.jobs.unchanged(want, print_):
+                    runner.completed_earlier("completed earlier; nothing it depends on changed "
+                                             f"(`devenv up --rerun {name}` runs it again)")
+                    done(True, runner.state, runner.detail)
+                    progress(Progress(name, runner.state, runner.detail, action=act.kind))
+                    return
+                self.jobs.forget(name)
+            if act.kind not in (ActionKind.KEEP, ActionKind.UPDATE):
                 started_s = round(self.ctx.clock() - t0, 3)
                 progress(Progress(name, State.STARTING, action=act.kind))
             async with self.holding([name], "up"):
+                if act.kind in (ActionKind.SCALE, ActionKind.UPDATE, ActionKind.KEEP):
+                    runner.plan = want  # the same processes (same config hash); new settings
                 if act.kind == ActionKind.REPLACE and not await runner.replace(want):
                     kept = "new instance failed; the previous one keeps serving"
                     done(False, runner.state, kept, logs=self._tail(runner))
@@ -162,9 +185,13 @@ class Engine:
                 done(False, runner.state, reason, logs=self._tail(runner))
                 progress(Progress(name, "failed", reason))
                 return
-            healthy_s = round(self.ctx.clock() - t0, 3) if act.kind != ActionKind.KEEP else None
-            done(True, runner.state, healthy_s=healthy_s)
-            progress(Progress(name, runner.state, action=act.kind, healthy_s=healthy_s))
+            if print_ is not None:
+                await self.ctx.blocking(self.jobs.completed, name, print_)
+            healthy_s = round(self.ctx.clock() - t0, 3) \
+                if act.kind not in (ActionKind.KEEP, ActionKind.UPDATE) else None
+            detail = runner.detail if want.job else ""
+            done(True, runner.state, detail, healthy_s=healthy_s)
+            progress(Progress(name, runner.state, detail, action=act.kind, healthy_s=healthy_s))
         finally:
             created[name].set()
 

@@ -6,6 +6,9 @@ the old ones; if the new ones fail, the old ones keep serving and the failure, w
 instances' last output, is shown in status, logs and `up --attach`. Every reload is timed by
 phase: detect, build, started, healthy, switched.
 
+A watched one-shot job (jobs are watched only when `watch` says so) runs again, once per
+batch of changes; a dependent whose files changed in the same batch waits for that run.
+
 A build runs without any lock (it can take minutes and touches no running instance); only
 the switch holds the service's own lock, so nothing else waits on it.
 """
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devenv.engine.events import Alert
+from devenv.engine.jobs import fingerprint
 from devenv.engine.reconciler import Engine
 from devenv.engine.service import ServiceRunner
 from devenv.plan import command_argv
@@ -32,6 +36,7 @@ BUILD_TIMEOUT = 600.0
 class _State:
     running: bool = False
     pending: list[str] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # set while not running
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Reloader:
             state.pending = sorted(set(state.pending) | set(files))
             return
         state.running = True
+        state.done.clear()
         task = asyncio.create_task(self._loop(service, files, seen))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -73,13 +79,15 @@ class Reloader:
                 seen = self.engine.ctx.clock()
         finally:
             state.running = False
+            state.done.set()
 
     async def _reload(self, service: str, files: list[str], seen: float) -> None:
         runner = self.engine.runners.get(service)
         if runner is None:
             return
         ctx = self.engine.ctx
-        action = runner.plan.watch.action
+        await self._after_jobs(runner)
+        action = "rerun" if runner.plan.job else runner.plan.watch.action
         attempt = _Attempt()
         attempt.phases["detect"] = _detect_delay(files)
         t0 = ctx.clock()
@@ -91,10 +99,19 @@ class Reloader:
         self._report(runner, record)
         runner.record_reload(record)
 
+    async def _after_jobs(self, runner: ServiceRunner) -> None:
+        """Wait for the reruns of one-shot jobs this service depends on (same batch)."""
+        for dep in runner.plan.depends_on:
+            state, job = self._states.get(dep), self.engine.runners.get(dep)
+            if state and state.running and job and job.plan.job:
+                await asyncio.wait_for(state.done.wait(), job.plan.run_timeout + 10)
+
     async def _act(self, runner: ServiceRunner, action: str, attempt: _Attempt) -> bool:
         ctx, phases = self.engine.ctx, attempt.phases
         if action == "none":
             return True
+        if action == "rerun":
+            return await self._rerun(runner, attempt)
         if action == "rebuild" and runner.plan.watch.build is not None:
             t0 = ctx.clock()
             spec = InstanceSpec(service=runner.name, replica=0, command=(),
@@ -127,6 +144,27 @@ class Reloader:
                 "; the previous instance keeps serving"
             attempt.logs = failure[1:][-20:]
         return ok
+
+    async def _rerun(self, runner: ServiceRunner, attempt: _Attempt) -> bool:
+        ctx, jobs = self.engine.ctx, self.engine.jobs
+        print_ = await ctx.blocking(fingerprint, runner.plan, ctx.root)
+        async with self.engine.holding([runner.name], "rerun"):
+            if self.engine.runners.get(runner.name) is not runner:
+                attempt.error = "the job was stopped or replaced meanwhile"
+                return False
+            jobs.forget(runner.name)
+            t0 = ctx.clock()
+            await runner.restart()
+        reason = await runner.wait_condition(Condition.UP, runner.plan.run_timeout + 10)
+        attempt.phases["completed"] = round(ctx.clock() - t0, 3)
+        if reason:
+            attempt.error = reason
+            attempt.logs = [ln.text for ln in ctx.logs.recent(runner.name, 40)
+                            if ln.stream != "devenv"][-20:]
+            return False
+        if print_ is not None:
+            await ctx.blocking(jobs.completed, runner.name, print_)
+        return True
 
     def _report(self, runner: ServiceRunner, record: ReloadRecord) -> None:
         logs = self.engine.ctx.logs

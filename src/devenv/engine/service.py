@@ -35,7 +35,7 @@ BACKOFF_MAX = 30.0
 STABLE_AFTER = 30.0  # healthy this long: the crash count starts again
 CRASH_LOOP = (5, 60.0)  # this many crashes within this many seconds is a crash loop
 START_ATTEMPTS = 3  # crashes before first health that fail an `up`
-DRAIN_TIMEOUT = 10.0
+BUSY_DRAIN_TIMEOUT = 10.0  # a request still being answered by a replaced instance
 FAST_PROBE, FAST_PROBE_FOR = 0.05, 3.0  # readiness probes at most 50 ms apart for 3 s
 TAIL_LINES = 30  # each replica's last output lines, to show why a new instance failed
 
@@ -62,6 +62,13 @@ class Replica:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES))
     started_at: float | None = None
     healthy_at: float | None = None
+    incoming: bool = False  # a replacement not yet switched to: its output is labelled so
+
+    @property
+    def label(self) -> str:
+        """How its output is labelled: `1`, or `1(new)` for a replacement still starting,
+        so a failed reload's output is not mistaken for the instance still serving."""
+        return f"{self.index}(new)" if self.incoming else str(self.index)
 
     @property
     def failed_start(self) -> bool:
@@ -118,7 +125,12 @@ class ServiceRunner:
         clock, t0 = self.ctx.clock, self.ctx.clock()
         old = list(self.replicas)
         # a new instance that crashes once has failed: the old one is still serving
-        fresh = [Replica(index=r.index, plan=plan, start_attempts=1) for r in old]
+        if plan.job:  # a one-shot is rerun: nothing serves, there is no switch to make
+            self.plan = plan
+            await self.restart()
+            return True
+        fresh = [Replica(index=r.index, plan=plan, start_attempts=1, incoming=bool(old))
+                 for r in old]
         for rep in fresh:
             self._run(rep)
         ok = await self._await_all(fresh)
@@ -137,6 +149,8 @@ class ServiceRunner:
         marks["healthy"] = max(r.healthy_at or t0 for r in fresh) - t0
         self.plan = plan
         self.replicas = fresh
+        for rep in fresh:
+            rep.incoming = False
         for rep in old:  # traffic moves now: new instances are in the pool, old ones leave
             if rep.backend:
                 self.pool.remove(rep.backend)
@@ -166,6 +180,13 @@ class ServiceRunner:
         return (failure[0] if failure else "the new instances failed") + \
             "; the previous ones keep serving"
 
+    def completed_earlier(self, note: str) -> None:
+        """Show a one-shot as completed without running it (it ran before, nothing changed)."""
+        self.desired = self.plan.replicas
+        self.replicas = [Replica(index=i + 1, plan=self.plan, state=State.COMPLETED,
+                                 detail=note) for i in range(self.desired)]
+        self._touch()
+
     async def close(self) -> None:
         old, self.replicas = self.replicas, []
         self.desired = 0
@@ -194,12 +215,15 @@ class ServiceRunner:
         reps = self.replicas
         # never: a start that failed, or a replica that crashed and will not be restarted
         # (a one-shot job with `restart: no` that exited with an error)
-        failed = [r for r in reps
-                  if r.failed_start or (r.gave_up and r.state == State.CRASHED)]
+        failed = [r for r in reps if r.failed_start
+                  or (r.gave_up and r.state in (State.CRASHED, State.FAILED))]
         if failed:
             return Verdict(reason=failed[0].detail or "failed to start")
         if condition == Condition.STARTED:
-            return MET if all(r.instance for r in reps) else PENDING
+            return MET if all(r.instance or r.state == State.COMPLETED for r in reps) \
+                else PENDING
+        if self.plan.job:  # healthy (or up) means done, for a job
+            condition = Condition.COMPLETED
         if condition == Condition.UP:  # healthy, or a job that completed
             done = reps and all(r.state == State.COMPLETED for r in reps)
             return MET if done or self.ready >= self.desired else PENDING
@@ -240,7 +264,7 @@ class ServiceRunner:
                             stop_signal=p.stop_signal, stop_timeout=p.stop_timeout)
 
     def _event(self, rep: Replica, text: str) -> None:
-        self.ctx.logs.add(self.name, str(rep.index), "devenv", text)
+        self.ctx.logs.add(self.name, rep.label, "devenv", text)
 
     def _set(self, rep: Replica, state: State, detail: str = "") -> None:
         rep.state, rep.detail = state, detail
@@ -263,6 +287,15 @@ class ServiceRunner:
             self._event(rep, f"started {rep.instance.id}")
             pump = asyncio.create_task(self._pump(rep, rep.instance))
             exit_task = asyncio.create_task(rep.instance.wait())
+            if rep.plan.job:
+                code = await self._run_job(rep, exit_task)
+                await asyncio.wait([pump], timeout=1.0)
+                if rep.stopping:
+                    self._set(rep, State.STOPPED, f"exit code {code}")
+                    return
+                if rep.gave_up or not await self._job_exited(rep, code):
+                    return
+                continue
             ready = await self._until_ready(rep, spec, exit_task)
             if ready and rep.plan.data and not rep.plan.data.provisioned:
                 ready = await self._provision(rep)
@@ -285,11 +318,41 @@ class ServiceRunner:
             reason = rep.detail if rep.state == State.FAILED else f"exited with code {code}"
             if rep.plan.restart == "no":
                 rep.gave_up = True
-                self._set(rep, State.CRASHED, reason)
+                self._set(rep, State.FAILED, reason)
                 self._event(rep, f"{reason}; restart: no")
                 return
             if not await self._crashed(rep, reason):
                 return
+
+    async def _run_job(self, rep: Replica, exit_task: asyncio.Task[int]) -> int:
+        """A one-shot's run: `running` until it exits, stopped and failed after run_timeout."""
+        assert rep.instance is not None
+        self._set(rep, State.RUNNING)
+        limit = rep.plan.run_timeout
+        done, _ = await asyncio.wait([exit_task], timeout=limit)
+        if done:
+            return exit_task.result()
+        rep.gave_up = True
+        code = await rep.instance.stop()
+        self._set(rep, State.FAILED, f"did not finish within {limit:g}s (run_timeout); stopped")
+        self._event(rep, rep.detail)
+        return code
+
+    async def _job_exited(self, rep: Replica, code: int) -> bool:
+        """Record how a one-shot ended; True when it is to run again (restart: on-failure)."""
+        now = self.ctx.clock()
+        took = now - (now if rep.started_at is None else rep.started_at)
+        if code == 0:
+            self._set(rep, State.COMPLETED, f"exit code 0 after {took:.1f}s")
+            self._event(rep, f"completed (exit code 0) after {took:.1f}s")
+            return False
+        reason = f"exited with code {code} after {took:.1f}s"
+        if rep.plan.restart == "no":
+            rep.gave_up = True
+            self._set(rep, State.FAILED, reason)
+            self._event(rep, f"failed: {reason}; restart: no")
+            return False
+        return await self._crashed(rep, reason)
 
     async def _crashed(self, rep: Replica, reason: str) -> bool:
         """Record a crash and back off; False when the replica is being stopped."""
@@ -406,16 +469,15 @@ class ServiceRunner:
                 self._event(rep, rep.detail)
 
     async def _pump(self, rep: Replica, instance: Instance) -> None:
-        index = str(rep.index)
         async for line in instance.output():
-            logged = self.ctx.logs.add(self.name, index, line.stream, line.text)
+            logged = self.ctx.logs.add(self.name, rep.label, line.stream, line.text)
             rep.tail.append(logged.text)
 
     async def _retire(self, rep: Replica, drain: bool = True) -> None:
         rep.stopping = True
         rep.wake.set()
         if rep.backend and drain:
-            await self.pool.drain(rep.backend, DRAIN_TIMEOUT)
+            await self.pool.drain(rep.backend, BUSY_DRAIN_TIMEOUT, self.plan.drain_timeout)
         elif rep.backend:
             self.pool.remove(rep.backend)
         if rep.instance:
@@ -445,6 +507,8 @@ class ServiceRunner:
         reps = self.replicas
         if not reps:
             return State.STOPPED
+        if self.plan.job:
+            return _job_state(reps)
         if self._looping() is not None:
             return State.CRASHED
         if self.ready >= self.desired:
@@ -467,7 +531,8 @@ class ServiceRunner:
                 f"within {CRASH_LOOP[1]:g}s"
         for rep in self.replicas:
             if rep.detail and rep.state not in (State.HEALTHY, State.STOPPED):
-                return f"replica {rep.index}: {rep.detail}"
+                one = self.plan.job and len(self.replicas) == 1
+                return rep.detail if one else f"replica {rep.index}: {rep.detail}"
         return ""
 
     def record_reload(self, record: ReloadRecord) -> None:
@@ -489,7 +554,8 @@ class ServiceRunner:
             name=self.name, state=self.state, detail=self.detail,
             replicas=Replicas(ready=self.ready, desired=self.desired), url=self.plan.url,
             restarts=self.restarts, reloads=self.reloads, last_reload=self.last_reload,
-            config_hash=self.plan.config_hash,
+            config_hash=self.plan.config_hash, job=self.plan.job,
+            watch=self.plan.watch_mode,
             instances=[
                 InstanceStatus(
                     replica=r.index, state=r.state, detail=r.detail,
@@ -498,3 +564,16 @@ class ServiceRunner:
                     if r.instance and r.instance.endpoint else None,
                     restarts=r.restarts)
                 for r in self.replicas])
+
+
+def _job_state(reps: list[Replica]) -> State:
+    """A one-shot's state from its replicas': failed beats crashed beats running."""
+    states = {r.state for r in reps}
+    if states == {State.COMPLETED}:
+        return State.COMPLETED
+    if any(r.gave_up for r in reps) or State.FAILED in states:
+        return State.FAILED
+    for state in (State.CRASHED, State.RUNNING, State.STARTING):
+        if state in states:
+            return state
+    return State.STOPPED

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 
 from devenv.core.ports import port_owner
-from devenv.runtime.base import AddressInUse, Backends
+from devenv.runtime.base import AddressInUse, Backends, Endpoint
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
@@ -55,7 +55,7 @@ class Balancer:
                         except OSError:
                             tried.add(backend.id)  # died between health checks: try another
                             continue
-                        await _splice(reader, writer, up_r, up_w)
+                        await _splice(reader, writer, up_r, up_w, backend)
                         return
                 except LookupError:  # nothing became ready in time
                     return
@@ -65,9 +65,26 @@ class Balancer:
                 writer.close()
 
 
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+class _Turn:
+    """Whose turn a connection is: after the caller spoke and before the instance answered,
+    it is busy (a request being answered); otherwise merely open (keep-alive, a quiet
+    websocket), which a draining instance does not wait long for."""
+
+    def __init__(self, backend: Endpoint):
+        self.backend = backend
+        self.busy = False
+
+    def set(self, busy: bool) -> None:
+        if busy != self.busy:
+            self.busy = busy
+            self.backend.working(1 if busy else -1)
+
+
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, turn: _Turn,
+                asks: bool) -> None:
     try:
         while data := await src.read(CHUNK):
+            turn.set(asks)
             dst.write(data)
             await dst.drain()
         if dst.can_write_eof():
@@ -77,10 +94,13 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
 
 
 async def _splice(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,
-                  r2: asyncio.StreamReader, w2: asyncio.StreamWriter) -> None:
+                  r2: asyncio.StreamReader, w2: asyncio.StreamWriter, backend: Endpoint
+                  ) -> None:
+    turn = _Turn(backend)
     try:
-        await asyncio.gather(_pipe(r1, w2), _pipe(r2, w1))
+        await asyncio.gather(_pipe(r1, w2, turn, asks=True), _pipe(r2, w1, turn, asks=False))
     finally:
+        turn.set(False)
         for w in (w1, w2):
             with contextlib.suppress(Exception):
                 w.close()

@@ -94,12 +94,16 @@ class Endpoint(Protocol):
     host: str
     port: int
 
+    def working(self, delta: int) -> None:
+        """Count a connection as waiting for an answer (+1) or answered (-1): a draining
+        instance waits longer for busy connections than for idle ones."""
+
 
 class Backends(Protocol):
     """The ready instances an address sends callers to (the engine's pool of a service)."""
 
     def use(self, exclude: set[str] | None = None) -> AbstractAsyncContextManager[Endpoint]:
-        """The next ready instance, counted as busy while the block runs; waits a while for
+        """The next ready instance, counted as in use while the block runs; waits a while for
         one when none is ready, then raises LookupError."""
 
 

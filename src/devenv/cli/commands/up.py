@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     if live:
         live.start()
     try:
-        for event in client.up(args.services, args.profile, args.watch):
+        rerun = [name for group in args.rerun for name in group]
+        for event in client.up(args.services, args.profile, args.watch, rerun):
             if isinstance(event, UpResult):
                 result = event
                 break
@@ -87,6 +88,10 @@ def _summary(result: UpResult) -> None:
         state = svc.state
         if svc.action == "keep" and svc.ok:
             state = f"{state} (unchanged)"
+        elif svc.action == "update" and svc.ok:
+            state = f"{state} (settings updated)"
+        if svc.state == "completed" and svc.detail:
+            state = f"{state} ({svc.detail.split(';')[0]})"
         table.add_row(f"[{service_color(svc.name)}]{svc.name}[/]", state_text(state),
                       svc.url or "-", seconds(svc.started_s), seconds(svc.healthy_s))
     out.print(table)

@@ -31,7 +31,7 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
         queue: asyncio.Queue[Progress] = asyncio.Queue()
         task = asyncio.create_task(env.up(body.get("services") or [], body.get("profile"),
                                           body.get("environ"), bool(body.get("watch", True)),
-                                          queue.put_nowait))
+                                          queue.put_nowait, body.get("rerun") or []))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         response: web.StreamResponse | None = None
