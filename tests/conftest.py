@@ -21,14 +21,14 @@ from typing import IO, Any
 import psutil
 import pytest
 
-from ports import TESTS, PortRange
+from ports import TESTS, PortRange, worker_share
 
 FIXTURES = Path(__file__).parent / "fixtures"
 # services started by the tests run with this virtualenv's python first on PATH
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1",
        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
 
-_PORTS = PortRange(TESTS)
+_PORTS = PortRange(worker_share(TESTS))
 
 
 def free_ports(n: int) -> list[int]:

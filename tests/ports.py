@@ -38,6 +38,17 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def worker_share(ports: range) -> range:
+    """Under pytest-xdist (`pytest -n N`), worker k of N gets the k-th of N equal slices of
+    `ports`: two workers never hand out the same port."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    if not worker.startswith("gw") or count <= 1:
+        return ports
+    k, size = int(worker[2:]), len(ports) // count
+    return range(ports.start + k * size, ports.start + (k + 1) * size)
+
+
 class PortRange:
     """Hands out each port of `ports` at most once in this process: a cursor moves through the
     range from an offset derived from the PID (two runs at once start far apart), and a port
