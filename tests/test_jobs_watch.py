@@ -37,6 +37,9 @@ def test_a_job_shows_completed_and_is_not_rerun_until_asked_or_changed(
     assert (job["state"], job["job"]) == ("completed", True)
     assert job["detail"].startswith("exit code 0 after")
     assert job["watch"] == "off (one-shot job)"
+    row = next(ln for ln in project.devenv("status", check=True).stdout.splitlines()
+               if ln.startswith("job "))
+    assert row.split()[1:3] == ["completed", "-"]  # no "0/1 ready" for a job that is done
     project.devenv("stop", check=True)
 
     again = project.up()  # a new engine: nothing the job depends on changed

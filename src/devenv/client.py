@@ -286,7 +286,7 @@ class Client:
         return result
 
     def logs(self, services: list[str], *, follow: bool, since: float | None, tail: int | None,
-             startup: bool, verbose: bool) -> Iterator[LogLine]:
+             startup: bool, verbose: bool, all_starts: bool = False) -> Iterator[LogLine]:
         from urllib.parse import urlencode
 
         query: list[tuple[str, str]] = [("service", s) for s in services]
@@ -298,6 +298,8 @@ class Client:
             query.append(("tail", str(tail)))
         if startup:
             query.append(("startup", "1"))
+        if all_starts:
+            query.append(("all", "1"))
         if verbose:
             query.append(("verbose", "1"))
         for item in self._stream("GET", "/v1/logs?" + urlencode(query)):

@@ -68,8 +68,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--since", default=None, help="only lines newer than 10s, 5m, 2h or an ISO "
                    "time")
     s.add_argument("-n", "--tail", type=_count, default=None, metavar="N",
-                   help="only the last N lines")
-    s.add_argument("--startup", action="store_true", help="only each replica's latest start-up")
+                   help="only the last N lines (with -f: from the last 100 unless given)")
+    s.add_argument("--startup", action="store_true",
+                   help="only the start-ups of the instances running now")
+    s.add_argument("--all", action="store_true",
+                   help="with --startup: past start-ups too (restarted, replaced, scaled away)")
     s.add_argument("--verbose", action="store_true", help="include devenv's own events")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
 

@@ -13,6 +13,7 @@ import json
 import re
 from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Protocol
@@ -146,14 +147,16 @@ def logged_services(folder: Path) -> list[str]:
 
 
 def query(folder: Path, services: Iterable[str], *, since: float | None = None,
-          tail: int | None = None, startup: bool = False, verbose: bool = False
-          ) -> list[LogLine]:
-    """Persisted lines, filtered as `devenv logs` asks; `tail`: only the last N (0: none)."""
+          tail: int | None = None, startup: bool = False, verbose: bool = False,
+          starts: Starts | None = None) -> list[LogLine]:
+    """Persisted lines, filtered as `devenv logs` asks; `tail`: only the last N (0: none);
+    `startup`: only start-ups, those `starts` asks for (default: the latest of each replica
+    that was still running at the end of the log)."""
     if tail is not None and tail < 0:
         raise ValueError(f"tail must be 0 or more, not {tail}")
     lines = list(read_files(folder, services))
     if startup:
-        lines = _startup_only(lines)
+        lines = startup_lines(lines, starts or Starts())
     if since is not None:
         lines = [ln for ln in lines if ln.ts >= since]
     if not verbose:
@@ -161,19 +164,111 @@ def query(folder: Path, services: Iterable[str], *, since: float | None = None,
     return lines if tail is None else lines[max(len(lines) - tail, 0):]
 
 
-def _startup_only(lines: list[LogLine]) -> list[LogLine]:
-    """For each replica, the lines from its latest start until it first became healthy."""
-    starts: dict[tuple[str, str], float] = {}
-    ends: dict[tuple[str, str], float] = {}
+# ---- start-ups
+#
+# An instance's start-up runs from its `started <instance id>` event until the first of:
+# - it is healthy: a service with a health check or a port, HEALTHY_SETTLE after its check
+#   passed (the lines a server prints as its port opens reach devenv just after); one with
+#   neither, healthy as soon as it starts, once it has run STARTUP_GRACE;
+# - it exits (an exit event, below); a one-shot's start-up is its whole run;
+# - the next start of the same replica.
+# The events are the engine's own lines (stream `devenv`) about the replica.
+
+STARTUP_GRACE = 5.0
+HEALTHY_SETTLE = 0.2
+STOP_SPAN = 30.0  # replicas stopped within this of a service's last stop stopped with it
+EXITED = re.compile(r"\bexit(ed)? (with )?code\b|; restart[: #]")  # exited, or gave up
+FINISHED = re.compile(r"^completed\b|; restart: no\b")  # exited, and is not restarted
+
+
+@dataclass(frozen=True)
+class Starts:
+    """Which start-ups `--startup` shows, and what the configuration tells that the log
+    does not.
+
+    `current`: the (service, instance id) of the instances running now (None: judged from
+    the log: the latest start of each replica still running when its service last stopped);
+    `past`: also earlier start-ups (restarted, replaced, scaled away); `one_shots`: services
+    whose whole run is their start-up (restart: no; an instance the log shows ran to its end
+    and was not restarted counts as one too); `unchecked`: services with no health check and
+    no port (None: not known, each gets the longer of the two windows)."""
+
+    current: frozenset[tuple[str, str]] | None = None
+    past: bool = False
+    one_shots: frozenset[str] = frozenset()
+    unchecked: frozenset[str] | None = None
+
+
+@dataclass
+class _Run:
+    service: str
+    replica: str
+    instance: str
+    start: float
+    healthy: float | None = None
+    exited: float | None = None
+    finished: bool = False
+    end: float = float("inf")  # the next start of the replica
+
+    def window_end(self, starts: Starts) -> float:
+        settled = float("inf")
+        if self.healthy is not None and not (self.service in starts.one_shots or self.finished):
+            settled = self.healthy + HEALTHY_SETTLE
+            if starts.unchecked is None or self.service in starts.unchecked:
+                settled = max(settled, self.start + STARTUP_GRACE)
+        return min(settled, self.exited if self.exited is not None else float("inf"),
+                   self.end)
+
+
+def runs(lines: Iterable[LogLine]) -> list[_Run]:
+    """Every start of an instance in the log, with what the engine said about it."""
+    found: list[_Run] = []
+    latest: dict[tuple[str, str], _Run] = {}
     for ln in lines:
-        if ln.stream == "devenv" and ln.text.startswith("started "):
-            starts[(ln.service, ln.replica)] = ln.ts
-            ends.pop((ln.service, ln.replica), None)
-        elif ln.stream == "devenv" and ln.text == "healthy":
-            ends.setdefault((ln.service, ln.replica), ln.ts)
-    out = []
-    for ln in lines:
+        if ln.stream != "devenv":
+            continue
         key = (ln.service, ln.replica)
-        if key in starts and ln.ts >= starts[key] and ln.ts <= ends.get(key, float("inf")):
-            out.append(ln)
-    return out
+        run = latest.get(key)
+        if ln.text.startswith("started "):
+            if run:
+                run.end = ln.ts
+            latest[key] = _Run(ln.service, ln.replica, ln.text[len("started "):], ln.ts)
+            found.append(latest[key])
+        elif run is None or run.exited is not None:
+            continue
+        elif ln.text == "healthy" and run.healthy is None:
+            run.healthy = ln.ts
+        elif EXITED.search(ln.text):
+            run.exited, run.finished = ln.ts, bool(FINISHED.search(ln.text))
+    return found
+
+
+def running_at_end(lines: list[LogLine]) -> frozenset[tuple[str, str]]:
+    """The instances the log shows as current: the latest start of each replica that was
+    not stopped, or was stopped with the rest of its service (the environment stopped),
+    not before it (scaled away, replaced)."""
+    stops: dict[tuple[str, str], float] = {}
+    last_stop: dict[str, float] = {}
+    for ln in lines:
+        if ln.stream == "devenv" and ln.text == "stopped":
+            stops[(ln.service, ln.replica)] = ln.ts
+            last_stop[ln.service] = ln.ts
+        elif ln.stream == "devenv" and ln.text.startswith("started "):
+            stops.pop((ln.service, ln.replica), None)
+    latest = {(r.service, r.replica): r for r in runs(lines)}
+    return frozenset(
+        (r.service, r.instance) for key, r in latest.items()
+        if key not in stops or stops[key] >= last_stop[r.service] - STOP_SPAN)
+
+
+def startup_lines(lines: list[LogLine], starts: Starts) -> list[LogLine]:
+    """The lines of the start-ups `starts` asks for, in order."""
+    current = starts.current if starts.current is not None else running_at_end(lines)
+    windows: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for run in runs(lines):
+        if starts.past or (run.service, run.instance) in current:
+            end = run.window_end(starts)
+            windows.setdefault((run.service, run.replica), []).append((run.start, end))
+    return [ln for ln in lines
+            if any(start <= ln.ts <= end for start, end in windows.get(
+                (ln.service, ln.replica), ()))]

@@ -19,6 +19,7 @@ from devenv.engine import logstore
 from devenv.wire import LogLine, to_json
 
 STREAM_STYLE = {"err": "red", "devenv": "dim italic", "alert": "bold red"}
+FOLLOW_TAIL = 100  # `logs -f` starts from the last this many lines unless -n says otherwise
 
 
 def parse_since(value: str | None) -> float | None:
@@ -39,19 +40,25 @@ def parse_since(value: str | None) -> float | None:
 def run(args: argparse.Namespace) -> int:
     root = project_root(args)
     since = parse_since(args.since)
+    if args.all and not args.startup:
+        raise UsageError("--all goes with --startup: it adds past start-ups to the current ones",
+                         hint="devenv logs --startup --all [SERVICE…]")
+    tail = args.tail if args.tail is not None else FOLLOW_TAIL if args.follow else None
     client = Client(root)
     if args.services:
         check_services(root, client, args.services)
     if client.running():
-        stream(client, args.services, follow=args.follow, since=since, tail=args.tail,
-               startup=args.startup, verbose=args.verbose, as_json=args.json)
+        stream(client, args.services, follow=args.follow, since=since, tail=tail,
+               startup=args.startup, verbose=args.verbose, as_json=args.json,
+               all_starts=args.all)
         if args.follow:  # the engine ended the stream: it is stopping
             err.print("[dim]the environment stopped; nothing more will come[/]")
         return 0
     folder = client.state.logs
     services = args.services or logstore.logged_services(folder)
-    lines = logstore.query(folder, services, since=since, tail=args.tail, startup=args.startup,
-                           verbose=args.verbose)
+    starts = offline_starts(root, past=args.all) if args.startup else None
+    lines = logstore.query(folder, services, since=since, tail=tail, startup=args.startup,
+                           verbose=args.verbose, starts=starts)
     show(lines, as_json=args.json)
     if args.follow:
         err.print("[dim]the environment is not running; nothing more will come "
@@ -87,10 +94,26 @@ def declared_services(root: Path) -> list[str]:
     return [str(n) for n in written] if isinstance(written, dict) else []
 
 
+def offline_starts(root: Path, *, past: bool) -> logstore.Starts:
+    """With no engine, what devenv.yaml tells of start-ups (one-shots, services with no
+    health check or port); which instances were current, the log tells."""
+    from devenv.config.load import load
+
+    try:
+        services = load(root).project.services
+    except ConfigError:
+        return logstore.Starts(past=past)
+    return logstore.Starts(
+        past=past, one_shots=frozenset(n for n, s in services.items() if s.restart == "no"),
+        unchecked=frozenset(n for n, s in services.items()
+                            if not s.is_data and s.port is None and s.health is None))
+
+
 def stream(client: Client, services: list[str], *, follow: bool, since: float | None,
-           tail: int | None, startup: bool, verbose: bool, as_json: bool) -> None:
+           tail: int | None, startup: bool, verbose: bool, as_json: bool,
+           all_starts: bool = False) -> None:
     show(client.logs(services, follow=follow, since=since, tail=tail, startup=startup,
-                     verbose=verbose), as_json=as_json)
+                     verbose=verbose, all_starts=all_starts), as_json=as_json)
 
 
 def show(lines: Iterable[LogLine], *, as_json: bool) -> None:

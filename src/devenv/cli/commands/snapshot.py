@@ -3,10 +3,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.table import Table
+from rich.markup import escape
 
 from devenv.cli.commands._common import project_root
-from devenv.cli.output import out, print_json, size, warn
+from devenv.cli.output import Column, out, print_json, print_table, size, warn
 from devenv.client import Client, EngineNotRunning
 from devenv.core.paths import StateDir
 from devenv.data.snapshots import NAME, SnapshotStore
@@ -39,18 +39,15 @@ def run(args: argparse.Namespace) -> int:
         if not snaps:
             out.print("no snapshots yet; take one with `devenv snapshot save NAME`")
             return 0
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for col in ("NAME", "CREATED", "SIZE"):
-            table.add_column(col, no_wrap=True)
-        for col in ("SERVICES", "DATASETS"):
-            table.add_column(col)
-        for s in snaps:
-            table.add_row(s.name + (" (auto)" if s.automatic else ""), s.created,
-                          size(s.size_bytes),
-                          ", ".join(f"{n} ({v['kind']} {v['version']})"
-                                    for n, v in s.services.items()),
-                          ", ".join(s.datasets) or "-")
-        out.print(table)
+        columns = [Column("NAME"), Column("CREATED"), Column("SIZE"),
+                   Column("SERVICES", wrap=True), Column("DATASETS", wrap=True)]
+        print_table(columns, [
+            [escape(snap.name + (" (auto)" if snap.automatic else "")), escape(snap.created),
+             size(snap.size_bytes),
+             escape(", ".join(f"{n} ({v['kind']} {v['version']})"
+                              for n, v in snap.services.items())),
+             escape(", ".join(snap.datasets) or "-")]
+            for snap in snaps])
     elif action == "delete":
         store.delete(args.name)
         out.print(f"deleted snapshot {args.name}")

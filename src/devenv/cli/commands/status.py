@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import argparse
 
-from rich.table import Table
+from rich.markup import escape
 
 from devenv.cli.commands._common import project_root
-from devenv.cli.output import out, print_json, service_color, size, state_text
+from devenv.cli.output import Column, out, print_json, print_table, service_color, size, state_text
 from devenv.client import Client
 from devenv.wire import EnvironmentStatus, ServiceStatus, to_json
 
@@ -24,21 +24,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(to_json(data))
         return 0
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    cols = ["SERVICE", "STATE", "READY", "RESTARTS", "URL"]
+    names = ["SERVICE", "STATE", "READY", "RESTARTS", "URL"]
     if args.resources:
-        cols += ["CPU", "MEMORY"]
-    for col in cols:
-        table.add_column(col, no_wrap=True)
-    table.add_column("", style="dim")
+        names += ["CPU", "MEMORY"]
+    columns = [Column(n) for n in names] + [Column("", wrap=True)]  # the note
+    rows = []
     for svc in data.services:
-        row = [f"[{service_color(svc.name)}]{svc.name}[/]", state_text(svc.state),
-               f"{svc.replicas.ready}/{svc.replicas.desired}", str(svc.restarts),
-               svc.url or "-"]
+        row = [f"[{service_color(svc.name)}]{escape(svc.name)}[/]", state_text(svc.state),
+               _ready(svc), str(svc.restarts),
+               escape(svc.url or "-")]
         if args.resources:
             row += [f"{svc.cpu_percent or 0:.1f}%", size(svc.rss_bytes or 0)]
-        table.add_row(*row, _note(svc))
-    out.print(table)
+        rows.append([*row, _note(svc)])
+    print_table(columns, rows)
     if data.ingress:
         out.print(f"ingress: {data.ingress}")
     return 0
@@ -47,10 +45,16 @@ def run(args: argparse.Namespace) -> int:
 def _note(svc: ServiceStatus) -> str:
     """The one line worth reading about a service: what is wrong, or its last reload."""
     if svc.detail:
-        return svc.detail.splitlines()[0]
+        return f"[dim]{escape(svc.detail.splitlines()[0])}[/]"
     last = svc.last_reload
-    if not last:
-        return ""
+    if not last:  # how it reloads, when that is not devenv's own replace
+        return f"[dim]watch: {escape(svc.watch)}[/]" if svc.watch.startswith("none") else ""
     if not last.ok:
-        return f"[red]last reload failed[/]: {str(last.error).splitlines()[0]}"
-    return f"reloaded in {last.phases.get('total', 0):.2f}s ({last.action})"
+        error = str(last.error).splitlines()[0] if last.error else "no reason given"
+        return f"[red]last reload failed[/]: {escape(error)}"
+    return f"[dim]reloaded in {last.phases.get('total', 0):.2f}s ({last.action})[/]"
+
+
+def _ready(svc: ServiceStatus) -> str:
+    """Ready/desired replicas; a one-shot job has nothing to be ready: its state says it."""
+    return "-" if svc.job else f"{svc.replicas.ready}/{svc.replicas.desired}"

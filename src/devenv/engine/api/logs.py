@@ -28,7 +28,7 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
             lines = logstore.query(
                 store.folder, services, since=float(q["since"]) if "since" in q else None,
                 tail=int(tail) if tail is not None else None, startup=q.get("startup") == "1",
-                verbose=verbose)
+                verbose=verbose, starts=starts(env, past=q.get("all") == "1"))
             response = await open_stream(request)
             for line in lines:
                 await response.write(logstore.json_line(line))
@@ -51,3 +51,16 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
         return response
 
     router.add_get("/v1/logs", logs)
+
+
+def starts(env: Environment, *, past: bool) -> logstore.Starts:
+    """What the engine knows of start-ups: the instances running now, the one-shots, the
+    services that are healthy as soon as they start (no health check, no port)."""
+    runners = env.engine.runners
+    return logstore.Starts(
+        current=frozenset((name, rep.instance.id) for name, runner in runners.items()
+                          for rep in runner.replicas if rep.instance is not None),
+        past=past,
+        one_shots=frozenset(n for n, r in runners.items() if r.plan.restart == "no"),
+        unchecked=frozenset(n for n, r in runners.items()
+                            if r.plan.port is None and r.plan.health is None))
