@@ -46,6 +46,7 @@ def project_checks(root: Path, engine_running: bool) -> list[Check]:
                       "run `devenv config validate` to see them all")]
     project = loaded.project
     out = [Check("config", "ok", f"{loaded.file.name} is valid: {len(project.services)} services")]
+    out += [Check("config", "warn", message) for message in loaded.warnings]
     out += _state(StateDir(root), engine_running)
     if not engine_running:
         ports = [("ingress.port", project.ingress.port)] if project.ingress.enabled else []

@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from devenv import data as kinds
+from devenv.config import injected
 from devenv.config.graph import select
-from devenv.config.load import Loaded, read_dotenv
+from devenv.config.injected import HOST, var_prefix
+from devenv.config.load import Loaded
 from devenv.config.model import HealthCheck, Route, Service, Watch
-from devenv.core.paths import StateDir
 from devenv.core.secrets import looks_secret
 from devenv.data.base import DataService
 from devenv.devservers import reloads_itself
 from devenv.runtime import DEFAULT as DEFAULT_RUNTIME
 from devenv.runtime.base import InstanceSpec
-
-HOST = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -92,7 +90,8 @@ class Plan:
 
 
 def url_var(name: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_URL"
+    """The variable a dependent gets a service's URL in: `order-db` → ORDER_DB_URL."""
+    return var_prefix(name) + "_URL"
 
 
 def command_argv(command: str | list[str]) -> tuple[str, ...]:
@@ -100,26 +99,18 @@ def command_argv(command: str | list[str]) -> tuple[str, ...]:
 
 
 def data_service(loaded: Loaded, name: str) -> DataService[Any]:
-    svc = loaded.project.services[name]
-    assert svc.port is not None
-    return DataService(name, svc.kind, svc.settings, StateDir(loaded.root).data / name, svc.port)
+    return injected.data_service(loaded.project, loaded.root, name)
 
 
 def service_plan(loaded: Loaded, name: str) -> ServicePlan:
+    """The service's environment: its env files, then its `env`, then (only where neither
+    set a variable: the user's value wins) what devenv injects for its dependencies."""
     svc: Service = loaded.project.services[name]
-    env: dict[str, str] = {}
-    for env_file in svc.env_file:
-        env.update(read_dotenv(loaded.root / env_file, env_file))
+    env = {k: v.value for k, v in loaded.env_files.get(name, {}).items()}
     env.update(svc.env)
     env["DEVENV_SERVICE"] = name
-    for dep, how in svc.depends_on.items():
-        target = loaded.project.services[dep]
-        if target.is_data:
-            url = kinds.url(data_service(loaded, dep), how.database)
-            env.setdefault(kinds.url_var(target.kind), url)
-            env.setdefault(url_var(dep), url)
-        elif target.port:
-            env.setdefault(url_var(dep), f"http://{HOST}:{target.port}")
+    for var, given in injected.dependency_env(loaded.project, loaded.root, name).items():
+        env.setdefault(var, given.value)
     data = None
     command = command_argv(svc.command) if svc.command is not None else ()
     health, watch = svc.health, svc.watch
@@ -180,9 +171,13 @@ def _resolve_watch(watch: Watch, job: bool, svc: Service, root: Path,
 
 def exec_spec(plan: ServicePlan) -> InstanceSpec:
     """How `devenv exec SERVICE` runs: the service's environment and folder, plus
-    SERVICE_URL, its own stable address."""
+    SERVICE_URL, its own stable address (a data service's: its clients' URL and variables,
+    e.g. postgresql://… and PGHOST…)."""
     env = dict(plan.env)
-    if plan.port:
+    if plan.data:  # its clients' variables (psql with no arguments), its real URL
+        env.update(kinds.client_env(plan.data))
+        env["SERVICE_URL"] = kinds.url(plan.data)
+    elif plan.port:
         env["SERVICE_URL"] = f"http://{HOST}:{plan.port}"
     return InstanceSpec(service=plan.name, replica=0, command=(), env=env,
                         workdir=plan.workdir, wants_port=False)

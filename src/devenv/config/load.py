@@ -1,5 +1,6 @@
 """Load devenv.yaml: parse with line numbers, merge personal overrides, interpolate ${VAR},
-apply a profile, convert to the typed model and validate. Every problem names file:line."""
+apply a profile, convert to the typed model and validate, read the services' env files.
+Every problem names file:line."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from devenv.config.injected import override_warnings
+from devenv.config.interpolate import Lookup, TemplateError, substitute
 from devenv.config.model import CURRENT_VERSION, Project
 from devenv.config.schema import Issue, build, did_you_mean, dotted
 from devenv.config.schema import Path as KeyPath
@@ -21,7 +24,7 @@ from devenv.core.errors import ConfigError, Problem
 from devenv.core.paths import StateDir, config_file
 
 Where = tuple[str, int]  # (file shown to the user, 1-based line)
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?-)([^}]*))?\}")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
 @dataclass
@@ -38,6 +41,14 @@ class Source:
         return (fallback, 0)
 
 
+@dataclass(frozen=True)
+class EnvValue:
+    """A variable read from an env file, and where."""
+
+    value: str
+    where: Where
+
+
 @dataclass
 class Loaded:
     root: Path
@@ -46,6 +57,8 @@ class Loaded:
     profile: str | None
     source: Source
     warnings: list[str]
+    # each service's variables from its env_file list (later files win), interpolated
+    env_files: dict[str, dict[str, EnvValue]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -142,49 +155,116 @@ def merge(base: Source, over: Mapping[str, Any], over_where: Mapping[KeyPath, Wh
             base.where[dst] = over_where[src]
 
 
-def read_dotenv(path: Path, shown: str | None = None) -> dict[str, str]:
-    """KEY=VALUE lines; `export`, comments and quotes as in Compose's .env. A file that is
-    not UTF-8 is a ConfigError naming it (`shown`, default: its name)."""
-    values: dict[str, str] = {}
+def read_dotenv(path: Path, shown: str | None = None,
+                lookup: Lookup | None = None) -> dict[str, str]:
+    """An env file's variables (see read_env_file); none when there is no such file."""
     if not path.is_file():
-        return values
-    for raw in read_text(path, shown or path.name).removeprefix("\ufeff").splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#") or "=" not in line:
+        return {}
+    return {k: v.value for k, v in read_env_file(path, shown or path.name, lookup).items()}
+
+
+def read_env_file(path: Path, shown: str, lookup: Lookup | None = None,
+                  unset: set[str] | None = None) -> dict[str, EnvValue]:
+    """KEY=VALUE lines as Compose reads them: `export`, comments, a bare KEY taking the
+    caller's value; '…' literal; "…" with escapes (\\n, \\", \\$) and over several lines;
+    unquoted up to a ` #` comment. ${VAR} (every form of devenv.config.interpolate, $VAR too)
+    reads earlier lines of the file, then `lookup`. A ConfigError lists every problem with
+    the file's line; names of unset variables go to `unset`."""
+    return parse_env(read_text(path, shown), shown, lookup or (lambda _: None), unset)
+
+
+def parse_env(text: str, shown: str, lookup: Lookup,
+              unset: set[str] | None = None) -> dict[str, EnvValue]:
+    values: dict[str, EnvValue] = {}
+    problems: list[Problem] = []
+
+    def known(name: str) -> str | None:
+        return values[name].value if name in values else lookup(name)
+
+    lines = text.removeprefix("\ufeff").splitlines()
+    i = 0
+    while i < len(lines):
+        number, line = i + 1, lines[i].lstrip()
+        i += 1
+        if not line.strip() or line.startswith("#"):
             continue
-        name, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[name.strip()] = value
+        if line.startswith("export ") or line.startswith("export\t"):
+            line = line[7:].lstrip()
+        name, eq, rest = line.partition("=")
+        name = name.strip()
+        if not _ENV_KEY.fullmatch(name):
+            problems.append(Problem(shown, number, "", f"expected KEY=VALUE, found "
+                                    f"'{line.rstrip()[:40]}'"))
+            continue
+        if not eq:  # a bare KEY: the caller's value, when it has one
+            if (inherited := lookup(name)) is not None:
+                values[name] = EnvValue(inherited, (shown, number))
+            continue
+        rest = rest.lstrip()
+        quote = rest[:1]
+        if quote in ("'", '"'):
+            body, end = rest[1:], _closing(rest[1:], quote)
+            while end < 0 and i < len(lines):
+                body += "\n" + lines[i]
+                i += 1
+                end = _closing(body, quote)
+            if end < 0:
+                fix = "close it" + (', or write \\" for a quote inside' if quote == '"' else "")
+                problems.append(Problem(shown, number, name,
+                                        f"the {quote} that opens the value is never closed; {fix}"))
+                continue
+            if quote == "'":
+                values[name] = EnvValue(body[:end], (shown, number))
+                continue
+            raw = _unescape(body[:end])
+        else:
+            raw = re.split(r"\s#", rest, maxsplit=1)[0].rstrip()
+        try:
+            values[name] = EnvValue(substitute(raw, known, unset=unset), (shown, number))
+        except TemplateError as exc:
+            problems.append(Problem(shown, number, name, exc.reason))
+    if problems:
+        raise ConfigError(problems)
     return values
 
 
-def interpolate(node: Any, env: Mapping[str, str], path: KeyPath, missing: set[str]) -> Any:
+def _closing(body: str, quote: str) -> int:
+    """Where the quote that closes a value is (a double quote may be escaped); -1: none."""
+    i = body.find(quote)
+    while quote == '"' and i > 0 and _escaped(body, i):
+        i = body.find(quote, i + 1)
+    return i
+
+
+def _escaped(text: str, i: int) -> bool:
+    slashes = len(text[:i]) - len(text[:i].rstrip("\\"))
+    return slashes % 2 == 1
+
+
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\", "$": "$$"}
+
+
+def _unescape(text: str) -> str:
+    """A double-quoted value's escapes; `\\$` a literal $ (kept as $$ for interpolation)."""
+    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text)
+
+
+def interpolate(node: Any, env: Mapping[str, str], path: KeyPath, missing: set[str],
+                issues: list[Issue]) -> Any:
+    """`node` with ${VAR} interpolated in every string (a bare $VAR is left to the service's
+    shell). Unset names go to `missing`; a required one missing, or a malformed reference,
+    is an Issue at its key path."""
     if isinstance(node, dict):
-        return {k: interpolate(v, env, path + (k,), missing) for k, v in node.items()}
+        return {k: interpolate(v, env, path + (k,), missing, issues) for k, v in node.items()}
     if isinstance(node, list):
-        return [interpolate(v, env, path + (i,), missing) for i, v in enumerate(node)]
+        return [interpolate(v, env, path + (i,), missing, issues) for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(0) == "$$":
-            return "$"
-        name, op, default = m.group(1), m.group(2), m.group(3)
-        value = env.get(name)
-        if op == ":-" and not value:
-            return default or ""
-        if op == "-" and value is None:
-            return default or ""
-        if value is None:
-            missing.add(name)
-            return ""
-        return value
-
-    return _VAR.sub(sub, node)
+    try:
+        return substitute(node, env.get, bare=False, unset=missing)
+    except TemplateError as exc:
+        issues.append(Issue(path, exc.reason))
+        return node
 
 
 def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] | None = None,
@@ -203,19 +283,52 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
         merge(source, over.data, over.where)
     env = _env(root, environ)
     missing: set[str] = set()
-    source.data = interpolate(source.data, env, (), missing)
+    issues: list[Issue] = []
+    source.data = interpolate(source.data, env, (), missing, issues)
+    _raise(issues, source, shown)
     warnings = [f"${{{name}}} is not set; using an empty string" for name in sorted(missing)]
     project = _build(source, shown, root)
     _check(project, source, shown, root)
     if profile is not None:
-        project = apply_profile(project, source, profile, shown, root, over)
+        project = apply_profile(project, source, profile, shown, root, over, env)
     warnings += [w for name, svc in project.services.items() if svc.is_data
                  for w in svc.settings.warnings(name)]  # a data kind's own cautions
-    return Loaded(root, file, project, profile, source, warnings)
+    env_files = _env_files(project, root, env, warnings)
+    warnings += override_warnings(project, root, source, shown, env_files)
+    return Loaded(root, file, project, profile, source, warnings, env_files)
+
+
+def _env_files(project: Project, root: Path, env: Mapping[str, str],
+               warnings: list[str]) -> dict[str, dict[str, EnvValue]]:
+    """Each service's variables from its env files, in order (later files win); ${VAR} in
+    them reads earlier lines, earlier files of the service, then `env`. Every problem of
+    every file at once."""
+    out: dict[str, dict[str, EnvValue]] = {}
+    problems: list[Problem] = []
+    unset: dict[str, set[str]] = {}
+    for name, svc in project.services.items():
+        values: dict[str, EnvValue] = {}
+
+        def lookup(var: str, values: dict[str, EnvValue] = values) -> str | None:
+            return values[var].value if var in values else env.get(var)
+
+        for env_file in svc.env_file:
+            try:
+                values.update(read_env_file(root / env_file, env_file, lookup,
+                                            unset.setdefault(env_file, set())))
+            except ConfigError as exc:
+                problems += [p for p in exc.problems if p not in problems]
+        if values:
+            out[name] = values
+    if problems:
+        raise ConfigError(problems)
+    warnings += [f"${{{var}}} is not set (in {file}); using an empty string"
+                 for file, names in unset.items() for var in sorted(names)]
+    return out
 
 
 def apply_profile(project: Project, source: Source, name: str, shown: str, root: Path,
-                  local: Source | None = None) -> Project:
+                  local: Source | None = None, env: Mapping[str, str] | None = None) -> Project:
     """The project as the profile changes it; personal overrides still have the last word
     (devenv.yaml < profile < .devenv/local.yaml)."""
     if name not in project.profiles:
@@ -241,7 +354,10 @@ def apply_profile(project: Project, source: Source, name: str, shown: str, root:
         for svc in variant.data.get("services", {}):
             merge(variant, {"env": dict(prof.env)}, env_where, ("services", svc))
     if local is not None:
-        merge(variant, interpolate(local.data, _env(root), (), set()), local.where)
+        issues: list[Issue] = []
+        data = interpolate(local.data, _env(root) if env is None else env, (), set(), issues)
+        _raise(issues, local, ".devenv/local.yaml")
+        merge(variant, data, local.where)
     result = _build(variant, shown)
     _check(result, variant, shown, root)
     return result
@@ -296,5 +412,7 @@ def _raise(issues: list[Issue], source: Source, shown: str) -> None:
 
 
 def _env(root: Path, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """What ${VAR} reads: the environment, over the project's .env file."""
-    return {**read_dotenv(root / ".env"), **(os.environ if environ is None else environ)}
+    """What ${VAR} reads: the environment, over the project's .env file (whose own ${VAR}s
+    read its earlier lines, then the environment)."""
+    environ = os.environ if environ is None else environ
+    return {**read_dotenv(root / ".env", ".env", environ.get), **environ}

@@ -58,6 +58,12 @@ def url(ds: DataService[Any], target: str | None = None) -> str:
     return kind_of(ds.kind).url(ds, target)
 
 
+def client_env(ds: DataService[Any], target: str | None = None) -> dict[str, str]:
+    """The kind's own variables for a client of the service (PGHOST…, REDIS_HOST…), so its
+    standard tools work with no arguments; `target`: e.g. a database."""
+    return kind_of(ds.kind).client_env(ds, target)
+
+
 def prepare(ds: DataService[Any]) -> None:
     """Before a start (sync): binaries checked, a data folder there."""
     kind_of(ds.kind).prepare(ds)
@@ -118,6 +124,7 @@ __all__ = [
     "DataService",
     "DatasetLoad",
     "Server",
+    "client_env",
     "drop_restore",
     "kind_names",
     "kind_of",

@@ -121,6 +121,9 @@ class DataKind(Protocol):
     def url(self, ds: DataService[Any], target: str | None = None) -> str:
         """How clients reach the service (its stable address); `target`: e.g. a database."""
 
+    def client_env(self, ds: DataService[Any], target: str | None = None) -> dict[str, str]:
+        """The kind's variables for a client (libpq's PGHOST…); no empty password."""
+
     def prepare(self, ds: DataService[Any]) -> None:
         """Before a start: check the binaries, create the data folder if there is none (sync).
         Fresh data is `ds.unmark()`ed."""

@@ -180,6 +180,12 @@ class Postgres:
         db = target or s.targets(ds.name)[0]
         return f"postgresql://{_q(s.user)}:{_q(s.password)}@{HOST}:{ds.port}/{_q(db)}"
 
+    def client_env(self, ds: PG, target: str | None = None) -> dict[str, str]:
+        """libpq's variables: `psql` with no arguments reaches the database."""
+        s = ds.settings
+        return {"PGHOST": HOST, "PGPORT": str(ds.port), "PGUSER": s.user,
+                "PGPASSWORD": s.password, "PGDATABASE": target or s.targets(ds.name)[0]}
+
     def prepare(self, ds: PG) -> None:
         s = ds.settings
         if not s.password:

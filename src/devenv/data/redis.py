@@ -143,6 +143,13 @@ class Redis:
         auth = f":{quote(password, safe='')}@" if password else ""
         return f"redis://{auth}{HOST}:{ds.port}/0"
 
+    def client_env(self, ds: RD, target: str | None = None) -> dict[str, str]:
+        """Where the server is, and its password when it has one (none: no variable)."""
+        env = {"REDIS_HOST": HOST, "REDIS_PORT": str(ds.port)}
+        if ds.settings.password:
+            env["REDIS_PASSWORD"] = ds.settings.password
+        return env
+
     def prepare(self, ds: RD) -> None:
         version = _version(ds)
         check_version(ds.name, ds.settings.version, version, "Redis")

@@ -7,7 +7,7 @@ import json
 from ruamel.yaml import YAML
 
 from devenv.cli.commands._common import load_project, project_root
-from devenv.cli.output import err, out, print_json
+from devenv.cli.output import err, out, print_json, warn
 from devenv.config.edit import edit, get_value, parse_value, to_plain
 from devenv.config.load import load
 from devenv.config.model import Project, Service
@@ -48,14 +48,16 @@ def validate(args: argparse.Namespace) -> int:
     root = project_root(args)
     problems: list[Problem] = []
     profiles: list[str] = []
+    warnings: list[str] = []
     services = 0
     try:
         loaded = load(root)
         services = len(loaded.project.services)
         profiles = list(loaded.project.profiles)
+        warnings += loaded.warnings
         for name in profiles:
             try:
-                load(root, name)
+                warnings += [w for w in load(root, name).warnings if w not in warnings]
             except ConfigError as exc:
                 problems += exc.problems
     except ConfigError as exc:
@@ -63,12 +65,14 @@ def validate(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"ok": not problems, "problems": [
             {"file": p.file, "line": p.line, "path": p.path, "message": p.message}
-            for p in problems]})
-    elif problems:
+            for p in problems], "warnings": warnings})
+        return 2 if problems else 0
+    for message in warnings:
+        warn(message)
+    if problems:
         raise ConfigError(problems)
-    else:
-        err.print(f"[green]ok[/]: {services} services, {len(profiles)} profiles")
-    return 2 if problems else 0
+    err.print(f"[green]ok[/]: {services} services, {len(profiles)} profiles")
+    return 0
 
 
 def schema() -> dict[str, object]:
