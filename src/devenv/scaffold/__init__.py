@@ -21,10 +21,7 @@ MAX_DEPTH = 2
 
 def detect(root: Path) -> Scan:
     procfile = root / "Procfile"
-    if procfile.is_file():
-        scan = Scan(_procfile(procfile))
-    else:
-        scan = Scan(_walk(root))
+    scan = Scan(_procfile(procfile) if procfile.is_file() else _walk(root))
     wire(root, scan)
     return scan
 
@@ -39,7 +36,7 @@ def _walk(root: Path) -> list[Found]:
         here = node.detect(folder, rel, label) + python.detect(folder, rel, label)
         default = service_name(root.name if folder == root else folder.name)
         for item in here:
-            if len(here) == 1 or not item.name:
+            if not item.named and (len(here) == 1 or not item.name):
                 item.name = default
             item.name = service_name(item.name)
         found += here

@@ -24,7 +24,7 @@ class Found:
     sources: tuple[Source, ...] = ()  # the files it runs (entry first, then local imports)
     uses: dict[str, str] = field(default_factory=dict)  # data kind -> why
     depends_on: dict[str, str] = field(default_factory=dict)  # data service -> why
-    scope: str = ""  # the manifest folder it belongs to ("python:api", "node:web")
+    named: bool = False  # its name comes from a manifest (else: from its folder or file)
 
     @property
     def reads(self) -> tuple[str, ...]:

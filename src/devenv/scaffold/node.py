@@ -67,7 +67,7 @@ def _package(folder: Path, pkg: Path, rel: str, label: str) -> Found | None:
         return None
     name = str(data.get("name") or folder.name).split("/")[-1]
     found = Found(name, command, rel, f"{label}package.json {why}",
-                  port_why="npm scripts get PORT from devenv")
+                  port_why="npm scripts get PORT from devenv", named=True)
     entry = _entry(folder, scripts, main)
     if entry is not None:
         s = analyse(f"{label}{entry}", (folder / entry).read_text(errors="replace"))

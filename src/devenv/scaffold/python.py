@@ -94,7 +94,7 @@ def _scripts(folder: Path, rel: str, label: str) -> list[Found]:
         what = s.listener or f"a long-running worker ({s.loop})"
         found = Found(name, name, rel, f"{label}pyproject.toml script {name} = {target}: "
                       f"{what} (installed by `pip install -e .`)", listens=bool(s.listener),
-                      health=s.health, sources=(s,))
+                      named=True, health=s.health, sources=(s,))
         out.append(port_plan(found, s, EXAMPLE) if s.listener else found)
     return out
 

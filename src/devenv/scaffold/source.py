@@ -94,13 +94,13 @@ def port_use(text: str, reads: tuple[str, ...]) -> PortUse | None:
             for m in rx.finditer(text):
                 if m.group(1) != var:
                     continue
-                after = re.match(_DEFAULT, text[m.end():m.end() + 60])
-                number = next((g for g in after.groups() if g), None) if after else None
+                tail = re.match(_DEFAULT, text[m.end():m.end() + 60])
+                number = next((g for g in tail.groups() if g), None) if tail else None
                 return PortUse(var, int(number) if number else None)
     for rx in LITERAL_PORTS:
-        m = rx.search(text)
-        if m and 80 <= int(m.group(1)) <= 65535:
-            return PortUse(None, int(m.group(1)))
+        literal = rx.search(text)
+        if literal and 80 <= int(literal.group(1)) <= 65535:
+            return PortUse(None, int(literal.group(1)))
     return None
 
 

@@ -45,10 +45,10 @@ def wire(root: Path, scan: Scan) -> None:
             continue
         name = next(n for n in (DATA[kind][0], kind, f"{kind}-data") if n not in taken)
         taken.add(name)
-        why = list(dict.fromkeys(listed.get(kind, [])))
+        reasons = list(dict.fromkeys(listed.get(kind, [])))
         if users:
-            why.append("used by " + ", ".join(f.name for f in users))
-        scan.data.append(DataFound(kind, name, DATA[kind][1], why))
+            reasons.append("used by " + ", ".join(f.name for f in users))
+        scan.data.append(DataFound(kind, name, DATA[kind][1], reasons))
         for f in users:
             _depend(f, kind, name)
     _ports(scan)
@@ -59,8 +59,8 @@ def _code_uses(f: Found) -> None:
         for kind, module in module_kinds(s.imports, s.name.endswith(".py")).items():
             f.uses.setdefault(kind, f"{s.name} imports {module}")
         for var in s.reads:
-            if (kind := var_kind(var)) is not None:
-                f.uses.setdefault(kind, f"{s.name} reads {var}")
+            if (named := var_kind(var)) is not None:
+                f.uses.setdefault(named, f"{s.name} reads {var}")
 
 
 def _depend(f: Found, kind: str, name: str) -> None:
