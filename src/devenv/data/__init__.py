@@ -58,6 +58,11 @@ def url(ds: DataService[Any], target: str | None = None) -> str:
     return kind_of(ds.kind).url(ds, target)
 
 
+def binaries(ds: DataService[Any]) -> str:
+    """The server's binaries: where and which version (`devenv doctor`); nothing started."""
+    return kind_of(ds.kind).binaries(ds)
+
+
 def prepare(ds: DataService[Any]) -> None:
     """Before a start (sync): binaries checked, a data folder there."""
     kind_of(ds.kind).prepare(ds)
@@ -118,6 +123,7 @@ __all__ = [
     "DataService",
     "DatasetLoad",
     "Server",
+    "binaries",
     "drop_restore",
     "kind_names",
     "kind_of",

@@ -121,6 +121,10 @@ class DataKind(Protocol):
     def url(self, ds: DataService[Any], target: str | None = None) -> str:
         """How clients reach the service (its stable address); `target`: e.g. a database."""
 
+    def binaries(self, ds: DataService[Any]) -> str:
+        """Where the server's binaries are and their version ("PostgreSQL 18.1 in /x/bin"),
+        touching no data; a DevenvError with a fix when one is missing or the wrong version."""
+
     def prepare(self, ds: DataService[Any]) -> None:
         """Before a start: check the binaries, create the data folder if there is none (sync).
         Fresh data is `ds.unmark()`ed."""

@@ -180,6 +180,12 @@ class Postgres:
         db = target or s.targets(ds.name)[0]
         return f"postgresql://{_q(s.user)}:{_q(s.password)}@{HOST}:{ds.port}/{_q(db)}"
 
+    def binaries(self, ds: PG) -> str:
+        paths = [_bin(ds, tool) for tool in ("postgres", "initdb", "pg_isready", "pg_basebackup")]
+        version = _version(ds)
+        check_version(ds.name, ds.settings.version, version, "PostgreSQL")
+        return f"PostgreSQL {version} in {Path(paths[0]).parent}"
+
     def prepare(self, ds: PG) -> None:
         s = ds.settings
         if not s.password:
