@@ -190,3 +190,20 @@ def test_init_scaffolds_the_polyglot_project_and_up_brings_it_up(project: Projec
     assert moved, project.devenv("logs", "worker").stdout
     status, page = project.ingress("/", "web.localhost")
     assert status == 200 and "polyglot front end" in page
+
+
+def test_a_shared_module_and_the_services_a_service_calls(tmp_path: Path) -> None:
+    scan = detect(tree(tmp_path / "proj", {
+        "lib/common.py": "import os, redis\nclass App:\n    def run(self):\n"
+                         "        serve(('127.0.0.1', int(os.environ['PORT'])))\n",
+        "users/app.py": "from common import App\nimport hooks\napp = App()\n"
+                        "if __name__ == '__main__':\n    app.run()\n",
+        "orders/app.py": "import os\nfrom common import App\nUSERS = os.environ['USERS_URL']\n"
+                         "app = App()\nif __name__ == '__main__':\n    app.run()\n",
+        "users/hooks.py": "import os\nORDERS = os.environ['ORDERS_URL']\n",  # (a cycle)
+    }))
+    apps = {f.name: f for f in scan.services}
+    assert sorted(apps) == ["orders", "users"]
+    assert apps["users"].listens and "lib/common.py reads PORT" in apps["users"].port_why
+    assert set(apps["users"].depends_on) == {"redis"}  # not orders: that would be a cycle
+    assert apps["orders"].depends_on["users"] == "orders/app.py reads USERS_URL, which devenv sets"

@@ -12,6 +12,7 @@ from pathlib import Path
 from devenv.scaffold import node, python
 from devenv.scaffold.found import DataFound, Found, Scan, service_name
 from devenv.scaffold.render import render
+from devenv.scaffold.source import Source, analyse
 from devenv.scaffold.wire import wire
 
 SKIP = {"node_modules", ".git", ".venv", "venv", "env", "__pycache__", ".devenv", "dist",
@@ -28,12 +29,13 @@ def detect(root: Path) -> Scan:
 
 def _walk(root: Path) -> list[Found]:
     found: list[Found] = []
+    modules = _modules(root)
     queue = [(root, 0)]
     while queue:
         folder, depth = queue.pop(0)
         rel = "." if folder == root else folder.relative_to(root).as_posix()
         label = "" if folder == root else f"{rel}/"
-        here = node.detect(folder, rel, label) + python.detect(folder, rel, label)
+        here = node.detect(folder, rel, label) + python.detect(folder, rel, label, modules)
         default = service_name(root.name if folder == root else folder.name)
         for item in here:
             if not item.named and (len(here) == 1 or not item.name):
@@ -45,6 +47,21 @@ def _walk(root: Path) -> list[Found]:
             queue += [(sub, depth + 1) for sub in _subfolders(folder)]
     _unique(found)
     return found
+
+
+def _modules(root: Path) -> dict[str, Source]:
+    """The project's Python modules by name, analysed (what a service may import from a
+    shared folder); the first found of a name wins."""
+    out: dict[str, Source] = {}
+    folders = [root]
+    for _ in range(MAX_DEPTH):
+        folders += [sub for f in folders for sub in _subfolders(f) if sub not in folders]
+    for folder in folders:
+        for path in sorted(folder.glob("*.py")):
+            if path.stem not in out and path.is_file():
+                out[path.stem] = analyse(path.relative_to(root).as_posix(),
+                                         path.read_text(errors="replace"))
+    return out
 
 
 def _subfolders(folder: Path) -> list[Path]:

@@ -15,8 +15,10 @@ NOT_SERVICES = {"setup", "conftest", "manage", "settings", "urls", "wsgi", "asgi
 EXAMPLE = 'int(os.environ.get("PORT", {n}))'
 
 
-def detect(folder: Path, rel: str, label: str) -> list[Found]:
-    """`label`: how the folder is shown in a `why` ('' at the project's root)."""
+def detect(folder: Path, rel: str, label: str,
+           modules: dict[str, Source] | None = None) -> list[Found]:
+    """`label`: how the folder is shown in a `why` ('' at the project's root); `modules`:
+    the project's other Python modules by name (a shared lib/ on PYTHONPATH)."""
     out: list[Found] = []
     if (folder / "manage.py").is_file():
         out.append(Found("", "python manage.py runserver 127.0.0.1:$PORT", rel,
@@ -26,8 +28,9 @@ def detect(folder: Path, rel: str, label: str) -> list[Found]:
     sources = {stem: analyse(f"{label}{stem}.py", text) for stem, text in texts.items()}
     imported = {m for s in sources.values() for m in s.imports if m in sources}
     for stem, source in sources.items():
-        local = tuple(sources[m] for m in sorted(source.imports) if m in sources and m != stem)
-        found = _classify(stem, texts[stem], source, rel, stem in imported)
+        local = tuple((sources.get(m) or (modules or {})[m]) for m in sorted(source.imports)
+                      if m != stem and (m in sources or m in (modules or {})))
+        found = _classify(stem, texts[stem], source, local, rel, stem in imported)
         if found:
             found.sources = (source, *local)
             out.append(found)
@@ -41,24 +44,28 @@ def _candidate(path: Path) -> bool:
         and not stem.endswith("_test")
 
 
-def _classify(stem: str, text: str, s: Source, rel: str, imported: bool) -> Found | None:
+def _classify(stem: str, text: str, s: Source, helpers: tuple[Source, ...], rel: str,
+              imported: bool) -> Found | None:
+    """`helpers`: the modules it imports, which may choose the port (a shared app class)."""
     runs = s.main_guard or bool(TOP_LEVEL_RUN.search(text))
     if imported and not s.main_guard:
         return None  # a module another file here imports
     module, file = stem, f"{stem}.py"
-    runs_itself = s.main_guard and s.port is not None and s.port.var is not None
+    p = next((x for x in (s, *helpers) if x.port), s)
+    health = s.health or next((x.health for x in helpers if x.health), None)
+    runs_itself = s.main_guard and p.port is not None and p.port.var is not None
     for factory, cli in (("FastAPI", "uvicorn {m}:{v} --host 127.0.0.1 --port $PORT"),
                          ("Flask", "flask --app {m}:{v} run --port $PORT")):
         if f"{factory}(" in text and not runs_itself:
             var = app_variable(text, factory)
             return Found(stem, cli.format(m=module, v=var), rel,
                          f"{s.name}: a {factory} app ({var} = {factory}())",
-                         port_why=f"{cli.split()[0]} listens on $PORT", health=s.health)
+                         port_why=f"{cli.split()[0]} listens on $PORT", health=health)
     if s.listener and (runs or stem in ENTRY_NAMES):
         found = Found(stem, f"python {file}", rel,
                       f"{s.name}: {s.listener}" + (" under `if __name__ == \"__main__\"`"
-                                                   if s.main_guard else ""), health=s.health)
-        return port_plan(found, s, EXAMPLE)
+                                                   if s.main_guard else ""), health=health)
+        return port_plan(found, p, EXAMPLE)
     if s.loop and runs:
         return Found(stem, f"python {file}", rel,
                      f"{s.name}: a long-running worker ({s.loop}) with no listener",
@@ -66,7 +73,7 @@ def _classify(stem: str, text: str, s: Source, rel: str, imported: bool) -> Foun
     if stem in ENTRY_NAMES and s.main_guard:
         found = Found(stem, f"python {file}", rel, f"{s.name}: a Python entry point "
                       "(no listener found: check that it is a service)", listens=False)
-        return port_plan(found, s, EXAMPLE) if s.port else found
+        return port_plan(found, p, EXAMPLE) if p.port else found
     return None
 
 

@@ -49,7 +49,8 @@ def _service(item: Found) -> list[str]:
         lines.append(f"    port: {item.port}  # why: {why}. The process listens on $PORT; "
                      "callers use this port")
         if item.health:
-            where = item.sources[0].name if item.sources else "the code"
+            where = next((s.name for s in item.sources if s.health == item.health),
+                         "the code")
             lines.append(f"    health: {{http: {item.health}}}  # why: {where} serves "
                          f"{item.health}")
         else:

@@ -51,7 +51,33 @@ def wire(root: Path, scan: Scan) -> None:
         scan.data.append(DataFound(kind, name, DATA[kind][1], reasons))
         for f in users:
             _depend(f, kind, name)
+    _app_dependencies(scan)
     _ports(scan)
+
+
+def _app_dependencies(scan: Scan) -> None:
+    """A service that reads API_URL depends on the service `api` (devenv sets API_URL)."""
+    servers = {f.name.upper().replace("-", "_") + "_URL": f for f in scan.services if f.listens}
+    for f in scan.services:
+        for var in f.reads:
+            target = servers.get(var)
+            if target is not None and target is not f and target.name not in f.depends_on \
+                    and not _reaches(scan, target.name, f.name):  # (no cycle)
+                source = next(s.name for s in f.sources if var in s.reads)
+                f.depends_on[target.name] = f"{source} reads {var}, which devenv sets"
+
+
+def _reaches(scan: Scan, start: str, goal: str) -> bool:
+    deps = {f.name: f.depends_on for f in scan.services}
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name == goal:
+            return True
+        if name not in seen:
+            seen.add(name)
+            todo += list(deps.get(name, {}))
+    return False
 
 
 def _code_uses(f: Found) -> None:
