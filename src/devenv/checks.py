@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -10,10 +12,14 @@ import stat
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from devenv.core.errors import ConfigError
+from devenv.core.errors import ConfigError, DevenvError
 from devenv.core.paths import StateDir
 from devenv.core.ports import port_owner
+
+if TYPE_CHECKING:
+    from devenv.config.load import Loaded
 
 
 @dataclass(frozen=True)
@@ -47,16 +53,16 @@ def project_checks(root: Path, engine_running: bool) -> list[Check]:
     project = loaded.project
     out = [Check("config", "ok", f"{loaded.file.name} is valid: {len(project.services)} services")]
     out += [Check("config", "warn", message) for message in loaded.warnings]
-    out += _state(StateDir(root), engine_running)
-    if not engine_running:
-        ports = [("ingress.port", project.ingress.port)] if project.ingress.enabled else []
-        ports += [(f"services.{n}.port", s.port) for n, s in project.services.items() if s.port]
-        out += [_port(key, port) for key, port in ports]
+    state = StateDir(root)
+    out += _state(state, engine_running)
+    engine = _engine_pid(state) if engine_running else None
+    ports = [("ingress.port", project.ingress.port)] if project.ingress.enabled else []
+    ports += [(f"services.{n}.port", s.port) for n, s in project.services.items() if s.port]
+    out += [_port(key, port, engine) for key, port in ports]
+    base = _environ(engine)
     for name, svc in project.services.items():
-        argv = shlex.split(svc.command) if isinstance(svc.command, str) else svc.command
-        if argv and "/" not in argv[0] and not shutil.which(argv[0]) and "=" not in argv[0]:
-            out.append(Check(f"services.{name}.command", "warn", f"'{argv[0]}' is not on PATH",
-                             f"install {argv[0]}, or fix services.{name}.command"))
+        out.append(_data_binaries(loaded, name) if svc.is_data
+                   else _executable(loaded, name, base))
     return out
 
 
@@ -124,7 +130,7 @@ def _state(state: StateDir, engine_running: bool) -> list[Check]:
     return out
 
 
-def _port(key: str, port: int) -> Check:
+def _port(key: str, port: int, engine: int | None) -> Check:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -132,6 +138,102 @@ def _port(key: str, port: int) -> Check:
             return Check(key, "ok", f"port {port} is free")
         except OSError:
             pass
+    if engine is not None and _listener(port) == engine:
+        return Check(key, "ok", f"port {port} is held by this project's engine (pid {engine})")
     owner = port_owner(port)
-    return Check(key, "fail", f"port {port} is in use{owner}",
+    return Check(key, "fail", f"port {port} is in use{owner or ' by another program'}",
                  f"stop that program, or choose another port with `devenv config set {key} N`")
+
+
+def _listener(port: int) -> int | None:
+    with contextlib.suppress(Exception):
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.laddr and conn.laddr.port == port and conn.status == "LISTEN":
+                return conn.pid
+    return None
+
+
+def _engine_pid(state: StateDir) -> int | None:
+    try:
+        return int(state.pidfile.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _environ(engine: int | None) -> dict[str, str]:
+    """The environment services inherit: the running engine's (it is the environment of
+    the `up` that started it), else this one's (the next `up` starts the engine with it)."""
+    if engine is not None:
+        with contextlib.suppress(OSError):
+            raw = Path(f"/proc/{engine}/environ").read_bytes()
+            pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+            return {k.decode(errors="replace"): v.decode(errors="replace") for k, _, v in pairs}
+    return dict(os.environ)
+
+
+SHELL_WORDS = {"cd", "export", "source", ".", "set", "exec", "env", "if", "for", "while",
+               "test", "[", "true", "false", "echo", "trap", "ulimit", "umask", "{", "("}
+
+
+def program(command: str | list[str]) -> str | None:
+    """The program a command runs: argv[0] of a list; the first word of a shell string after
+    its `VAR=value` assignments (and `exec`); None when the shell itself does the work."""
+    if isinstance(command, list):
+        return command[0] if command else None
+    try:
+        words = shlex.split(command, comments=True)
+    except ValueError:
+        return None
+    while words and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", words[0]) or words[0] == "exec"):
+        words.pop(0)
+    if not words or words[0] in SHELL_WORDS or any(c in words[0] for c in "$`;&|<>()"):
+        return None
+    return words[0]
+
+
+def resolve(prog: str, path_var: str, folder: Path) -> Path | None:
+    """Where `prog` is found as the service's process will find it: a path with a '/'
+    relative to its folder, else each PATH entry, relative entries from its folder too."""
+    if "/" in prog:
+        candidates = [folder / prog]
+    else:
+        candidates = [folder / entry / prog for entry in path_var.split(os.pathsep) if entry]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def _executable(loaded: Loaded, name: str, base: dict[str, str]) -> Check:
+    from devenv.plan import service_plan
+
+    svc = loaded.project.services[name]
+    key = f"services.{name}.command"
+    prog = program(svc.command) if svc.command is not None else None
+    if prog is None:
+        return Check(key, "ok", "a shell command (its programs are not checked)")
+    env = {**base, **service_plan(loaded, name).env}
+    path_var = env.get("PATH", os.defpath)
+    folder = loaded.root / svc.path
+    found = resolve(prog, path_var, folder)
+    if found is not None:
+        return Check(key, "ok", f"{name} runs {prog}: {found}")
+    if "/" in prog:
+        return Check(key, "fail", f"service {name}: {prog!r} not found in {svc.path}/",
+                     f"create {svc.path}/{prog} (executable), or fix {key}")
+    return Check(key, "fail", f"service {name}: {prog!r} not found on the PATH it gets "
+                 f"({path_var})", f"install {prog}, or add its folder to "
+                 f"services.{name}.env.PATH (a relative folder counts from {svc.path}/)")
+
+
+def _data_binaries(loaded: Loaded, name: str) -> Check:
+    from devenv import data
+    from devenv.plan import data_service
+
+    key = f"services.{name}.kind"
+    try:
+        return Check(key, "ok", f"{name}: {data.binaries(data_service(loaded, name))}")
+    except DevenvError as exc:
+        return Check(key, "fail", str(exc), exc.hint or "")

@@ -64,6 +64,11 @@ def client_env(ds: DataService[Any], target: str | None = None) -> dict[str, str
     return kind_of(ds.kind).client_env(ds, target)
 
 
+def binaries(ds: DataService[Any]) -> str:
+    """The server's binaries: where and which version (`devenv doctor`); nothing started."""
+    return kind_of(ds.kind).binaries(ds)
+
+
 def prepare(ds: DataService[Any]) -> None:
     """Before a start (sync): binaries checked, a data folder there."""
     kind_of(ds.kind).prepare(ds)
@@ -124,6 +129,7 @@ __all__ = [
     "DataService",
     "DatasetLoad",
     "Server",
+    "binaries",
     "client_env",
     "drop_restore",
     "kind_names",

@@ -124,6 +124,10 @@ class DataKind(Protocol):
     def client_env(self, ds: DataService[Any], target: str | None = None) -> dict[str, str]:
         """The kind's variables for a client (libpq's PGHOST…); no empty password."""
 
+    def binaries(self, ds: DataService[Any]) -> str:
+        """Where the server's binaries are and their version ("PostgreSQL 18.1 in /x/bin"),
+        touching no data; a DevenvError with a fix when one is missing or the wrong version."""
+
     def prepare(self, ds: DataService[Any]) -> None:
         """Before a start: check the binaries, create the data folder if there is none (sync).
         Fresh data is `ds.unmark()`ed."""

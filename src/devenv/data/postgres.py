@@ -186,6 +186,12 @@ class Postgres:
         return {"PGHOST": HOST, "PGPORT": str(ds.port), "PGUSER": s.user,
                 "PGPASSWORD": s.password, "PGDATABASE": target or s.targets(ds.name)[0]}
 
+    def binaries(self, ds: PG) -> str:
+        paths = [_bin(ds, tool) for tool in ("postgres", "initdb", "pg_isready", "pg_basebackup")]
+        version = _version(ds)
+        check_version(ds.name, ds.settings.version, version, "PostgreSQL")
+        return f"PostgreSQL {version} in {Path(paths[0]).parent}"
+
     def prepare(self, ds: PG) -> None:
         s = ds.settings
         if not s.password:

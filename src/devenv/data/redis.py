@@ -150,12 +150,19 @@ class Redis:
             env["REDIS_PASSWORD"] = ds.settings.password
         return env
 
-    def prepare(self, ds: RD) -> None:
-        version = _version(ds)
+    def binaries(self, ds: RD) -> str:
+        paths = [_bin(ds, tool) for tool in ("redis-server", "redis-cli")]
+        self._check(ds, version := _version(ds))
+        return f"Redis {version} in {Path(paths[0]).parent}"
+
+    def _check(self, ds: RD, version: str) -> None:
         check_version(ds.name, ds.settings.version, version, "Redis")
         if int(version.split(".")[0]) < 6:
             raise DevenvError(f"{ds.name}: Redis {version} has no ACLs; devenv needs 6 or "
                               "later", hint=f"fix services.{ds.name}.bin_dir")
+
+    def prepare(self, ds: RD) -> None:
+        self._check(ds, _version(ds))
         who = data_identity()
         private_dir(ds.folder)
         store = _store(ds)

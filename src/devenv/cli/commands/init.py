@@ -22,9 +22,10 @@ def run(args: argparse.Namespace) -> int:
         out.print(f"{target.name} already exists; nothing to scaffold "
                   "(use --force to write a new one)")
         return 0
-    found = detect(root)
-    write_atomic(target, render(root.name, found))
-    out.print(f"wrote {target.name} with {len(found)} service{'s' if len(found) != 1 else ''}"
-              + (": " + ", ".join(f.name for f in found) if found else ""))
+    scan = detect(root)
+    write_atomic(target, render(root.name, scan))
+    names = scan.names
+    out.print(f"wrote {target.name} with {len(names)} service{'s' if len(names) != 1 else ''}"
+              + (": " + ", ".join(names) if names else ""))
     err.print("next: review it, then `devenv up`")
     return 0
