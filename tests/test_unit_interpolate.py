@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from devenv.config import load
 from devenv.config.interpolate import RequiredError, TemplateError, substitute
+from devenv.plan import service_plan
 
 ENV = {"SET": "value", "EMPTY": "", "OTHER": "other", "PORT": "8000"}
 
@@ -93,3 +97,12 @@ def test_malformed_references_are_errors_that_say_how_to_write_a_dollar(text: st
 
 def test_values_are_not_interpolated_twice() -> None:
     assert sub("${X}", env={"X": "${SET} $SET $$"}) == "${SET} $SET $$"
+
+
+def test_port_in_devenv_yaml_is_each_instances_own_not_the_callers(tmp_path: Path) -> None:
+    (tmp_path / "devenv.yaml").write_text(
+        "version: 1\nservices:\n"
+        "  api: {command: [python, -m, http.server, '${PORT}'], port: 21001}\n")
+    loaded = load(tmp_path, environ={"PORT": "9999"})  # a PORT exported in the shell
+    assert service_plan(loaded, "api").command == ("python", "-m", "http.server", "${PORT}")
+    assert not loaded.warnings  # not "PORT is not set"

@@ -249,6 +249,11 @@ def _unescape(text: str) -> str:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text)
 
 
+# ${PORT} in devenv.yaml is each instance's own port, put in by the runtime (runtime/base.py),
+# never the caller's PORT
+RUN_TIME = {"PORT": "${PORT}"}
+
+
 def interpolate(node: Any, env: Mapping[str, str], path: KeyPath, missing: set[str],
                 issues: list[Issue]) -> Any:
     """`node` with ${VAR} interpolated in every string (a bare $VAR is left to the service's
@@ -261,7 +266,8 @@ def interpolate(node: Any, env: Mapping[str, str], path: KeyPath, missing: set[s
     if not isinstance(node, str) or "$" not in node:
         return node
     try:
-        return substitute(node, env.get, bare=False, unset=missing)
+        return substitute(node, lambda name: RUN_TIME.get(name, env.get(name)), bare=False,
+                          unset=missing)
     except TemplateError as exc:
         issues.append(Issue(path, exc.reason))
         return node

@@ -214,7 +214,9 @@ class LocalRuntime:
         self._started += 1
         mark = f"{self.token}-{self._started}"
         env = self._env(spec, port)
-        if spec.command and not shutil.which(spec.command[0], path=env.get("PATH")) and \
+        # (a relative PATH entry counts from the service's folder, as for the child itself)
+        path = os.pathsep.join(str(workdir / p) for p in env.get("PATH", "").split(os.pathsep))
+        if spec.command and not shutil.which(spec.command[0], path=path) and \
                 not (workdir / spec.command[0]).is_file():
             raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: not found",
                               hint=f"check services.{spec.service}.command (and PATH)")

@@ -16,10 +16,13 @@ def project_root(args: argparse.Namespace) -> Path:
     return find_project_root(start)
 
 
-def load_project(args: argparse.Namespace, profile: str | None = None) -> Loaded:
+def load_project(args: argparse.Namespace, profile: str | None = None, *,
+                 quiet: bool = False) -> Loaded:
+    """The project's configuration, its warnings printed (`quiet`: the caller prints the
+    engine's, which include them)."""
     from devenv.config.load import load  # not at import: read-only commands stay fast
 
     loaded = load(project_root(args), profile)
-    for message in loaded.warnings:
+    for message in [] if quiet else loaded.warnings:
         warn(message)
     return loaded

@@ -19,7 +19,8 @@ from devenv.wire import UpResult, to_json
 
 def run(args: argparse.Namespace) -> int:
     began = time.time()
-    loaded = load_project(args, args.profile)  # bad config: exit 2 before anything starts
+    # bad config: exit 2 before anything starts (its warnings come back in the result)
+    loaded = load_project(args, args.profile, quiet=True)
     names = list(select(loaded, args.services))
     client = Client(loaded.root)
     client.ensure_engine()
