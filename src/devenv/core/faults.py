@@ -8,7 +8,12 @@ import os
 import signal
 
 
+def armed(name: str) -> bool:
+    """Whether the tests armed `name` (for a fault other than this process's death)."""
+    faults = os.environ.get("DEVENV_FAULTS")
+    return bool(faults) and name in (faults or "").split(",")
+
+
 def point(name: str) -> None:
-    armed = os.environ.get("DEVENV_FAULTS")
-    if armed and name in armed.split(","):
+    if armed(name):
         os.kill(os.getpid(), signal.SIGKILL)

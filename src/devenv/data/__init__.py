@@ -103,6 +103,13 @@ def drop_restore(ds: DataService[Any]) -> None:
     kind_of(ds.kind).drop_restore(ds)
 
 
+def extensions(ds: DataService[Any]) -> list[str] | None:
+    """The extensions the service's binaries ship (PostgreSQL: the bundled build's, or
+    bin_dir's), sorted; None when its kind has none or the binaries cannot be found. For
+    `devenv doctor` and `config validate` to list."""
+    return kind_of(ds.kind).extensions(ds)
+
+
 async def open_load(ds: DataService[Any], target: str | None,
                     files: list[tuple[str, Path]]) -> DatasetLoad:
     return await kind_of(ds.kind).open_load(ds, target, files)
@@ -132,6 +139,7 @@ __all__ = [
     "binaries",
     "client_env",
     "drop_restore",
+    "extensions",
     "kind_names",
     "kind_of",
     "open_load",

@@ -20,11 +20,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
 from devenv.config.model import HealthCheck
+from devenv.core import faults
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import PRIVATE_FILE, private_dir
@@ -153,6 +155,10 @@ class DataKind(Protocol):
 
     def drop_restore(self, ds: DataService[Any]) -> None:
         """Remove what a restore left beside the live data: staged or replaced copies."""
+
+    def extensions(self, ds: DataService[Any]) -> list[str] | None:
+        """The extensions its binaries ship (sorted names); None when the kind has none, or
+        its binaries cannot be found."""
 
 
 class DatasetError(DevenvError):
@@ -353,6 +359,8 @@ async def run_tool(argv: list[str], env: dict[str, str] | None = None, what: str
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, env={**environ, **(env or {})},
     )
+    if faults.armed(f"tool-killed:{Path(argv[0]).name}"):
+        proc.kill()  # the fault tests: this helper dies at once, as if the OOM killer struck
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -365,10 +373,25 @@ async def run_tool(argv: list[str], env: dict[str, str] | None = None, what: str
                 proc.kill()
             await proc.wait()
     text = out.decode(errors="replace")
-    if proc.returncode != 0:
-        raise DevenvError(f"{what or argv[0]} failed (exit code {proc.returncode})",
-                          details=text.strip().splitlines()[-10:])
+    code = proc.returncode or 0
+    if code != 0:
+        how = f"was killed (signal {-code})" if code < 0 else f"failed (exit code {code})"
+        raise DevenvError(f"{what or argv[0]} {how}", details=text.strip().splitlines()[-10:])
     return text
+
+
+async def all_or_none(*jobs: Awaitable[Any]) -> list[Any]:
+    """Run `jobs` at the same time; the first that fails cancels the others, and this
+    returns (raising that failure) only once every one of them has ended: no helper a
+    failed step started is left writing into a folder its caller is about to remove."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def fsync_dir(folder: Path) -> None:

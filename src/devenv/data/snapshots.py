@@ -169,7 +169,11 @@ class SnapshotStore:
         return Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-{name}-", dir=self.folder))
 
     def discard(self, staging: Path) -> None:
-        shutil.rmtree(staging, ignore_errors=True)
+        """Remove a work folder whole (a second pass for files that appeared meanwhile)."""
+        for _ in range(3):
+            shutil.rmtree(staging, ignore_errors=True)
+            if not staging.exists():
+                return
 
     def commit(self, staging: Path, name: str, manifest: dict[str, Any]) -> Snapshot:
         """Checksum everything in `staging`, write the manifest last, then rename."""

@@ -25,7 +25,7 @@ from devenv.core import faults
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
-from devenv.data.base import DataService
+from devenv.data.base import DataService, all_or_none
 from devenv.data.datasets import Target, atomic, open_loads, run_loads
 from devenv.data.snapshots import Snapshot, SnapshotStore, now_manifest
 from devenv.engine.reconciler import Engine
@@ -176,9 +176,17 @@ class DataOps:
                 version = await kinds.snapshot(data, staging / svc)
                 manifest["services"][svc] = {"kind": data.kind, "version": version}
 
-            # every data service at the same moment, while the services keep running
-            await asyncio.gather(*(one(n, r) for n, r in runners.items()))
+            # every data service at the same moment, while the services keep running; one
+            # failing stops the others before their folder is removed
+            await all_or_none(*(one(n, r) for n, r in runners.items()))
             return await asyncio.to_thread(self.store.commit, staging, name, manifest)
+        except DevenvError as exc:
+            self.store.discard(staging)
+            if isinstance(exc, UsageError):
+                raise
+            raise DevenvError(f"snapshot '{name}' was not saved: {exc.message}",
+                              details=exc.details, hint=exc.hint or "nothing was kept of it; "
+                              "see `devenv logs` of the data services") from exc
         except BaseException:
             self.store.discard(staging)
             raise
