@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean browser node
+.PHONY: demo test lint bench clean tools browser node
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,23 +18,27 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/mypy
 
-# The shop's page is tested in a real headless Chromium (Debian's package).
-browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+# What the tests use from Debian, installed when missing (as root; else those tests are
+# skipped, saying why): a real headless Chromium for the shop's page, Node for the polyglot
+# project `devenv init` is tested on, and PostgreSQL 15 with its contrib extensions
+# (uuid-ossp, pgcrypto) for a system PostgreSQL through bin_dir. One apt run for all; no
+# cluster of Debian's own is created (or started).
+DEBIAN_TOOLS := chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15
+tools:
+	@missing=""; for pair in $(DEBIAN_TOOLS); do what=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$what >/dev/null 2>&1 || [ -x "$$what" ] || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing chromium for the browser test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else echo "note: no chromium; the browser test will be skipped (apt-get install chromium)"; fi; }
+	    echo "installing for the tests:$$missing"; \
+	    mkdir -p /etc/postgresql-common; \
+	    [ -e /etc/postgresql-common/createcluster.conf ] || \
+	      echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      -o Dpkg::Options::=--force-confold $$missing >/dev/null; \
+	  else echo "note: not installed:$$missing; the tests that need them are skipped"; fi; fi
+browser node: tools
 
-# The polyglot project `devenv init` is tested on has a Node front end (Debian's nodejs).
-node:
-	@command -v node >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing nodejs for the init test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; \
-	  else echo "note: no node; the polyglot init test will be skipped (apt-get install nodejs)"; fi; }
-
-test: lint browser node
+test: lint tools
 	$(BIN)/pytest -q
 
 bench: $(BIN)/.installed

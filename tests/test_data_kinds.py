@@ -166,3 +166,22 @@ def test_a_failed_snapshot_save_stops_its_helpers_and_leaves_nothing(
     assert sorted(p.name for p in snapshots.iterdir()) == []
     assert "doomed" not in project.devenv("snapshot", "list", check=True).stdout
     assert wait_for(lambda: project.service("db")["state"] == "healthy", timeout=10)
+
+
+def test_a_migration_asking_for_a_missing_extension_is_told_which_and_how(
+        project: Project) -> None:
+    db_project(project)
+    (project.root / "migrate.py").write_text(
+        "import os, psycopg\n"
+        "with psycopg.connect(os.environ['DATABASE_URL']) as conn:\n"
+        "    conn.execute('CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\"')\n")
+    with open(project.root / "devenv.yaml", "a") as fh:
+        fh.write(f"  migrate: {{command: [{sys.executable}, migrate.py], restart: 'no', "
+                 "depends_on: [db]}\n")
+    up = project.devenv("up")
+    assert up.returncode == 1, up.stderr
+    assert 'extension "uuid-ossp" is not available' in up.stderr  # the job's own error
+    assert 'hint: PostgreSQL has no extension "uuid-ossp"' in up.stderr, up.stderr
+    assert "apt install postgresql" in up.stderr
+    logs = project.devenv("logs", "migrate", check=True).stdout
+    assert logs.count('hint: PostgreSQL has no extension "uuid-ossp"') == 1, logs

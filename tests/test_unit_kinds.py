@@ -17,7 +17,7 @@ from devenv.config import load
 from devenv.config.edit import to_plain
 from devenv.core.errors import ConfigError
 from devenv.core.secrets import MASK
-from devenv.data import KINDS, kind_names, secrets, server, settings_class
+from devenv.data import KINDS, explain, kind_names, secrets, server, settings_class
 from devenv.data import datasets as datasets_mod
 from devenv.data.base import DataService, DatasetError
 from devenv.data.datasets import Target, load_files
@@ -296,3 +296,20 @@ def test_the_extensions_a_build_ships_are_listed_and_missing_ones_named(tmp_path
                                        '"/x/share/extension/pgcrypto.control": No such file'))\
         == "pgcrypto"
     assert missing_extension(Exception('relation "t" does not exist')) is None
+
+
+@pytest.mark.parametrize("line", [
+    'psycopg.errors.FeatureNotSupported: extension "uuid-ossp" is not available',
+    'ERROR:  could not open extension control file '
+    '"/x/share/postgresql/extension/uuid-ossp.control": No such file or directory',
+])
+def test_a_missing_postgres_extension_in_any_output_gets_a_hint(line: str) -> None:
+    hint = explain(line)
+    assert hint is not None
+    assert 'no extension "uuid-ossp"' in hint
+    assert "bin_dir" in hint and "apt install postgresql" in hint
+
+
+def test_ordinary_lines_get_no_hint() -> None:
+    assert explain("GET /healthz 200") is None
+    assert explain('CREATE EXTENSION IF NOT EXISTS "pg_trgm"') is None

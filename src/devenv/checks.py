@@ -228,12 +228,24 @@ def _executable(loaded: Loaded, name: str, base: dict[str, str]) -> Check:
                  f"services.{name}.env.PATH (a relative folder counts from {svc.path}/)")
 
 
+COMMON_EXTENSIONS = ("uuid-ossp", "pgcrypto", "pg_trgm", "citext", "hstore", "vector")
+
+
 def _data_binaries(loaded: Loaded, name: str) -> Check:
     from devenv import data
     from devenv.plan import data_service
 
     key = f"services.{name}.kind"
+    ds = data_service(loaded, name)
     try:
-        return Check(key, "ok", f"{name}: {data.binaries(data_service(loaded, name))}")
+        found = data.binaries(ds)
     except DevenvError as exc:
         return Check(key, "fail", str(exc), exc.hint or "")
+    shipped = data.extensions(ds)
+    if shipped is None:
+        return Check(key, "ok", f"{name}: {found}")
+    lacking = [e for e in COMMON_EXTENSIONS if e not in shipped]
+    note = f"; {len(shipped)} extensions" + (
+        f", not {', '.join(lacking)} (declare what you need in `extensions:`; `up` says "
+        "how to get a missing one)" if lacking else "")
+    return Check(key, "ok", f"{name}: {found}{note}")

