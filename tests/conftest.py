@@ -58,6 +58,14 @@ def procs_in(root: Path) -> list[psutil.Process]:
     return found
 
 
+def named(proc: psutil.Process, name: str) -> bool:
+    """Whether `proc` is called `name`; False once it is gone (it may exit while we look)."""
+    try:
+        return bool(proc.name() == name)
+    except psutil.Error:
+        return False
+
+
 def service_procs(root: Path) -> list[psutil.Process]:
     """The fixture service processes (python svc.py) running in `root`."""
     out = []

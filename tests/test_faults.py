@@ -12,7 +12,7 @@ import sys
 import psutil
 import pytest
 
-from conftest import ENV, Project, procs_in, wait_for
+from conftest import ENV, Project, named, procs_in, wait_for
 from test_data import rds, shop, sql  # noqa: F401 - `shop` is a fixture
 
 
@@ -182,7 +182,7 @@ def test_postgres_killed_at_its_first_start_after_a_restore_comes_back(
     up_with_fault(shop, "restore:swapped-one")
     shop.devenv("snapshot", "restore", "good")  # the engine dies after the first swap
     up = shop.popen("up")
-    victim = wait_for(lambda: [p for p in procs_in(shop.root) if p.name() == "postgres"],
+    victim = wait_for(lambda: [p for p in procs_in(shop.root) if named(p, "postgres")],
                       timeout=30, interval=0.005)
     assert victim, "postgres never started"
     victim[0].kill()  # during its first start on the restored data

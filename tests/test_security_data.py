@@ -687,3 +687,18 @@ def test_bundled_postgres_in_a_private_venv_runs_as_the_data_user(
     finally:
         server.send_signal(2)
         server.wait(30)
+
+
+def test_a_project_deeper_than_a_unix_socket_address_works(tmp_path: Path) -> None:
+    """The control socket's path passes the kernel's 108 bytes: up, status, stop still work
+    (reached through a descriptor of its folder), and the socket stays owner-only."""
+    deep = tmp_path / ("deep-folder-" * 4) / ("nested-" * 6) / "project"
+    with project_at(deep) as project:
+        assert len(str(project.root / ".devenv/run/engine.sock")) > 108
+        (port,) = free_ports(1)
+        project.services(f"api: {{command: [{sys.executable}, svc.py], port: {port}}}\n")
+        project.up()
+        assert project.service("api")["state"] == "healthy"
+        sock = project.root / ".devenv/run/engine.sock"
+        assert stat.S_IMODE(sock.stat().st_mode) == 0o600
+        project.devenv("stop", check=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devenv.core.errors import DevenvError
-from devenv.core.paths import StateDir
+from devenv.core.paths import StateDir, socket_address
 from devenv.wire import (
     EnvironmentStatus,
     LoadResult,
@@ -160,7 +160,8 @@ class Client:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(str(self.state.socket))
+            with socket_address(self.state.socket) as address:
+                sock.connect(address)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
             raise EngineNotRunning(self.root) from exc

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from devenv.core.errors import UsageError
 CONFIG_NAMES = ("devenv.yaml", "devenv.yml")
 PRIVATE_DIR = 0o700  # everything under .devenv/ is the owner's only: data, logs, secrets
 PRIVATE_FILE = 0o600
+SOCKET_PATH_MAX = 100  # sun_path holds 108 bytes with its NUL; keep a margin
 
 
 def private_opener(path: str, flags: int) -> int:
@@ -26,6 +29,22 @@ def private_dir(folder: Path) -> Path:
     if folder.stat().st_mode & 0o777 != PRIVATE_DIR:
         os.chmod(folder, PRIVATE_DIR)
     return folder
+
+
+@contextlib.contextmanager
+def socket_address(path: Path) -> Iterator[str]:
+    """An address for the Unix socket at `path` that fits the kernel's 108 bytes: the path
+    itself, or, for a project that lies deep, the same file reached through an open
+    descriptor of its folder (/proc/self/fd/N/engine.sock), valid while the block runs."""
+    text = str(path)
+    if len(text.encode()) < SOCKET_PATH_MAX:
+        yield text
+        return
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def find_project_root(start: Path | None = None) -> Path:

@@ -18,7 +18,7 @@ from typing import IO
 from aiohttp import web
 
 from devenv.core.atomic import write_atomic
-from devenv.core.paths import StateDir
+from devenv.core.paths import StateDir, socket_address
 from devenv.engine.api import make_app
 from devenv.engine.app import Environment
 from devenv.engine.context import Context
@@ -41,7 +41,8 @@ async def serve(root: Path, state: StateDir, runtimes: Runtimes) -> None:
     state.socket.unlink(missing_ok=True)
     old_umask = os.umask(0o177)
     try:
-        await web.UnixSite(runner, str(state.socket)).start()
+        with socket_address(state.socket) as address:  # (a deep project: a shorter name)
+            await web.UnixSite(runner, address).start()
     finally:
         os.umask(old_umask)
     os.chmod(state.socket, 0o600)
