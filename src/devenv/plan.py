@@ -43,6 +43,7 @@ class ServicePlan:
     stop_signal: str
     stop_timeout: float
     data: DataService[Any] | None = None
+    restart_with: tuple[str, ...] = ()  # of depends_on, those with `restart: true`
     runtime: str = DEFAULT_RUNTIME
     config_hash: str = field(default="", compare=False)
 
@@ -124,6 +125,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         health=health,
         restart=svc.restart,
         depends_on={d: dep.condition for d, dep in svc.depends_on.items()},
+        restart_with=tuple(d for d, dep in svc.depends_on.items() if dep.restart),
         route=svc.ingress,
         watch=watch,
         stop_signal=stop_signal,
@@ -133,6 +135,8 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     fingerprint = asdict(plan)
     fingerprint.pop("replicas")
     fingerprint.pop("watch")
+    if not plan.restart_with:  # (hashes from before the key stay as they were)
+        fingerprint.pop("restart_with")
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode())
     return replace(plan, config_hash=digest.hexdigest()[:16])
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from devenv.core.errors import DevenvError
+from devenv.wire import Rolled
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -60,3 +61,13 @@ def size(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} GiB"
+
+
+def print_rolled(rolled: Rolled | None, failures: bool = True) -> None:
+    """`rolled api, worker (depend on db with restart: true)`, and any it could not roll."""
+    if rolled is None:
+        return
+    if rolled.services:
+        out.print(escape(rolled.text()))
+    for name, reason in rolled.failed.items() if failures else ():
+        warn(f"{name}: {reason}")
