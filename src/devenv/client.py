@@ -20,6 +20,7 @@ from devenv.wire import (
     LogLine,
     OpResult,
     Progress,
+    ResetResult,
     SnapshotSummary,
     StopResult,
     UpResult,
@@ -282,9 +283,8 @@ class Client:
         return from_json(LoadResult, self._json("POST", "/v1/data/load", {
             "dataset": dataset, "environ": dict(os.environ)}, timeout=None))
 
-    def data_reset(self) -> list[str]:
-        result: list[str] = self._json("POST", "/v1/data/reset", {}, timeout=None)["reset"]
-        return result
+    def data_reset(self) -> ResetResult:
+        return from_json(ResetResult, self._json("POST", "/v1/data/reset", {}, timeout=None))
 
     def logs(self, services: list[str], *, follow: bool, since: float | None, tail: int | None,
              startup: bool, verbose: bool, all_starts: bool = False) -> Iterator[LogLine]:

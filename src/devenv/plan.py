@@ -45,6 +45,7 @@ class ServicePlan:
     drain_timeout: float = 2.0
     run_timeout: float = 300.0
     watch_note: str = ""  # why watching is what it is: "vite reloads itself"
+    restart_with: tuple[str, ...] = ()  # of depends_on, those with `restart: true`
     runtime: str = DEFAULT_RUNTIME
     config_hash: str = field(default="", compare=False)
 
@@ -133,6 +134,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         health=health,
         restart=svc.restart,
         depends_on={d: dep.condition for d, dep in svc.depends_on.items()},
+        restart_with=tuple(d for d, dep in svc.depends_on.items() if dep.restart),
         route=svc.ingress,
         watch=watch,
         stop_signal=stop_signal,
@@ -149,7 +151,8 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     return replace(plan, config_hash=digest.hexdigest()[:16])
 
 
-LIVE_FIELDS = ("replicas", "watch", "watch_note", "drain_timeout", "run_timeout")
+LIVE_FIELDS = ("replicas", "watch", "watch_note", "drain_timeout", "run_timeout",
+               "restart_with")
 
 
 def _resolve_watch(watch: Watch, job: bool, svc: Service, root: Path,

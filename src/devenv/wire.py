@@ -179,11 +179,35 @@ class UpResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rolled:
+    """Dependents rolled (new instances, no downtime) after services they depend on with
+    `restart: true` restarted or had their data replaced."""
+
+    services: list[str]  # rolled, in dependency order
+    after: list[str]  # the restarted services they depend on
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # not rolled: why
+
+    def text(self) -> str:
+        """`rolled api, worker (depend on db with restart: true)`"""
+        names = self.services or list(self.failed)
+        verb = "depends" if len(names) == 1 else "depend"
+        head = "rolled " + (", ".join(self.services) or "nothing")
+        return f"{head} ({verb} on {', '.join(self.after)} with restart: true)"
+
+
+@dataclasses.dataclass(frozen=True)
 class OpResult:
     """Of `restart` and `scale`: which services did not come back, and why."""
 
     ok: bool
     failed: dict[str, str]
+    rolled: Rolled | None = optional()  # dependents rolled after a restart
+
+
+@dataclasses.dataclass(frozen=True)
+class ResetResult:
+    reset: list[str]
+    rolled: Rolled | None = optional()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +253,7 @@ class SnapshotSummary:
     size_bytes: int
     datasets: list[str]
     services: dict[str, dict[str, str]]  # name -> {kind, version}
+    rolled: Rolled | None = optional()  # of a restore: dependents rolled after it
 
 
 # ---------------------------------------------------------------- JSON

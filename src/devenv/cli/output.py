@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.text import Text
 
 from devenv.core.errors import DevenvError
+from devenv.wire import Rolled
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -163,3 +164,13 @@ def _line(cells: list[Text], widths: list[int], console: Console) -> Text:
         line.rstrip()
         lines.append(line)
     return Text("\n").join(lines)
+
+
+def print_rolled(rolled: Rolled | None, failures: bool = True) -> None:
+    """`rolled api, worker (depend on db with restart: true)`, and any it could not roll."""
+    if rolled is None:
+        return
+    if rolled.services:
+        out.print(escape(rolled.text()))
+    for name, reason in rolled.failed.items() if failures else ():
+        warn(f"{name}: {reason}")

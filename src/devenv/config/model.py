@@ -68,6 +68,13 @@ class Dependency:
         "<SERVICE>_URL) names; default: its first.",
     )
 
+    restart: bool = key(
+        False, doc="Roll this service (new instances, no downtime) once the dependency is "
+        "healthy again after it restarted, crashed and came back, or had its data restored, "
+        "reset or put back (snapshot restore, data reset/restore/load): connections it "
+        "opened to the old process are gone. Transitive, in dependency order.",
+    )
+
     SHORTHAND_SCHEMA = {"enum": ["started", "healthy", "completed"]}
 
     @classmethod

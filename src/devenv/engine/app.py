@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from devenv.config.load import load
+from devenv.config.load import Loaded, load
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
+from devenv.engine.cascade import Cascade
 from devenv.engine.dataops import DataOps
 from devenv.engine.reconciler import Engine
 from devenv.engine.reloader import Reloader
@@ -30,8 +31,11 @@ from devenv.wire import (
     EngineInfo,
     EnvironmentStatus,
     ErrorInfo,
+    LoadResult,
     OpResult,
     Progress,
+    ResetResult,
+    SnapshotSummary,
     StopResult,
     UpResult,
 )
@@ -49,6 +53,7 @@ class Environment:
         self.shutdown = shutdown
         self.routing = Routing(engine)
         self.data = DataOps(engine, StateDir(root))
+        self.cascade = Cascade(engine)  # dependents rolled after a restart (restart: true)
         self.reloader = Reloader(engine)
         self.watcher = Watcher(self.reloader.trigger, engine.ctx.clock)
         self.profile: str | None = None  # of the last `up`
@@ -82,6 +87,7 @@ class Environment:
         plan = make_plan(loaded, services)
         _check_rerun(plan, rerun)
         self.profile = loaded.profile
+        self.cascade.watch()
         ingress = await self.routing.ensure(plan.ingress_port)
         stores = {n: p.data for n, p in plan.services.items()
                   if p.data is not None and n not in self.engine.runners}
@@ -94,8 +100,10 @@ class Environment:
         error = None
         if result.ok:
             try:
-                notices += await self.data.recover()
-                datasets = await self.data.load_profile_datasets(loaded, environ)
+                async with self.cascade.around(self.data.data_runners(),
+                                               "put back as before a dataset load"):
+                    notices += await self.data.recover()
+                    datasets = await self.data.load_profile_datasets(loaded, environ)
             except DevenvError as exc:
                 error = ErrorInfo(exc.message, exc.details, exc.hint, exc.exit_code)
         return replace(result, ok=result.ok and error is None, error=error, ingress=ingress,
@@ -127,10 +135,12 @@ class Environment:
         is cancelled first, so nothing waits on a start that would take long."""
         await self._cancel_work()
         self.watcher.stop()
+        self.cascade.stop()
         await self.engine.stop_all()
 
     async def _cancel_work(self) -> None:
-        work = [t for t in [*self._work, *self.reloader.tasks] if t is not asyncio.current_task()]
+        work = [t for t in [*self._work, *self.reloader.tasks, *self.cascade.tasks]
+                if t is not asyncio.current_task()]
         for task in work:
             task.cancel()
         if work:
@@ -173,12 +183,34 @@ class Environment:
         want = plan.services[service]
         return want.runtime, exec_spec(want)
 
+    # ---- data operations: each rolls the `restart: true` dependents of what it restarted
+
+    async def restore(self, name: str) -> SnapshotSummary:
+        async with self.cascade.around(self.data.data_runners(),
+                                       f"restored from snapshot {name}") as outcome:
+            snap = await self.data.restore(name)
+        return replace(snap.summary(), rolled=outcome.rolled)
+
+    async def reset(self) -> ResetResult:
+        async with self.cascade.around(self.data.data_runners(), "reset to fresh data") \
+                as outcome:
+            names = await self.data.reset()
+        return ResetResult(reset=names, rolled=outcome.rolled)
+
+    async def load(self, loaded: Loaded, dataset: str,
+                   environ: dict[str, str] | None) -> LoadResult:
+        """A load that fails after it changed data puts the data back (a restore): the
+        error then also says what was rolled."""
+        async with self.cascade.around(self.data.data_runners(),
+                                       f"put back as before dataset {dataset}"):
+            return await self.data.load(loaded, dataset, environ)
+
     # ---- other mutations
 
     async def restart(self, names: list[str]) -> OpResult:
         names = names or list(self.engine.runners)
         self.known(names)
-        return await self.engine.restart(names)
+        return await self.cascade.restart(names)
 
     async def scale(self, counts: dict[str, int]) -> OpResult:
         self.known(list(counts))

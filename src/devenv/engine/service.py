@@ -162,9 +162,10 @@ class ServiceRunner:
         return True
 
     async def restart(self) -> None:
-        """Stop every replica, then start them again (a gap; reload's `restart` action)."""
+        """Stop every replica, then start them again (a gap; reload's `restart` action). A
+        data server's clients hold their connections for good: it is not drained."""
         old, self.replicas = self.replicas, []
-        await asyncio.gather(*(self._retire(r) for r in old))
+        await asyncio.gather(*(self._retire(r, drain=self.plan.data is None) for r in old))
         await self.scale(self.desired)
 
     async def roll(self) -> str | None:

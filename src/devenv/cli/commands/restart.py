@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 
 from devenv.cli.commands._common import project_root
-from devenv.cli.output import err, out
+from devenv.cli.output import err, out, print_rolled
 from devenv.client import Client
 
 
@@ -15,5 +15,7 @@ def run(args: argparse.Namespace) -> int:
         err.print(f"[red]{name}[/]: {reason}")
     if result.ok:
         out.print("restarted " + (", ".join(names) if names else "all services"))
+    print_rolled(result.rolled, failures=False)  # (among the failed above)
+    if result.ok:
         return 0
     return 1

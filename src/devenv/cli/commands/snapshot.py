@@ -6,7 +6,7 @@ from pathlib import Path
 from rich.markup import escape
 
 from devenv.cli.commands._common import project_root
-from devenv.cli.output import Column, out, print_json, print_table, size, warn
+from devenv.cli.output import Column, out, print_json, print_rolled, print_table, size, warn
 from devenv.client import Client, EngineNotRunning
 from devenv.core.paths import StateDir
 from devenv.data.snapshots import NAME, SnapshotStore
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         verb = "saved" if action == "save" else "restored"
         out.print(f"{verb} snapshot {snap.name}: {', '.join(snap.services)} "
                   f"({size(snap.size_bytes)})")
+        print_rolled(snap.rolled)
     elif action == "list":
         found, damaged = store.scan()
         for path, why in damaged:

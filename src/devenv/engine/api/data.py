@@ -20,17 +20,16 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
         return answer(snap.summary())
 
     async def snapshot_restore(request: web.Request) -> web.Response:
-        snap = await env.data.restore((await request.json())["name"])
-        return answer(snap.summary())
+        return answer(await env.restore((await request.json())["name"]))
 
     async def data_load(request: web.Request) -> web.Response:
         body = await request.json()
         environ = body.get("environ") or env.environ
         loaded = await asyncio.to_thread(load, env.root, env.profile, environ=environ)
-        return answer(await env.data.load(loaded, body["dataset"], environ))
+        return answer(await env.load(loaded, body["dataset"], environ))
 
     async def data_reset(request: web.Request) -> web.Response:
-        return web.json_response({"reset": await env.data.reset()})
+        return answer(await env.reset())
 
     router.add_get("/v1/snapshots", snapshot_list)
     router.add_post("/v1/snapshots", snapshot_save)
