@@ -39,7 +39,7 @@ tools:
 browser node: tools
 
 test: lint tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadfile  # two workers, each test file on one
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_core.py

@@ -81,6 +81,17 @@ def test_a_server_start_up_ends_as_it_becomes_healthy(tmp_path: Path) -> None:
                                                          "api-1 ready in 8.0s"]
 
 
+def test_a_start_up_ends_at_its_first_connection_however_soon(tmp_path: Path) -> None:
+    log = Log(tmp_path)
+    log.event(0, "api", "1", "started a1")
+    log.event(1, "api", "1", "healthy")
+    log.out(1.01, "api", "1", "listening on 8000")
+    log.event(1.05, "api", "1", logstore.FIRST_CALLER)  # a caller right after `up`
+    log.out(1.06, "api", "1", "GET /whoami")  # within the settle time, still not start-up
+    log.out(1.5, "api", "1", "GET /whoami")
+    assert log.startup("api", unchecked=frozenset()) == ["api-1 listening on 8000"]
+
+
 def test_a_one_shot_start_up_is_its_whole_run_until_it_exits(tmp_path: Path) -> None:
     log = Log(tmp_path)
     log.event(0, "build", "1", "started b1")

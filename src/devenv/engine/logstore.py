@@ -171,9 +171,11 @@ def query(folder: Path, services: Iterable[str], *, since: float | None = None,
 #   passed (the lines a server prints as its port opens reach devenv just after); one with
 #   neither, healthy as soon as it starts, once it has run STARTUP_GRACE;
 # - it exits (an exit event, below); a one-shot's start-up is its whole run;
+# - its first connection: what it prints after that may be answers to requests;
 # - the next start of the same replica.
 # The events are the engine's own lines (stream `devenv`) about the replica.
 
+FIRST_CALLER = "first connection"  # the engine's event when a caller first reaches it
 STARTUP_GRACE = 5.0
 HEALTHY_SETTLE = 0.2
 STOP_SPAN = 30.0  # replicas stopped within this of a service's last stop stopped with it
@@ -206,6 +208,7 @@ class _Run:
     instance: str
     start: float
     healthy: float | None = None
+    first_caller: float | None = None
     exited: float | None = None
     finished: bool = False
     end: float = float("inf")  # the next start of the replica
@@ -217,6 +220,7 @@ class _Run:
             if starts.unchecked is None or self.service in starts.unchecked:
                 settled = max(settled, self.start + STARTUP_GRACE)
         return min(settled, self.exited if self.exited is not None else float("inf"),
+                   self.first_caller if self.first_caller is not None else float("inf"),
                    self.end)
 
 
@@ -238,6 +242,8 @@ def runs(lines: Iterable[LogLine]) -> list[_Run]:
             continue
         elif ln.text == "healthy" and run.healthy is None:
             run.healthy = ln.ts
+        elif ln.text == FIRST_CALLER and run.first_caller is None:
+            run.first_caller = ln.ts
         elif EXITED.search(ln.text):
             run.exited, run.finished = ln.ts, bool(FINISHED.search(ln.text))
     return found

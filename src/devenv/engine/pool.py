@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 
@@ -24,6 +24,8 @@ class Backend:
     busy: int = 0  # of those, the ones waiting for an answer
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    used: bool = False  # a caller was sent to it
+    on_first_use: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -83,6 +85,10 @@ class Pool:
                   timeout: float | None = None, busy: bool = False) -> AsyncIterator[Backend]:
         """A backend for one connection; `busy`: the whole block is one request."""
         backend = await self.pick(exclude, timeout)
+        if not backend.used:
+            backend.used = True
+            if backend.on_first_use:
+                backend.on_first_use()
         backend.inflight += 1
         backend.idle.clear()
         if busy:

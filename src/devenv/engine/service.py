@@ -15,6 +15,7 @@ from devenv import data as kinds
 from devenv.engine.context import Context
 from devenv.engine.events import Reloaded, StateChanged
 from devenv.engine.health import probe
+from devenv.engine.logstore import FIRST_CALLER
 from devenv.engine.pool import Backend, Pool
 from devenv.plan import ServicePlan
 from devenv.runtime.base import Address, Instance, InstanceSpec
@@ -438,7 +439,9 @@ class ServiceRunner:
         assert instance is not None
         if instance.endpoint:
             host, port = instance.endpoint
-            rep.backend = rep.backend or Backend(instance.id, host, port)
+            if rep.backend is None:  # its first caller ends its start-up (logs --startup)
+                rep.backend = Backend(instance.id, host, port)
+                rep.backend.on_first_use = lambda: self._event(rep, FIRST_CALLER)
             if not rep.stopping:
                 self.pool.add(rep.backend)
         self._set(rep, State.HEALTHY)
