@@ -396,7 +396,8 @@ def make_plan(name: str, *, replicas: int = 1, restart: str = "always",
         name=name, command=command, workdir=".", env={"DEVENV_SERVICE": name, **(env or {})},
         port=port, replicas=replicas, health=health, restart=restart,
         depends_on=dict(depends_on or {}), route=route,
-        watch=_resolved(watch or Watch(), restart == "always" or port is not None),
+        watch=_resolved(watch or Watch(), restart != "no" or port is not None),
+        job=restart == "no" and port is None,
         stop_signal="TERM", stop_timeout=10.0,
     )
     fingerprint = asdict(plan)

@@ -207,3 +207,15 @@ def test_a_shared_module_and_the_services_a_service_calls(tmp_path: Path) -> Non
     assert apps["users"].listens and "lib/common.py reads PORT" in apps["users"].port_why
     assert set(apps["users"].depends_on) == {"redis"}  # not orders: that would be a cycle
     assert apps["orders"].depends_on["users"] == "orders/app.py reads USERS_URL, which devenv sets"
+
+
+def test_odd_manifests_and_procfiles_are_read_not_crashed_on(tmp_path: Path) -> None:
+    root = tree(tmp_path / "proj", {
+        "a/package.json": json.dumps({"name": "a", "scripts": None, "main": 3}),
+        "a/server.js": "require('http').createServer(h).listen(process.env.PORT || 3000)\n",
+        "b/package.json": "[1, 2]",
+    })
+    apps = {f.name: f for f in detect(root).services}
+    assert apps["a"].command == "node server.js"
+    (root / "Procfile").write_bytes(b"web: python app.py --name \xff\n")  # not UTF-8
+    assert [f.name for f in detect(root).services] == ["web"]

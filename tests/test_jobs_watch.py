@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
 import time
+import urllib.request
 
 from conftest import Project, free_ports, wait_for
 from test_reload import edit_version, make, reloaded
@@ -120,3 +122,59 @@ def test_a_failed_reload_shows_its_output_under_the_new_instance(project: Projec
     failing = [ln for ln in logs.splitlines() if "broken on purpose" in ln]
     assert any(ln.startswith("api-1(new) |") for ln in failing), logs
     assert not any(ln.startswith("api-1 |") for ln in failing), logs  # not the one serving
+
+
+def test_a_migration_runs_again_whenever_its_database_is_new_or_restored(
+        project: Project) -> None:
+    (db,) = free_ports(1)
+    (project.root / "migrate.py").write_text(
+        "import os, psycopg\nfrom pathlib import Path\n"
+        "with psycopg.connect(os.environ['DATABASE_URL']) as conn:\n"
+        "    conn.execute('CREATE TABLE IF NOT EXISTS item (name text)')\n"
+        "with Path('runs.log').open('a') as f:\n    f.write('run\\n')\n")
+    project.services(f"""\
+        db: {{kind: postgres, port: {db}}}
+        migrate: {{command: [{sys.executable}, migrate.py], restart: "no", depends_on: [db],
+                  watch: {{ignore: [runs.log]}}}}
+        """)
+    project.up()
+    assert runs(project) == 1
+    project.devenv("stop", "--persist-data", check=True)
+    project.up()  # the same data: nothing to do
+    assert runs(project) == 1
+    project.devenv("stop", check=True)  # the data is discarded (after a snapshot)
+    project.up()  # fresh, empty database: the migration runs
+    assert runs(project) == 2
+    project.devenv("snapshot", "save", "migrated", check=True)
+    project.devenv("data", "reset", check=True)
+    project.up()  # the same engine, fresh data again
+    assert runs(project) == 3
+    project.devenv("snapshot", "restore", "migrated", check=True)
+    project.up()
+    assert runs(project) == 4
+    project.up()
+    assert runs(project) == 4
+
+
+def test_a_streamed_answer_on_the_service_port_is_not_cut_by_a_reload(
+        project: Project) -> None:
+    (port,) = free_ports(1)
+    project.services(f"api: {{command: [{sys.executable}, svc.py], port: {port}, "
+                     "drain_timeout: 1}\n")
+    project.up()
+    started, lines = threading.Event(), []
+
+    def download() -> None:  # 60 chunks, 50 ms apart: 3 s, longer than the drain timeout
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream?n=60", timeout=30) as r:
+            for line in r:
+                lines.append(line)
+                started.set()
+
+    reader = threading.Thread(target=download)
+    reader.start()
+    try:
+        assert started.wait(10)
+        project.devenv("restart", "api", check=True)  # the old instance drains meanwhile
+    finally:
+        reader.join(30)
+    assert len(lines) == 60 and lines[-1].startswith(b"chunk 59")

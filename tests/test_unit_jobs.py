@@ -4,6 +4,7 @@ running instances (item 9)."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,6 +178,57 @@ def test_a_watched_job_reruns_on_a_change_and_its_dependent_waits_for_it(
         assert len(webs) == 2 and webs[1] >= builds[1] + 4.0  # after the rerun completed
         lines = [ln.text for ln in engine.ctx.logs.recent("build", 50) if ln.replica == "reload"]
         assert lines and lines[0].startswith("reloaded (rerun)")
+        await engine.stop_all()
+
+    run_virtual(scenario())
+
+
+def test_a_dependent_reload_still_happens_when_a_jobs_reruns_outlast_its_wait(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.script("build", job(after=1.0), job(after=18.0), job(after=18.0))
+        runtime.script("web", ready())
+        engine = Engine(make_context(tmp_path, runtime))
+        build = a_job(watch=Watch(enabled=True, action="replace"), run_timeout=20.0)
+        web = make_plan("web", depends_on={"build": "completed"})
+        assert (await engine.up(plan_of(build, web), lambda _: None)).ok
+        reloader = Reloader(engine)
+        file = str(tmp_path / "build" / "x.ts")
+        reloader.trigger("build", [file], now())
+        reloader.trigger("web", [file], now())
+        await advance(1.0)
+        reloader.trigger("build", [file], now())  # a second run queued: 36 s in all
+        await advance(120.0)
+        assert len(runtime.start_times("build")) == 3
+        assert engine.runners["web"].reloads == 1  # it waited 30 s at most, then reloaded
+        assert engine.runners["web"].last_reload is not None
+        assert engine.runners["web"].last_reload.ok
+        await engine.stop_all()
+
+    run_virtual(scenario())
+
+
+def test_a_running_engine_reruns_a_completed_job_whose_files_changed_not_its_own_output(
+        tmp_path: Path) -> None:
+    (tmp_path / ".devenv").mkdir()
+    (tmp_path / "build").mkdir()
+    source = tmp_path / "build" / "main.ts"
+    source.write_text("one")
+
+    async def scenario() -> None:
+        runtime = FakeRuntime()
+        runtime.script("build", job(after=1.0))
+        engine = Engine(make_context(tmp_path, runtime))
+        out = tmp_path / "build" / "out.js"  # what the job writes while it runs
+        asyncio.get_running_loop().call_later(0.5, out.write_text, "built")
+        assert (await engine.up(plan_of(a_job()), lambda _: None)).ok
+        assert out.exists() and len(runtime.starts) == 1
+        again = await engine.up(plan_of(a_job()), lambda _: None)
+        assert (again.services[0].action, len(runtime.starts)) == ("keep", 1)
+        source.write_text("two!")  # edited while not watched: the next `up` runs it
+        third = await engine.up(plan_of(a_job()), lambda _: None)
+        assert (third.services[0].action, len(runtime.starts)) == ("replace", 2)
         await engine.stop_all()
 
     run_virtual(scenario())

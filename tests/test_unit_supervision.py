@@ -157,12 +157,13 @@ def test_only_time_spent_healthy_resets_the_crash_count(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("restart", "script", "restarted", "state", "detail"), [
-    # (no port and restart no/on-failure: a one-shot job, running until it exits)
+    # (no port and restart no: a one-shot job, running until it exits)
     ("no", crash(after=2.0, code=3, ready_after=0.0), False, "failed",
      "exited with code 3 after 2.0s"),
     ("no", job(after=2.0), False, "completed", "exit code 0 after 2.0s"),
-    ("on-failure", job(after=2.0), False, "completed", "exit code 0 after 2.0s"),
-    ("on-failure", crash(after=2.0, code=3, ready_after=0.0), True, "running", ""),
+    # (on-failure: a server, or a worker, that may end its work with exit code 0)
+    ("on-failure", job(after=2.0), False, "completed", "exited with code 0"),
+    ("on-failure", crash(after=2.0, code=3, ready_after=0.0), True, "healthy", ""),
     ("always", job(after=2.0), True, "healthy", ""),  # even a clean exit is restarted
 ], ids=["no-crash", "no-exit0", "on-failure-exit0", "on-failure-crash", "always-exit0"])
 def test_restart_policy(tmp_path: Path, restart: str, script: Script, restarted: bool,

@@ -45,14 +45,10 @@ class ServicePlan:
     drain_timeout: float = 2.0
     run_timeout: float = 300.0
     watch_note: str = ""  # why watching is what it is: "vite reloads itself"
+    job: bool = False  # a one-shot (Service.job): running, then completed or failed
     restart_with: tuple[str, ...] = ()  # of depends_on, those with `restart: true`
     runtime: str = DEFAULT_RUNTIME
     config_hash: str = field(default="", compare=False)
-
-    @property
-    def job(self) -> bool:
-        """A one-shot: it is meant to exit (restart no or on-failure, and nothing to serve)."""
-        return self.restart != "always" and self.port is None and self.data is None
 
     @property
     def watch_mode(self) -> str:
@@ -122,8 +118,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         command, health, stop_signal = server.command, server.health, server.stop_signal
         env.update(server.env)
         watch = Watch(enabled=False)
-    job = svc.restart != "always" and svc.port is None and not svc.is_data
-    watch, watch_note = _resolve_watch(watch, job, svc, loaded.root, env)
+    watch, watch_note = _resolve_watch(watch, svc, loaded.root, env)
     plan = ServicePlan(
         name=name,
         command=command,
@@ -143,6 +138,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         drain_timeout=svc.drain_timeout,
         run_timeout=svc.run_timeout,
         watch_note=watch_note,
+        job=svc.job,
     )
     fingerprint = asdict(plan)
     for live in LIVE_FIELDS:  # changed on running instances, no new ones needed
@@ -155,15 +151,15 @@ LIVE_FIELDS = ("replicas", "watch", "watch_note", "drain_timeout", "run_timeout"
                "restart_with")
 
 
-def _resolve_watch(watch: Watch, job: bool, svc: Service, root: Path,
+def _resolve_watch(watch: Watch, svc: Service, root: Path,
                    env: dict[str, str]) -> tuple[Watch, str]:
     """Watch settings made concrete: on unless turned off (one-shot jobs: off unless turned
     on); `auto` is none for a dev server that reloads itself, else replace."""
     note = ""
     enabled = watch.enabled
     if enabled is None:
-        enabled = not job and not svc.is_data
-        note = "one-shot job" if job else ""
+        enabled = not svc.job and not svc.is_data
+        note = "one-shot job" if svc.job else ""
     action = watch.action
     if action == "auto":
         tool = reloads_itself(svc.command, root / svc.path, env) if enabled else None

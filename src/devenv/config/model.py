@@ -103,7 +103,7 @@ class Watch:
 
     enabled: bool | None = key(
         None, doc="Reload the service when its files change. Default: on, except for one-shot "
-        "jobs (restart: no or on-failure, no port), which rerun on a change only when on.",
+        "jobs (restart: no, no port), which rerun on a change only when on.",
     )
     paths: list[str] = key(
         factory=list, doc="Paths watched, relative to the project; default: the service's path."
@@ -200,7 +200,7 @@ class Service:
     )
     run_timeout: Duration = key(
         Duration(300.0), minimum=1,
-        doc="For a one-shot job (restart: no or on-failure, no port): how long one run may take "
+        doc="For a one-shot job (restart: no, no port): how long one run may take "
         "before it is stopped and counts as failed; `up` and its dependents wait at most this.",
     )
     description: str = key("", doc="What the service is for; shown in generated docs.")
@@ -216,6 +216,12 @@ class Service:
     @property
     def is_data(self) -> bool:
         return self.kind != "process"
+
+    @property
+    def job(self) -> bool:
+        """A one-shot job (a migration, a build): `restart: "no"` and nothing to serve. It is
+        running, then completed or failed, never healthy; `on-failure` services stay servers."""
+        return self.restart == "no" and self.port is None and not self.is_data
 
     def targets(self, name: str) -> list[str]:
         """What a dependency's `database` or a dataset's `service/target` may name (a data

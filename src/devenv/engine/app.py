@@ -237,9 +237,8 @@ def _check_rerun(plan: Plan, names: list[str]) -> None:
             raise UsageError(f"--rerun {name}: no such service",
                              hint="see `devenv config show` for the services")
         if not plan.services[name].job:
-            raise UsageError(f"--rerun {name}: {name} is not a one-shot job (restart: no or "
-                             "on-failure, and no port)", hint=f"`devenv restart {name}` "
-                             "restarts a service")
+            raise UsageError(f"--rerun {name}: {name} is not a one-shot job (restart: \"no\" "
+                             "and no port)", hint=f"`devenv restart {name}` restarts a service")
         if name not in plan.selected:
             raise UsageError(f"--rerun {name}: {name} is not among the services this `up` "
                              "starts", hint=f"add it: --services ...,{name}")

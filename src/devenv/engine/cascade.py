@@ -192,7 +192,10 @@ class Cascade:
             return exc.message
         finally:
             self._remember(name)
-        return reason or await self._up(name, ROLL_TIMEOUT)
+        runner = self.engine.runners.get(name)  # a job reruns: it may take its run_timeout
+        limit = max(ROLL_TIMEOUT, runner.plan.run_timeout + 10) if runner and runner.plan.job \
+            else ROLL_TIMEOUT
+        return reason or await self._up(name, limit)
 
     async def _up(self, name: str, timeout: float) -> str | None:
         runner = self.engine.runners.get(name)

@@ -28,6 +28,7 @@ from devenv.core.paths import StateDir
 from devenv.data.base import DataService, all_or_none
 from devenv.data.datasets import Target, atomic, open_loads, run_loads
 from devenv.data.snapshots import Snapshot, SnapshotStore, now_manifest
+from devenv.engine.jobs import new_data_generation
 from devenv.engine.reconciler import Engine
 from devenv.engine.service import ServiceRunner
 from devenv.plan import command_argv, url_var
@@ -111,6 +112,7 @@ class DataOps:
                 for svc in cut.get("services", []):
                     if svc in stores:
                         kinds.swap_restore(stores[svc])
+                        new_data_generation(self.engine.ctx.root, svc)
                 notices.append(f"the restore of snapshot '{name}' was cut short by a crash "
                                "after its data was ready; it was completed")
                 self._set_loaded(list(self._snapshot_datasets(name)))
@@ -295,6 +297,7 @@ class DataOps:
             self._restore_journal.unlink(missing_ok=True)
             for ds in stores:
                 await asyncio.to_thread(kinds.drop_restore, ds)
+                await asyncio.to_thread(new_data_generation, self.engine.ctx.root, ds.name)
         self._set_loaded(list(snap.manifest.get("datasets", [])))
         return snap
 

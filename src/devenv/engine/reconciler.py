@@ -86,7 +86,7 @@ class Engine:
                  ) -> UpResult:
         async with self.lock:
             t0 = self.ctx.clock()
-            rerun = set(rerun)
+            rerun = set(rerun) | await self._stale_jobs(plan)
             actions = convergence_plan(plan, self.runners, self.scaled, rerun)
             for act in actions:
                 if act.kind == ActionKind.REMOVE:
@@ -112,6 +112,26 @@ class Engine:
             order = [n for n in plan.selected if n in results]
             return UpResult(ok=all(r.ok for r in results.values()),
                             services=[results[n] for n in order], project=plan.project)
+
+    async def record_job(self, plan: ServicePlan) -> None:
+        """A job completed: remember its files (and data) as they are after its run, so what
+        it wrote itself does not count as a change."""
+        print_ = await self.ctx.blocking(fingerprint, plan, self.ctx.root)
+        await self.ctx.blocking(self.jobs.completed, plan.name, print_)
+
+    async def _stale_jobs(self, plan: Plan) -> set[str]:
+        """Completed jobs whose files or data changed since their run (a file edited while
+        not watched, `data reset`, `snapshot restore`): they run again."""
+        stale = set()
+        for name in plan.selected:
+            want, runner = plan.services[name], self.runners.get(name)
+            if not want.job or runner is None or runner.state != State.COMPLETED:
+                continue
+            before = self.jobs.recorded(name)
+            now = await self.ctx.blocking(fingerprint, want, self.ctx.root)
+            if before is not None and now is not None and now != before:
+                stale.add(name)
+        return stale
 
     async def _open_addresses(self, plan: Plan, todo: dict[str, Action]) -> None:
         """Make the runners of new services and take every address before anything starts;
@@ -155,7 +175,6 @@ class Engine:
                 progress(Progress(name, "blocked", blocked))
                 return
             runner = self.runners[name]
-            print_ = None
             if want.job and act.kind in (ActionKind.CREATE, ActionKind.REPLACE):
                 print_ = await self.ctx.blocking(fingerprint, want, self.ctx.root)
                 if act.kind == ActionKind.CREATE and not rerun and \
@@ -180,13 +199,13 @@ class Engine:
                 if act.kind in (ActionKind.CREATE, ActionKind.REPLACE, ActionKind.SCALE):
                     await runner.scale(act.replicas)
             created[name].set()  # dependents look at it now that its replicas are asked for
-            reason = await runner.wait_condition(Condition.UP)
+            reason = await _bounded(runner, Condition.UP)
             if reason:
                 done(False, runner.state, reason, logs=self._tail(runner))
                 progress(Progress(name, "failed", reason))
                 return
-            if print_ is not None:
-                await self.ctx.blocking(self.jobs.completed, name, print_)
+            if want.job and act.kind in (ActionKind.CREATE, ActionKind.REPLACE):
+                await self.record_job(want)
             healthy_s = round(self.ctx.clock() - t0, 3) \
                 if act.kind not in (ActionKind.KEEP, ActionKind.UPDATE) else None
             detail = runner.detail if want.job else ""
@@ -209,7 +228,7 @@ class Engine:
                 return f"dependency '{dep}' is not running"
             if runner.condition(Condition(condition)).pending:
                 progress(Progress(want.name, "waiting", f"for {dep} ({condition})"))
-            reason = await runner.wait_condition(Condition(condition))
+            reason = await _bounded(runner, Condition(condition))
             if reason:
                 return f"dependency '{dep}' failed: {reason}"
         return None
@@ -300,6 +319,15 @@ class Engine:
         names = [n for n in order if n in self.runners]
         names += [n for n in self.runners if n not in names]
         return [self.runners[n].status() for n in names]
+
+
+async def _bounded(runner: ServiceRunner, condition: Condition) -> str | None:
+    """Wait for `condition`, at most the service's up budget; None when met, else why not."""
+    try:
+        return await runner.wait_condition(condition, runner.up_budget)
+    except TimeoutError:
+        return f"still {runner.state} after {runner.up_budget:g}s" + (
+            f" ({runner.detail})" if runner.detail else "")
 
 
 async def _relay(sub: Subscription, progress: ProgressSink, names: set[str]) -> None:

@@ -16,13 +16,13 @@ the switch holds the service's own lock, so nothing else waits on it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from devenv.engine.events import Alert
-from devenv.engine.jobs import fingerprint
 from devenv.engine.reconciler import Engine
 from devenv.engine.service import ServiceRunner
 from devenv.plan import command_argv
@@ -91,7 +91,10 @@ class Reloader:
         attempt = _Attempt()
         attempt.phases["detect"] = _detect_delay(files)
         t0 = ctx.clock()
-        ok = await self._act(runner, action, attempt)
+        try:
+            ok = await self._act(runner, action, attempt)
+        except TimeoutError:  # (bounded waits below: a reload that overran them failed)
+            ok, attempt.error = False, f"not back within {ctx.clock() - t0:.0f}s"
         attempt.phases["total"] = round(ctx.clock() - t0 + attempt.phases["detect"], 3)
         record = ReloadRecord(at=time.time(), files=[_short(f, ctx.root) for f in files[:20]],
                               changed=len(files), action=action, ok=ok, phases=attempt.phases,
@@ -104,7 +107,8 @@ class Reloader:
         for dep in runner.plan.depends_on:
             state, job = self._states.get(dep), self.engine.runners.get(dep)
             if state and state.running and job and job.plan.job:
-                await asyncio.wait_for(state.done.wait(), job.plan.run_timeout + 10)
+                with contextlib.suppress(TimeoutError):  # then reload anyway
+                    await asyncio.wait_for(state.done.wait(), job.plan.run_timeout + 10)
 
     async def _act(self, runner: ServiceRunner, action: str, attempt: _Attempt) -> bool:
         ctx, phases = self.engine.ctx, attempt.phases
@@ -147,7 +151,6 @@ class Reloader:
 
     async def _rerun(self, runner: ServiceRunner, attempt: _Attempt) -> bool:
         ctx, jobs = self.engine.ctx, self.engine.jobs
-        print_ = await ctx.blocking(fingerprint, runner.plan, ctx.root)
         async with self.engine.holding([runner.name], "rerun"):
             if self.engine.runners.get(runner.name) is not runner:
                 attempt.error = "the job was stopped or replaced meanwhile"
@@ -162,8 +165,7 @@ class Reloader:
             attempt.logs = [ln.text for ln in ctx.logs.recent(runner.name, 40)
                             if ln.stream != "devenv"][-20:]
             return False
-        if print_ is not None:
-            await ctx.blocking(jobs.completed, runner.name, print_)
+        await self.engine.record_job(runner.plan)
         return True
 
     def _report(self, runner: ServiceRunner, record: ReloadRecord) -> None:

@@ -15,6 +15,7 @@ from devenv import data as kinds
 from devenv.engine.context import Context
 from devenv.engine.events import Reloaded, StateChanged
 from devenv.engine.health import probe
+from devenv.engine.jobs import new_data_generation
 from devenv.engine.logstore import FIRST_CALLER
 from devenv.engine.pool import Backend, Pool
 from devenv.plan import ServicePlan
@@ -222,6 +223,8 @@ class ServiceRunner:
                   or (r.gave_up and r.state in (State.CRASHED, State.FAILED))]
         if failed:
             return Verdict(reason=failed[0].detail or "failed to start")
+        if condition != Condition.STARTED and self._looping() is not None:
+            return Verdict(reason=self.detail or "crash loop")  # it was up once: not now
         if condition == Condition.STARTED:
             return MET if all(r.instance or r.state == State.COMPLETED for r in reps) \
                 else PENDING
@@ -235,6 +238,15 @@ class ServiceRunner:
                 return MET
             return PENDING if reps else Verdict(reason="not running")
         return MET if self.ready >= self.desired else PENDING
+
+    @property
+    def up_budget(self) -> float:
+        """The longest `up` (or a dependent) waits for it to come up: a job's run_timeout;
+        a server's every start attempt, each at most its start_period, with backoff."""
+        if self.plan.job:
+            return self.plan.run_timeout + 10
+        period = self.plan.health.start_period if self.plan.health else 60.0
+        return START_ATTEMPTS * period + 60
 
     async def _await_all(self, reps: list[Replica]) -> bool:
         while True:
@@ -296,9 +308,9 @@ class ServiceRunner:
                 if rep.stopping:
                     self._set(rep, State.STOPPED, f"exit code {code}")
                     return
-                if rep.gave_up or not await self._job_exited(rep, code):
-                    return
-                continue
+                if not rep.gave_up:
+                    self._job_exited(rep, code)
+                return
             ready = await self._until_ready(rep, spec, exit_task)
             if ready and rep.plan.data and not rep.plan.data.provisioned:
                 ready = await self._provision(rep)
@@ -341,21 +353,17 @@ class ServiceRunner:
         self._event(rep, rep.detail)
         return code
 
-    async def _job_exited(self, rep: Replica, code: int) -> bool:
-        """Record how a one-shot ended; True when it is to run again (restart: on-failure)."""
+    def _job_exited(self, rep: Replica, code: int) -> None:
+        """Record how a one-shot ended: completed, or failed (it is not run again)."""
         now = self.ctx.clock()
         took = now - (now if rep.started_at is None else rep.started_at)
         if code == 0:
             self._set(rep, State.COMPLETED, f"exit code 0 after {took:.1f}s")
             self._event(rep, f"completed (exit code 0) after {took:.1f}s")
-            return False
-        reason = f"exited with code {code} after {took:.1f}s"
-        if rep.plan.restart == "no":
-            rep.gave_up = True
-            self._set(rep, State.FAILED, reason)
-            self._event(rep, f"failed: {reason}; restart: no")
-            return False
-        return await self._crashed(rep, reason)
+            return
+        rep.gave_up = True
+        self._set(rep, State.FAILED, f"exited with code {code} after {took:.1f}s")
+        self._event(rep, f"failed: {rep.detail}; restart: no")
 
     async def _crashed(self, rep: Replica, reason: str) -> bool:
         """Record a crash and back off; False when the replica is being stopped."""
@@ -419,6 +427,7 @@ class ServiceRunner:
             self._set(rep, State.FAILED, f"provisioning failed: {exc}")
             self._event(rep, rep.detail)
             return False
+        await self.ctx.blocking(new_data_generation, self.ctx.root, self.name)
         self._event(rep, "provisioned fresh data")
         return True
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 
 from devenv.core.ports import port_owner
 from devenv.runtime.base import AddressInUse, Backends, Endpoint
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
+ANSWER_QUIET = 0.5  # an answer whose bytes stopped this long is done (for draining)
 
 
 class Balancer:
@@ -66,25 +68,45 @@ class Balancer:
 
 
 class _Turn:
-    """Whose turn a connection is: after the caller spoke and before the instance answered,
-    it is busy (a request being answered); otherwise merely open (keep-alive, a quiet
-    websocket), which a draining instance does not wait long for."""
+    """Whether a connection is at work: from the caller's bytes until the instance's answer
+    has stopped flowing for ANSWER_QUIET (a streamed answer or download counts as at work
+    while its bytes flow). Otherwise it is merely open (keep-alive, a quiet websocket),
+    which a draining instance does not wait long for."""
 
     def __init__(self, backend: Endpoint):
         self.backend = backend
         self.busy = False
+        self._quiet: asyncio.TimerHandle | None = None
 
-    def set(self, busy: bool) -> None:
+    def asked(self) -> None:
+        self._cancel()
+        self._set(True)
+
+    def answered(self) -> None:
+        self._cancel()
+        self._set(True)
+        self._quiet = asyncio.get_running_loop().call_later(ANSWER_QUIET, self._set, False)
+
+    def close(self) -> None:
+        self._cancel()
+        self._set(False)
+
+    def _cancel(self) -> None:
+        if self._quiet:
+            self._quiet.cancel()
+            self._quiet = None
+
+    def _set(self, busy: bool) -> None:
         if busy != self.busy:
             self.busy = busy
             self.backend.working(1 if busy else -1)
 
 
-async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, turn: _Turn,
-                asks: bool) -> None:
+async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
+                mark: Callable[[], None]) -> None:
     try:
         while data := await src.read(CHUNK):
-            turn.set(asks)
+            mark()
             dst.write(data)
             await dst.drain()
         if dst.can_write_eof():
@@ -98,9 +120,9 @@ async def _splice(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,
                   ) -> None:
     turn = _Turn(backend)
     try:
-        await asyncio.gather(_pipe(r1, w2, turn, asks=True), _pipe(r2, w1, turn, asks=False))
+        await asyncio.gather(_pipe(r1, w2, turn.asked), _pipe(r2, w1, turn.answered))
     finally:
-        turn.set(False)
+        turn.close()
         for w in (w1, w2):
             with contextlib.suppress(Exception):
                 w.close()

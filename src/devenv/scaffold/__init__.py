@@ -80,7 +80,7 @@ def _unique(found: list[Found]) -> None:
 
 def _procfile(path: Path) -> list[Found]:
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         match = re.match(r"^([A-Za-z0-9_-]+):\s*(.+)$", line.strip())
         if match:
             name, command = service_name(match.group(1)), match.group(2)

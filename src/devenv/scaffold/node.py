@@ -18,9 +18,8 @@ EXAMPLE = "process.env.PORT || {n}"
 
 def detect(folder: Path, rel: str, label: str) -> list[Found]:
     pkg = folder / "package.json"
-    if pkg.is_file():
-        found = _package(folder, pkg, rel, label)
-        return [found] if found else []
+    if pkg.is_file() and (found := _package(folder, pkg, rel, label)):
+        return [found]  # (a package.json with nothing to run: its entry files, as npm does)
     sources = {f: analyse(f"{label}{f}", (folder / f).read_text(errors="replace"))
                for f in ENTRY_FILES if (folder / f).is_file()}
     kept = {f: s for f, s in sources.items() if s.listener or s.loop}
@@ -55,8 +54,12 @@ def _package(folder: Path, pkg: Path, rel: str, label: str) -> Found | None:
         data = json.loads(text)
     except ValueError:
         return None
-    scripts = data.get("scripts", {})
-    main = data.get("main")
+    if not isinstance(data, dict):
+        return None
+    scripts = data.get("scripts")
+    scripts = {k: v for k, v in scripts.items() if isinstance(v, str)} \
+        if isinstance(scripts, dict) else {}
+    main = data.get("main") if isinstance(data.get("main"), str) else None
     if "dev" in scripts:
         command, why = "npm run dev", f"scripts.dev: {scripts['dev']}"
     elif "start" in scripts:

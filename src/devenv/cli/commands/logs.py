@@ -104,7 +104,7 @@ def offline_starts(root: Path, *, past: bool) -> logstore.Starts:
     except ConfigError:
         return logstore.Starts(past=past)
     return logstore.Starts(
-        past=past, one_shots=frozenset(n for n, s in services.items() if s.restart == "no"),
+        past=past, one_shots=frozenset(n for n, s in services.items() if s.job),
         unchecked=frozenset(n for n, s in services.items()
                             if not s.is_data and s.port is None and s.health is None))
 

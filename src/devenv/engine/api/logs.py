@@ -61,6 +61,6 @@ def starts(env: Environment, *, past: bool) -> logstore.Starts:
         current=frozenset((name, rep.instance.id) for name, runner in runners.items()
                           for rep in runner.replicas if rep.instance is not None),
         past=past,
-        one_shots=frozenset(n for n, r in runners.items() if r.plan.restart == "no"),
+        one_shots=frozenset(n for n, r in runners.items() if r.plan.job),
         unchecked=frozenset(n for n, r in runners.items()
                             if r.plan.port is None and r.plan.health is None))
