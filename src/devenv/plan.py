@@ -18,7 +18,7 @@ from devenv.config import injected
 from devenv.config.graph import select
 from devenv.config.injected import HOST, var_prefix
 from devenv.config.load import Loaded
-from devenv.config.model import HealthCheck, Route, Service, Watch
+from devenv.config.model import HealthCheck, MonitoringConfig, Route, Service, Watch
 from devenv.core.secrets import looks_secret
 from devenv.data.base import DataService
 from devenv.devservers import reloads_itself
@@ -46,6 +46,7 @@ class ServicePlan:
     run_timeout: float = 300.0
     watch_note: str = ""  # why watching is what it is: "vite reloads itself"
     job: bool = False  # a one-shot (Service.job): running, then completed or failed
+    metrics_path: str | None = None  # where its instances serve Prometheus metrics
     restart_with: tuple[str, ...] = ()  # of depends_on, those with `restart: true`
     runtime: str = DEFAULT_RUNTIME
     config_hash: str = field(default="", compare=False)
@@ -84,6 +85,7 @@ class Plan:
     hold_timeout: float
     keep_automatic: int = 3
     runtime: str = DEFAULT_RUNTIME
+    monitoring: MonitoringConfig = field(default_factory=MonitoringConfig)
 
 
 def url_var(name: str) -> str:
@@ -139,6 +141,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         run_timeout=svc.run_timeout,
         watch_note=watch_note,
         job=svc.job,
+        metrics_path=svc.metrics.path if svc.metrics else None,
     )
     fingerprint = asdict(plan)
     for live in LIVE_FIELDS:  # changed on running instances, no new ones needed
@@ -148,7 +151,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
 
 
 LIVE_FIELDS = ("replicas", "watch", "watch_note", "drain_timeout", "run_timeout",
-               "restart_with")
+               "restart_with", "metrics_path")
 
 
 def _resolve_watch(watch: Watch, svc: Service, root: Path,
@@ -192,4 +195,5 @@ def make_plan(loaded: Loaded, services: Iterable[str] = ()) -> Plan:
         ingress_port=ingress.port if ingress.enabled else None,
         hold_timeout=ingress.hold_timeout,
         keep_automatic=loaded.project.snapshots.keep_automatic,
+        monitoring=loaded.project.monitoring,
     )

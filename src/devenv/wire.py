@@ -116,6 +116,11 @@ class ServiceStatus:
 
 
 @dataclasses.dataclass(frozen=True)
+class Link:
+    url: str
+
+
+@dataclasses.dataclass(frozen=True)
 class EngineInfo:
     pid: int
     uptime_s: float
@@ -129,6 +134,8 @@ class EnvironmentStatus:
     services: list[ServiceStatus]
     engine: EngineInfo | None = optional()  # only while running
     watching: bool | None = optional()  # only while running
+    metrics: Link | None = optional()  # only while running
+    dashboard: Link | None = optional()  # only while running
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +182,8 @@ class UpResult:
     warnings: list[str] = dataclasses.field(default_factory=list)
     datasets_loaded: list[str] = dataclasses.field(default_factory=list)
     error: ErrorInfo | None = optional()
+    metrics: Link | None = optional()  # Prometheus exposition of the engine
+    dashboard: Link | None = optional()  # the web dashboard (its URL carries a token)
     type: str = "done"
 
 

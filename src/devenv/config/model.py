@@ -127,6 +127,13 @@ class Watch:
         return {"enabled": value} if isinstance(value, bool) else value
 
 
+@dataclass(frozen=True)
+class ServiceMetrics:
+    """Where a service serves Prometheus metrics."""
+
+    path: str = key("/metrics", doc="HTTP path on each instance's port.")
+
+
 def _kind_names() -> list[str]:
     # config sits below data in the layers: looking up the registry's kind names and a kind's
     # pure-data Settings class here, lazily, is the one accepted exception.
@@ -202,6 +209,10 @@ class Service:
         Duration(300.0), minimum=1,
         doc="For a one-shot job (restart: no, no port): how long one run may take "
         "before it is stopped and counts as failed; `up` and its dependents wait at most this.",
+    )
+    metrics: ServiceMetrics | None = key(
+        None, doc="Prometheus metrics the service serves itself: the engine scrapes each "
+        "instance and re-exposes its series with `service` and `instance` labels.",
     )
     description: str = key("", doc="What the service is for; shown in generated docs.")
     settings: Any = key(
@@ -310,6 +321,23 @@ class SnapshotConfig:
 
 
 @dataclass(frozen=True)
+class MonitoringConfig:
+    """The engine's telemetry address on 127.0.0.1: an OTLP/HTTP receiver, Prometheus
+    metrics and the dashboard."""
+
+    port: int | None = key(
+        None, minimum=1, maximum=65535,
+        doc="Its port; default: one picked on the first start and kept in .devenv/run.",
+    )
+    trace_max_mb: int = key(64, minimum=1, maximum=10_000,
+                            doc="Traces kept under .devenv/traces, at most this many MiB.")
+    trace_max_age: Duration = key(Duration(24 * 3600.0), minimum=60,
+                                  doc="Traces older than this are dropped.")
+    scrape_interval: Duration = key(Duration(5.0), minimum=1, maximum=3600,
+                                    doc="How often services' own /metrics are scraped.")
+
+
+@dataclass(frozen=True)
 class Project:
     """devenv.yaml: the services of a project, declared once, run on any runtime."""
 
@@ -323,3 +351,5 @@ class Project:
         factory=dict, doc="Named datasets, for `devenv data load --dataset NAME`."
     )
     snapshots: SnapshotConfig = key(factory=lambda: SnapshotConfig(), doc="Snapshot settings.")
+    monitoring: MonitoringConfig = key(factory=lambda: MonitoringConfig(),
+                                       doc="Traces, metrics and the dashboard.")

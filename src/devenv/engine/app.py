@@ -24,6 +24,7 @@ from devenv.engine.dataops import DataOps
 from devenv.engine.reconciler import Engine
 from devenv.engine.reloader import Reloader
 from devenv.engine.routing import Routing
+from devenv.engine.telemetry import TelemetryServer
 from devenv.engine.watch import Watcher, make_spec
 from devenv.plan import Plan, exec_spec, make_plan
 from devenv.runtime.base import InstanceSpec
@@ -31,6 +32,7 @@ from devenv.wire import (
     EngineInfo,
     EnvironmentStatus,
     ErrorInfo,
+    Link,
     LoadResult,
     OpResult,
     Progress,
@@ -52,6 +54,9 @@ class Environment:
         self.root = root
         self.shutdown = shutdown
         self.routing = Routing(engine)
+        self.telemetry = TelemetryServer(self, StateDir(root))
+        engine.ctx.service_env = self.telemetry.service_env
+        engine.ctx.secrets.append(self.telemetry.token)
         self.data = DataOps(engine, StateDir(root))
         self.cascade = Cascade(engine)  # dependents rolled after a restart (restart: true)
         self.reloader = Reloader(engine)
@@ -89,6 +94,7 @@ class Environment:
         self.profile = loaded.profile
         self.cascade.watch()
         ingress = await self.routing.ensure(plan.ingress_port)
+        await self.telemetry.ensure(plan.monitoring.port)
         stores = {n: p.data for n, p in plan.services.items()
                   if p.data is not None and n not in self.engine.runners}
         notices = await asyncio.to_thread(self.data.finish_restores, stores) if stores else []
@@ -106,6 +112,8 @@ class Environment:
                     datasets = await self.data.load_profile_datasets(loaded, environ)
             except DevenvError as exc:
                 error = ErrorInfo(exc.message, exc.details, exc.hint, exc.exit_code)
+        result = replace(result, metrics=_link(self.telemetry.metrics_url),
+                         dashboard=_link(self.telemetry.dashboard_url))
         return replace(result, ok=result.ok and error is None, error=error, ingress=ingress,
                        warnings=loaded.warnings + notices, datasets_loaded=datasets)
 
@@ -137,6 +145,7 @@ class Environment:
         self.watcher.stop()
         self.cascade.stop()
         await self.engine.stop_all()
+        await self.telemetry.close()
 
     async def _cancel_work(self) -> None:
         work = [t for t in [*self._work, *self.reloader.tasks, *self.cascade.tasks]
@@ -168,7 +177,8 @@ class Environment:
         return EnvironmentStatus(
             project=self.project, running=True, ingress=self.routing.url, services=services,
             engine=EngineInfo(pid=os.getpid(), uptime_s=round(time.time() - self.started, 1)),
-            watching=self.watching)
+            watching=self.watching, metrics=_link(self.telemetry.metrics_url),
+            dashboard=_link(self.telemetry.dashboard_url))
 
     def exec_target(self, service: str) -> tuple[str, InstanceSpec]:
         """The runtime and spec `devenv exec SERVICE` runs with: as the service runs now (its
@@ -242,3 +252,7 @@ def _check_rerun(plan: Plan, names: list[str]) -> None:
         if name not in plan.selected:
             raise UsageError(f"--rerun {name}: {name} is not among the services this `up` "
                              "starts", hint=f"add it: --services ...,{name}")
+
+
+def _link(url: str | None) -> Link | None:
+    return Link(url) if url else None

@@ -13,6 +13,7 @@ from typing import Any
 from devenv.engine.events import Events, Logged
 from devenv.engine.logstore import LogStore
 from devenv.runtime.base import Runtime
+from devenv.telemetry.model import Hub
 
 
 @dataclass
@@ -25,6 +26,10 @@ class Context:
     clock: Callable[[], float] = time.monotonic
     # file work off the event loop (tests on a virtual clock run it inline)
     blocking: Callable[..., Awaitable[Any]] = asyncio.to_thread
+    hub: Hub = field(default_factory=Hub)  # spans and requests, to whoever subscribed
+    # what every instance of a service gets to send its telemetry (service, replica -> env)
+    service_env: Callable[[str, int], dict[str, str]] = lambda service, replica: {}
+    secrets: list[str] = field(default_factory=list)  # the engine's own, masked in logs
 
     def __post_init__(self) -> None:
         if self.logs.sink is None:  # every stored line is an event too

@@ -96,7 +96,8 @@ class Engine:
             todo = {a.service: a for a in actions if a.kind != ActionKind.REMOVE}
             await self._open_addresses(plan, todo)
             self.plan = plan
-            self.ctx.logs.set_secrets(s for p in plan.services.values() for s in p.secrets())
+            self.ctx.logs.set_secrets([*(s for p in plan.services.values() for s in p.secrets()),
+                                       *self.ctx.secrets])
             created = {name: asyncio.Event() for name in todo}
             results: dict[str, ServiceResult] = {}
             with self.ctx.events.subscribe(StateChanged) as sub:

@@ -273,8 +273,9 @@ class ServiceRunner:
         rep.task = asyncio.create_task(self._life(rep), name=f"{self.name}-{rep.index}")
 
     def _spec(self, rep: Replica) -> InstanceSpec:
-        p = rep.plan
-        return InstanceSpec(service=p.name, replica=rep.index, command=p.command, env=p.env,
+        p = rep.plan  # (the service's own variables win over the telemetry ones)
+        env = p.env if p.data else {**self.ctx.service_env(p.name, rep.index), **p.env}
+        return InstanceSpec(service=p.name, replica=rep.index, command=p.command, env=env,
                             workdir=p.workdir, wants_port=p.port is not None,
                             stop_signal=p.stop_signal, stop_timeout=p.stop_timeout)
 
