@@ -23,7 +23,8 @@ lint: $(BIN)/.installed
 # project `devenv init` is tested on, and PostgreSQL 15 with its contrib extensions
 # (uuid-ossp, pgcrypto) for a system PostgreSQL through bin_dir. One apt run for all; no
 # cluster of Debian's own is created (or started).
-DEBIAN_TOOLS := chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15
+DEBIAN_TOOLS := chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15 \
+	/usr/bin/prometheus:prometheus
 tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do what=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$what >/dev/null 2>&1 || [ -x "$$what" ] || missing="$$missing $$pkg"; done; \
@@ -33,8 +34,11 @@ tools:
 	    mkdir -p /etc/postgresql-common; \
 	    [ -e /etc/postgresql-common/createcluster.conf ] || \
 	      echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf; \
+	    norc=""; [ -e /usr/sbin/policy-rc.d ] || { norc=1; printf '#!/bin/sh\nexit 101\n' \
+	      > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	      -o Dpkg::Options::=--force-confold $$missing >/dev/null; \
+	    [ -z "$$norc" ] || rm -f /usr/sbin/policy-rc.d; \
 	  else echo "note: not installed:$$missing; the tests that need them are skipped"; fi; fi
 browser node: tools
 
@@ -45,6 +49,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_reload.py
+	$(BIN)/python bench/bench_metrics.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -113,6 +113,7 @@ class ServiceStatus:
     watch: str = ""  # how file changes reload it: replace, none (vite reloads itself), off
     cpu_percent: float | None = optional()
     rss_bytes: int | None = optional()
+    scrape_error: str | None = optional()  # why its own /metrics could not be scraped
 
 
 @dataclasses.dataclass(frozen=True)

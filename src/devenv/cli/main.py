@@ -76,6 +76,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--verbose", action="store_true", help="include devenv's own events")
     s.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    s = sub.add_parser("metrics", help="show services' current metrics, or export them")
+    s.add_argument("--service", action="append", type=_csv, default=[], metavar="S",
+                   help="only these services (repeatable, or comma-separated)")
+    s.add_argument("--json", action="store_true", help="print a stable JSON document")
+    s.add_argument("--export", choices=["prometheus"], default=None,
+                   help="write the Prometheus exposition text instead")
+    s.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="with --export: write to FILE instead of standard output")
+
     s = sub.add_parser("scale", help="set replica counts live, e.g. scale api=3 web=2")
     s.add_argument("counts", nargs="+", metavar="SERVICE=N")
 
@@ -136,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "init": "init", "up": "up", "stop": "stop", "restart": "restart", "status": "status",
     "logs": "logs", "scale": "scale", "exec": "exec_", "config": "config", "doctor": "doctor",
-    "data": "data", "snapshot": "snapshot",
+    "data": "data", "snapshot": "snapshot", "metrics": "metrics",
 }
 
 

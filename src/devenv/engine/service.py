@@ -100,6 +100,7 @@ class ServiceRunner:
         self.reloads = 0
         self.last_reload: ReloadRecord | None = None
         self.hints: set[str] = set()  # what to do about known problems in its output
+        self.scrape_error: str | None = None  # its own /metrics failed (telemetry/scrape.py)
         self._open = False
 
     # ---- lifecycle
@@ -575,7 +576,7 @@ class ServiceRunner:
             replicas=Replicas(ready=self.ready, desired=self.desired), url=self.plan.url,
             restarts=self.restarts, reloads=self.reloads, last_reload=self.last_reload,
             config_hash=self.plan.config_hash, job=self.plan.job,
-            watch=self.plan.watch_mode,
+            watch=self.plan.watch_mode, scrape_error=self.scrape_error,
             instances=[
                 InstanceStatus(
                     replica=r.index, state=r.state, detail=r.detail,

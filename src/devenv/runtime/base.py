@@ -52,6 +52,7 @@ def with_port(argv: tuple[str, ...], port: int | None) -> tuple[str, ...]:
 class Resources:
     cpu_percent: float
     rss_bytes: int
+    cpu_seconds: float = 0.0  # CPU time of the whole group so far (user + system)
 
 
 @dataclass(frozen=True)

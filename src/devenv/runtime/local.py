@@ -163,7 +163,8 @@ class LocalInstance:
             last_at, last_cpu = self._cpu_sample or (leader.create_time(), 0.0)
             self._cpu_sample = (now, cpu)
             percent = 100.0 * (cpu - last_cpu) / max(now - last_at, 1e-3)
-            return Resources(cpu_percent=round(max(percent, 0.0), 1), rss_bytes=int(rss))
+            return Resources(cpu_percent=round(max(percent, 0.0), 1), rss_bytes=int(rss),
+                             cpu_seconds=cpu)
         except psutil.Error:
             return None
 

@@ -39,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     print_table(columns, rows)
     if data.ingress:
         out.print(f"ingress: {data.ingress}")
+    if data.metrics:
+        out.print(f"metrics: {data.metrics.url}")
     return 0
 
 
@@ -46,6 +48,8 @@ def _note(svc: ServiceStatus) -> str:
     """The one line worth reading about a service: what is wrong, or its last reload."""
     if svc.detail:
         return f"[dim]{escape(svc.detail.splitlines()[0])}[/]"
+    if svc.scrape_error:
+        return f"[red]metrics scrape failed[/]: {escape(svc.scrape_error)}"
     last = svc.last_reload
     if not last:  # how it reloads, when that is not devenv's own replace
         return f"[dim]watch: {escape(svc.watch)}[/]" if svc.watch.startswith("none") else ""

@@ -99,6 +99,8 @@ def _summary(result: UpResult) -> None:
     if result.ingress:
         out.print(f"ingress: {result.ingress}  (e.g. http://<service>.localhost:"
                   f"{result.ingress.rsplit(':', 1)[1]}/)")
+    if result.metrics:
+        out.print(f"metrics: {result.metrics.url}")
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(warning)}")
     for svc in result.services:
