@@ -48,6 +48,7 @@ from devenv.runtime.guardian import (
 
 LINE_LIMIT = 256 * 1024
 HOST = "127.0.0.1"
+MEMBERS_FOR = 10.0  # seconds an instance's list of processes is reused for resource samples
 OUTPUT_GRACE = 0.5  # a one-off's output closes this soon after it exits, unless a child holds it
 
 
@@ -95,6 +96,7 @@ class LocalInstance:
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._reaper = asyncio.create_task(self._reap())
         self._cpu_sample: tuple[float, float] | None = None
+        self._members_cache: tuple[float, psutil.Process, list[psutil.Process]] | None = None
 
     @property
     def id(self) -> str:
@@ -148,11 +150,19 @@ class LocalInstance:
                 os.killpg(self._pgid, signal.SIGKILL)
             return await asyncio.shield(self._exit)
 
+    def _members(self) -> tuple[psutil.Process, list[psutil.Process]]:
+        """The group's processes: finding the children scans every process on the machine,
+        so the list is kept for MEMBERS_FOR seconds (metrics and the dashboard sample often)."""
+        now = time.monotonic()
+        if self._members_cache is None or now - self._members_cache[0] > MEMBERS_FOR:
+            leader = psutil.Process(self._proc.pid)
+            self._members_cache = (now, leader, [leader, *leader.children(recursive=True)])
+        return self._members_cache[1], self._members_cache[2]
+
     def resources(self) -> Resources | None:
         """CPU since the last sample (since start on the first), and RSS, of the whole group."""
         try:
-            leader = psutil.Process(self._proc.pid)
-            procs = [leader, *leader.children(recursive=True)]
+            leader, procs = self._members()
             cpu = rss = 0.0
             for p in procs:
                 with contextlib.suppress(psutil.Error):
