@@ -45,6 +45,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_reload.py
+	$(BIN)/python bench/bench_traces.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
