@@ -50,6 +50,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_reload.py
 	$(BIN)/python bench/bench_metrics.py
+	$(BIN)/python bench/bench_traces.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

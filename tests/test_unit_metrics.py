@@ -146,9 +146,11 @@ def test_span_counters_of_the_trace_receiver_are_exposed_when_it_has_them(
     async def body() -> None:
         engine = Engine(make_context(tmp_path, FakeRuntime()))
         found = samples(EngineMetrics(engine, engine.ctx.hub,
-                                      traces=SimpleNamespace(received=7, rejected=2)))
+                                      traces=SimpleNamespace(counters=SimpleNamespace(
+                                          received=7, dropped=1, rejected=2))))
         assert at(found, "devenv_telemetry_spans_received_total") == 7
-        assert at(found, "devenv_telemetry_spans_rejected_total") == 2
+        assert at(found, "devenv_telemetry_otlp_rejected_total") == 2
+        assert at(found, "devenv_telemetry_spans_dropped_total") == 1
         bare = samples(EngineMetrics(engine, engine.ctx.hub, traces=None))
         assert at(bare, "devenv_telemetry_spans_received_total") is None
 

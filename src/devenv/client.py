@@ -23,6 +23,8 @@ from devenv.wire import (
     ResetResult,
     SnapshotSummary,
     StopResult,
+    Trace,
+    TraceSummary,
     UpResult,
     from_json,
 )
@@ -305,6 +307,26 @@ class Client:
             query.append(("verbose", "1"))
         for item in self._stream("GET", "/v1/logs?" + urlencode(query)):
             yield from_json(LogLine, item)
+
+    def traces(self, *, services: list[str], since: float | None, min_duration: float | None,
+               errors: bool, limit: int, follow: bool, spans: bool
+               ) -> Iterator[TraceSummary | Trace]:
+        """Recent traces, oldest first (`spans`: each with its spans); `follow`: then each
+        new one as it completes, until the engine stops."""
+        from urllib.parse import urlencode
+
+        query: list[tuple[str, str]] = [("service", s) for s in services]
+        query += [("limit", str(limit))] + [(k, "1") for k, on in (
+            ("errors", errors), ("follow", follow), ("spans", spans)) if on]
+        query += [(k, str(v)) for k, v in (("since", since), ("min_duration", min_duration))
+                  if v is not None]
+        for item in self._stream("GET", "/v1/traces?" + urlencode(query)):
+            yield from_json(Trace if spans else TraceSummary, item)
+
+    def trace(self, trace_id: str) -> Trace:
+        from urllib.parse import quote
+
+        return from_json(Trace, self._json("GET", "/v1/traces/" + quote(trace_id, safe="")))
 
     # ---- starting the engine
 

@@ -266,6 +266,61 @@ class SnapshotSummary:
     rolled: Rolled | None = optional()  # of a restore: dependents rolled after it
 
 
+# ---------------------------------------------------------------- traces
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanLink:
+    trace_id: str
+    span_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SpanInfo:
+    """One span of a trace (`devenv trace --json`): times in seconds, `offset` from the
+    trace's start; ids in lower-case hex; `kind` server|client|producer|consumer|internal;
+    `status` ok|error|unset."""
+
+    span_id: str
+    parent_id: str | None
+    service: str
+    instance: str | None
+    name: str
+    kind: str
+    start: str  # ISO 8601 UTC
+    start_ns: int  # Unix epoch nanoseconds
+    offset: float
+    duration: float
+    status: str
+    status_message: str
+    attributes: dict[str, str | int | float | bool]
+    links: list[SpanLink]
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceSummary:
+    """One trace in a list: its root span's service and name, the services it crossed;
+    `status` is error when any span failed, else ok."""
+
+    trace_id: str
+    start: str  # ISO 8601 UTC
+    start_ns: int
+    duration: float  # seconds, first span's start to last span's end
+    root_service: str
+    root_name: str
+    services: list[str]
+    span_count: int
+    errors: int  # spans with status error
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Trace(TraceSummary):
+    """A trace with its spans, in start order."""
+
+    spans: list[SpanInfo] = dataclasses.field(default_factory=list)
+
+
 # ---------------------------------------------------------------- JSON
 
 

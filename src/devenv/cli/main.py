@@ -85,6 +85,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default=None, metavar="FILE",
                    help="with --export: write to FILE instead of standard output")
 
+    s = sub.add_parser("trace", help="list recent traces, or show one as a waterfall")
+    s.add_argument("id", nargs="?", metavar="ID", help="a trace id (8 or more of its first "
+                   "digits): show it as a waterfall")
+    s.add_argument("--services", type=_csv, default=[], help="only traces through every one "
+                   "of these services, comma-separated")
+    s.add_argument("--since", default=None, help="only traces started in the last 10s, 5m, 2h "
+                   "or after an ISO time")
+    s.add_argument("--min-duration", default=None, metavar="DURATION",
+                   help="only traces that took at least this long, e.g. 100ms")
+    s.add_argument("--errors", action="store_true", help="only traces with a failed span")
+    s.add_argument("-n", "--limit", type=_count, default=20, metavar="N",
+                   help="the last N traces (default 20)")
+    s.add_argument("-f", "--follow", action="store_true", help="keep printing new traces")
+    s.add_argument("--json", action="store_true", help="traces with their spans as JSON (one "
+                   "object per line with --follow)")
+
     s = sub.add_parser("scale", help="set replica counts live, e.g. scale api=3 web=2")
     s.add_argument("counts", nargs="+", metavar="SERVICE=N")
 
@@ -145,7 +161,7 @@ def parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "init": "init", "up": "up", "stop": "stop", "restart": "restart", "status": "status",
     "logs": "logs", "scale": "scale", "exec": "exec_", "config": "config", "doctor": "doctor",
-    "data": "data", "snapshot": "snapshot", "metrics": "metrics",
+    "data": "data", "snapshot": "snapshot", "metrics": "metrics", "trace": "trace",
 }
 
 

@@ -28,6 +28,7 @@ from devenv.engine.telemetry import TelemetryServer
 from devenv.engine.watch import Watcher, make_spec
 from devenv.plan import Plan, exec_spec, make_plan
 from devenv.runtime.base import InstanceSpec
+from devenv.telemetry.store import Traces
 from devenv.wire import (
     EngineInfo,
     EnvironmentStatus,
@@ -57,6 +58,8 @@ class Environment:
         self.telemetry = TelemetryServer(self, StateDir(root))
         engine.ctx.service_env = self.telemetry.service_env
         engine.ctx.secrets.append(self.telemetry.token)
+        self.traces = Traces(StateDir(root).base / "traces")  # opened by `up`
+        engine.ctx.hub.span_sinks.append(self.traces.add)
         self.data = DataOps(engine, StateDir(root))
         self.cascade = Cascade(engine)  # dependents rolled after a restart (restart: true)
         self.reloader = Reloader(engine)
@@ -94,6 +97,8 @@ class Environment:
         self.profile = loaded.profile
         self.cascade.watch()
         ingress = await self.routing.ensure(plan.ingress_port)
+        await asyncio.to_thread(self.traces.open, plan.monitoring.trace_max_mb * 1024 * 1024,
+                                plan.monitoring.trace_max_age)
         await self.telemetry.ensure(plan.monitoring.port)
         stores = {n: p.data for n, p in plan.services.items()
                   if p.data is not None and n not in self.engine.runners}
@@ -146,6 +151,7 @@ class Environment:
         self.cascade.stop()
         await self.engine.stop_all()
         await self.telemetry.close()
+        await asyncio.to_thread(self.traces.close)
 
     async def _cancel_work(self) -> None:
         work = [t for t in [*self._work, *self.reloader.tasks, *self.cascade.tasks]

@@ -206,12 +206,14 @@ class EngineCollector(Collector):
                                      "Telemetry subscribers that failed on a value.")
         errors.add_metric([], m.hub.errors)
         yield errors
-        traces = m.traces
+        counters = getattr(m.traces, "counters", None)  # the trace store's (telemetry/store.py)
         for attr, name, doc in (("received", "devenv_telemetry_spans_received",
-                                 "Spans the OTLP receiver accepted."),
-                                ("rejected", "devenv_telemetry_spans_rejected",
-                                 "OTLP payloads refused (malformed or oversized).")):
-            value = getattr(traces, attr, None) if traces is not None else None
+                                 "Spans handed to the trace store."),
+                                ("dropped", "devenv_telemetry_spans_dropped",
+                                 "Spans dropped while the trace store's writer was behind."),
+                                ("rejected", "devenv_telemetry_otlp_rejected",
+                                 "OTLP requests refused (malformed, oversized, no token).")):
+            value = getattr(counters, attr, None)
             if isinstance(value, int | float):
                 family = CounterMetricFamily(name, doc)
                 family.add_metric([], value)
