@@ -1,13 +1,23 @@
 """Unit tests of the ingress's pure parts: which hosts it answers (DNS rebinding), route
 matching on decoded path segments with the raw rest forwarded, data services, and the
-headers it forwards (hop-by-hop ones never)."""
+headers it forwards (hop-by-hop ones never); and, in-process with a stub instance, its edge
+spans and the trace context it passes on."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict
 
+from conftest import free_ports
 from devenv.engine.ingress import (
+    SERVICE_NAME,
+    Ingress,
     NoHttp,
     RouteSpec,
     Target,
@@ -17,6 +27,8 @@ from devenv.engine.ingress import (
     split_path,
 )
 from devenv.engine.pool import Backend, NoBackend, Pool
+from devenv.telemetry.context import parse
+from devenv.telemetry.model import Hub, RequestSeen, Span
 from fakes import now, run_virtual
 
 ROUTES = build_routes([
@@ -112,3 +124,167 @@ def test_a_pick_can_wait_less_than_the_hold_timeout() -> None:
         return now()
 
     assert run_virtual(scenario()) == pytest.approx(2.0)
+
+
+# ---- edge spans (a real ingress on 127.0.0.1, a stub instance behind it)
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER = "00f067aa0ba902b7"
+
+
+class Edge:
+    """An ingress routing `/api` (and app.localhost) to a stub instance that answers with the
+    trace headers it received; every span and request it publishes, captured."""
+
+    def __init__(self, ingress: Ingress, pool: Pool, session: aiohttp.ClientSession):
+        self.ingress, self.pool, self.session = ingress, pool, session
+        self.spans: list[Span] = []
+        self.seen: list[RequestSeen] = []
+
+    async def get(self, path: str, host: str = "127.0.0.1", **headers: str
+                  ) -> tuple[int, dict[str, str]]:
+        async with self.session.get(f"{self.ingress.url}{path}",
+                                    headers={"Host": host, **headers}) as resp:
+            body = await resp.json() if resp.content_type == "application/json" else {}
+            return resp.status, body
+
+
+@contextlib.asynccontextmanager
+async def edge(instances: int = 1, hold: float = 1.0) -> AsyncIterator[Edge]:
+    async def trace(request: web.Request) -> web.Response:
+        return web.json_response({k: request.headers.get(k, "")
+                                  for k in ("traceparent", "tracestate")})
+
+    async def boom(request: web.Request) -> web.Response:
+        return web.Response(status=500, text="oops")
+
+    async def ws(request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        await sock.send_str(request.headers.get("traceparent", ""))
+        await sock.close()
+        return sock
+
+    app_port, ingress_port, closed_port = free_ports(3)
+    app = web.Application()
+    app.router.add_get("/api/trace", trace)
+    app.router.add_get("/api/boom", boom)
+    app.router.add_get("/api/ws", ws)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", app_port).start()
+    pool, empty = Pool("api", hold_timeout=hold), Pool("idle", hold_timeout=hold)
+    for i in range(instances):
+        pool.add(Backend(f"api-{i + 1}", "127.0.0.1", app_port if i == 0 else closed_port))
+    hub = Hub()
+    ingress = Ingress(ingress_port, {"api": pool, "idle": empty}.get, hub=hub)
+    ingress.routes = build_routes([RouteSpec("api", path="/api"),
+                                   RouteSpec("idle", path="/idle")])
+    await ingress.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            out = Edge(ingress, pool, session)
+            hub.span_sinks.append(out.spans.extend)
+            hub.request_sinks.append(out.seen.append)
+            yield out
+    finally:
+        await ingress.close()
+        await runner.cleanup()
+
+
+def test_a_request_with_a_traceparent_continues_its_trace_and_the_instance_is_a_child(
+) -> None:
+    async def scenario() -> None:
+        async with edge() as e:
+            status, got = await e.get("/api/trace?q=1", "localhost:7700",
+                                      traceparent=f"00-{TRACE}-{CALLER}-01",
+                                      tracestate="congo=t61rcWkgMzE")
+            assert status == 200
+            (span,), (seen,) = e.spans, e.seen
+            assert (span.trace_id, span.parent_id) == (TRACE, CALLER)
+            assert (span.service, span.kind, span.name) == (SERVICE_NAME, "server", "GET /api")
+            assert span.status == "unset" and span.end_ns > span.start_ns
+            assert span.attributes == {
+                "http.request.method": "GET", "url.path": "/api/trace",
+                "http.response.status_code": 200, "server.address": "localhost",
+                "devenv.route": "/api", "devenv.service": "api", "devenv.instance": "api-1"}
+            # the instance's parent is the edge span, in the same trace; tracestate passes
+            upstream = parse(got["traceparent"])
+            assert upstream is not None
+            assert (upstream.trace_id, upstream.span_id, upstream.flags) == \
+                (TRACE, span.span_id, "01")
+            assert got["tracestate"] == "congo=t61rcWkgMzE"
+            assert seen == RequestSeen("/api", "api", "api-1", "GET", "/api/trace", 200,
+                                       span.start_ns, seen.duration_s, TRACE, span.span_id)
+            assert 0 < seen.duration_s < 5
+
+    asyncio.run(scenario())
+
+
+def test_a_request_without_a_valid_traceparent_starts_a_new_trace() -> None:
+    async def scenario() -> None:
+        async with edge() as e:
+            _, plain = await e.get("/api/trace")
+            # an invalid one (all-zero trace id) is a new trace too, its tracestate dropped
+            _, bad = await e.get("/api/trace", traceparent=f"00-{'0' * 32}-{CALLER}-01",
+                                 tracestate="congo=t61rcWkgMzE")
+            first, second = e.spans
+            for span, got in ((first, plain), (second, bad)):
+                upstream = parse(got["traceparent"])
+                assert span.parent_id is None and span.trace_id != TRACE
+                assert upstream is not None and upstream.sampled
+                assert (upstream.trace_id, upstream.span_id) == (span.trace_id, span.span_id)
+                assert got["tracestate"] == ""
+            assert first.trace_id != second.trace_id
+
+    asyncio.run(scenario())
+
+
+def test_failures_the_ingress_answers_are_error_spans_saying_why() -> None:
+    async def scenario() -> None:
+        async with edge(instances=2, hold=0.2) as e:
+            assert (await e.get("/idle/x"))[0] == 503  # no ready instance
+            assert (await e.get("/api/boom"))[0] == 500  # the instance's own error
+            assert (await e.get("/nowhere"))[0] == 404  # no route: not an error
+            assert (await e.get("/api/trace", "evil.example"))[0] == 421
+            statuses = [(s.attributes["http.response.status_code"], s.status) for s in e.spans]
+            assert statuses == [(503, "error"), (500, "error"), (404, "unset"), (421, "error")]
+            no_instance, boom, nowhere, foreign = e.spans
+            assert "'idle' has no ready instance" in no_instance.status_message
+            assert "devenv.instance" not in no_instance.attributes
+            assert boom.status_message == "HTTP 500"
+            assert nowhere.name == "GET" and nowhere.status_message == ""
+            assert "'evil.example' is not served here" in foreign.status_message
+            assert [(r.service, r.instance, r.status) for r in e.seen] == [
+                ("idle", None, 503), ("api", "api-1", 500), ("", None, 404), ("", None, 421)]
+
+            # an instance that refuses the connection: 502 once no other takes it
+            e.pool.remove(next(b for b in e.pool.ready if b.id == "api-1"))
+            assert (await e.get("/api/trace"))[0] == 502
+            refused = e.spans[-1]
+            assert refused.status == "error" and "no instance took the connection" in \
+                refused.status_message
+            assert e.seen[-1].instance is None
+
+    asyncio.run(scenario())
+
+
+def test_a_websocket_is_one_span_from_upgrade_to_close() -> None:
+    async def scenario() -> None:
+        async with edge() as e:
+            async with e.session.ws_connect(
+                    f"{e.ingress.url}/api/ws",
+                    headers={"traceparent": f"00-{TRACE}-{CALLER}-01"}) as sock:
+                upstream = parse((await sock.receive()).data)
+                await sock.receive()  # the close
+            await asyncio.wait_for(_until(lambda: bool(e.spans)), 5)
+            (span,) = e.spans
+            assert span.trace_id == TRACE and span.attributes["http.response.status_code"] == 101
+            assert upstream is not None and upstream.span_id == span.span_id
+
+    asyncio.run(scenario())
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)

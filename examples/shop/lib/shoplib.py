@@ -1,8 +1,9 @@
-"""What every shop service shares: a JSON HTTP server, its database, its Redis, its callers.
+"""What every shop service shares: a JSON HTTP server, its database, its Redis, its callers,
+and its traces (telemetry.py).
 
 Each service reads the addresses devenv hands it: PORT, DATABASE_URL, REDIS_URL and
-<DEPENDENCY>_URL. Database connections are per thread and reconnect after a restart or a
-snapshot restore of the database.
+<DEPENDENCY>_URL, and the OTEL_* variables its traces go by. Database connections are per
+thread and reconnect after a restart or a snapshot restore of the database.
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import telemetry
+
 NAME = os.environ.get("DEVENV_SERVICE", "service")
 Handler = Callable[..., tuple[int, Any]]
 _local = threading.local()
+telemetry.setup()
 
 
 def log(message: str) -> None:
@@ -66,8 +70,9 @@ def migrate(*statements: str) -> None:
     deadline = time.time() + 30
     while True:
         try:
-            for statement in statements:
-                sql(statement)
+            with telemetry.quiet():
+                for statement in statements:
+                    sql(statement)
             return
         except psycopg.OperationalError as exc:
             if time.time() > deadline:
@@ -115,12 +120,13 @@ def call(service: str, path: str, method: str = "GET", body: Any = None,
 
 class App:
     def __init__(self, health: Callable[[], None] | None = None):
-        self.routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self.routes: list[tuple[str, re.Pattern[str], str, Handler]] = []
         self.health = health
 
     def route(self, method: str, pattern: str) -> Callable[[Handler], Handler]:
         def add(fn: Handler) -> Handler:
-            self.routes.append((method, re.compile(f"^{pattern}$"), fn))
+            self.routes.append((method, re.compile(f"^{pattern}$"),
+                                telemetry.route_name(pattern), fn))
             return fn
         return add
 
@@ -138,22 +144,27 @@ class App:
                 if path == "/healthz":
                     try:
                         if app.health:
-                            app.health()
+                            with telemetry.quiet():
+                                app.health()
                         return self._send(200, {"ok": True})
                     except Exception as exc:
                         return self._send(503, {"ok": False, "error": str(exc)})
-                for m, pattern, fn in app.routes:
+                for m, pattern, name, fn in app.routes:
                     match = pattern.match(path)
                     if m == method and match:
-                        length = int(self.headers.get("Content-Length") or 0)
-                        body = json.loads(self.rfile.read(length)) if length else None
-                        try:
-                            status, payload = fn(*match.groups(), body=body, query=query)
-                        except Exception as exc:
-                            log(f"{method} {path} failed: {exc!r}")
-                            status, payload = 500, {"error": str(exc)}
-                        return self._send(status, payload)
-                self._send(404, {"error": f"no route {method} {path}"})
+                        with telemetry.server_span(method, name, path, self.headers) as span:
+                            length = int(self.headers.get("Content-Length") or 0)
+                            body = json.loads(self.rfile.read(length)) if length else None
+                            try:
+                                status, payload = fn(*match.groups(), body=body, query=query)
+                            except Exception as exc:
+                                log(f"{method} {path} failed: {exc!r}")
+                                status, payload = 500, {"error": str(exc)}
+                            telemetry.finish_server_span(span, status)
+                            return self._send(status, payload)
+                with telemetry.server_span(method, None, path, self.headers) as span:
+                    telemetry.finish_server_span(span, 404)
+                    self._send(404, {"error": f"no route {method} {path}"})
 
             def do_GET(self) -> None:
                 self._dispatch("GET")

@@ -3,7 +3,8 @@ event on the Redis stream `orders` that notification and recommendation consume.
 
 import json
 
-from shoplib import App, call, log, migrate, rds, sql
+from shoplib import App, call, log, migrate, sql
+from stream import publish
 
 app = App(health=lambda: sql("SELECT 1"))
 
@@ -38,8 +39,8 @@ def checkout(body: dict, **_: object) -> tuple[int, object]:
                      "error": paid.get("error", "payment failed")}
     call("inventory", f"/reservations/{reservation}/commit", "POST")
     sql("UPDATE orders SET status = 'paid' WHERE id = %s", order_id)
-    rds().xadd("orders", {"order_id": order_id, "user_id": user["id"], "total_cents": total,
-                          "items": json.dumps(items)})
+    publish({"order_id": order_id, "user_id": user["id"], "total_cents": total,
+             "items": json.dumps(items)})
     log(f"order {order_id} paid: {total} cents")
     return 201, {"order_id": order_id, "status": "paid", "total_cents": total}
 

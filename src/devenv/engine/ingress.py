@@ -13,6 +13,14 @@ A request is replayed on another instance only when the one it was sent to never
 (the connection was refused); one that was sent and met a closed connection gets 502 at once
 (only an idempotent one whose kept-alive connection was found closed is sent once more, on a
 new connection: see `Ingress._send`).
+
+Every request gets an edge span (service `devenv-ingress`, kind server) when the ingress has a
+telemetry hub: it continues the W3C `traceparent` the client sent (its `tracestate` passes
+through) or starts a new trace, and the request sent to the instance carries a new
+`traceparent` whose parent is the edge span, so an instrumented service's own span is its
+child. The span and a `RequestSeen` (what metrics and the dashboard count) are published when
+the response is complete; a websocket is one span, from the upgrade to the close.
+
 Every wait is bounded: for an instance (the hold timeout), for a connection (CONNECT_TIMEOUT),
 for the response's headers (RESPONSE_TIMEOUT, then 504); a response that is flowing is never
 cut. A connection must send its request's headers within HEADER_TIMEOUT of being accepted, an
@@ -28,6 +36,7 @@ import asyncio
 import contextlib
 import html
 import resource
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +48,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from devenv.engine.pool import NoBackend, Pool
+from devenv.telemetry import context
+from devenv.telemetry.model import Attributes, Hub, RequestSeen, Span
 
 # Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), besides those a
 # message's own `Connection` header names. `host` is set anew by the ingress.
@@ -63,6 +74,8 @@ IDLE_TIMEOUT = 30.0  # after a response, to the next request's complete headers 
 MIN_CONNECTIONS, MAX_CONNECTIONS = 64, 10_000
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+SERVICE_NAME = "devenv-ingress"  # the `service.name` of the ingress's edge spans
+CLIENT_GONE = 499  # recorded when the client went away before its response was complete
 
 
 def default_max_connections() -> int:
@@ -247,8 +260,14 @@ def end_to_end(headers: Mapping[str, str]) -> CIMultiDict[str]:
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
-def forward_headers(request: web.BaseRequest, host: str) -> CIMultiDict[str]:
+def forward_headers(request: web.BaseRequest, host: str,
+                    edge: Edge | None = None) -> CIMultiDict[str]:
     headers = end_to_end(request.headers)
+    if edge is not None:  # the instance's parent is the edge span
+        headers["traceparent"] = edge.outgoing.header()
+        headers.popall("tracestate", None)
+        if edge.tracestate is not None:
+            headers["tracestate"] = edge.tracestate
     headers.popall("Expect", None)  # answered by the ingress, which then reads the body
     headers["Host"] = host
     headers["X-Forwarded-Host"] = host
@@ -257,6 +276,74 @@ def forward_headers(request: web.BaseRequest, host: str) -> CIMultiDict[str]:
     prior = ", ".join(request.headers.getall("X-Forwarded-For", []))
     headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
     return headers
+
+
+# ---- edge spans
+
+
+class Edge:
+    """One request's edge span while it is answered: its trace context, what it was routed
+    to, and when it started."""
+
+    __slots__ = ("instance", "method", "outgoing", "parent", "path", "route", "sent",
+                 "service", "start_ns", "started", "tracestate")
+
+    def __init__(self, request: web.BaseRequest):
+        headers = request.headers
+        self.parent = context.parse_headers(headers.getall("traceparent", []))
+        self.tracestate = context.tracestate(self.parent, headers.getall("tracestate", []))
+        self.outgoing = context.child(self.parent, context.new_span_id())
+        self.method = request.method
+        self.path = request.rel_url.raw_path
+        self.route = ""
+        self.service = ""
+        self.instance: str | None = None
+        self.sent: int | None = None  # the status the client was sent, once it was
+        self.start_ns = time.time_ns()
+        self.started = time.perf_counter_ns()
+
+    def finish(self, status: int, error: str | None, host: str | None) -> tuple[Span,
+                                                                                   RequestSeen]:
+        duration = time.perf_counter_ns() - self.started
+        attributes: Attributes = {
+            "http.request.method": self.method, "url.path": self.path,
+            "http.response.status_code": status}
+        if host:
+            attributes["server.address"] = host
+        if self.route:
+            attributes["devenv.route"] = self.route
+        if self.service:
+            attributes["devenv.service"] = self.service
+        if self.instance:
+            attributes["devenv.instance"] = self.instance
+        trace_id, span_id = self.outgoing.trace_id, self.outgoing.span_id
+        span = Span(trace_id, span_id, self.parent.span_id if self.parent else None,
+                    SERVICE_NAME, f"{self.method} {self.route}" if self.route else self.method,
+                    self.start_ns, self.start_ns + duration, kind="server",
+                    status="error" if error is not None else "unset",
+                    status_message=error or "", attributes=attributes)
+        seen = RequestSeen(self.route, self.service, self.instance, self.method, self.path,
+                           status, self.start_ns, duration / 1e9, trace_id, span_id)
+        return span, seen
+
+
+class IngressError(web.Response):
+    """A response the ingress made itself, with what went wrong."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(status=status, text=f"devenv ingress: {message}\n")
+        self.message = message
+
+
+def span_error(response: web.StreamResponse) -> str | None:
+    """The error an edge span records for this response: every 5xx, and the ingress's own
+    refusals of a misdirected request (421); None for the rest."""
+    status = response.status
+    if isinstance(response, IngressError) and (status >= 500 or status == 421):
+        return response.message.split("\n", 1)[0]
+    if status >= 500:
+        return f"HTTP {status}"
+    return None
 
 
 # ---- connections
@@ -351,9 +438,10 @@ class Ingress:
                  response_timeout: float = RESPONSE_TIMEOUT,
                  header_timeout: float = HEADER_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
                  connect_timeout: float = CONNECT_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
-                 max_connections: int | None = None):
+                 max_connections: int | None = None, hub: Hub | None = None):
         self.port = port
         self.pools = pools
+        self.hub = hub  # None: no edge spans, no requests published
         self.routes = RouteTable({}, [])
         self.response_timeout = response_timeout
         self.header_timeout = header_timeout
@@ -403,6 +491,30 @@ class Ingress:
                 await session.close()
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        hub = self.hub
+        if hub is None:
+            return await self._answer(request, None)
+        edge = Edge(request)
+        status = CLIENT_GONE
+        error: str | None = "the client went away before the response was complete"
+        try:
+            response = await self._answer(request, edge)
+            status, error = response.status, span_error(response)
+            return response
+        except Exception as exc:  # (answered 500 by aiohttp)
+            status, error = 500, f"the ingress failed: {exc!r}"
+            raise
+        finally:
+            if status == CLIENT_GONE and edge.sent is not None:
+                # the client left a websocket, or a streamed body: its answer had begun
+                status, error = edge.sent, None
+            header = request.headers.get("Host")
+            span, seen = edge.finish(status, error, host_name(header) if header else None)
+            hub.spans([span])
+            hub.request(seen)
+
+    async def _answer(self, request: web.BaseRequest,
+                      edge: Edge | None) -> web.StreamResponse:
         header = request.headers.get("Host")
         host = host_name(header) if header is not None else "127.0.0.1"  # HTTP/1.0, no Host
         if not self.routes.allows(host):
@@ -415,6 +527,8 @@ class Ingress:
         target = self.routes.match(host, decoded)
         if isinstance(target, NoHttp):
             return _error(404, target.message())
+        if edge is not None and target is not None:
+            edge.route, edge.service = target.prefix or host, target.service
         pool = self.pools(target.service) if target else None
         if target is None or pool is None:
             return self._not_found(request)
@@ -422,11 +536,12 @@ class Ingress:
         suffix = target.forward(raw) + (f"?{query}" if query else "")
         forwarded_host = header or "127.0.0.1"
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            return await self._websocket(request, pool, target.service, suffix, forwarded_host)
-        return await self._proxy(request, pool, target.service, suffix, forwarded_host)
+            return await self._websocket(request, pool, target.service, suffix, forwarded_host,
+                                         edge)
+        return await self._proxy(request, pool, target.service, suffix, forwarded_host, edge)
 
     async def _proxy(self, request: web.BaseRequest, pool: Pool, service: str, suffix: str,
-                     host: str) -> web.StreamResponse:
+                     host: str, edge: Edge | None = None) -> web.StreamResponse:
         body: bytes | aiohttp.StreamReader | None = None
         if request.body_exists and request.headers.get("Expect", "").lower() == "100-continue" \
                 and request.version == aiohttp.HttpVersion11:
@@ -443,7 +558,7 @@ class Ingress:
                                   f"{self.body_timeout:g}s")
             else:
                 body = request.content  # streamed; read only once a connection is open
-        headers = forward_headers(request, host)
+        headers = forward_headers(request, host, edge)
         loop = asyncio.get_running_loop()
         hold_until = loop.time() + pool.hold_timeout
         tried: set[str] = set()
@@ -452,6 +567,8 @@ class Ingress:
             try:
                 async with pool.use(tried, timeout=max(0.0, hold_until - loop.time()),
                                     busy=True) as backend:
+                    if edge is not None:
+                        edge.instance = backend.id
                     # encoded=True: the path goes out byte for byte as the client sent it
                     url = URL(f"http://{backend.host}:{backend.port}{suffix}", encoded=True)
                     try:
@@ -461,6 +578,8 @@ class Ingress:
                             ) as exc:  # never received: another instance may take it
                         tried.add(backend.id)
                         refused.append(f"{backend.id}: {_reason(exc)}")
+                        if edge is not None:
+                            edge.instance = None  # it never took the request
                         continue
                     except TimeoutError:
                         return _error(504, f"service '{service}' (instance {backend.id}) did "
@@ -476,7 +595,7 @@ class Ingress:
                                       f"({_reason(exc)}); the request was sent, so it was "
                                       "not retried on another instance")
                     try:
-                        return await _relay(request, upstream)
+                        return await _relay(request, upstream, edge)
                     finally:
                         upstream.release()  # back to the pool if read to the end, else closed
             except NoBackend:
@@ -513,14 +632,17 @@ class Ingress:
         return await self._fresh.request(method, url, **options)
 
     async def _websocket(self, request: web.BaseRequest, pool: Pool, service: str,
-                         suffix: str, host: str) -> web.StreamResponse:
+                         suffix: str, host: str, edge: Edge | None = None
+                         ) -> web.StreamResponse:
         assert self._fresh is not None
         protocols = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "")
                      .split(",") if p.strip()]
-        headers = CIMultiDict((k, v) for k, v in forward_headers(request, host).items()
+        headers = CIMultiDict((k, v) for k, v in forward_headers(request, host, edge).items()
                               if not k.lower().startswith("sec-websocket"))
         try:
             async with pool.use() as backend:
+                if edge is not None:
+                    edge.instance = backend.id
                 url = URL(f"ws://{backend.host}:{backend.port}{suffix}", encoded=True)
                 try:
                     async with asyncio.timeout(self.response_timeout):
@@ -544,6 +666,8 @@ class Ingress:
                         without.popall("Sec-WebSocket-Protocol")
                         request = request.clone(headers=without)
                     await client.prepare(request)
+                    if edge is not None:
+                        edge.sent = client.status
                     await asyncio.gather(_ws_pump(client, upstream), _ws_pump(upstream, client))
                     return client
                 finally:
@@ -584,11 +708,13 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse
-                 ) -> web.StreamResponse:
+async def _relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse,
+                 edge: Edge | None = None) -> web.StreamResponse:
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.extend(end_to_end(upstream.headers))
     await response.prepare(request)
+    if edge is not None:
+        edge.sent = response.status
     while True:
         try:
             chunk = await upstream.content.readany()
@@ -605,7 +731,7 @@ async def _relay(request: web.BaseRequest, upstream: aiohttp.ClientResponse
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.Response(status=status, text=f"devenv ingress: {message}\n")
+    return IngressError(status, message)
 
 
 async def _ws_pump(src: web.WebSocketResponse | aiohttp.ClientWebSocketResponse,

@@ -33,7 +33,7 @@ class Routing:
                 await self.ingress.close()
                 self.ingress = None
             if port is not None and self.ingress is None:
-                candidate = Ingress(port, self._pool)
+                candidate = Ingress(port, self._pool, hub=self.engine.ctx.hub)
                 try:
                     await candidate.start()
                 except OSError as exc:
