@@ -19,6 +19,7 @@ from pathlib import Path
 from devenv.config.load import Loaded, load
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
+from devenv.engine.api.dashboard import Monitor
 from devenv.engine.cascade import Cascade
 from devenv.engine.dataops import DataOps
 from devenv.engine.reconciler import Engine
@@ -57,6 +58,7 @@ class Environment:
         self.telemetry = TelemetryServer(self, StateDir(root))
         engine.ctx.service_env = self.telemetry.service_env
         engine.ctx.secrets.append(self.telemetry.token)
+        self.monitor = Monitor(self)  # the dashboard's charts: request rate, latency, CPU, memory
         self.data = DataOps(engine, StateDir(root))
         self.cascade = Cascade(engine)  # dependents rolled after a restart (restart: true)
         self.reloader = Reloader(engine)
@@ -95,6 +97,7 @@ class Environment:
         self.cascade.watch()
         ingress = await self.routing.ensure(plan.ingress_port)
         await self.telemetry.ensure(plan.monitoring.port)
+        self.monitor.start()
         stores = {n: p.data for n, p in plan.services.items()
                   if p.data is not None and n not in self.engine.runners}
         notices = await asyncio.to_thread(self.data.finish_restores, stores) if stores else []
@@ -145,6 +148,7 @@ class Environment:
         self.watcher.stop()
         self.cascade.stop()
         await self.engine.stop_all()
+        await self.monitor.stop()
         await self.telemetry.close()
 
     async def _cancel_work(self) -> None:
