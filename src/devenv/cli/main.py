@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rerun", action="append", type=_csv, default=[], metavar="JOB",
                    help="run a one-shot job again even if it completed before and nothing it "
                    "depends on changed (repeatable, or comma-separated)")
+    s.add_argument("--monitoring", action="store_true", help="print the web dashboard's URL")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     s = sub.add_parser("stop", help="stop every service and the engine")
@@ -153,6 +154,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("file")
     d.add_argument("--name", default=None, help="store it under another name")
 
+    sub.add_parser("dashboard", help="print the URL of the web dashboard (logs, traces, charts)")
+
     s = sub.add_parser("doctor", help="diagnose the machine and the project")
     s.add_argument("--json", action="store_true")
     return p
@@ -162,6 +165,7 @@ COMMANDS = {
     "init": "init", "up": "up", "stop": "stop", "restart": "restart", "status": "status",
     "logs": "logs", "scale": "scale", "exec": "exec_", "config": "config", "doctor": "doctor",
     "data": "data", "snapshot": "snapshot", "metrics": "metrics", "trace": "trace",
+    "dashboard": "dashboard",
 }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from devenv.config.load import Loaded, load
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
+from devenv.engine.api.dashboard import Monitor
 from devenv.engine.cascade import Cascade
 from devenv.engine.dataops import DataOps
 from devenv.engine.reconciler import Engine
@@ -60,6 +61,7 @@ class Environment:
         engine.ctx.secrets.append(self.telemetry.token)
         self.traces = Traces(StateDir(root).base / "traces")  # opened by `up`
         engine.ctx.hub.span_sinks.append(self.traces.add)
+        self.monitor = Monitor(self)  # the dashboard's charts: request rate, latency, CPU, memory
         self.data = DataOps(engine, StateDir(root))
         self.cascade = Cascade(engine)  # dependents rolled after a restart (restart: true)
         self.reloader = Reloader(engine)
@@ -100,6 +102,7 @@ class Environment:
         await asyncio.to_thread(self.traces.open, plan.monitoring.trace_max_mb * 1024 * 1024,
                                 plan.monitoring.trace_max_age)
         await self.telemetry.ensure(plan.monitoring.port)
+        self.monitor.start()
         stores = {n: p.data for n, p in plan.services.items()
                   if p.data is not None and n not in self.engine.runners}
         notices = await asyncio.to_thread(self.data.finish_restores, stores) if stores else []
@@ -150,6 +153,7 @@ class Environment:
         self.watcher.stop()
         self.cascade.stop()
         await self.engine.stop_all()
+        await self.monitor.stop()
         await self.telemetry.close()
         await asyncio.to_thread(self.traces.close)
 

@@ -53,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         print_json(to_json(result))
     else:
         _summary(result)
+        if args.monitoring and result.dashboard:
+            out.print(f"dashboard: {result.dashboard.url}", markup=False)
     if not result.ok:
         return result.error.exit_code if result.error else 1
     if args.attach:
