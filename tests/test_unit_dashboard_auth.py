@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,23 +19,22 @@ from devenv.engine.api import dashboard
 from devenv.engine.events import Events, Logged
 from devenv.runtime.base import Resources
 from devenv.telemetry.model import Hub, RequestSeen, Span
+from devenv.telemetry.store import Traces
 from devenv.wire import EnvironmentStatus, LogLine
 
 TOKEN = "s3cret-token"
 
 
-class FakeTraces:
-    def __init__(self, spans: list[Span]):
-        self.spans = spans
-
-    def recent(self, limit: int, services: list[str] | None) -> list[list[Span]]:
-        return [self.spans][:limit]
-
-    async def get(self, trace_id: str) -> list[Span] | None:  # (a coroutine works too)
-        return self.spans if trace_id == self.spans[0].trace_id else None
+def stored(folder: Path, spans: list[Span]) -> Traces:
+    """A real trace store holding `spans` (what the OTLP receiver and the ingress fill)."""
+    traces = Traces(folder)
+    traces.open(64 * 1024 * 1024, 3600.0)
+    traces.add(spans)
+    assert traces.flush()
+    return traces
 
 
-def fake_env(traces: FakeTraces | None = None) -> Any:
+def fake_env(traces: Traces | None = None) -> Any:
     ctx = SimpleNamespace(events=Events(), logs=SimpleNamespace(recent=lambda name, n: [
         LogLine(1.0, "api", "1", "out", "api listening")]))
 
@@ -52,7 +52,7 @@ def fake_env(traces: FakeTraces | None = None) -> Any:
 
 
 def run(scenario: Callable[[TestClient[Any, Any], Any], Awaitable[None]],
-        traces: FakeTraces | None = None) -> None:
+        traces: Traces | None = None) -> None:
     async def main() -> None:
         env = fake_env(traces)
         app = web.Application()
@@ -154,7 +154,7 @@ def span(span_id: str, parent: str | None, service: str, start_ms: int, end_ms: 
                 end_ns=base + end_ms * 1_000_000, status=status)
 
 
-def test_traces_list_and_waterfall() -> None:
+def test_traces_list_and_waterfall(tmp_path: Path) -> None:
     spans = [span("c" * 16, "b" * 16, "payment", 30, 80, status="error"),
              span("a" * 16, None, "gateway", 0, 100),
              span("d" * 16, "a" * 16, "user", 5, 20),
@@ -175,7 +175,11 @@ def test_traces_list_and_waterfall() -> None:
         missing = await client.get(f"/api/traces/{'0' * 32}", headers=auth)
         assert missing.status == 404 and "no trace" in (await missing.json())["error"]
 
-    run(scenario, FakeTraces(spans))
+    traces = stored(tmp_path, spans)
+    try:
+        run(scenario, traces)
+    finally:
+        traces.close()
 
 
 def test_without_a_trace_store_the_panel_says_so() -> None:
