@@ -191,3 +191,16 @@ def test_a_real_prometheus_scrapes_the_engine_and_answers_promql(project: Projec
             proc.wait(5)
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+def test_the_telemetry_address_answers_only_local_hosts_and_keeps_the_summary_private(
+        project: Project) -> None:
+    url = _start(project)
+    port = urllib.parse.urlsplit(url).port
+    assert _exposition(project, url)  # Prometheus's own Host: 127.0.0.1:<port>
+    status, body = project.get(url, host=f"rebound.example.com:{port}")  # DNS rebinding
+    assert status == 403 and "answers only to 127.0.0.1" in body
+    status, body = project.get(url + "/summary")  # without the engine's token
+    assert status == 401 and "devenv metrics" in body["error"]
+    shown = json.loads(project.devenv("metrics", "--json", check=True).stdout)  # with it
+    assert [r["service"] for r in shown["services"]] == ["orders"]

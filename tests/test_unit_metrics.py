@@ -212,6 +212,7 @@ def fake_engine(port: int, path: str) -> Any:
     ("/garbage", "not Prometheus exposition text"),
     ("/missing", "answered HTTP 404"),
     ("/slow", "did not answer within 0.3s"),
+    ("/huge", "more than 10000: drop per-request labels"),
 ])
 def test_scrapes_of_a_real_server_record_each_outcome(path: str, error: str | None) -> None:
     async def slow(request: web.Request) -> web.Response:
@@ -224,11 +225,16 @@ def test_scrapes_of_a_real_server_record_each_outcome(path: str, error: str | No
     async def garbage(request: web.Request) -> web.Response:
         return web.Response(text="{{{\n")
 
+    async def huge(request: web.Request) -> web.Response:  # a label per request id
+        return web.Response(text="# TYPE hits counter\n" + "".join(
+            f'hits_total{{request="{i}"}} 1\n' for i in range(10_001)))
+
     async def body() -> None:
         app = web.Application()
         app.router.add_get("/metrics", metrics)
         app.router.add_get("/garbage", garbage)
         app.router.add_get("/slow", slow)
+        app.router.add_get("/huge", huge)
         runner = web.AppRunner(app, shutdown_timeout=0.1)
         await runner.setup()
         port = free_ports(1)[0]

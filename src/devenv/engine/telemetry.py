@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -29,8 +29,22 @@ if TYPE_CHECKING:
 
 HOST = "127.0.0.1"
 RouteAdder = Callable[[web.Application, "Environment", str], None]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ROUTES: tuple[RouteAdder, ...] = (otlp.add_routes, metrics.add_routes, dashboard.add_routes)
 BODY_LIMIT = 8 * 1024 * 1024  # an OTLP request larger than this is refused (413)
+
+
+@web.middleware
+async def _local_host(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Only `127.0.0.1:<port>` or `localhost:<port>` are answered: a web page whose own name
+    was made to resolve to 127.0.0.1 (DNS rebinding) reads nothing here."""
+    sock = request.transport.get_extra_info("sockname") if request.transport else None
+    port = sock[1] if sock else None
+    if request.headers.get("Host", "").lower() not in {f"127.0.0.1:{port}",
+                                                       f"localhost:{port}"}:
+        return web.Response(status=403, text="devenv: this address answers only to "
+                            f"127.0.0.1:{port} or localhost:{port}\n")
+    return await handler(request)
 
 
 class TelemetryServer:
@@ -81,7 +95,7 @@ class TelemetryServer:
                 assert self.url is not None
                 return self.url
             await self.close()
-            app = web.Application(client_max_size=BODY_LIMIT)
+            app = web.Application(client_max_size=BODY_LIMIT, middlewares=[_local_host])
             for add in ROUTES:
                 add(app, self.env, self.token)
             runner = web.AppRunner(app, access_log=None, handle_signals=False,

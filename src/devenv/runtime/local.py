@@ -160,7 +160,9 @@ class LocalInstance:
         return self._members_cache[1], self._members_cache[2]
 
     def resources(self) -> Resources | None:
-        """CPU since the last sample (since start on the first), and RSS, of the whole group."""
+        """CPU since the last sample (since start on the first), and RSS, of the whole group.
+        Its CPU seconds never go down (a counter): children that exited and were waited for
+        count through the leader's, and one that exited unwaited keeps what it was seen at."""
         try:
             leader, procs = self._members()
             cpu = rss = 0.0
@@ -168,7 +170,10 @@ class LocalInstance:
                 with contextlib.suppress(psutil.Error):
                     times = p.cpu_times()
                     cpu += times.user + times.system
+                    if p is leader:
+                        cpu += times.children_user + times.children_system
                     rss += p.memory_info().rss
+            cpu = max(cpu, self._cpu_sample[1] if self._cpu_sample else 0.0)
             now = time.time()
             last_at, last_cpu = self._cpu_sample or (leader.create_time(), 0.0)
             self._cpu_sample = (now, cpu)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from devenv.engine.reconciler import Engine
 
 TIMEOUT = 2.0
+MAX_SERIES = 10_000  # series one instance may give; more is a scrape error
 MAX_BYTES = 4 * 1024 * 1024
 DEFAULT_INTERVAL = 5.0
 OURS = "devenv"  # the prefix of the engine's own series
@@ -167,7 +168,8 @@ class Scraper:
         start = time.monotonic()
         try:
             text = await self._fetch(target.url)
-            families = relabel(parse(text), target.service, target.instance)
+            # parsing a big exposition takes a while: off the event loop (the ingress runs on it)
+            families = await asyncio.to_thread(_read, text, target)
             return Result(tuple(families), None, time.monotonic() - start)
         except ScrapeError as exc:
             return Result((), str(exc), time.monotonic() - start)
@@ -178,7 +180,10 @@ class Scraper:
             async with self._session.get(url) as resp:
                 if resp.status != 200:
                     raise ScrapeError(f"{url} answered HTTP {resp.status}")
-                body = await resp.content.read(MAX_BYTES + 1)
+                body = b""  # (read(n) gives what has arrived, up to n: read to the end)
+                while len(body) <= MAX_BYTES and (chunk := await resp.content.read(
+                        MAX_BYTES + 1 - len(body))):
+                    body += chunk
                 if len(body) > MAX_BYTES:
                     raise ScrapeError(f"{url} answered more than {MAX_BYTES // 2**20} MiB")
                 return body.decode("utf-8", errors="replace")
@@ -208,3 +213,14 @@ class Scraper:
         yield up
         yield took
         yield from merge(r.families for r in self.results.values())
+
+
+def _read(text: str, target: Target) -> list[Metric]:
+    """An instance's exposition, parsed and relabelled; too many series is a scrape error
+    (the engine re-exposes every one: its own /metrics must stay quick)."""
+    families = relabel(parse(text), target.service, target.instance)
+    count = sum(len(f.samples) for f in families)
+    if count > MAX_SERIES:
+        raise ScrapeError(f"{target.url} gave {count} series, more than {MAX_SERIES}: "
+                          "drop per-request labels (ids, raw paths) from its metrics")
+    return families

@@ -26,6 +26,7 @@ from devenv.client import Client
 from devenv.core.errors import DevenvError, UsageError
 
 TIMEOUT = 10.0
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         raise DevenvError("the engine serves no metrics (its telemetry address is not up)",
                           hint="run `devenv up` again")
     url = status.metrics.url
+    token = status.dashboard.url.split("token=", 1)[1] if status.dashboard else ""
     if args.export:
         text = _get(url)
         if args.output:
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
             out.file.write(text.decode())
             out.file.flush()
         return 0
-    data: dict[str, Any] = json.loads(_get(url + "/summary"))
+    data: dict[str, Any] = json.loads(_get(url + "/summary", token))
     wanted = [name for group in args.service for name in group]
     if wanted:
         known = {row["service"] for row in data["services"]}
@@ -67,9 +69,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _get(url: str) -> bytes:
-    try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+def _get(url: str, token: str = "") -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"}
+                                     if token else {})
+    try:  # (no proxy: the engine is on 127.0.0.1 whatever http_proxy says)
+        with NO_PROXY.open(request, timeout=TIMEOUT) as resp:
             body: bytes = resp.read()
             return body
     except (urllib.error.URLError, OSError) as exc:

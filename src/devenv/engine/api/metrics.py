@@ -3,7 +3,8 @@
 GET /metrics          Prometheus exposition (text 0.0.4): public, as Prometheus scrapes it
                       without a token; it carries names, states, counts and durations only.
 GET /metrics/summary  `devenv metrics`' rows as JSON: each service's state, replicas,
-                      restarts, reloads, CPU, memory, request rate, p95 latency, error rate.
+                      restarts, reloads, CPU, memory, request rate, p95 latency, error rate
+                      (with the engine's token: it names what runs and what failed)
 
 What feeds the registry (request counts, reload durations, the scraper of services' own
 metrics) runs while this server does: it starts and stops with the app.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -40,6 +42,10 @@ def add_routes(app: web.Application, env: Environment, token: str) -> None:
                             headers={"Content-Type": CONTENT_TYPE})
 
     async def summary(request: web.Request) -> web.Response:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return web.json_response({"error": "this needs the engine's token: use "
+                                      "`devenv metrics`"}, status=401)
         status = to_json(await env.status(resources=True))
         return web.json_response({"project": status["project"],
                                   "services": metrics.summary(status["services"])})
