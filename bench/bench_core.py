@@ -5,8 +5,8 @@
   - engine idle CPU and RSS with 10 services running
   - ingress throughput and added latency versus calling the service directly
   - ingress throughput with edge spans recorded versus without (the ratio; issue 10 asks
-    at least 0.9): the engine's Ingress in a process of its own, published to a hub whose
-    sink keeps the last 100k spans and requests, or with no hub
+    at least 0.9): the engine's Ingress in a process of its own, its spans recorded in a real
+    trace store (as the engine does), or with no hub
 
 Run: make bench   (or .venv/bin/python bench/bench_core.py [--quick])
 """
@@ -133,18 +133,23 @@ import asyncio, collections, sys
 from devenv.engine.ingress import Ingress, RouteSpec, build_routes
 from devenv.engine.pool import Backend, Pool
 from devenv.telemetry.model import Hub
+from devenv.telemetry.store import Traces
+from pathlib import Path
 
 async def main() -> None:
-    port, backend, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    port, backend, mode, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     pool = Pool("backend-0")
     pool.add(Backend("backend-0-1", "127.0.0.1", backend))
     kept = collections.deque(maxlen=100_000)
-    hub = Hub([kept.extend], [kept.append]) if mode == "on" else None
+    traces = Traces(Path(folder))  # the engine's own trace store, as `up` opens it
+    traces.open(64 * 1024 * 1024, 24 * 3600.0)
+    hub = Hub([traces.add], [kept.append]) if mode == "on" else None
     ingress = Ingress(port, lambda name: pool, hub=hub)
     ingress.routes = build_routes([RouteSpec("backend-0", port=backend)])
     await ingress.start()
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    traces.close()
 
 asyncio.run(main())
 """
@@ -156,8 +161,9 @@ def edge_span_ratio(svc_port: int, secs: float, rounds: int) -> tuple[list[float
     for _ in range(rounds):
         for mode in ("off", "on"):
             port = free_ports(1)[0]
+            store = tempfile.mkdtemp(prefix="bench-traces-")
             proc = subprocess.Popen([sys.executable, "-c", EDGE_INGRESS, str(port),
-                                     str(svc_port), mode], env=ENV, stdin=subprocess.PIPE,
+                                     str(svc_port), mode, store], env=ENV, stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, start_new_session=True)
             try:
                 assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
@@ -166,6 +172,7 @@ def edge_span_ratio(svc_port: int, secs: float, rounds: int) -> tuple[list[float
                 out[mode].append(rps)
             finally:
                 stop_group(proc)
+                shutil.rmtree(store, ignore_errors=True)
     return out["off"], out["on"]
 
 
