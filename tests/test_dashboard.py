@@ -1,7 +1,7 @@
 """The web dashboard in a real headless Chromium, against a real engine with two small
 services: the resources table, a printed line reaching the log view within a second, the
-log filters, traces (when the OTLP receiver and the trace store are there), the token and
-the Host check, and a screenshot."""
+log filters, traces (when the OTLP receiver and the trace store are there), the token (in the
+URL's fragment, then only in the tab: no cookie) and the Host check, and a screenshot."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def test_dashboard_in_a_real_browser(project: Project, tmp_path: Path) -> None:
     assert before.returncode == 1 and "no environment is running" in before.stderr
     assert "devenv up --monitoring" in before.stderr
     url = dashboard_url(project)
-    base = url.split("/?token=")[0]
+    base, token = url.split("/#token=")
+    assert base.startswith("http://127.0.0.1:") and token
     api = project.service("api")["url"]
 
     async def scenario() -> dict[str, Any]:
@@ -121,6 +122,21 @@ def test_dashboard_in_a_real_browser(project: Project, tmp_path: Path) -> None:
                             "const s = document.getElementById('log-service'); s.value = ''; "
                             "s.dispatchEvent(new Event('change')); })()")
             await page.screenshot(tmp_path / "dashboard.png")
+            # the token is nowhere a server could see: no cookie, and a call without the
+            # header is refused; the tab keeps it (sessionStorage) across a reload
+            seen["cookies"] = (await page.call("Network.getAllCookies"))["cookies"]
+            seen["bare_call"] = await page.eval("fetch('/api/status').then(r => r.status)")
+            await page.eval("window.previous = true")
+            await page.call("Page.reload")
+            seen["reloaded"] = await page.wait_for(
+                "!window.previous && document.querySelectorAll('#resources tbody tr').length")
+            # a tab with no token: the message, not an empty dashboard
+            await page.eval("sessionStorage.clear(); window.previous = true")
+            await page.call("Page.navigate", url=f"{base}/")
+            seen["needs_token"] = await page.wait_for(
+                "!window.previous && !document.getElementById('needs-token').hidden && "
+                "document.querySelector('main').hidden && "
+                "document.getElementById('needs-token').textContent")
         return seen
 
     seen = asyncio.run(scenario())
@@ -129,6 +145,9 @@ def test_dashboard_in_a_real_browser(project: Project, tmp_path: Path) -> None:
         shutil.copy(tmp_path / "dashboard.png", Path(ARTIFACTS) / "dashboard.png")
     assert seen["healthy"] == "api,worker"
     assert seen["location"] == f"{base}/"  # the token left the address bar
+    assert seen["cookies"] == [] and seen["bare_call"] == 401
+    assert seen["reloaded"] == 2
+    assert "devenv dashboard" in seen["needs_token"]
     print(f"a printed line reached the log view in {seen['line_s'] * 1000:.0f} ms")
     assert seen["line_s"] < LINE_BUDGET_S
     assert seen["filtered_out"]
@@ -137,12 +156,12 @@ def test_dashboard_in_a_real_browser(project: Project, tmp_path: Path) -> None:
     assert seen["cpu"] and seen["charts"] == 4
     assert (tmp_path / "dashboard.png").stat().st_size > 10_000
 
-    # without the token: 401 and what to do; a foreign Host (DNS rebinding): refused
-    status, body, _ = fetch(f"{base}/")
-    assert status == 401 and "devenv dashboard" in body
-    status, _, _ = fetch(f"{base}/api/status")
-    assert status == 401
-    token = url.split("token=")[1]
+    # the page holds no data; the API without the token: 401 and what to do; a foreign Host
+    # (DNS rebinding): refused
+    status, body, headers = fetch(f"{base}/")
+    assert status == 200 and "needs-token" in body and "Set-Cookie" not in headers
+    status, body, _ = fetch(f"{base}/api/status")
+    assert status == 401 and "devenv dashboard" in json.loads(body)["error"]
     bearer = {"Authorization": f"Bearer {token}"}
     status, body, headers = fetch(f"{base}/api/status", bearer)
     assert status == 200 and json.loads(body)["project"] == "proj"
@@ -156,7 +175,7 @@ def test_dashboard_in_a_real_browser(project: Project, tmp_path: Path) -> None:
 def test_dashboard_shows_a_published_trace(project: Project) -> None:
     two_services(project)
     url = dashboard_url(project)
-    base, token = url.split("/?token=")
+    base, token = url.split("/#token=")
     trace_id, root, child = uuid.uuid4().hex, uuid.uuid4().hex[:16], uuid.uuid4().hex[:16]
     now = time.time_ns()
 

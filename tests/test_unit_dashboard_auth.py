@@ -1,6 +1,7 @@
-"""The dashboard's doors, in-process on a real socket: the token in the printed URL becomes
-an HttpOnly cookie, nothing answers without it (or a bearer token), foreign Host headers are
-refused, every answer carries the security headers; and the API's traces and event stream."""
+"""The dashboard's doors, in-process on a real socket: the page and its files are served to
+anyone (they hold no data), every API call needs the bearer token (never a cookie or a query
+token, and no answer sets a cookie), foreign Host headers are refused, every answer carries
+the security headers; and the API's traces (the list from summaries) and event stream."""
 
 from __future__ import annotations
 
@@ -68,46 +69,48 @@ def host(client: TestClient[Any, Any], name: str = "127.0.0.1") -> dict[str, str
     return {"Host": f"{name}:{client.port}"}
 
 
-def test_the_printed_url_sets_a_strict_cookie_and_redirects_without_the_token() -> None:
+API = ("/api/status", "/api/series", "/api/events", "/api/traces", f"/api/traces/{'ab' * 16}")
+
+
+def test_the_page_needs_no_token_and_sets_no_cookie() -> None:
     async def scenario(client: TestClient[Any, Any], env: Any) -> None:
-        resp = await client.get(f"/?token={TOKEN}", allow_redirects=False)
-        assert resp.status == 303 and resp.headers["Location"] == "/"
-        cookie = resp.headers["Set-Cookie"]
-        assert f"devenv_dashboard_{client.port}={TOKEN}" in cookie
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
-        page = await client.get("/")  # with the cookie now
-        assert page.status == 200 and "<title>devenv dashboard</title>" in await page.text()
-        assert "default-src 'none'" in page.headers["Content-Security-Policy"]
-        assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
-        assert page.headers["X-Frame-Options"] == "DENY"
-        assert page.headers["Referrer-Policy"] == "no-referrer"
-        assert "Access-Control-Allow-Origin" not in page.headers
+        for path in ("/", f"/?token={TOKEN}"):  # the old query URL is not traded for anything
+            page = await client.get(path, allow_redirects=False)
+            assert page.status == 200 and "<title>devenv dashboard</title>" in await page.text()
+            assert "Set-Cookie" not in page.headers
+            csp = page.headers["Content-Security-Policy"]
+            assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+            assert "connect-src 'self'" in csp
+            assert page.headers["X-Frame-Options"] == "DENY"
+            assert page.headers["Referrer-Policy"] == "no-referrer"
+            assert "Access-Control-Allow-Origin" not in page.headers
         js = await client.get("/static/app.js")
         assert js.status == 200 and js.content_type == "text/javascript"
-        assert (await client.get("/static/other.js")).status == 404
-        status = await client.get("/api/status")
-        assert status.status == 200 and (await status.json())["project"] == "demo"
+        assert js.headers["X-Content-Type-Options"] == "nosniff"
+        missing = await client.get("/static/other.js")
+        assert missing.status == 404 and missing.headers["X-Frame-Options"] == "DENY"
+        assert not client.session.cookie_jar.filter_cookies(client.make_url("/"))
 
     run(scenario)
 
 
-def test_without_the_token_nothing_answers() -> None:
+def test_every_api_call_needs_the_bearer_token_and_nothing_else() -> None:
     async def scenario(client: TestClient[Any, Any], env: Any) -> None:
-        for path in ("/", "/?token=wrong", f"/?token={TOKEN}x", "/static/app.js"):
-            resp = await client.get(path, allow_redirects=False)
-            assert resp.status == 401, path
-            assert "devenv dashboard" in await resp.text()
-            assert "Set-Cookie" not in resp.headers
-        for path in ("/api/status", "/api/series", "/api/events", "/api/traces"):
-            resp = await client.get(path)
-            assert resp.status == 401 and "devenv dashboard" in (await resp.json())["error"]
-        bad = await client.get("/api/status", headers={"Authorization": "Bearer nope"})
-        assert bad.status == 401
-        client.session.cookie_jar.update_cookies({f"devenv_dashboard_{client.port}": "nope"})
-        assert (await client.get("/api/status")).status == 401
-        assert (await client.get("/", headers={"Cookie": "x=\u00e9"})).status == 401
+        cookie = {"Cookie": f"devenv_dashboard_{client.port}={TOKEN}; token={TOKEN}"}
+        for path in API:
+            for headers in ({}, cookie, {"Authorization": "Bearer nope"},
+                            {"Authorization": f"Bearer {TOKEN}x"},
+                            {"Authorization": f"Basic {TOKEN}"},
+                            {"Authorization": "Bearer \u00e9"}):
+                resp = await client.get(path, headers=headers)
+                assert resp.status == 401, (path, headers)
+                assert "devenv dashboard" in (await resp.json())["error"]
+                assert resp.headers["X-Frame-Options"] == "DENY"
+                assert "Set-Cookie" not in resp.headers
+            assert (await client.get(f"{path}?token={TOKEN}")).status == 401, path
         good = await client.get("/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert good.status == 200
+        assert good.status == 200 and (await good.json())["project"] == "demo"
+        assert good.headers["Cache-Control"] == "no-store" and "Set-Cookie" not in good.headers
 
     run(scenario)
 
@@ -116,11 +119,10 @@ def test_a_foreign_host_is_refused_even_with_the_token() -> None:
     async def scenario(client: TestClient[Any, Any], env: Any) -> None:
         bearer = {"Authorization": f"Bearer {TOKEN}"}
         for name in ("evil.example", "127.0.0.1.nip.io", "localhost.evil"):
-            resp = await client.get("/api/status", headers={**bearer, **host(client, name)})
-            assert resp.status == 403 and "only at http://127.0.0.1" in await resp.text()
-            page = await client.get(f"/?token={TOKEN}", headers=host(client, name),
-                                    allow_redirects=False)
-            assert page.status == 403 and "Set-Cookie" not in page.headers
+            for path in ("/api/status", "/", "/static/app.js"):
+                resp = await client.get(path, headers={**bearer, **host(client, name)})
+                assert resp.status == 403 and "only at http://127.0.0.1" in await resp.text()
+                assert resp.headers["X-Frame-Options"] == "DENY"
         other_port = {"Host": f"127.0.0.1:{client.port + 1}"}
         assert (await client.get("/api/status", headers={**bearer, **other_port})).status == 403
         ok = await client.get("/api/status", headers={**bearer, **host(client, "localhost")})
@@ -147,28 +149,34 @@ def test_event_stream_sends_recent_lines_then_new_ones() -> None:
 
 
 def span(span_id: str, parent: str | None, service: str, start_ms: int, end_ms: int,
-         status: str = "unset") -> Span:
+         status: str = "unset", trace_id: str = "ab" * 16) -> Span:
     base = 1_700_000_000_000_000_000
-    return Span(trace_id="ab" * 16, span_id=span_id, parent_id=parent, service=service,
+    return Span(trace_id=trace_id, span_id=span_id, parent_id=parent, service=service,
                 name=f"{service} op", start_ns=base + start_ms * 1_000_000,
                 end_ns=base + end_ms * 1_000_000, status=status)
 
 
-def test_traces_list_and_waterfall(tmp_path: Path) -> None:
+def test_traces_list_from_summaries_and_waterfall(tmp_path: Path) -> None:
     spans = [span("c" * 16, "b" * 16, "payment", 30, 80, status="error"),
              span("a" * 16, None, "gateway", 0, 100),
              span("d" * 16, "a" * 16, "user", 5, 20),
-             span("b" * 16, "a" * 16, "order", 25, 90)]
+             span("b" * 16, "a" * 16, "order", 25, 90),
+             span("e" * 16, None, "worker", 500, 510, trace_id="cd" * 16)]  # a later trace
 
     async def scenario(client: TestClient[Any, Any], env: Any) -> None:
         auth = {"Authorization": f"Bearer {TOKEN}"}
         listed = await (await client.get("/api/traces", headers=auth)).json()
         assert listed["available"] is True
-        (row,) = listed["traces"]
-        assert row["root"] == "gateway: gateway op" and row["span_count"] == 4
-        assert row["services"] == ["gateway", "user", "order", "payment"]
-        assert row["duration_ms"] == 100 and row["errors"] == 1
+        later, row = listed["traces"]  # newest first
+        assert later["trace_id"] == "cd" * 16 and later["span_count"] == 1
+        assert "spans" not in row  # the list holds summaries, not spans
+        assert row["trace_id"] == "ab" * 16
+        assert (row["root_service"], row["root_name"]) == ("gateway", "gateway op")
+        assert row["span_count"] == 4 and row["errors"] == 1
+        assert sorted(row["services"]) == ["gateway", "order", "payment", "user"]
+        assert row["duration"] == 0.1 and row["start_ns"] == 1_700_000_000_000_000_000
         one = await (await client.get(f"/api/traces/{'AB' * 16}", headers=auth)).json()
+        assert one["span_count"] == 4 and one["duration"] == 0.1
         assert [(s["service"], s["depth"], s["offset_ms"], s["duration_ms"])
                 for s in one["spans"]] == [("gateway", 0, 0, 100), ("user", 1, 5, 15),
                                            ("order", 1, 25, 65), ("payment", 2, 30, 50)]

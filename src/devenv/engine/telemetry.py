@@ -62,7 +62,9 @@ class TelemetryServer:
 
     @property
     def dashboard_url(self) -> str | None:
-        return f"{self.url}/?token={self.token}" if self.url else None
+        """The token rides in the fragment, which a browser never sends to a server (nor in a
+        Referer): the page reads it and sends it as a bearer token (api/dashboard.py)."""
+        return f"{self.url}/#token={self.token}" if self.url else None
 
     @property
     def metrics_url(self) -> str | None:

@@ -1,9 +1,12 @@
 """The web dashboard on the telemetry address: one static page (engine/dashboard/) and the
 JSON and event-stream API it reads (`/api/...`).
 
-Only the engine's user may read it: the URL `devenv dashboard` prints carries the engine's
-token; the first load trades it for an HttpOnly, SameSite=Strict cookie and redirects to `/`
-without it. Every other request needs that cookie (or `Authorization: Bearer <token>`).
+Only the engine's user may read it. The URL `devenv dashboard` prints carries the engine's
+token in its fragment (`/#token=...`), which the browser never sends to any server: the page
+keeps it in sessionStorage (this tab, this origin), drops it from the address bar, and sends
+it as `Authorization: Bearer <token>` with every API call. No cookie is ever set: a browser
+would send it to every port of 127.0.0.1, i.e. to every service the user opens. The page and
+its files hold no data and are served to anyone; every `/api/*` call needs the token.
 Requests naming another host than 127.0.0.1:<port> or localhost:<port> are refused (DNS
 rebinding), and every answer forbids framing and anything but the page's own files.
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -28,9 +30,8 @@ from aiohttp import web
 
 from devenv.engine.events import Logged, StateChanged
 from devenv.telemetry import store
-from devenv.telemetry.model import Span
 from devenv.telemetry.series import BUCKET_S, Series
-from devenv.wire import Trace, to_json
+from devenv.wire import SpanInfo, Trace, TraceSummary, to_json
 
 if TYPE_CHECKING:
     from devenv.engine.app import Environment
@@ -48,26 +49,18 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-UNAUTHORIZED_PAGE = """<!doctype html>
-<html><head><meta charset="utf-8"><title>devenv dashboard: token needed</title></head>
-<body><h1>401: this dashboard needs its token</h1>
-<p>Open the URL that <code>devenv dashboard</code> prints (run it in the project's folder).
-The token changes each time the engine starts, so an older URL no longer works.</p>
-</body></html>
-"""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class TraceSource(Protocol):
-    """What the dashboard needs of the trace store (`env.traces`); either method may be a
-    coroutine. Spans of one trace come in any order."""
+    """What the dashboard needs of the trace store (`env.traces`)."""
 
-    def recent(self, limit: int, services: list[str] | None) -> Any:
-        """-> list[list[Span]]: the newest traces first, each with its spans."""
+    async def recent(self, limit: int, services: list[str] | None) -> list[TraceSummary]:
+        """The newest traces first (summaries only: no spans)."""
 
-    def get(self, trace_id: str) -> Any:
-        """-> list[Span] | None"""
+    async def get(self, trace_id: str) -> Trace | None:
+        """One trace with its spans."""
 
 
 class Monitor:
@@ -127,12 +120,6 @@ class Monitor:
 # ---- access
 
 
-def cookie_name(request: web.Request) -> str:
-    """One cookie per port: browsers share cookies across the ports of a host, and each
-    project's engine has its own address and token."""
-    return f"devenv_dashboard_{local_port(request)}"
-
-
 def local_port(request: web.Request) -> int | None:
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     return int(sockname[1]) if sockname else None
@@ -149,10 +136,9 @@ def same(given: str | None, token: str) -> bool:
 
 
 def authorized(request: web.Request, token: str) -> bool:
-    bearer = request.headers.get("Authorization", "")
-    if bearer.startswith("Bearer ") and same(bearer.removeprefix("Bearer ").strip(), token):
-        return True
-    return same(request.cookies.get(cookie_name(request)), token)
+    """`Authorization: Bearer <token>`, and nothing else (no cookie, no query)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and same(given.strip(), token)
 
 
 def _secured(response: web.StreamResponse) -> web.StreamResponse:
@@ -166,19 +152,20 @@ def _refused(request: web.Request) -> web.Response:
                         f"http://127.0.0.1:{port}/ (not {request.headers.get('Host', '?')})\n")
 
 
-def _unauthorized(api: bool) -> web.Response:
-    if api:
-        return web.json_response({"error": "this dashboard needs its token: open the URL "
-                                  "`devenv dashboard` prints"}, status=401)
-    return web.Response(status=401, text=UNAUTHORIZED_PAGE, content_type="text/html")
+def _unauthorized() -> web.Response:
+    return web.json_response({"error": "this dashboard needs its token: open the URL "
+                              "`devenv dashboard` prints"}, status=401,
+                             headers={"WWW-Authenticate": 'Bearer realm="devenv dashboard"'})
 
 
-def guard(handler: Handler, token: str, api: bool) -> Handler:
+def guard(handler: Handler, token: str | None) -> Handler:
+    """The Host check and the security headers on every answer; with `token`, the bearer
+    token too (the API)."""
     async def guarded(request: web.Request) -> web.StreamResponse:
         if not host_allowed(request):
             return _secured(_refused(request))
-        if not authorized(request, token):
-            return _secured(_unauthorized(api))
+        if token is not None and not authorized(request, token):
+            return _secured(_unauthorized())
         response = await handler(request)
         if not response.prepared:
             _secured(response)
@@ -196,19 +183,7 @@ def add_routes(app: web.Application, env: Environment, token: str) -> None:
     files = {name: folder.joinpath(name).read_bytes() for name in STATIC}
 
     async def index(request: web.Request) -> web.StreamResponse:
-        if not host_allowed(request):
-            return _secured(_refused(request))
-        given = request.query.get("token")
-        if given is not None:  # the printed URL: trade the token for a cookie
-            if not same(given, token):
-                return _secured(_unauthorized(api=False))
-            response = web.Response(status=303, headers={"Location": "/"})
-            response.set_cookie(cookie_name(request), token, path="/", httponly=True,
-                                samesite="Strict")
-            return _secured(response)
-        if not authorized(request, token):
-            return _secured(_unauthorized(api=False))
-        return _secured(web.Response(body=page, content_type="text/html", charset="utf-8"))
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     async def static(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
@@ -246,28 +221,27 @@ def add_routes(app: web.Application, env: Environment, token: str) -> None:
         except ValueError:
             return web.json_response({"error": "limit: not a number"}, status=400)
         services = request.query.getall("service", []) or None
-        found = await _maybe_await(source.recent(limit, services))
-        return web.json_response({"available": True,
-                                  "traces": [summarize(spans) for spans in found if spans]})
+        found = await source.recent(limit, services)
+        return web.json_response({"available": True, "traces": to_json(found)})
 
     async def trace(request: web.Request) -> web.StreamResponse:
         source = _source(env)
         trace_id = request.match_info["trace_id"].lower()
         if source is None:
             return web.json_response({"error": "traces: not available"}, status=404)
-        spans = await _maybe_await(source.get(trace_id))
-        if not spans:
+        found = await source.get(trace_id)
+        if found is None:
             return web.json_response({"error": f"no trace {trace_id}: unknown, or older than "
                                       "the trace store keeps"}, status=404)
-        return web.json_response(trace_json(spans))
+        return web.json_response(trace_json(found))
 
-    app.router.add_get("/", index)
-    app.router.add_get("/static/{name}", guard(static, token, api=False))
-    app.router.add_get("/api/status", guard(status, token, api=True))
-    app.router.add_get("/api/series", guard(series, token, api=True))
-    app.router.add_get("/api/events", guard(events, token, api=True))
-    app.router.add_get("/api/traces", guard(traces, token, api=True))
-    app.router.add_get("/api/traces/{trace_id}", guard(trace, token, api=True))
+    app.router.add_get("/", guard(index, None))
+    app.router.add_get("/static/{name}", guard(static, None))
+    app.router.add_get("/api/status", guard(status, token))
+    app.router.add_get("/api/series", guard(series, token))
+    app.router.add_get("/api/events", guard(events, token))
+    app.router.add_get("/api/traces", guard(traces, token))
+    app.router.add_get("/api/traces/{trace_id}", guard(trace, token))
 
 
 def _source(env: Environment) -> TraceSource | None:
@@ -276,39 +250,21 @@ def _source(env: Environment) -> TraceSource | None:
 
 
 class StoreSource:
-    """The trace store (telemetry/store.py) as the dashboard reads it: spans per trace."""
+    """The trace store (telemetry/store.py) as the dashboard reads it: the list from its
+    summaries (no spans), the spans of one trace only when it is opened."""
 
     def __init__(self, traces: store.Traces):
         self.traces = traces
 
-    async def recent(self, limit: int, services: list[str] | None) -> list[list[Span]]:
+    async def recent(self, limit: int, services: list[str] | None) -> list[TraceSummary]:
         await asyncio.to_thread(self.traces.flush, 1.0)  # what arrived before the question
         query = store.Query(services=tuple(services or ()), limit=limit)
-        return await asyncio.to_thread(self._read, query)
+        found = await asyncio.to_thread(store.recent, self.traces.path, query)
+        return found[::-1]  # newest first
 
-    async def get(self, trace_id: str) -> list[Span] | None:
+    async def get(self, trace_id: str) -> Trace | None:
         await asyncio.to_thread(self.traces.flush, 1.0)
-        found = await asyncio.to_thread(store.trace, self.traces.path, trace_id)
-        return _spans(found) if found else None
-
-    def _read(self, query: store.Query) -> list[list[Span]]:
-        found = [store.trace(self.traces.path, s.trace_id)
-                 for s in reversed(store.recent(self.traces.path, query))]  # newest first
-        return [_spans(t) for t in found if t is not None]
-
-
-def _spans(trace: Trace) -> list[Span]:
-    return [Span(trace_id=trace.trace_id, span_id=s.span_id, parent_id=s.parent_id,
-                 service=s.service, name=s.name, start_ns=s.start_ns,
-                 end_ns=s.start_ns + round(s.duration * 1e9), kind=s.kind, status=s.status,
-                 status_message=s.status_message, instance=s.instance,
-                 attributes=dict(s.attributes),
-                 links=tuple((link.trace_id, link.span_id) for link in s.links))
-            for s in trace.spans]
-
-
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
+        return await asyncio.to_thread(store.trace, self.traces.path, trace_id)
 
 
 async def event_stream(request: web.Request, env: Environment) -> web.StreamResponse:
@@ -371,33 +327,16 @@ def _sse(kind: str, data: Any) -> bytes:
 # ---- traces as the page draws them
 
 
-def summarize(spans: list[Span]) -> dict[str, Any]:
-    """One row of the traces list: its root, services, span count, duration and errors."""
-    start = min(s.start_ns for s in spans)
-    end = max(s.end_ns for s in spans)
+def trace_json(trace: Trace) -> dict[str, Any]:
+    """A trace for the waterfall: its summary, and its spans depth-first from the roots
+    (children by start), each with its depth, offset from the trace's start and duration."""
+    spans = trace.spans
     ids = {s.span_id for s in spans}
-    roots = [s for s in spans if not s.parent_id or s.parent_id not in ids] or spans
-    root = min(roots, key=lambda s: s.start_ns)
-    services: list[str] = []
-    for span in sorted(spans, key=lambda s: s.start_ns):
-        if span.service not in services:
-            services.append(span.service)
-    return {"trace_id": root.trace_id, "root": f"{root.service}: {root.name}",
-            "start": start / 1e9, "duration_ms": round((end - start) / 1e6, 3),
-            "span_count": len(spans), "services": services,
-            "errors": sum(1 for s in spans if s.status == "error")}
-
-
-def trace_json(spans: list[Span]) -> dict[str, Any]:
-    """A trace for the waterfall: its spans depth-first from the roots (children by start),
-    each with its depth, offset from the trace's start and duration."""
-    start = min(s.start_ns for s in spans)
-    ids = {s.span_id for s in spans}
-    children: dict[str | None, list[Span]] = {}
+    children: dict[str | None, list[SpanInfo]] = {}
     for span in spans:
         parent = span.parent_id if span.parent_id in ids else None
         children.setdefault(parent, []).append(span)
-    ordered: list[tuple[int, Span]] = []
+    ordered: list[tuple[int, SpanInfo]] = []
     seen: set[int] = set()  # (spans with repeated or circular ids are shown once)
     stack = [(0, s) for s in sorted(children.get(None, []), key=lambda s: -s.start_ns)]
     while stack:
@@ -409,9 +348,10 @@ def trace_json(spans: list[Span]) -> dict[str, Any]:
         stack += [(depth + 1, c) for c in sorted(children.get(span.span_id, []),
                                                   key=lambda s: -s.start_ns)]
     ordered += [(0, s) for s in sorted(spans, key=lambda s: s.start_ns) if id(s) not in seen]
-    return {**summarize(spans), "spans": [{
+    summary = {k: v for k, v in to_json(trace).items() if k != "spans"}
+    return {**summary, "spans": [{
         "span_id": s.span_id, "parent_id": s.parent_id, "depth": depth, "service": s.service,
         "instance": s.instance, "name": s.name, "kind": s.kind, "status": s.status,
-        "status_message": s.status_message, "offset_ms": round((s.start_ns - start) / 1e6, 3),
-        "duration_ms": round(s.duration_ns / 1e6, 3), "attributes": s.attributes,
+        "status_message": s.status_message, "offset_ms": round(s.offset * 1e3, 3),
+        "duration_ms": round(s.duration * 1e3, 3), "attributes": s.attributes,
     } for depth, s in ordered]}

@@ -1,5 +1,10 @@
 // The devenv dashboard: resources, charts, live logs and traces of one running environment.
 // Plain DOM and inline SVG, no libraries; everything comes from this engine's /api.
+//
+// The token: `devenv dashboard` prints /#token=..., a fragment the browser never sends to a
+// server. It is kept in sessionStorage (this tab, this origin only), dropped from the address
+// bar, and sent as `Authorization: Bearer` with every API call. No cookie: a browser would
+// send one to every service on 127.0.0.1.
 "use strict";
 
 const MAX_LINES = 3000; // the log view keeps the newest lines only
@@ -49,16 +54,43 @@ function clock(ts) {
   return new Date(ts * 1000).toLocaleTimeString([], { hour12: false });
 }
 
-function banner(text) {
-  const node = $("#banner");
-  node.hidden = !text;
-  node.textContent = text || "";
+// ---- the token
+
+const TOKEN_KEY = "devenv-dashboard-token";
+const token = takeToken();
+let stopped = false; // no token, or the engine refused it: nothing more is asked
+
+function takeToken() {
+  const given = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (given) {
+    sessionStorage.setItem(TOKEN_KEY, given);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+// Without a (valid) token the page says what to do instead of showing an empty dashboard.
+function needsToken() {
+  stopped = true;
+  sessionStorage.removeItem(TOKEN_KEY);
+  clearInterval(poller);
+  if (stream) stream.abort();
+  $("main").hidden = true;
+  $("#needs-token").hidden = false;
+  const conn = $("#conn");
+  conn.className = "conn down";
+  conn.textContent = "token needed";
+}
+
+function authHeaders(accept) {
+  return { Accept: accept, Authorization: `Bearer ${token}` };
 }
 
 async function api(path) {
-  const resp = await fetch(path, { headers: { Accept: "application/json" } });
+  if (stopped) throw new Error("stopped");
+  const resp = await fetch(path, { headers: authHeaders("application/json"), cache: "no-store" });
   if (resp.status === 401) {
-    banner("This page needs its token: open the URL that `devenv dashboard` prints.");
+    needsToken();
     throw new Error("unauthorized");
   }
   return resp.json();
@@ -268,29 +300,109 @@ function updateServiceFilter() {
   select.value = services.includes(value) ? value : "";
 }
 
-// Log lines and state changes arrive as server-sent events; lines are added once per frame.
-function connect() {
-  const source = new EventSource("/api/events");
-  let pending = [];
-  let scheduled = false;
-  let stateTimer = null;
-  const flush = () => { scheduled = false; const batch = pending; pending = []; addLines(batch); };
-  source.addEventListener("hello", () => {
+// Log lines and state changes arrive as server-sent events, read from a streamed fetch()
+// (EventSource cannot send the token); lines are added once per frame. A lost stream is
+// opened again with backoff (0.5 s doubling to 15 s); a silent one (no heartbeat) is dropped.
+const BACKOFF_MS = [500, 15000];
+const SILENT_MS = 45000; // the engine writes a heartbeat every 15 s
+let stream = null; // the open stream's AbortController
+
+async function connect() {
+  let delay = BACKOFF_MS[0];
+  while (!stopped) {
+    let heard = false;
+    try {
+      await follow(() => { heard = true; delay = BACKOFF_MS[0]; });
+    } catch (e) {
+      // a network error, an abort, or an engine that went away: try again below
+    }
+    if (stopped) return;
+    setConn(false);
+    if (!heard) delay = Math.min(delay * 2, BACKOFF_MS[1]);
+    await new Promise((done) => setTimeout(done, delay * (0.8 + Math.random() * 0.4)));
+  }
+}
+
+async function follow(onHello) {
+  const ctrl = new AbortController();
+  stream = ctrl;
+  const resp = await fetch("/api/events", { headers: authHeaders("text/event-stream"),
+    cache: "no-store", signal: ctrl.signal });
+  if (resp.status === 401) { needsToken(); return; }
+  if (!resp.ok || !resp.body) throw new Error(`events: HTTP ${resp.status}`);
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let last = Date.now();
+  const watchdog = setInterval(() => { if (Date.now() - last > SILENT_MS) ctrl.abort(); }, 5000);
+  try {
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      last = Date.now();
+      buffer += value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = parseEvent(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (event) {
+          if (event.kind === "hello") onHello();
+          received(event);
+        }
+      }
+    }
+  } finally {
+    clearInterval(watchdog);
+    ctrl.abort();
+  }
+}
+
+// One server-sent event block -> {kind, data}; null for a comment (the heartbeat).
+function parseEvent(block) {
+  let kind = "message";
+  const data = [];
+  for (const line of block.split("\n")) {
+    if (!line || line.startsWith(":")) continue;
+    const colon = line.indexOf(":");
+    const field = colon < 0 ? line : line.slice(0, colon);
+    let value = colon < 0 ? "" : line.slice(colon + 1);
+    if (value.startsWith(" ")) value = value.slice(1);
+    if (field === "event") kind = value;
+    else if (field === "data") data.push(value);
+  }
+  return data.length || kind !== "message" ? { kind, data: data.join("\n") } : null;
+}
+
+let pending = [];
+let scheduled = false;
+let stateTimer = null;
+
+function flushLines() {
+  scheduled = false;
+  const batch = pending;
+  pending = [];
+  addLines(batch);
+}
+
+function received(event) {
+  if (event.kind === "hello") {
+    pending = [];
     for (const line of lines.splice(0)) line.node.remove(); // a reconnect sends the recent lines again
     setConn(true);
-  });
-  source.addEventListener("log", (ev) => {
-    pending.push(JSON.parse(ev.data));
-    if (!scheduled) { scheduled = true; requestAnimationFrame(flush); setTimeout(() => scheduled && flush(), 100); }
-  });
-  source.addEventListener("state", () => {
+  } else if (event.kind === "log") {
+    pending.push(JSON.parse(event.data));
+    if (!scheduled) {
+      scheduled = true;
+      requestAnimationFrame(flushLines);
+      setTimeout(() => scheduled && flushLines(), 100);
+    }
+  } else if (event.kind === "state") {
     clearTimeout(stateTimer);
     stateTimer = setTimeout(refreshStatus, 150);
-  });
-  source.onerror = () => setConn(false);
+  }
 }
 
 function setConn(ok) {
+  if (stopped) return;
   const node = $("#conn");
   node.className = `conn ${ok ? "live" : "down"}`;
   node.textContent = ok ? "live" : "engine not reachable";
@@ -324,11 +436,11 @@ async function refreshTraces() {
       names.append(dot);
     }
     const row = el("tr", { dataset: { trace: t.trace_id }, class: t.trace_id === selected ? "selected" : "" },
-      el("td", { class: "num" }, clock(t.start)),
-      el("td", { class: t.errors ? "err" : "" }, t.root),
+      el("td", { class: "num" }, clock(t.start_ns / 1e9)),
+      el("td", { class: t.errors ? "err" : "" }, `${t.root_service}: ${t.root_name}`),
       names,
       el("td", { class: "num" }, String(t.span_count)),
-      el("td", { class: "num" }, ms(t.duration_ms)));
+      el("td", { class: "num" }, ms(t.duration * 1000)));
     row.addEventListener("click", () => showTrace(t.trace_id));
     return row;
   });
@@ -350,10 +462,10 @@ async function showTrace(id) {
     return;
   }
   if (t.error) { box.replaceChildren(el("div", { class: "dim" }, t.error)); return; }
-  const total = Math.max(t.duration_ms, 0.001);
+  const total = Math.max(t.duration * 1000, 0.001);
   const head = el("div", { class: "wf-head" },
     el("span", {}, `trace ${t.trace_id}`),
-    el("span", {}, `${t.spans.length} spans · ${ms(t.duration_ms)}`));
+    el("span", {}, `${t.spans.length} spans · ${ms(t.duration * 1000)}`));
   const rows = [head];
   for (const s of t.spans) {
     const label = el("div", { class: "wf-label", title: `${s.service}: ${s.name}` });
@@ -387,7 +499,10 @@ function describe(s) {
 
 // ---- start
 
+let poller = null;
+
 function start() {
+  if (!token) { needsToken(); return; }
   $("#log-service").addEventListener("change", refilter);
   $("#log-search").addEventListener("input", refilter);
   $("#log-devenv").addEventListener("change", refilter);
@@ -398,7 +513,7 @@ function start() {
     await refreshTraces();
   };
   tick();
-  setInterval(tick, POLL_MS);
+  poller = setInterval(tick, POLL_MS);
 }
 
 start();
