@@ -29,6 +29,7 @@ from devenv.engine.telemetry import TelemetryServer
 from devenv.engine.watch import Watcher, make_spec
 from devenv.plan import Plan, exec_spec, make_plan
 from devenv.runtime.base import InstanceSpec
+from devenv.telemetry.otlp_metrics import OtlpMetrics
 from devenv.telemetry.store import Traces
 from devenv.wire import (
     EngineInfo,
@@ -61,6 +62,7 @@ class Environment:
         engine.ctx.secrets.append(self.telemetry.token)
         self.traces = Traces(StateDir(root).base / "traces")  # opened by `up`
         engine.ctx.hub.span_sinks.append(self.traces.add)
+        self.otlp_metrics = OtlpMetrics(engine.ctx.clock)  # services' OTLP metrics
         self.monitor = Monitor(self)  # the dashboard's charts: request rate, latency, CPU, memory
         self.data = DataOps(engine, StateDir(root))
         self.cascade = Cascade(engine)  # dependents rolled after a restart (restart: true)

@@ -31,10 +31,12 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from devenv.telemetry.model import Hub, RequestSeen
+from devenv.telemetry.scrape import merge
 from devenv.wire import State
 
 if TYPE_CHECKING:
     from devenv.engine.reconciler import Engine
+    from devenv.telemetry.otlp_metrics import OtlpMetrics
     from devenv.telemetry.scrape import Scraper
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -182,8 +184,29 @@ class EngineCollector(Collector):
                     rss, inflight)
         yield from self._requests()
         yield from self._self()
-        if m.scraper is not None:
-            yield from m.scraper.families()
+        yield from self._services(runners)
+
+    def _services(self, runners: list[Any]) -> Iterator[Metric]:
+        """Services' own metrics: scraped and sent over OTLP, one family per name."""
+        groups: list[list[Metric]] = []
+        if self.m.scraper is not None:
+            groups.append(list(self.m.scraper.families()))
+        otlp = self.m.otlp
+        if otlp is not None:
+            groups.append(otlp.families({r.name for r in runners}))
+            for name, doc, value in (
+                    ("devenv_telemetry_otlp_metric_points",
+                     "OTLP metric data points received.", otlp.counters.points),
+                    ("devenv_telemetry_otlp_metric_points_dropped",
+                     "OTLP metric data points dropped: over the series cap of an instance.",
+                     otlp.counters.dropped),
+                    ("devenv_telemetry_otlp_metric_points_skipped",
+                     "OTLP metric data points of kinds not kept (exponential histograms).",
+                     otlp.counters.skipped)):
+                family = CounterMetricFamily(name, doc)
+                family.add_metric([], value)
+                yield family
+        yield from merge(groups)
 
     def _requests(self) -> Iterator[Metric]:
         stats = self.m.requests
@@ -224,11 +247,12 @@ class EngineMetrics:
     """The registry of one engine, and what feeds it while it runs (`start`/`stop`)."""
 
     def __init__(self, engine: Engine, hub: Hub, scraper: Scraper | None = None,
-                 traces: object | None = None):
+                 traces: object | None = None, otlp: OtlpMetrics | None = None):
         self.engine = engine
         self.hub = hub
         self.scraper = scraper
         self.traces = traces
+        self.otlp = otlp
         self.requests = RequestStats(clock=engine.ctx.clock)
         self.reload_durations: dict[str, Histogram] = {}
         self.registry = CollectorRegistry(auto_describe=False)

@@ -34,7 +34,8 @@ METRICS = web.AppKey("metrics", EngineMetrics)
 def add_routes(app: web.Application, env: Environment, token: str) -> None:
     engine = env.engine
     metrics = EngineMetrics(engine, engine.ctx.hub, Scraper(engine),
-                            traces=getattr(env, "traces", None))
+                            traces=getattr(env, "traces", None),
+                            otlp=getattr(env, "otlp_metrics", None))
     app[METRICS] = metrics
 
     async def exposition(request: web.Request) -> web.Response:

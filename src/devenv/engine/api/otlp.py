@@ -4,8 +4,9 @@
 holder of the engine's token, publishes its spans to the Hub (the trace store, the
 dashboard) and answers an ExportTraceServiceResponse in the request's encoding. What it
 refuses (no token: 401; malformed: 400; too large: 413; another encoding: 415) is counted in
-`env.traces.counters.rejected` and answered with a short message. `/v1/metrics` and
-`/v1/logs` are accepted and answered with success so that SDKs log no errors.
+`env.traces.counters.rejected` and answered with a short message. `POST /v1/metrics` is
+checked the same way and feeds `env.otlp_metrics` (re-exposed on the engine's /metrics);
+`/v1/logs` is accepted and answered with success so that SDKs log no errors.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from devenv.telemetry import otlp
+from devenv.telemetry import otlp, otlp_metrics
 
 if TYPE_CHECKING:
     from devenv.engine.app import Environment
@@ -59,9 +60,32 @@ def add_routes(app: web.Application, env: Environment, token: str) -> None:
         return web.Response(body=otlp.response(kind, decoded.rejected, decoded.reason),
                             content_type=kind)
 
+    async def metrics(request: web.Request) -> web.Response:
+        if not authorized(request):
+            return refuse(401, "a bearer token is required: the one devenv gives each service "
+                               "in OTEL_EXPORTER_OTLP_HEADERS")
+        try:
+            kind = otlp.media_type(request.content_type)
+            body = await request.read()
+            if len(body) > DECODE_INLINE:
+                decoded = await asyncio.to_thread(otlp_metrics.decode, body, kind)
+            else:
+                decoded = otlp_metrics.decode(body, kind)
+        except otlp.Rejected as exc:
+            return refuse(exc.status, str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            return refuse(413, f"payload over {otlp.MAX_BODY // (1024 * 1024)} MiB")
+        except web.HTTPException:
+            raise
+        except Exception as exc:  # e.g. a body that fails to inflate: the sender's fault
+            return refuse(400, f"unreadable request: {type(exc).__name__}")
+        dropped = env.otlp_metrics.add(decoded)
+        reason = "over devenv's series cap for this instance" if dropped else ""
+        return web.Response(body=otlp_metrics.response(kind, dropped, reason),
+                            content_type=kind)
+
     async def accepted(request: web.Request) -> web.Response:
-        """OTLP metrics and logs: accepted, not kept (so SDKs log no export errors). The
-        metrics helper may decode /v1/metrics here (ExportMetricsServiceRequest)."""
+        """OTLP logs: accepted, not kept (so SDKs log no export errors)."""
         if not authorized(request):
             return refuse(401, "a bearer token is required")
         await request.read()
@@ -70,5 +94,5 @@ def add_routes(app: web.Application, env: Environment, token: str) -> None:
                             content_type=otlp.JSON if json else otlp.PROTOBUF)
 
     app.router.add_post("/v1/traces", traces)
-    app.router.add_post("/v1/metrics", accepted)
+    app.router.add_post("/v1/metrics", metrics)
     app.router.add_post("/v1/logs", accepted)
