@@ -107,7 +107,7 @@ def test_malformed_payloads_are_refused_with_a_status_and_a_short_reason(
 
 def test_spans_with_bad_ids_are_left_out_as_a_partial_success() -> None:
     good = {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331",
-            "name": "ok"}
+            "name": "ok", "startTimeUnixNano": "1700000000000000000"}
     bad = {"traceId": "zz", "spanId": "b7ad6b7169203331", "name": "bad"}
     export = {"resourceSpans": [{"scopeSpans": [{"spans": [good, bad]}]}]}
     decoded = otlp.decode(json.dumps(export).encode(), JSON)
@@ -116,6 +116,61 @@ def test_spans_with_bad_ids_are_left_out_as_a_partial_success() -> None:
     assert decoded.rejected == 1 and "trace_id" in decoded.reason
     assert json.loads(otlp.response(JSON, decoded.rejected, decoded.reason))[
         "partialSuccess"]["rejectedSpans"] == "1"
+
+
+def one_span_export(**span: object) -> bytes:
+    base = {"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b7ad6b7169203331",
+            "name": "x", "startTimeUnixNano": "1700000000000000000",
+            "endTimeUnixNano": "1700000000001000000"}
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [
+        {**base, **span}]}]}]}).encode()
+
+
+@pytest.mark.parametrize(("times", "says"), [
+    ({"endTimeUnixNano": "18446744073709551615"}, "end_time_unix_nano 18446744073709551615"),
+    ({"startTimeUnixNano": "9223372036854775808"}, "start_time_unix_nano"),
+    ({"startTimeUnixNano": "0", "endTimeUnixNano": "0"}, "start_time_unix_nano 0"),
+    ({"startTimeUnixNano": "1700000000", "endTimeUnixNano": "1700000001"}, "from 2000"),
+])
+def test_spans_with_times_sqlite_cannot_hold_or_absurd_are_refused_as_partial_success(
+        times: dict[str, str], says: str) -> None:
+    decoded = otlp.decode(one_span_export(**times), JSON)
+    assert decoded.spans == [] and decoded.rejected == 1 and says in decoded.reason
+
+
+def test_an_end_before_the_start_is_a_span_of_no_time() -> None:
+    [span] = otlp.decode(one_span_export(endTimeUnixNano="1600000000000000000"), JSON).spans
+    assert span.start_ns == span.end_ns == 1_700_000_000 * 10**9
+
+
+def test_nan_and_infinite_doubles_become_strings_and_the_trace_stays_valid_json(
+        tmp_path: Path) -> None:
+    def double(key: str, text: str) -> dict[str, object]:
+        return {"key": key, "value": {"doubleValue": text}}
+
+    body = one_span_export(attributes=[
+        double("nan", "NaN"), double("up", "Infinity"), double("down", "-Infinity"),
+        double("ok", "1.5"),
+        {"key": "list", "value": {"arrayValue": {"values": [{"doubleValue": "NaN"}]}}}])
+    [span] = otlp.decode(body, JSON).spans
+    assert span.attributes == {"nan": "NaN", "up": "Infinity", "down": "-Infinity", "ok": 1.5,
+                               "list": '["NaN"]'}
+    # a span built elsewhere with a bare float('nan') is stored as valid JSON too
+    t = Traces(tmp_path / "traces")
+    t.open(64 << 20, 3600.0)
+    try:
+        t.add([span, Span("1" * 32, "2" * 16, None, "web", "y", T0, T0,
+                          attributes={"x": float("nan"), "y": float("-inf")})])
+        assert t.flush()
+    finally:
+        t.close()
+    for trace_id in (span.trace_id, "1" * 32):
+        found = store.trace(t.path, trace_id)
+        assert found is not None
+        text = json.dumps([s.attributes for s in found.spans], allow_nan=False)  # no NaN
+        assert json.loads(text)
+    assert store.trace(t.path, "1" * 32).spans[0].attributes == {  # type: ignore[union-attr]
+        "x": "NaN", "y": "-Infinity"}
 
 
 # ---- the store
@@ -254,6 +309,127 @@ def test_a_writer_far_behind_drops_and_counts_instead_of_growing(tmp_path: Path)
         assert t.counters.stored == store.MAX_QUEUED
     finally:
         t.close()
+
+
+def test_a_span_sqlite_cannot_hold_does_not_stop_the_writer(tmp_path: Path) -> None:
+    t = Traces(tmp_path / "traces")
+    t.open(64 << 20, 3600.0)
+    try:
+        # what the receiver refuses, if it reached the store another way
+        t.add([Span("a" * 32, "b" * 16, None, "web", "bad", T0, 2**64 - 1)])
+        assert t.flush(timeout=5)
+        # and a failure the writer does not foresee, in the middle of a batch
+        t.add([Span("c" * 32, "d" * 16, None, "web", "odd", T0, T0,
+                    attributes={"x": object()})])  # type: ignore[dict-item]
+        assert t.flush(timeout=5)
+        assert any("TypeError" in e for e in t.counters.errors)
+        t.add(make_trace(1))
+        assert t.flush(timeout=5)  # promptly: the writer is alive
+        assert [x.trace_id[:8] for x in store.recent(t.path, Query())] == ["00000001"]
+        assert t.counters.stored == 2 and t.counters.dropped == 1
+    finally:
+        t.close()
+
+
+def test_a_bad_payload_through_the_receiver_path_leaves_the_store_working(
+        traces: Traces) -> None:
+    decoded = otlp.decode(one_span_export(endTimeUnixNano="18446744073709551615"), JSON)
+    traces.add(decoded.spans)
+    decoded = otlp.decode(one_span_export(spanId="b7ad6b7169203332"), JSON)
+    traces.add(decoded.spans)
+    assert traces.flush(timeout=5)
+    [found] = store.recent(traces.path, Query())
+    assert found.trace_id == "0af7651916cd43dd8448eb211c80319c" and found.span_count == 1
+
+
+def test_summaries_follow_spans_arriving_in_any_order_and_retries_count_once(
+        traces: Traces) -> None:
+    trace_id = "e" * 32
+    start = T0
+
+    def span(n: int, parent: int | None, offset_ms: int, service: str, status: str = "unset"
+             ) -> Span:
+        return Span(trace_id, f"{n:016x}", f"{parent:016x}" if parent else None, service,
+                    f"op {n}", start + offset_ms * 10**6, start + (offset_ms + 5) * 10**6,
+                    status=status)
+
+    traces.add([span(3, 2, 20, "db")])  # a grandchild first: the root so far
+    assert traces.flush()
+    [head] = store.recent(traces.path, Query())
+    assert (head.root_name, head.span_count) == ("op 3", 1)
+    traces.add([span(2, 1, 10, "api", "error"), span(3, 2, 20, "db")])  # and a retry of 3
+    assert traces.flush()
+    traces.add([span(1, None, 0, "web")])  # the root arrives last
+    traces.add([span(4, 1, -50, "cron")])  # earlier, but it has a parent: not the root
+    assert traces.flush()
+    [head] = store.recent(traces.path, Query())
+    assert (head.root_service, head.root_name, head.span_count, head.errors) == (
+        "web", "op 1", 4, 1)
+    assert head.services == ["api", "cron", "db", "web"]
+    assert head.start_ns == start - 50 * 10**6 and head.duration == 0.075
+
+
+def test_a_trace_takes_at_most_max_spans_and_counts_the_rest(
+        traces: Traces, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "MAX_SPANS_PER_TRACE", 25)
+    trace_id = "f" * 32
+    for first in range(0, 40, 10):
+        traces.add([Span(trace_id, f"{n + 1:016x}", None if n == 0 else f"{1:016x}", "web",
+                         f"op {n}", T0 + n, T0 + n + 1) for n in range(first, first + 10)])
+    traces.add(make_trace(1))  # other traces are not affected
+    assert traces.flush()
+    found = store.trace(traces.path, trace_id)
+    assert found is not None and found.span_count == len(found.spans) == 25
+    assert traces.counters.dropped == 15 and traces.counters.stored == 27
+    assert store.trace(traces.path, make_trace(1)[0].trace_id) is not None
+
+
+OLD_SCHEMA = """
+CREATE TABLE spans (
+    trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT, service TEXT NOT NULL,
+    instance TEXT, name TEXT NOT NULL, kind TEXT NOT NULL, start_ns INTEGER NOT NULL,
+    end_ns INTEGER NOT NULL, status TEXT NOT NULL, status_message TEXT NOT NULL,
+    attributes TEXT NOT NULL, links TEXT NOT NULL,
+    PRIMARY KEY (trace_id, span_id)) WITHOUT ROWID;
+CREATE TABLE traces (
+    trace_id TEXT PRIMARY KEY, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
+    span_count INTEGER NOT NULL, errors INTEGER NOT NULL, services TEXT NOT NULL,
+    root_service TEXT NOT NULL, root_name TEXT NOT NULL,
+    received REAL NOT NULL);
+CREATE INDEX traces_by_start ON traces (start_ns);
+CREATE INDEX traces_by_received ON traces (received);
+"""
+
+
+def test_a_store_from_before_incremental_summaries_opens_and_keeps_growing(
+        tmp_path: Path) -> None:
+    import sqlite3
+
+    folder = tmp_path / "traces"
+    folder.mkdir(mode=0o700)
+    old = sqlite3.connect(folder / store.DB_NAME)
+    old.executescript(OLD_SCHEMA)
+    root = make_trace(1)[-1]
+    old.execute("INSERT INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (root.trace_id, root.span_id, None, "web", None, "GET /1", root.start_ns,
+                 root.end_ns, "server", "unset", "", "{}", "[]"))
+    old.execute("INSERT INTO traces VALUES (?,?,?,?,?,?,?,?,?)",
+                (root.trace_id, root.start_ns, root.end_ns, 1, 0, "web", "web", "GET /1", 1.0))
+    old.commit()
+    old.close()
+    t = Traces(folder)
+    t.open(64 << 20, 10**9)
+    try:
+        # a later span that starts earlier (its parent is the root): the root stays
+        t.add([Span(root.trace_id, "00000000000000aa", root.span_id, "api", "early",
+                    root.start_ns - 10**6, root.end_ns, status="error")])
+        assert t.flush()
+        assert not t.counters.errors
+    finally:
+        t.close()
+    [head] = store.recent(t.path, Query())
+    assert (head.root_name, head.span_count, head.errors, head.services) == (
+        "GET /1", 2, 1, ["api", "web"])
 
 
 # ---- the waterfall

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,10 @@ UNKNOWN_SERVICE = "unknown_service"
 KINDS = {0: "internal", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 STATUSES = {0: "unset", 1: "ok", 2: "error"}
 _GZIP_MAGIC = b"\x1f\x8b"  # never the start of a protobuf message (wire type 7) nor of JSON
+# span times (Unix nanoseconds) outside these are refused: before 2000 is a clock never set
+# or a unit mistake, and SQLite stores signed 64-bit integers (up to the year 2262)
+MIN_TIME_NS = 946_684_800 * 10**9
+MAX_TIME_NS = 2**63 - 1
 _ID_KEYS = ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id")
 
 
@@ -140,11 +145,18 @@ def _span(span: trace_pb2.Span, service: str, instance: str | None) -> Span:
             for key, value in attributes(event.attributes).items():
                 attrs.setdefault(key, value)
             break
+    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+    if not MIN_TIME_NS <= start <= MAX_TIME_NS:
+        raise ValueError(f"start_time_unix_nano {start} is out of range (Unix epoch "
+                         "nanoseconds, from 2000 to 2262)")
+    if end > MAX_TIME_NS:
+        raise ValueError(f"end_time_unix_nano {end} is out of range (Unix epoch nanoseconds, "
+                         "up to 2262)")
     links = tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links
                   if len(link.trace_id) == 16 and len(link.span_id) == 8)
     return Span(trace_id=trace_id, span_id=span_id, parent_id=parent, service=service,
-                name=span.name or "(unnamed)", start_ns=span.start_time_unix_nano,
-                end_ns=max(span.end_time_unix_nano, span.start_time_unix_nano),
+                name=span.name or "(unnamed)", start_ns=start,
+                end_ns=max(end, start),  # an end before the start: a span of no time
                 kind=KINDS.get(span.kind, "internal"),
                 status=STATUSES.get(span.status.code, "unset"),
                 status_message=span.status.message, instance=instance, attributes=attrs,
@@ -166,12 +178,21 @@ def attributes(pairs: Any) -> Attributes:
 
 
 def flat(value: AnyValue) -> str | int | float | bool:
-    """An AnyValue as a plain value: arrays and key-value lists as JSON text."""
+    """An AnyValue as a plain value: arrays and key-value lists as JSON text; a double that
+    is not a number, or is infinite, as "NaN", "Infinity", "-Infinity" (JSON has no such
+    numbers: left as they are, they would break every JSON reader of the trace)."""
     which = value.WhichOneof("value")
     if which in ("array_value", "kvlist_value"):
         return json.dumps(_plain(value), separators=(",", ":"))
     plain = _plain(value)
     return plain if isinstance(plain, str | int | float | bool) else ""
+
+
+def finite(number: float) -> float | str:
+    """`number`, or the name JSON gives a NaN or an infinity in text."""
+    if math.isfinite(number):
+        return number
+    return "NaN" if math.isnan(number) else "Infinity" if number > 0 else "-Infinity"
 
 
 def _plain(value: AnyValue) -> Any:
@@ -184,6 +205,8 @@ def _plain(value: AnyValue) -> Any:
         return {kv.key: _plain(kv.value) for kv in value.kvlist_value.values}
     if which == "bytes_value":
         return value.bytes_value.hex()
+    if which == "double_value":
+        return finite(value.double_value)
     return getattr(value, which)
 
 

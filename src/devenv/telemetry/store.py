@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
 import re
@@ -34,6 +35,8 @@ PRUNE_EVERY = 30.0  # seconds between age prunes
 KEEP_FRACTION = 0.8  # a store over its size is pruned down to this share of it
 MIN_ID_PREFIX = 8
 _HEX_ID = re.compile(r"[0-9a-fA-F]{8,32}")
+MAX_SPANS_PER_TRACE = 10_000  # more spans of one trace are dropped (and counted)
+MAX_TIME_NS = 2**63 - 1  # SQLite integers are signed 64-bit
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS spans (
     trace_id TEXT NOT NULL, span_id TEXT NOT NULL, parent_id TEXT, service TEXT NOT NULL,
@@ -45,11 +48,20 @@ CREATE TABLE IF NOT EXISTS traces (
     trace_id TEXT PRIMARY KEY, start_ns INTEGER NOT NULL, end_ns INTEGER NOT NULL,
     span_count INTEGER NOT NULL, errors INTEGER NOT NULL, services TEXT NOT NULL,
     root_service TEXT NOT NULL, root_name TEXT NOT NULL,
-    received REAL NOT NULL  -- when its last span arrived (Unix seconds)
+    received REAL NOT NULL,  -- when its last span arrived (Unix seconds)
+    rooted INTEGER NOT NULL DEFAULT 0,  -- 1: the root is a span without a parent
+    dropped INTEGER NOT NULL DEFAULT 0  -- spans left out: over MAX_SPANS_PER_TRACE
 );
 CREATE INDEX IF NOT EXISTS traces_by_start ON traces (start_ns);
 CREATE INDEX IF NOT EXISTS traces_by_received ON traces (received);
 """
+# columns added since the first stores (`_migrate` adds them in place), and how to fill them
+ADDED_COLUMNS = {
+    "rooted": ("INTEGER NOT NULL DEFAULT 0",
+               "UPDATE traces SET rooted = EXISTS (SELECT 1 FROM spans WHERE spans.trace_id = "
+               "traces.trace_id AND spans.parent_id IS NULL)"),
+    "dropped": ("INTEGER NOT NULL DEFAULT 0", ""),
+}
 
 
 class AmbiguousId(ValueError):
@@ -78,7 +90,7 @@ class Counters:
 
     received: int = 0  # spans handed to the store
     stored: int = 0  # spans written
-    dropped: int = 0  # spans dropped: the writer was too far behind
+    dropped: int = 0  # spans dropped: the writer too far behind, or a trace over its cap
     rejected: int = 0  # OTLP requests refused (malformed, oversized, unauthenticated)
     pruned: int = 0  # traces removed for size or age
     errors: list[str] = field(default_factory=list)  # the last few write failures
@@ -121,6 +133,7 @@ class Traces:
             new.execute("PRAGMA auto_vacuum = INCREMENTAL")  # file gives space back
         db = _connect(self.path, check_same_thread=False)
         db.executescript(SCHEMA)
+        _migrate(db)
         # the write-ahead log is checkpointed at a tenth of the bound, and cut back after
         pages = max(64, max_bytes // 10 // db.execute("PRAGMA page_size").fetchone()[0])
         db.execute(f"PRAGMA wal_autocheckpoint = {int(pages)}")
@@ -182,8 +195,9 @@ class Traces:
                         last_prune = self.clock()
                         self._prune_age(db)
                     self._prune_size(db)
-                except sqlite3.Error as exc:
-                    self.counters.errors = [*self.counters.errors[-4:], str(exc)]
+                except Exception as exc:  # one bad batch must not stop the writer
+                    self.counters.errors = [*self.counters.errors[-4:],
+                                            f"{type(exc).__name__}: {exc}"]
                 finally:
                     with self._lock:
                         self._pending -= len(spans)
@@ -198,23 +212,46 @@ class Traces:
                 self._lock.notify_all()
 
     def _write(self, db: sqlite3.Connection, spans: list[Span]) -> None:
+        """Insert the spans and update their traces' summaries from the new spans alone (a
+        span already stored is ignored; past MAX_SPANS_PER_TRACE a trace takes no more)."""
         now = self.clock()
+        by_trace: dict[str, list[Span]] = {}
+        bad = 0
+        for span in spans:
+            if 0 <= span.start_ns <= span.end_ns <= MAX_TIME_NS:
+                by_trace.setdefault(span.trace_id, []).append(span)
+            else:
+                bad += 1
+        stored = dropped = 0
         with _transaction(db):
-            db.executemany(
-                "INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                [(s.trace_id, s.span_id, s.parent_id, s.service, s.instance, s.name, s.kind,
-                  s.start_ns, s.end_ns, s.status, s.status_message,
-                  json.dumps(s.attributes, separators=(",", ":")),
-                  json.dumps(s.links, separators=(",", ":"))) for s in spans])
-            ids = sorted({s.trace_id for s in spans})
-            for chunk in _chunks(ids, 500):
+            heads: dict[str, _Head] = {}
+            for chunk in _chunks(sorted(by_trace), 500):
                 marks = ",".join("?" * len(chunk))
-                rows = db.execute(
-                    "SELECT trace_id, span_id, parent_id, service, name, start_ns, end_ns, "
-                    f"status FROM spans WHERE trace_id IN ({marks})", chunk).fetchall()
-                db.executemany("INSERT OR REPLACE INTO traces VALUES (?,?,?,?,?,?,?,?,?)",
-                               [(*summary, now) for summary in _summaries(rows)])
-        self.counters.stored += len(spans)
+                for row in db.execute(f"SELECT {_HEAD} FROM traces WHERE trace_id IN ({marks})",
+                                      chunk):
+                    heads[row[0]] = _Head.of(row)
+            rows = []
+            for trace_id, new in by_trace.items():
+                head = heads.get(trace_id)
+                for span in new:
+                    if head is not None and head.span_count >= MAX_SPANS_PER_TRACE:
+                        head.dropped += 1
+                        dropped += 1
+                        continue
+                    if db.execute(_INSERT_SPAN, _span_row(span)).rowcount != 1:
+                        continue  # sent again (an exporter's retry): stored already
+                    stored += 1
+                    head = _Head.first(span) if head is None else head.add(span)
+                if head is not None:
+                    rows.append((*head.row(), now))
+            db.executemany(f"INSERT OR REPLACE INTO traces ({_HEAD}, received) "
+                           f"VALUES ({','.join('?' * (_HEAD.count(',') + 2))})", rows)
+        self.counters.stored += stored
+        self.counters.dropped += dropped
+        if bad:
+            self.counters.dropped += bad
+            self.counters.errors = [*self.counters.errors[-4:],
+                                    f"{bad} spans with times out of range left out"]
 
     def _prune_age(self, db: sqlite3.Connection) -> None:
         cutoff = self.clock() - self.max_age
@@ -372,21 +409,97 @@ def _summary(row: tuple[str, int, int, int, int, str, str, str]) -> TraceSummary
                         span_count=count, errors=errors, status="error" if errors else "ok")
 
 
-def _summaries(rows: list[tuple[str, str, str | None, str, str, int, int, str]]
-               ) -> list[tuple[str, int, int, int, int, str, str, str]]:
-    """Per trace: (id, start, end, spans, errors, services, root service, root name). The
-    root is the earliest span whose parent is not in the trace."""
-    by_trace: dict[str, list[tuple[str, str, str | None, str, str, int, int, str]]] = {}
-    for row in rows:
-        by_trace.setdefault(row[0], []).append(row)
-    out = []
-    for trace_id, spans in by_trace.items():
-        ids = {s[1] for s in spans}
-        root = min(spans, key=lambda s: (s[2] is not None and s[2] in ids, s[5]))
-        out.append((trace_id, min(s[5] for s in spans), max(s[6] for s in spans), len(spans),
-                    sum(s[7] == "error" for s in spans),
-                    ",".join(sorted({s[3] for s in spans})), root[3], root[4]))
-    return out
+_HEAD = ("trace_id, start_ns, end_ns, span_count, errors, services, root_service, "
+         "root_name, rooted, dropped")
+_INSERT_SPAN = "INSERT OR IGNORE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+
+
+@dataclass
+class _Head:
+    """A trace's summary as the writer keeps it up to date, span by span. The root is the
+    earliest span without a parent; until one arrives, the earliest span (its parent is
+    elsewhere: a caller outside the environment, or a span not sent yet)."""
+
+    trace_id: str
+    start_ns: int
+    end_ns: int
+    span_count: int
+    errors: int
+    services: set[str]
+    root_service: str
+    root_name: str
+    rooted: bool
+    dropped: int
+
+    @classmethod
+    def of(cls, row: tuple[str, int, int, int, int, str, str, str, int, int]) -> _Head:
+        trace_id, start, end, count, errors, services, root_service, root_name, rooted, \
+            dropped = row
+        return cls(trace_id, start, end, count, errors,
+                   set(services.split(",")) if services else set(), root_service, root_name,
+                   bool(rooted), dropped)
+
+    @classmethod
+    def first(cls, span: Span) -> _Head:
+        return cls(span.trace_id, span.start_ns, span.end_ns, 1, int(span.status == "error"),
+                   {span.service}, span.service, span.name, span.parent_id is None, 0)
+
+    def add(self, span: Span) -> _Head:
+        orphan_first = not self.rooted and (span.parent_id is None
+                                            or span.start_ns < self.start_ns)
+        if orphan_first or (span.parent_id is None and span.start_ns < self.start_ns):
+            self.root_service, self.root_name = span.service, span.name
+            self.rooted = self.rooted or span.parent_id is None
+        self.start_ns, self.end_ns = min(self.start_ns, span.start_ns), max(self.end_ns,
+                                                                            span.end_ns)
+        self.span_count += 1
+        self.errors += span.status == "error"
+        self.services.add(span.service)
+        return self
+
+    def row(self) -> tuple[str, int, int, int, int, str, str, str, int, int]:
+        return (self.trace_id, self.start_ns, self.end_ns, self.span_count, self.errors,
+                ",".join(sorted(self.services)), self.root_service, self.root_name,
+                int(self.rooted), self.dropped)
+
+
+def _span_row(s: Span) -> tuple[object, ...]:
+    return (s.trace_id, s.span_id, s.parent_id, s.service, s.instance, s.name, s.kind,
+            s.start_ns, s.end_ns, s.status, s.status_message, _json(s.attributes),
+            _json(s.links))
+
+
+def _json(value: object) -> str:
+    """Compact JSON, never the bare NaN/Infinity JSON has no words for (those become the
+    strings "NaN", "Infinity", "-Infinity")."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), separators=(",", ":"))
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a store written by an earlier devenv to this schema, in place."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(traces)")}
+    missing = [name for name in ADDED_COLUMNS if name not in have]
+    if not missing:
+        return
+    with _transaction(db):
+        for name in missing:
+            kind, fill = ADDED_COLUMNS[name]
+            db.execute(f"ALTER TABLE traces ADD COLUMN {name} {kind}")
+            if fill:
+                db.execute(fill)
 
 
 def _connect(path: Path, check_same_thread: bool = True) -> sqlite3.Connection:
