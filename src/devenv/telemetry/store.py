@@ -29,6 +29,7 @@ from devenv.telemetry.model import Span
 from devenv.wire import SpanInfo, SpanLink, Trace, TraceSummary, iso_time
 
 DB_NAME = "traces.db"
+GATHER = 0.2  # seconds the writer gathers spans for one transaction
 MAX_QUEUED = 20_000  # spans waiting for the writer; more are dropped (and counted)
 BATCH = 2_000  # spans written in one transaction at most
 PRUNE_EVERY = 30.0  # seconds between age prunes
@@ -178,8 +179,13 @@ class Traces:
                 except queue.Empty:
                     item = []
                 stopping = item is None
-                spans = item or []
-                while len(spans) < BATCH:  # take what else waits, in one transaction
+                spans = list(item or [])
+                # gather for a moment, then one transaction: a span a request (the ingress)
+                # must not mean a transaction a request, which would cost the engine's loop
+                # (a plain sleep: waiting on the queue would wake the writer for every span)
+                if spans and not stopping:
+                    time.sleep(GATHER)
+                while len(spans) < BATCH and not stopping:
                     try:
                         more = self._queue.get_nowait()
                     except queue.Empty:
@@ -187,7 +193,7 @@ class Traces:
                     if more is None:
                         stopping = True
                     else:
-                        spans = spans + more
+                        spans.extend(more)
                 try:
                     if spans:
                         self._write(db, spans)
@@ -230,7 +236,9 @@ class Traces:
                 for row in db.execute(f"SELECT {_HEAD} FROM traces WHERE trace_id IN ({marks})",
                                       chunk):
                     heads[row[0]] = _Head.of(row)
-            rows = []
+            known = self._stored_ids(db, [(t, sp.span_id) for t in by_trace if t in heads
+                                          for sp in by_trace[t]])
+            rows, inserts = [], []
             for trace_id, new in by_trace.items():
                 head = heads.get(trace_id)
                 for span in new:
@@ -238,12 +246,15 @@ class Traces:
                         head.dropped += 1
                         dropped += 1
                         continue
-                    if db.execute(_INSERT_SPAN, _span_row(span)).rowcount != 1:
+                    if (trace_id, span.span_id) in known:
                         continue  # sent again (an exporter's retry): stored already
+                    known.add((trace_id, span.span_id))
+                    inserts.append(_span_row(span))
                     stored += 1
                     head = _Head.first(span) if head is None else head.add(span)
                 if head is not None:
                     rows.append((*head.row(), now))
+            db.executemany(_INSERT_SPAN, inserts)  # one statement for the batch
             db.executemany(f"INSERT OR REPLACE INTO traces ({_HEAD}, received) "
                            f"VALUES ({','.join('?' * (_HEAD.count(',') + 2))})", rows)
         self.counters.stored += stored
@@ -252,6 +263,19 @@ class Traces:
             self.counters.dropped += bad
             self.counters.errors = [*self.counters.errors[-4:],
                                     f"{bad} spans with times out of range left out"]
+
+    @staticmethod
+    def _stored_ids(db: sqlite3.Connection, pairs: list[tuple[str, str]]
+                    ) -> set[tuple[str, str]]:
+        """Which of these (trace, span) ids are stored already (looked up by primary key)."""
+        found: set[tuple[str, str]] = set()
+        for start in range(0, len(pairs), 400):
+            chunk = pairs[start:start + 400]
+            marks = ",".join(["(?,?)"] * len(chunk))
+            found.update(db.execute(f"SELECT trace_id, span_id FROM spans WHERE (trace_id, "
+                                    f"span_id) IN (VALUES {marks})",
+                                    [v for pair in chunk for v in pair]))
+        return found
 
     def _prune_age(self, db: sqlite3.Connection) -> None:
         cutoff = self.clock() - self.max_age
@@ -466,14 +490,17 @@ class _Head:
 def _span_row(s: Span) -> tuple[object, ...]:
     return (s.trace_id, s.span_id, s.parent_id, s.service, s.instance, s.name, s.kind,
             s.start_ns, s.end_ns, s.status, s.status_message, _json(s.attributes),
-            _json(s.links))
+            _json(s.links) if s.links else "[]")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once: it is hot
 
 
 def _json(value: object) -> str:
     """Compact JSON, never the bare NaN/Infinity JSON has no words for (those become the
     strings "NaN", "Infinity", "-Infinity")."""
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(value)
     except ValueError:
         return json.dumps(_finite(value), separators=(",", ":"))
 
