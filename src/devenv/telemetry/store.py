@@ -182,18 +182,12 @@ class Traces:
                 spans = list(item or [])
                 # gather for a moment, then one transaction: a span a request (the ingress)
                 # must not mean a transaction a request, which would cost the engine's loop
-                # (a plain sleep: waiting on the queue would wake the writer for every span)
-                if spans and not stopping:
+                # (a plain sleep: waiting on the queue would wake the writer for every span;
+                # none when spans pile up: then every batch is full at once)
+                stopping = self._drain(spans, stopping)
+                if spans and len(spans) < BATCH // 4 and not stopping:
                     time.sleep(GATHER)
-                while len(spans) < BATCH and not stopping:
-                    try:
-                        more = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if more is None:
-                        stopping = True
-                    else:
-                        spans.extend(more)
+                    stopping = self._drain(spans, stopping)
                 try:
                     if spans:
                         self._write(db, spans)
@@ -216,6 +210,19 @@ class Traces:
             db.close()
             with self._lock:
                 self._lock.notify_all()
+
+    def _drain(self, spans: list[Span], stopping: bool) -> bool:
+        """Add what waits in the queue to `spans` (up to a batch); True once told to stop."""
+        while len(spans) < BATCH and not stopping:
+            try:
+                more = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                stopping = True
+            else:
+                spans.extend(more)
+        return stopping
 
     def _write(self, db: sqlite3.Connection, spans: list[Span]) -> None:
         """Insert the spans and update their traces' summaries from the new spans alone (a
