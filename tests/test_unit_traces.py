@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -457,3 +458,27 @@ def test_the_waterfall_puts_each_span_under_its_parent_with_a_bar_on_the_trace_s
     assert any("db.statement=SELECT * FROM orders WHERE xxx" in line and "…" in line
                for line in lines)
     assert sum("error" in line for line in body) == 2
+
+
+def test_concurrent_opens_open_the_store_once(tmp_path: Path) -> None:
+    """Two `up`s at once both open the store (each in a thread): neither fails."""
+    traces = Traces(tmp_path / "traces")
+    errors: list[BaseException] = []
+
+    def opening() -> None:
+        try:
+            traces.open(64 * 1024 * 1024, 3600.0)
+        except BaseException as exc:  # (the test reports it)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opening) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    try:
+        assert errors == []
+        writers = [t for t in threading.enumerate() if t.name == "trace-store" and t.is_alive()]
+        assert len(writers) == 1  # one writer: not one a caller, fighting over the file
+    finally:
+        traces.close()

@@ -111,6 +111,7 @@ class Traces:
         self._queue: queue.SimpleQueue[list[Span] | None] = queue.SimpleQueue()
         self._pending = 0  # spans queued or being written
         self._lock = threading.Condition()
+        self._opening = threading.Lock()  # two `up`s at once must not open it twice
         self._thread: threading.Thread | None = None
 
     # ---- writing
@@ -123,10 +124,14 @@ class Traces:
         self.counters.rejected += 1
 
     def open(self, max_bytes: int, max_age: float) -> None:
-        """Start writing (idempotent: a later `up` only updates the bounds)."""
-        self.max_bytes, self.max_age = max_bytes, max_age
-        if self._thread is not None:
-            return
+        """Start writing (idempotent: a later `up` only updates the bounds; concurrent `up`s
+        open it once)."""
+        with self._opening:
+            self.max_bytes, self.max_age = max_bytes, max_age
+            if self._thread is None:
+                self._open(max_bytes)
+
+    def _open(self, max_bytes: int) -> None:
         private_dir(self.folder)
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))
