@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
 from devenv.telemetry import otlp, otlp_metrics
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from devenv.engine.app import Environment
@@ -36,7 +39,9 @@ def add_routes(app: web.Application, env: Environment, token: str) -> None:
         given = request.headers.get("Authorization", "")
         return secrets.compare_digest(given.encode(), expected.encode())
 
-    async def traces(request: web.Request) -> web.Response:
+    async def receive(request: web.Request, decode: Callable[[bytes, str], T]
+                      ) -> tuple[str, T] | web.Response:
+        """The request's body decoded (its media type with it), or the refusal to answer."""
         if not authorized(request):
             return refuse(401, "a bearer token is required: the one devenv gives each service "
                                "in OTEL_EXPORTER_OTLP_HEADERS")
@@ -44,9 +49,8 @@ def add_routes(app: web.Application, env: Environment, token: str) -> None:
             kind = otlp.media_type(request.content_type)
             body = await request.read()
             if len(body) > DECODE_INLINE:
-                decoded = await asyncio.to_thread(otlp.decode, body, kind)
-            else:
-                decoded = otlp.decode(body, kind)
+                return kind, await asyncio.to_thread(decode, body, kind)
+            return kind, decode(body, kind)
         except otlp.Rejected as exc:
             return refuse(exc.status, str(exc))
         except web.HTTPRequestEntityTooLarge:
@@ -55,30 +59,22 @@ def add_routes(app: web.Application, env: Environment, token: str) -> None:
             raise
         except Exception as exc:  # e.g. a body that fails to inflate: the sender's fault
             return refuse(400, f"unreadable request: {type(exc).__name__}")
+
+    async def traces(request: web.Request) -> web.Response:
+        got = await receive(request, otlp.decode)
+        if isinstance(got, web.Response):
+            return got
+        kind, decoded = got
         if decoded.spans:
             env.engine.ctx.hub.spans(decoded.spans)
         return web.Response(body=otlp.response(kind, decoded.rejected, decoded.reason),
                             content_type=kind)
 
     async def metrics(request: web.Request) -> web.Response:
-        if not authorized(request):
-            return refuse(401, "a bearer token is required: the one devenv gives each service "
-                               "in OTEL_EXPORTER_OTLP_HEADERS")
-        try:
-            kind = otlp.media_type(request.content_type)
-            body = await request.read()
-            if len(body) > DECODE_INLINE:
-                decoded = await asyncio.to_thread(otlp_metrics.decode, body, kind)
-            else:
-                decoded = otlp_metrics.decode(body, kind)
-        except otlp.Rejected as exc:
-            return refuse(exc.status, str(exc))
-        except web.HTTPRequestEntityTooLarge:
-            return refuse(413, f"payload over {otlp.MAX_BODY // (1024 * 1024)} MiB")
-        except web.HTTPException:
-            raise
-        except Exception as exc:  # e.g. a body that fails to inflate: the sender's fault
-            return refuse(400, f"unreadable request: {type(exc).__name__}")
+        got = await receive(request, otlp_metrics.decode)
+        if isinstance(got, web.Response):
+            return got
+        kind, decoded = got
         dropped = env.otlp_metrics.add(decoded)
         reason = "over devenv's series cap for this instance" if dropped else ""
         return web.Response(body=otlp_metrics.response(kind, dropped, reason),
