@@ -11,11 +11,12 @@ import base64
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -66,31 +67,44 @@ def media_type(content_type: str | None) -> str:
 
 
 def decode(body: bytes, content_type: str | None) -> Decoded:
-    """The spans of one export request (gzip is recognised by its magic bytes, so a body the
-    web server already inflated is not inflated twice)."""
+    """The spans of one export request."""
+    request = parse_export(body, content_type, ExportTraceServiceRequest(), "trace",
+                           _hex_ids_to_base64)
+    return spans_of(request)
+
+
+M = TypeVar("M", bound=Message)
+
+
+def parse_export(body: bytes, content_type: str | None, request: M, what: str,
+                 prepare: Callable[[dict[str, Any]], Any] = lambda data: data) -> M:
+    """`request` (an OTLP export message) filled from a body in protobuf or OTLP JSON, gzip
+    recognised by its magic bytes (so a body the web server already inflated is not inflated
+    twice); `Rejected` (400, 413, 415) saying what is wrong. `prepare` adapts the JSON first
+    (OTLP JSON writes ids in hex where protobuf's JSON expects base64)."""
     kind = media_type(content_type)
     body = gunzip(body) if body[:2] == _GZIP_MAGIC else body
     if len(body) > MAX_BODY:
         raise Rejected(f"payload over {MAX_BODY // (1024 * 1024)} MiB", 413)
-    request = ExportTraceServiceRequest()
+    name = type(request).__name__
     if kind == PROTOBUF:
         try:
             request.ParseFromString(body)
         except (DecodeError, RuntimeError, ValueError):
-            raise Rejected("not an OTLP protobuf trace export (ExportTraceServiceRequest): "
-                           "the message is corrupt") from None
-    else:
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Rejected(f"not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise Rejected("not an OTLP JSON trace export: expected an object")
-        try:
-            json_format.ParseDict(_hex_ids_to_base64(data), request, ignore_unknown_fields=True)
-        except (json_format.ParseError, ValueError, TypeError) as exc:
-            raise Rejected(f"not an OTLP JSON trace export: {_short(str(exc))}") from None
-    return spans_of(request)
+            raise Rejected(f"not an OTLP protobuf {what} export ({name}): the message is "
+                           "corrupt") from None
+        return request
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Rejected(f"not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Rejected(f"not an OTLP JSON {what} export: expected an object")
+    try:
+        json_format.ParseDict(prepare(data), request, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError) as exc:
+        raise Rejected(f"not an OTLP JSON {what} export: {_short(str(exc))}") from None
+    return request
 
 
 def gunzip(body: bytes, limit: int = MAX_BODY) -> bytes:

@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
     ExportMetricsServiceResponse,
@@ -44,14 +43,11 @@ from opentelemetry.proto.metrics.v1 import metrics_pb2
 from prometheus_client.core import Metric
 
 from devenv.telemetry.otlp import (
-    MAX_BODY,
     PROTOBUF,
     UNKNOWN_SERVICE,
-    Rejected,
     attributes,
     flat,
-    gunzip,
-    media_type,
+    parse_export,
 )
 from devenv.telemetry.scrape import merge, relabel
 
@@ -83,31 +79,8 @@ Labels = tuple[tuple[str, str], ...]
 
 def decode(body: bytes, content_type: str | None) -> ExportMetricsServiceRequest:
     """The export request a body holds; `Rejected` (400, 413, 415) saying what is wrong."""
-    kind = media_type(content_type)
-    body = gunzip(body) if body[:2] == _GZIP_MAGIC else body
-    if len(body) > MAX_BODY:
-        raise Rejected(f"payload over {MAX_BODY // (1024 * 1024)} MiB", 413)
-    request = ExportMetricsServiceRequest()
-    if kind == PROTOBUF:
-        try:
-            request.ParseFromString(body)
-        except (DecodeError, RuntimeError, ValueError):
-            raise Rejected("not an OTLP protobuf metrics export "
-                           "(ExportMetricsServiceRequest): the message is corrupt") from None
-        return request
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejected(f"not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise Rejected("not an OTLP JSON metrics export: expected an object")
-    try:
-        json_format.ParseDict(_without_exemplars(data), request, ignore_unknown_fields=True)
-    except (json_format.ParseError, ValueError, TypeError) as exc:
-        text = str(exc)
-        raise Rejected("not an OTLP JSON metrics export: "
-                       + (text if len(text) <= 160 else text[:159] + "…")) from None
-    return request
+    return parse_export(body, content_type, ExportMetricsServiceRequest(), "metrics",
+                        _without_exemplars)
 
 
 def response(kind: str, rejected: int = 0, reason: str = "") -> bytes:
