@@ -30,7 +30,7 @@ from devenv.config.schema import Duration
 from devenv.core.errors import DevenvError
 from devenv.engine.context import Context
 from devenv.engine.logstore import LogStore
-from devenv.plan import LIVE_FIELDS, ServicePlan
+from devenv.plan import LIVE_FIELDS, Plan, ServicePlan
 from devenv.runtime.base import Instance, InstanceSpec, OutputLine, Resources, RunResult
 
 T = TypeVar("T")
@@ -412,6 +412,14 @@ def _resolved(watch: Watch, serves: bool) -> Watch:
     enabled = serves if watch.enabled is None else watch.enabled
     return replace(watch, enabled=enabled, action="replace" if watch.action == "auto"
                    else watch.action)
+
+
+def plan_of(*services: ServicePlan, selected: tuple[str, ...] | None = None) -> Plan:
+    """A Plan of these services (all of them selected, unless `selected` says otherwise)."""
+    names = tuple(s.name for s in services)
+    return Plan(project="shop", services={s.name: s for s in services},
+                selected=names if selected is None else selected, ingress_port=None,
+                hold_timeout=15.0)
 
 
 def make_context(root: Path, runtime: FakeRuntime, *, hold_timeout: float = 15.0) -> Context:

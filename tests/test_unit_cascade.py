@@ -10,14 +10,9 @@ from pathlib import Path
 
 from devenv.engine.cascade import Cascade, to_roll
 from devenv.engine.reconciler import Engine
-from devenv.plan import Plan, ServicePlan
+from devenv.plan import ServicePlan
 from devenv.wire import Rolled
-from fakes import FakeRuntime, crash, make_context, make_plan, ready, run_virtual
-
-
-def plan_of(*services: ServicePlan) -> Plan:
-    return Plan(project="p", services={s.name: s for s in services},
-                selected=tuple(s.name for s in services), ingress_port=None, hold_timeout=15.0)
+from fakes import FakeRuntime, crash, make_context, make_plan, plan_of, ready, run_virtual
 
 
 def on(name: str, *restart_with: str, depends: tuple[str, ...] = ()) -> ServicePlan:

@@ -8,14 +8,8 @@ from pathlib import Path
 import pytest
 
 from devenv.engine.reconciler import Engine
-from devenv.plan import Plan, ServicePlan
 from devenv.wire import Progress
-from fakes import FakeRuntime, Script, crash, make_context, make_plan, ready, run_virtual
-
-
-def plan_of(*services: ServicePlan) -> Plan:
-    return Plan(project="p", services={s.name: s for s in services},
-                selected=tuple(s.name for s in services), ingress_port=None, hold_timeout=15.0)
+from fakes import FakeRuntime, Script, crash, make_context, make_plan, plan_of, ready, run_virtual
 
 
 def test_a_dependent_never_starts_when_its_dependency_fails_to_start(tmp_path: Path) -> None:

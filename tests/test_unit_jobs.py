@@ -11,7 +11,7 @@ from pathlib import Path
 from devenv.config.model import Watch
 from devenv.engine.reconciler import Engine
 from devenv.engine.reloader import Reloader
-from devenv.plan import Plan, ServicePlan
+from devenv.plan import ServicePlan
 from devenv.wire import Progress
 from fakes import (
     FakeRuntime,
@@ -21,14 +21,10 @@ from fakes import (
     make_plan,
     never_ready,
     now,
+    plan_of,
     ready,
     run_virtual,
 )
-
-
-def plan_of(*services: ServicePlan) -> Plan:
-    return Plan(project="p", services={s.name: s for s in services},
-                selected=tuple(s.name for s in services), ingress_port=None, hold_timeout=15.0)
 
 
 def a_job(name: str = "build", **kw: object) -> ServicePlan:

@@ -16,12 +16,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import free_ports
 from devenv.engine.api.metrics import _follow
 from devenv.engine.reconciler import Engine
-from devenv.plan import Plan, ServicePlan
 from devenv.telemetry.metrics import EngineMetrics, RequestStats, status_class
 from devenv.telemetry.model import RequestSeen
 from devenv.telemetry.scrape import ScrapeError, Scraper, Target, merge, parse, relabel
 from devenv.wire import Progress, ReloadRecord, State
-from fakes import FakeRuntime, advance, crash, make_context, make_plan, ready, run_virtual
+from fakes import FakeRuntime, advance, crash, make_context, make_plan, plan_of, ready, run_virtual
 
 
 def samples(metrics: EngineMetrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -34,11 +33,6 @@ def samples(metrics: EngineMetrics) -> dict[tuple[str, frozenset[tuple[str, str]
 def at(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
        **labels: str) -> float | None:
     return found.get((name, frozenset(labels.items())))
-
-
-def plan_of(*services: ServicePlan) -> Plan:
-    return Plan(project="shop", services={s.name: s for s in services},
-                selected=tuple(s.name for s in services), ingress_port=None, hold_timeout=15.0)
 
 
 def ignore(event: Progress) -> None:

@@ -10,8 +10,8 @@ from typing import cast
 from devenv.config import load
 from devenv.engine.reconciler import Action, convergence_plan
 from devenv.engine.service import ServiceRunner
-from devenv.plan import Plan, ServicePlan, service_plan
-from fakes import health_check, make_plan
+from devenv.plan import ServicePlan, service_plan
+from fakes import health_check, make_plan, plan_of
 
 
 @dataclass
@@ -21,13 +21,6 @@ class RunnerStub:
     plan: ServicePlan
     desired: int
     state: str = "healthy"
-
-
-def plan_of(*services: ServicePlan, selected: tuple[str, ...] | None = None) -> Plan:
-    names = tuple(s.name for s in services)
-    return Plan(project="shop", services={s.name: s for s in services},
-                selected=names if selected is None else selected, ingress_port=None,
-                hold_timeout=15.0)
 
 
 def running(*stubs: RunnerStub) -> dict[str, ServiceRunner]:

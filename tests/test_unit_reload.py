@@ -10,14 +10,19 @@ from pathlib import Path
 from devenv.config.model import Watch
 from devenv.engine.reconciler import Engine
 from devenv.engine.reloader import Reloader
-from devenv.plan import Plan, ServicePlan
+from devenv.plan import ServicePlan
 from devenv.wire import Progress
-from fakes import FakeRuntime, advance, crash, make_context, make_plan, now, ready, run_virtual
-
-
-def plan_of(*services: ServicePlan) -> Plan:
-    return Plan(project="shop", services={s.name: s for s in services},
-                selected=tuple(s.name for s in services), ingress_port=None, hold_timeout=15.0)
+from fakes import (
+    FakeRuntime,
+    advance,
+    crash,
+    make_context,
+    make_plan,
+    now,
+    plan_of,
+    ready,
+    run_virtual,
+)
 
 
 def ignore(event: Progress) -> None:
