@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+import psutil
+
 from conftest import Lines, Project, free_ports, wait_for
 
 # a service instrumented as its users would: the SDK, the OTLP exporter, the W3C propagator;
@@ -203,3 +205,39 @@ def test_bad_and_unauthenticated_otlp_is_refused_and_the_engine_keeps_serving(
                     '"followed"' in followed.text, timeout=15, interval=0.3)
     first = json.loads(followed.text.splitlines()[0])
     assert first["spans"][0]["name"] == "followed" and first["services"] == ["api"]
+
+
+def test_the_trace_writer_ends_with_a_killed_engine_and_what_it_wrote_stays(
+        project: Project) -> None:
+    (port,) = free_ports(1)
+    project.services(f"""\
+        api:
+          command: python svc.py
+          port: {port}
+          health: {{http: /healthz}}
+    """)
+    project.up()
+    trace_id = "5" * 32
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{project.ingress_port}/whoami",
+        headers={"Host": "api.localhost", "traceparent": f"00-{trace_id}-{'6' * 16}-01"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    # the edge span is written by the engine's writer process (`trace` waits for the queue)
+    assert [t["trace_id"] for t in traces_json(project)] == [trace_id]
+    engine = psutil.Process(project.engine_pid())
+    (writer,) = [c for c in engine.children()
+                 if "devenv.telemetry.writer" in " ".join(c.cmdline())]
+    engine.kill()
+    assert wait_for(lambda: not _alive(writer), timeout=10), "the writer outlived its engine"
+    project.up()  # a new engine, a new writer: what was written is still there
+    [found] = traces_json(project, "--since", "10m")
+    assert found["trace_id"] == trace_id
+    assert [s["service"] for s in found["spans"]] == ["devenv-ingress"]
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -16,7 +16,6 @@ from multidict import CIMultiDict
 
 from conftest import free_ports
 from devenv.engine.ingress import (
-    SERVICE_NAME,
     Ingress,
     NoHttp,
     RouteSpec,
@@ -28,7 +27,7 @@ from devenv.engine.ingress import (
 )
 from devenv.engine.pool import Backend, NoBackend, Pool
 from devenv.telemetry.context import parse
-from devenv.telemetry.model import Hub, RequestSeen, Span
+from devenv.telemetry.model import INGRESS_SERVICE, Hub, RequestSeen, Span, edge_span
 from fakes import now, run_virtual
 
 ROUTES = build_routes([
@@ -184,8 +183,8 @@ async def edge(instances: int = 1, hold: float = 1.0) -> AsyncIterator[Edge]:
     try:
         async with aiohttp.ClientSession() as session:
             out = Edge(ingress, pool, session)
-            hub.span_sinks.append(out.spans.extend)
-            hub.request_sinks.append(out.seen.append)
+            hub.request_sinks.append(out.seen.append)  # each with its edge span
+            hub.request_sinks.append(lambda seen: out.spans.append(edge_span(seen)))
             yield out
     finally:
         await ingress.close()
@@ -202,7 +201,7 @@ def test_a_request_with_a_traceparent_continues_its_trace_and_the_instance_is_a_
             assert status == 200
             (span,), (seen,) = e.spans, e.seen
             assert (span.trace_id, span.parent_id) == (TRACE, CALLER)
-            assert (span.service, span.kind, span.name) == (SERVICE_NAME, "server", "GET /api")
+            assert (span.service, span.kind, span.name) == (INGRESS_SERVICE, "server", "GET /api")
             assert span.status == "unset" and span.end_ns > span.start_ns
             assert span.attributes == {
                 "http.request.method": "GET", "url.path": "/api/trace",
@@ -215,7 +214,8 @@ def test_a_request_with_a_traceparent_continues_its_trace_and_the_instance_is_a_
                 (TRACE, span.span_id, "01")
             assert got["tracestate"] == "congo=t61rcWkgMzE"
             assert seen == RequestSeen("/api", "api", "api-1", "GET", "/api/trace", 200,
-                                       span.start_ns, seen.duration_s, TRACE, span.span_id)
+                                       span.start_ns, seen.duration_s, TRACE, span.span_id,
+                                       CALLER, "localhost")
             assert 0 < seen.duration_s < 5
 
     asyncio.run(scenario())

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
@@ -20,7 +21,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from devenv.cli.commands.trace import waterfall
 from devenv.core.errors import DevenvError, UsageError
 from devenv.telemetry import otlp, store
-from devenv.telemetry.model import Span
+from devenv.telemetry.model import RequestSeen, Span
 from devenv.telemetry.store import Query, Traces
 
 PROTO, JSON = "application/x-protobuf", "application/json"
@@ -370,9 +371,8 @@ def test_summaries_follow_spans_arriving_in_any_order_and_retries_count_once(
     assert head.start_ns == start - 50 * 10**6 and head.duration == 0.075
 
 
-def test_a_trace_takes_at_most_max_spans_and_counts_the_rest(
-        traces: Traces, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "MAX_SPANS_PER_TRACE", 25)
+def test_a_trace_takes_at_most_max_spans_and_counts_the_rest(traces: Traces) -> None:
+    traces.max_spans = 25
     trace_id = "f" * 32
     for first in range(0, 40, 10):
         traces.add([Span(trace_id, f"{n + 1:016x}", None if n == 0 else f"{1:016x}", "web",
@@ -482,3 +482,30 @@ def test_concurrent_opens_open_the_store_once(tmp_path: Path) -> None:
         assert len(writers) == 1  # one writer: not one a caller, fighting over the file
     finally:
         traces.close()
+
+
+def test_a_writer_process_that_died_is_started_again_and_the_ingress_spans_are_made_there(
+        traces: Traces) -> None:
+    traces.add(make_trace(1))
+    assert traces.flush()
+    (writer,) = [p for p in psutil.Process().children()
+                 if "devenv.telemetry.writer" in " ".join(p.cmdline())]
+    writer.kill()
+    writer.wait(5)
+    # an edge span travels as the request the ingress saw, and is made by the writer
+    seen = RequestSeen("/api", "api", "api-2", "POST", "/api/orders", 502, T0, 0.25,
+                       "e" * 32, "f" * 16, "a" * 16, "shop.localhost",
+                       "the instance closed the connection")
+    traces.add_request(seen)
+    traces.add_request(seen._replace(trace_id=None))  # no span recorded for this one
+    assert traces.flush()
+    found = store.trace(traces.path, "e" * 32)
+    assert found is not None and traces.counters.errors == []
+    (span,) = found.spans
+    assert (span.service, span.name, span.parent_id, span.status, span.status_message) == (
+        "devenv-ingress", "POST /api", "a" * 16, "error", "the instance closed the connection")
+    assert span.duration == 0.25 and span.attributes == {
+        "http.request.method": "POST", "url.path": "/api/orders",
+        "http.response.status_code": 502, "server.address": "shop.localhost",
+        "devenv.route": "/api", "devenv.service": "api", "devenv.instance": "api-2"}
+    assert traces.counters.received == 3 and traces.counters.stored == 3

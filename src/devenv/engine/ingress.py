@@ -18,8 +18,9 @@ Every request gets an edge span (service `devenv-ingress`, kind server) when the
 telemetry hub: it continues the W3C `traceparent` the client sent (its `tracestate` passes
 through) or starts a new trace, and the request sent to the instance carries a new
 `traceparent` whose parent is the edge span, so an instrumented service's own span is its
-child. The span and a `RequestSeen` (what metrics and the dashboard count) are published when
-the response is complete; a websocket is one span, from the upgrade to the close.
+child. When the response is complete the ingress publishes one `RequestSeen` (what metrics and
+the dashboard count); the trace store makes the edge span from it, off the hot path. A
+websocket is one span, from the upgrade to the close.
 
 Every wait is bounded: for an instance (the hold timeout), for a connection (CONNECT_TIMEOUT),
 for the response's headers (RESPONSE_TIMEOUT, then 504); a response that is flowing is never
@@ -49,7 +50,7 @@ from yarl import URL
 
 from devenv.engine.pool import NoBackend, Pool
 from devenv.telemetry import context
-from devenv.telemetry.model import Attributes, Hub, RequestSeen, Span
+from devenv.telemetry.model import Hub, RequestSeen
 
 # Headers that describe one connection, never forwarded (RFC 9110 §7.6.1), besides those a
 # message's own `Connection` header names. `host` is set anew by the ingress.
@@ -74,7 +75,6 @@ IDLE_TIMEOUT = 30.0  # after a response, to the next request's complete headers 
 MIN_CONNECTIONS, MAX_CONNECTIONS = 64, 10_000
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
-SERVICE_NAME = "devenv-ingress"  # the `service.name` of the ingress's edge spans
 CLIENT_GONE = 499  # recorded when the client went away before its response was complete
 
 
@@ -302,29 +302,13 @@ class Edge:
         self.start_ns = time.time_ns()
         self.started = time.perf_counter_ns()
 
-    def finish(self, status: int, error: str | None, host: str | None) -> tuple[Span,
-                                                                                   RequestSeen]:
-        duration = time.perf_counter_ns() - self.started
-        attributes: Attributes = {
-            "http.request.method": self.method, "url.path": self.path,
-            "http.response.status_code": status}
-        if host:
-            attributes["server.address"] = host
-        if self.route:
-            attributes["devenv.route"] = self.route
-        if self.service:
-            attributes["devenv.service"] = self.service
-        if self.instance:
-            attributes["devenv.instance"] = self.instance
-        trace_id, span_id = self.outgoing.trace_id, self.outgoing.span_id
-        span = Span(trace_id, span_id, self.parent.span_id if self.parent else None,
-                    SERVICE_NAME, f"{self.method} {self.route}" if self.route else self.method,
-                    self.start_ns, self.start_ns + duration, kind="server",
-                    status="error" if error is not None else "unset",
-                    status_message=error or "", attributes=attributes)
-        seen = RequestSeen(self.route, self.service, self.instance, self.method, self.path,
-                           status, self.start_ns, duration / 1e9, trace_id, span_id)
-        return span, seen
+    def finish(self, status: int, error: str | None, host: str | None) -> RequestSeen:
+        """The request as answered: what metrics count and, in the trace store, its span."""
+        outgoing, parent = self.outgoing, self.parent
+        return RequestSeen(self.route, self.service, self.instance, self.method, self.path,
+                           status, self.start_ns,
+                           (time.perf_counter_ns() - self.started) / 1e9, outgoing.trace_id,
+                           outgoing.span_id, parent.span_id if parent else None, host, error)
 
 
 class IngressError(web.Response):
@@ -509,9 +493,7 @@ class Ingress:
                 # the client left a websocket, or a streamed body: its answer had begun
                 status, error = edge.sent, None
             header = request.headers.get("Host")
-            span, seen = edge.finish(status, error, host_name(header) if header else None)
-            hub.spans([span])
-            hub.request(seen)
+            hub.request(edge.finish(status, error, host_name(header) if header else None))
 
     async def _answer(self, request: web.BaseRequest,
                       edge: Edge | None) -> web.StreamResponse:

@@ -10,11 +10,11 @@ trace or parent ids are invalid. The flags byte is kept as received (bit 0: samp
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 SAMPLED = "01"
-_HEX = frozenset("0123456789abcdef")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -33,28 +33,20 @@ class TraceParent:
         return bool(int(self.flags, 16) & 1)
 
 
-def _hex(value: str, size: int) -> bool:
-    return len(value) == size and _HEX.issuperset(value)
+# version, trace id, parent id, flags; a later version may add fields after a `-`
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?",
+                          re.DOTALL)
 
 
 def parse(header: str | None) -> TraceParent | None:
     """The trace a `traceparent` header continues, or None when it is absent or invalid."""
     if header is None:
         return None
-    value = header.strip(" \t")
-    if len(value) < 55:
+    match = _TRACEPARENT.fullmatch(header.strip(" \t"))
+    if match is None:
         return None
-    version = value[:2]
-    if not _hex(version, 2) or version == "ff":
-        return None
-    if version == "00" and len(value) != 55:
-        return None
-    if len(value) > 55 and value[55] != "-":
-        return None
-    if value[2] != "-" or value[35] != "-" or value[52] != "-":
-        return None
-    trace_id, span_id, flags = value[3:35], value[36:52], value[53:55]
-    if not (_hex(trace_id, 32) and _hex(span_id, 16) and _hex(flags, 2)):
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest is not None):
         return None
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 Attributes = dict[str, str | int | float | bool]
+INGRESS_SERVICE = "devenv-ingress"  # the `service.name` of the ingress's edge spans
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,10 @@ class Span:
         return max(self.end_ns - self.start_ns, 0)
 
 
-@dataclass(frozen=True)
-class RequestSeen:
-    """One request the ingress answered (or failed to): what metrics and the dashboard count.
-    Its edge span, when one was recorded, has `span_id` in trace `trace_id`."""
+class RequestSeen(NamedTuple):
+    """One request the ingress answered (or failed to): what metrics and the dashboard count,
+    and, when its trace is recorded, its edge span (`edge_span`), made by the trace store's
+    writer rather than on the ingress's hot path. A tuple: it is made for every request."""
 
     route: str  # what matched: a host, or a path prefix ("/api")
     service: str
@@ -45,8 +46,30 @@ class RequestSeen:
     status: int
     start_ns: int
     duration_s: float
-    trace_id: str | None = None
+    trace_id: str | None = None  # its edge span's trace (None: no span recorded)
     span_id: str | None = None
+    parent_id: str | None = None  # the caller's span, from its traceparent
+    host: str | None = None  # the Host it asked for (no port)
+    error: str | None = None  # why it failed, when it did (the span's status message)
+
+
+def edge_span(seen: RequestSeen) -> Span:
+    """The ingress's span of a request (service `devenv-ingress`, kind server)."""
+    attributes: Attributes = {"http.request.method": seen.method, "url.path": seen.path,
+                              "http.response.status_code": seen.status}
+    if seen.host:
+        attributes["server.address"] = seen.host
+    if seen.route:
+        attributes["devenv.route"] = seen.route
+    if seen.service:
+        attributes["devenv.service"] = seen.service
+    if seen.instance:
+        attributes["devenv.instance"] = seen.instance
+    return Span(seen.trace_id or "", seen.span_id or "", seen.parent_id, INGRESS_SERVICE,
+                f"{seen.method} {seen.route}" if seen.route else seen.method, seen.start_ns,
+                seen.start_ns + round(seen.duration_s * 1e9), kind="server",
+                status="unset" if seen.error is None else "error",
+                status_message=seen.error or "", attributes=attributes)
 
 
 SpanSink = Callable[[list[Span]], None]
