@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir, socket_address
 from devenv.wire import (
+    DebugResult,
     EnvironmentStatus,
     LoadResult,
     LogLine,
@@ -255,6 +256,13 @@ class Client:
     def scale(self, counts: dict[str, int]) -> OpResult:
         return from_json(OpResult, self._json("POST", "/v1/scale", {"counts": counts},
                                               timeout=None))
+
+    def debug(self, service: str, wait: bool, off: bool) -> DebugResult:
+        from urllib.parse import quote
+
+        return from_json(DebugResult, self._json(
+            "POST", "/v1/debug/" + quote(service, safe=""),
+            {"wait": wait, "off": off}, timeout=None))
 
     def stop(self, persist_data: bool) -> StopResult:
         result = from_json(StopResult, self._json("POST", "/v1/stop",

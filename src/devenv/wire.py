@@ -98,6 +98,15 @@ class ReloadRecord:
 
 
 @dataclasses.dataclass(frozen=True)
+class DebugInfo:
+    """A service running under its debugger (`devenv debug`)."""
+
+    language: str  # python (debugpy) or node (its inspector)
+    address: str  # 127.0.0.1:PORT, where a debugger attaches
+    wait: bool = False  # its code waits for a debugger before it runs
+
+
+@dataclasses.dataclass(frozen=True)
 class ServiceStatus:
     name: str
     state: State
@@ -114,6 +123,7 @@ class ServiceStatus:
     cpu_percent: float | None = optional()
     rss_bytes: int | None = optional()
     scrape_error: str | None = optional()  # why its own /metrics could not be scraped
+    debug: DebugInfo | None = optional()  # under a debugger: where to attach
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,6 +213,18 @@ class Rolled:
         verb = "depends" if len(names) == 1 else "depend"
         head = "rolled " + (", ".join(self.services) or "nothing")
         return f"{head} ({verb} on {', '.join(self.after)} with restart: true)"
+
+
+@dataclasses.dataclass(frozen=True)
+class DebugResult:
+    """Of `debug`: the service's debugger (None after --off), and where its code runs."""
+
+    service: str
+    ok: bool
+    debug: DebugInfo | None
+    workdir: str  # the service's folder, absolute: an IDE's path mappings
+    replicas: int  # running now (1 while debugged; the plan's again after --off)
+    error: str | None = optional()  # why the debugged instance failed (the previous serve)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,6 +105,17 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("scale", help="set replica counts live, e.g. scale api=3 web=2")
     s.add_argument("counts", nargs="+", metavar="SERVICE=N")
 
+    s = sub.add_parser("debug", help="run a service under its language's debugger (debugpy, "
+                       "node --inspect) and write its attach configuration")
+    s.add_argument("service", metavar="SERVICE")
+    s.add_argument("--wait", action="store_true", help="its code waits for a debugger to "
+                   "attach before it runs")
+    s.add_argument("--off", action="store_true", help="run it as planned again (replicas, "
+                   "command)")
+    s.add_argument("--no-launch-json", action="store_true",
+                   help="do not write .vscode/launch.json")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+
     s = sub.add_parser("exec", help="run a command with a service's environment and folder")
     s.add_argument("service")
     s.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
@@ -165,7 +176,7 @@ COMMANDS = {
     "init": "init", "up": "up", "stop": "stop", "restart": "restart", "status": "status",
     "logs": "logs", "scale": "scale", "exec": "exec_", "config": "config", "doctor": "doctor",
     "data": "data", "snapshot": "snapshot", "metrics": "metrics", "trace": "trace",
-    "dashboard": "dashboard",
+    "dashboard": "dashboard", "debug": "debug",
 }
 
 

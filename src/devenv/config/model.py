@@ -128,6 +128,20 @@ class Watch:
 
 
 @dataclass(frozen=True)
+class Debug:
+    """How `devenv debug` runs the service under its language's debugger."""
+
+    language: Literal["python", "node"] | None = key(
+        None, doc="python (debugpy) or node (its inspector). Default: told from the command "
+        "(python, uvicorn, gunicorn, flask, fastapi, node, npm/npx running node); declare it "
+        "when the command runs a script or program devenv cannot tell.")
+    port: int | None = key(
+        None, minimum=1, maximum=65535,
+        doc="Where the debugger listens, on 127.0.0.1. Default: a port picked once per "
+        "service from 9230-9729 and kept in .devenv/debug-ports.json.")
+
+
+@dataclass(frozen=True)
 class ServiceMetrics:
     """Where a service serves Prometheus metrics."""
 
@@ -214,6 +228,7 @@ class Service:
         None, doc="Prometheus metrics the service serves itself: the engine scrapes each "
         "instance and re-exposes its series with `service` and `instance` labels.",
     )
+    debug: Debug = key(factory=Debug, doc="How `devenv debug` runs it under a debugger.")
     description: str = key("", doc="What the service is for; shown in generated docs.")
     settings: Any = key(
         None, doc="The kind's own keys, read with its Settings (not a key: they sit flat on "

@@ -10,9 +10,11 @@ import asyncio
 import contextlib
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 from devenv import data as kinds
 from devenv.engine.context import Context
+from devenv.engine.debugging import DebugSession
 from devenv.engine.events import Reloaded, StateChanged
 from devenv.engine.health import probe
 from devenv.engine.jobs import new_data_generation
@@ -65,6 +67,8 @@ class Replica:
     started_at: float | None = None
     healthy_at: float | None = None
     incoming: bool = False  # a replacement not yet switched to: its output is labelled so
+    debugged: bool = False  # under a debugger: no start deadline, health failures keep it
+    waits: bool = False  # debugged with --wait: its code waits for a debugger to attach
 
     @property
     def label(self) -> str:
@@ -101,6 +105,7 @@ class ServiceRunner:
         self.last_reload: ReloadRecord | None = None
         self.hints: set[str] = set()  # what to do about known problems in its output
         self.scrape_error: str | None = None  # its own /metrics failed (telemetry/scrape.py)
+        self.debug: DebugSession | None = None  # under a debugger (engine/debugging.py)
         self._open = False
 
     # ---- lifecycle
@@ -112,6 +117,8 @@ class ServiceRunner:
             self._open = True
 
     async def scale(self, count: int) -> None:
+        if self.debug is not None:  # one debugged replica; the count is for after
+            self.debug.replicas, count = count, 1
         self.desired = count
         while len(self.replicas) < count:
             self._spawn(self._next_index(), self.plan)
@@ -133,8 +140,17 @@ class ServiceRunner:
             self.plan = plan
             await self.restart()
             return True
-        fresh = [Replica(index=r.index, plan=plan, start_attempts=1, incoming=bool(old))
-                 for r in old]
+        if self.debug is not None:  # one debugged instance (it holds the debug port alone)
+            fresh = [self._replica(r.index, plan, start_attempts=1, incoming=bool(old))
+                     for r in old[:1]]
+            going = [r for r in old if r.debugged]  # they hold the debug port: they go first
+            if going:  # (callers wait at the address meanwhile)
+                self.replicas = [r for r in self.replicas if not r.debugged]
+                old = [r for r in old if not r.debugged]
+                await asyncio.gather(*(self._retire(r) for r in going))
+        else:
+            fresh = [Replica(index=r.index, plan=plan, start_attempts=1, incoming=bool(old))
+                     for r in old]
         for rep in fresh:
             self._run(rep)
         ok = await self._await_all(fresh)
@@ -253,8 +269,8 @@ class ServiceRunner:
         while True:
             if any(r.failed_start for r in reps):
                 return False
-            if all(r.state == State.HEALTHY for r in reps):
-                return True
+            if all(r.state == State.HEALTHY or (r.waits and r.instance) for r in reps):
+                return True  # (one that waits for a debugger cannot be healthy before)
             self.changed.clear()
             await self.changed.wait()
 
@@ -264,8 +280,15 @@ class ServiceRunner:
         used = {r.index for r in self.replicas}
         return next(i for i in range(1, len(used) + 2) if i not in used)
 
+    def _replica(self, index: int, plan: ServicePlan, **more: Any) -> Replica:
+        """A new replica of `plan`; under the service's debugger while a session is on."""
+        if self.debug is None:
+            return Replica(index=index, plan=plan, **more)
+        return Replica(index=index, plan=self.debug.apply(plan), debugged=True,
+                       waits=self.debug.wait, **more)
+
     def _spawn(self, index: int, plan: ServicePlan) -> Replica:
-        rep = Replica(index=index, plan=plan)
+        rep = self._replica(index, plan)
         self.replicas.append(rep)
         self._run(rep)
         return rep
@@ -302,6 +325,7 @@ class ServiceRunner:
                 return
             rep.started_at = self.ctx.clock()
             self._event(rep, f"started {rep.instance.id}")
+            self.changed.set()  # (a replace waits for a --wait debugged one to start)
             pump = asyncio.create_task(self._pump(rep, rep.instance))
             exit_task = asyncio.create_task(rep.instance.wait())
             if rep.plan.job:
@@ -407,7 +431,7 @@ class ServiceRunner:
         while not exit_task.done() and not rep.stopping:
             if await probe(check, rep.instance, spec, self.runtime):
                 return True
-            if self.ctx.clock() > deadline:
+            if self.ctx.clock() > deadline and not rep.debugged:  # (a debugger may hold it)
                 rep.gave_up = True  # a start that times out fails `up` at once
                 self._set(rep, State.FAILED, f"not healthy after {budget:g}s (start_period)")
                 self._event(rep, rep.detail)
@@ -477,6 +501,11 @@ class ServiceRunner:
                 failures = 0
                 continue
             failures += 1
+            if rep.debugged:  # paused at a breakpoint, most likely: it stays as it is
+                if failures == retries:
+                    self._event(rep, f"{failures} failed health checks; kept (under a "
+                                "debugger: stopped at a breakpoint?)")
+                continue
             if failures >= retries and rep.state == State.HEALTHY:
                 if rep.backend:
                     self.pool.remove(rep.backend)
@@ -577,6 +606,7 @@ class ServiceRunner:
             restarts=self.restarts, reloads=self.reloads, last_reload=self.last_reload,
             config_hash=self.plan.config_hash, job=self.plan.job,
             watch=self.plan.watch_mode, scrape_error=self.scrape_error,
+            debug=self.debug.info() if self.debug else None,
             instances=[
                 InstanceStatus(
                     replica=r.index, state=r.state, detail=r.detail,

@@ -48,6 +48,8 @@ def _note(svc: ServiceStatus) -> str:
     """The one line worth reading about a service: what is wrong, or its last reload."""
     if svc.detail:
         return f"[dim]{escape(svc.detail.splitlines()[0])}[/]"
+    if svc.debug:
+        return f"[magenta]debugger ({svc.debug.language}) on {svc.debug.address}[/]"
     if svc.scrape_error:
         return f"[red]metrics scrape failed[/]: {escape(svc.scrape_error)}"
     last = svc.last_reload

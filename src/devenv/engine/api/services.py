@@ -1,5 +1,5 @@
 """Handlers for the environment and its services: ping, status, up, restart, scale, stop,
-exec."""
+exec, debug."""
 
 from __future__ import annotations
 
@@ -75,6 +75,11 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
         runtime, spec = env.exec_target(request.match_info["service"])
         return web.json_response({"runtime": runtime, "spec": to_json(spec)})
 
+    async def debug(request: web.Request) -> web.Response:
+        body = await request.json()
+        return answer(await env.debug(request.match_info["service"], bool(body.get("wait")),
+                                      bool(body.get("off"))))
+
     router.add_get("/v1/ping", ping)
     router.add_get("/v1/status", status)
     router.add_post("/v1/up", up)
@@ -82,3 +87,4 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
     router.add_post("/v1/scale", scale)
     router.add_post("/v1/stop", stop)
     router.add_get("/v1/exec/{service}", exec_target)
+    router.add_post("/v1/debug/{service}", debug)
