@@ -282,7 +282,7 @@ class _Reader:
         if not isinstance(target, str) or not target.startswith("/"):
             key = shorthand[0].lower() if shorthand else "path"
             self.bad(path + (key,), f"{target!r}: give a path starting with /, e.g. /api/items")
-            return None
+            target = "/"
         headers = node.get("headers") or {}
         if not isinstance(headers, dict):
             self.bad(path + ("headers",), "expected a mapping of header names to values")

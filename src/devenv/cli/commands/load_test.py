@@ -67,10 +67,17 @@ def _pattern(args: argparse.Namespace) -> pattern.Pattern:
             raise UsageError(f"--threshold: {t}")
         thresholds.append(t)
     if args.pattern:
-        if args.rate or args.connections or args.duration or args.path != "/":
-            raise UsageError("--pattern sets the rate, connections, duration and paths",
+        if args.rate or args.connections or args.path != "/":
+            raise UsageError("--pattern sets the rate, connections and paths",
                              hint="give those in the pattern file, or drop --pattern")
         pat = pattern.load(Path(args.pattern), args.pattern)
+        if args.duration:  # a short run of a one-stage pattern
+            if len(pat.stages) != 1:
+                raise UsageError("--duration with --pattern needs a pattern of one stage",
+                                 hint="set each stage's duration in the file")
+            seconds = _usage(units.duration, args.duration, "--duration", "a duration")
+            from dataclasses import replace
+            pat = replace(pat, stages=(replace(pat.stages[0], duration_s=seconds),))
         if args.scenario:
             names = [s.name for s in pat.scenarios]
             if args.scenario not in names:
