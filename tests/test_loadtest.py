@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENV, Project, free_ports
+from conftest import ENV, Project, free_ports, wait_for
 from test_shop import copy_shop
 
 SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
@@ -22,6 +22,7 @@ SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
 class _Orders(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     orders: dict[int, dict[str, object]] = {}
+    gets = 0
     lock = threading.Lock()
 
     def _send(self, code: int, doc: object) -> None:
@@ -40,6 +41,7 @@ class _Orders(BaseHTTPRequestHandler):
         self._send(201, self.orders[order_id])
 
     def do_GET(self) -> None:
+        _Orders.gets += 1
         if self.path.startswith("/orders/"):
             order = self.orders.get(int(self.path.rsplit("/", 1)[1]))
             self._send(200 if order else 404, order or {"error": "no such order"})
@@ -140,3 +142,25 @@ def test_shop_checkout_flow_through_the_ingress(project: Project) -> None:
     assert doc["steps"]["checkout/order"]["errors"]["total"] == 0
     assert all(t["ok"] for t in doc["thresholds"])
     assert "gateway via the ingress" in doc["target"]
+
+
+def test_ctrl_c_prints_the_partial_summary(server: str) -> None:
+    import os
+    import signal
+
+    run = subprocess.Popen([sys.executable, "-m", "devenv", "load-test", "--url", server,
+                            "--connections", "4", "--duration", "30s"], env=ENV, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert run.stdout is not None
+        before = _Orders.gets
+        assert wait_for(lambda: _Orders.gets > before + 10), "no load arrived"  # it runs
+        os.killpg(run.pid, signal.SIGINT)
+        out = run.communicate(timeout=15)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, out
+    assert "interrupted after" in out and "all" in out
