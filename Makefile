@@ -24,7 +24,7 @@ lint: $(BIN)/.installed
 # (uuid-ossp, pgcrypto) for a system PostgreSQL through bin_dir. One apt run for all; no
 # cluster of Debian's own is created (or started).
 DEBIAN_TOOLS := chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15 \
-	/usr/bin/prometheus:prometheus
+	/usr/bin/prometheus:prometheus /usr/sbin/nginx:nginx-light wrk:wrk
 tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do what=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$what >/dev/null 2>&1 || [ -x "$$what" ] || missing="$$missing $$pkg"; done; \
@@ -40,6 +40,8 @@ tools:
 	      -o Dpkg::Options::=--force-confold $$missing >/dev/null; \
 	    [ -z "$$norc" ] || rm -f /usr/sbin/policy-rc.d; \
 	  else echo "note: not installed:$$missing; the tests that need them are skipped"; fi; fi
+	@[ ! -x $(BIN)/python ] || $(BIN)/python -c 'import locust' 2>/dev/null || \
+	  $(BIN)/python -m pip install -q locust || echo "note: locust not installed; bench_loadtest skips it"
 browser node: tools
 
 test: lint tools
@@ -51,6 +53,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/bench_reload.py
 	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_traces.py
+	$(BIN)/python bench/bench_loadtest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -167,6 +167,26 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("dashboard", help="print the URL of the web dashboard (logs, traces, charts)")
 
+    s = sub.add_parser("load-test", help="load a service (or a URL) and measure it")
+    s.add_argument("--url", default=None, help="an http:// URL to load")
+    s.add_argument("--target", default=None, metavar="S", help="a service, through the ingress")
+    s.add_argument("--service", default=None, metavar="S", help="a service, at its own address")
+    s.add_argument("--path", default="/", help="the path to request (default /)")
+    s.add_argument("--method", default="GET", help="the method (default GET)")
+    s.add_argument("--rate", default=None, help="open model: arrivals a second, e.g. 200/s")
+    s.add_argument("--connections", type=int, default=None, metavar="N", help="closed model: N "
+                   "connections as fast as they go (default 32); with --rate: the most at once")
+    s.add_argument("--duration", default=None, help="how long, e.g. 30s (default 10s)")
+    s.add_argument("--timeout", default="10s", help="one request's limit (default 10s)")
+    s.add_argument("--pattern", default=None, metavar="FILE", help="scenarios, stages and "
+                   "thresholds from a YAML file")
+    s.add_argument("--scenario", default=None, metavar="NAME", help="only this scenario")
+    s.add_argument("--threshold", action="append", default=[], metavar="RULE",
+                   help="e.g. 'p95 < 300ms' or 'errors < 1%%' (repeatable); broken: exit 1")
+    s.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.add_argument("--report", default=None, metavar="FILE.html", help="write an HTML report")
+
     s = sub.add_parser("doctor", help="diagnose the machine and the project")
     s.add_argument("--json", action="store_true")
     return p
@@ -176,7 +196,7 @@ COMMANDS = {
     "init": "init", "up": "up", "stop": "stop", "restart": "restart", "status": "status",
     "logs": "logs", "scale": "scale", "exec": "exec_", "config": "config", "doctor": "doctor",
     "data": "data", "snapshot": "snapshot", "metrics": "metrics", "trace": "trace",
-    "dashboard": "dashboard", "debug": "debug",
+    "dashboard": "dashboard", "debug": "debug", "load-test": "load_test",
 }
 
 

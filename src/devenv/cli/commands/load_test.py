@@ -1,0 +1,229 @@
+"""`devenv load-test`: resolve the target through the engine's status, build the pattern
+(the quick form or a pattern file), run the generator, print and check the figures."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+
+from devenv.cli.commands._common import project_root
+from devenv.cli.output import Column, out, print_json, print_table, warn
+from devenv.client import Client
+from devenv.core.errors import DevenvError, UsageError
+from devenv.loadtest import generator, pattern, units
+from devenv.loadtest.report import Sample, write_report
+from devenv.loadtest.results import Results
+from devenv.loadtest.worker import Target
+
+
+def run(args: argparse.Namespace) -> int:
+    pat = _pattern(args)
+    target, client = _target(args, pat)
+    generator.reachable(target)
+    samples: list[Sample] = []
+    stop = threading.Event()
+    sampler = None
+    if args.report and client is not None:
+        sampler = threading.Thread(target=_sample, args=(client, samples, stop), daemon=True)
+        sampler.start()
+    live = sys.stdout.isatty() and not args.json
+    asked = _asked(pat)
+    if not args.json:
+        out.print(f"load test of {escape(target.label)}: {asked}")
+    results = generator.run(pat, target, workers=args.workers, asked=asked,
+                            progress=_progress(pat) if live else None)
+    stop.set()
+    if sampler:
+        sampler.join(timeout=3)
+    if live:
+        sys.stdout.write("\r\033[K")
+    verdicts = results.check(pat)
+    if args.json:
+        print_json(results.as_json())
+    else:
+        _summary(results)
+    if args.report:
+        write_report(Path(args.report), results, samples)
+        if not args.json:
+            out.print(f"report: {args.report}")
+    if results.interrupted:
+        return 130
+    return 1 if any(not v.ok for v in verdicts) else 0
+
+
+def _pattern(args: argparse.Namespace) -> pattern.Pattern:
+    timeout = _usage(units.duration, args.timeout, "--timeout", "a duration like 10s")
+    thresholds = []
+    for text in args.threshold:
+        t = pattern.threshold(text, "--threshold")
+        if isinstance(t, str):
+            raise UsageError(f"--threshold: {t}")
+        thresholds.append(t)
+    if args.pattern:
+        if args.rate or args.connections or args.path != "/":
+            raise UsageError("--pattern sets the rate, connections and paths",
+                             hint="give those in the pattern file, or drop --pattern")
+        pat = pattern.load(Path(args.pattern), args.pattern)
+        if args.duration:  # a short run of a one-stage pattern
+            if len(pat.stages) != 1:
+                raise UsageError("--duration with --pattern needs a pattern of one stage",
+                                 hint="set each stage's duration in the file")
+            seconds = _usage(units.duration, args.duration, "--duration", "a duration")
+            from dataclasses import replace
+            pat = replace(pat, stages=(replace(pat.stages[0], duration_s=seconds),))
+        if args.scenario:
+            names = [s.name for s in pat.scenarios]
+            if args.scenario not in names:
+                raise UsageError(f"no scenario named {args.scenario!r} in {args.pattern}",
+                                 hint=f"scenarios: {', '.join(names)}")
+            pat = pat.only(args.scenario)
+        if thresholds:
+            from dataclasses import replace
+            pat = replace(pat, thresholds=pat.thresholds + tuple(thresholds))
+        return pat
+    if args.scenario:
+        raise UsageError("--scenario names a scenario of a --pattern file")
+    duration = _usage(units.duration, args.duration or "10s", "--duration", "a duration "
+                      "like 30s")
+    if (problem := units.duration_problem(duration)):
+        raise UsageError(f"--duration: {problem}")
+    if args.connections is not None and (problem := units.count_problem(args.connections)):
+        raise UsageError(f"--connections: {problem}")
+    if args.rate:
+        rate = _usage(units.rate, args.rate, "--rate", "a rate like 200/s")
+        if (problem := units.rate_problem(rate)):
+            raise UsageError(f"--rate: {problem}")
+        stage = pattern.Stage("rate", duration, rate, rate)
+    else:
+        stage = pattern.Stage("users", duration, users=args.connections or 32)
+    if not args.path.startswith("/"):
+        raise UsageError(f"--path {args.path!r}: give a path starting with /")
+    return pattern.quick(args.method.upper(), args.path, stage, args.connections or 0, timeout,
+                         tuple(thresholds))
+
+
+def _usage(parse: Any, value: str, flag: str, what: str) -> Any:
+    try:
+        return parse(value)
+    except ValueError:
+        raise UsageError(f"{flag} {value!r}: give {what}") from None
+
+
+def _target(args: argparse.Namespace, pat: pattern.Pattern) -> tuple[Target, Client | None]:
+    given = [(k, getattr(args, k)) for k in ("url", "target", "service") if getattr(args, k)]
+    if len(given) > 1:
+        raise UsageError("give one of --url, --target or --service")
+    kind, value = given[0] if given else (pat.target or (None, None))
+    if kind is None or value is None:
+        raise UsageError("what should be loaded? give --target SERVICE (through the ingress),"
+                         " --service SERVICE (its own address) or --url URL")
+    if kind == "url":
+        return _from_url(value, value), None
+    client = Client(project_root(args))
+    if not client.running():
+        raise DevenvError("no environment is running, so there is no service "
+                          f"{value!r} to load", hint="start it with `devenv up`, or give --url")
+    status = client.status()
+    services = {s.name: s for s in status.services}
+    if value not in services:
+        raise UsageError(f"no service named {value!r}", hint=f"services: "
+                         f"{', '.join(sorted(services))}")
+    if kind == "service":
+        url = services[value].url
+        if not url:
+            raise DevenvError(f"service {value!r} has no address (no port)")
+        return _from_url(url, f"{value} ({url})"), client
+    if not status.ingress:
+        raise DevenvError("the ingress is not running", hint="use --service to load the "
+                          "service's own address")
+    ingress = _from_url(status.ingress, "")
+    return Target(ingress.host, ingress.port, f"{value}.localhost:{ingress.port}", "",
+                  f"{value} via the ingress ({status.ingress})"), client
+
+
+def _from_url(url: str, label: str) -> Target:
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise UsageError(f"{url!r}: give an http:// URL (https is not supported)")
+    port = parts.port or 80
+    return Target(parts.hostname, port, parts.netloc, parts.path.rstrip("/"), label or url)
+
+
+def _asked(pat: pattern.Pattern) -> str:
+    parts = []
+    for s in pat.stages:
+        if s.kind == "users":
+            parts.append(f"{s.users} connections for {s.duration_s:g}s")
+        elif s.kind == "ramp":
+            parts.append(f"{s.rate:g}/s to {s.to:g}/s over {s.duration_s:g}s")
+        else:
+            parts.append(f"{s.rate:g}/s for {s.duration_s:g}s" + (
+                " (spike)" if s.kind == "spike" else ""))
+    names = ", ".join(s.name for s in pat.scenarios)
+    return "; ".join(parts) + (f" [{names}]" if pat.file else "")
+
+
+def _progress(pat: pattern.Pattern) -> generator.Progress:
+    def show(results: Results, elapsed: float) -> None:
+        total = results.total()
+        last = results.timeline.get(max(results.timeline)) if results.timeline else None
+        lat = total.hist.summary_ms()
+        left = max(0.0, pat.duration_s - elapsed)
+        sys.stdout.write(
+            f"\r\033[K{last.requests if last else 0:,} req/s  p50 {lat['p50']:.1f} ms  "
+            f"p95 {lat['p95']:.1f} ms  p99 {lat['p99']:.1f} ms  errors {total.error_count:,}  "
+            f"{left:.0f}s left")
+        sys.stdout.flush()
+    return show
+
+
+def _sample(client: Client, samples: list[Sample], stop: threading.Event) -> None:
+    start = time.monotonic()
+    while not stop.is_set():
+        try:
+            status = client.status(resources=True)
+        except DevenvError:
+            return
+        samples.append(Sample(time.monotonic() - start, {
+            s.name: (s.cpu_percent or 0.0, s.rss_bytes or 0) for s in status.services
+            if s.cpu_percent is not None}))
+        stop.wait(1.0)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _summary(results: Results) -> None:
+    seconds = max(results.duration_s, 1e-9)
+    rows = []
+    for key, figures in [*sorted(results.steps.items()), ("all", results.total())]:
+        d = figures.as_json(seconds)
+        lat = d["latency_ms"]
+        rows.append([escape(key), f"{d['requests']:,}", f"{d['rps']:,.1f}",
+                     f"{d['errors']['total']:,}",
+                     *(_ms(lat[p]) for p in ("p50", "p90", "p95", "p99", "max"))])
+    print_table([Column("STEP"), Column("REQUESTS"), Column("REQ/S"), Column("ERRORS"),
+                 Column("P50 MS"), Column("P90 MS"), Column("P95 MS"), Column("P99 MS"),
+                 Column("MAX MS")], rows)
+    total = results.total()
+    if total.errors:
+        out.print("errors: " + ", ".join(f"{k} {n:,}" for k, n in sorted(total.errors.items())))
+    if results.interrupted:
+        out.print(f"[yellow]interrupted after {results.duration_s:.1f}s: partial figures[/]")
+    if results.behind:
+        warn(results.behind)
+    for v in results.verdicts:
+        mark = "[green]ok[/]" if v.ok else "[red]BROKEN[/]"
+        unit = "%" if v.threshold.metric == "errors" else (
+            "/s" if v.threshold.metric == "rps" else " ms")
+        actual = v.actual * 100 if v.threshold.metric == "errors" else v.actual
+        out.print(f"threshold {mark} {escape(v.scope or 'all')}: {escape(v.threshold.text)} "
+                  f"(was {actual:.2f}{unit}) [dim]{escape(v.threshold.where)}[/]")

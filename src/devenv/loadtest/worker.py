@@ -1,0 +1,484 @@
+"""One worker process: an event loop (uvloop when installed) driving its share of the
+connections through the stages, recording into histograms by the second and by step, and
+sending finished seconds to the parent as it goes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from devenv.loadtest.data import MISSING, Draw, TemplateError, extract, render, render_text
+from devenv.loadtest.histogram import Histogram
+from devenv.loadtest.http import NO_BODY, Connection, ProtocolError, encode, head
+from devenv.loadtest.pattern import Pattern, Scenario, Stage, Step
+from devenv.loadtest.schedule import Schedule
+
+Clock = Callable[[], float]
+KINDS = ("connect", "timeout", "status", "check")
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str  # where to connect
+    port: int
+    host_header: str  # the Host header (the ingress routes on it)
+    prefix: str = ""  # prepended to every path (a URL's own path)
+    label: str = ""  # how the user named it
+
+
+@dataclass(frozen=True)
+class Job:
+    pattern: Pattern
+    target: Target
+    part: int = 0
+    parts: int = 1
+    start_at: float = 0.0  # time.time() at which every worker starts
+
+
+@dataclass
+class StepStats:
+    hist: Histogram = field(default_factory=Histogram)
+    errors: Counter[str] = field(default_factory=Counter)
+    requests: int = 0  # answered or failed (a connect error has no latency)
+
+    def wire(self) -> dict[str, Any]:
+        return {"buckets": self.hist.sparse(), "max_us": self.hist.max_us,
+                "requests": self.requests, "errors": dict(self.errors)}
+
+
+class Recorder:
+    """Latencies and errors of one process, by step and by second of the run."""
+
+    def __init__(self, start: float, clock: Clock = time.perf_counter):
+        self.start, self.clock = start, clock
+        self.steps: dict[str, StepStats] = {}
+        self.seconds: dict[int, StepStats] = {}
+        self.not_sent = 0  # open model: arrivals the run ended before sending
+        self.lag_max_s = 0.0  # open model: most a free connection started late
+        self.busy = 0  # open model: arrivals taken late because every connection was busy
+
+    def second(self, now: float) -> StepStats:
+        sec = int(now - self.start) if now > self.start else 0
+        stats = self.seconds.get(sec)
+        if stats is None:
+            stats = self.seconds[sec] = StepStats()
+        return stats
+
+    def record(self, key: str, sent: float, now: float, error: str | None = None) -> None:
+        stats = self.steps.get(key)
+        if stats is None:
+            stats = self.steps[key] = StepStats()
+        sec = self.second(now)
+        stats.requests += 1
+        if error != "connect":
+            us = int((now - sent) * 1_000_000)
+            stats.hist.record(us)
+            sec.hist.record(us)
+        sec.requests += 1
+        if error:
+            stats.errors[error] += 1
+            sec.errors[error] += 1
+
+    def take_seconds(self, before: int) -> list[tuple[int, dict[str, Any]]]:
+        done = sorted(s for s in self.seconds if s < before)
+        return [(s, self.seconds.pop(s).wire()) for s in done]
+
+
+async def open_loop(schedule: Schedule, start: float, slots: int, clock: Clock,
+                    run_one: Callable[[float], Awaitable[None]], stopping: Callable[[], bool],
+                    recorder: Recorder, last: float) -> None:
+    """Open model: `slots` connections take the intended arrivals in turn; each waits for
+    its arrival's time, never for the server. An arrival taken late (every connection was
+    busy) still counts its latency from its intended time. Arrivals not sent by `last`
+    are counted as not sent."""
+
+    async def slot() -> None:
+        while not stopping():
+            at = schedule.next()
+            if at is None:
+                return
+            intended = start + at
+            if intended > last:
+                recorder.not_sent += 1
+                continue
+            delay = intended - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+                recorder.lag_max_s = max(recorder.lag_max_s, clock() - intended)
+            elif delay < -0.001:
+                recorder.busy += 1
+            await run_one(intended)
+
+    await asyncio.gather(*(slot() for _ in range(slots)))
+
+
+class FastConnection(asyncio.Protocol):
+    """The hot loop of a one-request closed-model run: the answer's last byte sends the next
+    request from inside the protocol callback (no task, no future)."""
+
+    def __init__(self, worker: Worker, raw: bytes, key: str, head_only: bool):
+        self.w, self.raw, self.key, self.head_only = worker, raw, key, head_only
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+        self.sent = 0.0
+        self.waiting = False
+        self.running = True
+        self.gone = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send()
+
+    def send(self) -> None:
+        if not self.running or self.w.stop_now or self.transport is None:
+            self.waiting = False
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.waiting = True
+        self.sent = time.perf_counter()
+        self.transport.write(self.raw)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        rec = self.w.rec
+        while self.waiting:
+            try:
+                parsed = head(buf, self.head_only)
+            except (ProtocolError, ValueError):
+                self.fail("connect")
+                return
+            if parsed is None:
+                break
+            status, start, length, close = parsed
+            if length == NO_BODY:
+                end = start
+            elif length >= 0:
+                end = start + length
+                if len(buf) < end:
+                    break
+            else:  # chunked or until close: the general client frames those
+                self.w.slow_framing = True
+                self.fail("connect")
+                return
+            now = time.perf_counter()
+            buf = buf[end:]
+            rec.record(self.key, self.sent, now, None if status < 400 else "status")
+            if close:
+                self.buf = b""
+                self.waiting = False
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            self.send()
+        self.buf = buf
+
+    def fail(self, kind: str) -> None:
+        if self.waiting:
+            self.w.rec.record(self.key, self.sent, time.perf_counter(), kind)
+        self.waiting = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiting:
+            self.w.rec.record(self.key, self.sent, time.perf_counter(), "connect")
+            self.waiting = False
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+
+class Worker:
+    def __init__(self, job: Job, report: Callable[[tuple[Any, ...]], None],
+                 stop: Callable[[], bool], clock: Clock = time.perf_counter):
+        self.job, self.report, self.stop_requested = job, report, stop
+        self.pattern = job.pattern
+        self.clock = clock
+        self.start = clock() + max(0.0, job.start_at - time.time())
+        self.rec = Recorder(self.start, clock)
+        self.stop_now = False
+        self.slow_framing = False
+        self.raw_cache: dict[int, bytes] = {}
+        weights = [s.weight for s in self.pattern.scenarios]
+        self.weights = weights
+        self.random = random.Random(job.part)
+        self.draws = {s.name: Draw(s.data, offset=job.part, seed=job.part)
+                      for s in self.pattern.scenarios}
+        self.fast: list[FastConnection] = []  # the hot loop's connections
+        self._idle: list[list[Connection | None]] = []  # open model: connections to reuse
+
+    def share(self, n: int) -> int:
+        """This worker's part of n connections or users."""
+        return n // self.job.parts + (1 if self.job.part < n % self.job.parts else 0)
+
+    # -- the run ----------------------------------------------------------------------
+    async def run(self) -> None:
+        ticker = asyncio.ensure_future(self._tick())
+        try:
+            delay = self.start - self.clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self._stages()
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        end = len(self.rec.seconds) + max(self.rec.seconds, default=0) + 1
+        self.report(("seconds", self.job.part, self.rec.take_seconds(end)))
+        self.report(("done", self.job.part, {
+            "steps": {k: v.wire() for k, v in self.rec.steps.items()},
+            "not_sent": self.rec.not_sent, "lag_max_s": self.rec.lag_max_s,
+            "busy": self.rec.busy}))
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            if self.stop_requested():
+                self.stop_now = True
+            now_sec = int(self.clock() - self.start)
+            ready = self.rec.take_seconds(now_sec)
+            if ready:
+                self.report(("seconds", self.job.part, ready))
+            self._timeouts()
+
+    def _timeouts(self) -> None:
+        limit = self.clock() - self.pattern.timeout_s
+        for conn in list(self.fast):
+            if conn.waiting and conn.sent < limit:
+                conn.fail("timeout")
+
+    def _fast_step(self) -> Step | None:
+        p = self.pattern
+        if (len(p.scenarios) == 1 and len(p.scenarios[0].steps) == 1
+                and all(not s.open for s in p.stages) and p.scenarios[0].think_s == (0, 0)):
+            step = p.scenarios[0].steps[0]
+            if step.static and not step.check.body and not step.check.json \
+                    and not step.check.status and not step.extract and not self.slow_framing:
+                return step
+        return None
+
+    async def _stages(self) -> None:
+        at = self.start
+        open_run: asyncio.Future[None] | None = None
+        schedule = Schedule(self.pattern.stages, self.job.part, self.job.parts)
+        if schedule.pieces:
+            most = max(max(s.rate, s.to) for s in self.pattern.stages if s.open)
+            conns = self.pattern.connections or max(8, min(1000, int(most * 0.5)))
+            last = self.start + self.pattern.duration_s
+            open_run = asyncio.ensure_future(open_loop(
+                schedule, self.start, max(1, self.share(conns)), self.clock,
+                self._open_iteration, lambda: self.stop_now, self.rec, last))
+        busy: list[asyncio.Future[None]] = []
+        for stage in self.pattern.stages:
+            end = at + stage.duration_s
+            if not stage.open:
+                busy.append(asyncio.ensure_future(self._closed(stage, end)))
+            await self._until(end)
+            at = end
+            if self.stop_now:
+                break
+        tasks = busy + ([open_run] if open_run else [])
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.pattern.timeout_s + 1)
+            self.stop_now = True
+            for task in pending:
+                task.cancel()
+            for conn in self.fast:
+                conn.fail("timeout")
+            if pending:
+                await asyncio.wait(pending, timeout=1)
+
+    async def _until(self, end: float) -> None:
+        while not self.stop_now:
+            left = end - self.clock()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 0.05))
+
+    # -- closed model -----------------------------------------------------------------
+    async def _closed(self, stage: Stage, end: float) -> None:
+        users = self.share(stage.users)
+        if not users:
+            return
+        step = self._fast_step()
+        if step is not None:
+            await self._closed_fast(step, users, end)
+            return
+
+        async def user() -> None:
+            conn: list[Connection | None] = [None]
+            while not self.stop_now and self.clock() < end:
+                await self._iteration(self._pick(), conn, None)
+            if conn[0] is not None:
+                conn[0].abort()
+
+        await asyncio.gather(*(user() for _ in range(users)))
+
+    async def _closed_fast(self, step: Step, users: int, end: float) -> None:
+        loop = asyncio.get_running_loop()
+        raw = self._raw(step, {})
+        key = f"{self.pattern.scenarios[0].name}/{step.name}"
+
+        async def user() -> None:
+            while not self.stop_now and self.clock() < end:
+                t0 = self.clock()
+                try:
+                    _, conn = await asyncio.wait_for(loop.create_connection(
+                        lambda: FastConnection(self, raw, key, step.method == "HEAD"),
+                        self.job.target.host, self.job.target.port), self.pattern.timeout_s)
+                except (TimeoutError, OSError) as exc:
+                    kind = "timeout" if isinstance(exc, asyncio.TimeoutError) else "connect"
+                    self.rec.record(key, t0, self.clock(), kind)
+                    await asyncio.sleep(0.05)
+                    continue
+                self.fast.append(conn)
+                watch = asyncio.ensure_future(self._stop_at(conn, end))
+                await conn.gone
+                watch.cancel()
+                self.fast.remove(conn)
+                if self.slow_framing:
+                    break
+            if self.slow_framing and not self.stop_now and self.clock() < end:
+                conn_box: list[Connection | None] = [None]
+                while not self.stop_now and self.clock() < end:
+                    await self._iteration(self.pattern.scenarios[0], conn_box, None)
+
+        await asyncio.gather(*(user() for _ in range(users)))
+
+    async def _stop_at(self, conn: FastConnection, end: float) -> None:
+        await self._until(end)
+        conn.running = False
+        if not conn.waiting and conn.transport is not None:
+            conn.transport.close()
+
+    # -- scenarios --------------------------------------------------------------------
+    def _pick(self) -> Scenario:
+        scenarios = self.pattern.scenarios
+        if len(scenarios) == 1:
+            return scenarios[0]
+        return self.random.choices(scenarios, self.weights)[0]
+
+    async def _open_iteration(self, intended: float) -> None:
+        conn: list[Connection | None] = self._idle.pop() if self._idle else [None]
+        try:
+            await self._iteration(self._pick(), conn, intended)
+        finally:
+            self._idle.append(conn)
+
+    def _raw(self, step: Step, values: dict[str, Any]) -> bytes:
+        static = step.static
+        if static and id(step) in self.raw_cache:
+            return self.raw_cache[id(step)]
+        t = self.job.target
+        headers = {k: render_text(v, values) for k, v in step.headers}
+        body = b""
+        if step.json is not None:
+            body = json.dumps(render(step.json, values)).encode()
+            headers.setdefault("Content-Type", "application/json")
+        elif step.body is not None:
+            body = render_text(step.body, values).encode()
+        raw = encode(step.method, t.prefix + render_text(step.path, values), t.host_header,
+                     headers, body)
+        if static:
+            self.raw_cache[id(step)] = raw
+        return raw
+
+    async def _connect(self) -> Connection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(Connection, self.job.target.host,
+                                               self.job.target.port)
+        return conn
+
+    async def _iteration(self, sc: Scenario, box: list[Connection | None],
+                         intended: float | None) -> None:
+        values = self.draws[sc.name].next()
+        for i, step in enumerate(sc.steps):
+            key = f"{sc.name}/{step.name}"
+            if self.stop_now:
+                return
+            try:
+                raw = self._raw(step, values)
+            except TemplateError:
+                self.rec.record(key, self.clock(), self.clock(), "check")
+                return
+            sent = intended if (i == 0 and intended is not None) else self.clock()
+            try:
+                conn = box[0]
+                if conn is None or conn.closed:
+                    conn = await asyncio.wait_for(self._connect(), self.pattern.timeout_s)
+                    box[0] = conn
+                left = self.pattern.timeout_s - (self.clock() - sent)
+                resp = await asyncio.wait_for(conn.request(raw, step.method == "HEAD"),
+                                              max(left, 0.001))
+            except TimeoutError:
+                self.rec.record(key, sent, self.clock(), "timeout")
+                self._drop(box)
+                return
+            except (OSError, ProtocolError):
+                now = self.clock()
+                self.rec.record(key, sent, now, "connect")
+                self._drop(box)
+                if intended is None:
+                    await asyncio.sleep(0.05)  # a refused connection must not spin
+                return
+            now = self.clock()
+            error = None
+            if not step.check.status_ok(resp.status):
+                error = "status"
+            elif not self._checked(step, resp.body, values):
+                error = "check"
+            self.rec.record(key, sent, now, error)
+            if error:
+                return
+            lo, hi = sc.think_s
+            if hi > 0 and i < len(sc.steps) - 1:
+                await asyncio.sleep(lo if lo == hi else self.random.uniform(lo, hi))
+
+    @staticmethod
+    def _drop(box: list[Connection | None]) -> None:
+        if box[0] is not None:
+            box[0].abort()
+            box[0] = None
+
+    @staticmethod
+    def _checked(step: Step, body: bytes, values: dict[str, Any]) -> bool:
+        check = step.check
+        if check.body is not None and check.body.encode() not in body:
+            return False
+        if not check.json and not step.extract:
+            return True
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            return False
+        for _, parts, expected in check.json:
+            got = extract(doc, parts)
+            if got is MISSING or (expected != "exists" and got != expected):
+                return False
+        for var, parts in step.extract:
+            got = extract(doc, parts)
+            if got is MISSING:
+                return False
+            values[var] = got
+        return True
+
+
+def main(job: Job, queue: Any, stop: Any) -> None:
+    """The worker process's entry: Ctrl-C is the parent's to handle (it sets `stop`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+        uvloop.install()
+    except ImportError:
+        pass
+    worker = Worker(job, queue.put, stop.is_set)
+    asyncio.run(worker.run())

@@ -1,0 +1,166 @@
+"""`devenv load-test` run as a user would: against a small real HTTP server (orders made
+and read back by id), against the example shop, and with bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from conftest import ENV, Project, free_ports, wait_for
+from test_shop import copy_shop
+
+SHOP = Path(__file__).resolve().parents[1] / "examples" / "shop"
+
+
+class _Orders(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    orders: dict[int, dict[str, object]] = {}
+    gets = 0
+    lock = threading.Lock()
+
+    def _send(self, code: int, doc: object) -> None:
+        body = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.lock:
+            order_id = len(self.orders) + 1
+            self.orders[order_id] = {"order_id": order_id, "user": doc["user_id"]}
+        self._send(201, self.orders[order_id])
+
+    def do_GET(self) -> None:
+        _Orders.gets += 1
+        if self.path.startswith("/orders/"):
+            order = self.orders.get(int(self.path.rsplit("/", 1)[1]))
+            self._send(200 if order else 404, order or {"error": "no such order"})
+        else:
+            self._send(200, {"ok": True})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_ports(1)[0]), _Orders)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def load_test(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "devenv", "load-test", *args], cwd=cwd,
+                          env=ENV, capture_output=True, text=True, timeout=60)
+
+
+PATTERN = """scenarios:
+  order:
+    data:
+      user: [1, 2, 3]
+    steps:
+      - name: create
+        post: /orders
+        json: {user_id: "${user}"}
+        check: {status: 201}
+        extract: {order_id: $.order_id}
+      - name: read
+        get: /orders/${order_id}
+        check: {status: 200, json: {$.user: exists}}
+stages:
+  - {rate: 50/s, duration: 1s}
+thresholds:
+  - errors < 1%%
+  - %s
+"""
+
+
+def test_a_pattern_uses_an_earlier_response_and_prints_json(server: str,
+                                                             tmp_path: Path) -> None:
+    (tmp_path / "p.yml").write_text(PATTERN % "p95 < 2s")
+    done = load_test("--url", server, "--pattern", "p.yml", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert {"requests", "rps", "errors", "latency_ms", "steps"} <= set(doc)
+    assert set(doc["latency_ms"]) == {"p50", "p90", "p95", "p99", "max"}
+    assert doc["steps"]["order/create"]["requests"] == 50
+    assert doc["steps"]["order/read"]["requests"] == 50  # each read found its order
+    assert doc["errors"]["total"] == 0 and all(t["ok"] for t in doc["thresholds"])
+
+    (tmp_path / "p.yml").write_text(PATTERN % "max < 0.001ms")
+    broken = load_test("--url", server, "--pattern", "p.yml", cwd=tmp_path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "BROKEN" in broken.stdout and "max < 0.001ms" in broken.stdout
+
+
+def test_quick_form_and_html_report(server: str, tmp_path: Path) -> None:
+    report = tmp_path / "r.html"
+    done = load_test("--url", server + "/", "--connections", "4", "--duration", "1s",
+                     "--report", str(report))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "all" in done.stdout and "P95 MS" in done.stdout
+    page = report.read_text()
+    assert page.count("<svg") >= 2 and "<polyline" in page  # latency and throughput drawn
+    assert not any(a in page for a in ("src=", "href=", "<link", "url("))  # self-contained
+
+
+def test_bad_input_is_refused_with_what_and_where(tmp_path: Path) -> None:
+    port = free_ports(1)[0]  # nothing listens there
+    gone = load_test("--url", f"http://127.0.0.1:{port}/", "--duration", "1s")
+    assert gone.returncode == 1 and f"127.0.0.1:{port}" in gone.stderr
+    absurd = load_test("--url", f"http://127.0.0.1:{port}/", "--rate", "50000000/s")
+    assert absurd.returncode == 2 and "1,000,000/s" in absurd.stderr
+    many = load_test("--url", f"http://127.0.0.1:{port}/", "--connections", "900000")
+    assert many.returncode == 2 and "20,000" in many.stderr
+    (tmp_path / "bad.yml").write_text("scenarios: {}\nstages:\n  - {users: lots, duration: 1s}\n")
+    bad = load_test("--url", f"http://127.0.0.1:{port}/", "--pattern", "bad.yml", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "bad.yml:1 scenarios" in bad.stderr and "bad.yml:3 stages[0].users" in bad.stderr
+
+
+def test_shop_checkout_flow_through_the_ingress(project: Project) -> None:
+    copy_shop(project)
+    project.devenv("up", "--profile", "integration-test", check=True)
+    done = project.devenv("load-test", "--pattern", "load-checkout.yml", "--duration", "2s",
+                          "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["steps"]["checkout/checkout"]["requests"] >= 2
+    assert doc["steps"]["checkout/order"]["errors"]["total"] == 0
+    assert all(t["ok"] for t in doc["thresholds"])
+    assert "gateway via the ingress" in doc["target"]
+
+
+def test_ctrl_c_prints_the_partial_summary(server: str) -> None:
+    import os
+    import signal
+
+    run = subprocess.Popen([sys.executable, "-m", "devenv", "load-test", "--url", server,
+                            "--connections", "4", "--duration", "30s"], env=ENV, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert run.stdout is not None
+        before = _Orders.gets
+        assert wait_for(lambda: _Orders.gets > before + 10), "no load arrived"  # it runs
+        os.killpg(run.pid, signal.SIGINT)
+        out = run.communicate(timeout=15)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, out
+    assert "interrupted after" in out and "all" in out
