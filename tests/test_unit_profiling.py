@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
 from devenv.checks import profiler_check
-from devenv.engine.profiler import choose, json_in, rss_window
+from devenv.core.errors import DevenvError
+from devenv.engine.profiler import Profiler, choose, json_in, rss_window
 from devenv.profiling import flame, speedscope, top
 from devenv.profiling.permissions import Facts, decide
 from devenv.runtime.base import Target
@@ -160,3 +162,15 @@ def test_doctor_warns_with_the_fix_when_attaching_is_forbidden() -> None:
     assert check.status == "warn" and "ptrace_scope is 1" in check.message
     assert "echo 0 > /proc/sys/kernel/yama/ptrace_scope" in check.fix
     assert profiler_check(ROOT_CAP).status == "ok"
+
+
+def test_profile_refuses_to_attach_with_the_fix_when_the_os_forbids_it(tmp_path: Path) -> None:
+    profiler = Profiler(tmp_path, facts=lambda: Facts(1000, False, 1, False))
+    with pytest.raises(DevenvError) as caught:
+        profiler._check_attach("api-1")
+    assert caught.value.exit_code == 1
+    assert "cannot attach a profiler to api-1: kernel.yama.ptrace_scope is 1" in \
+        caught.value.message
+    assert caught.value.hint and "echo 0 > /proc/sys/kernel/yama/ptrace_scope" in \
+        caught.value.hint
+    Profiler(tmp_path, facts=lambda: ROOT_CAP)._check_attach("api-1")  # this machine: allowed
