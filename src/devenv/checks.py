@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from devenv.core.errors import ConfigError, DevenvError
 from devenv.core.paths import StateDir
 from devenv.core.ports import port_owner
+from devenv.profiling import permissions
 
 if TYPE_CHECKING:
     from devenv.config.load import Loaded
@@ -39,7 +40,17 @@ def machine_checks(root: Path) -> list[Check]:
     out.append(_inotify())
     out.append(_disk(root))
     out.append(_localhost())
+    out.append(profiler_check())
     return out
+
+
+def profiler_check(facts: permissions.Facts | None = None) -> Check:
+    """Whether `devenv profile` may attach py-spy/memray to services (Node needs none)."""
+    verdict = permissions.decide(facts or permissions.facts())
+    if verdict.allowed:
+        return Check("profiling", "ok", verdict.reason)
+    return Check("profiling", "warn", f"`devenv profile` cannot attach to Python services: "
+                 f"{verdict.reason}", verdict.fix)
 
 
 def project_checks(root: Path, engine_running: bool) -> list[Check]:

@@ -20,6 +20,8 @@ from devenv.wire import (
     LoadResult,
     LogLine,
     OpResult,
+    ProfileResult,
+    ProfileTick,
     Progress,
     ResetResult,
     SnapshotSummary,
@@ -280,6 +282,24 @@ class Client:
 
         data = self._json("GET", "/v1/exec/" + quote(service, safe=""))
         return data["runtime"], from_json(InstanceSpec, data["spec"])
+
+    def profile(self, service: str, *, seconds: float, replica: int | None,
+                formats: list[str], memory: bool) -> Iterator[ProfileTick | ProfileResult]:
+        """A tick a second while the sampler runs, then the result. No deadline: the answer
+        takes the profile's duration; closing the iterator early (Ctrl-C) hangs up, which
+        stops the sampler."""
+        for item in self._stream("POST", "/v1/profile", {
+                "service": service, "seconds": seconds, "replica": replica,
+                "formats": formats, "memory": memory}):
+            kind = item.get("type")
+            if kind == "error":
+                info = item.get("error") or {}
+                error = DevenvError(info.get("message", "the profile failed"),
+                                    hint=info.get("hint"), details=info.get("details"))
+                error.exit_code = int(info.get("exit_code", 1))
+                raise error
+            yield from_json(ProfileResult, item) if kind == "done" \
+                else from_json(ProfileTick, item)
 
     def snapshot_save(self, name: str) -> SnapshotSummary:
         return from_json(SnapshotSummary, self._json("POST", "/v1/snapshots", {"name": name},

@@ -343,6 +343,74 @@ class Trace(TraceSummary):
     spans: list[SpanInfo] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
+class FunctionTime:
+    """One function of a CPU profile: time on top of the stack (self) and anywhere on it
+    (total), in seconds and as shares of all samples."""
+
+    function: str
+    file: str
+    line: int
+    self_s: float
+    total_s: float
+    self_pct: float
+    total_pct: float
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryWindow:
+    """One instance's resident memory, sampled over the profile's window."""
+
+    instance: str
+    samples: int
+    min_bytes: int
+    avg_bytes: int
+    max_bytes: int
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocationSite:
+    """Where memory was allocated (the innermost Python frame), at the window's peak."""
+
+    function: str
+    file: str
+    line: int
+    bytes: int
+    allocations: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileTick:
+    """`profile` at work: sent every second while the sampler runs."""
+
+    instance: str
+    sampler: str
+    elapsed: float
+    seconds: float
+    type: str = "tick"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProfileResult:
+    """`devenv profile`: the files written (under .devenv/profiles/), the top functions by
+    self and by total time (CPU), and memory over the window (`--memory`). `notes` say what
+    could not be done (e.g. allocation sites for a language without a tracer)."""
+
+    service: str
+    instance: str
+    sampler: str  # py-spy, node-inspector, memray, rss
+    seconds: float
+    samples: int = 0
+    sampled_s: float = 0.0
+    files: list[str] = dataclasses.field(default_factory=list)
+    top_self: list[FunctionTime] = dataclasses.field(default_factory=list)
+    top_total: list[FunctionTime] = dataclasses.field(default_factory=list)
+    memory: list[MemoryWindow] = dataclasses.field(default_factory=list)
+    allocations: list[AllocationSite] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    type: str = "done"
+
+
 # ---------------------------------------------------------------- JSON
 
 

@@ -165,6 +165,18 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("file")
     d.add_argument("--name", default=None, help="store it under another name")
 
+    s = sub.add_parser("profile", help="sample a running service's CPU (or memory) without "
+                       "restarting it")
+    s.add_argument("--service", required=True, metavar="S")
+    s.add_argument("--duration", default="10s", help="how long to sample (default 10s)")
+    s.add_argument("--replica", type=int, default=None, metavar="N",
+                   help="which replica (default: the first healthy one)")
+    s.add_argument("--format", choices=["speedscope", "flamegraph"], default=None,
+                   help="write only this file (default: both)")
+    s.add_argument("--memory", action="store_true", help="RSS of each instance over the "
+                   "window, and Python's top allocation sites")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+
     sub.add_parser("dashboard", help="print the URL of the web dashboard (logs, traces, charts)")
 
     s = sub.add_parser("load-test", help="load a service (or a URL) and measure it")
@@ -196,7 +208,7 @@ COMMANDS = {
     "init": "init", "up": "up", "stop": "stop", "restart": "restart", "status": "status",
     "logs": "logs", "scale": "scale", "exec": "exec_", "config": "config", "doctor": "doctor",
     "data": "data", "snapshot": "snapshot", "metrics": "metrics", "trace": "trace",
-    "dashboard": "dashboard", "debug": "debug", "load-test": "load_test",
+    "dashboard": "dashboard", "debug": "debug", "load-test": "load_test", "profile": "profile",
 }
 
 

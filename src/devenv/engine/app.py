@@ -23,6 +23,7 @@ from devenv.engine.api.dashboard import Monitor
 from devenv.engine.cascade import Cascade
 from devenv.engine.dataops import DataOps
 from devenv.engine.debugging import open_session
+from devenv.engine.profiler import Profiler
 from devenv.engine.reconciler import Engine
 from devenv.engine.reloader import Reloader
 from devenv.engine.routing import Routing
@@ -41,6 +42,8 @@ from devenv.wire import (
     Link,
     LoadResult,
     OpResult,
+    ProfileResult,
+    ProfileTick,
     Progress,
     ResetResult,
     SnapshotSummary,
@@ -71,6 +74,7 @@ class Environment:
         self.data = DataOps(engine, StateDir(root))
         self.cascade = Cascade(engine)  # dependents rolled after a restart (restart: true)
         self.reloader = Reloader(engine)
+        self.profiler = Profiler(root)  # `devenv profile`
         self.watcher = Watcher(self.reloader.trigger, engine.ctx.clock)
         self.profile: str | None = None  # of the last `up`
         self.environ: dict[str, str] | None = None  # the caller's, for ${VAR}
@@ -208,6 +212,21 @@ class Environment:
                              hint="services: " + (", ".join(names) or "none"))
         want = plan.services[service]
         return want.runtime, exec_spec(want)
+
+    async def sample(self, service: str, replica: int | None, seconds: float,
+                      formats: list[str], memory: bool, tick: Callable[[ProfileTick], None]
+                      ) -> ProfileResult:
+        """Sample a running instance of `service` for `seconds` (`stop` cancels it, which
+        stops the sampler)."""
+        self.known([service])
+        task = asyncio.current_task()
+        assert task is not None
+        self._work.add(task)
+        try:
+            return await self.profiler.profile(self.engine.runners[service], replica, seconds,
+                                               formats, memory, tick)
+        finally:
+            self._work.discard(task)
 
     # ---- data operations: each rolls the `restart: true` dependents of what it restarted
 

@@ -2,9 +2,10 @@
 
 No PIDs and no host paths here: an instance is an opaque handle with an address, its output,
 its exit and its resource use, so a container or Kubernetes runtime can implement it too.
-Besides instances, a runtime realises a service's stable address (`address`), runs one-off
-commands attached to the caller's terminal (`exec`), and cleans up after a dead engine
-(`recover`).
+An instance also lets a tool attach to its processes (`targets`, `attach`: profilers),
+each named by an opaque id. Besides instances, a runtime realises a service's stable address
+(`address`), runs one-off commands attached to the caller's terminal (`exec`), and cleans up
+after a dead engine (`recover`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,27 @@ class RunResult:
 
 
 @dataclass(frozen=True)
+class Target:
+    """One process of an instance that a tool (a sampling profiler) can attach to: an
+    opaque id, the program it runs (its executable's name: python3.11, node) and its
+    parent's id when that is the instance's too. Listed parents first."""
+
+    id: str
+    program: str
+    parent: str | None = None
+
+
+@dataclass(frozen=True)
+class Attached:
+    code: int  # negative: killed by that signal; -9 also when it was stopped at its deadline
+    stdout: bytes  # all of it (a profile)
+    stderr: str  # its end
+
+
+PID_REF = "${PID}"
+
+
+@dataclass(frozen=True)
 class OutputLine:
     stream: str  # "out" or "err"
     text: str
@@ -86,6 +108,14 @@ class Instance(Protocol):
 
     def resources(self) -> Resources | None:
         """Memory now, and CPU since the previous call (since start on the first)."""
+
+    def targets(self) -> list[Target]:
+        """The instance's processes now (what `attach` can reach), parents first."""
+
+    async def attach(self, target: str, argv: tuple[str, ...], timeout: float) -> Attached:
+        """Run a tool against one of the instance's processes (`${PID}` in `argv`: that
+        process as the tool sees it), e.g. a sampling profiler. Stopped at `timeout`, or
+        when cancelled: SIGINT first (a profiler then writes what it has), KILL soon after."""
 
 
 class Endpoint(Protocol):

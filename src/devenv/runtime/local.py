@@ -30,12 +30,15 @@ from devenv.core.paths import StateDir
 from devenv.runtime.balancer import Balancer
 from devenv.runtime.base import (
     CHILD_LIMIT_VAR,
+    PID_REF,
+    Attached,
     Backends,
     Instance,
     InstanceSpec,
     OutputLine,
     Resources,
     RunResult,
+    Target,
     with_port,
 )
 from devenv.runtime.guardian import (
@@ -49,6 +52,7 @@ from devenv.runtime.guardian import (
 LINE_LIMIT = 256 * 1024
 HOST = "127.0.0.1"
 MEMBERS_FOR = 10.0  # seconds an instance's list of processes is reused for resource samples
+ATTACH_GRACE = 3.0  # seconds a tool has to finish after SIGINT before it is killed
 OUTPUT_GRACE = 0.5  # a one-off's output closes this soon after it exits, unless a child holds it
 
 
@@ -182,6 +186,52 @@ class LocalInstance:
                              cpu_seconds=cpu)
         except psutil.Error:
             return None
+
+    def targets(self) -> list[Target]:
+        try:
+            leader = psutil.Process(self._proc.pid)
+            procs = [leader, *leader.children(recursive=True)]
+        except psutil.Error:
+            return []
+        pids = {p.pid for p in procs}
+        out = []
+        for p in procs:
+            try:
+                program = os.path.basename(p.exe()) or p.name()
+                parent = p.ppid()
+            except psutil.Error:
+                continue
+            out.append(Target(str(p.pid), program, str(parent) if parent in pids else None))
+        return out
+
+    async def attach(self, target: str, argv: tuple[str, ...], timeout: float) -> Attached:
+        if target not in {t.id for t in self.targets()}:
+            raise DevenvError(f"{self.spec.name}: process {target} is no longer running",
+                              hint="it may have restarted; try again")
+        proc = await asyncio.create_subprocess_exec(
+            *(a.replace(PID_REF, target) for a in argv), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True)
+        talk = asyncio.ensure_future(proc.communicate())
+        try:
+            out, err = await asyncio.wait_for(asyncio.shield(talk), timeout)
+        except (TimeoutError, asyncio.CancelledError):
+            await asyncio.shield(_interrupt(proc, talk))
+            raise
+        return Attached(proc.returncode or 0, out, err[-4096:].decode(errors="replace"))
+
+
+async def _interrupt(proc: asyncio.subprocess.Process,
+                     talk: asyncio.Future[tuple[bytes, bytes]]) -> None:
+    """SIGINT (a profiler writes what it has and exits), then KILL after ATTACH_GRACE."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(asyncio.shield(talk), ATTACH_GRACE)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await talk
 
 
 async def _pump(name: str, stream: asyncio.StreamReader, queue: asyncio.Queue[OutputLine | None]

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from devenv.core.errors import DevenvError
-from devenv.engine.api import data, logs, services, traces
+from devenv.engine.api import data, logs, profile, services, traces
 from devenv.engine.app import Environment
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -22,7 +22,7 @@ ENV = web.AppKey("env", Environment)
 def make_app(env: Environment) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[ENV] = env
-    for module in (services, data, logs, traces):
+    for module in (services, data, logs, traces, profile):
         module.routes(app.router, env)
     return app
 
