@@ -241,3 +241,24 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_trace_store_that_cannot_be_read_is_set_aside_and_logs_say_so(
+        project: Project) -> None:
+    (port,) = free_ports(1)
+    project.services(f"""\
+        api:
+          command: python svc.py
+          port: {port}
+          health: {{http: /healthz}}
+    """)
+    folder = project.root / ".devenv" / "traces"
+    folder.mkdir(parents=True, mode=0o700)
+    (folder / "traces.db").write_bytes(b"\x00garbage" * 1000)
+    project.up()
+    status, _ = project.ingress("/whoami", "api.localhost")
+    assert status == 200
+    assert len(traces_json(project)) == 1  # a new store, working
+    logs = project.devenv("logs", check=True).stdout
+    assert "could not be read" in logs and "traces.db.broken-" in logs, logs
+    assert list(folder.glob("traces.db.broken-*"))

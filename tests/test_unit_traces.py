@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -20,7 +22,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from devenv.cli.commands.trace import waterfall
 from devenv.core.errors import DevenvError, UsageError
-from devenv.telemetry import otlp, store
+from devenv.telemetry import otlp, store, writerproc
 from devenv.telemetry.model import RequestSeen, Span
 from devenv.telemetry.store import Query, Traces
 
@@ -509,3 +511,81 @@ def test_a_writer_process_that_died_is_started_again_and_the_ingress_spans_are_m
         "http.response.status_code": 502, "server.address": "shop.localhost",
         "devenv.route": "/api", "devenv.service": "api", "devenv.instance": "api-2"}
     assert traces.counters.received == 3 and traces.counters.stored == 3
+
+
+def test_a_new_store_can_be_read_as_soon_as_it_is_opened(tmp_path: Path) -> None:
+    t = Traces(tmp_path / "traces")
+    t.open(64 << 20, 3600.0)
+    try:
+        assert store.recent(t.path, Query()) == [] and t.flush()
+    finally:
+        t.close()
+
+
+def test_a_store_that_cannot_be_read_is_moved_aside_and_a_new_one_started(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    (folder / store.DB_NAME).write_bytes(b"not a database, a disk that lied" * 200)
+    told: list[str] = []
+    t = Traces(folder)
+    t.on_error = told.append
+    t.open(64 << 20, 3600.0)
+    try:
+        t.add(make_trace(1))
+        assert t.flush() and len(store.recent(t.path, Query())) == 1
+        (kept,) = folder.glob(f"{store.DB_NAME}.broken-*")
+        assert kept.read_bytes().startswith(b"not a database")  # kept, for a look
+        assert told == t.counters.errors and len(told) == 1
+        assert "could not be read" in told[0] and kept.name in told[0]
+    finally:
+        t.close()
+
+
+def test_a_writer_that_does_not_answer_is_stopped_and_the_next_one_writes(
+        tmp_path: Path) -> None:
+    t = Traces(tmp_path / "traces")
+    t.answer_timeout = 1.0
+    t.open(64 << 20, 3600.0)
+    try:
+        t.add(make_trace(1))
+        assert t.flush()
+        (writer,) = [p for p in psutil.Process().children()
+                     if "devenv.telemetry.writer" in " ".join(p.cmdline())]
+        writer.suspend()  # (SIGSTOP: alive, answering nothing)
+        t.add(make_trace(2))
+        assert t.flush(timeout=10)  # bounded: the batch is given up after answer_timeout
+        assert not writer.is_running() or writer.status() == psutil.STATUS_ZOMBIE
+        assert t.counters.lost == 2 and "did not answer within 1s" in t.counters.errors[-1]
+        t.add(make_trace(3))  # a new writer takes the next spans
+        assert t.flush()
+        assert [x.trace_id[:8] for x in store.recent(t.path, Query())] == [
+            f"{1:08x}", f"{3:08x}"]
+    finally:
+        t.close()
+
+
+def test_a_writer_that_cannot_start_says_why_and_is_not_restarted_for_every_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[object] = []
+    real = subprocess.Popen
+
+    def popen(*args: Any, **kwargs: Any) -> Any:
+        started.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(writerproc.subprocess, "Popen", popen)
+    t = Traces(tmp_path / "traces")
+    t.open(64 << 20, 3600.0)
+    try:
+        t.path.unlink()
+        t.path.mkdir()  # what the writer opens is no longer a file
+        for n in range(4):
+            t.add(make_trace(n))
+            assert t.flush()
+        assert t.counters.lost == 8 and t.counters.stored == 0
+        assert any(f"cannot open the trace store {t.path}" in e for e in t.counters.errors)
+        # after two failures in a row it waits (a second, doubling) before starting another
+        assert len(started) == 2 and "spans lost" in t.counters.errors[-1]
+    finally:
+        t.close()

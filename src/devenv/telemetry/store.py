@@ -3,11 +3,13 @@
 `add` (the Hub's span sink) and `add_request` (its request sink: the ingress's edge spans) only
 queue, and past `MAX_QUEUED` spans waiting they drop and count, so a flood never blocks the
 engine's event loop. A thread gathers the queue into batches for the writer process
-(`telemetry/writer.py`), which owns the write connection, so the SQLite work holds no lock
-the engine's loop needs. The store is bounded by size (`monitoring.trace_max_mb`: the oldest traces
-go first, whole) and by age (`monitoring.trace_max_age`, pruned on a timer); it survives an
-engine restart. Readers (`recent`, `find`, `trace`) open their own connection, so the CLI can
-read the file while no engine runs.
+(`telemetry/writer.py`, through `writerproc.py`), which owns the write connection, so the
+SQLite work holds no lock the engine's loop needs. Failures are counted, kept in
+`counters.errors` and told to `on_error` (the engine logs them). The store is bounded by
+size (`monitoring.trace_max_mb`: the oldest traces go first, whole) and by age
+(`monitoring.trace_max_age`, pruned on a timer); it survives an engine restart. Readers
+(`recent`, `find`, `trace`) open their own connection, so the CLI can read the file while
+no engine runs.
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
 import queue
 import re
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,7 +29,8 @@ from pathlib import Path
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import PRIVATE_FILE, private_dir
 from devenv.telemetry.model import RequestSeen, Span
-from devenv.telemetry.writer import MAX_SPANS_PER_TRACE, Batch, Done, connect, receive, send
+from devenv.telemetry.writer import MAX_SPANS_PER_TRACE, Batch, Done, connect, open_store
+from devenv.telemetry.writerproc import ANSWER_TIMEOUT, WriterDown, WriterProcess
 from devenv.wire import SpanInfo, SpanLink, Trace, TraceSummary, iso_time
 
 DB_NAME = "traces.db"
@@ -99,8 +99,10 @@ class Traces:
         self._hurry = threading.Event()  # set: write what is queued without gathering more
         self._opening = threading.Lock()  # two `up`s at once must not open it twice
         self._thread: threading.Thread | None = None
-        self._writer = _Writer(self.path)
+        self._writer: WriterProcess | None = None
         self.max_spans = MAX_SPANS_PER_TRACE  # per trace; more are dropped (and counted)
+        self.answer_timeout = ANSWER_TIMEOUT  # for a batch, before the writer is stopped
+        self.on_error: Callable[[str], None] | None = None  # told each failure (any thread)
 
     # ---- writing
 
@@ -117,13 +119,34 @@ class Traces:
         with self._opening:
             self.max_bytes, self.max_age = max_bytes, max_age
             if self._thread is None:
-                private_dir(self.folder)
-                if not self.path.exists():
-                    os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))
-                self._writer = _Writer(self.path)
-                self._thread = threading.Thread(target=self._run, name="trace-store",
-                                                daemon=True)
+                self._prepare()
+                writer = WriterProcess(self.path, self.answer_timeout)
+                self._writer = writer
+                self._thread = threading.Thread(target=self._run, args=(writer,),
+                                                name="trace-store", daemon=True)
                 self._thread.start()
+
+    def _prepare(self) -> None:
+        """Make the store (or bring it up to date) before `open` returns, so that it can be
+        read at once. One that cannot be read is moved aside, kept, and a new one started."""
+        private_dir(self.folder)
+        for attempt in (1, 2):
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, PRIVATE_FILE))
+            try:
+                open_store(self.path).close()
+                return
+            except sqlite3.DatabaseError as exc:
+                if attempt == 2:
+                    raise
+                kept = self.path.with_name(
+                    f"{DB_NAME}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+                for suffix in ("", "-wal", "-shm"):
+                    old = Path(f"{self.path}{suffix}")
+                    if old.exists():
+                        old.rename(Path(f"{kept}{suffix}"))
+                self._error(f"the trace store {self.path} could not be read ({exc}); it was "
+                            f"moved to {kept.name} and a new one started")
 
     def add(self, spans: list[Span]) -> None:
         """Queue spans for writing (a Hub sink: never blocks; drops when far behind). The
@@ -161,12 +184,14 @@ class Traces:
         self._queue.put(None)
         self._hurry.set()
         thread.join(timeout)
-        if thread.is_alive():  # the writer is stuck: end it, which frees the thread
-            self._writer.kill()
+        writer = self._writer
+        if thread.is_alive() and writer is not None:  # stuck: end the writer, freeing it
+            writer.closed = True  # (and it starts no other)
+            writer.kill()
             thread.join(1.0)
         self._thread = None
 
-    def _run(self) -> None:
+    def _run(self, writer: WriterProcess) -> None:
         last_prune = 0.0
         try:
             while True:
@@ -191,12 +216,11 @@ class Traces:
                 prune = now - self.max_age if now - last_prune >= PRUNE_EVERY else None
                 try:
                     if count or prune is not None:
-                        self._count(self._writer.apply(
+                        self._count(writer.apply(
                             Batch(now, self.max_bytes, spans, requests, prune, self.max_spans)))
                         last_prune = now if prune is not None else last_prune
-                except Exception as exc:  # the writer died: this batch is lost, and counted
-                    self._count(Done(dropped=count,
-                                     errors=[f"the trace writer failed: {exc!r}"]))
+                except WriterDown as exc:  # this batch is lost, and counted
+                    self._count(Done(dropped=count, errors=[f"{exc} ({count} spans lost)"]))
                 finally:
                     with self._lock:
                         self._written += count
@@ -204,7 +228,7 @@ class Traces:
                 if stopping:
                     break
         finally:
-            self._writer.close()
+            writer.close()
             with self._lock:
                 self._lock.notify_all()
 
@@ -223,8 +247,15 @@ class Traces:
             self.counters.stored += done.stored
             self.counters.lost += done.dropped
             self.counters.pruned += done.pruned
-            if done.errors:
-                self.counters.errors = [*self.counters.errors, *done.errors][-5:]
+        for error in done.errors:
+            self._error(error)
+
+    def _error(self, text: str) -> None:
+        with self._lock:
+            self.counters.errors = [*self.counters.errors, text][-5:]
+        if self.on_error is not None:
+            with contextlib.suppress(Exception):
+                self.on_error(text)
 
     def size_bytes(self) -> int:
         """The store's files on disk (the database and its write-ahead log)."""
@@ -241,53 +272,6 @@ def _take(item: list[Span] | RequestSeen | None, spans: list[Span],
     else:
         requests.append(item)
     return False
-
-
-class _Writer:
-    """The writer process: started on first use, and again after it died."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def apply(self, batch: Batch) -> Done:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            root = str(Path(__file__).resolve().parents[2])  # where `devenv` is imported from
-            proc = self.proc = subprocess.Popen(
-                [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
-                 "from devenv.telemetry.writer import run; run(sys.argv[2])", root,
-                 str(self.path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert proc.stdin is not None and proc.stdout is not None
-        try:
-            send(proc.stdin, batch)
-            done = receive(proc.stdout)
-        except (OSError, EOFError, pickle.UnpicklingError):
-            self.kill()
-            raise
-        assert isinstance(done, Done)
-        return done
-
-    def close(self, timeout: float = 10.0) -> None:
-        """End of input: the process writes what it has, checkpoints and exits."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        with contextlib.suppress(OSError):
-            assert proc.stdin is not None
-            proc.stdin.close()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-    def kill(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.kill()
 
 
 # ---- reading (any thread, any process)

@@ -11,7 +11,7 @@ Frames both ways: a 4-byte big-endian length, then a pickle (the engine and this
 the same program, and the pipe is theirs alone). End of input: write what came, checkpoint,
 exit, so a killed engine leaves no writer behind.
 
-Started by `store._Writer` (`run(PATH)`).
+Started by `writerproc.WriterProcess`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import json
 import math
 import os
 import pickle
+import signal
 import sqlite3
 import struct
 import sys
@@ -62,7 +63,7 @@ ADDED_COLUMNS = {
 HEAD = ("trace_id, start_ns, end_ns, span_count, errors, services, root_service, "
         "root_name, rooted, dropped")
 _INSERT_SPAN = "INSERT OR IGNORE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-_HEADER = struct.Struct(">I")
+HEADER = struct.Struct(">I")  # a frame's length
 
 
 @dataclass(frozen=True)
@@ -94,16 +95,16 @@ class Done:
 
 def send(stream: IO[bytes], value: object) -> None:
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
+    stream.write(HEADER.pack(len(data)) + data)
     stream.flush()
 
 
 def receive(stream: IO[bytes]) -> Any:
     """The next frame's value (EOFError at the end of the stream)."""
-    head = stream.read(_HEADER.size)
-    if len(head) < _HEADER.size:
+    head = stream.read(HEADER.size)
+    if len(head) < HEADER.size:
         raise EOFError
-    size = _HEADER.unpack(head)[0]
+    size = HEADER.unpack(head)[0]
     data = stream.read(size)
     if len(data) < size:
         raise EOFError
@@ -114,7 +115,10 @@ def receive(stream: IO[bytes]) -> Any:
 
 
 def main(path: Path, inp: IO[bytes], out: IO[bytes]) -> None:
-    db = open_store(path)
+    try:
+        db = open_store(path)
+    except sqlite3.Error as exc:
+        sys.exit(f"cannot open the trace store {path}: {exc}")
     try:
         while True:
             try:
@@ -129,7 +133,8 @@ def main(path: Path, inp: IO[bytes], out: IO[bytes]) -> None:
 
 
 def open_store(path: Path) -> sqlite3.Connection:
-    """The write connection (the file exists, owner-only, made by the engine)."""
+    """A write connection, the schema made or brought up to date (the file exists,
+    owner-only, made by the engine)."""
     with contextlib.closing(sqlite3.connect(path)) as new:  # before WAL: a new file
         new.execute("PRAGMA auto_vacuum = INCREMENTAL")  # gives space back
     db = connect(path)
@@ -375,8 +380,10 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[i:i + size]
 
 
-def run(path: str) -> None:
-    """The process's entry (see `store._Writer`)."""
-    frames = os.fdopen(os.dup(1), "wb")  # the answers; anything printed goes to stderr
-    os.dup2(2, 1)
-    main(Path(path), sys.stdin.buffer, frames)
+def run(path: str, answers: int) -> None:
+    """The process's entry (see `writerproc.LAUNCH`): batches on stdin, answers on the
+    descriptor `answers`. Interrupts are ignored: the end of its input ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with os.fdopen(answers, "wb") as out:
+        main(Path(path), sys.stdin.buffer, out)
