@@ -80,8 +80,10 @@ class DockerInstance:
         self._loop = asyncio.get_running_loop()
         self._exit: asyncio.Future[int] = self._loop.create_future()
         self._lines: asyncio.Queue[OutputLine | None] = asyncio.Queue()
-        self._output_done = threading.Event()
-        threading.Thread(target=self._read, name=f"{spec.name}-logs", daemon=True).start()
+        self._streams = threading.Semaphore(0)  # released as each stream ends
+        for stream in ("out", "err"):
+            threading.Thread(target=self._read, args=(stream,), name=f"{spec.name}-{stream}",
+                             daemon=True).start()
         threading.Thread(target=self._wait, name=f"{spec.name}-wait", daemon=True).start()
 
     @property
@@ -96,24 +98,23 @@ class DockerInstance:
         with contextlib.suppress(RuntimeError):  # the engine's loop closed: nobody listens
             self._loop.call_soon_threadsafe(callback, *args)
 
-    def _read(self) -> None:
-        """The container's output (from its start: the log is replayed), line by line."""
-        splitters = {"out": LineSplitter(), "err": LineSplitter()}
+    def _read(self, stream: str) -> None:
+        """One of the container's streams, from its start (its log is replayed), by line."""
+        splitter = LineSplitter()
         try:
-            stream = self._runtime.api().attach(self.cid, stdout=True, stderr=True,
-                                                stream=True, logs=True, demux=True)
-            for out, err in stream:
-                for name, chunk in (("out", out), ("err", err)):
-                    for line in splitters[name].feed(chunk) if chunk else ():
-                        self._post(self._lines.put_nowait, OutputLine(name, line))
+            chunks = self._runtime.api().logs(self.cid, stdout=stream == "out",
+                                              stderr=stream == "err", stream=True,
+                                              follow=True)
+            for chunk in chunks:
+                for line in splitter.feed(chunk):
+                    self._post(self._lines.put_nowait, OutputLine(stream, line))
         except Exception:  # (removed, or the Docker Engine went away)
             pass
         finally:
-            for name, splitter in splitters.items():
-                for line in splitter.end():
-                    self._post(self._lines.put_nowait, OutputLine(name, line))
+            for line in splitter.end():
+                self._post(self._lines.put_nowait, OutputLine(stream, line))
             self._post(self._lines.put_nowait, None)
-            self._output_done.set()
+            self._streams.release()
 
     def _wait(self) -> None:
         """Wait for the container to exit, then remove it (its output read first)."""
@@ -127,16 +128,20 @@ class DockerInstance:
                     code = -9  # removed under us
                     break
                 time.sleep(1.0)
-        self._output_done.wait(OUTPUT_GRACE)
+        deadline = time.monotonic() + OUTPUT_GRACE
+        for _ in range(2):
+            self._streams.acquire(timeout=max(0.0, deadline - time.monotonic()))
         self._runtime.remove(self.cid)
         self._post(_settle, self._exit, code)
 
     async def output(self) -> AsyncIterator[OutputLine]:
-        while True:
+        open_streams = 2
+        while open_streams:
             item = await self._lines.get()
             if item is None:
-                return
-            yield item
+                open_streams -= 1
+            else:
+                yield item
 
     async def wait(self) -> int:
         return await asyncio.shield(self._exit)
