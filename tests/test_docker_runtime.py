@@ -345,7 +345,8 @@ def test_docker_up_runtime_flag_runs_the_same_file_locally_or_in_containers(
     assert project.get(f"http://127.0.0.1:{port}/whoami")[1]["pid"] != 1
     project.devenv("stop", check=True)
     project.up("--runtime", "docker")
-    assert len(containers(api, project.root, "api")) == 1
+    # the old container drained and removed
+    assert wait_for(lambda: len(containers(api, project.root, "api")) == 1, timeout=20)
     assert project.get(f"http://127.0.0.1:{port}/whoami")[1]["pid"] != os.getpid()
 
 
@@ -362,3 +363,27 @@ def test_docker_missing_image_is_a_clear_failure(project: Project, docker_engine
     assert "image 'devenv-no-such-image:1' is not on this machine and pulling it failed" \
         in said, said
 
+
+
+def test_docker_build_context_change_rebuilds_and_replaces(project: Project, image: str,
+                                                           api: Any) -> None:
+    port = free_ports(1)[0]
+    (project.root / "api").mkdir()
+    (project.root / "api" / "Dockerfile").write_text(
+        f"FROM {image}\nCOPY greeting.txt /app/\n")
+    (project.root / "api" / "greeting.txt").write_text("first\n")
+    _services(project, image, f"""\
+        api:
+          build: ./api
+          command: ["/bin/sh", "-c",
+                    "read G < /app/greeting.txt; GREETING=$$G exec python3 serve.py"]
+          port: {port}
+          health: {{http: /healthz}}
+        """)
+    project.up()
+    assert project.get(f"http://127.0.0.1:{port}/whoami")[1]["greeting"] == "first"
+    (project.root / "api" / "greeting.txt").write_text("second\n")
+    assert wait_for(lambda: project.get(f"http://127.0.0.1:{port}/whoami")[1]["greeting"]
+                    == "second", timeout=30)
+    # the old container drained and removed
+    assert wait_for(lambda: len(containers(api, project.root, "api")) == 1, timeout=20)

@@ -289,8 +289,7 @@ class Service:
         """Rules between keys of one service, checked as it is read."""
         if self.kind == "process":
             if self.command is None and not self.containerized:
-                return [((), "missing required key 'command' (or `image:`/`build:` for the "
-                         "docker runtime)")]
+                return [((), "missing required key 'command'")]
             return []
         found: list[tuple[tuple[str, ...], str]] = []
         for which in ("image", "build"):
