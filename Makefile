@@ -24,7 +24,8 @@ lint: $(BIN)/.installed
 # (uuid-ossp, pgcrypto) for a system PostgreSQL through bin_dir. One apt run for all; no
 # cluster of Debian's own is created (or started).
 DEBIAN_TOOLS := chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15 \
-	/usr/bin/prometheus:prometheus /usr/sbin/nginx:nginx-light wrk:wrk
+	/usr/bin/prometheus:prometheus /usr/sbin/nginx:nginx-light wrk:wrk \
+	dockerd:docker.io
 tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do what=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$what >/dev/null 2>&1 || [ -x "$$what" ] || missing="$$missing $$pkg"; done; \

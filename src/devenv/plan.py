@@ -23,7 +23,7 @@ from devenv.core.secrets import looks_secret
 from devenv.data.base import DataService
 from devenv.devservers import reloads_itself
 from devenv.runtime import DEFAULT as DEFAULT_RUNTIME
-from devenv.runtime.base import InstanceSpec
+from devenv.runtime.base import Container, InstanceSpec
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class ServicePlan:
     metrics_path: str | None = None  # where its instances serve Prometheus metrics
     restart_with: tuple[str, ...] = ()  # of depends_on, those with `restart: true`
     runtime: str = DEFAULT_RUNTIME
+    container: Container | None = None  # run as a container (runtime docker)
     config_hash: str = field(default="", compare=False)
 
     @property
@@ -142,12 +143,25 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         watch_note=watch_note,
         job=svc.job,
         metrics_path=svc.metrics.path if svc.metrics else None,
+        **_container(loaded, name),
     )
     fingerprint = asdict(plan)
     for live in LIVE_FIELDS:  # changed on running instances, no new ones needed
         fingerprint.pop(live)
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode())
     return replace(plan, config_hash=digest.hexdigest()[:16])
+
+
+def _container(loaded: Loaded, name: str) -> dict[str, Any]:
+    """A service run as a container: its runtime and what it runs from."""
+    if not loaded.project.in_container(name):
+        return {}
+    svc = loaded.project.services[name]
+    build = svc.build
+    return {"runtime": loaded.project.runtime, "container": Container(
+        image=svc.image, alias=name, port=svc.port,
+        build_context=build.context if build else None,
+        dockerfile=build.dockerfile if build else None)}
 
 
 LIVE_FIELDS = ("replicas", "watch", "watch_note", "drain_timeout", "run_timeout",
@@ -182,7 +196,7 @@ def exec_spec(plan: ServicePlan) -> InstanceSpec:
     elif plan.port:
         env["SERVICE_URL"] = f"http://{HOST}:{plan.port}"
     return InstanceSpec(service=plan.name, replica=0, command=(), env=env,
-                        workdir=plan.workdir, wants_port=False)
+                        workdir=plan.workdir, wants_port=False, container=plan.container)
 
 
 def make_plan(loaded: Loaded, services: Iterable[str] = ()) -> Plan:

@@ -4,7 +4,9 @@ warnings when the user's own value (an env_file, `env:`) takes the place of one 
 For a dependency FOO (its name upper-cased, anything but letters and digits as `_`):
 FOO_URL, FOO_HOST and FOO_PORT; for a data service also the kind's URL variable
 (DATABASE_URL, REDIS_URL) and the kind's client variables (PGHOST…, REDIS_HOST…). The first
-dependency that gives a variable wins. A value the user sets wins over all of them.
+dependency that gives a variable wins. A value the user sets wins over all of them. Between
+two services run as containers (the docker runtime), FOO_URL names FOO's alias on the
+project's network and the port it listens on there.
 
 The data kinds are asked through the `data` registry (imported lazily, as for a kind's
 settings): this module names no kind.
@@ -70,6 +72,10 @@ def dependency_env(project: Project, root: Path, name: str) -> dict[str, Injecte
             given = {kinds.url_var(target.kind): url, f"{prefix}_URL": url,
                      f"{prefix}_HOST": HOST, f"{prefix}_PORT": str(target.port),
                      **kinds.client_env(ds, how.database)}
+        elif target.port and project.in_container(name) and project.in_container(dep):
+            hidden = ()  # container to container: by its alias on the project's network
+            given = {f"{prefix}_URL": f"http://{dep}:{target.port}",
+                     f"{prefix}_HOST": dep, f"{prefix}_PORT": str(target.port)}
         elif target.port:
             hidden = ()
             given = {f"{prefix}_URL": f"http://{HOST}:{target.port}",

@@ -5,6 +5,7 @@ Every problem names file:line."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from devenv.config.injected import override_warnings
 from devenv.config.interpolate import Lookup, TemplateError, substitute
-from devenv.config.model import CURRENT_VERSION, Project
+from devenv.config.model import CURRENT_VERSION, RUNTIME_NAMES, Project
 from devenv.config.schema import Issue, build, did_you_mean, dotted
 from devenv.config.schema import Path as KeyPath
 from devenv.core.errors import ConfigError, Problem
@@ -297,6 +298,8 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     _check(project, source, shown, root)
     if profile is not None:
         project = apply_profile(project, source, profile, shown, root, over, env)
+    project = _chosen_runtime(project, env)
+    _check_runnable(project, source, shown)
     warnings += [w for name, svc in project.services.items() if svc.is_data
                  for w in svc.settings.warnings(name)]  # a data kind's own cautions
     env_files = _env_files(project, root, env, warnings)
@@ -354,6 +357,8 @@ def apply_profile(project: Project, source: Source, name: str, shown: str, root:
             raise ConfigError([Problem(where[0], where[1], dotted(base + ("overrides", svc)), msg)])
         if isinstance(over, dict):
             merge(variant, over, source.where, ("services", svc), base + ("overrides", svc))
+    if prof.runtime is not None:
+        variant.data["runtime"] = prof.runtime
     if prof.env:
         env_where: dict[KeyPath, Where] = {
             ("env", k): source.locate(base + ("env", k), shown) for k in prof.env}
@@ -367,6 +372,35 @@ def apply_profile(project: Project, source: Source, name: str, shown: str, root:
     result = _build(variant, shown)
     _check(result, variant, shown, root)
     return result
+
+
+RUNTIME_VAR = "DEVENV_RUNTIME"  # `up --runtime NAME` sets it for that `up`
+
+
+def _chosen_runtime(project: Project, env: Mapping[str, str]) -> Project:
+    """The project under the runtime $DEVENV_RUNTIME names, when it names one."""
+    chosen = env.get(RUNTIME_VAR, "")
+    if not chosen:
+        return project
+    if chosen not in RUNTIME_NAMES:
+        raise ConfigError([Problem(f"${RUNTIME_VAR}", None, "runtime",
+                                   f"no runtime '{chosen}'; runtimes: "
+                                   + ", ".join(RUNTIME_NAMES))])
+    return dataclasses.replace(project, runtime=chosen)  # type: ignore[arg-type]  # (checked)
+
+
+def _check_runnable(project: Project, source: Source, shown: str) -> None:
+    """A service with only an image needs the docker runtime."""
+    problems = []
+    for name, svc in project.services.items():
+        if svc.kind == "process" and svc.command is None and not project.in_container(name):
+            file, line = source.locate(("services", name), shown)
+            problems.append(Problem(file, line, f"services.{name}", "has no `command` to run "
+                                    f"on the {project.runtime} runtime; give it one, or run "
+                                    "it as a container (runtime: docker, or up --runtime "
+                                    "docker)"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def _build(source: Source, shown: str, root: Path | None = None) -> Project:

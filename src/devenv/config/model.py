@@ -148,6 +148,25 @@ class ServiceMetrics:
     path: str = key("/metrics", doc="HTTP path on each instance's port.")
 
 
+RUNTIME_NAMES = ("local", "docker")  # runtime.RUNTIMES' names (config sits below runtime)
+RuntimeName = Literal["local", "docker"]
+
+
+@dataclass(frozen=True)
+class Build:
+    """How the docker runtime builds the service's image (`build: ./api` for the defaults)."""
+
+    context: str = key(".", doc="The build context, relative to the project.")
+    dockerfile: str | None = key(
+        None, doc="The Dockerfile, relative to the context; default: its Dockerfile.")
+
+    SHORTHAND_SCHEMA = {"type": "string"}
+
+    @classmethod
+    def expand(cls, value: Any) -> Any:
+        return {"context": value} if isinstance(value, str) else value
+
+
 def _kind_names() -> list[str]:
     # config sits below data in the layers: looking up the registry's kind names and a kind's
     # pure-data Settings class here, lazily, is the one accepted exception.
@@ -181,6 +200,13 @@ class Service:
     path: str = key(
         ".", aliases=("cwd",), doc="Working folder, relative to the project (alias: cwd)."
     )
+    image: str | None = key(
+        None, doc="On the docker runtime: the image its containers run (`command`, when given, "
+        "replaces the image's own). On the local runtime `command` runs instead.")
+    build: Build | None = key(
+        None, doc="On the docker runtime: build the image from a Dockerfile (context, "
+        "dockerfile) instead of using `image`. (Not `watch.build`, a command run before a "
+        "rebuild.)")
     port: int | None = key(
         None, minimum=1, maximum=65535,
         doc="The service's stable address on 127.0.0.1. Replicas listen on their own $PORT "
@@ -244,6 +270,11 @@ class Service:
         return self.kind != "process"
 
     @property
+    def containerized(self) -> bool:
+        """It can run as a container (it has an `image:` or a `build:`)."""
+        return self.image is not None or self.build is not None
+
+    @property
     def job(self) -> bool:
         """A one-shot job (a migration, a build): `restart: "no"` and nothing to serve. It is
         running, then completed or failed, never healthy; `on-failure` services stay servers."""
@@ -257,10 +288,14 @@ class Service:
     def problems(self) -> list[tuple[tuple[str, ...], str]]:
         """Rules between keys of one service, checked as it is read."""
         if self.kind == "process":
-            if self.command is None:
+            if self.command is None and not self.containerized:
                 return [((), "missing required key 'command'")]
             return []
         found: list[tuple[tuple[str, ...], str]] = []
+        for which in ("image", "build"):
+            if getattr(self, which) is not None:
+                found.append(((which,), f"a {self.kind} service is run by devenv; remove "
+                              f"`{which}`"))
         if self.command is not None:
             found.append((("command",), f"a {self.kind} service is run by devenv; remove "
                           "`command` (or use kind: process)"))
@@ -294,6 +329,8 @@ class Profile:
     datasets: list[str] = key(
         factory=list, doc="Datasets loaded when `up` creates the data services' data afresh."
     )
+    runtime: RuntimeName | None = key(
+        None, doc="The runtime under this profile (see the top-level `runtime`).")
 
 
 @dataclass(frozen=True)
@@ -368,3 +405,12 @@ class Project:
     snapshots: SnapshotConfig = key(factory=lambda: SnapshotConfig(), doc="Snapshot settings.")
     monitoring: MonitoringConfig = key(factory=lambda: MonitoringConfig(),
                                        doc="Traces, metrics and the dashboard.")
+    runtime: RuntimeName = key(
+        "local", doc="Where services run. local: processes on this machine. docker: services "
+        "with `image:` or `build:` run as containers on one network for the project (the "
+        "others stay local). `up --runtime` or $DEVENV_RUNTIME chooses for one `up`.")
+
+    def in_container(self, name: str) -> bool:
+        """Whether service `name` runs as a container under this project's runtime."""
+        svc = self.services[name]
+        return self.runtime == "docker" and svc.containerized and not svc.is_data

@@ -301,7 +301,8 @@ class ServiceRunner:
         env = p.env if p.data else {**self.ctx.service_env(p.name, rep.index), **p.env}
         return InstanceSpec(service=p.name, replica=rep.index, command=p.command, env=env,
                             workdir=p.workdir, wants_port=p.port is not None,
-                            stop_signal=p.stop_signal, stop_timeout=p.stop_timeout)
+                            stop_signal=p.stop_signal, stop_timeout=p.stop_timeout,
+                            container=p.container)
 
     def _event(self, rep: Replica, text: str) -> None:
         self.ctx.logs.add(self.name, rep.label, "devenv", text)

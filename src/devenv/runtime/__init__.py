@@ -23,6 +23,7 @@ from devenv.runtime.base import (
 
 RUNTIMES: dict[str, str] = {
     "local": "devenv.runtime.local:LocalRuntime",
+    "docker": "devenv.runtime.docker:DockerRuntime",
 }
 DEFAULT = "local"
 

@@ -17,6 +17,19 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class Container:
+    """What a container runtime runs a service's instances from: an image, or one it builds
+    (a context and Dockerfile relative to the project), and the port the service listens on
+    inside (its $PORT), where others on the project's network reach it by `alias`."""
+
+    image: str | None
+    alias: str
+    port: int | None = None
+    build_context: str | None = None
+    dockerfile: str | None = None
+
+
+@dataclass(frozen=True)
 class InstanceSpec:
     """One instance (replica) to run: a process is a value, run by a runtime.
 
@@ -32,6 +45,7 @@ class InstanceSpec:
     wants_port: bool
     stop_signal: str = "TERM"
     stop_timeout: float = 10.0
+    container: Container | None = None  # set for a service run as a container
 
     @property
     def name(self) -> str:

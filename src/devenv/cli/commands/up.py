@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -14,11 +15,14 @@ from devenv.cli.commands._common import load_project
 from devenv.cli.output import err, out, print_json, seconds, service_color, state_text
 from devenv.client import Client
 from devenv.config.graph import select
+from devenv.config.load import RUNTIME_VAR
 from devenv.wire import UpResult, to_json
 
 
 def run(args: argparse.Namespace) -> int:
     began = time.time()
+    if args.runtime:  # (read by the config's load, here and in the engine: the caller's env)
+        os.environ[RUNTIME_VAR] = args.runtime
     # bad config: exit 2 before anything starts (its warnings come back in the result)
     loaded = load_project(args, args.profile, quiet=True)
     names = list(select(loaded, args.services))
