@@ -110,8 +110,11 @@ class Environment:
         self.cascade.watch()
         ingress = await self.routing.ensure(plan.ingress_port)
         loop, logs = asyncio.get_running_loop(), self.engine.ctx.logs
-        self.traces.on_error = lambda text: loop.call_soon_threadsafe(
-            logs.add, "devenv", "traces", "alert", text)  # (`devenv logs` shows them)
+
+        def store_failed(text: str) -> None:  # (from the store's thread) `devenv logs` shows it
+            loop.call_soon_threadsafe(logs.add, "devenv", "traces", "alert", text)
+
+        self.traces.on_error = store_failed
         await asyncio.to_thread(self.traces.open, plan.monitoring.trace_max_mb * 1024 * 1024,
                                 plan.monitoring.trace_max_age)
         await self.telemetry.ensure(plan.monitoring.port)
