@@ -132,10 +132,21 @@ def test_a_branch_saved_again_and_pushed_reaches_a_synced_clone(
 
     synced = b.devenv("sync", "--branch", "feature-x", check=True)  # no unsaved changes in B
     assert "~ replicas: 2 → 3" in synced.stdout
+
+    b.devenv("config", "set", "services.api.replicas", "4", check=True)
+    b.devenv("config", "branch", "feature-x", "--push", check=True)
+    a.devenv("config", "set", "services.api.replicas", "5", check=True)
+    late = a.devenv("config", "branch", "feature-x", "--push")  # B pushed first
+    assert late.returncode == 1
+    assert "origin has changes to 'feature-x' that you do not have" in late.stderr
+    diverged = a.devenv("sync", "--branch", "feature-x")
+    assert diverged.returncode == 1 and "saved changes the remote's does not" in diverged.stderr
+    taken = a.devenv("sync", "--branch", "feature-x", "--force", check=True)
+    assert "~ replicas: 5 → 4" in taken.stdout
     other = a.devenv("config", "branch", "other")
     assert other.returncode == 0
-    taken = a.devenv("config", "branch", "feature-x")  # exists, not current: refused
-    assert taken.returncode == 2 and "devenv sync --branch feature-x" in taken.stderr
+    exists = a.devenv("config", "branch", "feature-x")  # exists, not current: refused
+    assert exists.returncode == 2 and "devenv sync --branch feature-x" in exists.stderr
 
 
 @pytest.mark.parametrize("argv", [

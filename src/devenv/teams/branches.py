@@ -137,10 +137,12 @@ class Branches:
             self.git.push(refs.check_remote(remote), [refs.same(r) for r in pushed])
         except GitError as exc:
             if any("non-fast-forward" in d or "fetch first" in d for d in exc.details):
-                raise DevenvError(f"{remote} has changes to '{name}' that you do not have",
-                                  details=exc.details, hint=f"get them first: devenv sync "
-                                  f"--branch {name} (your unsaved overrides stay yours to "
-                                  "save again)") from None
+                raise DevenvError(
+                    f"{remote} has changes to '{name}' that you do not have; nothing pushed",
+                    details=[d for d in exc.details if not d.startswith("hint:")],
+                    hint=f"see them: devenv sync --branch {name} --dry-run --force; take them "
+                    "with --force instead of --dry-run (this replaces your overrides), set "
+                    f"yours again, then devenv config branch {name} --push") from None
             raise
         return pushed
 

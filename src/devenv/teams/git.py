@@ -111,7 +111,7 @@ class Git:
                  timeout=REMOTE_TIMEOUT)
 
     def push(self, remote: str, refspecs: Sequence[str]) -> None:
-        self.run("push", "--quiet", "--", remote, *refspecs, timeout=REMOTE_TIMEOUT)
+        self.run("push", "--quiet", "--atomic", "--", remote, *refspecs, timeout=REMOTE_TIMEOUT)
 
 
 def _identity(git: Git) -> dict[str, str]:

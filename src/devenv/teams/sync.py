@@ -74,8 +74,9 @@ def _refuse_conflicts(branches: Branches, name: str, commit: str) -> None:
     local = branches.git.resolve(refs.config_ref(name))
     if local and local != commit and not branches.git.is_ancestor(local, commit):
         raise Conflict(f"your branch '{name}' has saved changes the remote's does not",
-                       hint=f"publish yours (devenv config branch {name} --push) after "
-                       "merging by hand, or take the remote's with --force")
+                       hint=f"see the remote's with `devenv sync --branch {name} --dry-run "
+                       "--force`; take it with --force (replacing yours), set yours again, then "
+                       f"`devenv config branch {name} --push`")
 
 
 def apply(branches: Branches, incoming: Incoming) -> None:
