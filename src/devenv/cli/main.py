@@ -141,6 +141,28 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("key")
     c.add_argument("--project", action="store_true")
     cs.add_parser("schema", help="print the JSON Schema of devenv.yaml")
+    c = cs.add_parser("branch", help="list config branches, or save the overrides as one and "
+                      "switch to it")
+    c.add_argument("name", nargs="?", metavar="NAME")
+    c.add_argument("--push", action="store_true", help="also publish it to the remote")
+    c.add_argument("--remote", default="origin", help="where --push publishes (default origin)")
+    c.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("sync", help="take a teammate's config branch: show, validate, apply")
+    s.add_argument("--branch", required=True, metavar="NAME")
+    s.add_argument("--remote", default="origin", help="where to fetch it from (default origin)")
+    s.add_argument("--force", action="store_true", help="drop local overrides not saved to a "
+                   "branch, and local branch changes the remote lacks")
+    s.add_argument("--profile", default=None, help="validate and converge with this profile")
+    s.add_argument("--dry-run", action="store_true", help="only show what it changes")
+
+    s = sub.add_parser("publish", help="pack a service (after its build step) into an artifact "
+                       "recorded in the current config branch")
+    s.add_argument("--service", required=True, metavar="S")
+    s.add_argument("--version", default=None, metavar="V", help="a label for it (default: its "
+                   "digest)")
+    s.add_argument("--push", action="store_true", help="also push the branch and the artifact")
+    s.add_argument("--remote", default="origin", help="where --push publishes (default origin)")
 
     s = sub.add_parser("data", help="load datasets, reset or restore the data services")
     ds = s.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -212,6 +234,7 @@ COMMANDS = {
     "logs": "logs", "scale": "scale", "exec": "exec_", "config": "config", "doctor": "doctor",
     "data": "data", "snapshot": "snapshot", "metrics": "metrics", "trace": "trace",
     "dashboard": "dashboard", "debug": "debug", "load-test": "load_test", "profile": "profile",
+    "sync": "sync", "publish": "publish",
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from devenv.config import artifacts
 from devenv.config.injected import override_warnings
 from devenv.config.interpolate import Lookup, TemplateError, substitute
 from devenv.config.model import CURRENT_VERSION, RUNTIME_NAMES, Project
@@ -274,11 +275,15 @@ def interpolate(node: Any, env: Mapping[str, str], path: KeyPath, missing: set[s
         return node
 
 
+LOCAL_SHOWN = ".devenv/local.yaml"
+
+
 def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] | None = None,
-         texts: Mapping[Path, str] | None = None) -> Loaded:
+         texts: Mapping[Path, str] | None = None, local_shown: str = LOCAL_SHOWN) -> Loaded:
     """Load and validate the project at `root`; raise ConfigError listing every problem.
 
-    `texts` stands in for files' contents (to validate an edit before it is written)."""
+    `texts` stands in for files' contents (to validate an edit before it is written);
+    `local_shown` names the personal overrides in problems (a config branch's file)."""
     texts = texts or {}
     file = config_file(root)
     shown = file.name
@@ -286,8 +291,9 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     local = StateDir(root).local_overrides
     over = None
     if local in texts or local.is_file():
-        over = read_yaml(local, ".devenv/local.yaml", texts.get(local))
+        over = read_yaml(local, local_shown, texts.get(local))
         merge(source, over.data, over.where)
+    _artifacts(root, source, texts)
     env = _env(root, environ)
     missing: set[str] = set()
     issues: list[Issue] = []
@@ -297,7 +303,7 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     project = _build(source, shown, root)
     _check(project, source, shown, root)
     if profile is not None:
-        project = apply_profile(project, source, profile, shown, root, over, env)
+        project = apply_profile(project, source, profile, shown, root, over, env, local_shown)
     project = _chosen_runtime(project, env)
     _check_runnable(project, source, shown)
     warnings += [w for name, svc in project.services.items() if svc.is_data
@@ -305,6 +311,19 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     env_files = _env_files(project, root, env, warnings)
     warnings += override_warnings(project, root, source, shown, env_files)
     return Loaded(root, file, project, profile, source, warnings, env_files)
+
+
+def _artifacts(root: Path, source: Source, texts: Mapping[Path, str]) -> None:
+    """Services run from published artifacts (`.devenv/artifacts.yaml`, written by `devenv
+    sync`) get their unpacked copy as their folder."""
+    path = root / artifacts.LOCAL_FILE
+    if path not in texts and not path.is_file():
+        return
+    shown = artifacts.LOCAL_FILE
+    found = artifacts.parse(read_yaml(path, shown, texts.get(path)).data, shown)
+    services = source.data.get("services")
+    if found and isinstance(services, dict):
+        artifacts.apply(services, found)
 
 
 def _env_files(project: Project, root: Path, env: Mapping[str, str],
@@ -337,7 +356,8 @@ def _env_files(project: Project, root: Path, env: Mapping[str, str],
 
 
 def apply_profile(project: Project, source: Source, name: str, shown: str, root: Path,
-                  local: Source | None = None, env: Mapping[str, str] | None = None) -> Project:
+                  local: Source | None = None, env: Mapping[str, str] | None = None,
+                  local_shown: str = LOCAL_SHOWN) -> Project:
     """The project as the profile changes it; personal overrides still have the last word
     (devenv.yaml < profile < .devenv/local.yaml)."""
     if name not in project.profiles:
@@ -367,7 +387,7 @@ def apply_profile(project: Project, source: Source, name: str, shown: str, root:
     if local is not None:
         issues: list[Issue] = []
         data = interpolate(local.data, _env(root) if env is None else env, (), set(), issues)
-        _raise(issues, local, ".devenv/local.yaml")
+        _raise(issues, local, local_shown)
         merge(variant, data, local.where)
     result = _build(variant, shown)
     _check(result, variant, shown, root)

@@ -22,6 +22,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if action == "validate":
         return validate(args)
+    if action == "branch":
+        from devenv.cli.commands import branch
+
+        return branch.run(args)
     if action in ("show", "get"):
         loaded = load_project(args, args.profile)
         plain = to_plain(loaded.project)

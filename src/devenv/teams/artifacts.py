@@ -1,0 +1,117 @@
+"""Published services: a service's folder, after its build step, packed into a git tree (its
+id is the artifact's digest), kept as a commit under `refs/devenv/artifacts/<service>/
+<digest>`, and unpacked into `.devenv/artifacts/<digest>/` where it runs. Packing uses a
+private index file, so the repository's own index and working tree are never touched."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from devenv.config.artifacts import ARTIFACTS_DIR, Artifact
+from devenv.config.load import Loaded
+from devenv.core.errors import DevenvError, UsageError
+from devenv.core.paths import private_dir
+from devenv.plan import command_argv, exec_spec, service_plan
+from devenv.runtime import get_runtime
+from devenv.teams import refs
+from devenv.teams.git import Git
+
+# left out of an artifact: devenv's own state, and Python's byte-code caches
+EXCLUDED = (":(exclude).devenv", ":(exclude,glob)**/__pycache__/**", ":(exclude).git")
+# an artifact's commit is the same for the same tree, wherever it is made: pushing it again
+# is "up to date", never a conflict
+FIXED = {"GIT_AUTHOR_NAME": "devenv", "GIT_AUTHOR_EMAIL": "devenv@localhost",
+         "GIT_COMMITTER_NAME": "devenv", "GIT_COMMITTER_EMAIL": "devenv@localhost",
+         "GIT_AUTHOR_DATE": "1970-01-01T00:00:00+0000",
+         "GIT_COMMITTER_DATE": "1970-01-01T00:00:00+0000"}
+
+
+def build(loaded: Loaded, service: str) -> str | None:
+    """Run the service's build step (`watch.build`) through its runtime, in its folder with
+    its environment; its output, or None when it declares none. A failure raises."""
+    svc = loaded.project.services[service]
+    if svc.watch.build is None:
+        return None
+    plan = service_plan(loaded, service)
+    runtime = get_runtime(plan.runtime, loaded.root)
+    argv = command_argv(svc.watch.build)
+    result = asyncio.run(runtime.run(exec_spec(plan), argv, plan.run_timeout))
+    if result.code != 0:
+        raise DevenvError(f"{service}: its build step failed (exit {result.code}); nothing "
+                          "was published", details=result.output.splitlines()[-15:],
+                          hint=f"fix services.{service}.watch.build, then publish again")
+    return result.output
+
+
+def pack(git: Git, loaded: Loaded, service: str, version: str = "") -> Artifact:
+    """The service's folder as it is now, packed and stored (idempotent: the same content
+    gives the same digest and ref)."""
+    refs.check_name(service, "service")
+    if service not in loaded.project.services:
+        raise UsageError(f"no service '{service}'",
+                         hint="services: " + ", ".join(loaded.project.services))
+    svc = loaded.project.services[service]
+    if svc.is_data:
+        raise UsageError(f"'{service}' is a data service; only application services are "
+                         "published (share its data with `devenv snapshot export`)")
+    if svc.path.startswith(ARTIFACTS_DIR):
+        raise UsageError(f"'{service}' runs from a published artifact here, not from source",
+                         hint="publish it from a checkout that has its source")
+    folder = loaded.root / svc.path
+    tree = tree_of(git, folder)
+    ref = refs.artifact_ref(service, tree)
+    if git.resolve(ref) is None:
+        commit = git.text("commit-tree", tree, "-m", f"devenv artifact {service}", env=FIXED)
+        git.update_ref(ref, commit)
+    return Artifact(service, tree, os.path.normpath(svc.path), version)
+
+
+def tree_of(git: Git, folder: Path) -> str:
+    """The git tree of every file under `folder` (ignored ones too: a build's output is what
+    runs), written through a private index."""
+    with tempfile.TemporaryDirectory(prefix="devenv-pack-") as tmp:
+        env = {"GIT_DIR": str(git.git_dir), "GIT_WORK_TREE": str(folder),
+               "GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git.run("add", "--all", "--force", "--", ".", *EXCLUDED, env=env, cwd=folder)
+        return git.text("write-tree", env=env, cwd=folder)
+
+
+def fetch(git: Git, remote: str, wanted: Iterable[Artifact]) -> None:
+    """Fetch the artifacts not here yet, and check each one's content is its digest."""
+    wanted = list(wanted)
+    missing = [a for a in wanted if not git.ok("cat-file", "-e", f"{a.digest}^{{tree}}")]
+    if missing:
+        git.fetch(refs.check_remote(remote),
+                  [refs.same(refs.artifact_ref(a.service, a.digest)) for a in missing])
+    for art in wanted:
+        if not git.ok("cat-file", "-e", f"{art.digest}^{{tree}}"):
+            raise DevenvError(f"{art.service}: artifact {art.digest[:12]} is not on {remote}",
+                              hint="its publisher pushes it: devenv publish --service "
+                              f"{art.service} --push")
+
+
+def unpack(git: Git, root: Path, art: Artifact) -> Path:
+    """The artifact's folder, `.devenv/artifacts/<digest>/` (made once: its name is its
+    content). Unpacked beside it first, then renamed, so a folder there is always whole."""
+    dest = root / art.folder
+    if dest.is_dir():
+        return dest
+    parent = private_dir(root / ARTIFACTS_DIR)
+    data = git.run("archive", "--format=tar", art.digest).stdout
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=".unpack-"))
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            tar.extractall(tmp, filter="data")
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not dest.is_dir():
+            raise
+    return dest

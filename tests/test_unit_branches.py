@@ -1,0 +1,131 @@
+"""The pure parts of config branches and artifacts: names, diffs, the manifest, and how an
+artifact becomes a service's folder."""
+
+from __future__ import annotations
+
+import pytest
+
+from devenv.config import artifacts
+from devenv.config.artifacts import Artifact
+from devenv.core.errors import ConfigError, UsageError
+from devenv.teams import refs
+from devenv.teams.branches import plain
+from devenv.teams.diff import MISSING, Change, artifact_changes, changes, flatten, render
+
+TREE = "a" * 40
+
+
+@pytest.mark.parametrize("name", ["feature-x", "v1.2", "a_b", "X9", "a" * 100])
+def test_good_names(name: str) -> None:
+    assert refs.name_problem(name) is None
+    assert refs.config_ref(name) == f"refs/devenv/config/{name}"
+
+
+@pytest.mark.parametrize("name", ["", "-x", ".x", "a..b", "a.", "x.lock", "a/b", "a b",
+                                  "a~1", "a^", "a:b", "a?", "a*", "a[", "a\\b", "@{x}",
+                                  "é", "a" * 101, "a\nb"])
+def test_bad_names(name: str) -> None:
+    assert refs.name_problem(name) is not None
+    with pytest.raises(UsageError) as err:
+        refs.check_name(name)
+    assert err.value.exit_code == 2 and refs.NAME_RULE in err.value.message
+
+
+def test_refs_and_refspecs() -> None:
+    assert refs.artifact_ref("api", TREE) == f"refs/devenv/artifacts/api/{TREE}"
+    assert refs.same("refs/devenv/config/x") == "refs/devenv/config/x:refs/devenv/config/x"
+    assert refs.branch_of("refs/devenv/config/x") == "x"
+    assert refs.branch_of("refs/heads/x") is None
+    with pytest.raises(UsageError):
+        refs.check_remote("--upload-pack=evil")
+
+
+def test_flatten_keeps_lists_and_empty_mappings_as_leaves() -> None:
+    assert flatten({"services": {"api": {"replicas": 2, "env": {"A": "1"}, "cmd": ["x"]}},
+                    "x": {}}) == {"services.api.replicas": 2, "services.api.env.A": "1",
+                                  "services.api.cmd": ["x"], "x": {}}
+
+
+def test_changes_grouped_by_service() -> None:
+    old = {"services": {"api": {"replicas": 1, "env": {"DEBUG": "1"}}, "keep": {"replicas": 2}}}
+    new = {"services": {"api": {"replicas": 2}, "web": {"env": {"G": "hi"}},
+                        "keep": {"replicas": 2}}, "ingress": {"port": 7800}}
+    found = changes(old, new)
+    assert [c.key for c in found] == ["ingress.port", "services.api.env.DEBUG",
+                                      "services.api.replicas", "services.web.env.G"]
+    assert render(found) == [
+        "project:", "  + ingress.port: 7800",
+        "api:", '  - env.DEBUG (was "1")', "  ~ replicas: 1 → 2",
+        "web:", '  + env.G: "hi"',
+    ]
+    assert changes(new, new) == []
+
+
+def test_artifact_changes() -> None:
+    one = Artifact("api", TREE, "api", "v1")
+    two = Artifact("api", "b" * 40, "api")
+    assert artifact_changes({}, {"api": one}) == [
+        Change("services.api.artifact", MISSING, f"{TREE[:12]} (v1)")]
+    assert render(artifact_changes({"api": one}, {"api": two})) == [
+        "api:", f"  ~ artifact: {TREE[:12]} (v1) → {'b' * 12}"]
+    assert artifact_changes({"api": one}, {"api": one}) == []
+
+
+def test_manifest_round_trip() -> None:
+    found = {"api": Artifact("api", TREE, "services/api", "v1"),
+             "web": Artifact("web", "c" * 64, ".")}
+    text = artifacts.render(found)
+    assert artifacts.parse(plain(text, "m"), "m") == found
+    assert artifacts.parse(plain(artifacts.render({}), "m"), "m") == {}
+
+
+@pytest.mark.parametrize("data, says", [
+    ({"services": {"api": {"digest": "xyz", "source": "api"}}}, "services.api.digest"),
+    ({"services": {"api": {"digest": TREE, "source": "../up"}}}, "services.api.source"),
+    ({"services": {"api": {"digest": TREE, "source": "/abs"}}}, "services.api.source"),
+    ({"services": {"api": {"digest": TREE, "source": "a", "cmd": "x"}}}, "unknown key 'cmd'"),
+    ({"services": {"api": "x"}}, "services.api"),
+    ({"other": 1}, "expected `services:`"),
+])
+def test_manifest_problems(data: object, says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        artifacts.parse(data, "b:artifacts.yaml")
+    assert any(says in d and d.startswith("b:artifacts.yaml") for d in err.value.details)
+
+
+def test_an_artifact_becomes_the_services_folder() -> None:
+    services = {"api": {"command": "python app.py", "cwd": "svc/api",
+                        "env_file": ["svc/api/.env", "shared.env"], "watch": False},
+                "root": {"command": "x", "env_file": ".env"},
+                "web": {"command": "y", "path": "web"}}
+    artifacts.apply(services, {"api": Artifact("api", TREE, "svc/api"),
+                               "root": Artifact("root", TREE, "."),
+                               "ghost": Artifact("ghost", TREE, "g")})
+    folder = f".devenv/artifacts/{TREE}"
+    assert services["api"] == {"command": "python app.py", "path": folder,
+                               "env_file": [f"{folder}/.env", "shared.env"],
+                               "watch": {"enabled": False}}
+    assert services["root"]["env_file"] == [f"{folder}/.env"]
+    assert services["web"] == {"command": "y", "path": "web"}  # not published: untouched
+    assert "ghost" not in services
+
+
+def test_a_packed_tree_is_the_folders_content_and_leaves_the_index_alone(tmp_path) -> None:
+    import subprocess
+
+    from devenv.teams.artifacts import tree_of
+    from devenv.teams.git import Git
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "api/__pycache__").mkdir(parents=True)
+    (tmp_path / "api/__pycache__/x.pyc").write_bytes(b"\0")
+    (tmp_path / "api/app.py").write_text("print(1)\n")
+    (tmp_path / "api/dist").mkdir()
+    (tmp_path / "api/dist/out.js").write_text("built\n")
+    (tmp_path / ".gitignore").write_text("dist/\n")  # ignored, yet a build's output: packed
+    git = Git(tmp_path)
+    tree = tree_of(git, tmp_path / "api")
+    assert git.text("ls-tree", "-r", "--name-only", tree).splitlines() == [
+        "app.py", "dist/out.js"]
+    assert tree_of(git, tmp_path / "api") == tree  # content-addressed
+    assert git.text("status", "--porcelain").splitlines() == ["?? .gitignore", "?? api/"]
