@@ -88,7 +88,8 @@ def ingress(port: int, upstream: int) -> Iterator[psutil.Process]:
     store = tempfile.mkdtemp(prefix="bench-traces-")
     proc = subprocess.Popen([sys.executable, "-c", EDGE_INGRESS, str(port), str(upstream),
                              "on", store], env=ENV, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         yield psutil.Process(proc.pid)

@@ -13,6 +13,7 @@ import asyncio
 import resource
 from collections import deque
 from collections.abc import Callable
+from typing import cast
 
 import httptools
 
@@ -171,11 +172,12 @@ class ClientConnection(asyncio.Protocol):
         self.edge: Edge | None = None
         self.in_body = False
         self.garbled = ""
+        self.corked: list[bytes] | None = None  # writes held to go out as one
 
     # ---- asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
@@ -302,6 +304,20 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- what an instance's connection reports (upstream.Exchange)
 
+    def cork(self) -> None:
+        self.corked = []
+
+    def uncork(self) -> None:
+        corked, self.corked = self.corked, None
+        if corked and self.transport is not None:
+            self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def _write(self, data: bytes) -> None:
+        if self.corked is not None:
+            self.corked.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
     def response_head(self, conn: Upstream) -> None:
         self._stop_timer()
         if self.websocket:
@@ -317,8 +333,7 @@ class ClientConnection(asyncio.Protocol):
         framed = self.framed = framing(http11=req.http11, head=req.method == b"HEAD",
                                        status=status, length=conn.length)
         keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self.broken
-        assert self.transport is not None
-        self.transport.write(response_head(status, conn.reason, conn.headers, framed,
+        self._write(response_head(status, conn.reason, conn.headers, framed,
                                            keep_alive=keep, http11=req.http11))
         self.sent = status
         if self.edge is not None:
@@ -326,13 +341,12 @@ class ClientConnection(asyncio.Protocol):
 
     def response_body(self, data: bytes) -> None:
         framed = self.framed
-        if framed is Framing.NONE or self.transport is None:
-            return
-        self.transport.write(chunk(data) if framed is Framing.CHUNKED else data)
+        if framed is not Framing.NONE:
+            self._write(chunk(data) if framed is Framing.CHUNKED else data)
 
     def response_end(self, conn: Upstream) -> None:
-        if self.framed is Framing.CHUNKED and self.transport is not None:
-            self.transport.write(LAST_CHUNK)
+        if self.framed is Framing.CHUNKED:
+            self._write(LAST_CHUNK)
         self._wake(END)
 
     def upstream_lost(self, conn: Upstream, exc: BaseException | None) -> None:
@@ -345,6 +359,7 @@ class ClientConnection(asyncio.Protocol):
             self.response_end(conn)  # a body ended by closing the connection: complete
             return
         if self.transport is not None:  # cut mid-body: the client must see it cut, not end
+            self.uncork()
             self.transport.abort()
         self._wake(CUT)
 

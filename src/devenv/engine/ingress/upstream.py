@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -21,6 +21,8 @@ WRITE_HIGH, WRITE_LOW = 256 * 1024, 64 * 1024  # bytes buffered before the other
 class Exchange(Protocol):
     """What a connection to an instance reports to the request it carries."""
 
+    def cork(self) -> None: ...
+    def uncork(self) -> None: ...
     def response_head(self, conn: Upstream) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_end(self, conn: Upstream) -> None: ...
@@ -73,7 +75,7 @@ class Upstream(asyncio.Protocol):
     # ---- asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
 
@@ -85,6 +87,9 @@ class Upstream(asyncio.Protocol):
             self.early += data
             return
         self.received = True
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.cork()  # the response's head and body in one write, when they came so
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -96,6 +101,9 @@ class Upstream(asyncio.Protocol):
                 self.transport.abort()
             if self.exchange is not None:
                 self.exchange.upstream_garbled(self, str(exc) or type(exc).__name__)
+        finally:
+            if exchange is not None:
+                exchange.uncork()
 
     def eof_received(self) -> bool | None:
         return None  # close
