@@ -24,10 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-from _common import ENV, free_ports
+from bench_core import EDGE_INGRESS, _cpu  # the ingress process, wired as the engine does
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_core import EDGE_INGRESS, _cpu  # noqa: E402 - the engine-wired ingress process
+from _common import ENV, free_ports
 
 NGINX_CONF = """\
 worker_processes 1;
