@@ -173,6 +173,8 @@ class ClientConnection(asyncio.Protocol):
         self.in_body = False
         self.garbled = ""
         self.corked: list[bytes] | None = None  # writes held to go out as one
+        self.idle_at = -1.0  # when its last response ended (-1: none yet)
+        self.next: asyncio.Future[None] | None = None  # set when a request's head arrives
 
     # ---- asyncio
 
@@ -270,7 +272,7 @@ class ClientConnection(asyncio.Protocol):
         req.websocket = req.websocket and req.upgrade
         if req.upgrade and not req.websocket:
             req.keep_alive = False  # another protocol: answered over HTTP/1.1, then closed
-        if self.timer is not None:
+        if self.timer is not None and self.idle_at < 0:  # the header timeout of the first
             self.timer.cancel()
             self.timer = None
         self.accounts.waiting.pop(self, None)
@@ -279,6 +281,9 @@ class ClientConnection(asyncio.Protocol):
             self._pause("pipeline")  # one request at a time, in order
         if self.task is None:
             self.task = self.loop.create_task(self._serve())
+        elif self.next is not None:
+            self.next.set_result(None)
+            self.next = None
 
     def on_body(self, body: bytes) -> None:
         req = self.parsing
@@ -379,11 +384,23 @@ class ClientConnection(asyncio.Protocol):
     # ---- the requests, one at a time
 
     async def _serve(self) -> None:
+        """Answer the connection's requests as they come, in order; between two, wait for the
+        next (cheaper than a task a request)."""
         try:
-            while self.queue and not self.lost:
+            while not self.lost:
+                if not self.queue:
+                    self.next = self.loop.create_future()
+                    await self.next
+                    continue
                 req = self.queue[0]
                 self._resume("pipeline")
-                keep = await self._one(req)
+                try:
+                    keep = await self._one(req)
+                except Exception as exc:  # a bug: say so, and close
+                    if self.sent is None and self.transport is not None:
+                        self.transport.write(IngressError(
+                            500, f"the ingress failed: {exc!r}").render(keep_alive=False))
+                    keep = False
                 self.queue.popleft()
                 if self.lost:
                     return
@@ -393,8 +410,10 @@ class ClientConnection(asyncio.Protocol):
                     return
                 if not self.queue:
                     self.accounts.waiting[self] = None  # idle again: keep-alive, evicted first
-                    self.timer = self.loop.call_later(self.accounts.idle_timeout,
-                                                      self._idle_late)
+                    self.idle_at = now = self.loop.time()
+                    if self.timer is None:  # (else the one armed before is re-armed then)
+                        self.timer = self.loop.call_at(now + self.accounts.idle_timeout,
+                                                       self._idle_late)
         finally:
             self.task = None
 
@@ -612,9 +631,11 @@ class ClientConnection(asyncio.Protocol):
             return None
         finally:
             self._stop_timer()
+            if self.queue:
+                self.queue[0].sink = None
             if self.upstream is conn:
                 self.upstream = None
-                conn.close()
+                conn.close(graceful=outcome == END)
 
     def _closed(self, service: str, instance: str, exc: BaseException | None
                 ) -> IngressError:
@@ -693,7 +714,7 @@ class ClientConnection(asyncio.Protocol):
     def _garbled(self, exc: Exception) -> None:
         self.broken = True
         self._pause("broken")
-        if self.task is None and not self.queue and self.transport is not None:
+        if not self.queue and self.transport is not None:  # (none in progress)
             self.transport.write(IngressError(400, f"bad request: {exc}").render(
                 keep_alive=False))
             self.transport.close()
@@ -704,8 +725,14 @@ class ClientConnection(asyncio.Protocol):
             self.drop()
 
     def _idle_late(self) -> None:
-        if self in self.accounts.waiting and not self.queue:
+        self.timer = None
+        if self not in self.accounts.waiting or self.queue:
+            return  # in a request: armed again when it is idle again
+        due = self.idle_at + self.accounts.idle_timeout
+        if self.loop.time() >= due - 0.001:
             self.drop()
+        else:  # it was in a request since: wait for the rest of its idle time
+            self.timer = self.loop.call_at(due, self._idle_late)
 
     def drop(self) -> None:
         """Close a connection not in a request (nothing written: it may be about to be

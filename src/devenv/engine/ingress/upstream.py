@@ -88,8 +88,10 @@ class Upstream(asyncio.Protocol):
             return
         self.received = True
         exchange = self.exchange
-        if exchange is not None:
-            exchange.cork()  # the response's head and body in one write, when they came so
+        if exchange is None:  # a kept-alive connection the instance wrote to (a 408?)
+            self.close()
+            return
+        exchange.cork()  # the response's head and body in one write, when they came so
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -102,8 +104,7 @@ class Upstream(asyncio.Protocol):
             if self.exchange is not None:
                 self.exchange.upstream_garbled(self, str(exc) or type(exc).__name__)
         finally:
-            if exchange is not None:
-                exchange.uncork()
+            exchange.uncork()
 
     def eof_received(self) -> bool | None:
         return None  # close
@@ -172,11 +173,15 @@ class Upstream(asyncio.Protocol):
         assert self.transport is not None
         self.transport.write(data)
 
-    def close(self) -> None:
+    def close(self, *, graceful: bool = False) -> None:
+        """Close the connection: gracefully after a complete exchange, else at once."""
         self.closed = True
         self.exchange = None
         if self.transport is not None:
-            self.transport.abort()
+            if graceful:
+                self.transport.close()
+            else:
+                self.transport.abort()
 
     def splice(self, client: asyncio.Transport) -> None:
         """A websocket: from now on, what the instance sends goes to the client as it is."""
