@@ -13,7 +13,7 @@ import asyncio
 import resource
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import NamedTuple, cast
 
 import httptools
 
@@ -475,30 +475,27 @@ class ClientConnection(asyncio.Protocol):
     async def _answer(self, req: Request) -> IngressError | None:
         """Route a request and relay it: None once relayed, or the ingress's own answer."""
         ingress = self.ingress
-        header = req.host.decode("latin-1") if req.host is not None else None
-        host = host_name(header) if header is not None else "127.0.0.1"  # HTTP/1.0, no Host
-        if not ingress.routes.allows(host):
-            return misdirected(header or "")
-        assert host is not None
-        raw_path, _, query = req.target.partition(b"?")
-        path = raw_path.decode("latin-1")
-        if not path.startswith("/"):
-            return IngressError(400, f"the request target {path!r} is not a path")
-        raw, decoded = split_path(path)
-        target = ingress.routes.match(host, decoded)
-        if isinstance(target, NoHttp):
-            return IngressError(404, target.message())
+        key = (req.host, req.target)
+        routed = ingress.routed.get(key)
+        if routed is None:
+            routed = route(ingress.routes, req.host, req.target)
+            if len(ingress.routed) >= ROUTED_KEPT:
+                ingress.routed.clear()
+            ingress.routed[key] = routed
+        if isinstance(routed, IngressError):
+            return routed
         edge = self.edge
-        if edge is not None and target is not None:
-            edge.route, edge.service = target.prefix or host, target.service
-        pool = ingress.pools(target.service) if target else None
-        if target is None or pool is None:
-            return NoRoute(header or "", path, ingress.routes.describe())
-        suffix = target.forward(raw).encode("latin-1") + (b"?" + query if query else b"")
+        if edge is not None and routed.service:
+            edge.route, edge.service = routed.route, routed.service
+        pool = ingress.pools(routed.service) if routed.service else None
+        if pool is None:
+            header = req.host.decode("latin-1") if req.host is not None else ""
+            path = req.target.partition(b"?")[0].decode("latin-1")
+            return NoRoute(header, path, ingress.routes.describe())
         forwarded = req.host if req.host is not None else b"127.0.0.1"
         if req.websocket:
-            return await self._websocket(req, pool, target.service, suffix, forwarded)
-        return await self._proxy(req, pool, target.service, suffix, forwarded)
+            return await self._websocket(req, pool, routed.service, routed.suffix, forwarded)
+        return await self._proxy(req, pool, routed.service, routed.suffix, forwarded)
 
     def _head(self, req: Request, suffix: bytes, host: bytes, *, chunked: bool = False,
               websocket: bool = False) -> bytes:
@@ -745,6 +742,40 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
 
+class Routed(NamedTuple):
+    """Where a request goes: its service ("": none), what matched, the target sent on."""
+
+    service: str
+    route: str
+    suffix: bytes
+
+
+ROUTED_KEPT = 4096  # requests' routes remembered (by Host and target), at most
+
+
+def route(routes: RouteTable, host_header: bytes | None, target: bytes
+          ) -> Routed | IngressError:
+    """Where a request for `target` with this Host goes, or the ingress's answer: 421 for a
+    host not served, 400 for a target that is not a path, 404 for a data service."""
+    header = host_header.decode("latin-1") if host_header is not None else None
+    host = host_name(header) if header is not None else "127.0.0.1"  # HTTP/1.0, no Host
+    if not routes.allows(host):
+        return misdirected(header or "")
+    assert host is not None
+    raw_path, _, query = target.partition(b"?")
+    path = raw_path.decode("latin-1")
+    if not path.startswith("/"):
+        return IngressError(400, f"the request target {path!r} is not a path")
+    raw, decoded = split_path(path)
+    matched = routes.match(host, decoded)
+    if isinstance(matched, NoHttp):
+        return IngressError(404, matched.message())
+    if matched is None:
+        return Routed("", "", b"")
+    suffix = matched.forward(raw).encode("latin-1") + (b"?" + query if query else b"")
+    return Routed(matched.service, matched.prefix or host, suffix)
+
+
 def _chunked(headers: list[Header]) -> bool:
     return any(n == b"transfer-encoding" and b"chunked" in v.lower() for n, _, v in headers)
 
@@ -777,7 +808,8 @@ class Ingress:
         self.port = port
         self.pools = pools
         self.hub = hub  # None: no edge spans, no requests published
-        self.routes = RouteTable({}, [])
+        self._routes = RouteTable({}, [])
+        self.routed: dict[tuple[bytes | None, bytes], Routed | IngressError] = {}
         self.response_timeout = response_timeout
         self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
@@ -788,6 +820,15 @@ class Ingress:
                                   header_timeout, idle_timeout)
         self.upstreams = Upstreams(connect_timeout)
         self._listener: asyncio.Server | None = None
+
+    @property
+    def routes(self) -> RouteTable:
+        return self._routes
+
+    @routes.setter
+    def routes(self, table: RouteTable) -> None:
+        self._routes = table
+        self.routed = {}
 
     @property
     def url(self) -> str:
