@@ -127,9 +127,9 @@ def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(port: int, host: str, secs: int) -> tuple[float, float, int]:
-    """req/s, p50 latency (ms) and non-2xx/socket errors of `wrk -t1 -c32`."""
-    out = subprocess.run(["wrk", "-t1", "-c32", f"-d{secs}s", "--latency", "-H",
+def wrk(port: int, host: str, secs: int, connections: int = 32) -> tuple[float, float, int]:
+    """req/s, p50 latency (ms) and non-2xx/socket errors of `wrk -t1 -cN`."""
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{secs}s", "--latency", "-H",
                           f"Host: {host}", f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -156,6 +156,10 @@ def main() -> int:
         via_ingress = wrk(edge, "backend-0.localhost", secs)
         cpu = (_cpu(proc) - before) / (via_ingress[0] * secs)
         own = (_own_cpu(proc) - before_own) / (via_ingress[0] * secs)
+        # one connection: the latency a proxy adds when it is not saturated (at 32, p50 is
+        # about 32 / throughput, whatever the proxy)
+        alone = [wrk(port, host, secs, 1)[1] for port, host in
+                 ((upstream, "x"), (proxy, "x"), (edge, "backend-0.localhost"))]
     print(f"machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}; "
           f"wrk -t1 -c32 -d{secs}s, upstream: nginx `return 200`")
     for name, (rps, p50, errors) in (("direct", direct), ("nginx proxy", via_nginx),
@@ -164,6 +168,9 @@ def main() -> int:
         print(f"  {name:<12} {rps:>9,.0f} req/s  p50 {p50:.3f} ms{added}  errors {errors}")
     print(f"ingress / nginx proxy: {via_ingress[0] / via_nginx[0]:.2f}x req/s (at least 0.3x "
           f"asked)")
+    print(f"one connection (wrk -c1), p50: direct {alone[0]:.3f} ms, nginx proxy "
+          f"{alone[1]:.3f} ms (added {alone[1] - alone[0]:.3f}), ingress {alone[2]:.3f} ms "
+          f"(added {alone[2] - alone[0]:.3f})")
     print(f"CPU a request: ingress process {own * 1e6:.0f} us, with its trace writer "
           f"(edge spans on) {cpu * 1e6:.0f} us")
     return 0
