@@ -200,8 +200,6 @@ def edge_span_cost(n: int = 15_000) -> float:  # (under the store's MAX_QUEUED)
     queue, as the engine does; the span itself is made by the store's writer process)."""
     import collections
 
-    from aiohttp.test_utils import make_mocked_request
-
     from devenv.engine.ingress import Edge
     from devenv.telemetry.model import Hub
     from devenv.telemetry.store import Traces
@@ -209,12 +207,10 @@ def edge_span_cost(n: int = 15_000) -> float:  # (under the store's MAX_QUEUED)
     kept: collections.deque[object] = collections.deque(maxlen=100_000)
     traces = Traces(Path(tempfile.gettempdir()) / "bench-traces-unopened")  # it only queues
     hub = Hub([traces.add], [traces.add_request, kept.append])
-    request = make_mocked_request("GET", "/whoami", headers={
-        "Host": "backend-0.localhost",
-        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+    traceparent = ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
     t0 = time.perf_counter()
     for _ in range(n):
-        edge = Edge(request)
+        edge = Edge("GET", "/whoami", traceparent, [])
         edge.route, edge.service, edge.instance = "backend-0.localhost", "backend-0", "b-1"
         edge.outgoing.header()
         hub.request(edge.finish(200, None, "backend-0.localhost"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import resource
 import shutil
@@ -346,8 +347,11 @@ def test_slow_connections_do_not_take_the_engine_down(project: Project) -> None:
 # ---- in-process, on real sockets: the ingress's own timeouts and connection cap
 
 
+ENDLESS_OVER = web.AppKey("endless_over", asyncio.Event)  # /endless stopped writing
+
+
 @contextlib.asynccontextmanager
-async def backend_app(port: int) -> AsyncIterator[None]:
+async def backend_app(port: int) -> AsyncIterator[web.Application]:
     async def hang(request: web.Request) -> web.Response:
         await asyncio.sleep(30)
         return web.Response(text="late")
@@ -376,7 +380,49 @@ async def backend_app(port: int) -> AsyncIterator[None]:
         request.transport.abort()  # the instance dies mid-body
         return resp
 
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for part in (b"one ", b"two ", b"three"):
+            await resp.write(part)
+        await resp.write_eof()
+        return resp
+
+    async def count(request: web.Request) -> web.Response:
+        digest, size = hashlib.sha256(), 0
+        async for part in request.content.iter_any():
+            digest.update(part)
+            size += len(part)
+        return web.json_response({"size": size, "sha256": digest.hexdigest(),
+                                  "chunked": request.headers.get("Transfer-Encoding", "")})
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        try:
+            while True:
+                await resp.write(b"x" * 65536)
+                await asyncio.sleep(0.01)
+        finally:
+            request.app[ENDLESS_OVER].set()
+
+    async def cut_chunked(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        await resp.write(b"partial")
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
     app = web.Application()
+    app[ENDLESS_OVER] = asyncio.Event()
+    app.router.add_get("/chunked", chunked)
+    app.router.add_post("/count", count)
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/cut-chunked", cut_chunked)
     app.router.add_get("/hang", hang)
     app.router.add_get("/drip", drip)
     app.router.add_get("/hello", hello)
@@ -386,7 +432,7 @@ async def backend_app(port: int) -> AsyncIterator[None]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        yield
+        yield app
     finally:
         await runner.cleanup()
 
@@ -555,5 +601,137 @@ def test_only_an_idempotent_request_on_a_kept_alive_connection_found_closed_is_r
         finally:
             server.close()
             await server.wait_closed()
+
+    asyncio.run(scenario())
+
+
+# ---- streaming both ways, framing, pipelining, and either side going away
+
+
+async def _exchange(ingress: Ingress, raw: bytes) -> tuple[asyncio.StreamReader,
+                                                           asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", ingress.port)
+    writer.write(raw)
+    await writer.drain()
+    return reader, writer
+
+
+async def _read_all(reader: asyncio.StreamReader) -> bytes:
+    out = b""
+    with contextlib.suppress(ConnectionError):
+        while part := await asyncio.wait_for(reader.read(65536), 5):
+            out += part
+    return out
+
+
+def test_an_http10_client_gets_a_chunked_response_unchunked_then_the_connection_closes(
+) -> None:
+    async def scenario() -> None:
+        async with ingress_to_app() as ingress:
+            reader, writer = await _exchange(
+                ingress, b"GET /chunked HTTP/1.0\r\nHost: app.localhost\r\n\r\n")
+            try:
+                data = await _read_all(reader)  # to the close: that is how the body ends
+            finally:
+                writer.close()
+            head, _, body = data.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert b"transfer-encoding" not in head.lower()
+            assert body == b"one two three"
+            # an HTTP/1.1 client gets it chunked, on a connection that stays open
+            reader, writer = await _exchange(
+                ingress, b"GET /chunked HTTP/1.1\r\nHost: app.localhost\r\n\r\n"
+                b"HEAD /hello HTTP/1.1\r\nHost: app.localhost\r\n\r\n"
+                b"GET /hello HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert b"Transfer-Encoding: chunked" in head
+                assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5) == \
+                    b"4\r\none \r\n4\r\ntwo \r\n5\r\nthree\r\n0\r\n\r\n"
+                # a HEAD's answer has its length but no body; the next one follows it
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200") and b"Content-Length: 5" in head
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+                assert head.startswith(b"HTTP/1.1 200")
+                assert await asyncio.wait_for(reader.readexactly(5), 5) == b"hello"
+            finally:
+                writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_request_bodies_bigger_than_the_replay_limit_stream_to_the_instance_whole() -> None:
+    size = ingress_mod.REPLAY_LIMIT * 3 + 12345
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    digest = hashlib.sha256(payload).hexdigest()
+
+    async def scenario() -> None:
+        async with ingress_to_app() as ingress, aiohttp.ClientSession() as session:
+            async def parts() -> AsyncIterator[bytes]:  # chunked, as it comes
+                for i in range(0, size, 100_000):
+                    yield payload[i:i + 100_000]
+                    await asyncio.sleep(0)
+
+            for data, chunked in ((payload, ""), (parts(), "chunked")):
+                async with session.post(f"{ingress.url}/count", data=data,
+                                        headers={"Host": "app.localhost"}) as resp:
+                    assert resp.status == 200, await resp.text()
+                    got = await resp.json()
+                assert got == {"size": size, "sha256": digest, "chunked": chunked}
+
+    asyncio.run(scenario())
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection() -> None:
+    async def scenario() -> None:
+        async with ingress_to_app() as ingress:
+            reader, writer = await _exchange(ingress, b"".join(
+                b"POST /echo HTTP/1.1\r\nHost: app.localhost\r\nContent-Length: 6\r\n\r\n"
+                b"body-%d" % i if i % 2 else
+                b"GET /chunked HTTP/1.1\r\nHost: app.localhost\r\n\r\n"
+                for i in range(1, 7)) + b"GET /hello HTTP/1.1\r\nHost: app.localhost\r\n"
+                b"Connection: close\r\n\r\n")
+            try:
+                data = await _read_all(reader)
+            finally:
+                writer.close()
+            assert data.count(b"HTTP/1.1 200") == 7
+            bodies = [data.index(b) for b in (b"body-1", b"three\r\n", b"body-3", b"body-5",
+                                              b"hello")]
+            assert bodies == sorted(bodies)
+            assert data.endswith(b"hello")
+
+    asyncio.run(scenario())
+
+
+def test_a_chunked_response_cut_by_the_instance_is_cut_for_the_client_too() -> None:
+    async def scenario() -> None:
+        async with ingress_to_app() as ingress:
+            reader, writer = await _exchange(
+                ingress, b"GET /cut-chunked HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+            try:
+                data = await _read_all(reader)
+            finally:
+                writer.close()
+            assert data.startswith(b"HTTP/1.1 200") and b"partial" in data
+            assert not data.endswith(b"0\r\n\r\n")  # no last chunk: not a clean end
+
+    asyncio.run(scenario())
+
+
+def test_a_client_gone_mid_response_closes_its_instance_connection() -> None:
+    async def scenario() -> None:
+        app_port = free_ports(1)[0]
+        async with backend_app(app_port) as app, ingress_to([app_port]) as ingress:
+            reader, writer = await _exchange(
+                ingress, b"GET /endless HTTP/1.1\r\nHost: app.localhost\r\n\r\n")
+            await asyncio.wait_for(reader.readexactly(100_000), 5)
+            writer.close()  # mid-response
+            # the instance sees its connection closed, which is not kept for another request
+            await asyncio.wait_for(app[ENDLESS_OVER].wait(), 5)
+            assert not any(ingress.upstreams.idle.values())
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"{ingress.url}/hello", headers={"Host": "app.localhost"}) as resp:
+                assert resp.status == 200 and await resp.text() == "hello"
 
     asyncio.run(scenario())

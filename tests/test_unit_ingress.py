@@ -16,13 +16,17 @@ from multidict import CIMultiDict
 
 from conftest import free_ports
 from devenv.engine.ingress import (
+    Framing,
     Ingress,
     NoHttp,
     RouteSpec,
     Target,
     build_routes,
     end_to_end,
+    framing,
     host_name,
+    request_head,
+    response_head,
     split_path,
 )
 from devenv.engine.pool import Backend, NoBackend, Pool
@@ -110,6 +114,66 @@ def test_hop_by_hop_headers_and_those_connection_names_are_not_forwarded() -> No
     ])
     assert list(end_to_end(headers).items()) == [("Cookie", "a=1"), ("Cookie", "b=2"),
                                                  ("X-Keep", "yes")]
+
+
+def _raw(*headers: tuple[bytes, bytes]) -> list[tuple[bytes, bytes, bytes]]:
+    return [(n.lower(), n, v) for n, v in headers]
+
+
+def test_the_forwarded_request_head_keeps_end_to_end_headers_and_says_who_asked() -> None:
+    head = request_head(b"POST", b"/x%20y?q=1", _raw(
+        (b"Host", b"api.localhost:7700"), (b"Connection", b"keep-alive, X-Hop"),
+        (b"X-Hop", b"1"), (b"Expect", b"100-continue"), (b"Cookie", b"a=1"),
+        (b"Cookie", b"b=2"), (b"X-Forwarded-For", b"10.0.0.1"), (b"X-Forwarded-Host", b"x"),
+        (b"traceparent", b"00-old"), (b"tracestate", b"old=1"), (b"Content-Length", b"5")),
+        b"api.localhost:7700", b"127.0.0.1", traceparent=b"00-new", tracestate=None)
+    assert head == (b"POST /x%20y?q=1 HTTP/1.1\r\nHost: api.localhost:7700\r\n"
+                    b"Cookie: a=1\r\nCookie: b=2\r\nContent-Length: 5\r\n"
+                    b"X-Forwarded-Host: api.localhost:7700\r\nX-Forwarded-Proto: http\r\n"
+                    b"X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\ntraceparent: 00-new\r\n\r\n")
+    # without edge spans the trace headers pass as they are; a streamed body is re-chunked
+    head = request_head(b"GET", b"/", _raw((b"traceparent", b"00-old"),
+                                           (b"Transfer-Encoding", b"chunked")),
+                        b"127.0.0.1", b"::1", chunked=True)
+    assert b"traceparent: 00-old\r\n" in head and head.count(b"chunked") == 1
+    assert b"X-Forwarded-For: ::1\r\n" in head
+    head = request_head(b"GET", b"/ws", _raw((b"Connection", b"Upgrade"),
+                                             (b"Upgrade", b"websocket"),
+                                             (b"Sec-WebSocket-Key", b"k")),
+                        b"a.localhost", b"127.0.0.1", websocket=True)
+    assert head.endswith(b"Sec-WebSocket-Key: k\r\nX-Forwarded-Host: a.localhost\r\n"
+                         b"X-Forwarded-Proto: http\r\nX-Forwarded-For: 127.0.0.1\r\n"
+                         b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+
+
+@pytest.mark.parametrize(("http11", "head", "status", "length", "expected"), [
+    (True, False, 200, True, Framing.LENGTH),
+    (True, False, 200, False, Framing.CHUNKED),  # chunked or ended by a close: re-chunked
+    (False, False, 200, False, Framing.CLOSE),  # HTTP/1.0 knows no chunks: raw, then close
+    (False, False, 200, True, Framing.LENGTH),
+    (True, True, 200, True, Framing.NONE),  # HEAD
+    (False, True, 200, False, Framing.NONE),
+    (True, False, 204, False, Framing.NONE),
+    (True, False, 304, True, Framing.NONE),
+])
+def test_how_a_response_body_is_framed_for_the_client(
+        http11: bool, head: bool, status: int, length: bool, expected: Framing) -> None:
+    assert framing(http11=http11, head=head, status=status, length=length) is expected
+
+
+def test_the_relayed_response_head_drops_hop_by_hop_headers_and_says_how_it_ends() -> None:
+    upstream = _raw((b"Content-Type", b"text/plain"), (b"Transfer-Encoding", b"chunked"),
+                    (b"Connection", b"X-Resp-Hop"), (b"X-Resp-Hop", b"1"),
+                    (b"Keep-Alive", b"timeout=5"), (b"Set-Cookie", b"a=1"))
+    kept = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\n"
+    assert response_head(200, b"OK", upstream, Framing.CHUNKED, keep_alive=True,
+                         http11=True) == kept + b"Transfer-Encoding: chunked\r\n\r\n"
+    assert response_head(200, b"OK", upstream, Framing.CLOSE, keep_alive=False,
+                         http11=False) == kept + b"\r\n"
+    assert response_head(200, b"OK", upstream, Framing.LENGTH, keep_alive=True,
+                         http11=False) == kept + b"Connection: keep-alive\r\n\r\n"
+    assert response_head(200, b"OK", upstream, Framing.LENGTH, keep_alive=False,
+                         http11=True) == kept + b"Connection: close\r\n\r\n"
 
 
 def test_a_pick_can_wait_less_than_the_hold_timeout() -> None:

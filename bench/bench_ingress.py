@@ -1,0 +1,180 @@
+"""The ingress as a reverse proxy against nginx as one, in the same run, on the same upstream.
+
+An nginx answering `return 200` is the upstream. In front of it: nginx as a reverse proxy
+(keep-alive to the upstream), and devenv's Ingress in its own process, wired as the engine
+wires it (a Hub with the trace store open and a request sink). `wrk -t1 -c32` against the
+upstream directly, then each proxy; printed: req/s of each, the ratio ingress/nginx-proxy,
+the p50 each proxy adds over direct, and the ingress's CPU per request.
+
+    python bench/bench_ingress.py [--quick]
+
+Skipped, saying why, when nginx or wrk cannot be found.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+from bench_core import EDGE_INGRESS, _cpu  # the ingress process, wired as the engine does
+
+from _common import ENV, free_ports
+
+NGINX_CONF = """\
+worker_processes 1;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log error;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{upstream};
+        location / {{ return 200 "ok"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{proxy};
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx(upstream: int, proxy: int) -> Iterator[None]:
+    """nginx, unprivileged, serving the upstream and the proxy; stopped on the way out."""
+    prefix = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(prefix=prefix, upstream=upstream, proxy=proxy))
+    proc = subprocess.Popen(["nginx", "-p", str(prefix), "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_listening(proxy, proc)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def ingress(port: int, upstream: int) -> Iterator[psutil.Process]:
+    """devenv's Ingress in its own process, edge spans on (as the engine runs it)."""
+    store = tempfile.mkdtemp(prefix="bench-traces-")
+    proc = subprocess.Popen([sys.executable, "-c", EDGE_INGRESS, str(port), str(upstream),
+                             "on", store], env=ENV, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        yield psutil.Process(proc.pid)
+    finally:
+        assert proc.stdin is not None
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(store, ignore_errors=True)
+
+
+def _own_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of the ingress's process alone (not its trace writer), so far."""
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+def _wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    import socket
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise RuntimeError(f"nginx exited: {err}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nginx did not listen on {port}")
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(port: int, host: str, secs: int, connections: int = 32) -> tuple[float, float, int]:
+    """req/s, p50 latency (ms) and non-2xx/socket errors of `wrk -t1 -cN`."""
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{secs}s", "--latency", "-H",
+                          f"Host: {host}", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    assert p50 is not None, out
+    errors = sum(int(n) for n in re.findall(r"(?:Non-2xx or 3xx responses|connect|read|"
+                                            r"write|timeout)\s*:?\s+(\d+)", out))
+    return rps, float(p50.group(1)) * _UNITS[p50.group(2)], errors
+
+
+def main() -> int:
+    for tool in ("nginx", "wrk"):
+        if shutil.which(tool) is None:
+            print(f"skipped: `{tool}` is not installed (apt-get install nginx-light wrk, or "
+                  "`make tools`)")
+            return 0
+    secs = 2 if "--quick" in sys.argv else 5
+    upstream, proxy, edge = free_ports(3)
+    with nginx(upstream, proxy), ingress(edge, upstream) as proc:
+        wrk(edge, "backend-0.localhost", 1)  # warm up: connections to the upstream
+        direct = wrk(upstream, "x", secs)
+        via_nginx = wrk(proxy, "x", secs)
+        before, before_own = _cpu(proc), _own_cpu(proc)
+        via_ingress = wrk(edge, "backend-0.localhost", secs)
+        cpu = (_cpu(proc) - before) / (via_ingress[0] * secs)
+        own = (_own_cpu(proc) - before_own) / (via_ingress[0] * secs)
+        # one connection: the latency a proxy adds when it is not saturated (at 32, p50 is
+        # about 32 / throughput, whatever the proxy)
+        alone = [wrk(port, host, secs, 1)[1] for port, host in
+                 ((upstream, "x"), (proxy, "x"), (edge, "backend-0.localhost"))]
+    print(f"machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}; "
+          f"wrk -t1 -c32 -d{secs}s, upstream: nginx `return 200`")
+    for name, (rps, p50, errors) in (("direct", direct), ("nginx proxy", via_nginx),
+                                     ("ingress", via_ingress)):
+        added = "" if name == "direct" else f"  (added p50 {p50 - direct[1]:.3f} ms)"
+        print(f"  {name:<12} {rps:>9,.0f} req/s  p50 {p50:.3f} ms{added}  errors {errors}")
+    print(f"ingress / nginx proxy: {via_ingress[0] / via_nginx[0]:.2f}x req/s (at least 0.3x "
+          f"asked)")
+    print(f"one connection (wrk -c1), p50: direct {alone[0]:.3f} ms, nginx proxy "
+          f"{alone[1]:.3f} ms (added {alone[1] - alone[0]:.3f}), ingress {alone[2]:.3f} ms "
+          f"(added {alone[2] - alone[0]:.3f})")
+    print(f"CPU a request: ingress process {own * 1e6:.0f} us, with its trace writer "
+          f"(edge spans on) {cpu * 1e6:.0f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

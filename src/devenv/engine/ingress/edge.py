@@ -1,0 +1,42 @@
+"""A request's edge span while the ingress answers it: the trace it continues (or starts),
+the `traceparent` the instance gets (its parent is the edge span), what the request was
+routed to, and, once answered, the `RequestSeen` the hub publishes."""
+
+from __future__ import annotations
+
+import time
+
+from devenv.telemetry import context
+from devenv.telemetry.model import RequestSeen
+
+CLIENT_GONE = 499  # recorded when the client went away before its response was complete
+
+
+class Edge:
+    """One request's edge span while it is answered: its trace context, what it was routed
+    to, and when it started."""
+
+    __slots__ = ("instance", "method", "outgoing", "parent", "path", "route", "sent",
+                 "service", "start_ns", "started", "tracestate")
+
+    def __init__(self, method: str, path: str, traceparent: list[str],
+                 tracestate: list[str]):
+        self.parent = context.parse_headers(traceparent)
+        self.tracestate = context.tracestate(self.parent, tracestate)
+        self.outgoing = context.child(self.parent, context.new_span_id())
+        self.method = method
+        self.path = path
+        self.route = ""
+        self.service = ""
+        self.instance: str | None = None
+        self.sent: int | None = None  # the status the client was sent, once it was
+        self.start_ns = time.time_ns()
+        self.started = time.perf_counter_ns()
+
+    def finish(self, status: int, error: str | None, host: str | None) -> RequestSeen:
+        """The request as answered: what metrics count and, in the trace store, its span."""
+        outgoing, parent = self.outgoing, self.parent
+        return RequestSeen(self.route, self.service, self.instance, self.method, self.path,
+                           status, self.start_ns,
+                           (time.perf_counter_ns() - self.started) / 1e9, outgoing.trace_id,
+                           outgoing.span_id, parent.span_id if parent else None, host, error)

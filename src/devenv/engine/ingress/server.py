@@ -1,0 +1,854 @@
+"""The ingress's connections from clients: one asyncio protocol each, parsing requests with
+llhttp (`httptools`), answering them one at a time in order (pipelined ones wait, their
+connection paused), and relaying each to an instance: the request's head built once in bytes,
+its body and the response's streamed as they come with flow control both ways (a side whose
+writes back up stops the other's reads), a websocket spliced byte for byte after its 101.
+
+`Connections` holds them to account: the header timeout from the accept, the cap and the
+eviction of the oldest connections not in a request."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple, cast
+
+import httptools
+
+from devenv.engine.ingress.edge import CLIENT_GONE, Edge
+from devenv.engine.ingress.messages import (
+    LAST_CHUNK,
+    Framing,
+    Header,
+    IngressError,
+    NoRoute,
+    chunk,
+    framing,
+    misdirected,
+    request_head,
+    response_head,
+    span_error,
+    switching_head,
+)
+from devenv.engine.ingress.routes import NoHttp, RouteTable, host_name, split_path
+from devenv.engine.ingress.upstream import WRITE_HIGH, WRITE_LOW, Upstream, Upstreams
+from devenv.engine.pool import NoBackend, Pool
+from devenv.telemetry.model import Hub
+
+REPLAY_LIMIT = 1024 * 1024  # request bodies up to this size are read before they are sent
+STREAM_BUFFER = 256 * 1024  # a streamed body read ahead of its connection, at most
+ATTEMPTS = 3  # instances tried for one request when they refuse the connection
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+# Client connections held at most: a quarter of the descriptor limit, within these bounds.
+# Each in a request takes another descriptor to an instance, and kept-alive connections to
+# instances wait in a pool; the rest is the control socket's, the health probes', the
+# balancers' and the services' pipes'.
+MIN_CONNECTIONS, MAX_CONNECTIONS = 64, 10_000
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# what a wait for the client or an instance came to
+HEAD, END, LOST, GARBLED, CUT, TIMEOUT, GONE = range(7)
+
+
+def default_max_connections() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, soft // 4))
+
+
+class Request:
+    """One request as parsed: its head, and its body while it is read."""
+
+    __slots__ = (
+        "chunked",
+        "complete",
+        "early",
+        "expect",
+        "headers",
+        "host",
+        "http11",
+        "keep_alive",
+        "length",
+        "method",
+        "parts",
+        "sink",
+        "size",
+        "target",
+        "upgrade",
+        "websocket",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.headers: list[Header] = []
+        self.host: bytes | None = None
+        self.http11 = True
+        self.keep_alive = True
+        self.length: int | None = None
+        self.chunked = False
+        self.expect = False
+        self.upgrade = False  # the parser switched protocols after it
+        self.websocket = False
+        self.complete = False  # its body was read to the end
+        self.parts: list[bytes] = []  # its body, read ahead of sending it
+        self.size = 0
+        self.sink: asyncio.Transport | None = None  # where its body goes as it comes
+        self.early = b""  # a websocket's first bytes, read with its upgrade
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.length)
+
+    def header(self, lname: bytes) -> list[str]:
+        return [v.decode("latin-1") for n, _, v in self.headers if n == lname]
+
+
+class Connections:
+    """Client connections held to account: one closes unless it sends a request's headers
+    within `header_timeout` of being accepted (after a response, `idle_timeout` bounds the
+    wait for the next one's, whether none comes or they trickle). Past `limit`, a new
+    connection makes room by closing the oldest one that is not in a request, and is itself
+    answered 503 when every connection is."""
+
+    def __init__(self, limit: int, header_timeout: float, idle_timeout: float):
+        self.limit = limit
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.open: set[ClientConnection] = set()
+        self.waiting: dict[ClientConnection, None] = {}  # not in a request, oldest first
+        self.timed_out = 0
+        self.evicted = 0
+        self.refused = 0
+
+    def opened(self, conn: ClientConnection) -> bool:
+        self.open.add(conn)
+        if len(self.open) > self.limit:
+            victim = next(iter(self.waiting), None)
+            if victim is None:
+                self.refused += 1
+                return False
+            self.evicted += 1
+            victim.drop()
+        self.waiting[conn] = None
+        return True
+
+    def closed(self, conn: ClientConnection) -> None:
+        self.open.discard(conn)
+        self.waiting.pop(conn, None)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One connection from a client, and the request of it being answered."""
+
+    def __init__(self, ingress: Ingress):
+        self.ingress = ingress
+        self.accounts = ingress.server
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = b""
+        self.parsing: Request | None = None
+        self.queue: deque[Request] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.paused: set[str] = set()
+        self.timer: asyncio.TimerHandle | None = None  # the header or the idle timeout
+        self.deadline: asyncio.TimerHandle | None = None  # the response or body timeout
+        self.lost = False
+        self.broken = False  # unparseable input: answer what was read, then close
+        self.upgrading = False
+        # the request being answered
+        self.waiter: asyncio.Future[int] | None = None
+        self.upstream: Upstream | None = None
+        self.tunnel: asyncio.Transport | None = None
+        self.websocket = False
+        self.framed = Framing.NONE
+        self.keep = True
+        self.sent: int | None = None
+        self.edge: Edge | None = None
+        self.in_body = False
+        self.garbled = ""
+        self.corked: list[bytes] | None = None  # writes held to go out as one
+        self.idle_at = -1.0  # when its last response ended (-1: none yet)
+        self.next: asyncio.Future[None] | None = None  # set when a request's head arrives
+
+    # ---- asyncio
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]).encode() if peer else b""
+        if not self.accounts.opened(self):
+            transport.write(IngressError(
+                503, f"{self.accounts.limit} connections are open, every one in a request; "
+                "try again shortly").render(keep_alive=False))
+            transport.close()
+            return
+        self.timer = self.loop.call_later(self.accounts.header_timeout, self._header_late)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.upgrading:
+            if self.parsing is not None and self.parsing.websocket:
+                self.parsing.early += data
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.upgrading = True
+            self._pause("upgrade")
+            req = self.parsing
+            if req is not None and req.websocket:
+                req.early += data[upgrade.args[0]:]
+        except httptools.HttpParserError as exc:
+            self._garbled(exc)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.accounts.closed(self)
+        if self.timer is not None:
+            self.timer.cancel()
+        self._stop_timer()
+        if self.upstream is not None:  # not back to the pool: its response was not read
+            self.upstream.close()
+            self.upstream = None
+        self._wake(GONE)
+        if self.task is not None:  # whatever it waits for (an instance, the hold) is moot
+            self.task.cancel()
+
+    def pause_writing(self) -> None:  # the client reads slower than the instance writes
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    # ---- httptools
+
+    def on_message_begin(self) -> None:
+        self.parsing = Request()
+
+    def on_url(self, url: bytes) -> None:
+        assert self.parsing is not None
+        self.parsing.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        lname = name.lower()
+        req.headers.append((lname, name, value))
+        if lname == b"host":
+            if req.host is None:
+                req.host = value
+        elif lname == b"content-length":
+            req.length = int(value) if value.isdigit() else None
+        elif lname == b"transfer-encoding":
+            req.chunked = req.chunked or b"chunked" in value.lower()
+        elif lname == b"expect":
+            req.expect = value.lower() == b"100-continue"
+        elif lname == b"upgrade":
+            req.websocket = value.strip().lower() == b"websocket"
+
+    def on_headers_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        parser = self.parser
+        req.method = parser.get_method()
+        req.http11 = parser.get_http_version() == "1.1"
+        req.keep_alive = parser.should_keep_alive()
+        req.upgrade = parser.should_upgrade()
+        req.websocket = req.websocket and req.upgrade
+        if req.upgrade and not req.websocket:
+            req.keep_alive = False  # another protocol: answered over HTTP/1.1, then closed
+        if self.timer is not None and self.idle_at < 0:  # the header timeout of the first
+            self.timer.cancel()
+            self.timer = None
+        self.accounts.waiting.pop(self, None)
+        self.queue.append(req)
+        if len(self.queue) > 1:
+            self._pause("pipeline")  # one request at a time, in order
+        if self.task is None:
+            self.task = self.loop.create_task(self._serve())
+        elif self.next is not None:
+            self.next.set_result(None)
+            self.next = None
+
+    def on_body(self, body: bytes) -> None:
+        req = self.parsing
+        assert req is not None
+        if req.sink is not None:
+            req.sink.write(chunk(body) if req.chunked else body)
+            return
+        req.parts.append(body)
+        req.size += len(body)
+        if req.size > STREAM_BUFFER and (req.length is None or req.length > REPLAY_LIMIT):
+            self._pause("body")
+
+    def on_message_complete(self) -> None:
+        req = self.parsing
+        assert req is not None
+        req.complete = True
+        if req.sink is not None:
+            if req.chunked:
+                req.sink.write(LAST_CHUNK)
+            req.sink = None
+        if self.in_body and self.queue and self.queue[0] is req:
+            self._wake(END)
+
+    # ---- what an instance's connection reports (upstream.Exchange)
+
+    def cork(self) -> None:
+        self.corked = []
+
+    def uncork(self) -> None:
+        corked, self.corked = self.corked, None
+        if corked and self.transport is not None:
+            self.transport.write(corked[0] if len(corked) == 1 else b"".join(corked))
+
+    def _write(self, data: bytes) -> None:
+        if self.corked is not None:
+            self.corked.append(data)
+        elif self.transport is not None:
+            self.transport.write(data)
+
+    def response_head(self, conn: Upstream) -> None:
+        self._stop_timer()
+        if self.websocket:
+            self._wake(HEAD)
+            return
+        req = self.queue[0]
+        status = conn.status
+        if status == 101:
+            conn.close()
+            self.upstream_garbled(conn, "101 Switching Protocols to a request that asked for "
+                                  "no upgrade")
+            return
+        framed = self.framed = framing(http11=req.http11, head=req.method == b"HEAD",
+                                       status=status, length=conn.length)
+        keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self.broken
+        self._write(response_head(status, conn.reason, conn.headers, framed,
+                                           keep_alive=keep, http11=req.http11))
+        self.sent = status
+        if self.edge is not None:
+            self.edge.sent = status
+
+    def response_body(self, data: bytes) -> None:
+        framed = self.framed
+        if framed is not Framing.NONE:
+            self._write(chunk(data) if framed is Framing.CHUNKED else data)
+
+    def response_end(self, conn: Upstream) -> None:
+        if self.framed is Framing.CHUNKED:
+            self._write(LAST_CHUNK)
+        self._wake(END)
+
+    def upstream_lost(self, conn: Upstream, exc: BaseException | None) -> None:
+        if self.queue:
+            self.queue[0].sink = None
+        if self.sent is None or self.websocket:
+            self._wake(LOST)
+            return
+        if not conn.length and not _chunked(conn.headers) and self.framed is not Framing.NONE:
+            self.response_end(conn)  # a body ended by closing the connection: complete
+            return
+        if self.transport is not None:  # cut mid-body: the client must see it cut, not end
+            self.uncork()
+            self.transport.abort()
+        self._wake(CUT)
+
+    def upstream_garbled(self, conn: Upstream, reason: str) -> None:
+        if self.sent is None:
+            self.garbled = reason
+            self._wake(GARBLED)
+        else:
+            self.upstream_lost(conn, None)
+
+    def upstream_paused(self, paused: bool) -> None:
+        if paused:
+            self._pause("upstream")
+        else:
+            self._resume("upstream")
+
+    # ---- the requests, one at a time
+
+    async def _serve(self) -> None:
+        """Answer the connection's requests as they come, in order; between two, wait for the
+        next (cheaper than a task a request)."""
+        try:
+            while not self.lost:
+                if not self.queue:
+                    self.next = self.loop.create_future()
+                    await self.next
+                    continue
+                req = self.queue[0]
+                self._resume("pipeline")
+                try:
+                    keep = await self._one(req)
+                except Exception as exc:  # a bug: say so, and close
+                    if self.sent is None and self.transport is not None:
+                        self.transport.write(IngressError(
+                            500, f"the ingress failed: {exc!r}").render(keep_alive=False))
+                    keep = False
+                self.queue.popleft()
+                if self.lost:
+                    return
+                if not keep or (self.broken and not self.queue):
+                    assert self.transport is not None
+                    self.transport.close()
+                    return
+                if not self.queue:
+                    self.accounts.waiting[self] = None  # idle again: keep-alive, evicted first
+                    self.idle_at = now = self.loop.time()
+                    if self.timer is None:  # (else the one armed before is re-armed then)
+                        self.timer = self.loop.call_at(now + self.accounts.idle_timeout,
+                                                       self._idle_late)
+        finally:
+            self.task = None
+
+    async def _one(self, req: Request) -> bool:
+        """Answer one request; whether its connection stays open."""
+        self.sent = None
+        self.keep = True
+        self.websocket = False
+        hub = self.ingress.hub
+        if hub is None:
+            error = await self._answer(req)
+            return self._after(req, error)
+        raw_path = req.target.partition(b"?")[0].decode("latin-1")
+        edge = self.edge = Edge(req.method.decode("latin-1"), raw_path,
+                                req.header(b"traceparent"), req.header(b"tracestate"))
+        status = CLIENT_GONE
+        message: str | None = "the client went away before the response was complete"
+        try:
+            error = await self._answer(req)
+            if not self.lost or error is not None:
+                status = error.status if error is not None else (self.sent or CLIENT_GONE)
+                message = span_error(status, error) if status != CLIENT_GONE else message
+            return self._after(req, error)
+        except Exception as exc:
+            status, message = 500, f"the ingress failed: {exc!r}"
+            raise
+        finally:
+            self.edge = None
+            if status == CLIENT_GONE and edge.sent is not None:
+                # the client left a websocket, or a streamed body: its answer had begun
+                status, message = edge.sent, None
+            host = req.host.decode("latin-1") if req.host is not None else None
+            hub.request(edge.finish(status, message, host_name(host) if host else None))
+
+    def _after(self, req: Request, error: IngressError | None) -> bool:
+        if error is not None and not self.lost:
+            assert self.transport is not None
+            keep = req.keep_alive and req.complete and not self.broken and not req.upgrade
+            self.transport.write(error.render(keep_alive=keep, http11=req.http11))
+            return keep
+        return self.keep and req.complete and not self.websocket
+
+    def _wake(self, outcome: int) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(outcome)
+
+    def _wait(self, timeout: float) -> asyncio.Future[int]:
+        self.waiter = waiter = self.loop.create_future()
+        self._stop_timer()
+        self.deadline = self.loop.call_later(timeout, self._wake, TIMEOUT)
+        return waiter
+
+    def _stop_timer(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    async def _answer(self, req: Request) -> IngressError | None:
+        """Route a request and relay it: None once relayed, or the ingress's own answer."""
+        ingress = self.ingress
+        key = (req.host, req.target)
+        routed = ingress.routed.get(key)
+        if routed is None:
+            routed = route(ingress.routes, req.host, req.target)
+            if len(ingress.routed) >= ROUTED_KEPT:
+                ingress.routed.clear()
+            ingress.routed[key] = routed
+        if isinstance(routed, IngressError):
+            return routed
+        edge = self.edge
+        if edge is not None and routed.service:
+            edge.route, edge.service = routed.route, routed.service
+        pool = ingress.pools(routed.service) if routed.service else None
+        if pool is None:
+            header = req.host.decode("latin-1") if req.host is not None else ""
+            path = req.target.partition(b"?")[0].decode("latin-1")
+            return NoRoute(header, path, ingress.routes.describe())
+        forwarded = req.host if req.host is not None else b"127.0.0.1"
+        if req.websocket:
+            return await self._websocket(req, pool, routed.service, routed.suffix, forwarded)
+        return await self._proxy(req, pool, routed.service, routed.suffix, forwarded)
+
+    def _head(self, req: Request, suffix: bytes, host: bytes, *, chunked: bool = False,
+              websocket: bool = False) -> bytes:
+        edge = self.edge
+        if edge is None:
+            return request_head(req.method, suffix, req.headers, host, self.peer,
+                                chunked=chunked, websocket=websocket)
+        state = edge.tracestate
+        return request_head(req.method, suffix, req.headers, host, self.peer,
+                            traceparent=edge.outgoing.header().encode(),
+                            tracestate=state.encode("latin-1") if state is not None else None,
+                            chunked=chunked, websocket=websocket)
+
+    async def _proxy(self, req: Request, pool: Pool, service: str, suffix: bytes,
+                     host: bytes) -> IngressError | None:
+        ingress, loop = self.ingress, self.loop
+        streamed = False
+        body = b""
+        if req.has_body:
+            if req.expect and req.http11 and not req.complete:
+                assert self.transport is not None
+                self.transport.write(CONTINUE)
+            if req.length is not None and req.length <= REPLAY_LIMIT:
+                if not req.complete:
+                    self.in_body = True
+                    try:
+                        outcome = await self._wait(ingress.body_timeout)
+                    finally:
+                        self.in_body = False
+                        self._stop_timer()
+                    if outcome == TIMEOUT:
+                        return IngressError(408, f"the request body did not arrive within "
+                                            f"{ingress.body_timeout:g}s")
+                    if outcome == GONE:
+                        return None
+                body = b"".join(req.parts)
+                req.parts = []
+            else:
+                streamed = True  # sent as it comes, once a connection is open
+        head = self._head(req, suffix, host, chunked=streamed and req.chunked)
+        hold_until = loop.time() + pool.hold_timeout
+        tried: set[str] = set()
+        refused: list[str] = []
+        fresh = streamed or req.method not in IDEMPOTENT
+        edge = self.edge
+        for _ in range(ATTEMPTS):
+            try:
+                async with pool.use(tried, timeout=max(0.0, hold_until - loop.time()),
+                                    busy=True) as backend:
+                    if edge is not None:
+                        edge.instance = backend.id
+                    conn = None if fresh else ingress.upstreams.take(backend, loop.time())
+                    reused = conn is not None
+                    if conn is None:
+                        try:
+                            conn = await ingress.upstreams.connect(backend)
+                        except (OSError, TimeoutError) as exc:  # never received: try another
+                            tried.add(backend.id)
+                            refused.append(f"{backend.id}: {_reason(exc)}")
+                            if edge is not None:
+                                edge.instance = None  # it never took the request
+                            continue
+                    if self.lost:
+                        conn.close()
+                        return None
+                    outcome = await self._send(conn, req, head, body, streamed)
+                    keep = not fresh
+                    if outcome == LOST and reused and not conn.received:
+                        # its kept-alive connection was found closed: once more, anew
+                        try:
+                            conn = await ingress.upstreams.connect(backend)
+                        except (OSError, TimeoutError) as exc:
+                            return self._closed(service, backend.id, exc)
+                        outcome = await self._send(conn, req, head, body, streamed)
+                        keep = False
+                    return self._relay(conn, outcome, service, backend.id, keep=keep)
+            except NoBackend:
+                if refused:
+                    return IngressError(502, f"service '{service}': no instance took the "
+                                        f"connection ({'; '.join(refused)}) and no other "
+                                        f"became ready within {pool.hold_timeout:g}s; see "
+                                        "`devenv status`")
+                return IngressError(503, f"service '{service}' has no ready instance "
+                                    f"(waited {pool.hold_timeout:g}s); see `devenv status`")
+        return IngressError(502, f"service '{service}': no instance took the connection "
+                            f"({'; '.join(refused)})")
+
+    def _send(self, conn: Upstream, req: Request, head: bytes, body: bytes,
+              streamed: bool) -> asyncio.Future[int]:
+        """Send the request on `conn`; the wait for the end of its response (relayed as it
+        comes) or what stopped it."""
+        self.upstream = conn
+        waiter = self._wait(self.ingress.response_timeout)
+        if not streamed:
+            conn.send(self, head + body, head=req.method == b"HEAD")
+            return waiter
+        conn.send(self, head, head=req.method == b"HEAD")
+        assert conn.transport is not None
+        parts, req.parts, req.size = req.parts, [], 0
+        for part in parts:
+            conn.transport.write(chunk(part) if req.chunked else part)
+        if req.complete:
+            if req.chunked:
+                conn.transport.write(LAST_CHUNK)
+        else:
+            req.sink = conn.transport
+            self._resume("body")
+        return waiter
+
+    def _relay(self, conn: Upstream, outcome: int, service: str, instance: str, *,
+               keep: bool) -> IngressError | None:
+        """What came of a request sent: the ingress's answer when it failed; on success,
+        its connection back to the pool when it can carry another."""
+        try:
+            if outcome == TIMEOUT:
+                return IngressError(504, f"service '{service}' (instance {instance}) did not "
+                                    f"answer within {self.ingress.response_timeout:g}s (the "
+                                    "ingress's upstream timeout); the request was sent, so it "
+                                    "was not retried")
+            if outcome == GARBLED:
+                return IngressError(502, f"service '{service}' (instance {instance}) answered "
+                                    f"something that is not HTTP: {self.garbled}")
+            if outcome == LOST:
+                return self._closed(service, instance, None)
+            if outcome == END and keep and conn.keep_alive and self.queue[0].complete \
+                    and not conn.closed:
+                conn.exchange = None
+                self.upstream = None
+                self.ingress.upstreams.give(conn, self.loop.time())
+            return None
+        finally:
+            self._stop_timer()
+            if self.queue:
+                self.queue[0].sink = None
+            if self.upstream is conn:
+                self.upstream = None
+                conn.close(graceful=outcome == END)
+
+    def _closed(self, service: str, instance: str, exc: BaseException | None
+                ) -> IngressError:
+        why = _reason(exc) if exc is not None else "the connection was closed"
+        return IngressError(502, f"service '{service}' (instance {instance}) closed the "
+                            f"connection without answering ({why}); the request was sent, so "
+                            "it was not retried on another instance")
+
+    async def _websocket(self, req: Request, pool: Pool, service: str, suffix: bytes,
+                         host: bytes) -> IngressError | None:
+        ingress = self.ingress
+        self.websocket = True
+        head = self._head(req, suffix, host, websocket=True)
+        try:
+            async with pool.use() as backend:
+                if self.edge is not None:
+                    self.edge.instance = backend.id
+                try:
+                    conn = await ingress.upstreams.connect(backend)
+                except (OSError, TimeoutError) as exc:
+                    return IngressError(502, f"service '{service}' (instance {backend.id}): "
+                                        f"websocket: {_reason(exc)}")
+                try:
+                    outcome = await self._send(conn, req, head, b"", False)
+                    self._stop_timer()
+                    if outcome == TIMEOUT:
+                        return IngressError(504, f"service '{service}' (instance "
+                                            f"{backend.id}) did not accept the websocket "
+                                            f"within {ingress.response_timeout:g}s")
+                    if outcome != HEAD:
+                        return IngressError(502, f"service '{service}' (instance "
+                                            f"{backend.id}): websocket: the connection was "
+                                            "closed")
+                    if conn.status != 101:
+                        return IngressError(502, f"service '{service}' refused the websocket: "
+                                            f"{conn.status} {conn.reason.decode('latin-1')}")
+                    transport = self.transport
+                    assert transport is not None and conn.transport is not None
+                    waiter = self.waiter = self.loop.create_future()
+                    transport.write(switching_head(conn.reason, conn.headers))
+                    self.sent = 101
+                    if self.edge is not None:
+                        self.edge.sent = 101
+                    conn.splice(transport)
+                    self.tunnel = conn.transport
+                    if req.early:
+                        conn.transport.write(req.early)
+                        req.early = b""
+                    self._resume("upgrade")
+                    await waiter  # until either side closes
+                    return None
+                finally:
+                    self.upstream = None
+                    if conn.transport is not None:
+                        conn.transport.close()
+                    if self.transport is not None and self.sent == 101:
+                        self.transport.close()
+        except NoBackend:
+            return IngressError(503, f"service '{service}' has no ready instance for this "
+                                f"websocket (waited {pool.hold_timeout:g}s); see "
+                                "`devenv status`")
+
+    # ---- reading, and closing
+
+    def _pause(self, why: str) -> None:
+        if not self.paused and self.transport is not None:
+            self.transport.pause_reading()
+        self.paused.add(why)
+
+    def _resume(self, why: str) -> None:
+        if why in self.paused:
+            self.paused.discard(why)
+            if not self.paused and self.transport is not None and not self.lost:
+                self.transport.resume_reading()
+
+    def _garbled(self, exc: Exception) -> None:
+        self.broken = True
+        self._pause("broken")
+        if not self.queue and self.transport is not None:  # (none in progress)
+            self.transport.write(IngressError(400, f"bad request: {exc}").render(
+                keep_alive=False))
+            self.transport.close()
+
+    def _header_late(self) -> None:
+        if self in self.accounts.waiting and not self.queue:
+            self.accounts.timed_out += 1
+            self.drop()
+
+    def _idle_late(self) -> None:
+        self.timer = None
+        if self not in self.accounts.waiting or self.queue:
+            return  # in a request: armed again when it is idle again
+        due = self.idle_at + self.accounts.idle_timeout
+        if self.loop.time() >= due - 0.001:
+            self.drop()
+        else:  # it was in a request since: wait for the rest of its idle time
+            self.timer = self.loop.call_at(due, self._idle_late)
+
+    def drop(self) -> None:
+        """Close a connection not in a request (nothing written: it may be about to be
+        used)."""
+        self.accounts.waiting.pop(self, None)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Routed(NamedTuple):
+    """Where a request goes: its service ("": none), what matched, the target sent on."""
+
+    service: str
+    route: str
+    suffix: bytes
+
+
+ROUTED_KEPT = 4096  # requests' routes remembered (by Host and target), at most
+
+
+def route(routes: RouteTable, host_header: bytes | None, target: bytes
+          ) -> Routed | IngressError:
+    """Where a request for `target` with this Host goes, or the ingress's answer: 421 for a
+    host not served, 400 for a target that is not a path, 404 for a data service."""
+    header = host_header.decode("latin-1") if host_header is not None else None
+    host = host_name(header) if header is not None else "127.0.0.1"  # HTTP/1.0, no Host
+    if not routes.allows(host):
+        return misdirected(header or "")
+    assert host is not None
+    raw_path, _, query = target.partition(b"?")
+    path = raw_path.decode("latin-1")
+    if not path.startswith("/"):
+        return IngressError(400, f"the request target {path!r} is not a path")
+    raw, decoded = split_path(path)
+    matched = routes.match(host, decoded)
+    if isinstance(matched, NoHttp):
+        return IngressError(404, matched.message())
+    if matched is None:
+        return Routed("", "", b"")
+    suffix = matched.forward(raw).encode("latin-1") + (b"?" + query if query else b"")
+    return Routed(matched.service, matched.prefix or host, suffix)
+
+
+def _chunked(headers: list[Header]) -> bool:
+    return any(n == b"transfer-encoding" and b"chunked" in v.lower() for n, _, v in headers)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+# ---- the ingress
+
+# Timeouts (seconds). Config keys to come: `ingress.upstream_timeout` (RESPONSE_TIMEOUT) and
+# `ingress.header_timeout` (HEADER_TIMEOUT); until then `Ingress(...)` takes them as options.
+CONNECT_TIMEOUT = 5.0  # to open a connection to an instance
+RESPONSE_TIMEOUT = 60.0  # from sending a request to the response's headers (then 504)
+BODY_TIMEOUT = 60.0  # to receive a request body of up to REPLAY_LIMIT from the client
+HEADER_TIMEOUT = 10.0  # from accepting a connection to its request's complete headers
+IDLE_TIMEOUT = 30.0  # after a response, to the next request's complete headers (keep-alive)
+
+
+class Ingress:
+    def __init__(self, port: int, pools: Callable[[str], Pool | None], *,
+                 response_timeout: float = RESPONSE_TIMEOUT,
+                 header_timeout: float = HEADER_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
+                 connect_timeout: float = CONNECT_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
+                 max_connections: int | None = None, hub: Hub | None = None):
+        self.port = port
+        self.pools = pools
+        self.hub = hub  # None: no edge spans, no requests published
+        self._routes = RouteTable({}, [])
+        self.routed: dict[tuple[bytes | None, bytes], Routed | IngressError] = {}
+        self.response_timeout = response_timeout
+        self.header_timeout = header_timeout
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.body_timeout = body_timeout
+        self.max_connections = max_connections
+        self.server = Connections(max_connections or default_max_connections(),
+                                  header_timeout, idle_timeout)
+        self.upstreams = Upstreams(connect_timeout)
+        self._listener: asyncio.Server | None = None
+
+    @property
+    def routes(self) -> RouteTable:
+        return self._routes
+
+    @routes.setter
+    def routes(self, table: RouteTable) -> None:
+        self._routes = table
+        self.routed = {}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: ClientConnection(self), "127.0.0.1", self.port, reuse_address=True,
+            backlog=1024)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+        for conn in list(self.server.open):
+            if conn.task is not None:
+                conn.task.cancel()
+            if conn.transport is not None:
+                conn.transport.close()
+        self.upstreams.close()
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None

@@ -1,0 +1,240 @@
+"""Connections from the ingress to instances: one asyncio protocol each, parsing responses
+with llhttp (`httptools`) and handing what it reads to the request it carries, and the
+kept-alive ones waiting between requests, per backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Protocol, cast
+
+import httptools
+
+from devenv.engine.ingress.messages import Header
+from devenv.engine.pool import Backend
+
+IDLE_PER_BACKEND = 256  # kept-alive connections to one instance, at most
+KEEPALIVE = 15.0  # seconds a kept-alive connection waits for a request, then it is closed
+WRITE_HIGH, WRITE_LOW = 256 * 1024, 64 * 1024  # bytes buffered before the other side pauses
+
+
+class Exchange(Protocol):
+    """What a connection to an instance reports to the request it carries."""
+
+    def cork(self) -> None: ...
+    def uncork(self) -> None: ...
+    def response_head(self, conn: Upstream) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_end(self, conn: Upstream) -> None: ...
+    def upstream_lost(self, conn: Upstream, exc: BaseException | None) -> None: ...
+    def upstream_garbled(self, conn: Upstream, reason: str) -> None: ...
+    def upstream_paused(self, paused: bool) -> None: ...
+
+
+class Upstream(asyncio.Protocol):
+    """One connection to an instance."""
+
+    __slots__ = (
+        "backend",
+        "closed",
+        "early",
+        "exchange",
+        "head",
+        "headers",
+        "idle_since",
+        "keep_alive",
+        "length",
+        "loop",
+        "parser",
+        "reason",
+        "received",
+        "status",
+        "transport",
+        "tunnel",
+        "upgraded",
+    )
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.head = False  # the request was HEAD: its response has no body
+        self.received = False  # a byte of the current response arrived
+        self.status = 0
+        self.reason = b""
+        self.headers: list[Header] = []
+        self.length = False  # the response has a Content-Length
+        self.keep_alive = False
+        self.closed = False
+        self.idle_since = 0.0
+        self.upgraded = False
+        self.early = b""  # a websocket's first bytes, read with its 101
+        self.tunnel: asyncio.Transport | None = None  # a websocket's client, once spliced
+
+    # ---- asyncio
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.write(data)
+            return
+        if self.upgraded:
+            self.early += data
+            return
+        self.received = True
+        exchange = self.exchange
+        if exchange is None:  # a kept-alive connection the instance wrote to (a 408?)
+            self.close()
+            return
+        exchange.cork()  # the response's head and body in one write, when they came so
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.upgraded = True
+            self.early += data[upgrade.args[0]:]
+        except httptools.HttpParserError as exc:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            if self.exchange is not None:
+                self.exchange.upstream_garbled(self, str(exc) or type(exc).__name__)
+        finally:
+            exchange.uncork()
+
+    def eof_received(self) -> bool | None:
+        return None  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(False)
+
+    # ---- httptools
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+        self.length = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lname = name.lower()
+        if lname == b"content-length":
+            self.length = True
+        self.headers.append((lname, name, value))
+
+    def on_headers_complete(self) -> None:
+        self.status = status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            return  # an interim response (103 Early Hints, a stray 100): not relayed
+        self.keep_alive = self.parser.should_keep_alive()
+        if self.exchange is not None:
+            self.exchange.response_head(self)
+        if self.head:  # no body follows, whatever the headers say: llhttp cannot be told
+            self.parser = httptools.HttpResponseParser(self)
+            self._end()
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.head or self.upgraded or 100 <= self.status < 200:
+            return
+        self._end()
+
+    def _end(self) -> None:
+        exchange = self.exchange
+        if exchange is not None:
+            exchange.response_end(self)
+
+    # ---- the ingress
+
+    def send(self, exchange: Exchange, data: bytes, *, head: bool) -> None:
+        self.exchange = exchange
+        self.head = head
+        self.received = False
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self, *, graceful: bool = False) -> None:
+        """Close the connection: gracefully after a complete exchange, else at once."""
+        self.closed = True
+        self.exchange = None
+        if self.transport is not None:
+            if graceful:
+                self.transport.close()
+            else:
+                self.transport.abort()
+
+    def splice(self, client: asyncio.Transport) -> None:
+        """A websocket: from now on, what the instance sends goes to the client as it is."""
+        self.tunnel = client
+        if self.early:
+            client.write(self.early)
+            self.early = b""
+
+
+class Upstreams:
+    """Kept-alive connections to instances, per backend, most recently used first."""
+
+    def __init__(self, connect_timeout: float):
+        self.connect_timeout = connect_timeout
+        self.idle: dict[Backend, list[Upstream]] = {}
+
+    def take(self, backend: Backend, now: float) -> Upstream | None:
+        idle = self.idle.get(backend)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < KEEPALIVE:
+                return conn
+            conn.close()
+        return None
+
+    def give(self, conn: Upstream, now: float) -> None:
+        """A connection whose response was read to its end, kept for the next request."""
+        conn.exchange = None
+        idle = self.idle.setdefault(conn.backend, [])
+        if len(idle) >= IDLE_PER_BACKEND or conn.closed:
+            conn.close()
+            return
+        conn.idle_since = now
+        idle.append(conn)
+
+    async def connect(self, backend: Backend) -> Upstream:
+        """A new connection to `backend`; OSError when it is refused, TimeoutError when it
+        takes longer than the connect timeout."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await loop.create_connection(lambda: Upstream(backend), backend.host,
+                                                   backend.port)
+        return conn
+
+    def forget(self, live: set[Backend]) -> None:
+        """Close the kept-alive connections to backends no longer in any pool."""
+        for backend in [b for b in self.idle if b not in live]:
+            for conn in self.idle.pop(backend):
+                conn.close()
+
+    def close(self) -> None:
+        for idle in self.idle.values():
+            for conn in idle:
+                with contextlib.suppress(Exception):
+                    conn.close()
+        self.idle.clear()
