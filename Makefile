@@ -48,12 +48,13 @@ browser node: tools
 test: lint tools
 	$(BIN)/pytest -q -n 2 --dist loadfile  # two workers, each test file on one
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed tools
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_reload.py
 	$(BIN)/python bench/bench_metrics.py
 	$(BIN)/python bench/bench_traces.py
+	$(BIN)/python bench/bench_ingress.py
 	$(BIN)/python bench/bench_loadtest.py
 
 clean:
