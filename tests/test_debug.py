@@ -38,17 +38,34 @@ def test_debug_off_restores_replicas_reload_keeps_debugger(project: Project) -> 
           command: [/bin/sleep, "600"]
     """)
     (project.root / ".vscode").mkdir()
-    (project.root / ".vscode/launch.json").write_text(
-        '{\n  "version": "0.2.0",\n  "configurations": [\n'
-        '    {"name": "mine", "type": "node", "request": "launch"},\n  ]\n}\n')
+    launch_json = project.root / ".vscode/launch.json"
+    mine = ('{\n  "version": "0.2.0",\n  "configurations": [\n'
+            '    {"name": "mine", "type": "node", "request": "launch"},\n  ]\n}\n')
     project.up()
 
-    unknown = project.devenv("debug", "odd")
+    unknown = project.devenv("debug", "odd", "--allow-root")
     assert unknown.returncode == 2, unknown.stderr
     assert "services.odd.debug: {language: python}" in unknown.stderr
     assert project.service("odd")["state"] == "healthy"  # left alone
 
-    result = json.loads(project.devenv("debug", "api", "--json", check=True).stdout)
+    # devenv runs as root here: its debug port would give root to any local user
+    refused = project.devenv("debug", "api")
+    assert refused.returncode == 2, refused.stderr
+    assert "code execution as root to anyone on this machine" in refused.stderr
+    assert "--allow-root" in refused.stderr
+    # a launch.json that cannot be read stops it before anything changes
+    launch_json.write_text('{"configurations": [ {"name": }')
+    broken = project.devenv("debug", "api", "--allow-root")
+    assert broken.returncode == 1 and "cannot read" in broken.stderr, broken.stderr
+    assert launch_json.read_text() == '{"configurations": [ {"name": }'
+    api = project.service("api")
+    assert "debug" not in api and api["replicas"] == {"ready": 2, "desired": 2}
+
+    launch_json.write_text(mine)
+    shown = project.devenv("debug", "api", "--allow-root", check=True).stdout
+    assert f"127.0.0.1:{debug_port} accepts any local process" in shown
+    result = json.loads(project.devenv("debug", "api", "--json", "--allow-root",
+                                       check=True).stdout)
     assert result["debug"] == {"language": "python", "address": f"127.0.0.1:{debug_port}",
                                "wait": False}
     api = project.service("api")
@@ -75,10 +92,15 @@ def test_debug_off_restores_replicas_reload_keeps_debugger(project: Project) -> 
     finally:
         client.close()
 
+    # a count asked for meanwhile is for after: the answer says so, --off applies it
+    scaled = project.devenv("scale", "api=3", check=True)
+    assert "api: under a debugger: runs 1 replica until `devenv debug api --off`, then 3" \
+        in scaled.stdout
+    assert project.service("api")["replicas"] == {"ready": 1, "desired": 1}
     off = project.devenv("debug", "api", "--off", check=True)
-    assert "2 replicas as planned" in off.stdout
+    assert "3 replicas as planned" in off.stdout
     api = project.service("api")
-    assert api["replicas"] == {"ready": 2, "desired": 2} and "debug" not in api
+    assert api["replicas"] == {"ready": 3, "desired": 3} and "debug" not in api
 
 
 def test_python_breakpoint_in_the_shop_checkout(project: Project) -> None:
@@ -91,7 +113,7 @@ def test_python_breakpoint_in_the_shop_checkout(project: Project) -> None:
         "health": {"http": "/healthz", "interval": "0.2s", "timeout": "0.2s", "retries": 1}})
     (project.root / ".devenv/local.yaml").write_text(json.dumps(local))
     project.devenv("up", "--profile", "integration-test", check=True, timeout=180)
-    debugged = project.devenv("debug", "order", check=True)
+    debugged = project.devenv("debug", "order", "--allow-root", check=True)
     assert f"127.0.0.1:{debug_port}" in debugged.stdout
     instance = project.service("order")["instances"][0]["id"]
 
@@ -158,7 +180,7 @@ def test_node_breakpoint_through_the_inspector_with_wait(project: Project) -> No
           debug: {{port: {debug_port}}}
     """)
     project.up()
-    waiting = project.devenv("debug", "web", "--wait", check=True, timeout=30)
+    waiting = project.devenv("debug", "web", "--wait", "--allow-root", check=True, timeout=30)
     assert "waits for a debugger before it runs its code" in waiting.stdout
     assert f"127.0.0.1:{debug_port}" in waiting.stdout and "chrome://inspect" in waiting.stdout
     assert project.service("web")["state"] == "starting"  # it cannot be healthy yet

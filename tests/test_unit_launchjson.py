@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from devenv.cli.commands.debug import write_launch_json
 from devenv.core.errors import DevenvError
-from devenv.launchjson import entry, merge
+from devenv.launchjson import entry, merge, parse
+from devenv.wire import DebugInfo, DebugResult
 
 USERS = """{
   // Use IntelliSense to learn about possible attributes.
@@ -41,3 +44,30 @@ def test_a_new_file_and_one_that_cannot_be_read() -> None:
         merge('{"configurations": [ {"name": }', [], where=".vscode/launch.json")
     with pytest.raises(DevenvError, match="configurations"):
         merge('{"configurations": {}}', [])
+
+
+def test_non_ascii_is_written_as_it_is_and_nothing_changed_means_no_write(
+        tmp_path: Path) -> None:
+    path = tmp_path / ".vscode/launch.json"
+    path.parent.mkdir()
+    path.write_text('{"configurations": [{"name": "café ☕", "type": "node"}]}',
+                    encoding="utf-8")
+    result = DebugResult("api", True, DebugInfo("python", "127.0.0.1:9300"), "/p/é", 1)
+    write_launch_json(path, result)
+    text = path.read_text(encoding="utf-8")
+    assert "café ☕" in text and '"/p/é"' in text and "\\u" not in text
+    # again, with a comment added by hand: the file already says the same, it is left as is
+    path.write_text("// mine\n" + text, encoding="utf-8")
+    before = path.stat().st_mtime_ns
+    write_launch_json(path, result)
+    assert path.read_text(encoding="utf-8").startswith("// mine\n")
+    assert path.stat().st_mtime_ns == before and not (path.parent / "launch.json.bak").exists()
+    assert not merge(path.read_text(encoding="utf-8"), [entry(
+        "api", "python", "127.0.0.1", 9300, "/p/é")]).changed
+
+
+def test_a_file_that_cannot_be_read_is_refused_before_anything_is_asked() -> None:
+    with pytest.raises(DevenvError) as caught:
+        parse('{"configurations": [ {"name": }', where=".vscode/launch.json")
+    assert "--no-launch-json" in (caught.value.hint or "")
+    assert parse(None)["configurations"] == [] and parse("  \n")["version"] == "0.2.0"

@@ -259,12 +259,13 @@ class Client:
         return from_json(OpResult, self._json("POST", "/v1/scale", {"counts": counts},
                                               timeout=None))
 
-    def debug(self, service: str, wait: bool, off: bool) -> DebugResult:
+    def debug(self, service: str, wait: bool, off: bool, allow_root: bool = False
+              ) -> DebugResult:
         from urllib.parse import quote
 
         return from_json(DebugResult, self._json(
             "POST", "/v1/debug/" + quote(service, safe=""),
-            {"wait": wait, "off": off}, timeout=None))
+            {"wait": wait, "off": off, "allow_root": allow_root}, timeout=None))
 
     def stop(self, persist_data: bool) -> StopResult:
         result = from_json(StopResult, self._json("POST", "/v1/stop",

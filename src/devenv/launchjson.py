@@ -22,6 +22,7 @@ PREFIX = "devenv: "
 class Merged:
     text: str
     dropped_comments: bool
+    changed: bool  # False: the file already says the same (nothing to write)
 
 
 def entry(service: str, language: str, host: str, port: int, workdir: str) -> dict[str, Any]:
@@ -37,25 +38,29 @@ def entry(service: str, language: str, host: str, port: int, workdir: str) -> di
             "skipFiles": ["<node_internals>/**"]}
 
 
+def parse(text: str | None, where: str = "launch.json") -> dict[str, Any]:
+    """The document in `text` (None or blank: a new one). DevenvError when it cannot be read
+    (not JSONC, or not an object with a `configurations` list)."""
+    if text is None or not text.strip():
+        return {"version": "0.2.0", "configurations": []}
+    hint = "fix it (or move it away) and run the command again, or pass --no-launch-json"
+    try:
+        doc = json.loads(strip_jsonc(text)[0])
+    except ValueError as exc:
+        raise DevenvError(f"cannot read {where}: {exc}; it was left as it is",
+                          hint=hint) from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("configurations", []), list):
+        raise DevenvError(f"cannot read {where}: not an object with a `configurations` "
+                          "list; it was left as it is", hint=hint)
+    return doc
+
+
 def merge(text: str | None, entries: list[dict[str, Any]], where: str = "launch.json"
           ) -> Merged:
     """`text` (None: no file yet) with `entries` put in: an entry of the same name is
     replaced where it stands, a new one is added at the end."""
-    if text is None or not text.strip():
-        doc: dict[str, Any] = {"version": "0.2.0", "configurations": []}
-        comments = False
-    else:
-        stripped, comments = strip_jsonc(text)
-        try:
-            doc = json.loads(stripped)
-        except ValueError as exc:
-            raise DevenvError(f"cannot read {where}: {exc}; it was left as it is",
-                              hint="fix it (or move it away) and run the command again") \
-                from None
-        if not isinstance(doc, dict) or not isinstance(doc.get("configurations", []), list):
-            raise DevenvError(f"cannot read {where}: not an object with a `configurations` "
-                              "list; it was left as it is",
-                              hint="fix it (or move it away) and run the command again")
+    doc = parse(text, where)
+    before = json.dumps(doc, sort_keys=True)
     configs: list[Any] = doc.setdefault("configurations", [])
     doc.setdefault("version", "0.2.0")
     for new in entries:
@@ -65,7 +70,9 @@ def merge(text: str | None, entries: list[dict[str, Any]], where: str = "launch.
             configs.append(new)
         else:
             configs[at] = new
-    return Merged(json.dumps(doc, indent=4) + "\n", comments)
+    changed = text is None or not text.strip() or json.dumps(doc, sort_keys=True) != before
+    comments = text is not None and strip_jsonc(text)[1]
+    return Merged(json.dumps(doc, indent=4, ensure_ascii=False) + "\n", comments, changed)
 
 
 def strip_jsonc(text: str) -> tuple[str, bool]:

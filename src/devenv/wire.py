@@ -225,6 +225,8 @@ class DebugResult:
     workdir: str  # the service's folder, absolute: an IDE's path mappings
     replicas: int  # running now (1 while debugged; the plan's again after --off)
     error: str | None = optional()  # why the debugged instance failed (the previous serve)
+    attach: str | None = optional()  # how tools other than VS Code attach
+    detail: str | None = optional()  # e.g. started, not healthy yet (kept under the debugger)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +236,7 @@ class OpResult:
     ok: bool
     failed: dict[str, str]
     rolled: Rolled | None = optional()  # dependents rolled after a restart
+    deferred: dict[str, str] | None = optional()  # scale: counts kept for later, and why
 
 
 @dataclasses.dataclass(frozen=True)

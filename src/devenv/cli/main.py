@@ -117,6 +117,10 @@ def parser() -> argparse.ArgumentParser:
                    "command)")
     s.add_argument("--no-launch-json", action="store_true",
                    help="do not write .vscode/launch.json")
+    s.add_argument("--allow-root", action="store_true",
+                   help="debug even when devenv runs as root (its debug port gives code "
+                   "execution as root to any local user): only where no other user can log "
+                   "in, e.g. a dev container")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     s = sub.add_parser("exec", help="run a command with a service's environment and folder")

@@ -22,7 +22,7 @@ from devenv.core.paths import StateDir
 from devenv.engine.api.dashboard import Monitor
 from devenv.engine.cascade import Cascade
 from devenv.engine.dataops import DataOps
-from devenv.engine.debugging import open_session
+from devenv.engine.debugging import debug_off, debug_on, deferred_counts
 from devenv.engine.profiler import Profiler
 from devenv.engine.reconciler import Engine
 from devenv.engine.reloader import Reloader
@@ -34,7 +34,6 @@ from devenv.runtime.base import InstanceSpec
 from devenv.telemetry.otlp_metrics import OtlpMetrics
 from devenv.telemetry.store import Traces
 from devenv.wire import (
-    Condition,
     DebugResult,
     EngineInfo,
     EnvironmentStatus,
@@ -272,52 +271,20 @@ class Environment:
             if not 0 <= count <= MAX_REPLICAS:
                 raise UsageError(f"cannot scale {name} to {count}: replicas are 0 to "
                                  f"{MAX_REPLICAS}")
-        return await self.engine.scale(counts)
+        result = await self.engine.scale(counts)
+        return replace(result, deferred=deferred_counts(self.engine.runners, counts))
 
-    async def debug(self, name: str, wait: bool, off: bool) -> DebugResult:
-        """Run `name` under its debugger (one replica, exempt from health's verdicts), or
-        (`off`) as planned again; each through a replace, so callers see no gap (but for a
-        debugged instance replaced by another: both cannot hold the debug port)."""
+    async def debug(self, name: str, wait: bool, off: bool, allow_root: bool = False
+                    ) -> DebugResult:
+        """Run `name` under its debugger, or (`off`) as planned again (engine/debugging.py)."""
         self.known([name])
         runner = self.engine.runners[name]
-        if runner.plan.data is not None or runner.plan.job:
-            what = "a data service" if runner.plan.data is not None else "a one-shot job"
-            raise UsageError(f"cannot debug {name}: it is {what}",
-                             hint="`devenv debug` runs a server under Python's or Node's "
-                             "debugger")
-        workdir = str(self.root / runner.plan.workdir)
         if off:
-            async with self.engine.holding([name], "debug --off"):
-                session, runner.debug = runner.debug, None
-                if session is None:
-                    return DebugResult(name, True, None, workdir, runner.desired)
-                failure: list[str] = []
-                ok = await runner.replace(runner.plan, failure=failure)
-                await runner.scale(session.replicas)
-            reason = await runner.wait_condition(Condition.UP, runner.up_budget)
-            return DebugResult(name, ok and reason is None, None, workdir, session.replicas,
-                               error=None if ok else "; ".join(failure[:1]) or reason)
+            return await debug_off(self.engine, self.root, runner)
         loaded = await asyncio.to_thread(load, self.root, self.profile, environ=self.environ)
-        declared = loaded.project.services[name].debug if name in loaded.project.services \
-            else None
-        session = await asyncio.to_thread(
-            open_session, self.root, runner.plan, declared.language if declared else None,
-            declared.port if declared else None, wait, runner.debug)
-        async with self.engine.holding([name], "debug"):
-            previous = runner.debug
-            session.replicas = previous.replicas if previous else runner.desired
-            runner.debug = session
-            failure = []
-            was_debugged = any(r.debugged for r in runner.replicas)  # (those go first)
-            ok = await runner.replace(runner.plan, failure=failure)
-            if not ok and not was_debugged:
-                runner.debug = previous  # the previous instances keep serving
-                return DebugResult(name, False, None, workdir, runner.desired,
-                                   error="; ".join(failure[:3]) or "the debugged instance "
-                                   "failed to start")
-            await runner.scale(session.replicas)
-        return DebugResult(name, ok, session.info(), workdir, 1,
-                           error=None if ok else "; ".join(failure[:3]))
+        service = loaded.project.services.get(name)
+        return await debug_on(self.engine, self.root, runner,
+                              service.debug if service else None, wait, allow_root)
 
     def known(self, names: list[str]) -> None:
         unknown = [n for n in names if n not in self.engine.runners]

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devenv import data as kinds
+from devenv.core.errors import UsageError
 from devenv.engine.context import Context
 from devenv.engine.debugging import DebugSession
-from devenv.engine.events import Reloaded, StateChanged
+from devenv.engine.events import Alert, Reloaded, StateChanged
 from devenv.engine.health import probe
 from devenv.engine.jobs import new_data_generation
 from devenv.engine.logstore import FIRST_CALLER
@@ -67,8 +68,9 @@ class Replica:
     started_at: float | None = None
     healthy_at: float | None = None
     incoming: bool = False  # a replacement not yet switched to: its output is labelled so
-    debugged: bool = False  # under a debugger: no start deadline, health failures keep it
+    debugged: bool = False  # under a debugger: health failures keep it
     waits: bool = False  # debugged with --wait: its code waits for a debugger to attach
+    overdue: bool = False  # debugged, not healthy within start_period: kept, not waited for
 
     @property
     def label(self) -> str:
@@ -117,8 +119,11 @@ class ServiceRunner:
             self._open = True
 
     async def scale(self, count: int) -> None:
-        if self.debug is not None:  # one debugged replica; the count is for after
-            self.debug.replicas, count = count, 1
+        session = self.debug
+        if self._debug_plan(self.plan) is not None and self.debug is not None:
+            self.debug.replicas, count = count, 1  # one debugged replica; the count is for after
+        elif session is not None and count == self.desired:  # it just ended: what it kept
+            count = session.replicas
         self.desired = count
         while len(self.replicas) < count:
             self._spawn(self._next_index(), self.plan)
@@ -140,9 +145,10 @@ class ServiceRunner:
             self.plan = plan
             await self.restart()
             return True
-        if self.debug is not None:  # one debugged instance (it holds the debug port alone)
-            fresh = [self._replica(r.index, plan, start_attempts=1, incoming=bool(old))
-                     for r in old[:1]]
+        session = self.debug
+        if self._debug_plan(plan) is not None:  # one debugged instance (it alone holds the
+            fresh = [self._replica(r.index, plan, start_attempts=1,  # debug port)
+                                   incoming=bool(old)) for r in old[:1]]
             going = [r for r in old if r.debugged]  # they hold the debug port: they go first
             if going:  # (callers wait at the address meanwhile)
                 self.replicas = [r for r in self.replicas if not r.debugged]
@@ -177,6 +183,8 @@ class ServiceRunner:
         marks["switched"] = clock() - t0
         await asyncio.gather(*(self._retire(r) for r in old))
         marks["drained"] = clock() - t0
+        if session is not None and self.debug is None:  # it ended: the count it kept
+            await self.scale(session.replicas)
         self._touch()
         return True
 
@@ -249,12 +257,19 @@ class ServiceRunner:
             condition = Condition.COMPLETED
         if condition == Condition.UP:  # healthy, or a job that completed
             done = reps and all(r.state == State.COMPLETED for r in reps)
-            return MET if done or self.ready >= self.desired else PENDING
+            return MET if done or self.ready >= self.desired or self._kept() else PENDING
         if condition == Condition.COMPLETED:
             if any(r.state == State.COMPLETED for r in reps) and reps:
                 return MET
             return PENDING if reps else Verdict(reason="not running")
-        return MET if self.ready >= self.desired else PENDING
+        return MET if self.ready >= self.desired or self._kept() else PENDING
+
+    def _kept(self) -> bool:
+        """Debugged, and no longer waited for: its instance waits for a debugger, or was
+        not healthy within start_period (a debugger may hold it)."""
+        return self.debug is not None and bool(self.replicas) and all(
+            r.state == State.HEALTHY or ((r.waits or r.overdue) and r.instance is not None)
+            for r in self.replicas)
 
     @property
     def up_budget(self) -> float:
@@ -269,8 +284,9 @@ class ServiceRunner:
         while True:
             if any(r.failed_start for r in reps):
                 return False
-            if all(r.state == State.HEALTHY or (r.waits and r.instance) for r in reps):
-                return True  # (one that waits for a debugger cannot be healthy before)
+            if all(r.state == State.HEALTHY or ((r.waits or r.overdue) and r.instance)
+                   for r in reps):  # (one that waits for a debugger cannot be healthy
+                return True  # before; one not healthy in time is kept, not waited for)
             self.changed.clear()
             await self.changed.wait()
 
@@ -282,10 +298,26 @@ class ServiceRunner:
 
     def _replica(self, index: int, plan: ServicePlan, **more: Any) -> Replica:
         """A new replica of `plan`; under the service's debugger while a session is on."""
-        if self.debug is None:
+        debugged = self._debug_plan(plan)
+        if debugged is None or self.debug is None:
             return Replica(index=index, plan=plan, **more)
-        return Replica(index=index, plan=self.debug.apply(plan), debugged=True,
-                       waits=self.debug.wait, **more)
+        return Replica(index=index, plan=debugged, debugged=True, waits=self.debug.wait,
+                       **more)
+
+    def _debug_plan(self, plan: ServicePlan) -> ServicePlan | None:
+        """`plan` as the debug session runs it; None without a session. A session that
+        cannot run `plan` (its config changed under it) is ended, with an alert: the service
+        runs as planned again."""
+        if self.debug is None:
+            return None
+        try:
+            return self.debug.apply(plan)
+        except UsageError as exc:
+            self.debug = None
+            text = f"debugging ended: {exc.message}; it runs as planned again"
+            self.ctx.logs.add(self.name, "debug", "alert", text)
+            self.ctx.events.publish(Alert(self.name, text))
+            return None
 
     def _spawn(self, index: int, plan: ServicePlan) -> Replica:
         rep = self._replica(index, plan)
@@ -432,7 +464,12 @@ class ServiceRunner:
         while not exit_task.done() and not rep.stopping:
             if await probe(check, rep.instance, spec, self.runtime):
                 return True
-            if self.ctx.clock() > deadline and not rep.debugged:  # (a debugger may hold it)
+            if self.ctx.clock() > deadline and rep.debugged and not rep.overdue:
+                rep.overdue = True  # (a debugger may hold it): kept, no longer waited for
+                self._set(rep, State.STARTING, f"not healthy after {budget:g}s "
+                          "(start_period); kept: under a debugger")
+                self._event(rep, rep.detail)
+            elif self.ctx.clock() > deadline and not rep.debugged:
                 rep.gave_up = True  # a start that times out fails `up` at once
                 self._set(rep, State.FAILED, f"not healthy after {budget:g}s (start_period)")
                 self._event(rep, rep.detail)

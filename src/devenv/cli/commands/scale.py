@@ -52,4 +52,6 @@ def run(args: argparse.Namespace) -> int:
     for name, reason in result.failed.items():
         err.print(f"[red]{name}[/]: {reason}")
     out.print(", ".join(f"{n}={c}" for n, c in counts.items()))
+    for name, note in (result.deferred or {}).items():
+        out.print(f"{name}: {note}")
     return 0 if result.ok else 1

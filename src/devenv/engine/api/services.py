@@ -78,7 +78,7 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
     async def debug(request: web.Request) -> web.Response:
         body = await request.json()
         return answer(await env.debug(request.match_info["service"], bool(body.get("wait")),
-                                      bool(body.get("off"))))
+                                      bool(body.get("off")), bool(body.get("allow_root"))))
 
     router.add_get("/v1/ping", ping)
     router.add_get("/v1/status", status)
