@@ -224,6 +224,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.add_argument("--report", default=None, metavar="FILE.html", help="write an HTML report")
 
+    s = sub.add_parser("docs", help="write the environment's documentation for the team")
+    ds = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    d = ds.add_parser("generate", help="Markdown: the dependency graph, each service, the data, "
+                      "the configuration reference (no secret values)")
+    d.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="where to write it (default: docs/environment.md in the project; "
+                   "- for standard output)")
+    d.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 when FILE is not what it would be (for CI)")
+
+    s = sub.add_parser("audit", help="show the audit trail of state-changing commands")
+    s.add_argument("--since", default=None, help="only records newer than 30m, 2h, 1d or an "
+                   "ISO time")
+    s.add_argument("--json", action="store_true", help="the records as stored, one per line")
+    s.add_argument("--verify", action="store_true", help="check the hash chain: exit 1 naming "
+                   "each line edited, removed or out of order")
+
     s = sub.add_parser("doctor", help="diagnose the machine and the project")
     s.add_argument("--json", action="store_true")
     return p
@@ -235,6 +252,7 @@ COMMANDS = {
     "data": "data", "snapshot": "snapshot", "metrics": "metrics", "trace": "trace",
     "dashboard": "dashboard", "debug": "debug", "load-test": "load_test", "profile": "profile",
     "sync": "sync", "publish": "publish",
+    "docs": "docs", "audit": "audit",
 }
 
 
