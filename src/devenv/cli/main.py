@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from devenv import __version__
 from devenv.core.errors import DevenvError
@@ -257,20 +258,37 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     module = importlib.import_module(f"devenv.cli.commands.{COMMANDS[args.command]}")
+    from devenv.cli import audit
+
+    recording = audit.start(args, argv)  # None unless the command changes state
+    try:
+        code, error = _run(module, args)
+    except BaseException as exc:
+        if recording is not None:
+            recording.finish(1, f"{type(exc).__name__}: {exc}")
+        raise
+    if recording is not None:
+        recording.finish(code, error)
+    return code
+
+
+def _run(module: ModuleType, args: argparse.Namespace) -> tuple[int, str | None]:
+    """The command's exit code, and its error message if it failed with one."""
     try:
         code: int = module.run(args)
-        return code
+        return code, None
     except DevenvError as exc:
         from devenv.cli.output import print_error
 
         print_error(exc)
-        return exc.exit_code
+        return exc.exit_code, exc.message
     except KeyboardInterrupt:
-        return 130
+        return 130, "interrupted"
     except BrokenPipeError:
-        return 0
+        return 0, None
 
 
 if __name__ == "__main__":
