@@ -55,7 +55,7 @@ def append(log: Path, record: Mapping[str, Any]) -> dict[str, Any]:
             try:
                 seq = int(json.loads(last)["seq"]) + 1
             except (ValueError, KeyError, TypeError):  # a broken last line: verify names it
-                seq = _count_lines(fd) + 1
+                seq = _count_lines(fd) + (1 if ends_clean else 2)
         written = {"seq": seq, **{k: v for k, v in record.items() if k not in ("seq", "prev")},
                    "prev": prev}
         line = json.dumps(written, separators=(",", ":"), ensure_ascii=False)
