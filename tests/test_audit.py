@@ -106,7 +106,7 @@ def test_since_filters(project: Project) -> None:
     audit.append(state / "audit.log", {"time": "2020-01-01T00:00:00.000Z", "user": "old",
                                        "command": "stop", "args": ["stop"], "exit": 0})
     project.devenv("config", "set", "services.api.replicas", "2", check=True)
-    assert [r["user"] for r in records(project)] == ["old", records(project)[1]["user"]]
+    assert records(project)[0]["user"] == "old"
     recent = records(project, "--since", "1d")
     assert [r["command"] for r in recent] == ["config set"]
     assert [r["command"] for r in records(project, "--since", "2019-12-31T00:00:00")] == [
