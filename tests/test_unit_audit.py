@@ -116,6 +116,16 @@ def test_commands_still_to_come_are_listed() -> None:
     assert {"sync", "publish", "migrate", "config branch"} <= hook.AUDITED
 
 
+def test_sync_publish_and_saving_a_branch_are_recorded(tmp_path: Path) -> None:
+    (tmp_path / "devenv.yaml").write_text("version: 1\n")
+    at = ["-C", str(tmp_path)]
+    for argv in (["sync", "--branch", "b"], ["publish", "--service", "api"],
+                 ["config", "branch", "feature-x"]):
+        assert hook.start(args_of(*at, *argv), argv) is not None, argv
+    assert hook.start(args_of(*at, "config", "branch"), ["config", "branch"]) is None  # a list
+    assert hook.start(args_of(*at, "status"), ["status"]) is None
+
+
 def test_secret_keys_come_from_the_model() -> None:
     # declared `secret=True` by the data kinds (postgres' password and users, redis' password)
     assert {"password", "users"} <= hook.secret_keys()

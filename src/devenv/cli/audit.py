@@ -82,6 +82,8 @@ def start(args: argparse.Namespace, argv: Sequence[str]) -> Recording | None:
     name = command_name(args)
     if name not in AUDITED and args.command not in AUDITED:
         return None
+    if name == "config branch" and not getattr(args, "name", None):
+        return None  # without a NAME it only lists the branches
     from devenv.cli.commands._common import project_root
 
     try:

@@ -79,8 +79,14 @@ def _process(loaded: Loaded, name: str, port: int | None, secrets: list[str]) ->
         command += f" in {code(svc.path)}"
     plan = service_plan(loaded, name)
     watched = "" if not plan.watch.enabled else " on " + names(svc.watch.paths or [svc.path])
-    rows = [
-        ("command", command),
+    rows = [("command", command)]
+    if svc.image is not None:
+        rows.append(("image", code(svc.image) + " (on the docker runtime)"))
+    elif svc.build is not None:
+        dockerfile = f", {code(svc.build.dockerfile)}" if svc.build.dockerfile else ""
+        rows.append(("image", f"built from {code(svc.build.context)}{dockerfile} (on the "
+                     "docker runtime)"))
+    rows += [
         ("URL", f"http://127.0.0.1:{svc.port}" if svc.port else "- (no port)"),
         ("ingress", ", ".join(_routes(name, svc, port)) or "-"),
         ("depends on", ", ".join(_dependency(d, s) for d, s in sorted(svc.depends_on.items()))
