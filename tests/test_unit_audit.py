@@ -172,3 +172,12 @@ def test_an_audit_write_failure_is_a_warning(tmp_path: Path,
     recording.finish(0, None)  # does not raise
     assert "could not write the audit log" in capsys.readouterr().err
     assert os.path.isdir(tmp_path / ".devenv" / "audit.log")
+
+
+def test_a_command_that_raised_is_recorded(tmp_path: Path) -> None:
+    (tmp_path / "devenv.yaml").write_text("version: 1\n")
+    for exc, code, error in ((RuntimeError("boom"), 1, "RuntimeError: boom"),
+                             (SystemExit(0), 0, None), (SystemExit(3), 3, "3")):
+        hook.Recording(tmp_path, "up", ["up"], started=0.0).raised(exc)
+        last = audit.read(tmp_path / ".devenv" / "audit.log")[-1]
+        assert (last["exit"], last["error"]) == (code, error)

@@ -76,6 +76,14 @@ class Recording:
 
             warn(f"could not write the audit log {log}: {exc}; the command's result stands")
 
+    def raised(self, exc: BaseException) -> None:
+        """Finish for a command that ended by an exception (`sys.exit` keeps its code)."""
+        if isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            self.finish(code, None if code == 0 else str(exc.code))
+        else:
+            self.finish(1, f"{type(exc).__name__}: {exc}")
+
 
 def start(args: argparse.Namespace, argv: Sequence[str]) -> Recording | None:
     """A recording of this command if it is one that changes state (else None)."""

@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, error = _run(module, args)
     except BaseException as exc:
         if recording is not None:
-            recording.finish(1, f"{type(exc).__name__}: {exc}")
+            recording.raised(exc)
         raise
     if recording is not None:
         recording.finish(code, error)
