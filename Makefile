@@ -21,11 +21,12 @@ lint: $(BIN)/.installed
 # What the tests use from Debian, installed when missing (as root; else those tests are
 # skipped, saying why): a real headless Chromium for the shop's page, Node for the polyglot
 # project `devenv init` is tested on, and PostgreSQL 15 with its contrib extensions
-# (uuid-ossp, pgcrypto) for a system PostgreSQL through bin_dir. One apt run for all; no
+# (uuid-ossp, pgcrypto) for a system PostgreSQL through bin_dir; npm, for the `mermaid`
+# package that reads `docs generate`'s graph (into ~/.cache/devenv-tests). One apt run for all; no
 # cluster of Debian's own is created (or started).
 DEBIAN_TOOLS := chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15 \
 	/usr/bin/prometheus:prometheus /usr/sbin/nginx:nginx-light wrk:wrk \
-	dockerd:docker.io
+	dockerd:docker.io npm:npm
 tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do what=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$what >/dev/null 2>&1 || [ -x "$$what" ] || missing="$$missing $$pkg"; done; \
@@ -43,6 +44,10 @@ tools:
 	  else echo "note: not installed:$$missing; the tests that need them are skipped"; fi; fi
 	@[ ! -x $(BIN)/python ] || $(BIN)/python -c 'import locust' 2>/dev/null || \
 	  $(BIN)/python -m pip install -q locust || echo "note: locust not installed; bench_loadtest skips it"
+	@mermaid="$${XDG_CACHE_HOME:-$$HOME/.cache}/devenv-tests/mermaid-11"; \
+	  [ -f "$$mermaid/node_modules/mermaid/dist/mermaid.min.js" ] || ! command -v npm >/dev/null || \
+	  npm install --silent --no-audit --no-fund --prefix "$$mermaid" mermaid@11 || \
+	  echo "note: mermaid not installed; test_docs_generate installs it, or skips saying why"
 browser node: tools
 
 test: lint tools

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from devenv import __version__
 from devenv.core.errors import DevenvError
@@ -228,6 +229,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.add_argument("--report", default=None, metavar="FILE.html", help="write an HTML report")
 
+    s = sub.add_parser("docs", help="write the environment's documentation for the team")
+    ds = s.add_subparsers(dest="action", metavar="ACTION", required=True)
+    d = ds.add_parser("generate", help="Markdown: the dependency graph, each service, the data, "
+                      "the configuration reference (no secret values)")
+    d.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="where to write it (default: docs/environment.md in the project; "
+                   "- for standard output)")
+    d.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 when FILE is not what it would be (for CI)")
+
+    s = sub.add_parser("audit", help="show the audit trail of state-changing commands")
+    s.add_argument("--since", default=None, help="only records newer than 30m, 2h, 1d or an "
+                   "ISO time")
+    s.add_argument("--json", action="store_true", help="the records as stored, one per line")
+    s.add_argument("--verify", action="store_true", help="check the hash chain: exit 1 naming "
+                   "each line edited, removed or out of order")
+
     s = sub.add_parser("doctor", help="diagnose the machine and the project")
     s.add_argument("--json", action="store_true")
     return p
@@ -239,24 +257,42 @@ COMMANDS = {
     "data": "data", "snapshot": "snapshot", "metrics": "metrics", "trace": "trace",
     "dashboard": "dashboard", "debug": "debug", "load-test": "load_test", "profile": "profile",
     "sync": "sync", "publish": "publish",
+    "docs": "docs", "audit": "audit",
 }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     module = importlib.import_module(f"devenv.cli.commands.{COMMANDS[args.command]}")
+    from devenv.cli import audit
+
+    recording = audit.start(args, argv)  # None unless the command changes state
+    try:
+        code, error = _run(module, args)
+    except BaseException as exc:
+        if recording is not None:
+            recording.raised(exc)
+        raise
+    if recording is not None:
+        recording.finish(code, error)
+    return code
+
+
+def _run(module: ModuleType, args: argparse.Namespace) -> tuple[int, str | None]:
+    """The command's exit code, and its error message if it failed with one."""
     try:
         code: int = module.run(args)
-        return code
+        return code, None
     except DevenvError as exc:
         from devenv.cli.output import print_error
 
         print_error(exc)
-        return exc.exit_code
+        return exc.exit_code, exc.message
     except KeyboardInterrupt:
-        return 130
+        return 130, "interrupted"
     except BrokenPipeError:
-        return 0
+        return 0, None
 
 
 if __name__ == "__main__":

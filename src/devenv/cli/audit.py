@@ -1,0 +1,220 @@
+"""The CLI's audit hook: `main` records every state-changing command here, once, around its
+run (see `devenv.audit` for the log and its hash chain).
+
+What is recorded is redacted first: the value after a key path the model declares secret
+(`config set services.db.password …`), `KEY=VALUE` and `--option VALUE` whose name is a
+secret one, and any occurrence of the project's known secret values (a data kind's secret
+keys, variables named like secrets in `env`, env files, profiles and the caller's
+environment). Recording never changes a command's outcome: a failure to write is a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pwd
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any, get_args, get_type_hints
+
+from devenv.core.errors import DevenvError
+from devenv.core.secrets import MASK, looks_secret
+
+# The commands that change state, as `command` or `command action`. Listed before they exist
+# (sync, publish, migrate, config branch) so that they are recorded when they land.
+AUDITED = frozenset({
+    "up", "stop", "scale", "restart", "debug", "sync", "publish", "migrate",
+    "config set", "config unset", "config branch",
+    "data load", "data reset", "data restore",
+    "snapshot save", "snapshot restore", "snapshot delete", "snapshot import",
+})
+MIN_SECRET = 4  # shorter known values are masked only as a whole argument
+
+
+def command_name(args: argparse.Namespace) -> str:
+    action = getattr(args, "action", None)
+    return f"{args.command} {action}" if isinstance(action, str) and action else args.command
+
+
+@dataclass
+class Recording:
+    root: Path
+    command: str
+    argv: list[str]
+    started: float  # monotonic
+
+    def finish(self, code: int, error: str | None) -> None:
+        """Append the record; a failure is only a warning (the command's result stands)."""
+        log = self.root / ".devenv" / "audit.log"
+        try:
+            from devenv import audit
+            from devenv.core.paths import StateDir, private_dir
+
+            secrets = known_secrets(self.root)
+            args = redact(self.argv, secrets)
+            record: dict[str, Any] = {
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z"),
+                **user(), "command": self.command, "args": args, "exit": code,
+                "error": mask(error, secrets + _masked_values(self.argv, args))
+                if error else None,
+                "duration": round(time.monotonic() - self.started, 3),
+            }
+            state = StateDir(self.root)
+            if state.base.is_dir():
+                private_dir(state.base)
+            else:
+                state.ensure()  # (with its .gitignore: the log is never committed)
+            audit.append(log, record)
+        except Exception as exc:  # never turn a result into a failure
+            from devenv.cli.output import warn
+
+            warn(f"could not write the audit log {log}: {exc}; the command's result stands")
+
+    def raised(self, exc: BaseException) -> None:
+        """Finish for a command that ended by an exception (`sys.exit` keeps its code)."""
+        if isinstance(exc, SystemExit):
+            code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+            self.finish(code, None if code == 0 else str(exc.code))
+        else:
+            self.finish(1, f"{type(exc).__name__}: {exc}")
+
+
+def start(args: argparse.Namespace, argv: Sequence[str]) -> Recording | None:
+    """A recording of this command if it is one that changes state (else None)."""
+    name = command_name(args)
+    if name not in AUDITED and args.command not in AUDITED:
+        return None
+    if name == "config branch" and not getattr(args, "name", None):
+        return None  # without a NAME it only lists the branches
+    from devenv.cli.commands._common import project_root
+
+    try:
+        root = project_root(args)
+    except DevenvError:
+        return None  # no project: the command fails, and there is no .devenv to write to
+    return Recording(root, name, list(argv), time.monotonic())
+
+
+def user() -> dict[str, str]:
+    """The OS user, and the one who ran sudo."""
+    try:
+        name = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        name = str(os.getuid())
+    found = {"user": name}
+    if os.environ.get("SUDO_USER"):
+        found["sudo_user"] = os.environ["SUDO_USER"]
+    return found
+
+
+# ---- redaction
+
+
+@cache
+def secret_keys() -> frozenset[str]:
+    """The names of the keys the config model declares secret, in any object of it (a data
+    kind's keys included): walked from the declarations, not listed here."""
+    from devenv.config.model import Project
+    from devenv.config.schema import variants_of
+
+    found: set[str] = set()
+    seen: set[type] = set()
+
+    def classes(tp: Any) -> Iterator[type]:
+        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+            yield tp
+        for arg in get_args(tp):
+            yield from classes(arg)
+
+    def walk(cls: type) -> None:
+        if cls in seen:
+            return
+        seen.add(cls)
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("secret"):
+                found.add(f.name)
+            for sub in classes(hints[f.name]):
+                walk(sub)
+        variants = variants_of(cls)
+        if variants is not None:
+            for sub in variants.classes().values():
+                walk(sub)
+
+    walk(Project)
+    return frozenset(found)
+
+
+def secret_name(name: str) -> bool:
+    """A key path or option name that holds a secret: one of its parts is a key declared
+    secret (`services.db.password`, `…users.alice`), or its last part is named like one."""
+    parts = [p for p in name.lstrip("-").replace("-", "_").split(".") if p]
+    return bool(parts) and (any(p in secret_keys() for p in parts) or looks_secret(parts[-1]))
+
+
+def redact(argv: Sequence[str], secrets: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    hide_next = False
+    for token in argv:
+        if hide_next:
+            out.append(MASK)
+            hide_next = False
+            continue
+        name, eq, _ = token.partition("=")
+        if eq and name and secret_name(name):  # KEY=VALUE, --password=VALUE
+            out.append(f"{name}={MASK}")
+            continue
+        if token in secrets:
+            out.append(MASK)
+            continue
+        # `config set services.db.password VALUE`, `--token VALUE`
+        hide_next = ("." in token or token.startswith("--")) and secret_name(token)
+        out.append(mask(token, secrets))
+    return out
+
+
+def mask(text: str, secrets: Sequence[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_SECRET:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _masked_values(argv: Sequence[str], redacted: Sequence[str]) -> list[str]:
+    """The values redaction hid (so an error message that repeats one hides it too)."""
+    hidden = []
+    for given, shown in zip(argv, redacted, strict=True):
+        if given != shown:
+            hidden.append(given.partition("=")[2] if shown.endswith(f"={MASK}") else given)
+    return [h for h in hidden if h]
+
+
+def known_secrets(root: Path) -> list[str]:
+    """The project's secret values: its data services' secret keys, variables named like a
+    secret in `env`, env files and profiles, and in the caller's environment. A
+    configuration that does not load gives what the environment has."""
+    found = {v for k, v in os.environ.items() if looks_secret(k) and v}
+    try:
+        from devenv import data as kinds
+        from devenv.config.injected import data_service
+        from devenv.config.load import load
+
+        loaded = load(root)
+    except Exception:  # a broken configuration: the command says so
+        return sorted(found)
+    project = loaded.project
+    for name, svc in project.services.items():
+        found.update(v for k, v in svc.env.items() if looks_secret(k))
+        found.update(v.value for k, v in loaded.env_files.get(name, {}).items()
+                     if looks_secret(k))
+        if svc.is_data:
+            found.update(kinds.secrets(data_service(project, root, name)))
+    for profile in project.profiles.values():
+        found.update(v for k, v in profile.env.items() if looks_secret(k))
+    return sorted(v for v in found if v)
