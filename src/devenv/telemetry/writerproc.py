@@ -22,6 +22,7 @@ from devenv.telemetry.writer import HEADER, Batch, Done
 
 ANSWER_TIMEOUT = 30.0  # seconds a batch may take, pruning included
 CLOSE_TIMEOUT = 10.0  # seconds to write what it has and exit, at the end of its input
+EXIT_TIMEOUT = 5.0  # seconds for a writer whose answers ended to exit (then it is killed)
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # seconds before starting a failing writer again
 # the process: its answers on a descriptor of their own (fd 1 goes to stderr before any
 # import, so nothing printed can corrupt them), `devenv` imported from where the engine's is
@@ -98,7 +99,7 @@ class WriterProcess:
     def _exit(self, proc: subprocess.Popen[bytes], exc: BaseException | None) -> str:
         """How the process ended: its exit, and the last line it wrote to stderr."""
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(1.0)
+            proc.wait(EXIT_TIMEOUT)  # (its output ended: it is on its way out)
         code = proc.returncode
         how = (f"killed by signal {-code}" if code is not None and code < 0
                else f"exit code {code}" if code is not None else repr(exc))
