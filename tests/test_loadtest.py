@@ -3,14 +3,21 @@ and read back by id), against the example shop, and with bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import resource
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import ENV, Project, free_ports, wait_for
@@ -144,19 +151,35 @@ def test_shop_checkout_flow_through_the_ingress(project: Project) -> None:
     assert "gateway via the ingress" in doc["target"]
 
 
-def test_ctrl_c_prints_the_partial_summary(server: str) -> None:
-    import os
-    import signal
+def start_load(*args: str) -> subprocess.Popen[str]:
+    """`devenv load-test` in its own process group, as from a terminal (SIGINT not ignored)."""
+    return subprocess.Popen([sys.executable, "-m", "devenv", "load-test", *args], env=ENV,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
-    run = subprocess.Popen([sys.executable, "-m", "devenv", "load-test", "--url", server,
-                            "--connections", "4", "--duration", "30s"], env=ENV, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           start_new_session=True,
-                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+def workers_of(run: subprocess.Popen[str]) -> list[psutil.Process]:
+    """The generator's worker processes (spawned: `spawn_main` in their command line)."""
     try:
-        assert run.stdout is not None
+        children = psutil.Process(run.pid).children()
+    except psutil.Error:
+        return []
+    found = []
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+    return found
+
+
+def test_ctrl_c_prints_the_partial_summary_and_no_worker_is_left(server: str) -> None:
+    run = start_load("--url", server, "--connections", "4", "--duration", "30s")
+    try:
         before = _Orders.gets
         assert wait_for(lambda: _Orders.gets > before + 10), "no load arrived"  # it runs
+        workers = workers_of(run)
+        assert workers
         os.killpg(run.pid, signal.SIGINT)
         out = run.communicate(timeout=15)[0]
     finally:
@@ -164,3 +187,110 @@ def test_ctrl_c_prints_the_partial_summary(server: str) -> None:
             run.kill()
     assert run.returncode == 130, out
     assert "interrupted after" in out and "all" in out
+    assert wait_for(lambda: not any(w.is_running() for w in workers)), "a worker is left"
+
+
+@pytest.fixture
+def silent() -> Iterator[tuple[int, list[socket.socket]]]:
+    """A server that takes connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", free_ports(1)[0]))
+    taken: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                taken.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1], taken
+    listener.close()
+    for conn in taken:
+        conn.close()
+
+
+def test_a_second_ctrl_c_stops_at_once(silent: tuple[int, list[socket.socket]]) -> None:
+    """After the first Ctrl-C the workers wait for their requests' timeout (10 s here, the
+    server never answers); a second Ctrl-C does not wait."""
+    port, taken = silent
+    run = start_load("--url", f"http://127.0.0.1:{port}/", "--connections", "2",
+                     "--duration", "30s")
+    try:
+        assert wait_for(lambda: len(taken) >= 2), "no connection arrived"
+        workers = workers_of(run)
+        os.killpg(run.pid, signal.SIGINT)
+        time.sleep(0.5)  # (Ctrl-C twice, as a user would: the first one is taken)
+        stopped = time.monotonic()
+        os.killpg(run.pid, signal.SIGINT)
+        out = run.communicate(timeout=15)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert time.monotonic() - stopped < 4, out
+    assert run.returncode == 130, out
+    assert "interrupted after" in out and "all" in out
+    assert workers and wait_for(lambda: not any(w.is_running() for w in workers))
+
+
+def test_a_worker_that_dies_fails_the_run_with_its_reason(server: str) -> None:
+    run = start_load("--url", server, "--connections", "4", "--duration", "30s")
+    try:
+        before = _Orders.gets
+        assert wait_for(lambda: _Orders.gets > before + 10), "no load arrived"
+        [worker] = workers_of(run)
+        worker.kill()
+        out = run.communicate(timeout=15)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 1, out
+    assert "load generator worker 0 of 1 failed: it was killed (SIGKILL)" in out
+
+
+class _Slow(_Orders):
+    def do_GET(self) -> None:
+        time.sleep(0.05)
+        super().do_GET()
+
+
+def test_arrivals_late_on_busy_connections_are_reported() -> None:
+    """50 arrivals a second on 2 connections to a server taking 50 ms (40 a second at
+    most): most arrivals wait for a connection, and the summary and --json say so."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_ports(1)[0]), _Slow)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+    try:
+        done = load_test("--url", url, "--rate", "50/s", "--connections", "2",
+                         "--duration", "1s", "--json")
+        text = load_test("--url", url, "--rate", "50/s", "--connections", "2",
+                         "--duration", "1s")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert done.returncode == 0, done.stdout + done.stderr
+    gen = json.loads(done.stdout)["generator"]
+    assert gen["arrivals"] + gen["not_sent"] == 50
+    assert gen["late_share"] > 0.5 and gen["late"] > 25
+    assert "started late: every connection was busy" in gen["behind"]
+    assert "started late" in text.stdout + text.stderr
+
+
+def test_bad_usage_is_refused_before_any_load(server: str, tmp_path: Path) -> None:
+    before = _Orders.gets
+    report = load_test("--url", server, "--duration", "1s", "--report", "/nonexist/r.html")
+    assert report.returncode == 2, report.stdout + report.stderr
+    assert "--report /nonexist/r.html: cannot write it (No such file or directory)" in \
+        report.stderr
+    workers = load_test("--url", server, "--duration", "1s", "--workers", "-1")
+    assert workers.returncode == 2 and "--workers -1: give 1 to 64" in workers.stderr
+    method = load_test("--url", server, "--duration", "1s", "--method", "FETCH")
+    assert method.returncode == 2 and "--method 'FETCH': not a method" in method.stderr
+    (tmp_path / "p.yml").write_text(PATTERN % "p95 < 2s")
+    long = load_test("--url", server, "--pattern", "p.yml", "--duration", "25h", cwd=tmp_path)
+    assert long.returncode == 2 and "over the limit of 86,400s (24h)" in long.stderr
+    files = subprocess.run(
+        [sys.executable, "-m", "devenv", "load-test", "--url", server, "--connections",
+         "2000", "--duration", "1s"], env=ENV, capture_output=True, text=True, timeout=60,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    assert files.returncode == 2, files.stdout + files.stderr
+    assert "limit of 256" in files.stderr and "ulimit -n" in files.stderr
+    assert _Orders.gets == before  # nothing was sent

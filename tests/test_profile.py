@@ -4,9 +4,12 @@ over the window and Python's allocation sites, and Ctrl-C stops the sampler."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -18,8 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from conftest import ENV, FIXTURES, Project, free_ports, named, wait_for
+from devenv.profiling import inspector
+from devenv.runtime.base import InstanceSpec
+from devenv.runtime.local import LocalRuntime
 
 
 def hot_project(project: Project) -> tuple[int, int]:
@@ -88,13 +95,20 @@ def test_the_hot_function_tops_the_profile_of_python_and_of_node(project: Projec
     node = next(p for p in psutil.process_iter(["name", "cwd"])
                 if p.info["name"] == "node" and p.info["cwd"] == str(project.root))
     serving = _listening(node)
+    if os.geteuid() == 0:  # an open inspector would run anyone's code as root: opt-in
+        refused = project.devenv("profile", "--service", "js", "--duration", "1s")
+        assert refused.returncode == 2 and "--allow-root" in refused.stderr
+        assert "can run code in it as root" in refused.stderr
+        assert _listening(node) == serving
     with load(js):
-        data = profile(project, "--service", "js", "--duration", "2s", "--format", "flamegraph")
+        data = profile(project, "--service", "js", "--duration", "2s", "--format", "flamegraph",
+                       "--allow-root")
     assert data["sampler"] == "node-inspector"
     assert data["top_self"][0]["function"] == "crunchNumbers", data["top_self"][:3]
     assert [Path(f).suffix for f in data["files"]] == [".svg"]
     assert wait_for(lambda: _listening(node) == serving), "the inspector was left open"
-    text = project.devenv("profile", "--service", "js", "--duration", "1s", check=True).stdout
+    text = project.devenv("profile", "--service", "js", "--duration", "1s", "--allow-root",
+                          check=True).stdout
     assert "top functions by self time" in text and "wrote .devenv/profiles/" in text
 
 
@@ -108,6 +122,11 @@ def test_memory_gives_rss_over_the_window_and_python_allocation_sites(
     assert window["min_bytes"] < window["avg_bytes"] < window["max_bytes"]  # it grew
     assert data["allocations"][0]["function"] == "hoard_bytes", data["allocations"][:3]
     assert data["allocations"][0]["bytes"] >= 1 << 20
+    folder = project.root / ".devenv/profiles"
+    assert any(f.endswith(".memray.bin") for f in data["files"])
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    modes = {f.name: oct(stat.S_IMODE(f.stat().st_mode)) for f in folder.iterdir()}
+    assert modes and set(modes.values()) == {"0o600"}, modes  # the capture too
     data = profile(project, "--service", "js", "--duration", "1s", "--memory")
     assert data["memory"][0]["max_bytes"] > 0 and data["allocations"] == []
     assert "not available for node" in data["notes"][0]
@@ -144,3 +163,83 @@ def _listening(proc: psutil.Process) -> set[int]:
 def _samplers(engine: psutil.Process) -> list[psutil.Process]:
     """The engine's py-spy processes."""
     return [p for p in engine.children() if named(p, "py-spy")]
+
+
+@contextmanager
+def node_server() -> Iterator[tuple[psutil.Process, int]]:
+    """A Node server whose SIGUSR1 inspector goes to a port of the test range."""
+    port = free_ports(1)[0]
+    proc = subprocess.Popen(["node", f"--inspect-port=127.0.0.1:{port}", "-e",
+                             "require('http').createServer((q, r) => r.end('ok'))"
+                             ".listen(0, '127.0.0.1')"], stderr=subprocess.DEVNULL)
+    try:
+        node = psutil.Process(proc.pid)
+        assert wait_for(lambda: _listening(node)), "node is not listening"
+        yield node, port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_inspector_is_closed_after_a_failed_profile(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """The profile's answer is over the message bound (bounded for the test): the profile
+    fails, and the inspector SIGUSR1 opened is closed all the same, checked before the
+    tool returns."""
+    with node_server() as (node, port):
+        serving = _listening(node)
+        monkeypatch.setattr(inspector, "MAX_MESSAGE", 256)
+        with pytest.raises(inspector.Failed, match=r"during Profiler\.stop"):
+            asyncio.run(inspector.profile(node.pid, 0.3, asyncio.Event(),
+                                          os.pidfd_open(node.pid)))
+        assert _listening(node) == serving and port not in serving  # closed, checked
+
+
+def test_an_inspector_that_stays_open_is_reported_loudly(tmp_path: Path) -> None:
+    """`--close` on a port that does not stop listening (here an HTTP server that is no
+    inspector) says STILL OPEN and exits 3, which the engine turns into an error."""
+    port = free_ports(1)[0]
+    server = subprocess.Popen([sys.executable, "-m", "http.server", "-b", "127.0.0.1",
+                               str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: port in _listening(psutil.Process(server.pid)))
+        done = subprocess.run([sys.executable, "-m", "devenv.profiling.inspector", "--close",
+                               str(server.pid), str(port)], env=ENV, capture_output=True,
+                              text=True, timeout=30)
+    finally:
+        server.kill()
+        server.wait()
+    assert done.returncode == inspector.EXIT_LEFT_OPEN, done.stderr
+    assert f"inspector: STILL OPEN 127.0.0.1:{port}" in done.stderr
+
+
+def test_attach_gives_the_pid_alone_and_code_minus_9_at_its_deadline(tmp_path: Path) -> None:
+    """`${PID}` is replaced only where it is a whole argument (never inside a path); a tool
+    past its deadline is stopped and answers code -9, as base.Attached says (no
+    TimeoutError for the engine to turn into an internal error)."""
+
+    async def scenario() -> tuple[str, int, float]:
+        runtime = LocalRuntime(tmp_path)
+        instance = await runtime.start(InstanceSpec(
+            "svc", 1, (sys.executable, "-c", "import time; time.sleep(60)"), {}, ".", False))
+        try:
+            [target] = [t for t in instance.targets() if t.program.startswith("python")]
+            told = await instance.attach(target.id, (
+                sys.executable, "-c", "import os, sys; print(sys.argv[1:], "
+                "os.environ.get('DEVENV_PIDFD', '').isdigit())", "${PID}",
+                "/work/${PID}/x"), 30)
+            started = time.monotonic()
+            late = await instance.attach(target.id, (
+                sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, "
+                "signal.SIG_IGN); time.sleep(60)"), 0.5)
+            return told.stdout.decode() + f" {target.id}", late.code, \
+                time.monotonic() - started
+        finally:
+            await instance.stop()
+            await runtime.close()
+
+    out, code, took = asyncio.run(scenario())
+    pid = out.split()[-1]
+    assert f"['{pid}', '/work/${{PID}}/x'] True" in out
+    assert code == -9 and took < 10

@@ -8,13 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from devenv.core.errors import ConfigError
-from devenv.loadtest import http
-from devenv.loadtest.data import MISSING, DataSource, Draw, extract, json_path, read_csv, render
+from devenv.core.errors import ConfigError, UsageError
+from devenv.loadtest import generator, http
+from devenv.loadtest.data import (
+    MISSING,
+    DataSource,
+    Draw,
+    TemplateError,
+    extract,
+    json_path,
+    read_csv,
+    render,
+)
 from devenv.loadtest.histogram import Histogram
-from devenv.loadtest.pattern import Stage, load, threshold
+from devenv.loadtest.pattern import Pattern, Scenario, Stage, Step, Threshold, load, threshold
+from devenv.loadtest.results import Results
 from devenv.loadtest.schedule import Schedule
-from devenv.loadtest.worker import Recorder, open_loop
+from devenv.loadtest.worker import Job, Recorder, Target, Worker, open_loop
 from fakes import now, run_virtual
 
 
@@ -91,10 +101,10 @@ def test_a_stalled_server_shows_in_open_model_latency() -> None:
         async def one(intended: float) -> None:
             t = now()
             await asyncio.sleep(1.0 if 1.0 <= t - start < 1.01 else 0.001)
-            rec.record("s/x", intended, now())
+            rec.record(("s", "x"), intended, now())
 
         await open_loop(Schedule(stages), start, 1, now, one, lambda: False, rec, start + 10)
-        return rec.steps["s/x"].hist
+        return rec.steps[("s", "x")].hist
 
     hist = run_virtual(scenario())
     assert hist.total == 400
@@ -149,3 +159,120 @@ def test_response_framing_content_length_and_chunked() -> None:
     end = http.chunked_end(chunked, start)
     assert end == len(chunked) and http.dechunk(chunked[start:end]) == b"abc"
     assert http.chunked_end(chunked[:-2], start) == -1
+
+
+def _step(name: str, thresholds: tuple[Threshold, ...] = ()) -> Step:
+    return Step(name, "GET", "/", thresholds=thresholds)
+
+
+def _rule(text: str) -> Threshold:
+    t = threshold(text, "load.yml:9")
+    assert not isinstance(t, str)
+    return t
+
+
+def test_steps_are_keyed_by_scenario_and_step_and_an_empty_scope_breaks() -> None:
+    """A scenario named `api/v1` keeps its own figures (a "/" joined key once lost them, so
+    its threshold measured 0 and passed); a threshold on a scope nothing was sent to
+    breaks with "no requests" instead of passing on a 0."""
+    rec = Recorder(0.0, lambda: 0.0)
+    for _ in range(10):
+        rec.record(("api/v1", "get/x"), 0.0, 0.005)  # 5 ms each
+    pattern = Pattern(
+        (Scenario("api/v1", (_step("get/x", (_rule("p50 < 1ms"),)),),
+                  thresholds=(_rule("p95 < 1ms"),)),
+         Scenario("api", (_step("v1/get/x"),), thresholds=(_rule("p99 < 1s"),))),
+        (Stage("users", 1.0, users=1),), thresholds=(_rule("p50 < 1s"),))
+    results = Results("t", "asked", duration_s=1.0)
+    results.add_seconds(rec.take_seconds(10))
+    results.add_done(rec.done())
+    verdicts = {v.scope: v for v in results.check(pattern)}
+    assert verdicts[""].ok  # 5 ms < 1 s over all ten
+    assert not verdicts["api/v1"].ok and verdicts["api/v1"].actual == pytest.approx(5, rel=0.05)
+    assert not verdicts["api/v1/get/x"].ok
+    empty = verdicts["api"]
+    assert not empty.ok and empty.why == "no requests"
+    assert empty.as_json()["reason"] == "no requests" and empty.as_json()["actual"] is None
+    assert set(results.as_json()["steps"]) == {"api/v1/get/x"}
+
+
+def test_open_model_counts_late_and_cancelled_arrivals() -> None:
+    """100 arrivals a second for 1 s on one connection to a server taking 20 ms: about
+    half wait for the connection (late), and the run cut off at 1.5 s leaves the rest due
+    but never sent; both are counted and said."""
+
+    async def scenario() -> Recorder:
+        start = now()
+        rec = Recorder(start, now)
+
+        async def one(intended: float) -> None:
+            await asyncio.sleep(0.02)
+            rec.record(("s", "x"), intended, now())
+
+        loop = open_loop(Schedule((Stage("rate", 1.0, 100.0, 100.0),)), start, 1, now, one,
+                         lambda: False, rec, start + 1.0)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(loop, 1.5)
+        return rec
+
+    rec = run_virtual(scenario())
+    answered = rec.steps[("s", "x")].requests
+    assert rec.arrivals == answered and 70 <= answered <= 76
+    assert rec.arrivals + rec.not_sent == 100  # every arrival due: sent or counted not sent
+    assert rec.busy >= answered - 2
+    results = Results("t", "100/s for 1s", duration_s=1.0, rate_asked=100.0)
+    results.add_done(rec.done())
+    generator = results.as_json()["generator"]
+    assert generator["late"] == rec.busy and generator["late_share"] > 0.9
+    assert generator["not_sent"] == rec.not_sent
+    assert results.behind is not None and "started late" in results.behind
+    assert f"{rec.not_sent:,} arrivals due were never sent" in results.behind
+
+
+def test_values_are_percent_encoded_in_paths_and_line_breaks_refused_in_headers() -> None:
+    step = Step("read", "GET", "/orders/${id}?q=${q}", (("X-User", "${user}"),))
+    job = Job(Pattern((Scenario("s", (step,)),), (Stage("users", 1.0, users=1),)),
+              Target("127.0.0.1", 1, "localhost"))
+    worker = Worker(job, lambda message: None, lambda: False)
+    raw = worker._raw(step, {"id": "../admin", "q": "a b&c=d", "user": "ann"})
+    assert raw.startswith(b"GET /orders/..%2Fadmin?q=a%20b%26c%3Dd HTTP/1.1\r\n")
+    assert b"\r\nX-User: ann\r\n" in raw
+    with pytest.raises(TemplateError):
+        worker._raw(step, {"id": 1, "q": "x", "user": "ann\r\nX-Admin: yes"})
+
+
+def test_pattern_ramps_from_zero_header_rules_and_a_list_file(tmp_path: Path) -> None:
+    f = tmp_path / "load.yml"
+    f.write_text("scenarios:\n  s:\n    steps: [{get: /}]\nstages:\n"
+                 "  - {ramp: 0/s..10/s, duration: 10s}\n  - {ramp: 10/s..0/s, duration: 2s}\n")
+    assert [(s.rate, s.to) for s in load(f).stages] == [(0, 10), (10, 0)]
+    f.write_text("scenarios:\n  s:\n    steps:\n      - get: /\n        headers:\n"
+                 "          'X Bad': 1\n          X-Ok: \"a\\r\\nX-Admin: yes\"\n"
+                 "stages:\n  - {ramp: 0/s..0/s, duration: 1s}\n")
+    with pytest.raises(ConfigError) as caught:
+        load(f, "load.yml")
+    assert any(d.startswith("load.yml:6 scenarios.s.steps[0].headers.X Bad: not a header")
+               for d in caught.value.details), caught.value.details
+    assert any(d.startswith("load.yml:7 scenarios.s.steps[0].headers.X-Ok: a header value "
+                            "cannot hold a line break") for d in caught.value.details)
+    assert any("0/s to 0/s sends nothing" in d for d in caught.value.details)
+    f.write_text("- get: /\n- get: /x\n")
+    with pytest.raises(ConfigError) as caught:
+        load(f, "load.yml")
+    assert caught.value.hint and "scenarios:" in caught.value.hint
+    assert "devenv config validate" not in caught.value.hint
+
+
+def test_open_files_are_made_room_for_or_refused_with_the_limit() -> None:
+    pattern = Pattern((Scenario("s", (_step("x"),)),), (Stage("users", 1.0, users=3000),))
+    need = generator.files_needed(pattern, 2)
+    assert need == 1500 + generator.FILES_SPARE
+    raised: list[tuple[int, int]] = []
+    generator.check_open_files(need, lambda: (1024, 4096), raised.append)
+    assert raised == [(need, 4096)]  # the soft limit is raised up to the hard one
+    with pytest.raises(UsageError) as caught:
+        generator.check_open_files(need, lambda: (1024, 1024), raised.append)
+    assert "limit of 1,024" in caught.value.message and caught.value.exit_code == 2
+    assert f"ulimit -n {need}" in (caught.value.hint or "")
+    with pytest.raises(UsageError, match="--workers -1: give 1 to 64"):
+        generator.run(pattern, Target("127.0.0.1", 1, "localhost"), workers=-1)

@@ -13,8 +13,9 @@ import pytest
 
 from devenv.checks import profiler_check
 from devenv.core.errors import DevenvError
-from devenv.engine.profiler import Profiler, choose, json_in, rss_window
+from devenv.engine.profiler import Profiler, choose, inspector_left_open, json_in, rss_window
 from devenv.profiling import flame, speedscope, top
+from devenv.profiling.inspector import trusted_url
 from devenv.profiling.permissions import Facts, decide
 from devenv.runtime.base import Target
 
@@ -174,3 +175,26 @@ def test_profile_refuses_to_attach_with_the_fix_when_the_os_forbids_it(tmp_path:
     assert caught.value.hint and "echo 0 > /proc/sys/kernel/yama/ptrace_scope" in \
         caught.value.hint
     Profiler(tmp_path, facts=lambda: ROOT_CAP)._check_attach("api-1")  # this machine: allowed
+
+
+@pytest.mark.parametrize(("url", "trusted"), [
+    ("ws://127.0.0.1:9229/0f2c", True),
+    ("ws://127.0.0.1:9230/0f2c", False),  # another port than the one asked
+    ("ws://evil.example:9229/0f2c", False),
+    ("ws://localhost:9229/0f2c", False),
+    ("ws://10.0.0.5:9229/0f2c", False),
+    ("wss://127.0.0.1:9229/0f2c", False),
+    ("ws://user:pw@127.0.0.1:9229/0f2c", False),
+    ("ws://127.0.0.1:99999/0f2c", False),
+    (None, False), (42, False),
+])
+def test_only_a_loopback_websocket_at_the_asked_port_is_followed(url: object, trusted: bool
+                                                                   ) -> None:
+    assert (trusted_url(url, 9229) is not None) is trusted
+
+
+def test_the_inspector_ports_left_open_are_read_from_the_tools_stderr() -> None:
+    said = ("Debugger listening\ninspector: opened 127.0.0.1:9229\n"
+            "inspector: opened 127.0.0.1:9230\ninspector: closed 127.0.0.1:9230\n")
+    assert inspector_left_open(said) == [9229]
+    assert inspector_left_open(said + "inspector: closed 127.0.0.1:9229\n") == []

@@ -285,13 +285,14 @@ class Client:
         return data["runtime"], from_json(InstanceSpec, data["spec"])
 
     def profile(self, service: str, *, seconds: float, replica: int | None,
-                formats: list[str], memory: bool) -> Iterator[ProfileTick | ProfileResult]:
+                formats: list[str], memory: bool, allow_root: bool = False
+                ) -> Iterator[ProfileTick | ProfileResult]:
         """A tick a second while the sampler runs, then the result. No deadline: the answer
         takes the profile's duration; closing the iterator early (Ctrl-C) hangs up, which
         stops the sampler."""
         for item in self._stream("POST", "/v1/profile", {
                 "service": service, "seconds": seconds, "replica": replica,
-                "formats": formats, "memory": memory}):
+                "formats": formats, "memory": memory, "allow_root": allow_root}):
             kind = item.get("type")
             if kind == "error":
                 info = item.get("error") or {}

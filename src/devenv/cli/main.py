@@ -205,6 +205,8 @@ def parser() -> argparse.ArgumentParser:
                    help="write only this file (default: both)")
     s.add_argument("--memory", action="store_true", help="RSS of each instance over the "
                    "window, and Python's top allocation sites")
+    s.add_argument("--allow-root", action="store_true", help="profile Node even though devenv "
+                   "runs as root (its inspector is open meanwhile)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 
     sub.add_parser("dashboard", help="print the URL of the web dashboard (logs, traces, charts)")

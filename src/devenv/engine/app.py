@@ -219,8 +219,8 @@ class Environment:
         return want.runtime, exec_spec(want)
 
     async def sample(self, service: str, replica: int | None, seconds: float,
-                      formats: list[str], memory: bool, tick: Callable[[ProfileTick], None]
-                      ) -> ProfileResult:
+                      formats: list[str], memory: bool, tick: Callable[[ProfileTick], None],
+                      allow_root: bool = False) -> ProfileResult:
         """Sample a running instance of `service` for `seconds` (`stop` cancels it, which
         stops the sampler)."""
         self.known([service])
@@ -229,7 +229,7 @@ class Environment:
         self._work.add(task)
         try:
             return await self.profiler.profile(self.engine.runners[service], replica, seconds,
-                                               formats, memory, tick)
+                                               formats, memory, tick, allow_root)
         finally:
             self._work.discard(task)
 

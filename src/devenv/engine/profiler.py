@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import json
 import math
+import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -43,6 +45,10 @@ RSS_EVERY = 0.25
 TOP = 15
 RATE = 100  # py-spy's samples a second
 NOT_ALLOWED = ("Permission denied", "Operation not permitted", "EPERM")
+
+
+class TrackerLeft(DevenvError):
+    """memray's tracker could not be detached: it stays in the service."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,13 @@ def json_in(output: bytes) -> Any:
     return json.JSONDecoder().raw_decode(text, start)[0]
 
 
+def inspector_left_open(stderr: str) -> list[int]:
+    """The ports the inspector tool said it opened and did not say it closed."""
+    opened = re.findall(r"^inspector: opened 127\.0\.0\.1:(\d+)$", stderr, re.M)
+    closed = set(re.findall(r"^inspector: closed 127\.0\.0\.1:(\d+)$", stderr, re.M))
+    return sorted({int(p) for p in opened if p not in closed})
+
+
 def to_rows(ranked: list[top.Ranked]) -> list[FunctionTime]:
     return [FunctionTime(r.frame.name, r.frame.file, r.frame.line, round(r.self_s, 4),
                          round(r.total_s, 4), round(r.self_pct, 2), round(r.total_pct, 2))
@@ -108,7 +121,8 @@ class Profiler:
 
     async def profile(self, runner: ServiceRunner, replica: int | None, seconds: float,
                       formats: list[str], memory: bool,
-                      tick: Callable[[ProfileTick], None]) -> ProfileResult:
+                      tick: Callable[[ProfileTick], None], allow_root: bool = False
+                      ) -> ProfileResult:
         if not MIN_SECONDS <= seconds <= MAX_SECONDS:
             raise UsageError(f"--duration {seconds:g}s: give {MIN_SECONDS:g}s to "
                              f"{MAX_SECONDS:g}s")
@@ -126,6 +140,13 @@ class Profiler:
                               hint="devenv profiles Python (py-spy) and Node (its inspector)")
         if memory:
             return await self._memory(runner.name, chosen, choice, seconds, tick)
+        if choice.language == "node" and self.facts().euid == 0 and not allow_root:
+            raise UsageError(
+                f"profiling {name} opens its Node inspector for the window, and devenv runs "
+                "as root (so does the service): while it is open, any process on this "
+                "machine that reaches 127.0.0.1 can run code in it as root, without a "
+                "password", hint="run devenv as a normal user, or pass --allow-root if "
+                "nothing else runs on this machine (e.g. a container of your own)")
         return await self._cpu(runner.name, name, instance, choice, seconds, formats, tick)
 
     # ---- CPU
@@ -145,6 +166,8 @@ class Profiler:
             argv = (sys.executable, "-m", "devenv.profiling.inspector", PID_REF, f"{seconds:g}")
         done = await self._timed(name, sampler, seconds, tick, instance.attach(
             choice.target.id, argv, seconds + TOOL_SLACK))
+        if choice.language == "node":
+            await self._closed(service, name, instance, choice.target.id, done)
         self._check_ran(name, sampler, done)
         try:
             doc = json_in(done.stdout)
@@ -194,6 +217,23 @@ class Profiler:
             base = self.folder / f"{service}-{stamp}-{n}"
         return base
 
+    async def _closed(self, service: str, name: str, instance: Instance, target: str,
+                      done: Attached) -> None:
+        """Make sure the inspector the tool opened is closed: the tool says what it opened
+        and closed on stderr; one it did not close (killed at its deadline, or Node's close
+        failed) is closed again, and if it still listens that is an error, loudly."""
+        left = inspector_left_open(done.stderr)
+        for port in left:
+            again = await asyncio.shield(instance.attach(target, (
+                sys.executable, "-m", "devenv.profiling.inspector", "--close", PID_REF,
+                str(port)), TOOL_SLACK))
+            if again.code != 0:
+                raise DevenvError(
+                    f"SECURITY: {name}'s Node inspector is still open on 127.0.0.1:{port} "
+                    "after profiling: anyone on this machine can run code in it as its user",
+                    hint=f"restart it now: devenv restart {service}",
+                    details=(again.stderr.strip() or done.stderr.strip()).splitlines()[-5:])
+
     # ---- memory
 
     async def _memory(self, service: str, chosen: list[tuple[str, Instance]], choice: Choice,
@@ -211,6 +251,8 @@ class Profiler:
                     sites, capture = await self._memray(name, instance, choice, seconds, tick,
                                                         self._base(service))
                     files.append(str(capture))
+                except TrackerLeft:
+                    raise
                 except DevenvError as exc:
                     notes.append(f"allocation sites: not available ({exc.message}"
                                  f"{'; ' + exc.hint if exc.hint else ''}); RSS only")
@@ -232,6 +274,8 @@ class Profiler:
                       ) -> tuple[list[AllocationSite], Path]:
         memray = tool("memray", self.tools)
         capture = base.with_name(base.name + ".memray.bin")
+        # made 0600 first: the service writes it (--force keeps the file, and its mode)
+        os.close(os.open(capture, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         target = choice.target.id
         started = await instance.attach(target, (
             memray, "attach", PID_REF, "--output", str(capture), "--no-compress", "--force",
@@ -240,10 +284,45 @@ class Profiler:
         try:
             await self._timed(name, "memray", seconds, tick, asyncio.sleep(seconds))
         finally:
-            stopped = await asyncio.shield(instance.attach(
-                target, (memray, "detach", PID_REF), TOOL_SLACK))
-        self._check_ran(name, "memray detach", stopped)
+            await self._detach(name, instance, target, memray)
+            with contextlib.suppress(OSError):
+                os.chmod(capture, 0o600)
         return await asyncio.to_thread(_read_sites, capture), capture
+
+    async def _detach(self, name: str, instance: Instance, target: str, memray: str) -> None:
+        """`memray detach`, to its end even when the caller goes away (else the tracker
+        stays in the service, slowing it down); tried twice; DevenvError if it fails."""
+        cancelled = False
+        stopped: Attached | BaseException | None = None
+        for _ in range(2):
+            task = asyncio.ensure_future(instance.attach(target, (memray, "detach", PID_REF),
+                                                         TOOL_SLACK))
+            while not task.done():
+                try:
+                    await asyncio.shield(task)
+                except asyncio.CancelledError:
+                    cancelled = cancelled or not task.done()  # (finish the detach first)
+                except Exception:
+                    break
+            if task.cancelled():
+                stopped = asyncio.CancelledError()
+            else:
+                stopped = task.exception() or task.result()
+            if isinstance(stopped, Attached) and stopped.code == 0:
+                break
+        if cancelled:
+            raise asyncio.CancelledError
+        if isinstance(stopped, Attached):
+            if stopped.code != 0:
+                raise TrackerLeft(
+                    f"memray detach failed on {name} twice (exit code {stopped.code}): its "
+                    "allocation tracker stays in the service, slowing it down",
+                    hint="restart the service to remove it", details=stopped.stderr.strip()
+                    .splitlines()[-5:])
+            return
+        raise TrackerLeft(f"memray detach could not run on {name}: {stopped}: its allocation "
+                          "tracker stays in the service, slowing it down",
+                          hint="restart the service to remove it")
 
     # ---- shared
 

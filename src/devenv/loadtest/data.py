@@ -7,7 +7,8 @@ import csv
 import json
 import random
 import re
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,15 +40,30 @@ def _lookup(values: Mapping[str, Any], name: str, fields: str) -> Any:
     return value
 
 
-def render_text(text: str, values: Mapping[str, Any]) -> str:
+def render_text(text: str, values: Mapping[str, Any],
+                escape: Callable[[str], str] | None = None) -> str:
+    """`text` with its `${...}` filled, each value passed through `escape` if given."""
     if "${" not in text:
         return text
 
     def one(match: re.Match[str]) -> str:
         value = _lookup(values, match.group(1), match.group(2))
-        return value if isinstance(value, str) else json.dumps(value)
+        shown = value if isinstance(value, str) else json.dumps(value)
+        return escape(shown) if escape else shown
 
     return _VAR.sub(one, text)
+
+
+def in_path(value: str) -> str:
+    """A value put in a URL path or query: percent-encoded (`/`, `?`, `&`, spaces too)."""
+    return urllib.parse.quote(value, safe="")
+
+
+def in_header(value: str) -> str:
+    """A value put in a header: a line break would end the header (request smuggling)."""
+    if any(c in value for c in "\r\n\0"):
+        raise TemplateError(f"a header value cannot hold a line break: {value[:40]!r}")
+    return value
 
 
 def render(node: Any, values: Mapping[str, Any]) -> Any:

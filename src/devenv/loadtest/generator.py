@@ -7,11 +7,13 @@ import math
 import multiprocessing
 import os
 import queue as queues
+import signal
 import socket
 import time
 from collections.abc import Callable
+from typing import Any
 
-from devenv.core.errors import DevenvError
+from devenv.core.errors import DevenvError, UsageError
 from devenv.loadtest.pattern import Pattern
 from devenv.loadtest.results import Results
 from devenv.loadtest.worker import Job, Target, main
@@ -31,6 +33,10 @@ def reachable(target: Target, timeout: float = 3.0) -> None:
                           hint="start it first (`devenv up`), or check the address") from exc
 
 
+MAX_WORKERS = 64
+FILES_SPARE = 64  # descriptors a worker needs besides its connections (imports, queue, logs)
+
+
 def workers_for(pattern: Pattern, cores: int | None = None) -> int:
     """As many processes as the load needs, at most one per core."""
     cores = cores or os.cpu_count() or 1
@@ -40,9 +46,55 @@ def workers_for(pattern: Pattern, cores: int | None = None) -> int:
     return max(1, min(cores, need))
 
 
+def connections_of(pattern: Pattern) -> int:
+    """The most connections the pattern holds open at once (all workers together)."""
+    users = max((s.users for s in pattern.stages if not s.open), default=0)
+    rates = [max(s.rate, s.to) for s in pattern.stages if s.open]
+    opened = (pattern.connections or max(8, min(1000, int(max(rates) * 0.5)))) if rates else 0
+    return users + opened  # (a closed stage and the open model's connections may overlap)
+
+
+def files_needed(pattern: Pattern, workers: int) -> int:
+    """Open files one worker process needs: its share of the connections, and some."""
+    return math.ceil(connections_of(pattern) / workers) + FILES_SPARE
+
+
+Limits = tuple[int, int]
+
+
+def check_open_files(need: int, get: Callable[[], Limits] | None = None,
+                     put: Callable[[Limits], None] | None = None) -> None:
+    """Make room for `need` open files in this process (and so its workers): raise the soft
+    limit up to the hard one if it must; refuse (exit 2) past the hard limit."""
+    import resource
+
+    get = get or (lambda: resource.getrlimit(resource.RLIMIT_NOFILE))
+    put = put or (lambda limits: resource.setrlimit(resource.RLIMIT_NOFILE, limits))
+    soft, hard = get()
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    if hard == resource.RLIM_INFINITY or need <= hard:
+        try:
+            put((need, hard))
+            return
+        except (OSError, ValueError):
+            pass
+    limit = soft if hard != resource.RLIM_INFINITY and soft >= hard else hard
+    raise UsageError(
+        f"these connections need {need:,} open files a worker process, over this shell's "
+        f"limit of {limit:,} (ulimit -n)",
+        hint=f"lower --connections (or the pattern's users/connections), or raise the limit: "
+        f"`ulimit -n {need}` in this shell (past the hard limit, `ulimit -Hn`, as root, or "
+        "nofile in /etc/security/limits.conf)")
+
+
 def run(pattern: Pattern, target: Target, *, workers: int | None = None,
         progress: Progress | None = None, asked: str = "") -> Results:
+    """Run the pattern. Ctrl-C once: the workers stop and hand in what they did (a partial
+    result); Ctrl-C again: they are stopped at once. A worker that dies: DevenvError."""
     count = workers or workers_for(pattern)
+    if not 1 <= count <= MAX_WORKERS:
+        raise UsageError(f"--workers {count}: give 1 to {MAX_WORKERS}")
     rates = [max(s.rate, s.to) for s in pattern.stages if s.open]
     results = Results(target.label, asked, workers=count,
                       rate_asked=max(rates) if rates else None)
@@ -55,26 +107,33 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
              for i in range(count)]
     for proc in procs:
         proc.start()
-    done = 0
+    done: set[int] = set()
+    failed: dict[int, str] = {}  # worker: why it died
     started = time.monotonic() + max(0.0, start_at - time.time())
     deadline = None  # after Ctrl-C: how long the workers get to hand in what they did
+    hurry = False  # a second Ctrl-C: stop them now
     last = 0.0
     try:
-        while done < count:
+        while len(done) < count and not failed and not hurry:
             try:
                 try:
                     message = inbox.get(timeout=0.2)
                 except queues.Empty:
                     message = None
+                    for i, proc in enumerate(procs):
+                        if i not in done and proc.exitcode not in (None, 0):
+                            failed.setdefault(i, _died(proc.exitcode))
                     if not any(p.is_alive() for p in procs) and inbox.empty():
                         break
                 if message is not None:
-                    kind, _, body = message
+                    kind, part, body = message
                     if kind == "seconds":
                         results.add_seconds(body)
                     elif kind == "done":
                         results.add_done(body)
-                        done += 1
+                        done.add(part)
+                    elif kind == "failed":
+                        failed[part] = str(body)
                 now = time.monotonic()
                 if progress and now - last >= 0.5 and not results.interrupted:
                     last = now
@@ -82,6 +141,8 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
                 if deadline is not None and now > deadline:
                     break
             except KeyboardInterrupt:
+                if results.interrupted:
+                    hurry = True
                 results.interrupted = True
                 stop.set()
                 deadline = time.monotonic() + 3 + pattern.timeout_s
@@ -90,11 +151,46 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
         results.duration_s = min(max(0.0, time.monotonic() - started), max(
             pattern.duration_s, 0.001)) if not results.interrupted else max(
             0.0, time.monotonic() - started)
+        _end(procs, at_once=hurry or bool(failed))
+    if results.timeline:
+        results.duration_s = max(results.duration_s, 1e-3)
+    if not results.interrupted:
+        for i, proc in enumerate(procs):
+            if i not in done and i not in failed:
+                failed[i] = _died(proc.exitcode) if proc.exitcode else \
+                    "it ended without handing in its figures"
+    if failed:
+        part, why = min(failed.items())
+        raise DevenvError(f"load generator worker {part} of {count} failed: {why}",
+                          hint="its figures are lost, so none are shown; run it again, and "
+                          "report this if it happens again")
+    return results
+
+
+def _died(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"it was killed ({name})"
+    return f"it exited with code {code}"
+
+
+def _end(procs: list[Any], at_once: bool) -> None:
+    """Wait for the workers (2 s each), then terminate what is left; `at_once`: now."""
+    try:
+        for proc in procs:
+            if not at_once:
+                proc.join(timeout=2)
+            if proc.is_alive():
+                proc.terminate()
         for proc in procs:
             proc.join(timeout=2)
             if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=2)
-    if results.timeline:
-        results.duration_s = max(results.duration_s, 1e-3)
-    return results
+                proc.kill()
+                proc.join(timeout=1)
+    except KeyboardInterrupt:  # (yet another Ctrl-C: no more waiting)
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()

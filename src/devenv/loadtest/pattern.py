@@ -18,6 +18,7 @@ from devenv.loadtest import units
 from devenv.loadtest.data import DataSource, json_path, names_in, read_csv
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 token)
 METRICS = ("p50", "p90", "p95", "p99", "max", "errors", "rps")
 _THRESHOLD = re.compile(r"^\s*(p50|p90|p95|p99|max|errors|rps)\s*(<=|<|>=|>)\s*"
                         r"(\d+(?:\.\d+)?)\s*(ms|s|%|/s)?\s*$")
@@ -110,6 +111,8 @@ class Pattern:
         return replace(self, scenarios=tuple(s for s in self.scenarios if s.name == name))
 
 
+PATTERN_HINT = ("a pattern file is a YAML mapping: `scenarios: {NAME: {steps: [{get: /path}]}}` "
+                "and `stages: [{rate: 50/s, duration: 30s}]` (see Load tests in the README)")
 TOP = {"target", "service", "url", "scenarios", "stages", "thresholds", "connections",
        "timeout"}
 SCENARIO = {"weight", "think", "data", "steps", "thresholds"}
@@ -151,9 +154,9 @@ class _Reader:
             self.bad(path, problem)
         return seconds
 
-    def rate(self, value: Any, path: KeyPath) -> float:
+    def rate(self, value: Any, path: KeyPath, zero_ok: bool = False) -> float:
         try:
-            per_s = units.rate(value)
+            per_s = units.rate(value, zero_ok)
         except ValueError:
             self.bad(path, f"{value!r} is not a rate like 200/s or 600/m")
             return 0.0
@@ -287,6 +290,12 @@ class _Reader:
         if not isinstance(headers, dict):
             self.bad(path + ("headers",), "expected a mapping of header names to values")
             headers = {}
+        for name, value in headers.items():
+            if not _TOKEN.fullmatch(str(name)):
+                self.bad(path + ("headers", name), "not a header name (letters, digits and "
+                         "-, no spaces or colons)")
+            elif any(c in str(value) for c in "\r\n\0"):
+                self.bad(path + ("headers", name), "a header value cannot hold a line break")
         body = node.get("body")
         if body is not None and "json" in node:
             self.bad(path + ("body",), "give `json:` or `body:`, not both")
@@ -356,7 +365,10 @@ class _Reader:
             if len(ends) != 2:
                 self.bad(path + (kind,), f"{value!r}: give a ramp like 10/s..100/s")
                 return None
-            lo, hi = (self.rate(e.strip(), path + (kind,)) for e in ends)
+            lo, hi = (self.rate(e.strip(), path + (kind,), zero_ok=True) for e in ends)
+            if lo == hi == 0:
+                self.bad(path + (kind,), f"{value!r}: a ramp from 0/s to 0/s sends nothing")
+                return None
             return Stage("ramp", seconds, lo, hi)
         per_s = self.rate(value, path + (kind,))
         return Stage(kind, seconds, per_s, per_s)
@@ -387,7 +399,10 @@ def threshold(text: str, where: str = "") -> Threshold | str:
 def load(file: Path, shown: str | None = None) -> Pattern:
     """Read and check a pattern file; a ConfigError listing every problem otherwise."""
     shown = shown or str(file)
-    src = read_yaml(file, shown)
+    try:
+        src = read_yaml(file, shown)
+    except ConfigError as exc:  # (its hint names devenv.yaml's validation)
+        raise ConfigError(exc.problems, hint=PATTERN_HINT) from None
     r = _Reader(src, shown, file.parent)
     doc = src.data
     r.keys(doc, (), TOP)

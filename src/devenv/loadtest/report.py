@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TextIO
 
 from devenv.loadtest.results import Results
 
@@ -76,7 +76,8 @@ def page(results: Results, samples: list[Sample]) -> str:
         + "".join(f"<td>{v['latency_ms'][p]}</td>" for p in ("p50", "p90", "p95", "p99", "max"))
         + "</tr>" for k, v in [*doc["steps"].items(), ("all", doc)])
     verdicts = "".join(f"<li class={'ok' if v['ok'] else 'bad'}>{html.escape(v['scope'])}: "
-                       f"{html.escape(v['threshold'])} (was {v['actual']})</li>"
+                       f"{html.escape(v['threshold'])} "
+                       f"({html.escape(v.get('reason') or 'was ' + str(v['actual']))})</li>"
                        for v in doc["thresholds"])
     behind = (f"<p class=bad>{html.escape(doc['generator']['behind'])}</p>"
               if doc["generator"]["behind"] else "")
@@ -103,5 +104,6 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 """
 
 
-def write_report(path: Path, results: Results, samples: list[Sample]) -> None:
-    path.write_text(page(results, samples), encoding="utf-8")
+def write_report(file: TextIO, results: Results, samples: list[Sample]) -> None:
+    """Into `file`, opened before the run (a bad path is refused before the load)."""
+    file.write(page(results, samples))

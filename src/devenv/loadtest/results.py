@@ -11,6 +11,13 @@ from devenv.loadtest.histogram import Histogram
 from devenv.loadtest.pattern import Pattern, Threshold
 
 ERROR_KINDS = ("connect", "timeout", "status", "check")
+LATE_SHARE = 0.01  # more arrivals than this started late: the summary says so
+StepKey = tuple[str, str]  # (scenario, step): names may hold any character, "/" too
+
+
+def step_label(key: StepKey) -> str:
+    """How a step is named in the summary and the JSON document: "scenario/step"."""
+    return f"{key[0]}/{key[1]}"
 
 
 @dataclass
@@ -48,15 +55,22 @@ class Verdict:
     scope: str  # "" (the whole run), a scenario, or scenario/step
     threshold: Threshold
     actual: float
+    requests: int = 1  # in the scope: none measured means nothing to hold the threshold to
 
     @property
     def ok(self) -> bool:
-        return self.threshold.holds(self.actual)
+        return self.requests > 0 and self.threshold.holds(self.actual)
+
+    @property
+    def why(self) -> str:
+        """Why a threshold broke without a figure to compare ("" when it has one)."""
+        return "" if self.requests > 0 else "no requests"
 
     def as_json(self) -> dict[str, Any]:
         return {"scope": self.scope or "all", "threshold": self.threshold.text,
-                "actual": round(self.actual, 4), "ok": self.ok,
-                "where": self.threshold.where}
+                "actual": round(self.actual, 4) if self.requests else None, "ok": self.ok,
+                "requests": self.requests, "where": self.threshold.where,
+                **({"reason": self.why} if self.why else {})}
 
 
 @dataclass
@@ -65,11 +79,12 @@ class Results:
     asked: str  # what was asked, in words: "200/s for 30s", "32 connections for 10s"
     duration_s: float = 0.0  # the time it took
     timeline: dict[int, Figures] = field(default_factory=dict)
-    steps: dict[str, Figures] = field(default_factory=dict)
+    steps: dict[StepKey, Figures] = field(default_factory=dict)
     workers: int = 1
     rate_asked: float | None = None
-    not_sent: int = 0
-    busy: int = 0
+    arrivals: int = 0  # open model: arrivals a connection took
+    not_sent: int = 0  # open model: arrivals due that were never measured
+    busy: int = 0  # open model: arrivals taken late, every connection being busy
     lag_max_s: float = 0.0
     interrupted: bool = False
     verdicts: list[Verdict] = field(default_factory=list)
@@ -79,8 +94,9 @@ class Results:
             self.timeline.setdefault(sec, Figures()).add_wire(wire)
 
     def add_done(self, done: dict[str, Any]) -> None:
-        for key, wire in done["steps"].items():
-            self.steps.setdefault(key, Figures()).add_wire(wire)
+        for scenario, step, wire in done["steps"]:
+            self.steps.setdefault((scenario, step), Figures()).add_wire(wire)
+        self.arrivals += done["arrivals"]
         self.not_sent += done["not_sent"]
         self.busy += done["busy"]
         self.lag_max_s = max(self.lag_max_s, done["lag_max_s"])
@@ -94,37 +110,53 @@ class Results:
     def scenario(self, name: str) -> Figures:
         out = Figures()
         for key, figures in self.steps.items():
-            if key.split("/", 1)[0] == name:
+            if key[0] == name:
                 out.add(figures)
         return out
 
     @property
+    def late_share(self) -> float:
+        """Of the arrivals taken, the share started late because every connection was busy."""
+        return min(1.0, self.busy / self.arrivals) if self.arrivals else 0.0
+
+    @property
     def behind(self) -> str | None:
-        """Why the generator did not keep the asked rate, if it did not: then the figures
-        are the generator's, not the service's."""
+        """Why the asked rate was not kept, if it was not: the generator could not (then the
+        figures are the generator's, not the service's), or every connection was busy."""
         if self.rate_asked is None:
             return None
         if self.lag_max_s > 0.05:
             return (f"the generator could not keep the asked rate (it started requests up to "
                     f"{self.lag_max_s * 1000:.0f} ms late with connections free): the "
                     "figures are the generator's limit, not the service's; lower the rate")
+        said = []
+        if self.late_share > LATE_SHARE:
+            said.append(f"{self.busy:,} of {self.arrivals:,} arrivals "
+                        f"({self.late_share:.0%}) started late: every connection was busy "
+                        "(the latency counts the wait)")
         if self.not_sent:
-            return (f"{self.not_sent} requests of the asked rate were never sent: every "
-                    "connection was busy (the latency counts the wait); raise --connections "
-                    "if the service should take more at once")
-        return None
+            said.append(f"{self.not_sent:,} arrivals due were never sent or answered before "
+                        "the run ended")
+        if not said:
+            return None
+        return "; ".join(said) + ("; raise --connections if the service should take more "
+                                  "at once")
 
     def check(self, pattern: Pattern) -> list[Verdict]:
         seconds = max(self.duration_s, 1e-9)
-        verdicts = [Verdict("", t, _metric(self.total(), t.metric, seconds))
-                    for t in pattern.thresholds]
+
+        def judge(scope: str, figures: Figures, thresholds: tuple[Threshold, ...]
+                  ) -> list[Verdict]:
+            return [Verdict(scope, t, _metric(figures, t.metric, seconds), figures.requests)
+                    for t in thresholds]
+
+        verdicts = judge("", self.total(), pattern.thresholds)
         for sc in pattern.scenarios:
-            verdicts += [Verdict(sc.name, t, _metric(self.scenario(sc.name), t.metric, seconds))
-                         for t in sc.thresholds]
+            verdicts += judge(sc.name, self.scenario(sc.name), sc.thresholds)
             for step in sc.steps:
-                key = f"{sc.name}/{step.name}"
-                verdicts += [Verdict(key, t, _metric(self.steps.get(key, Figures()), t.metric,
-                                                     seconds)) for t in step.thresholds]
+                key = (sc.name, step.name)
+                verdicts += judge(step_label(key), self.steps.get(key, Figures()),
+                                  step.thresholds)
         self.verdicts = verdicts
         return verdicts
 
@@ -133,11 +165,13 @@ class Results:
         total = self.total()
         doc = {"target": self.target, "asked": self.asked, "duration_s": round(seconds, 3),
                "interrupted": self.interrupted, **total.as_json(seconds)}
-        doc["steps"] = {k: v.as_json(seconds) for k, v in self.steps.items()}
+        doc["steps"] = {step_label(k): v.as_json(seconds) for k, v in self.steps.items()}
         doc["thresholds"] = [v.as_json() for v in self.verdicts]
         doc["generator"] = {"workers": self.workers, "rate_asked": self.rate_asked,
                             "not_sent": self.not_sent, "late_max_ms":
-                            round(self.lag_max_s * 1000, 1), "behind": self.behind}
+                            round(self.lag_max_s * 1000, 1), "arrivals": self.arrivals,
+                            "late": self.busy, "late_share": round(self.late_share, 4),
+                            "behind": self.behind}
         doc["timeline"] = [{"t": sec, "requests": f.requests, "errors": f.error_count,
                             **{k: v for k, v in f.hist.summary_ms().items()
                                if k in ("p50", "p95", "p99", "max")}}

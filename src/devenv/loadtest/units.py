@@ -22,8 +22,9 @@ def duration(value: Any) -> float:
     return seconds
 
 
-def rate(value: Any) -> float:
-    """Requests a second from 200/s, 600/m or a number; ValueError otherwise."""
+def rate(value: Any, zero_ok: bool = False) -> float:
+    """Requests a second from 200/s, 600/m or a number; ValueError otherwise (and for 0,
+    unless `zero_ok`: a ramp's end)."""
     if isinstance(value, bool):
         raise ValueError
     if isinstance(value, int | float):
@@ -33,7 +34,7 @@ def rate(value: Any) -> float:
         if not match:
             raise ValueError
         per_s = float(match.group(1)) / _PER[match.group(2)]
-    if per_s <= 0:
+    if per_s < 0 or (per_s == 0 and not zero_ok):
         raise ValueError
     return per_s
 

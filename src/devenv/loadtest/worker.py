@@ -15,10 +15,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from devenv.loadtest.data import MISSING, Draw, TemplateError, extract, render, render_text
+from devenv.loadtest.data import (
+    MISSING,
+    Draw,
+    TemplateError,
+    extract,
+    in_header,
+    in_path,
+    render,
+    render_text,
+)
 from devenv.loadtest.histogram import Histogram
 from devenv.loadtest.http import NO_BODY, Connection, ProtocolError, encode, head
 from devenv.loadtest.pattern import Pattern, Scenario, Stage, Step
+from devenv.loadtest.results import StepKey
 from devenv.loadtest.schedule import Schedule
 
 Clock = Callable[[], float]
@@ -59,9 +69,10 @@ class Recorder:
 
     def __init__(self, start: float, clock: Clock = time.perf_counter):
         self.start, self.clock = start, clock
-        self.steps: dict[str, StepStats] = {}
+        self.steps: dict[StepKey, StepStats] = {}
         self.seconds: dict[int, StepStats] = {}
-        self.not_sent = 0  # open model: arrivals the run ended before sending
+        self.arrivals = 0  # open model: arrivals a connection took (sent)
+        self.not_sent = 0  # open model: arrivals due but never measured (the run ended first)
         self.lag_max_s = 0.0  # open model: most a free connection started late
         self.busy = 0  # open model: arrivals taken late because every connection was busy
 
@@ -72,7 +83,7 @@ class Recorder:
             stats = self.seconds[sec] = StepStats()
         return stats
 
-    def record(self, key: str, sent: float, now: float, error: str | None = None) -> None:
+    def record(self, key: StepKey, sent: float, now: float, error: str | None = None) -> None:
         stats = self.steps.get(key)
         if stats is None:
             stats = self.steps[key] = StepStats()
@@ -87,6 +98,13 @@ class Recorder:
             stats.errors[error] += 1
             sec.errors[error] += 1
 
+    def done(self) -> dict[str, Any]:
+        """What the parent merges at the end (`Results.add_done`): per step, and the open
+        model's accounting."""
+        return {"steps": [(sc, step, v.wire()) for (sc, step), v in self.steps.items()],
+                "arrivals": self.arrivals, "not_sent": self.not_sent,
+                "lag_max_s": self.lag_max_s, "busy": self.busy}
+
     def take_seconds(self, before: int) -> list[tuple[int, dict[str, Any]]]:
         done = sorted(s for s in self.seconds if s < before)
         return [(s, self.seconds.pop(s).wire()) for s in done]
@@ -97,8 +115,9 @@ async def open_loop(schedule: Schedule, start: float, slots: int, clock: Clock,
                     recorder: Recorder, last: float) -> None:
     """Open model: `slots` connections take the intended arrivals in turn; each waits for
     its arrival's time, never for the server. An arrival taken late (every connection was
-    busy) still counts its latency from its intended time. Arrivals not sent by `last`
-    are counted as not sent."""
+    busy) still counts its latency from its intended time, and counts as `busy`. When the
+    loop stops (Ctrl-C) or is cancelled (the run's end), the arrivals already due (at most
+    `last`) that no connection sent are counted as not sent, the cancelled ones too."""
 
     async def slot() -> None:
         while not stopping():
@@ -111,20 +130,36 @@ async def open_loop(schedule: Schedule, start: float, slots: int, clock: Clock,
                 continue
             delay = intended - clock()
             if delay > 0:
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.sleep(delay)
+                except asyncio.CancelledError:
+                    if intended <= min(clock(), last):
+                        recorder.not_sent += 1
+                    raise
                 recorder.lag_max_s = max(recorder.lag_max_s, clock() - intended)
             elif delay < -0.001:
                 recorder.busy += 1
-            await run_one(intended)
+            recorder.arrivals += 1
+            try:
+                await run_one(intended)
+            except asyncio.CancelledError:  # cut off at the run's end: never measured
+                recorder.arrivals -= 1
+                recorder.not_sent += 1
+                raise
 
-    await asyncio.gather(*(slot() for _ in range(slots)))
+    try:
+        await asyncio.gather(*(slot() for _ in range(slots)))
+    finally:
+        due = min(clock(), last)
+        while (at := schedule.next()) is not None and start + at <= due:
+            recorder.not_sent += 1
 
 
 class FastConnection(asyncio.Protocol):
     """The hot loop of a one-request closed-model run: the answer's last byte sends the next
     request from inside the protocol callback (no task, no future)."""
 
-    def __init__(self, worker: Worker, raw: bytes, key: str, head_only: bool):
+    def __init__(self, worker: Worker, raw: bytes, key: StepKey, head_only: bool):
         self.w, self.raw, self.key, self.head_only = worker, raw, key, head_only
         self.transport: asyncio.Transport | None = None
         self.buf = b""
@@ -233,10 +268,7 @@ class Worker:
                 await ticker
         end = len(self.rec.seconds) + max(self.rec.seconds, default=0) + 1
         self.report(("seconds", self.job.part, self.rec.take_seconds(end)))
-        self.report(("done", self.job.part, {
-            "steps": {k: v.wire() for k, v in self.rec.steps.items()},
-            "not_sent": self.rec.not_sent, "lag_max_s": self.rec.lag_max_s,
-            "busy": self.rec.busy}))
+        self.report(("done", self.job.part, self.rec.done()))
 
     async def _tick(self) -> None:
         while True:
@@ -325,7 +357,7 @@ class Worker:
     async def _closed_fast(self, step: Step, users: int, end: float) -> None:
         loop = asyncio.get_running_loop()
         raw = self._raw(step, {})
-        key = f"{self.pattern.scenarios[0].name}/{step.name}"
+        key = (self.pattern.scenarios[0].name, step.name)
 
         async def user() -> None:
             while not self.stop_now and self.clock() < end:
@@ -378,15 +410,15 @@ class Worker:
         if static and id(step) in self.raw_cache:
             return self.raw_cache[id(step)]
         t = self.job.target
-        headers = {k: render_text(v, values) for k, v in step.headers}
+        headers = {k: render_text(v, values, in_header) for k, v in step.headers}
         body = b""
         if step.json is not None:
             body = json.dumps(render(step.json, values)).encode()
             headers.setdefault("Content-Type", "application/json")
         elif step.body is not None:
             body = render_text(step.body, values).encode()
-        raw = encode(step.method, t.prefix + render_text(step.path, values), t.host_header,
-                     headers, body)
+        raw = encode(step.method, t.prefix + render_text(step.path, values, in_path),
+                     t.host_header, headers, body)
         if static:
             self.raw_cache[id(step)] = raw
         return raw
@@ -401,7 +433,7 @@ class Worker:
                          intended: float | None) -> None:
         values = self.draws[sc.name].next()
         for i, step in enumerate(sc.steps):
-            key = f"{sc.name}/{step.name}"
+            key = (sc.name, step.name)
             if self.stop_now:
                 return
             try:
@@ -481,4 +513,10 @@ def main(job: Job, queue: Any, stop: Any) -> None:
     except ImportError:
         pass
     worker = Worker(job, queue.put, stop.is_set)
-    asyncio.run(worker.run())
+    try:
+        asyncio.run(worker.run())
+    except BaseException as exc:  # the parent says why, and that the figures are partial
+        queue.put(("failed", job.part, f"{type(exc).__name__}: {exc}"))
+        queue.close()
+        queue.join_thread()
+        raise SystemExit(1) from exc

@@ -52,6 +52,7 @@ from devenv.runtime.guardian import (
 LINE_LIMIT = 256 * 1024
 HOST = "127.0.0.1"
 MEMBERS_FOR = 10.0  # seconds an instance's list of processes is reused for resource samples
+PIDFD_VAR = "DEVENV_PIDFD"  # (devenv.profiling.inspector reads it)
 ATTACH_GRACE = 3.0  # seconds a tool has to finish after SIGINT before it is killed
 OUTPUT_GRACE = 0.5  # a one-off's output closes this soon after it exits, unless a child holds it
 
@@ -205,20 +206,41 @@ class LocalInstance:
         return out
 
     async def attach(self, target: str, argv: tuple[str, ...], timeout: float) -> Attached:
-        if target not in {t.id for t in self.targets()}:
-            raise DevenvError(f"{self.spec.name}: process {target} is no longer running",
-                              hint="it may have restarted; try again")
-        proc = await asyncio.create_subprocess_exec(
-            *(a.replace(PID_REF, target) for a in argv), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            start_new_session=True)
+        # the process as checked below, whatever later takes its number
+        pidfd = _pidfd(int(target)) if target.isdigit() else None
+        try:
+            if target not in {t.id for t in self.targets()}:
+                raise DevenvError(f"{self.spec.name}: process {target} is no longer running",
+                                  hint="it may have restarted; try again")
+            env = None if pidfd is None else {**os.environ, PIDFD_VAR: str(pidfd)}
+            proc = await asyncio.create_subprocess_exec(
+                *(target if a == PID_REF else a for a in argv),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env,
+                pass_fds=() if pidfd is None else (pidfd,))
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
         talk = asyncio.ensure_future(proc.communicate())
         try:
             out, err = await asyncio.wait_for(asyncio.shield(talk), timeout)
-        except (TimeoutError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             await asyncio.shield(_interrupt(proc, talk))
             raise
+        except TimeoutError:  # its deadline: stopped, and said so by code -9 (base.Attached)
+            await asyncio.shield(_interrupt(proc, talk))
+            out, err = talk.result()
+            return Attached(-9, out, err[-4096:].decode(errors="replace"))
         return Attached(proc.returncode or 0, out, err[-4096:].decode(errors="replace"))
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of `pid` (Linux 5.3+), handed to the tool as $DEVENV_PIDFD: a tool that
+    signals the process (the Node inspector's SIGUSR1) then reaches that very process."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 async def _interrupt(proc: asyncio.subprocess.Process,

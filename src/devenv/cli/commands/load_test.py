@@ -9,7 +9,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from rich.markup import escape
 
@@ -19,25 +19,56 @@ from devenv.client import Client
 from devenv.core.errors import DevenvError, UsageError
 from devenv.loadtest import generator, pattern, units
 from devenv.loadtest.report import Sample, write_report
-from devenv.loadtest.results import Results
+from devenv.loadtest.results import Results, step_label
 from devenv.loadtest.worker import Target
 
 
 def run(args: argparse.Namespace) -> int:
     pat = _pattern(args)
+    if args.workers is not None and not 1 <= args.workers <= generator.MAX_WORKERS:
+        raise UsageError(f"--workers {args.workers}: give 1 to {generator.MAX_WORKERS}")
+    workers = args.workers or generator.workers_for(pat)
+    generator.check_open_files(generator.files_needed(pat, workers))
     target, client = _target(args, pat)
+    report = _open_report(args.report) if args.report else None
+    try:
+        return _run(args, pat, target, client, workers, report)
+    except BaseException:
+        if report is not None and report.tell() == 0:  # (nothing to show: no empty file)
+            report.close()
+            Path(args.report).unlink(missing_ok=True)
+        raise
+    finally:
+        if report is not None:
+            report.close()
+
+
+def _open_report(name: str) -> TextIO:
+    """The report's file, opened before the run: a path that cannot be written is refused
+    now, not after the whole test."""
+    path = Path(name)
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise UsageError(f"--report {name}: cannot write it ({reason})",
+                         hint="give a file in an existing folder you can write to") from None
+
+
+def _run(args: argparse.Namespace, pat: pattern.Pattern, target: Target,
+         client: Client | None, workers: int, report: TextIO | None) -> int:
     generator.reachable(target)
     samples: list[Sample] = []
     stop = threading.Event()
     sampler = None
-    if args.report and client is not None:
+    if report is not None and client is not None:
         sampler = threading.Thread(target=_sample, args=(client, samples, stop), daemon=True)
         sampler.start()
     live = sys.stdout.isatty() and not args.json
     asked = _asked(pat)
     if not args.json:
         out.print(f"load test of {escape(target.label)}: {asked}")
-    results = generator.run(pat, target, workers=args.workers, asked=asked,
+    results = generator.run(pat, target, workers=workers, asked=asked,
                             progress=_progress(pat) if live else None)
     stop.set()
     if sampler:
@@ -49,12 +80,15 @@ def run(args: argparse.Namespace) -> int:
         print_json(results.as_json())
     else:
         _summary(results)
-    if args.report:
-        write_report(Path(args.report), results, samples)
+    if report is not None:
+        write_report(report, results, samples)
         if not args.json:
             out.print(f"report: {args.report}")
     if results.interrupted:
         return 130
+    if not results.total().requests:
+        raise DevenvError(f"no request to {target.label} was made or answered",
+                          hint="see the summary above; check the target and the pattern")
     return 1 if any(not v.ok for v in verdicts) else 0
 
 
@@ -76,6 +110,8 @@ def _pattern(args: argparse.Namespace) -> pattern.Pattern:
                 raise UsageError("--duration with --pattern needs a pattern of one stage",
                                  hint="set each stage's duration in the file")
             seconds = _usage(units.duration, args.duration, "--duration", "a duration")
+            if (problem := units.duration_problem(seconds)):
+                raise UsageError(f"--duration: {problem}")
             from dataclasses import replace
             pat = replace(pat, stages=(replace(pat.stages[0], duration_s=seconds),))
         if args.scenario:
@@ -105,7 +141,11 @@ def _pattern(args: argparse.Namespace) -> pattern.Pattern:
         stage = pattern.Stage("users", duration, users=args.connections or 32)
     if not args.path.startswith("/"):
         raise UsageError(f"--path {args.path!r}: give a path starting with /")
-    return pattern.quick(args.method.upper(), args.path, stage, args.connections or 0, timeout,
+    method = args.method.upper()
+    if method not in pattern.METHODS:
+        raise UsageError(f"--method {args.method!r}: not a method",
+                         hint=f"methods: {', '.join(pattern.METHODS)}")
+    return pattern.quick(method, args.path, stage, args.connections or 0, timeout,
                          tuple(thresholds))
 
 
@@ -204,7 +244,8 @@ def _ms(value: float) -> str:
 def _summary(results: Results) -> None:
     seconds = max(results.duration_s, 1e-9)
     rows = []
-    for key, figures in [*sorted(results.steps.items()), ("all", results.total())]:
+    steps = [(step_label(k), f) for k, f in sorted(results.steps.items())]
+    for key, figures in [*steps, ("all", results.total())]:
         d = figures.as_json(seconds)
         lat = d["latency_ms"]
         rows.append([escape(key), f"{d['requests']:,}", f"{d['rps']:,.1f}",
@@ -225,5 +266,6 @@ def _summary(results: Results) -> None:
         unit = "%" if v.threshold.metric == "errors" else (
             "/s" if v.threshold.metric == "rps" else " ms")
         actual = v.actual * 100 if v.threshold.metric == "errors" else v.actual
+        was = v.why or f"was {actual:.2f}{unit}"
         out.print(f"threshold {mark} {escape(v.scope or 'all')}: {escape(v.threshold.text)} "
-                  f"(was {actual:.2f}{unit}) [dim]{escape(v.threshold.where)}[/]")
+                  f"({was}) [dim]{escape(v.threshold.where)}[/]")

@@ -24,7 +24,7 @@ from devenv.cli.commands._common import project_root
 from devenv.cli.output import Column, err, out, print_json, print_table, size
 from devenv.client import Client
 from devenv.config.schema import parse_duration
-from devenv.core.errors import UsageError
+from devenv.core.errors import DevenvError, UsageError
 from devenv.wire import FunctionTime, ProfileResult, ProfileTick, to_json
 
 SHOWN = 10
@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     result: ProfileResult | None = None
     told = False
     for item in Client(root).profile(args.service, seconds=seconds, replica=args.replica,
-                                     formats=formats, memory=args.memory):
+                                     formats=formats, memory=args.memory,
+                                     allow_root=args.allow_root):
         if isinstance(item, ProfileTick):
             if not told and not args.json:
                 err.print(f"sampling {item.instance} with {item.sampler} for {seconds:g}s "
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = item
     if result is None:
-        raise UsageError("the engine ended the profile without a result")
+        raise DevenvError("the engine ended the profile without a result",
+                          hint="see the engine's log: devenv logs --engine")
     if args.json:
         print_json(to_json(result))
         return 0

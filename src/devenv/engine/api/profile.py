@@ -26,7 +26,7 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
         task: asyncio.Task[Any] = asyncio.create_task(env.sample(
             service, replica, float(seconds), list(body.get("formats") or ["speedscope",
                                                                              "flamegraph"]),
-            bool(body.get("memory")), queue.put_nowait))
+            bool(body.get("memory")), queue.put_nowait, bool(body.get("allow_root"))))
         response: web.StreamResponse | None = None
         gone = False
         try:
