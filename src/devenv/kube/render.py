@@ -16,7 +16,6 @@ for dependencies (DATABASE_URL, FOO_URL, FOO_HOST, PGHOST, ...) name it instead 
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -281,12 +280,12 @@ def _data(loaded: Loaded, plan: ServicePlan, ns: str) -> list[Manifest]:
         health: dict[str, Any] = {"exec": {"command": ready}}
         init = _postgres_init(databases[1:], dict(s.users), s.user)
         if init:
-            found.append({"apiVersion": "v1", "kind": "ConfigMap",
+            found.append({"apiVersion": "v1", "kind": "Secret",  # (role passwords)
                           "metadata": _meta(f"{name}-init", ns, project, name),
-                          "data": {"init.sql": init}})
+                          "type": "Opaque", "stringData": {"init.sql": init}})
             volumes.append({"name": "init", "mountPath": "/docker-entrypoint-initdb.d",
                             "readOnly": True})
-            pod_volumes.append({"name": "init", "configMap": {"name": f"{name}-init"}})
+            pod_volumes.append({"name": "init", "secret": {"secretName": f"{name}-init"}})
     else:
         plain, hidden = {}, ({"REDIS_PASSWORD": s.password} if s.password else {})
         container["args"] = ["--appendonly", "yes"] + (
@@ -409,11 +408,17 @@ def read_manifests(root: Path, path: str, service: str) -> list[Supplied]:
         if doc is None:
             continue
         if not isinstance(doc, dict) or "apiVersion" not in doc or "kind" not in doc:
-            line = doc.lc.line + 1 if hasattr(doc, "lc") else 1
+            line = _line(doc)
             raise DevenvError(f"{path}:{line}: not a Kubernetes manifest (no apiVersion and "
                               "kind)", hint=f"check {where}")
-        found.append(Supplied(path, doc.lc.line + 1, _plain(doc)))
+        found.append(Supplied(path, _line(doc), _plain(doc)))
     return found
+
+
+def _line(node: Any) -> int:
+    """Where ruamel read a node (its `lc`), 1-based."""
+    lc = getattr(node, "lc", None)
+    return int(lc.line) + 1 if lc is not None else 1
 
 
 def _plain(node: Any) -> Any:
@@ -421,6 +426,9 @@ def _plain(node: Any) -> Any:
         return {str(k): _plain(v) for k, v in node.items()}
     if isinstance(node, list):
         return [_plain(v) for v in node]
+    for plain in (bool, int, float, str):  # ruamel's scalars (ScalarInt, …) as Python's
+        if isinstance(node, plain):
+            return plain(node)
     return node
 
 
@@ -433,5 +441,6 @@ def to_yaml(manifests: list[Manifest]) -> str:
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
-    return "---\n".join(yaml.dump(m, Dumper=Dumper, sort_keys=False, default_flow_style=False,
-                                  width=4096, allow_unicode=True) for m in manifests)
+    return "---\n".join(yaml.dump(_plain(m), Dumper=Dumper, sort_keys=False, width=4096,
+                                  default_flow_style=False, allow_unicode=True)
+                        for m in manifests)

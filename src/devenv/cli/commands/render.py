@@ -83,7 +83,7 @@ def _validate(places: list[tuple[str, int, dict[str, object]]], target: str) -> 
             continue
         bad += 1
         at = f" at {found.path}" if found.path else ""
-        err.print(f"[red]invalid[/]: " + escape(f"{_where(file, line)}: {found.kind} "
+        err.print("[red]invalid[/]: " + escape(f"{_where(file, line)}: {found.kind} "
                                                  f"{found.name}{at}: {found.message}"))
     if not bad:
         err.print(f"[green]ok[/]: {len(places)} manifests fit Kubernetes {target}'s schemas")
