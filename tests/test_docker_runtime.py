@@ -117,8 +117,8 @@ def test_docker_config_errors(tmp_path: Path) -> None:
     assert "services.api: has no `command` to run on the local runtime" in str(
         caught.value.problems[0])
     with pytest.raises(ConfigError) as caught:
-        load(root, environ={**os.environ, "DEVENV_RUNTIME": "kubernetes"})
-    assert "no runtime 'kubernetes'" in str(caught.value.problems[0])
+        load(root, environ={**os.environ, "DEVENV_RUNTIME": "nomad"})
+    assert "no runtime 'nomad'" in str(caught.value.problems[0])
     assert load(root, environ={**os.environ, "DEVENV_RUNTIME": "docker"}).project.runtime \
         == "docker"
 

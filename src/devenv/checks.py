@@ -70,11 +70,24 @@ def project_checks(root: Path, engine_running: bool) -> list[Check]:
     ports = [("ingress.port", project.ingress.port)] if project.ingress.enabled else []
     ports += [(f"services.{n}.port", s.port) for n, s in project.services.items() if s.port]
     out += [_port(key, port, engine) for key, port in ports]
+    if project.runtime == "kubernetes" and project.cluster.provider == "k3d":
+        out.append(k3d_check())
     base = _environ(engine)
     for name, svc in project.services.items():
         out.append(_data_binaries(loaded, name) if svc.is_data
                    else _executable(loaded, name, base))
     return out
+
+
+def k3d_check() -> Check:
+    """`cluster.provider: k3d` needs the k3d CLI."""
+    from devenv.kube.k3d import INSTALL_HINT
+
+    found = shutil.which("k3d")
+    if found:
+        return Check("k3d", "ok", f"k3d at {found}")
+    return Check("k3d", "fail", "the k3d command is not installed (cluster.provider: k3d)",
+                 INSTALL_HINT)
 
 
 def _python(minimum: tuple[int, int] = (3, 11)) -> Check:

@@ -26,6 +26,13 @@ def _count(value: str) -> int:
     return number
 
 
+def _kube_version(value: str) -> str:
+    parts = value.removeprefix("v").split(".")
+    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a Kubernetes version (e.g. 1.32)")
+    return ".".join(parts)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="devenv", description="The whole multi-service system on "
                                 "your machine with one command.")
@@ -248,6 +255,22 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--verify", action="store_true", help="check the hash chain: exit 1 naming "
                    "each line edited, removed or out of order")
 
+    s = sub.add_parser("render", help="write the project as Kubernetes manifests (one file "
+                       "per service), for any cluster")
+    s.add_argument("--runtime", choices=("kubernetes",), default="kubernetes",
+                   help="what to render for (kubernetes, the default)")
+    s.add_argument("-o", "--output", default=None, metavar="DIR",
+                   help="write DIR/<service>.yaml (default: print to standard output)")
+    s.add_argument("--services", type=_csv, default=[], help="only these, comma-separated")
+    s.add_argument("--profile", default=None, help="apply a profile from devenv.yaml")
+    s.add_argument("--kubernetes", default=None, metavar="VERSION", type=_kube_version,
+                   help="the target version, e.g. 1.32 (default: kubernetes.version)")
+    s.add_argument("--validate", action="store_true", help="check every manifest against "
+                   "the target version's OpenAPI schemas; invalid: exit 1")
+    s.add_argument("--check-deprecations", action="store_true", help="report manifests "
+                   "(rendered and the services' own) using APIs the target version removed "
+                   "(exit 1) or deprecates, with the replacement")
+
     s = sub.add_parser("doctor", help="diagnose the machine and the project")
     s.add_argument("--json", action="store_true")
     return p
@@ -260,6 +283,7 @@ COMMANDS = {
     "dashboard": "dashboard", "debug": "debug", "load-test": "load_test", "profile": "profile",
     "sync": "sync", "publish": "publish",
     "docs": "docs", "audit": "audit",
+    "render": "render",
 }
 
 

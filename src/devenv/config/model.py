@@ -148,8 +148,96 @@ class ServiceMetrics:
     path: str = key("/metrics", doc="HTTP path on each instance's port.")
 
 
-RUNTIME_NAMES = ("local", "docker")  # runtime.RUNTIMES' names (config sits below runtime)
-RuntimeName = Literal["local", "docker"]
+RUNTIME_NAMES = ("local", "docker", "kubernetes")  # runtime.RUNTIMES' names (config is below)
+RuntimeName = Literal["local", "docker", "kubernetes"]
+KUBERNETES_VERSION = "1.31"  # the default `kubernetes.version`
+
+
+def kubernetes_versions() -> list[str]:
+    """The Kubernetes versions (major.minor) whose OpenAPI schemas kubernetes-validate ships:
+    the versions a manifest can be checked against, so the ones `kubernetes.version` may
+    name. Read from the package's folder without importing it (config is read at every
+    start); empty when it is not installed."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("kubernetes_validate")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(next(iter(spec.submodule_search_locations))) / "kubernetes-json-schema"
+    found = {m.group(1) for d in folder.glob("v*") if (m := re.match(r"v(\d+\.\d+)", d.name))}
+    return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def _version_text(value: Any, known: list[str]) -> Any:
+    """A version as written: YAML reads 1.28 as a number, and 1.30 as 1.3 (no Kubernetes
+    1.3 has schemas, so it is read as 1.30)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text = str(value)
+        return text + "0" if text not in known and text + "0" in known else text
+    return value
+
+
+@dataclass(frozen=True)
+class Kubernetes:
+    """The Kubernetes version the project targets (`kubernetes: "1.31"` for short)."""
+
+    version: str = key(
+        KUBERNETES_VERSION,
+        doc="major.minor, e.g. \"1.31\": what `devenv render` validates manifests against, "
+        "the version a k3d cluster runs (changing it recreates the cluster on the next `up`), "
+        "and the default target of `devenv render --check-deprecations`. One of the versions "
+        "kubernetes-validate ships schemas for (1.25 and later).")
+
+    SHORTHAND_SCHEMA = {"type": ["string", "number"]}
+
+    @classmethod
+    def expand(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            value = {"version": value}
+        if "version" in value:
+            value = {**value, "version": _version_text(value["version"], kubernetes_versions())}
+        return value
+
+    def problems(self) -> list[tuple[tuple[str, ...], str]]:
+        known = kubernetes_versions()
+        if known and self.minor not in known:
+            return [(("version",), f"Kubernetes {self.version!r} has no schemas to check "
+                     f"manifests against; give one of {', '.join(known)} (quoted: \"1.30\"; "
+                     "a patch release such as \"1.31.4\" is allowed too)")]
+        return []
+
+    @property
+    def minor(self) -> str:
+        """major.minor of the version ("1.31" of "1.31.4" or "v1.31")."""
+        return ".".join(self.version.removeprefix("v").split(".")[:2])
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """The Kubernetes cluster of `runtime: kubernetes`: one devenv makes with k3d, or one
+    that exists (a kubeconfig context)."""
+
+    provider: Literal["k3d", "existing"] = key(
+        "k3d", doc="k3d: devenv creates (or reuses) a local k3s cluster through the k3d CLI, "
+        "at `kubernetes.version`; existing: a cluster your kubeconfig reaches (`context`).")
+    name: str | None = key(
+        None, doc="k3d: the cluster's name; default: devenv-<project>.")
+    context: str | None = key(
+        None, doc="existing: the kubeconfig context to use; default: the current one.")
+    namespace: str | None = key(
+        None, doc="The namespace the project's objects go in; default: the project's name.")
+
+
+@dataclass(frozen=True)
+class ServiceKubernetes:
+    """A service's own Kubernetes manifests, applied (and checked) with the rendered ones."""
+
+    manifests: list[str] = key(
+        factory=list, doc="YAML files (several documents each allowed), relative to the "
+        "project, e.g. [k8s/hpa.yaml]; `devenv render` adds them to the service's file and "
+        "`--check-deprecations` checks them too.")
 
 
 @dataclass(frozen=True)
@@ -255,6 +343,8 @@ class Service:
         "instance and re-exposes its series with `service` and `instance` labels.",
     )
     debug: Debug = key(factory=Debug, doc="How `devenv debug` runs it under a debugger.")
+    kubernetes: ServiceKubernetes = key(
+        factory=ServiceKubernetes, doc="On Kubernetes: the service's own manifests.")
     description: str = key("", doc="What the service is for; shown in generated docs.")
     settings: Any = key(
         None, doc="The kind's own keys, read with its Settings (not a key: they sit flat on "
@@ -408,9 +498,15 @@ class Project:
     runtime: RuntimeName = key(
         "local", doc="Where services run. local: processes on this machine. docker: services "
         "with `image:` or `build:` run as containers on one network for the project (the "
-        "others stay local). `up --runtime` or $DEVENV_RUNTIME chooses for one `up`.")
+        "others stay local). kubernetes: manifests on a cluster (`cluster:`; see `devenv "
+        "render`). `up --runtime` or $DEVENV_RUNTIME chooses for one `up`.")
+    cluster: Cluster = key(factory=lambda: Cluster(),
+                           doc="The cluster of the kubernetes runtime.")
+    kubernetes: Kubernetes = key(
+        factory=lambda: Kubernetes(), doc="The Kubernetes version targeted (`kubernetes: "
+        "\"1.31\"` for short; `devenv config set kubernetes.version 1.28` pins it).")
 
     def in_container(self, name: str) -> bool:
         """Whether service `name` runs as a container under this project's runtime."""
         svc = self.services[name]
-        return self.runtime == "docker" and svc.containerized and not svc.is_data
+        return self.runtime in ("docker", "kubernetes") and svc.containerized and not svc.is_data

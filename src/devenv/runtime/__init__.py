@@ -24,6 +24,7 @@ from devenv.runtime.base import (
 RUNTIMES: dict[str, str] = {
     "local": "devenv.runtime.local:LocalRuntime",
     "docker": "devenv.runtime.docker:DockerRuntime",
+    "kubernetes": "devenv.runtime.kubernetes:KubernetesRuntime",
 }
 DEFAULT = "local"
 

@@ -1,0 +1,88 @@
+"""`provider: k3d`: the k3d commands devenv runs, recorded by a fake k3d on PATH (no cluster
+can run here), and doctor's check for the k3d CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv.checks import k3d_check
+from devenv.core.errors import DevenvError
+from devenv.kube import k3d
+
+FAKE_K3D = """#!{python}
+import json, os, sys
+with open(os.environ["FAKE_K3D_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["cluster", "list"]:
+    print(os.environ.get("FAKE_K3D_CLUSTERS", "[]"))
+if os.environ.get("FAKE_K3D_FAIL") == sys.argv[1]:
+    print("boom: no docker", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+@pytest.fixture
+def fake_k3d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "k3d"
+    exe.write_text(FAKE_K3D.format(python=sys.executable))
+    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    log = tmp_path / "k3d.log"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_K3D_LOG", str(log))
+    yield log
+
+
+def _calls(log: Path) -> list[list[str]]:
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_k3d_creates_the_cluster_at_the_pinned_version(fake_k3d: Path) -> None:
+    found = k3d.ensure_cluster("devenv-shop", "1.31")
+    assert found.action == "created"
+    assert _calls(fake_k3d) == [
+        ["cluster", "list", "-o", "json"],
+        ["cluster", "create", "devenv-shop", "--image", "rancher/k3s:v1.31.4-k3s1", "--wait"]]
+    k3d.import_images("devenv-shop", ["devenv.local/shop-api:dev"])
+    assert _calls(fake_k3d)[-1] == ["image", "import", "devenv.local/shop-api:dev",
+                                    "--cluster", "devenv-shop"]
+
+
+def test_k3d_reuses_a_cluster_at_that_version(fake_k3d: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    clusters = [{"name": "devenv-shop", "nodes": [
+        {"role": "server", "image": "rancher/k3s:v1.28.9-k3s1"}]}]
+    monkeypatch.setenv("FAKE_K3D_CLUSTERS", json.dumps(clusters))
+    assert k3d.ensure_cluster("devenv-shop", "1.28.9").action == "reused"
+    other = k3d.ensure_cluster("devenv-shop", "1.31")  # the version changed
+    assert (other.action, other.found_image) == ("recreate-needed",
+                                                 "rancher/k3s:v1.28.9-k3s1")
+    assert all(c[:2] == ["cluster", "list"] for c in _calls(fake_k3d))  # nothing made
+
+
+def test_k3d_failure_says_what_k3d_said(fake_k3d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_K3D_FAIL", "cluster")
+    with pytest.raises(DevenvError) as caught:
+        k3d.ensure_cluster("devenv-shop", "1.31")
+    assert "k3d cluster list -o json failed (3)" in caught.value.message
+    assert caught.value.details == ["boom: no docker"]
+    with pytest.raises(DevenvError) as unknown:
+        k3d.k3s_image("1.37")
+    assert 'give a patch release' in (unknown.value.hint or "")
+
+
+def test_k3d_doctor_check(fake_k3d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert k3d_check().status == "ok"
+    monkeypatch.setenv("PATH", "/nonexistent")
+    check = k3d_check()
+    assert check.status == "fail" and "k3d" in check.message
+    assert "install.sh" in check.fix
