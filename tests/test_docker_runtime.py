@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the docker fixtures are imported from docker_env, then requested)
 """The docker runtime, end to end on a real Docker Engine (`pytest -k docker`).
 
 The session's engine comes from tests/docker_env.py (started here when missing, as root;
@@ -10,14 +11,12 @@ import contextlib
 import os
 import signal
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-import conftest
 import docker_env
 from conftest import Project, free_ports, wait_for
 from devenv.config.load import load
@@ -31,6 +30,13 @@ from devenv.runtime.docker_spec import (
     create_args,
     exit_code,
     network_name,
+)
+from docker_env import (  # noqa: F401  (the fixtures)
+    _checked,
+    api,
+    containers,
+    docker_engine,
+    image,
 )
 
 # ---- pure parts: no Docker Engine needed
@@ -124,63 +130,6 @@ def test_docker_config_errors(tmp_path: Path) -> None:
 
 
 # ---- on a real Docker Engine
-
-
-@pytest.fixture(scope="session")
-def docker_engine() -> Iterator[docker_env.Engine]:
-    try:
-        found = docker_env.engine()
-    except docker_env.Unavailable as exc:
-        pytest.skip(f"no Docker Engine: {exc}")
-    saved = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = conftest.ENV["DOCKER_HOST"] = found.host
-    try:
-        yield found
-    finally:
-        conftest.ENV.pop("DOCKER_HOST", None)
-        if saved is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = saved
-        found.close()
-
-
-@pytest.fixture(scope="session")
-def image(docker_engine: docker_env.Engine) -> str:
-    return docker_env.test_image(docker_engine.api())
-
-
-@pytest.fixture(autouse=True)
-def _checked() -> Iterator[list[Path]]:
-    """After a test on the Docker Engine (and after the project fixture stopped its engine:
-    this one, autouse, is set up before it), nothing of its project may be left there."""
-    roots: list[Path] = []
-    yield roots
-    if not roots:
-        return
-    client = docker_env.Engine(os.environ["DOCKER_HOST"]).api()
-    for root in roots:
-        label = f"{PROJECT_LABEL}={root}"
-        left = client.containers(all=True, filters={"label": label})
-        nets = client.networks(filters={"label": label})
-        for c in left:
-            client.remove_container(c["Id"], force=True)
-        for n in nets:
-            client.remove_network(n["Id"])
-        assert not left and not nets, "containers or networks were left after the test"
-
-
-@pytest.fixture
-def api(_checked: list[Path], project: Project, docker_engine: docker_env.Engine) -> Any:
-    """docker-py's client of the session's Docker Engine."""
-    _checked.append(project.root)
-    return docker_engine.api()
-
-
-def containers(client: Any, root: Path, service: str | None = None) -> list[dict[str, Any]]:
-    labels = [f"{PROJECT_LABEL}={root}"] + ([f"devenv.service={service}"] if service else [])
-    found: list[dict[str, Any]] = client.containers(filters={"label": labels})
-    return found
 
 
 def _services(project: Project, image: str, body: str) -> None:

@@ -319,7 +319,8 @@ class DockerRuntime:
 
     def _create(self, spec: InstanceSpec, args: CreateArgs) -> tuple[str, int | None]:
         api = self.api()
-        host_config = api.create_host_config(port_bindings=args.publish, init=True)
+        host_config = api.create_host_config(port_bindings=args.publish, init=True,
+                                             binds=args.binds() or None)
         networking = api.create_networking_config(
             {args.network: api.create_endpoint_config(aliases=args.aliases)})
         try:

@@ -85,11 +85,22 @@ class CreateArgs:
     publish: dict[int, tuple[str, None]]  # container port -> (127.0.0.1, any host port)
     network: str
     aliases: list[str]
+    user: str | None = None
+    volumes: dict[str, str] | None = None  # named volume -> path in the container
 
     def create_kwargs(self) -> dict[str, Any]:
-        return {"image": self.image, "name": self.name, "command": self.command,
+        made = {"image": self.image, "name": self.name, "command": self.command,
                 "environment": self.environment, "labels": self.labels,
                 "stop_signal": self.stop_signal, "ports": self.ports, "detach": True}
+        if self.user:
+            made["user"] = self.user
+        if self.volumes:
+            made["volumes"] = list(self.volumes.values())
+        return made
+
+    def binds(self) -> dict[str, dict[str, str]]:
+        """docker-py's `binds` of the host config: each named volume, read-write."""
+        return {vol: {"bind": path, "mode": "rw"} for vol, path in (self.volumes or {}).items()}
 
 
 def create_args(root: Path, spec: InstanceSpec, image: str, token: str,
@@ -106,7 +117,8 @@ def create_args(root: Path, spec: InstanceSpec, image: str, token: str,
         environment=environment(spec), labels=labels(root, token, spec),
         stop_signal=f"SIG{spec.stop_signal}", ports=[port] if port else [],
         publish={port: (HOST, None)} if port else {}, network=network_name(root),
-        aliases=[container.alias])
+        aliases=[container.alias], user=container.user,
+        volumes=dict(container.volumes) or None)
 
 
 def exit_code(status: int) -> int:
