@@ -5,14 +5,17 @@ PostgreSQL and Redis laid out as the official images are (no registry here)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from typing import Any
 
+import psutil
 import psycopg
 import pytest
 import redis
 
-from conftest import Project, free_ports
+from conftest import ENV, Project, free_ports, wait_for
 from devenv.config.load import load
 from devenv.data.container import volume_name
 from devenv.plan import make_plan
@@ -127,3 +130,49 @@ def test_docker_postgres_provision_load_snapshot_restore_reset(
         names(db)
     assert sql(db, "SELECT current_user") == [("devenv",)]  # provisioned again
     assert cache_client.get("greeting") is None
+
+
+def _volumes(api: Any, project: Project) -> list[str]:
+    found = api.volumes(filters={"label": f"devenv.project={project.root}"})
+    return sorted(v["Name"] for v in found.get("Volumes") or [])
+
+
+@pytest.mark.timeout(240)
+def test_docker_data_volumes_persist_and_a_killed_restore_is_finished_by_the_next_up(
+        project: Project, data_image: str, api: Any) -> None:
+    db, cache = free_ports(2)
+    _project(project, data_image, db, cache)
+    project.up()
+    project.devenv("data", "load", "--dataset", "seed", check=True)
+    cache_client = redis.Redis(port=cache, password="devpass", socket_timeout=5)
+    project.devenv("snapshot", "save", "good", check=True)
+    sql(db, "INSERT INTO product VALUES (3, 'Cocoa')")
+    cache_client.set("greeting", "changed")
+    # --persist-data: the containers go, the volumes stay, and the data is there after `up`
+    project.devenv("stop", "--persist-data", check=True)
+    assert not containers(api, project.root)
+    assert _volumes(api, project) == sorted(volume_name(project.root, s) for s in ("db", "cache"))
+    result = subprocess.run([sys.executable, "-m", "devenv", "up"], cwd=project.root,
+                            capture_output=True, text=True, timeout=120,
+                            env={**ENV, "DEVENV_FAULTS": "restore:swapped-one"})
+    assert result.returncode == 0, result.stderr
+    assert names(db) == ["Green tea", "Coffee", "Cocoa"]
+    assert cache_client.get("greeting") == b"changed"
+    # the engine dies after one store's swap: the next `up` finishes the other
+    engine = project.engine_pid()
+    cut = project.devenv("snapshot", "restore", "good")
+    assert cut.returncode == 1, cut.stderr
+    assert wait_for(lambda: not psutil.pid_exists(engine or 0), timeout=10)
+    again = project.devenv("up")
+    assert again.returncode == 0, again.stderr
+    assert "restore of snapshot 'good' was cut short" in again.stderr
+    assert names(db) == ["Green tea", "Coffee"]
+    assert cache_client.get("greeting") == b"hello world"
+    assert not list((project.root / ".devenv" / "data").rglob("*restore*"))
+    # without --persist-data: a snapshot is kept, the volumes go; the next `up` is fresh
+    stopped = project.devenv("stop", check=True)
+    assert "auto-" in stopped.stdout + stopped.stderr
+    assert _volumes(api, project) == []
+    project.up()
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        names(db)
