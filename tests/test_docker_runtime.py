@@ -336,3 +336,31 @@ def test_docker_build_context_change_rebuilds_and_replaces(project: Project, ima
                     == "second", timeout=30)
     # the old container drained and removed
     assert wait_for(lambda: len(containers(api, project.root, "api")) == 1, timeout=20)
+
+
+@pytest.mark.parametrize("action", ["restart", "replace"])
+def test_docker_hot_reload_copies_changed_files_into_new_containers(
+        project: Project, image: str, api: Any, action: str) -> None:
+    port = free_ports(1)[0]
+    app = project.root / "app"
+    app.mkdir()
+    source = (docker_env.FIXTURES / "svc.py").read_text()
+    (app / "svc.py").write_text(source)  # (the image holds the same file in /app)
+    _services(project, image, f"""\
+        api:
+          image: "IMAGE"
+          path: app
+          port: {port}
+          health: {{http: /healthz}}
+          watch: {{action: {action}}}
+        """)
+    project.up()
+    first = containers(api, project.root, "api")
+    assert project.get(f"http://127.0.0.1:{port}/whoami")[1]["service"] == "api"
+    (app / "svc.py").write_text(source.replace(
+        'NAME = os.environ.get("DEVENV_SERVICE", "svc")', 'NAME = "edited"'))
+    assert wait_for(lambda: project.get(f"http://127.0.0.1:{port}/whoami")[1]["service"]
+                    == "edited", timeout=30)
+    assert wait_for(lambda: len(now := containers(api, project.root, "api")) == 1
+                    and now[0]["Id"] != first[0]["Id"], timeout=20)
+    assert project.service("api")["reloads"] == 1

@@ -128,6 +128,11 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
                 image=server.image, alias=name, port=svc.port, user=server.user,
                 volumes=((data.volume, server.mount),))}
     watch, watch_note = _resolve_watch(watch, svc, loaded.root, env)
+    if not box:
+        box = _container(loaded, name)
+        copy_in = watch.enabled and watch.action in ("restart", "replace")
+        if box and box["container"].build_context is None and copy_in:
+            box["container"] = replace(box["container"], copy_in=True)
     plan = ServicePlan(
         name=name,
         command=command,
@@ -149,7 +154,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         watch_note=watch_note,
         job=svc.job,
         metrics_path=svc.metrics.path if svc.metrics else None,
-        **(box or _container(loaded, name)),
+        **box,
     )
     fingerprint = asdict(plan)
     for live in LIVE_FIELDS:  # changed on running instances, no new ones needed

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -51,6 +53,7 @@ from devenv.runtime.docker_spec import (
     CreateArgs,
     LineSplitter,
     built_tag,
+    changed_since,
     create_args,
     exit_code,
     inner_port,
@@ -181,6 +184,29 @@ def _not_found(exc: Exception) -> bool:
     return isinstance(exc, NotFound)
 
 
+def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file of `folder` (relative path -> size, mtime), as `fingerprint` walks it."""
+    found: dict[str, tuple[int, int]] = {}
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED)
+        for name in files:
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                found[os.path.relpath(path, folder)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def files_tar(folder: Path, names: list[str]) -> bytes:
+    """`names` (relative to `folder`) as a tar to extract in a container."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in names:
+            with contextlib.suppress(OSError):  # (gone meanwhile: the next change says so)
+                tar.add(folder / name, arcname=name, recursive=False)
+    return buf.getvalue()
+
+
 def fingerprint(context: Path) -> str:
     """What a build's result depends on, cheaply: every file's path, size and mtime."""
     parts: list[str] = []
@@ -206,6 +232,7 @@ class DockerRuntime:
         self._instances: dict[str, DockerInstance] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._built: dict[str, str] = {}
+        self._baseline: dict[str, dict[str, tuple[int, int]]] = {}  # copy_in: first start
         self._network = False
 
     @property
@@ -312,12 +339,24 @@ class DockerRuntime:
             await asyncio.to_thread(self._ensure_network)
         self._serial += 1
         args = create_args(self.root, spec, image, self.token, self._serial)
-        cid, port = await asyncio.to_thread(self._create, spec, args)
+        changes = await self._changes(spec) if spec.container and spec.container.copy_in \
+            else None
+        cid, port = await asyncio.to_thread(self._create, spec, args, changes)
         instance = DockerInstance(spec, self, cid, port)
         self._instances[cid] = instance
         return instance
 
-    def _create(self, spec: InstanceSpec, args: CreateArgs) -> tuple[str, int | None]:
+    async def _changes(self, spec: InstanceSpec) -> bytes | None:
+        """Hot reload of a service run from an image: the files of its folder changed since
+        this engine first started it, as a tar for the new container (None: no change)."""
+        folder = self.root / spec.workdir
+        now = await asyncio.to_thread(folder_state, folder)
+        baseline = self._baseline.setdefault(spec.service, now)
+        changed = changed_since(baseline, now)
+        return await asyncio.to_thread(files_tar, folder, changed) if changed else None
+
+    def _create(self, spec: InstanceSpec, args: CreateArgs,
+                changes: bytes | None = None) -> tuple[str, int | None]:
         api = self.api()
         host_config = api.create_host_config(port_bindings=args.publish, init=True,
                                              binds=args.binds() or None)
@@ -329,6 +368,9 @@ class DockerRuntime:
         except Exception as exc:
             raise DevenvError(f"{spec.service}: cannot make its container: {exc}") from exc
         try:
+            if changes:  # into its working folder (the image's), before it starts
+                workdir = api.inspect_container(cid)["Config"].get("WorkingDir") or "/"
+                api.put_archive(cid, workdir, changes)
             api.start(cid)
             ports = api.inspect_container(cid)["NetworkSettings"]["Ports"] or {}
         except Exception as exc:

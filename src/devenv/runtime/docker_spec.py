@@ -151,3 +151,9 @@ class LineSplitter:
     def end(self) -> list[str]:
         rest, self._buf = self._buf, b""
         return [rest.decode(errors="replace").rstrip("\r")] if rest else []
+
+
+def changed_since(baseline: dict[str, tuple[int, int]],
+                  now: dict[str, tuple[int, int]]) -> list[str]:
+    """The files (relative paths) new or changed (size, mtime) since `baseline`."""
+    return sorted(path for path, seen in now.items() if baseline.get(path) != seen)
