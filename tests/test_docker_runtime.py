@@ -30,6 +30,7 @@ from devenv.runtime.docker_spec import (
     create_args,
     exit_code,
     network_name,
+    resources_from,
 )
 from docker_env import (  # noqa: F401  (the fixtures)
     _checked,
@@ -82,6 +83,16 @@ def test_docker_exit_codes_and_lines() -> None:
     assert split.feed(b"one\ntw") == ["one"]
     assert split.feed(b"o\r\nthree") == ["two"]
     assert split.end() == ["three"]
+
+
+def test_docker_resources_from_stats() -> None:
+    stats = {"cpu_stats": {"cpu_usage": {"total_usage": 3_000_000_000}},
+             "memory_stats": {"usage": 50_000_000, "stats": {"inactive_file": 10_000_000}}}
+    res, kept = resources_from(stats, 12.0, (10.0, 2.0))
+    assert res.cpu_percent == 50.0  # one CPU second over two: half a core
+    assert res.rss_bytes == 40_000_000 and res.cpu_seconds == 3.0 and kept == (12.0, 3.0)
+    v1 = {"memory_stats": {"usage": 8, "stats": {"cache": 3}}}  # cgroup v1's page cache
+    assert resources_from(v1, 1.0, (0.0, 0.0))[0].rss_bytes == 5
 
 
 def _write(root: Path, text: str) -> Path:
@@ -364,3 +375,22 @@ def test_docker_hot_reload_copies_changed_files_into_new_containers(
     assert wait_for(lambda: len(now := containers(api, project.root, "api")) == 1
                     and now[0]["Id"] != first[0]["Id"], timeout=20)
     assert project.service("api")["reloads"] == 1
+
+
+def test_docker_status_resources_from_container_stats(project: Project, image: str,
+                                                      api: Any) -> None:
+    port = free_ports(1)[0]
+    _services(project, image, f"""\
+        busy:
+          image: "IMAGE"
+          command: ["/bin/sh", "-c",
+                    "python3 -c 'while True: pass' & exec python3 /app/serve.py"]
+          port: {port}
+          health: {{http: /healthz}}
+        """)
+    project.up()
+    svc = project.status("--resources")["services"][0]
+    assert svc["rss_bytes"] > 5_000_000, svc  # two Python processes
+    assert svc["cpu_percent"] > 20, svc  # a busy loop: about one core
+    text = project.devenv("status", "--resources", check=True).stdout
+    assert "MiB" in text and "busy" in text

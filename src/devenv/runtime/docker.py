@@ -27,6 +27,7 @@ import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +60,13 @@ from devenv.runtime.docker_spec import (
     inner_port,
     network_name,
     project_labels,
+    resources_from,
 )
 
 API_TIMEOUT = 60.0  # seconds for one Engine API call (builds and waits have none)
 PING_TIMEOUT = 5.0
 OUTPUT_GRACE = 2.0  # a container's log stream may end this long after it exited
+STATS_WAIT = 1.0  # seconds a resources() sample is waited for (then: the last one)
 STOP_MARGIN = 30.0  # past its stop_timeout, a stop gives up waiting for the container
 SKIPPED = {".devenv", ".git", "node_modules", "__pycache__", ".venv"}  # not in a fingerprint
 
@@ -83,6 +86,9 @@ class DockerInstance:
         self._loop = asyncio.get_running_loop()
         self._exit: asyncio.Future[int] = self._loop.create_future()
         self._lines: asyncio.Queue[OutputLine | None] = asyncio.Queue()
+        self._cpu = (time.time(), 0.0)  # the last stats sample: when, CPU seconds
+        self._resources: Resources | None = None
+        self._sample_lock = threading.Lock()
         self._streams = threading.Semaphore(0)  # released as each stream ends
         for stream in ("out", "err"):
             threading.Thread(target=self._read, args=(stream,), name=f"{spec.name}-{stream}",
@@ -164,7 +170,22 @@ class DockerInstance:
             return -9
 
     def resources(self) -> Resources | None:
-        return None  # (the Engine's stats take a second a call: not sampled yet)
+        """From the Engine's stats (one sample, no wait for a second one), taken in a thread
+        and waited for at most STATS_WAIT (else the last one): the engine's loop is never
+        held by a slow Docker Engine."""
+        if self._exit.done():
+            return None
+        future = self._runtime.sampler.submit(self._sample)
+        try:
+            return future.result(timeout=STATS_WAIT)
+        except Exception:
+            return self._resources
+
+    def _sample(self) -> Resources | None:
+        stats = self._runtime.api().stats(self.cid, stream=False, one_shot=True)
+        with self._sample_lock:
+            self._resources, self._cpu = resources_from(stats, time.time(), self._cpu)
+        return self._resources
 
     def targets(self) -> list[Target]:
         raise _not_yet("profiling")
@@ -233,6 +254,7 @@ class DockerRuntime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._built: dict[str, str] = {}
         self._baseline: dict[str, dict[str, tuple[int, int]]] = {}  # copy_in: first start
+        self.sampler = ThreadPoolExecutor(4, thread_name_prefix="docker-stats")
         self._network = False
 
     @property
@@ -466,6 +488,7 @@ class DockerRuntime:
         """Stop what still runs, then remove the project's network."""
         await asyncio.gather(*(i.stop() for i in list(self._instances.values())),
                              return_exceptions=True)
+        self.sampler.shutdown(wait=False, cancel_futures=True)
         if self._api is not None and self._network:
             await asyncio.to_thread(_remove_labelled, self._api, self.root)
             self._network = False

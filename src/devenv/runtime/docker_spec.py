@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devenv.runtime.base import Container, InstanceSpec, with_port
+from devenv.runtime.base import Container, InstanceSpec, Resources, with_port
 
 HOST = "127.0.0.1"
 PROJECT_LABEL = "devenv.project"  # the project folder
@@ -157,3 +157,20 @@ def changed_since(baseline: dict[str, tuple[int, int]],
                   now: dict[str, tuple[int, int]]) -> list[str]:
     """The files (relative paths) new or changed (size, mtime) since `baseline`."""
     return sorted(path for path, seen in now.items() if baseline.get(path) != seen)
+
+
+def resources_from(stats: dict[str, Any], now: float,
+                   last: tuple[float, float]) -> tuple[Resources, tuple[float, float]]:
+    """A container's resource use from one sample of the Engine's stats (`one_shot`) and the
+    previous (time, CPU seconds): CPU% since then (100 = one core, as locally) and its
+    memory without the page cache (cgroup v2's inactive_file, v1's cache); and the sample
+    to keep for the next."""
+    cpu = float(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage") or 0) / 1e9
+    cpu = max(cpu, last[1])
+    percent = 100.0 * (cpu - last[1]) / max(now - last[0], 1e-3)
+    memory = stats.get("memory_stats") or {}
+    detail = memory.get("stats") or {}
+    cache = detail.get("inactive_file", detail.get("total_inactive_file", detail.get("cache", 0)))
+    rss = max(int(memory.get("usage") or 0) - int(cache or 0), 0)
+    return (Resources(cpu_percent=round(max(percent, 0.0), 1), rss_bytes=rss, cpu_seconds=cpu),
+            (now, cpu))
