@@ -107,8 +107,8 @@ def test_docker_plan_discovery_uses_alias_between_containers(tmp_path: Path) -> 
         runtime: docker
         services:
           api: {image: "img:1", port: 8000}
-          web: {image: "img:1", port: 8001, depends_on: [api, worker]}
-          worker: {command: "python3 w.py", port: 8002}
+          web: {image: "img:1", port: 8001, depends_on: [api, migrate]}
+          migrate: {command: "python3 m.py", restart: "no"}
           local: {command: "python3 l.py", depends_on: [api]}
         """)
     plan = make_plan(load(root))
@@ -116,11 +116,32 @@ def test_docker_plan_discovery_uses_alias_between_containers(tmp_path: Path) -> 
     assert web.runtime == "docker" and web.container == Container("img:1", "web", 8001)
     assert web.env["API_URL"] == "http://api:8000"  # container to container: by alias
     assert web.env["API_HOST"] == "api"
-    assert web.env["WORKER_URL"] == "http://127.0.0.1:8002"  # a local one: as before
+    assert plan.services["migrate"].runtime == "local"  # (a job: nothing to reach)
     assert local.runtime == "local" and local.env["API_URL"] == "http://127.0.0.1:8000"
     # the same file on the local runtime: image-only services cannot run there
     with pytest.raises(ConfigError, match="2 problems"):
         load(root, environ={**os.environ, "DEVENV_RUNTIME": "local"})
+
+
+def test_docker_container_depending_on_a_local_server_is_refused(tmp_path: Path) -> None:
+    root = _write(tmp_path / "p", """\
+        version: 1
+        runtime: docker
+        services:
+          web:
+            image: "img:1"
+            command: "python3 web.py"
+            depends_on: [worker]
+          worker: {command: "python3 w.py", port: 8002}
+        """)
+    with pytest.raises(ConfigError) as caught:
+        load(root)
+    problem = str(caught.value.problems[0])
+    assert "devenv.yaml:7 services.web.depends_on.worker" in problem, problem
+    assert "listens on 127.0.0.1 only" in problem
+    assert "give worker an `image:` or `build:`, or run web locally" in problem
+    # the same file on the local runtime is fine: both are processes
+    assert load(root, environ={**os.environ, "DEVENV_RUNTIME": "local"}) is not None
 
 
 def test_docker_config_errors(tmp_path: Path) -> None:

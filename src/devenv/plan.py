@@ -130,7 +130,8 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     watch, watch_note = _resolve_watch(watch, svc, loaded.root, env)
     if not box:
         box = _container(loaded, name)
-        copy_in = watch.enabled and watch.action in ("restart", "replace")
+        # (asked for: `auto` never copies project files into an image it knows nothing of)
+        copy_in = watch.enabled and svc.watch.action in ("restart", "replace")
         if box and box["container"].build_context is None and copy_in:
             box["container"] = replace(box["container"], copy_in=True)
     plan = ServicePlan(
