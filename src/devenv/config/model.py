@@ -513,6 +513,4 @@ class Project:
     def in_container(self, name: str) -> bool:
         """Whether service `name` runs as a container under this project's runtime."""
         svc = self.services[name]
-        if self.runtime == "docker":
-            return svc.containerized or svc.is_data
-        return self.runtime == "kubernetes" and svc.containerized and not svc.is_data
+        return self.runtime in ("docker", "kubernetes") and (svc.containerized or svc.is_data)
