@@ -3,8 +3,9 @@
 `engine()` finds a Docker Engine that answers (DOCKER_HOST, this suite's own socket, the
 default socket); else, as root, installs Debian's docker.io when dockerd is missing and
 starts a dockerd of its own (its own data root and socket, so it never clashes with another);
-else it says why not (the tests skip with that reason). `Engine.close()` stops what it
-started.
+else it says why not (the tests skip with that reason). Sessions side by side (the xdist
+workers) share this suite's dockerd: under a lock the first starts it, each registers, and
+`Engine.close()` of the last one stops it.
 
 `test_image(api)` is the image the tests run: no registry is reachable here, so it is a root
 filesystem made from this machine's Python (the interpreter, its standard library and the
@@ -16,11 +17,13 @@ a hash of what went in, so a later session reuses it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tarfile
 import time
@@ -40,6 +43,10 @@ SOCKET = Path("/run/devenv-test-docker.sock")
 DATA_ROOT = Path("/var/tmp/devenv-test-docker")  # images survive between sessions
 EXEC_ROOT = Path("/run/devenv-test-docker")
 START_TIMEOUT = 60.0
+# the sessions using this suite's dockerd (pytest-xdist workers, or runs side by side): the
+# first one that finds none starts it, the last one to leave stops it
+USERS = Path("/run/devenv-test-docker.users")
+LOCK = Path("/run/devenv-test-docker.lock")
 # what tries to start dockerd, in order, until one answers
 VARIANTS: list[list[str]] = [[], ["--storage-driver=vfs"],
                              ["--storage-driver=vfs", "--iptables=false", "--ip-forward=false"]]
@@ -60,7 +67,7 @@ class Unavailable(Exception):
 @dataclass
 class Engine:
     host: str
-    proc: subprocess.Popen[bytes] | None = None  # the dockerd we started, if we did
+    shared: bool = False  # this suite's own dockerd: stopped by the last session using it
 
     def api(self) -> Any:
         import docker
@@ -68,14 +75,65 @@ class Engine:
         return docker.DockerClient(base_url=self.host, timeout=120).api
 
     def close(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """Leave; the last session to leave this suite's dockerd stops it."""
+        if not self.shared:
             return
-        self.proc.terminate()  # (dockerd stops its containers and its containerd)
+        with _locked():
+            others = _users() - {os.getpid()}
+            _write_users(others)
+            if not others:
+                _stop_dockerd()
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    with open(LOCK, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _users() -> set[int]:
+    """The sessions using this suite's dockerd that are still alive."""
+    try:
+        pids = {int(p) for p in USERS.read_text().split()}
+    except (OSError, ValueError):
+        return set()
+    return {pid for pid in pids if _alive(pid)}
+
+
+def _write_users(pids: set[int]) -> None:
+    USERS.write_text(" ".join(str(p) for p in sorted(pids)))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _stop_dockerd() -> None:
+    """Stop this suite's dockerd (whichever session started it), bounded."""
+    try:
+        pid = int(Path(f"{EXEC_ROOT}.pid").read_text().strip())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)  # (it stops its containers and its containerd)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # (reaped here when this session started it)
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _answers(host: str) -> bool:
@@ -94,20 +152,27 @@ def engine() -> Engine:
         import docker  # noqa: F401
     except ImportError as exc:
         raise Unavailable("docker-py is not installed (pip install docker)") from exc
-    candidates = [os.environ.get("DOCKER_HOST", ""), f"unix://{SOCKET}",
-                  "unix:///var/run/docker.sock"]
-    for host in filter(None, candidates):
-        if _answers(host):
-            return Engine(host)
+    for host in filter(None, [os.environ.get("DOCKER_HOST", ""),
+                              "unix:///var/run/docker.sock"]):
+        if host != f"unix://{SOCKET}" and _answers(host):
+            return Engine(host)  # someone else's: used, never stopped
     if os.geteuid() != 0:
         raise Unavailable("no Docker Engine answers (DOCKER_HOST, /var/run/docker.sock) and "
                           "the tests do not run as root, so they cannot start one")
+    with _locked():  # one session starts this suite's dockerd; the others join it
+        if not _answers(f"unix://{SOCKET}"):
+            _start_dockerd()
+        _write_users(_users() | {os.getpid()})
+    return Engine(f"unix://{SOCKET}", shared=True)
+
+
+def _start_dockerd() -> None:
     dockerd = shutil.which("dockerd") or _install()
     failures = []
     for extra in VARIANTS:
         proc, why = _start(dockerd, extra)
         if proc is not None:
-            return Engine(f"unix://{SOCKET}", proc)
+            return
         failures.append(f"dockerd {' '.join(extra) or '(defaults)'}: {why}")
     raise Unavailable("dockerd does not start here: " + " | ".join(failures))
 
