@@ -575,6 +575,7 @@ def test_a_writer_that_cannot_start_says_why_and_is_not_restarted_for_every_batc
         return real(*args, **kwargs)
 
     monkeypatch.setattr(writerproc.subprocess, "Popen", popen)
+    monkeypatch.setattr(writerproc, "RETRY_FIRST", 60.0)  # (a slow machine stays within it)
     t = Traces(tmp_path / "traces")
     t.open(64 << 20, 3600.0)
     try:
@@ -584,8 +585,9 @@ def test_a_writer_that_cannot_start_says_why_and_is_not_restarted_for_every_batc
             t.add(make_trace(n))
             assert t.flush()
         assert t.counters.lost == 8 and t.counters.stored == 0
-        assert any(f"cannot open the trace store {t.path}" in e for e in t.counters.errors)
-        # after two failures in a row it waits (a second, doubling) before starting another
+        assert any(f"cannot open the trace store {t.path}" in e for e in t.counters.errors), \
+            t.counters.errors
+        # after two failures in a row it waits (RETRY_FIRST, doubling) before starting another
         assert len(started) == 2 and "spans lost" in t.counters.errors[-1]
     finally:
         t.close()

@@ -22,7 +22,7 @@ from devenv.telemetry.writer import HEADER, Batch, Done
 
 ANSWER_TIMEOUT = 30.0  # seconds a batch may take, pruning included
 CLOSE_TIMEOUT = 10.0  # seconds to write what it has and exit, at the end of its input
-EXIT_TIMEOUT = 5.0  # seconds for a writer whose answers ended to exit (then it is killed)
+EXIT_TIMEOUT = 10.0  # seconds for a writer whose answers ended to exit (then it is killed)
 RETRY_FIRST, RETRY_MAX = 1.0, 30.0  # seconds before starting a failing writer again
 # the process: its answers on a descriptor of their own (fd 1 goes to stderr before any
 # import, so nothing printed can corrupt them), `devenv` imported from where the engine's is
@@ -98,15 +98,13 @@ class WriterProcess:
 
     def _exit(self, proc: subprocess.Popen[bytes], exc: BaseException | None) -> str:
         """How the process ended: its exit, and the last line it wrote to stderr."""
+        deadline = time.monotonic() + EXIT_TIMEOUT  # (its answers ended: it is on its way out)
+        tail = _drain(proc.stderr.fileno(), deadline) if proc.stderr is not None else b""
         with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(EXIT_TIMEOUT)  # (its output ended: it is on its way out)
+            proc.wait(max(0.0, deadline - time.monotonic()))
         code = proc.returncode
         how = (f"killed by signal {-code}" if code is not None and code < 0
                else f"exit code {code}" if code is not None else repr(exc))
-        tail = b""
-        if proc.stderr is not None:
-            with contextlib.suppress(OSError, TypeError):
-                tail = proc.stderr.read() or b""
         lines = [ln for ln in tail.decode(errors="replace").splitlines() if ln.strip()]
         return f"{how}: {lines[-1].strip()}" if lines else how
 
@@ -169,6 +167,22 @@ def _read_exactly(fd: int, size: int, deadline: float) -> bytes:
         parts.append(chunk)
         size -= len(chunk)
     return b"".join(parts)
+
+
+def _drain(fd: int, deadline: float, limit: int = 65536) -> bytes:
+    """What a pipe holds until its end (or the deadline, or `limit` bytes: the last kept)."""
+    data = b""
+    with contextlib.suppress(TimeoutError, OSError):
+        while True:
+            _wait(fd, deadline, write=False)
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            data = (data + chunk)[-limit:]
+    return data
 
 
 def _wait(fd: int, deadline: float, write: bool) -> None:
