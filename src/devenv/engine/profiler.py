@@ -166,6 +166,11 @@ class Profiler:
             argv = (sys.executable, "-m", "devenv.profiling.inspector", PID_REF, f"{seconds:g}")
         done = await self._timed(name, sampler, seconds, tick, instance.attach(
             choice.target.id, argv, seconds + TOOL_SLACK))
+        if choice.language == "python" and done.code not in (0, -9) \
+                and not any(word in done.stderr for word in NOT_ALLOWED):
+            # py-spy can fail to read a busy interpreter's state as it attaches: once more
+            done = await self._timed(name, sampler, seconds, tick, instance.attach(
+                choice.target.id, argv, seconds + TOOL_SLACK))
         if choice.language == "node":
             await self._closed(service, name, instance, choice.target.id, done)
         self._check_ran(name, sampler, done)
@@ -351,7 +356,8 @@ class Profiler:
     def _check_ran(self, name: str, sampler: str, done: Attached) -> None:
         if done.code == 0:
             return
-        lines = done.stderr.strip().splitlines()[-5:]
+        said = done.stderr.strip().split("Stack backtrace:")[0].strip().splitlines()
+        lines = said[:5] or done.stderr.strip().splitlines()[-5:]  # its error, not its stack
         if any(word in done.stderr for word in NOT_ALLOWED):
             verdict = permissions.decide(self.facts())
             raise DevenvError(f"{sampler} was not allowed to attach to {name}",
