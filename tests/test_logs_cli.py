@@ -127,3 +127,16 @@ def test_piped_status_shows_whole_words_and_the_failed_reload(project: Project) 
         assert row.startswith(f"{name}  ") and " healthy " in row
         assert row.endswith(f"last reload failed: {error}"), row
         assert "…" not in result.stdout and len(row) > 80
+
+
+def test_a_service_that_writes_to_dev_stdout_and_dev_stderr_is_logged(project: Project) -> None:
+    # nginx's `access_log /dev/stdout`, py-spy's `--output /dev/stdout`: a service's output
+    # must be pipes (a socket cannot be opened by that name)
+    job = ("open('/dev/stdout', 'w').write('to dev stdout' + chr(10)); "
+           "open('/dev/stderr', 'w').write('to dev stderr' + chr(10))")
+    project.services(f"""\
+        job: {{command: [{sys.executable}, -c, "{job}"], restart: "no"}}
+    """)
+    project.up()
+    assert wait_for(lambda: sorted(shown(project.devenv("logs", "job").stdout)) == [
+        "to dev stderr", "to dev stdout"], timeout=10), project.devenv("logs", "job").stdout
