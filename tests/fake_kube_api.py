@@ -99,6 +99,18 @@ class FakeKubeApi:
         async with self._changed:
             self._changed.notify_all()
 
+    def evict(self, pod: str) -> None:
+        """The pod goes (an eviction): its ReplicaSet makes another."""
+        async def go() -> None:
+            path = next(k for k, v in self.objects.items()
+                        if "/pods/" in k and v["metadata"]["name"] == pod)
+            owner = self.objects[path]["metadata"]["ownerReferences"][0]["name"]
+            await self._remove_pod(path)
+            ns = path.split("/")[4]
+            await self._reconcile(f"/apis/apps/v1/namespaces/{ns}/deployments/{owner}")
+
+        asyncio.run_coroutine_threadsafe(go(), self._loop).result(10)
+
     def pods(self, service: str) -> list[str]:
         return sorted(v["metadata"]["name"] for k, v in self.objects.items()
                       if "/pods/" in k and (v["metadata"].get("labels") or {}).get(

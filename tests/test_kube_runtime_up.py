@@ -68,6 +68,7 @@ def cluster(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             port: {web}
             depends_on: [api]
             ingress: {{path: /web}}
+            health: {{command: ["{sys.executable}", "-c", "print('probed in the pod')"]}}
         """)
     try:
         yield fake
@@ -104,6 +105,8 @@ def test_kube_up_status_logs_scale_exec_and_stop_keeping_volumes(
     # status: the pods are the replicas, healthy through their port-forwards
     api = project.service("api")
     assert api["state"] == "healthy" and api["replicas"] == {"ready": 2, "desired": 2}
+    assert project.service("web")["state"] == "healthy"  # its command check ran by exec
+    assert any(p.endswith("/exec") for _, p, _ in fake.requests)
     pods = fake.pods("api")
     assert sorted(i["id"].split("#")[1] for i in api["instances"]) == pods
     # the ingress reaches a pod through the engine's address and a port-forward
@@ -119,6 +122,15 @@ def test_kube_up_status_logs_scale_exec_and_stop_keeping_volumes(
     project.devenv("scale", "api=1", check=True)
     assert fake.objects[f"{deployments}/api"]["spec"]["replicas"] == 1
     assert len(fake.pods("api")) == 1
+    # its pod evicted: the replica moves to the pod that replaces it, keeping its address
+    [gone] = fake.pods("api")
+    fake.evict(gone)
+    assert wait_for(lambda: "moving to another pod" in project.devenv("logs", "api").stdout)
+    [moved] = fake.pods("api")
+    assert moved != gone
+    assert wait_for(lambda: f"pod {moved} listening" in project.devenv("logs", "api").stdout)
+    api = project.service("api")
+    assert api["state"] == "healthy" and api["restarts"] == 0
     # exec in a running pod, through the API's exec stream (kubectl, when on PATH, is used
     # instead: not here, the fake serves no discovery for it)
     monkeypatch.setitem(conftest.ENV, "PATH", str(Path(sys.executable).parent))
@@ -150,6 +162,7 @@ def test_kube_rollout_that_never_runs_fails_up_with_the_pods_reason(
     assert done.returncode == 1
     text = done.stdout + done.stderr
     assert "cannot start: ImagePullBackOff" in text and "example/api:1" in text, text
+    assert "event: Failed: Back-off pulling image" in text  # the pod's events, said
     result: dict[str, Any] = json.loads(done.stdout)
     api = next(s for s in result["services"] if s["name"] == "api")
     assert api["state"] != "healthy"

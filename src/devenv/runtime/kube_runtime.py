@@ -453,21 +453,21 @@ class KubernetesRuntime:
                         self._claimed[mine] = spec.service
                 if mine is not None:
                     state = pod_state(by_name[mine], spec.service)
-                    if state.problem:
+                    if state.problem:  # (the engine shows a start's message only)
+                        why = await asyncio.to_thread(self._why, mine, spec.service,
+                                                      state.restarts)
                         raise DevenvError(f"{spec.service}: pod {mine} cannot start: "
-                                          f"{state.problem}",
-                                          details=await asyncio.to_thread(
-                                              self._why, mine, spec.service, state.restarts),
+                                          f"{state.problem}{_said(why)}", details=why,
                                           hint=f"see it: kubectl -n {cluster.namespace} "
                                           f"describe pod {mine}")
                     if state.running:
                         return mine, state.restarts
                     said = f"pod {mine} is {by_name[mine].get('status', {}).get('phase')}"
                 if time.monotonic() > deadline:
-                    details = await asyncio.to_thread(self._why, mine, spec.service, 0) \
+                    why = await asyncio.to_thread(self._why, mine, spec.service, 0) \
                         if mine else []
                     raise DevenvError(f"{spec.service}: no pod of it ran within "
-                                      f"{budget:g}s ({said})", details=details)
+                                      f"{budget:g}s ({said}){_said(why)}", details=why)
                 await asyncio.sleep(POLL)
         except BaseException:
             if mine is not None:
@@ -595,6 +595,11 @@ class KubernetesRuntime:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _said(why: list[str]) -> str:
+    """The pod's last events and log lines, folded into one message."""
+    return "; last: " + " | ".join(why[-4:]) if why else ""
 
 
 def _statefulset_ready(found: dict[str, Any]) -> bool:
