@@ -14,7 +14,7 @@ from devenv.config.load import load
 from devenv.core.errors import DevenvError
 from devenv.kube.render import project_selector, render
 from devenv.plan import make_plan
-from devenv.runtime.kubernetes import KubeApi, rollout_state
+from devenv.runtime.kubernetes import KubeApi, pod_state, rollout_state
 from fake_kube_api import FakeKubeApi
 
 SHOP = Path(__file__).parent.parent / "examples" / "shop"
@@ -148,3 +148,27 @@ def test_fake_api_refusal_is_a_clear_error(fake: FakeKubeApi) -> None:
     with pytest.raises(DevenvError) as caught:  # (the fake refuses a non-apply PATCH)
         api.request("PATCH", f"{DEPLOYMENTS}/x", body={}, content_type="application/json")
     assert "the Kubernetes API refused PATCH" in caught.value.message
+
+
+def test_fake_api_pod_state_reads_what_a_kubelet_reports() -> None:
+    def pod(**status: object) -> dict[str, object]:
+        return {"metadata": {"name": "api-1"}, "status": status}
+
+    running = pod_state(pod(phase="Running", containerStatuses=[{
+        "name": "api", "ready": True, "restartCount": 0, "state": {"running": {}}}]), "api")
+    assert running.running and running.ready and running.problem is None
+    pulling = pod_state(pod(phase="Pending", containerStatuses=[{
+        "name": "api", "restartCount": 0, "state": {"waiting": {
+            "reason": "ImagePullBackOff", "message": "no such image"}}}]), "api")
+    assert pulling.problem == "ImagePullBackOff: no such image" and not pulling.running
+    restarted = pod_state(pod(phase="Running", containerStatuses=[{
+        "name": "api", "restartCount": 2, "state": {"running": {}},
+        "lastState": {"terminated": {"exitCode": 3}}}]), "api")
+    assert restarted.restarts == 2 and restarted.last_exit == 3
+    unschedulable = pod_state(pod(phase="Pending", conditions=[{
+        "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+        "message": "0/1 nodes: insufficient memory"}]), "api")
+    assert unschedulable.problem == "Unschedulable: 0/1 nodes: insufficient memory"
+    creating = pod_state(pod(phase="Pending", containerStatuses=[{
+        "name": "api", "state": {"waiting": {"reason": "ContainerCreating"}}}]), "api")
+    assert creating.problem is None and not creating.running  # (waited for, not failed)

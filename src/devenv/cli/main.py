@@ -55,9 +55,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--rerun", action="append", type=_csv, default=[], metavar="JOB",
                    help="run a one-shot job again even if it completed before and nothing it "
                    "depends on changed (repeatable, or comma-separated)")
-    s.add_argument("--runtime", choices=("local", "docker"), default=None,  # config.model's
+    s.add_argument("--runtime", choices=("local", "docker", "kubernetes"), default=None,
                    help="run on this runtime (docker: services with image: or build: as "
-                   "containers); default: devenv.yaml's `runtime:`")
+                   "containers; kubernetes: as Deployments on `cluster:`); default: "
+                   "devenv.yaml's `runtime:`")
     s.add_argument("--monitoring", action="store_true", help="print the web dashboard's URL")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
 

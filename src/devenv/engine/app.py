@@ -30,6 +30,7 @@ from devenv.engine.routing import Routing
 from devenv.engine.telemetry import TelemetryServer
 from devenv.engine.watch import Watcher, make_spec
 from devenv.plan import Plan, exec_spec, make_plan
+from devenv.runtime import Runtimes
 from devenv.runtime.base import InstanceSpec
 from devenv.telemetry.otlp_metrics import OtlpMetrics
 from devenv.telemetry.store import Traces
@@ -105,6 +106,8 @@ class Environment:
         loaded = await asyncio.to_thread(load, self.root, profile, environ=environ)
         plan = make_plan(loaded, services)
         _check_rerun(plan, rerun)
+        if isinstance(self.engine.ctx.runtimes, Runtimes):  # (kubernetes renders the project)
+            self.engine.ctx.runtimes.configure(loaded)
         self.profile = loaded.profile
         self.cascade.watch()
         ingress = await self.routing.ensure(plan.ingress_port)
@@ -155,6 +158,8 @@ class Environment:
         await self._cancel_work()
         names = list(self.engine.runners)
         outcome = await self.data.before_stop(self.project, persist_data)
+        if isinstance(self.engine.ctx.runtimes, Runtimes):  # (a cluster's volumes)
+            self.engine.ctx.runtimes.keep_data = persist_data
         await self.halt()
         await self.data.after_stop(outcome)
         self.shutdown.set()

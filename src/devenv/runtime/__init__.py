@@ -24,7 +24,7 @@ from devenv.runtime.base import (
 RUNTIMES: dict[str, str] = {
     "local": "devenv.runtime.local:LocalRuntime",
     "docker": "devenv.runtime.docker:DockerRuntime",
-    "kubernetes": "devenv.runtime.kubernetes:KubernetesRuntime",
+    "kubernetes": "devenv.runtime.kube_runtime:KubernetesRuntime",
 }
 DEFAULT = "local"
 
@@ -44,10 +44,21 @@ class Runtimes:
     def __init__(self, root: Path):
         self.root = root
         self._made: dict[str, Runtime] = {}
+        self.keep_data = True  # `stop` without --persist-data: a runtime's volumes go too
+        self.loaded: object = None  # the project of the last `up`
+
+    def configure(self, loaded: object) -> None:
+        """The project as `up` loaded it (profile, the caller's ${VAR}s), for a runtime that
+        renders it (kubernetes); given to those made now and later."""
+        self.loaded = loaded
+        for runtime in self._made.values():
+            _configure(runtime, loaded)
 
     def __call__(self, name: str) -> Runtime:
         if name not in self._made:
             self._made[name] = get_runtime(name, self.root)
+            if self.loaded is not None:
+                _configure(self._made[name], self.loaded)
         return self._made[name]
 
     def recover(self) -> dict[str, int]:
@@ -57,7 +68,15 @@ class Runtimes:
 
     async def close(self) -> None:
         for runtime in self._made.values():
+            if hasattr(runtime, "keep_data"):
+                runtime.keep_data = self.keep_data
             await runtime.close()
+
+
+def _configure(runtime: Runtime, loaded: object) -> None:
+    configure = getattr(runtime, "configure", None)
+    if configure is not None:
+        configure(loaded)
 
 
 __all__ = ["DEFAULT", "RUNTIMES", "Address", "AddressInUse", "Backends", "Instance",

@@ -5,26 +5,33 @@ What is here: server-side apply of rendered manifests (field manager "devenv", f
 pod's log stream, scaling through the scale subresource, and stopping by the project's label
 selector (PersistentVolumeClaims kept with `persist_data`).
 
+Also what the runtime (`kube_runtime.py`) reads of a pod (`pod_state`: running, ready, its
+restarts, why it cannot start) and its events.
+
 Verified only against tests/fake_kube_api.py, a fake API server: no Kubernetes API server
-can run where this was written. The engine does not drive a cluster through this yet: the
-`Runtime` protocol's per-instance methods refuse with a clear error (see `KubernetesRuntime`).
-The client is imported when used, so an engine that never touches a cluster never loads it.
+can run where this was written. The client is imported when used, so an engine that never
+touches a cluster never loads it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from devenv.core.errors import DevenvError
-from devenv.runtime.base import Backends, Instance, InstanceSpec, RunResult
 
 FIELD_MANAGER = "devenv"
+REQUEST_TIMEOUT = (10.0, 60.0)  # connect, read: one API call (streams have no read limit)
+# a container waiting for one of these will not start by waiting longer
+FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+                 "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff",
+                 "RunContainerError"}
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 PLURALS = {"Ingress": "ingresses", "NetworkPolicy": "networkpolicies",
            "PodSecurityPolicy": "podsecuritypolicies", "Endpoints": "endpoints"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass",
@@ -70,6 +77,42 @@ def rollout_state(deployment: dict[str, Any]) -> Rollout:
     return Rollout(ready, f"{updated}/{want} updated, {available} available")
 
 
+@dataclass(frozen=True)
+class PodState:
+    """What the runtime needs to know of one pod (for its container named like the service)."""
+
+    running: bool  # the container runs
+    ready: bool  # and the pod passes its readiness probe
+    restarts: int  # how often the kubelet restarted the container
+    last_exit: int | None  # the exit code of its previous run (a restart), or of its end
+    ended: bool  # the pod is over (Succeeded or Failed): it runs no more
+    deleting: bool  # being deleted (a rollout or scale-down replaces it)
+    problem: str | None  # why it cannot start, as the cluster says it
+
+
+def pod_state(pod: dict[str, Any], container: str) -> PodState:
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    mine = next((c for c in statuses if c.get("name") == container),
+                statuses[0] if statuses else {})
+    state, last = mine.get("state") or {}, mine.get("lastState") or {}
+    problem = None
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") in FATAL_WAITING:
+        problem = f"{waiting['reason']}: {waiting.get('message') or 'no message'}"
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and \
+                cond.get("reason") == "Unschedulable":
+            problem = f"Unschedulable: {cond.get('message') or 'no node fits'}"
+    ended = status.get("phase") in ("Succeeded", "Failed")
+    exit_of = (state.get("terminated") if ended else None) or last.get("terminated") or {}
+    code = exit_of.get("exitCode")
+    return PodState(running="running" in state, ready=bool(mine.get("ready")),
+                    restarts=int(mine.get("restartCount", 0)),
+                    last_exit=int(code) if code is not None else None, ended=ended,
+                    deleting=bool(meta.get("deletionTimestamp")), problem=problem)
+
+
 class KubeApi:
     """The cluster, through the official client's ApiClient (its configuration, auth and
     TLS), with the few raw calls devenv needs."""
@@ -103,7 +146,8 @@ class KubeApi:
             method, path, query_params=query or [], body=body, auth_settings=["BearerToken"],
             header_params={"Content-Type": content_type, "Accept": "application/json"})
         try:
-            response = self.client.call_api(method, url, headers, body)
+            response = self.client.call_api(method, url, headers, body,
+                                            _request_timeout=None if stream else REQUEST_TIMEOUT)
         except Exception as exc:
             status = getattr(exc, "status", None)
             if status == 404:
@@ -154,6 +198,7 @@ class KubeApi:
               kind: str = "Deployment") -> int:
         path = collection_path("apps/v1", kind, namespace) + f"/{quote(name)}/scale"
         found = self.request("PATCH", path, body={"spec": {"replicas": replicas}},
+                             query=[("fieldManager", FIELD_MANAGER)],
                              content_type="application/merge-patch+json")
         return int((found.get("spec") or {}).get("replicas", replicas))
 
@@ -162,12 +207,44 @@ class KubeApi:
                              query=[("labelSelector", selector)])
         return list(found.get("items") or [])
 
+    def pod(self, namespace: str, name: str) -> dict[str, Any]:
+        return self.get("v1", "Pod", namespace, name)
+
+    def mark_for_deletion(self, namespace: str, pod: str) -> None:
+        """The pod its ReplicaSet removes first when scaled down (the deletion cost)."""
+        self.request("PATCH", collection_path("v1", "Pod", namespace) + "/" + quote(pod),
+                     body={"metadata": {"annotations": {DELETION_COST: "-1000000"}}},
+                     query=[("fieldManager", FIELD_MANAGER)],
+                     content_type="application/merge-patch+json")
+
+    def delete_pod(self, namespace: str, pod: str, grace: float) -> None:
+        with contextlib.suppress(LookupError):
+            self.request("DELETE", collection_path("v1", "Pod", namespace) + "/" + quote(pod),
+                         query=[("gracePeriodSeconds", str(max(0, round(grace))))])
+
+    def events(self, namespace: str, name: str, last: int = 5) -> list[str]:
+        """What the cluster said about object `name`, latest last: `Reason: message`."""
+        try:
+            found = self.request("GET", collection_path("v1", "Event", namespace),
+                                 query=[("fieldSelector", f"involvedObject.name={name}")])
+        except (LookupError, DevenvError):
+            return []
+        items = sorted(found.get("items") or [], key=lambda e: str(
+            e.get("lastTimestamp") or e.get("eventTime") or ""))
+        return [f"{e.get('reason', '')}: {e.get('message', '')}".strip()
+                for e in items[-last:]]
+
     def log_lines(self, namespace: str, pod: str, follow: bool = True,
-                  tail: int | None = None) -> Iterator[str]:
+                  tail: int | None = None, container: str | None = None,
+                  previous: bool = False) -> Iterator[str]:
         """A pod's log, line by line, as the API streams it (until the pod's end)."""
         query = [("follow", "true" if follow else "false")]
         if tail is not None:
             query.append(("tailLines", str(tail)))
+        if container is not None:
+            query.append(("container", container))
+        if previous:
+            query.append(("previous", "true"))
         path = collection_path("v1", "Pod", namespace) + f"/{quote(pod)}/log"
         raw = self.request("GET", path, query=query, stream=True)
         rest = b""
@@ -203,39 +280,4 @@ class KubeApi:
         return done
 
 
-class KubernetesRuntime:
-    """`runtime: kubernetes` in the engine's registry. The engine runs instances one by one;
-    on a cluster the unit is a Deployment that `devenv render` writes and `KubeApi` applies.
-    Until the engine drives that, starting an instance says so plainly."""
-
-    name = "kubernetes"
-
-    def __init__(self, root: Path):
-        self.root = root
-
-    def _not_yet(self) -> DevenvError:
-        return DevenvError(
-            "`devenv up` does not drive a Kubernetes cluster yet",
-            hint="render the manifests (devenv render -o k8s/) and apply them (kubectl apply "
-            "--server-side -f k8s/), or run on runtime local or docker")
-
-    async def start(self, spec: InstanceSpec) -> Instance:
-        raise self._not_yet()
-
-    async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
-                  instance: Instance | None = None) -> RunResult:
-        raise self._not_yet()
-
-    def exec(self, spec: InstanceSpec, argv: tuple[str, ...], *, tty: bool) -> int:
-        raise self._not_yet()
-
-    def address(self, service: str, port: int, backends: Backends) -> Any:
-        from devenv.runtime.balancer import Balancer
-
-        return Balancer(service, port, backends)
-
-    def recover(self) -> int:
-        return 0  # (nothing runs on a cluster through the engine yet)
-
-    async def close(self) -> None:
-        return None
+__all__ = ["KubeApi", "PodState", "Rollout", "pod_state", "rollout_state"]
