@@ -48,6 +48,7 @@ from devenv.wire import (
     SnapshotSummary,
     StopResult,
     UpResult,
+    ValidationResult,
 )
 
 CPU_WINDOW = 0.25
@@ -204,6 +205,17 @@ class Environment:
             engine=EngineInfo(pid=os.getpid(), uptime_s=round(time.time() - self.started, 1)),
             watching=self.watching, metrics=_link(self.telemetry.metrics_url),
             dashboard=_link(self.telemetry.dashboard_url))
+
+    async def validate(self, services: list[str]) -> ValidationResult:
+        """`devenv validate`: each running service healthy, its `test:` passed, its
+        dependencies reachable (engine/validation.py)."""
+        from devenv.engine.validation import validate
+
+        if self.engine.plan is None:
+            raise UsageError("nothing runs here to validate", hint="run `devenv up` first")
+        self.known(services)
+        loaded = await asyncio.to_thread(load, self.root, self.profile, environ=self.environ)
+        return await validate(self.engine, loaded, services)
 
     def exec_target(self, service: str) -> tuple[str, InstanceSpec]:
         """The runtime and spec `devenv exec SERVICE` runs with: as the service runs now (its
