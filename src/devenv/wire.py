@@ -279,6 +279,20 @@ class ValidationResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class MigrateResult:
+    """Of `migrate --confirm`."""
+
+    ok: bool
+    changed: bool  # something was migrated (and kept)
+    steps: list[str]  # the plan's steps (and what is left by hand)
+    snapshot: str | None = None  # taken first
+    applied: list[str] = dataclasses.field(default_factory=list)
+    rolled_back: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    details: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
 class ResetResult:
     reset: list[str]
     rolled: Rolled | None = optional()

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from devenv.core.errors import DevenvError
-from devenv.data.base import DataKind, DataService, DatasetLoad, Server
+from devenv.data.base import DataKind, DataService, DatasetLoad, Server, VersionMove
 
 KINDS: dict[str, str] = {
     "postgres": "devenv.data.postgres:Postgres",
@@ -115,6 +115,33 @@ def extensions(ds: DataService[Any]) -> list[str] | None:
     return kind_of(ds.kind).extensions(ds)
 
 
+def version_move(ds: DataService[Any]) -> VersionMove | None:
+    """When the data on disk is from another major version than the service's binaries:
+    what `devenv migrate` would do (None: nothing to move, or a kind that has no versions)."""
+    found = getattr(kind_of(ds.kind), "version_move", None)
+    move: VersionMove | None = found(ds) if found is not None else None
+    return move
+
+
+async def upgrade_save(ds: DataService[Any], move: VersionMove, snapshot: Path,
+                       work: Path) -> str:
+    """With the server stopped: a copy of the old data into `snapshot` (restorable with the
+    old binaries), and what the move needs into `work`; the old server's version."""
+    version: str = await kind_of(ds.kind).upgrade_save(  # type: ignore[attr-defined]
+        ds, move, snapshot, work)
+    return version
+
+
+async def upgrade_apply(ds: DataService[Any], move: VersionMove, work: Path) -> None:
+    """The data moved to the binaries' version (the old folder kept aside)."""
+    await kind_of(ds.kind).upgrade_apply(ds, move, work)  # type: ignore[attr-defined]
+
+
+def upgrade_finish(ds: DataService[Any]) -> None:
+    """The move held: what it kept aside is removed."""
+    kind_of(ds.kind).upgrade_finish(ds)  # type: ignore[attr-defined]
+
+
 async def open_load(ds: DataService[Any], target: str | None,
                     files: list[tuple[str, Path]]) -> DatasetLoad:
     return await kind_of(ds.kind).open_load(ds, target, files)
@@ -157,6 +184,10 @@ __all__ = [
     "snapshot",
     "stage_restore",
     "swap_restore",
+    "upgrade_apply",
+    "upgrade_finish",
+    "upgrade_save",
     "url",
     "url_var",
+    "version_move",
 ]

@@ -40,6 +40,7 @@ from devenv.wire import (
     ErrorInfo,
     Link,
     LoadResult,
+    MigrateResult,
     OpResult,
     ProfileResult,
     ProfileTick,
@@ -216,6 +217,13 @@ class Environment:
         self.known(services)
         loaded = await asyncio.to_thread(load, self.root, self.profile, environ=self.environ)
         return await validate(self.engine, loaded, services)
+
+    async def migrate(self) -> MigrateResult:
+        """`devenv migrate --confirm` (engine/migration.py): a snapshot first, the plan
+        applied, the environment up and healthy, or everything rolled back."""
+        from devenv.engine.migration import confirm
+
+        return await confirm(self)
 
     def exec_target(self, service: str) -> tuple[str, InstanceSpec]:
         """The runtime and spec `devenv exec SERVICE` runs with: as the service runs now (its

@@ -85,6 +85,14 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
 
     router.add_get("/v1/ping", ping)
     router.add_post("/v1/validate", validate)
+
+    async def migrate(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("environ") is not None:
+            env.environ = body["environ"]
+        return answer(await env.migrate())
+
+    router.add_post("/v1/migrate", migrate)
     router.add_get("/v1/status", status)
     router.add_post("/v1/up", up)
     router.add_post("/v1/restart", restart)
