@@ -4,10 +4,15 @@ its own engine, beside the running environment, which keeps its instances and an
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
 import threading
 from pathlib import Path
 
-from conftest import Project, free_ports
+import psutil
+
+from conftest import Project, free_ports, procs_in, wait_for
 
 SERVICES = """\
 api:
@@ -96,3 +101,65 @@ def test_validate_usage_errors(project: Project) -> None:
                          "--ports", _ranges(4))
     assert bad.returncode == 2, bad.stdout + bad.stderr
     assert "replicas" in bad.stderr
+
+
+def _candidates(project: Project) -> list[Path]:
+    """The isolated copies of this project that exist now."""
+    return [p for p in Path("/tmp").glob("devenv-validate-*")
+            if (p / "c" / "svc.py").is_symlink()
+            and (p / "c" / "svc.py").resolve() == (project.root / "svc.py").resolve()]
+
+
+def test_ctrl_c_stops_the_candidate_and_removes_it(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "true")
+    text = (project.root / "devenv.yaml").read_text()
+    # web never gets healthy, so validate is still waiting when it is interrupted
+    (project.root / "devenv.yaml").write_text(text.replace(
+        "  web:\n    command: [python, svc.py]",
+        "  web:\n    command: [python, -c, 'import time; time.sleep(600)']"))
+    proc = project.popen("validate", "--all-services", "--ports", _ranges(4))
+    assert wait_for(lambda: any((c / "c" / ".devenv" / "run" / "engine.sock").exists()
+                                and _candidate_api_up(c) for c in _candidates(project)),
+                    timeout=30)
+    copy = _candidates(project)[0]
+    engine = int((copy / "c" / ".devenv" / "run" / "engine.pid").read_text())
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) != 0
+    assert not copy.exists()
+    assert wait_for(lambda: not psutil.pid_exists(engine) or
+                    psutil.Process(engine).status() == psutil.STATUS_ZOMBIE, timeout=20)
+    assert wait_for(lambda: not [p for p in procs_in(project.root)
+                                 if "sleep(600)" in " ".join(p.cmdline())], timeout=20)
+
+
+def _candidate_api_up(copy: Path) -> bool:
+    """The copy's api is healthy (so `up` is waiting for web)."""
+    try:
+        text = (copy / "c" / ".devenv" / "local.yaml").read_text()
+    except OSError:
+        return False
+    port = int(text.split("api:\n")[1].split("port:")[1].split()[0])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_config_branch_is_validated_instead_of_the_local_overrides(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "test \"$MODE\" = good")
+    for args in (("init", "-q"), ("add", "-A"), ("-c", "user.name=t", "-c", "user.email=t@x",
+                                                   "commit", "-qm", "start")):
+        subprocess.run(["git", *args], cwd=project.root, check=True, capture_output=True)
+    project.devenv("config", "set", "services.web.env.MODE", "good", check=True)
+    project.devenv("config", "branch", "good-mode", check=True)
+    project.devenv("config", "set", "services.web.env.MODE", "bad", check=True)
+    mine = project.devenv("validate", "--all-services", "--ports", _ranges(4), timeout=120)
+    assert mine.returncode == 1, mine.stdout + mine.stderr
+    branch = project.devenv("validate", "--all-services", "--config-branch", "good-mode",
+                            "--ports", _ranges(4), timeout=120)
+    assert branch.returncode == 0, branch.stdout + branch.stderr
+    unknown = project.devenv("validate", "--all-services", "--config-branch", "nope")
+    assert unknown.returncode == 2 and "no config branch 'nope'" in unknown.stderr
