@@ -132,3 +132,28 @@ def test_a_failed_migration_rolls_back_to_the_snapshot(project: Project) -> None
     project.up()
     assert _server_version(port) == OLD
     assert len(_sql(port, "SELECT * FROM product")) == 2
+
+
+def test_a_migration_cut_short_by_a_crash_is_rolled_back(project: Project) -> None:
+    port = _with_data(project)
+    yaml_before = (project.root / "devenv.yaml").read_text()
+    # the engine dies once the old data is set aside, before the new folder exists
+    crashed = subprocess.run([sys.executable, "-m", "devenv", "migrate", "--confirm"],
+                             cwd=project.root, capture_output=True, text=True, timeout=300,
+                             env={**ENV, "DEVENV_FAULTS": "migrate:aside"})
+    assert crashed.returncode != 0
+    assert (project.root / ".devenv" / "migrate" / "journal.json").exists()
+    up = project.devenv("up")
+    assert up.returncode == 1 and "a migration was cut short" in up.stdout + up.stderr
+    assert "cut short" in project.devenv("migrate", "--dry-run").stdout
+    undo = project.devenv("migrate", "--confirm", timeout=300)
+    assert undo.returncode == 1, undo.stdout + undo.stderr
+    assert "rolled back: db: restored from snapshot migrate-" in undo.stdout
+    assert not (project.root / ".devenv" / "migrate" / "journal.json").exists()
+    assert (project.root / "devenv.yaml").read_text() == yaml_before
+    # and a new attempt then migrates
+    done = project.devenv("migrate", "--confirm", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    project.up()
+    assert _server_version(port) == NEW
+    assert len(_sql(port, "SELECT * FROM product")) == 2

@@ -71,6 +71,13 @@ class Plan:
                 "kubernetes": self.kube}
 
 
+def journal_file(root: Path) -> Path:
+    """Written by `migrate --confirm` once its snapshot is taken, removed when the migration
+    held or was rolled back: while it exists (the engine died mid-way), `up` refuses to
+    start and `migrate --confirm` rolls the migration back."""
+    return StateDir(root).base / "migrate" / "journal.json"
+
+
 def make(root: Path) -> Plan:
     """The plan for the project at `root`; a ConfigError when the upgraded configuration
     does not validate (nothing is applied then)."""

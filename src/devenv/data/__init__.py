@@ -137,6 +137,13 @@ async def upgrade_apply(ds: DataService[Any], move: VersionMove, work: Path) -> 
     await kind_of(ds.kind).upgrade_apply(ds, move, work)  # type: ignore[attr-defined]
 
 
+def on_version(ds: DataService[Any], version: str, bin_dir: str | None) -> DataService[Any]:
+    """The service as it was before a move: on `version`'s binaries (in `bin_dir`)."""
+    moved: DataService[Any] = kind_of(ds.kind).on_version(  # type: ignore[attr-defined]
+        ds, version, bin_dir)
+    return moved
+
+
 def upgrade_finish(ds: DataService[Any]) -> None:
     """The move held: what it kept aside is removed."""
     kind_of(ds.kind).upgrade_finish(ds)  # type: ignore[attr-defined]
@@ -175,6 +182,7 @@ __all__ = [
     "extensions",
     "kind_names",
     "kind_of",
+    "on_version",
     "open_load",
     "prepare",
     "provision",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -421,6 +422,10 @@ class Postgres:
         from devenv.data import postgres_upgrade
 
         await postgres_upgrade.apply(ds, move, work)
+
+    def on_version(self, ds: PG, version: str, bin_dir: str | None) -> PG:
+        settings = dataclasses.replace(ds.settings, bin_dir=bin_dir, version=version)
+        return dataclasses.replace(ds, settings=settings)
 
     def upgrade_finish(self, ds: PG) -> None:
         from devenv.data import postgres_upgrade

@@ -74,8 +74,7 @@ def version_move(ds: PG) -> VersionMove | None:
 
 def old_service(ds: PG, move: VersionMove) -> PG:
     """The service as it was: on the data's own binaries."""
-    settings = dataclasses.replace(ds.settings, bin_dir=move.old_bin, version=move.old)
-    return dataclasses.replace(ds, settings=settings)
+    return Postgres().on_version(ds, move.old, move.old_bin)
 
 
 def _private(path: str, flags: int) -> int:

@@ -80,6 +80,7 @@ class Environment:
         self.profile: str | None = None  # of the last `up`
         self.environ: dict[str, str] | None = None  # the caller's, for ${VAR}
         self.watching = False
+        self.migrating = False  # `migrate --confirm` brings the environment up itself
         self.started = time.time()
         self._work: set[asyncio.Task[object]] = set()  # `up`s in flight: `stop` cancels them
 
@@ -104,6 +105,11 @@ class Environment:
                   environ: dict[str, str] | None, watch: bool,
                   progress: Callable[[Progress], None], rerun: list[str]) -> UpResult:
         self.environ = environ
+        from devenv.migration import journal_file
+
+        if journal_file(self.root).exists() and not self.migrating:
+            raise DevenvError("a migration was cut short (.devenv/migrate/journal.json)",
+                              hint="`devenv migrate --confirm` rolls it back to its snapshot")
         loaded = await asyncio.to_thread(load, self.root, profile, environ=environ)
         plan = make_plan(loaded, services)
         _check_rerun(plan, rerun)
@@ -223,7 +229,13 @@ class Environment:
         applied, the environment up and healthy, or everything rolled back."""
         from devenv.engine.migration import confirm
 
-        return await confirm(self)
+        if self.migrating:
+            raise UsageError("a migration is already running")
+        self.migrating = True
+        try:
+            return await confirm(self)
+        finally:
+            self.migrating = False
 
     def exec_target(self, service: str) -> tuple[str, InstanceSpec]:
         """The runtime and spec `devenv exec SERVICE` runs with: as the service runs now (its

@@ -29,7 +29,7 @@ from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import PRIVATE_FILE, StateDir, private_dir
 from devenv.data.base import DataService, VersionMove
 from devenv.data.snapshots import SnapshotStore, now_manifest
-from devenv.migration import Plan, make
+from devenv.migration import Plan, journal_file, make
 from devenv.wire import MigrateResult, Progress, UpResult
 
 if TYPE_CHECKING:
@@ -54,25 +54,25 @@ def _services(env: Environment, plan: Plan) -> dict[str, DataService[object]]:
 
 def _old(ds: DataService[object], move: VersionMove) -> DataService[object]:
     """The service on the data's own binaries (the rollback restores with them)."""
-    import dataclasses
+    return _on(ds, move.old_bin, move.old)
 
-    settings = dataclasses.replace(ds.settings, bin_dir=move.old_bin,  # type: ignore[type-var]
-                                   version=move.old)
-    return dataclasses.replace(ds, settings=settings)
+
+def _on(ds: DataService[object], bin_dir: str | None, version: str) -> DataService[object]:
+    return kinds.on_version(ds, version, bin_dir)
 
 
 async def confirm(env: Environment) -> MigrateResult:
     state = StateDir(env.root)
+    if journal_file(env.root).exists():
+        return await recover(env)
     plan = await asyncio.to_thread(make, env.root)
     if not plan.changed:
         return MigrateResult(ok=True, changed=False, steps=plan.kube)
     if plan.blocked:
         raise UsageError("the migration cannot be done here", hint="; ".join(plan.blocked))
-    journal = state.base / "migrate" / "journal.json"
+    journal = journal_file(env.root)
     if journal.exists():
-        raise DevenvError(f"a migration was cut short ({journal})", hint="see the journal; "
-                          "`devenv snapshot restore` its snapshot, put its files back, then "
-                          "remove it")
+        return await recover(env)
     was_running = bool(env.engine.runners)
     profile, environ = env.profile, env.environ
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -102,9 +102,10 @@ async def confirm(env: Environment) -> MigrateResult:
                 store.discard(staging)
                 raise
         write_atomic(journal, json.dumps({
-            "snapshot": snapshot, "files": {str(c.path): str(folder / f"{i}.orig")
-                                            for i, c in enumerate(plan.files)},
-            "data": [m.service for m in plan.data]}), mode=PRIVATE_FILE)
+            "snapshot": snapshot, "folder": str(folder),
+            "files": {str(c.path): str(folder / f"{i}.orig") for i, c in enumerate(plan.files)},
+            "data": {m.service: {"old": m.old, "old_bin": m.old_bin} for m in plan.data}}),
+            mode=PRIVATE_FILE)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         if was_running:  # nothing was changed: back as it was
@@ -146,6 +147,40 @@ async def confirm(env: Environment) -> MigrateResult:
         await env.halt()
     return MigrateResult(ok=True, changed=True, steps=plan.steps(), snapshot=snapshot,
                          applied=applied)
+
+
+async def recover(env: Environment) -> MigrateResult:
+    """A migration cut short (the engine died mid-way): files put back, the moved data
+    restored from the snapshot (the files, put back first, name the old binaries)."""
+    from devenv.config.load import load
+    from devenv.plan import make_plan
+
+    journal = journal_file(env.root)
+    record = json.loads(journal.read_text())
+    await env.halt()
+    undone = []
+    for path, saved in record["files"].items():
+        original = Path(saved).read_text()
+        if Path(path).read_text() != original:
+            write_atomic(Path(path), original, mode=Path(path).stat().st_mode & 0o777)
+            undone.append(str(Path(path).relative_to(env.root)))
+    if record["snapshot"] and record["data"]:
+        services = make_plan(await asyncio.to_thread(load, env.root)).services
+        store = SnapshotStore(StateDir(env.root).base / "snapshots")
+        snap = await asyncio.to_thread(store.verify, record["snapshot"])
+        for name, was in record["data"].items():
+            found = services[name].data
+            assert found is not None
+            ds = _on(found, was["old_bin"], was["old"])
+            await asyncio.to_thread(kinds.stage_restore, ds, snap.path / name)
+            kinds.swap_restore(ds)
+            await asyncio.to_thread(kinds.drop_restore, ds)
+            await asyncio.to_thread(kinds.upgrade_finish, ds)
+            undone.append(f"{name}: restored from snapshot {record['snapshot']}")
+    journal.unlink()
+    return MigrateResult(ok=False, changed=False, steps=[], snapshot=record["snapshot"],
+                         rolled_back=undone, error="a migration was cut short; it is rolled "
+                         "back (run `devenv migrate --confirm` again to migrate)")
 
 
 async def _up(env: Environment, profile: str | None, environ: dict[str, str] | None

@@ -16,11 +16,17 @@ from devenv.wire import to_json
 
 
 def run(args: argparse.Namespace) -> int:
-    from devenv.migration import make
+    from devenv.migration import journal_file, make
 
     root = project_root(args)
-    plan = make(root)  # a ConfigError (exit 2) when the upgraded configuration is invalid
-    if args.dry_run:
+    cut_short = journal_file(root).exists()
+    if cut_short and args.dry_run:
+        out.print("a migration was cut short (.devenv/migrate/journal.json): `devenv migrate "
+                  "--confirm` rolls it back to its snapshot", markup=False)
+        return 1
+    # (cut short: the engine rolls it back, whatever the files say now)
+    plan = make(root) if not cut_short else None  # ConfigError (exit 2): invalid upgrade
+    if plan is not None and args.dry_run:
         if args.json:
             print_json(plan.to_json())
             return 0
@@ -38,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         out.print("dry run: nothing was changed; apply with `devenv migrate --confirm`",
                   markup=False)
         return 0
-    if not plan.changed:
+    if plan is not None and not plan.changed:
         if args.json:
             print_json({"ok": True, "changed": False, "steps": plan.steps()})
         else:
