@@ -17,7 +17,7 @@ from conftest import ENV, Project, free_ports
 from devenv.data.postgres import _bundled, major_of
 
 OLD = "15"
-pytestmark = pytest.mark.skipif(major_of(f"/usr/lib/postgresql/{OLD}/bin") != OLD,
+needs_pg15 = pytest.mark.skipif(major_of(f"/usr/lib/postgresql/{OLD}/bin") != OLD,
                                 reason="Debian's PostgreSQL 15 is not installed (make tools)")
 NEW = major_of(str(_bundled()))
 
@@ -73,6 +73,7 @@ def _with_data(project: Project, old_schema: bool = False) -> int:
     return port
 
 
+@needs_pg15
 def test_dry_run_prints_the_plan_and_changes_nothing(project: Project) -> None:
     port = _with_data(project, old_schema=True)
     before_yaml = (project.root / "devenv.yaml").read_text()
@@ -96,6 +97,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(project: Project) -> None:
     del port
 
 
+@needs_pg15
 def test_confirm_moves_the_data_to_the_new_major_version(project: Project) -> None:
     port = _with_data(project, old_schema=True)
     result = project.devenv("migrate", "--confirm", timeout=300)
@@ -114,6 +116,7 @@ def test_confirm_moves_the_data_to_the_new_major_version(project: Project) -> No
         "nothing to migrate")
 
 
+@needs_pg15
 def test_a_failed_migration_rolls_back_to_the_snapshot(project: Project) -> None:
     port = _with_data(project)
     yaml_before = (project.root / "devenv.yaml").read_text()
@@ -124,7 +127,6 @@ def test_a_failed_migration_rolls_back_to_the_snapshot(project: Project) -> None
     assert "migration failed: injected failure" in result.stdout
     assert "rolled back: db: restored from snapshot" in result.stdout
     assert (project.root / "devenv.yaml").read_text() == yaml_before
-    project.devenv("stop", "--persist-data")  # (the engine started with the fault armed)
     assert not (project.root / ".devenv" / "data" / "db" / "pgdata.pre-migrate").exists()
     # the data is PostgreSQL 15's again, with its rows: up on the old version works
     (project.root / "devenv.yaml").write_text(yaml_before.replace(f'version: "{NEW}"',
@@ -134,6 +136,7 @@ def test_a_failed_migration_rolls_back_to_the_snapshot(project: Project) -> None
     assert len(_sql(port, "SELECT * FROM product")) == 2
 
 
+@needs_pg15
 def test_a_migration_cut_short_by_a_crash_is_rolled_back(project: Project) -> None:
     port = _with_data(project)
     yaml_before = (project.root / "devenv.yaml").read_text()
@@ -157,3 +160,21 @@ def test_a_migration_cut_short_by_a_crash_is_rolled_back(project: Project) -> No
     project.up()
     assert _server_version(port) == NEW
     assert len(_sql(port, "SELECT * FROM product")) == 2
+
+
+def test_a_schema_migration_of_a_running_environment_brings_it_back(project: Project) -> None:
+    api = free_ports(1)[0]
+    project.write(f"""\
+        version: 1
+        ingress: {{enabled: false}}
+        services:
+          api: {{command: [python, svc.py], cwd: ., port: {api}, health: {{http: /healthz}}}}
+        """)
+    project.up()
+    result = project.devenv("migrate", "--confirm", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "version: 2" in (project.root / "devenv.yaml").read_text()
+    assert project.service("api")["state"] == "healthy"
+    assert project.get(f"http://127.0.0.1:{api}/whoami")[0] == 200
+    assert project.devenv("migrate", "--confirm", check=True).stdout.startswith(
+        "nothing to migrate")

@@ -53,10 +53,15 @@ def run(args: argparse.Namespace) -> int:
                 out.print(f"  - {step}", markup=False)
         return 0
     client = Client(root)
+    started = not client.running()
     client.ensure_engine()
     if not args.json:
         err.print("migrating (a snapshot first)…")
-    result = client.migrate()
+    try:
+        result = client.migrate()
+    finally:
+        if started and client.running():  # an engine started for this: not left idle
+            client.stop(persist_data=True)
     if args.json:
         print_json(to_json(result))
     elif result.ok:
