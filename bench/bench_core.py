@@ -131,6 +131,7 @@ def throughput(port: int, host: str, conns: int, seconds: float) -> tuple[float,
 # An Ingress routing backend-0.localhost to one instance; argv: port, instance port, on|off
 EDGE_INGRESS = """
 import asyncio, collections, sys
+from devenv.engine.daemon import loop_factory
 from devenv.engine.ingress import Ingress, RouteSpec, build_routes
 from devenv.engine.pool import Backend, Pool
 from devenv.telemetry.model import Hub
@@ -152,7 +153,8 @@ async def main() -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     traces.close()
 
-asyncio.run(main())
+with asyncio.Runner(loop_factory=loop_factory()) as runner:  # the engine's loop
+    runner.run(main())
 """
 
 

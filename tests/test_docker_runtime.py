@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (the docker fixtures are imported from docker_env, then requested)
 """The docker runtime, end to end on a real Docker Engine (`pytest -k docker`).
 
 The session's engine comes from tests/docker_env.py (started here when missing, as root;
@@ -10,14 +11,12 @@ import contextlib
 import os
 import signal
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-import conftest
 import docker_env
 from conftest import Project, free_ports, wait_for
 from devenv.config.load import load
@@ -31,6 +30,14 @@ from devenv.runtime.docker_spec import (
     create_args,
     exit_code,
     network_name,
+    resources_from,
+)
+from docker_env import (  # noqa: F401  (the fixtures)
+    _checked,
+    api,
+    containers,
+    docker_engine,
+    image,
 )
 
 # ---- pure parts: no Docker Engine needed
@@ -78,6 +85,16 @@ def test_docker_exit_codes_and_lines() -> None:
     assert split.end() == ["three"]
 
 
+def test_docker_resources_from_stats() -> None:
+    stats = {"cpu_stats": {"cpu_usage": {"total_usage": 3_000_000_000}},
+             "memory_stats": {"usage": 50_000_000, "stats": {"inactive_file": 10_000_000}}}
+    res, kept = resources_from(stats, 12.0, (10.0, 2.0))
+    assert res.cpu_percent == 50.0  # one CPU second over two: half a core
+    assert res.rss_bytes == 40_000_000 and res.cpu_seconds == 3.0 and kept == (12.0, 3.0)
+    v1 = {"memory_stats": {"usage": 8, "stats": {"cache": 3}}}  # cgroup v1's page cache
+    assert resources_from(v1, 1.0, (0.0, 0.0))[0].rss_bytes == 5
+
+
 def _write(root: Path, text: str) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "devenv.yaml").write_text(textwrap.dedent(text))
@@ -90,8 +107,8 @@ def test_docker_plan_discovery_uses_alias_between_containers(tmp_path: Path) -> 
         runtime: docker
         services:
           api: {image: "img:1", port: 8000}
-          web: {image: "img:1", port: 8001, depends_on: [api, worker]}
-          worker: {command: "python3 w.py", port: 8002}
+          web: {image: "img:1", port: 8001, depends_on: [api, migrate]}
+          migrate: {command: "python3 m.py", restart: "no"}
           local: {command: "python3 l.py", depends_on: [api]}
         """)
     plan = make_plan(load(root))
@@ -99,11 +116,32 @@ def test_docker_plan_discovery_uses_alias_between_containers(tmp_path: Path) -> 
     assert web.runtime == "docker" and web.container == Container("img:1", "web", 8001)
     assert web.env["API_URL"] == "http://api:8000"  # container to container: by alias
     assert web.env["API_HOST"] == "api"
-    assert web.env["WORKER_URL"] == "http://127.0.0.1:8002"  # a local one: as before
+    assert plan.services["migrate"].runtime == "local"  # (a job: nothing to reach)
     assert local.runtime == "local" and local.env["API_URL"] == "http://127.0.0.1:8000"
     # the same file on the local runtime: image-only services cannot run there
     with pytest.raises(ConfigError, match="2 problems"):
         load(root, environ={**os.environ, "DEVENV_RUNTIME": "local"})
+
+
+def test_docker_container_depending_on_a_local_server_is_refused(tmp_path: Path) -> None:
+    root = _write(tmp_path / "p", """\
+        version: 1
+        runtime: docker
+        services:
+          web:
+            image: "img:1"
+            command: "python3 web.py"
+            depends_on: [worker]
+          worker: {command: "python3 w.py", port: 8002}
+        """)
+    with pytest.raises(ConfigError) as caught:
+        load(root)
+    problem = str(caught.value.problems[0])
+    assert "devenv.yaml:7 services.web.depends_on.worker" in problem, problem
+    assert "listens on 127.0.0.1 only" in problem
+    assert "give worker an `image:` or `build:`, or run web locally" in problem
+    # the same file on the local runtime is fine: both are processes
+    assert load(root, environ={**os.environ, "DEVENV_RUNTIME": "local"}) is not None
 
 
 def test_docker_config_errors(tmp_path: Path) -> None:
@@ -124,63 +162,6 @@ def test_docker_config_errors(tmp_path: Path) -> None:
 
 
 # ---- on a real Docker Engine
-
-
-@pytest.fixture(scope="session")
-def docker_engine() -> Iterator[docker_env.Engine]:
-    try:
-        found = docker_env.engine()
-    except docker_env.Unavailable as exc:
-        pytest.skip(f"no Docker Engine: {exc}")
-    saved = os.environ.get("DOCKER_HOST")
-    os.environ["DOCKER_HOST"] = conftest.ENV["DOCKER_HOST"] = found.host
-    try:
-        yield found
-    finally:
-        conftest.ENV.pop("DOCKER_HOST", None)
-        if saved is None:
-            os.environ.pop("DOCKER_HOST", None)
-        else:
-            os.environ["DOCKER_HOST"] = saved
-        found.close()
-
-
-@pytest.fixture(scope="session")
-def image(docker_engine: docker_env.Engine) -> str:
-    return docker_env.test_image(docker_engine.api())
-
-
-@pytest.fixture(autouse=True)
-def _checked() -> Iterator[list[Path]]:
-    """After a test on the Docker Engine (and after the project fixture stopped its engine:
-    this one, autouse, is set up before it), nothing of its project may be left there."""
-    roots: list[Path] = []
-    yield roots
-    if not roots:
-        return
-    client = docker_env.Engine(os.environ["DOCKER_HOST"]).api()
-    for root in roots:
-        label = f"{PROJECT_LABEL}={root}"
-        left = client.containers(all=True, filters={"label": label})
-        nets = client.networks(filters={"label": label})
-        for c in left:
-            client.remove_container(c["Id"], force=True)
-        for n in nets:
-            client.remove_network(n["Id"])
-        assert not left and not nets, "containers or networks were left after the test"
-
-
-@pytest.fixture
-def api(_checked: list[Path], project: Project, docker_engine: docker_env.Engine) -> Any:
-    """docker-py's client of the session's Docker Engine."""
-    _checked.append(project.root)
-    return docker_engine.api()
-
-
-def containers(client: Any, root: Path, service: str | None = None) -> list[dict[str, Any]]:
-    labels = [f"{PROJECT_LABEL}={root}"] + ([f"devenv.service={service}"] if service else [])
-    found: list[dict[str, Any]] = client.containers(filters={"label": labels})
-    return found
 
 
 def _services(project: Project, image: str, body: str) -> None:
@@ -387,3 +368,50 @@ def test_docker_build_context_change_rebuilds_and_replaces(project: Project, ima
                     == "second", timeout=30)
     # the old container drained and removed
     assert wait_for(lambda: len(containers(api, project.root, "api")) == 1, timeout=20)
+
+
+@pytest.mark.parametrize("action", ["restart", "replace"])
+def test_docker_hot_reload_copies_changed_files_into_new_containers(
+        project: Project, image: str, api: Any, action: str) -> None:
+    port = free_ports(1)[0]
+    app = project.root / "app"
+    app.mkdir()
+    source = (docker_env.FIXTURES / "svc.py").read_text()
+    (app / "svc.py").write_text(source)  # (the image holds the same file in /app)
+    _services(project, image, f"""\
+        api:
+          image: "IMAGE"
+          path: app
+          port: {port}
+          health: {{http: /healthz}}
+          watch: {{action: {action}}}
+        """)
+    project.up()
+    first = containers(api, project.root, "api")
+    assert project.get(f"http://127.0.0.1:{port}/whoami")[1]["service"] == "api"
+    (app / "svc.py").write_text(source.replace(
+        'NAME = os.environ.get("DEVENV_SERVICE", "svc")', 'NAME = "edited"'))
+    assert wait_for(lambda: project.get(f"http://127.0.0.1:{port}/whoami")[1]["service"]
+                    == "edited", timeout=30)
+    assert wait_for(lambda: len(now := containers(api, project.root, "api")) == 1
+                    and now[0]["Id"] != first[0]["Id"], timeout=20)
+    assert project.service("api")["reloads"] == 1
+
+
+def test_docker_status_resources_from_container_stats(project: Project, image: str,
+                                                      api: Any) -> None:
+    port = free_ports(1)[0]
+    _services(project, image, f"""\
+        busy:
+          image: "IMAGE"
+          command: ["/bin/sh", "-c",
+                    "python3 -c 'while True: pass' & exec python3 /app/serve.py"]
+          port: {port}
+          health: {{http: /healthz}}
+        """)
+    project.up()
+    svc = project.status("--resources")["services"][0]
+    assert svc["rss_bytes"] > 5_000_000, svc  # two Python processes
+    assert svc["cpu_percent"] > 20, svc  # a busy loop: about one core
+    text = project.devenv("status", "--resources", check=True).stdout
+    assert "MiB" in text and "busy" in text

@@ -112,6 +112,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     for var, given in injected.dependency_env(loaded.project, loaded.root, name).items():
         env.setdefault(var, given.value)
     data = None
+    box: dict[str, Any] = {}
     command = command_argv(svc.command) if svc.command is not None else ()
     health, watch = svc.health, svc.watch
     stop_signal: str = svc.stop_signal
@@ -121,7 +122,18 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         command, health, stop_signal = server.command, server.health, server.stop_signal
         env.update(server.env)
         watch = Watch(enabled=False)
+        if data.in_container:  # on the docker runtime: its image, user and data volume
+            assert data.volume is not None and server.mount is not None
+            box = {"runtime": loaded.project.runtime, "container": Container(
+                image=server.image, alias=name, port=svc.port, user=server.user,
+                volumes=((data.volume, server.mount),))}
     watch, watch_note = _resolve_watch(watch, svc, loaded.root, env)
+    if not box:
+        box = _container(loaded, name)
+        # (asked for: `auto` never copies project files into an image it knows nothing of)
+        copy_in = watch.enabled and svc.watch.action in ("restart", "replace")
+        if box and box["container"].build_context is None and copy_in:
+            box["container"] = replace(box["container"], copy_in=True)
     plan = ServicePlan(
         name=name,
         command=command,
@@ -143,7 +155,7 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
         watch_note=watch_note,
         job=svc.job,
         metrics_path=svc.metrics.path if svc.metrics else None,
-        **_container(loaded, name),
+        **box,
     )
     fingerprint = asdict(plan)
     for live in LIVE_FIELDS:  # changed on running instances, no new ones needed

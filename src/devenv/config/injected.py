@@ -15,7 +15,7 @@ settings): this module names no kind.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +54,14 @@ def data_service(project: Project, root: Path, name: str) -> DataService[Any]:
 
     svc = project.services[name]
     assert svc.port is not None
-    return DataService(name, svc.kind, svc.settings, StateDir(root).data / name, svc.port)
+    if not project.in_container(name):
+        return DataService(name, svc.kind, svc.settings, StateDir(root).data / name, svc.port)
+    from devenv.data import kind_of
+    from devenv.data.container import volume_name
+
+    return DataService(name, svc.kind, svc.settings, StateDir(root).data / name, svc.port,
+                       image=svc.image or kind_of(svc.kind).image,
+                       volume=volume_name(root, name), project=str(root))
 
 
 def dependency_env(project: Project, root: Path, name: str) -> dict[str, Injected]:
@@ -67,10 +74,12 @@ def dependency_env(project: Project, root: Path, name: str) -> dict[str, Injecte
         prefix = var_prefix(dep)
         if target.is_data:
             ds = data_service(project, root, dep)
+            if project.in_container(name) and project.in_container(dep):
+                ds = replace(ds, host=dep)  # container to container: by its alias
             hidden = tuple(kinds.secrets(ds))
             url = kinds.url(ds, how.database)
             given = {kinds.url_var(target.kind): url, f"{prefix}_URL": url,
-                     f"{prefix}_HOST": HOST, f"{prefix}_PORT": str(target.port),
+                     f"{prefix}_HOST": ds.host, f"{prefix}_PORT": str(target.port),
                      **kinds.client_env(ds, how.database)}
         elif target.port and project.in_container(name) and project.in_container(dep):
             hidden = ()  # container to container: by its alias on the project's network

@@ -428,7 +428,8 @@ def _chosen_runtime(project: Project, env: Mapping[str, str]) -> Project:
 
 
 def _check_runnable(project: Project, source: Source, shown: str) -> None:
-    """A service with only an image needs the docker runtime."""
+    """A service with only an image needs the docker runtime; a container cannot depend on
+    a server of the local runtime (mixed runtimes: refused, with the fix)."""
     problems = []
     for name, svc in project.services.items():
         if svc.kind == "process" and svc.command is None and not project.in_container(name):
@@ -437,6 +438,18 @@ def _check_runnable(project: Project, source: Source, shown: str) -> None:
                                     f"on the {project.runtime} runtime; give it one, or run "
                                     "it as a container (runtime: docker, or up --runtime "
                                     "docker)"))
+        elif project.in_container(name):
+            for dep in svc.depends_on:
+                target = project.services[dep]
+                if target.port is None or project.in_container(dep):
+                    continue  # (a job's completion crosses no network)
+                file, line = source.locate(("services", name, "depends_on", dep), shown)
+                problems.append(Problem(
+                    file, line, f"services.{name}.depends_on.{dep}",
+                    f"{name} runs as a container and {dep} on this machine, where it listens "
+                    f"on 127.0.0.1 only, which a container cannot reach; run both on the same "
+                    f"runtime: give {dep} an `image:` or `build:`, or run {name} locally "
+                    "(runtime: local)"))
     if problems:
         raise ConfigError(problems)
 

@@ -289,7 +289,10 @@ class Service:
         ".", doc="Working folder, relative to the project (`cwd` before version 2).")
     image: str | None = key(
         None, doc="On the docker runtime: the image its containers run (`command`, when given, "
-        "replaces the image's own). On the local runtime `command` runs instead.")
+        "replaces the image's own). On the local runtime `command` runs instead. A data "
+        "service's (postgres, redis) default is the official image (postgres:16, redis:7); "
+        "another must follow its conventions (the same binaries on the PATH, the same "
+        "users and data folder).")
     build: Build | None = key(
         None, doc="On the docker runtime: build the image from a Dockerfile (context, "
         "dockerfile) instead of using `image`. (Not `watch.build`, a command run before a "
@@ -385,7 +388,7 @@ class Service:
                 return [((), "missing required key 'command'")]
             return []
         found: list[tuple[tuple[str, ...], str]] = []
-        for which in ("image", "build"):
+        for which in ("build",):
             if getattr(self, which) is not None:
                 found.append(((which,), f"a {self.kind} service is run by devenv; remove "
                               f"`{which}`"))
@@ -501,9 +504,10 @@ class Project:
                                        doc="Traces, metrics and the dashboard.")
     runtime: RuntimeName = key(
         "local", doc="Where services run. local: processes on this machine. docker: services "
-        "with `image:` or `build:` run as containers on one network for the project (the "
-        "others stay local). kubernetes: manifests on a cluster (`cluster:`; see `devenv "
-        "render`). `up --runtime` or $DEVENV_RUNTIME chooses for one `up`.")
+        "with `image:` or `build:`, and data services, run as containers on one network for "
+        "the project (the others stay local). kubernetes: manifests on a cluster "
+        "(`cluster:`; see `devenv render`). `up --runtime` or $DEVENV_RUNTIME chooses for "
+        "one `up`.")
     cluster: Cluster = key(factory=lambda: Cluster(),
                            doc="The cluster of the kubernetes runtime.")
     kubernetes: Kubernetes = key(
@@ -513,4 +517,4 @@ class Project:
     def in_container(self, name: str) -> bool:
         """Whether service `name` runs as a container under this project's runtime."""
         svc = self.services[name]
-        return self.runtime in ("docker", "kubernetes") and svc.containerized and not svc.is_data
+        return self.runtime in ("docker", "kubernetes") and (svc.containerized or svc.is_data)

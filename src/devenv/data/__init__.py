@@ -108,6 +108,15 @@ def drop_restore(ds: DataService[Any]) -> None:
     kind_of(ds.kind).drop_restore(ds)
 
 
+def discard_volume(ds: DataService[Any]) -> None:
+    """On the docker runtime: the service's data volume removed (its server stopped), as
+    its data folder is when the data is discarded (`stop` without --persist-data, reset)."""
+    if ds.in_container and ds.volume is not None:
+        from devenv.data import container
+
+        container.remove_volume(ds.name, ds.volume)
+
+
 def extensions(ds: DataService[Any]) -> list[str] | None:
     """The extensions the service's binaries ship (PostgreSQL: the bundled build's, or
     bin_dir's), sorted; None when its kind has none or the binaries cannot be found. For
@@ -177,6 +186,7 @@ __all__ = [
     "Server",
     "binaries",
     "client_env",
+    "discard_volume",
     "drop_restore",
     "explain",
     "extensions",

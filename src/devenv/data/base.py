@@ -47,6 +47,14 @@ class DataService(Generic[S]):
     settings: S  # the kind's Settings, as declared in devenv.yaml
     folder: Path  # .devenv/data/<name>
     port: int  # the stable address
+    image: str | None = None  # on the docker runtime: the server's image (else local)
+    volume: str | None = None  # ... and its data's named volume
+    project: str = ""  # the project folder (the containers' and volume's label)
+    host: str = HOST  # where its clients reach it (a container dependent: its alias)
+
+    @property
+    def in_container(self) -> bool:
+        return self.image is not None and self.volume is not None
 
     # ---- the marker of data that was provisioned (or restored): one implementation
 
@@ -73,12 +81,16 @@ class DataService(Generic[S]):
 class Server:
     """A kind's server as a process on this machine: an argv (no shell), where the runtime
     replaces `${PORT}` in any argument (of `command` and of a health-check command) by the
-    port. (A container runtime will take an image recipe, added here beside it.)"""
+    port. On the docker runtime: `image` runs `command` as `user`, its data at `mount` (the
+    service's volume), and the health command runs inside the container."""
 
     command: tuple[str, ...]
     health: HealthCheck
     env: dict[str, str] = field(default_factory=dict)  # the server's and its tools' environment
     stop_signal: str = "TERM"
+    image: str | None = None
+    user: str | None = None
+    mount: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,7 @@ class DatasetLoad(Protocol):
 class DataKind(Protocol):
     name: str
     url_var: str  # DATABASE_URL, REDIS_URL
+    image: str  # the default image on the docker runtime (the official one)
     Settings: type[Any]  # the kind's keys (a KindSettings dataclass)
 
     def server(self, ds: DataService[Any]) -> Server:

@@ -32,7 +32,7 @@ from devenv.config.model import HealthCheck
 from devenv.config.schema import key
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
-from devenv.core.paths import PRIVATE_FILE, private_dir
+from devenv.core.paths import PRIVATE_FILE, private_dir, private_opener
 from devenv.data.base import (
     HOST,
     Confinement,
@@ -263,9 +263,12 @@ def _q(text: str) -> str:
 class Postgres:
     name = "postgres"
     url_var = "DATABASE_URL"
+    image = "postgres:16"
     Settings = Settings
 
     def server(self, ds: PG) -> Server:
+        if ds.in_container:
+            return boxed.server(ds)
         jail = Confinement(_pgdata(ds))
         command = jail.argv([_server_tool(jail, ds, "postgres"), "-D", jail.data,
                              "-p", "${PORT}", "-c", "listen_addresses=127.0.0.1",
@@ -280,12 +283,12 @@ class Postgres:
     def url(self, ds: PG, target: str | None = None) -> str:
         s = ds.settings
         db = target or s.targets(ds.name)[0]
-        return f"postgresql://{_q(s.user)}:{_q(s.password)}@{HOST}:{ds.port}/{_q(db)}"
+        return f"postgresql://{_q(s.user)}:{_q(s.password)}@{ds.host}:{ds.port}/{_q(db)}"
 
     def client_env(self, ds: PG, target: str | None = None) -> dict[str, str]:
         """libpq's variables: `psql` with no arguments reaches the database."""
         s = ds.settings
-        return {"PGHOST": HOST, "PGPORT": str(ds.port), "PGUSER": s.user,
+        return {"PGHOST": ds.host, "PGPORT": str(ds.port), "PGUSER": s.user,
                 "PGPASSWORD": s.password, "PGDATABASE": target or s.targets(ds.name)[0]}
 
     def explain(self, text: str) -> str | None:
@@ -299,6 +302,8 @@ class Postgres:
                 f"bin_dir: {SYSTEM_PG}), and list it under its `extensions:`")
 
     def binaries(self, ds: PG) -> str:
+        if ds.in_container:
+            return f"PostgreSQL in image {ds.image}"
         paths = [_bin(ds, tool) for tool in ("postgres", "initdb", "pg_isready", "pg_basebackup")]
         version = _version(ds)
         check_version(ds.name, ds.settings.version, version, "PostgreSQL")
@@ -313,6 +318,8 @@ class Postgres:
         if ADMIN in (s.user, *s.users):
             raise DevenvError(f"{ds.name}: '{ADMIN}' is the role devenv keeps for itself",
                               hint=f"choose another name in services.{ds.name}")
+        if ds.in_container:
+            return boxed.prepare(ds)
         missing = missing_extensions(s)
         if missing:
             raise DevenvError(f"{ds.name}: " + missing_message(ds.name, s, missing))
@@ -403,7 +410,7 @@ class Postgres:
                      mode=PRIVATE_FILE)
 
     def extensions(self, ds: PG) -> list[str] | None:
-        return available_extensions(bin_dir(ds.settings))
+        return None if ds.in_container else available_extensions(bin_dir(ds.settings))
 
     def version_move(self, ds: PG) -> VersionMove | None:
         """The data on disk is from another major version than the binaries (`devenv
@@ -439,6 +446,8 @@ class Postgres:
         return SqlLoad(self.url(ds, target), files)
 
     async def snapshot(self, ds: PG, dest: Path) -> str:
+        if ds.in_container:
+            return await boxed.snapshot(ds, dest)
         secret = read_secret(_admin_secret(ds))
         if secret is None:
             raise DevenvError(f"{ds.name}: no admin secret ({_admin_secret(ds)})",
@@ -456,6 +465,8 @@ class Postgres:
         WAL, so the first start on it is an ordinary one that a kill cannot break, and gives
         it this folder's admin secret); then renamed `pgdata.restore-new`, with the secret
         it needs staged beside it."""
+        if ds.in_container:
+            return boxed.stage_restore(ds, src)
         private_dir(ds.folder)
         tmp, new = ds.folder / "pgdata.restore-tmp", ds.folder / "pgdata.restore-new"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -478,6 +489,8 @@ class Postgres:
     def swap_restore(self, ds: PG) -> bool:
         """Install the staged data and its secret (idempotent: a crash at any point is
         finished by calling it again). False when nothing was staged."""
+        if ds.in_container:
+            return boxed.swap_restore(ds)
         live = _pgdata(ds)
         old, new = ds.folder / "pgdata.restore-old", ds.folder / "pgdata.restore-new"
         staged_secret = _admin_secret(ds).with_name("admin.secret.restore-new")
@@ -501,6 +514,8 @@ class Postgres:
 
     def drop_restore(self, ds: PG) -> None:
         """Remove what a restore leaves beside the live data (staged or replaced copies)."""
+        if ds.in_container:
+            return boxed.drop_restore(ds)
         if ds.folder.is_dir():
             for path in ds.folder.iterdir():
                 if path.name.startswith("pgdata.restore-") or path.name == "pgdata.old":
@@ -716,6 +731,194 @@ def _ours(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo:
     # None (not typeshed's int) is how tarfile's own data filter skips the chown
     return member.replace(uid=None, gid=None, uname=None, gname=None,  # type: ignore[arg-type]
                           deep=False)
+
+
+# ---- on the docker runtime: the server in a container, its data in a named volume
+
+MOUNT = "/var/lib/postgresql/data"  # the official image's data folder (its VOLUME)
+PGDATA_IN = f"{MOUNT}/pgdata"
+SOCKETS = "/var/run/postgresql"  # the official image's socket folder
+IMAGE_USER = "postgres"
+
+
+class _InContainer:
+    """A postgres service on the docker runtime. The data folder is made by initdb in a
+    helper container (the admin role's secret given in its environment, never the server's),
+    so the server container always starts on initialised data and the image's entrypoint
+    initialises nothing. Clients log in over TCP with passwords (scram-sha-256); inside the
+    container the local socket trusts, which devenv's tools (`docker exec`) use. Snapshots
+    are pg_basebackup's tar on the tool's standard output; a restore stages the data beside
+    the live data in the volume (`pgdata.restore-new`, adopted offline as locally) and swaps
+    by renames, so the local runtime's journal and crash guarantees hold unchanged."""
+
+    def server(self, ds: PG) -> Server:
+        assert ds.image is not None
+        command = ("postgres", "-D", PGDATA_IN, "-p", "${PORT}", "-c", "listen_addresses=*",
+                   "-c", f"unix_socket_directories={SOCKETS}", "-c", "max_wal_senders=10",
+                   "-c", "wal_level=replica")
+        ready = ["pg_isready", "-q", "-h", "127.0.0.1", "-p", "${PORT}", "-d", "postgres",
+                 "-U", ADMIN]
+        return Server(command=command, health=HealthCheck(command=ready),
+                      env={"PGDATA": PGDATA_IN}, stop_signal="INT", image=ds.image,
+                      user=IMAGE_USER, mount=MOUNT)
+
+    def _helper(self, ds: PG, script: str, what: str, *, user: str = IMAGE_USER,
+                env: dict[str, str] | None = None, put: Any = None) -> str:
+        from devenv.data import container
+
+        assert ds.image is not None and ds.volume is not None
+        return container.helper(ds.project, ds.name, ds.image, ds.volume, MOUNT,
+                                ["sh", "-c", script], user=user, env=env, put=put,
+                                what=f"{ds.name}: {what}")
+
+    def _initialised(self, ds: PG) -> Path:
+        """Present once initdb made the volume's data (it names the volume)."""
+        return ds.folder / "volume"
+
+    def prepare(self, ds: PG) -> None:
+        from devenv.data import container
+
+        assert ds.volume is not None
+        private_dir(ds.folder)
+        made = container.ensure_volume(ds.project, ds.name, ds.volume)
+        record = self._initialised(ds)
+        if made or not record.exists() or read_secret(_admin_secret(ds)) is None:
+            ds.unmark()
+            self._initdb(ds)
+            write_atomic(record, ds.volume + "\n", mode=PRIVATE_FILE)
+        _write_pgpass(ds)
+
+    def _initdb(self, ds: PG) -> None:
+        """A new data folder in the volume, only ever complete (made aside, then renamed);
+        data already there (a lost record) is kept when this folder has its secret."""
+        secret = read_secret(_admin_secret(ds))
+        keep = secret is not None
+        secret = secret or new_secret()
+        script = (f"set -e; cd {MOUNT}; "
+                  f"if [ -f pgdata/PG_VERSION ] && [ {int(keep)} = 1 ]; then exit 0; fi; "
+                  "rm -rf pgdata.init pgdata; umask 077; "
+                  'printf "%s\\n" "$DEVENV_SECRET" > /tmp/pw; '
+                  f"initdb -D {MOUNT}/pgdata.init -U {ADMIN} --pwfile=/tmp/pw "
+                  "--auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C "
+                  "--no-sync >/dev/null; rm -f /tmp/pw; "
+                  "echo 'host all all all scram-sha-256' >> pgdata.init/pg_hba.conf; "
+                  "mv pgdata.init pgdata")
+        self._helper(ds, script, "initdb", env={"DEVENV_SECRET": secret})
+        write_secret(_admin_secret(ds), secret)
+
+    async def snapshot(self, ds: PG, dest: Path) -> str:
+        import threading
+
+        from devenv.data import container
+
+        private_dir(dest)
+        cid = await asyncio.to_thread(container.running, ds.project, ds.name)
+        stop = threading.Event()
+        argv = ["pg_basebackup", "-h", SOCKETS, "-p", str(ds.port), "-U", ADMIN, "-D", "-",
+                "-F", "tar",
+                "-X", "fetch", "-c", "fast", "--no-manifest"]
+
+        def save() -> None:
+            with open(dest / "base.tar", "wb", opener=private_opener) as fh:
+                container.exec_to_file(cid, argv, fh, stop, user=IMAGE_USER,
+                                       what=f"{ds.name}: pg_basebackup")
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        try:
+            await asyncio.to_thread(save)
+        finally:
+            stop.set()
+        out = await asyncio.to_thread(container.exec_out, cid, ["postgres", "--version"],
+                                      IMAGE_USER)
+        return out.split()[-1]
+
+    def stage_restore(self, ds: PG, src: Path) -> None:
+        """The snapshot's tars extracted into the volume (through the Engine's archive API)
+        at a new folder, owned by the server's user, adopted offline (`_adopt`'s script),
+        then renamed `pgdata.restore-new`; the admin secret it needs staged on this side."""
+        from devenv.data import container
+
+        private_dir(ds.folder)
+        write_atomic(self._pending(ds), "staging\n", mode=PRIVATE_FILE)
+        unique = f"pgdata.restore-{secrets.token_hex(4)}"
+        bundle = ds.folder / "restore.tar"
+        try:
+            with open(bundle, "wb", opener=private_opener) as fh, \
+                    tarfile.open(fileobj=fh, mode="w") as joined:
+                _retar(src / "base.tar", unique, joined)
+                if (src / "pg_wal.tar").exists():
+                    _retar(src / "pg_wal.tar", f"{unique}/pg_wal", joined)
+            with open(bundle, "rb") as reading:
+                self._helper(ds, container.adopt_script(MOUNT, unique, "pgdata", IMAGE_USER),
+                             "restore (copy)", user="0", put=[(MOUNT, reading)])
+        finally:
+            bundle.unlink(missing_ok=True)
+        secret = read_secret(_admin_secret(ds)) or new_secret()
+        sql = (f"SELECT '{ADMIN}=' || count(*) FROM pg_roles WHERE rolname = '{ADMIN}';\n"
+               f"DO $$BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{ADMIN}') THEN "
+               f"ALTER ROLE {ADMIN} PASSWORD '{secret}'; END IF; END$$;\n")
+        out = self._helper(ds, f"set -e; cd {MOUNT}; printf '%s' \"$DEVENV_SQL\" | "
+                           "postgres --single -D pgdata.restore-tmp postgres; "
+                           "mv pgdata.restore-tmp pgdata.restore-new",
+                           "restore (adopt)", env={"DEVENV_SQL": sql})
+        found = re.search(rf'"{ADMIN}=(\d+)"', out)
+        if found is None or "ERROR:" in out:
+            lines = [ln for ln in out.splitlines() if secret not in ln]
+            raise DevenvError(f"{ds.name}: the restored data does not open", details=lines[-10:])
+        staged_secret = _admin_secret(ds).with_name("admin.secret.restore-new")
+        write_secret(staged_secret, secret if found.group(1) == "1" else "")
+
+    def _pending(self, ds: PG) -> Path:
+        """Present from a restore's staging until its leftovers are dropped."""
+        return ds.folder / "restore.pending"
+
+    def swap_restore(self, ds: PG) -> bool:
+        """Renames in the volume (idempotent), then the staged secret, as locally."""
+        staged_secret = _admin_secret(ds).with_name("admin.secret.restore-new")
+        if not self._pending(ds).exists() and not staged_secret.exists():
+            return False
+        from devenv.data import container
+
+        out = self._helper(ds, container.swap_script(MOUNT, "pgdata"), "restore (swap)")
+        if "swapped" not in out and not staged_secret.exists():
+            return False
+        _extensions_record(ds).unlink(missing_ok=True)
+        if staged_secret.exists():
+            if read_secret(staged_secret):
+                staged_secret.replace(_admin_secret(ds))
+            else:
+                _admin_secret(ds).unlink(missing_ok=True)
+                staged_secret.unlink()
+            _write_pgpass(ds)
+        return True
+
+    def drop_restore(self, ds: PG) -> None:
+        if not self._pending(ds).exists():
+            return  # (no helper container at every start)
+        from devenv.data import container
+
+        assert ds.volume is not None
+        if container.volume_exists(ds.volume):
+            self._helper(ds, f"cd {MOUNT} && rm -rf pgdata.restore-*", "restore (clean up)",
+                         user="0")
+        _admin_secret(ds).with_name("admin.secret.restore-new").unlink(missing_ok=True)
+        self._pending(ds).unlink(missing_ok=True)
+
+
+def _retar(source: Path, prefix: str, out: tarfile.TarFile) -> None:
+    """Every entry of the tar `source` into `out` under `prefix`; only files and folders (a
+    base backup holds nothing else), owned by root (the helper hands them over)."""
+    with tarfile.open(source) as tar:
+        for member in tar:
+            if not (member.isfile() or member.isdir()):
+                raise DevenvError(f"unexpected entry in a base backup: {member.name}")
+            name = f"{prefix}/{member.name}".rstrip("/").replace("/./", "/")
+            copy = member.replace(name=name, uid=0, gid=0, uname="", gname="", deep=False)
+            out.addfile(copy, tar.extractfile(member) if member.isfile() else None)
+
+
+boxed = _InContainer()
 
 
 if TYPE_CHECKING:

@@ -54,6 +54,8 @@ EXPECTED = (f'role "{ADMIN}" already exists',)
 
 
 def version_move(ds: PG) -> VersionMove | None:
+    if ds.in_container:  # (its image names the version; its data is in a volume)
+        return None
     on_disk = _pg_version_on_disk(_pgdata(ds))
     if on_disk is None:
         return None

@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from devenv.config.model import HealthCheck
@@ -121,9 +121,12 @@ def _acl(ds: RD) -> Path:
 class Redis:
     name = "redis"
     url_var = "REDIS_URL"
+    image = "redis:7"
     Settings = Settings
 
     def server(self, ds: RD) -> Server:
+        if ds.in_container:
+            return boxed.server(ds)
         # Every acknowledged write is on disk before the reply: the append-only file,
         # fsynced before each reply (appendfsync always); a kill -9 loses none of them.
         # redis-server quotes each argument itself when it turns them into its config.
@@ -143,11 +146,11 @@ class Redis:
     def url(self, ds: RD, target: str | None = None) -> str:
         password = ds.settings.password
         auth = f":{quote(password, safe='')}@" if password else ""
-        return f"redis://{auth}{HOST}:{ds.port}/0"
+        return f"redis://{auth}{ds.host}:{ds.port}/0"
 
     def client_env(self, ds: RD, target: str | None = None) -> dict[str, str]:
         """Where the server is, and its password when it has one (none: no variable)."""
-        env = {"REDIS_HOST": HOST, "REDIS_PORT": str(ds.port)}
+        env = {"REDIS_HOST": ds.host, "REDIS_PORT": str(ds.port)}
         if ds.settings.password:
             env["REDIS_PASSWORD"] = ds.settings.password
         return env
@@ -156,6 +159,8 @@ class Redis:
         return None
 
     def binaries(self, ds: RD) -> str:
+        if ds.in_container:
+            return f"Redis in image {ds.image}"
         paths = [_bin(ds, tool) for tool in ("redis-server", "redis-cli")]
         self._check(ds, version := _version(ds))
         return f"Redis {version} in {Path(paths[0]).parent}"
@@ -167,6 +172,8 @@ class Redis:
                               "later", hint=f"fix services.{ds.name}.bin_dir")
 
     def prepare(self, ds: RD) -> None:
+        if ds.in_container:
+            return boxed.prepare(ds)
         self._check(ds, _version(ds))
         who = data_identity()
         private_dir(ds.folder)
@@ -197,6 +204,8 @@ class Redis:
         return RedisLoad(self.url(ds, target), files)
 
     async def snapshot(self, ds: RD, dest: Path) -> str:
+        if ds.in_container:
+            return await boxed.snapshot(ds, dest)
         private_dir(dest)
         password = ds.settings.password
         await run_tool([_bin(ds, "redis-cli"), "-h", HOST, "-p", str(ds.port),
@@ -211,6 +220,8 @@ class Redis:
         """The snapshot's RDB file becomes the whole append-only file (its RDB preamble) of a
         new server folder beside the live one: complete, on disk, the data user's. Swapped
         in whole, so no stale append-only or RDB file is left for the server to load."""
+        if ds.in_container:
+            return boxed.stage_restore(ds, src)
         private_dir(ds.folder)
         store = _store(ds)
         tmp, new = store.with_name(f"{store.name}.restore-tmp"), _staged(ds)
@@ -225,6 +236,8 @@ class Redis:
         tmp.rename(new)
 
     def swap_restore(self, ds: RD) -> bool:
+        if ds.in_container:
+            return boxed.swap_restore(ds)
         store, new = _store(ds), _staged(ds)
         if not new.exists():
             return False
@@ -240,6 +253,8 @@ class Redis:
         return None  # (modules are off: MODULE is disabled)
 
     def drop_restore(self, ds: RD) -> None:
+        if ds.in_container:
+            return boxed.drop_restore(ds)
         if not ds.folder.is_dir():
             return
         store = _store(ds).name
@@ -249,6 +264,131 @@ class Redis:
                     shutil.rmtree(path, ignore_errors=True)
                 else:
                     path.unlink(missing_ok=True)
+
+
+# ---- on the docker runtime: the server in a container, its data in a named volume
+
+MOUNT = "/data"  # the official image's data folder (its VOLUME)
+IMAGE_USER = "redis"
+LIVE = "server"  # the server's folder in the volume, as locally in .devenv/data/<svc>
+
+
+class _InContainer:
+    """A redis service on the docker runtime: the same server settings as locally (every
+    write fsynced to the append-only file, CONFIG/DEBUG/MODULE gone, the clients' user
+    without administration), its users given as an argument (the password hashed), its
+    folder `server` in the volume. Snapshots with `redis-cli --rdb` run in the container;
+    a restore stages `server.restore-new` in the volume and swaps by renames."""
+
+    def server(self, ds: RD) -> Server:
+        assert ds.image is not None
+        password = ds.settings.password
+        secret = f"#{hashlib.sha256(password.encode()).hexdigest()}" if password else "nopass"
+        command = ["redis-server", "--port", "${PORT}", "--bind", "0.0.0.0",
+                   "--protected-mode", "no", "--dir", f"{MOUNT}/{LIVE}",
+                   "--appendonly", "yes", "--appendfilename", AOF, "--appendfsync", "always",
+                   "--aof-use-rdb-preamble", "yes", "--save", "", "--dbfilename", "dump.rdb",
+                   "--user", "default", "reset", "on", secret, *CLIENT_RULES.split()]
+        for name in DISABLED:
+            command += ["--rename-command", name, ""]
+        # inside the container: the server answers (any reply, even "NOAUTH", is one)
+        ready = ["sh", "-c", "redis-cli -p ${PORT} ping | grep -q -e PONG -e NOAUTH"]
+        return Server(command=tuple(command), health=HealthCheck(command=ready),
+                      env={}, stop_signal="TERM", image=ds.image, user=IMAGE_USER,
+                      mount=MOUNT)
+
+    def _helper(self, ds: RD, script: str, what: str, *, user: str = IMAGE_USER,
+                put: Any = None) -> str:
+        from devenv.data import container
+
+        assert ds.image is not None and ds.volume is not None
+        return container.helper(ds.project, ds.name, ds.image, ds.volume, MOUNT,
+                                ["sh", "-c", script], user=user, put=put,
+                                what=f"{ds.name}: {what}")
+
+    def prepare(self, ds: RD) -> None:
+        from devenv.data import container
+
+        assert ds.volume is not None
+        private_dir(ds.folder)
+        made = container.ensure_volume(ds.project, ds.name, ds.volume)
+        record = ds.folder / "volume"
+        if made or not record.exists():
+            ds.unmark()
+            self._helper(ds, f"mkdir -p {MOUNT}/{LIVE}", "its data folder")
+            write_atomic(record, ds.volume + "\n", mode=PRIVATE_FILE)
+
+    async def snapshot(self, ds: RD, dest: Path) -> str:
+        import asyncio
+
+        from devenv.data import container
+
+        private_dir(dest)
+        cid = await asyncio.to_thread(container.running, ds.project, ds.name)
+        port = str(ds.port)
+        password = ds.settings.password
+        dump = f"/tmp/devenv-snapshot-{os.getpid()}.rdb"
+        await asyncio.to_thread(
+            container.exec_out, cid, ["redis-cli", "-p", port, "--no-auth-warning", "--rdb",
+                                      dump], IMAGE_USER, f"{ds.name}: redis-cli --rdb",
+            {"REDISCLI_AUTH": password} if password else None)
+        try:
+            await asyncio.to_thread(container.get_file, cid, dump, dest / "dump.rdb")
+        finally:
+            await asyncio.to_thread(container.exec_out, cid, ["rm", "-f", dump], IMAGE_USER)
+        out = await asyncio.to_thread(container.exec_out, cid, ["redis-server", "--version"],
+                                      IMAGE_USER)
+        return next(p.split("=")[1] for p in out.split() if p.startswith("v="))
+
+    def _pending(self, ds: RD) -> Path:
+        return ds.folder / "restore.pending"
+
+    def stage_restore(self, ds: RD, src: Path) -> None:
+        import io
+        import secrets
+        import tarfile
+
+        from devenv.data import container
+
+        private_dir(ds.folder)
+        write_atomic(self._pending(ds), "staging\n", mode=PRIVATE_FILE)
+        unique = f"{LIVE}.restore-{secrets.token_hex(4)}"
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            folder = tarfile.TarInfo(unique)
+            folder.type, folder.mode = tarfile.DIRTYPE, 0o700
+            tar.addfile(folder)
+            info = tar.gettarinfo(str(src / "dump.rdb"), arcname=f"{unique}/{AOF}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(src / "dump.rdb", "rb") as fh:
+                tar.addfile(info, fh)
+        buf.seek(0)
+        self._helper(ds, container.adopt_script(MOUNT, unique, LIVE, IMAGE_USER) +
+                     f"; mv {LIVE}.restore-tmp {LIVE}.restore-new", "restore (copy)",
+                     user="0", put=[(MOUNT, buf)])
+
+    def swap_restore(self, ds: RD) -> bool:
+        from devenv.data import container
+
+        if not self._pending(ds).exists():
+            return False
+        return "swapped" in self._helper(ds, container.swap_script(MOUNT, LIVE),
+                                         "restore (swap)")
+
+    def drop_restore(self, ds: RD) -> None:
+        if not self._pending(ds).exists():
+            return
+        from devenv.data import container
+
+        assert ds.volume is not None
+        if container.volume_exists(ds.volume):
+            self._helper(ds, f"cd {MOUNT} && rm -rf {LIVE}.restore-*", "restore (clean up)",
+                         user="0")
+        self._pending(ds).unlink(missing_ok=True)
+
+
+boxed = _InContainer()
 
 
 if TYPE_CHECKING:

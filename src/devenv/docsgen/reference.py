@@ -63,7 +63,7 @@ def _inner_object(schema: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
 
 
 def _is_duration(options: list[dict[str, Any]]) -> bool:
-    kinds = sorted(o.get("type", "") for o in options)
+    kinds = sorted(str(o.get("type", "")) for o in options)
     return kinds == ["number", "string"] and any("pattern" in o for o in options)
 
 
@@ -98,6 +98,8 @@ def _type(schema: dict[str, Any]) -> str:
         return f"list of {type_text(schema.get('items', {}))}"
     if isinstance(kind, str):
         return kind
+    if isinstance(kind, list):  # several types: `string or number`
+        return " or ".join(str(k) for k in kind)
     return "any"
 
 

@@ -46,6 +46,7 @@ class StopOutcome:
     snapshot: str | None = None
     warning: str | None = None
     folders: tuple[Path, ...] = ()
+    stores: tuple[DataService[Any], ...] = ()
 
 
 class DataOps:
@@ -204,6 +205,7 @@ class DataOps:
             for runner in runners.values():
                 assert runner.plan.data is not None
                 await asyncio.to_thread(_remove, runner.plan.data.folder)
+                await asyncio.to_thread(kinds.discard_volume, runner.plan.data)
             self._record.unlink(missing_ok=True)
         return list(runners)
 
@@ -338,13 +340,16 @@ class DataOps:
             return StopOutcome("kept", warning=f"the automatic snapshot failed ({exc}); the "
                                "data was kept")
         self.store.prune_automatic(keep)
-        folders = tuple(r.plan.data.folder for r in runners.values() if r.plan.data)
-        return StopOutcome("discarded", snapshot=name, folders=folders)
+        stores = tuple(r.plan.data for r in runners.values() if r.plan.data)
+        return StopOutcome("discarded", snapshot=name, folders=tuple(d.folder for d in stores),
+                           stores=stores)
 
     async def after_stop(self, outcome: StopOutcome) -> None:
         if outcome.data == "discarded":
             for folder in outcome.folders:
                 await asyncio.to_thread(_remove, folder)
+            for ds in outcome.stores:  # (the docker runtime's data volumes)
+                await asyncio.to_thread(kinds.discard_volume, ds)
             self._record.unlink(missing_ok=True)
 
     async def load_profile_datasets(self, loaded: Loaded,

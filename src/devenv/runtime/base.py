@@ -20,13 +20,19 @@ from typing import Protocol
 class Container:
     """What a container runtime runs a service's instances from: an image, or one it builds
     (a context and Dockerfile relative to the project), and the port the service listens on
-    inside (its $PORT), where others on the project's network reach it by `alias`."""
+    inside (its $PORT), where others on the project's network reach it by `alias`. A data
+    service's also names the user its server runs as and its named volumes (volume, path).
+    `copy_in`: the files of the service's folder changed since its first instance are
+    copied into each new container's working folder before it starts (hot reload)."""
 
     image: str | None
     alias: str
     port: int | None = None
     build_context: str | None = None
     dockerfile: str | None = None
+    user: str | None = None
+    volumes: tuple[tuple[str, str], ...] = ()
+    copy_in: bool = False  # watched, from an image: changed files copied into new ones
 
 
 @dataclass(frozen=True)

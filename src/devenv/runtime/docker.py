@@ -17,14 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
 import shutil
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,16 +54,19 @@ from devenv.runtime.docker_spec import (
     CreateArgs,
     LineSplitter,
     built_tag,
+    changed_since,
     create_args,
     exit_code,
     inner_port,
     network_name,
     project_labels,
+    resources_from,
 )
 
 API_TIMEOUT = 60.0  # seconds for one Engine API call (builds and waits have none)
 PING_TIMEOUT = 5.0
 OUTPUT_GRACE = 2.0  # a container's log stream may end this long after it exited
+STATS_WAIT = 1.0  # seconds a resources() sample is waited for (then: the last one)
 STOP_MARGIN = 30.0  # past its stop_timeout, a stop gives up waiting for the container
 SKIPPED = {".devenv", ".git", "node_modules", "__pycache__", ".venv"}  # not in a fingerprint
 
@@ -80,6 +86,9 @@ class DockerInstance:
         self._loop = asyncio.get_running_loop()
         self._exit: asyncio.Future[int] = self._loop.create_future()
         self._lines: asyncio.Queue[OutputLine | None] = asyncio.Queue()
+        self._cpu = (time.time(), 0.0)  # the last stats sample: when, CPU seconds
+        self._resources: Resources | None = None
+        self._sample_lock = threading.Lock()
         self._streams = threading.Semaphore(0)  # released as each stream ends
         for stream in ("out", "err"):
             threading.Thread(target=self._read, args=(stream,), name=f"{spec.name}-{stream}",
@@ -161,7 +170,22 @@ class DockerInstance:
             return -9
 
     def resources(self) -> Resources | None:
-        return None  # (the Engine's stats take a second a call: not sampled yet)
+        """From the Engine's stats (one sample, no wait for a second one), taken in a thread
+        and waited for at most STATS_WAIT (else the last one): the engine's loop is never
+        held by a slow Docker Engine."""
+        if self._exit.done():
+            return None
+        future = self._runtime.sampler.submit(self._sample)
+        try:
+            return future.result(timeout=STATS_WAIT)
+        except Exception:
+            return self._resources
+
+    def _sample(self) -> Resources | None:
+        stats = self._runtime.api().stats(self.cid, stream=False, one_shot=True)
+        with self._sample_lock:
+            self._resources, self._cpu = resources_from(stats, time.time(), self._cpu)
+        return self._resources
 
     def targets(self) -> list[Target]:
         raise _not_yet("profiling")
@@ -179,6 +203,29 @@ def _not_found(exc: Exception) -> bool:
     from docker.errors import NotFound
 
     return isinstance(exc, NotFound)
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file of `folder` (relative path -> size, mtime), as `fingerprint` walks it."""
+    found: dict[str, tuple[int, int]] = {}
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED)
+        for name in files:
+            path = os.path.join(top, name)
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                found[os.path.relpath(path, folder)] = (st.st_size, st.st_mtime_ns)
+    return found
+
+
+def files_tar(folder: Path, names: list[str]) -> bytes:
+    """`names` (relative to `folder`) as a tar to extract in a container."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in names:
+            with contextlib.suppress(OSError):  # (gone meanwhile: the next change says so)
+                tar.add(folder / name, arcname=name, recursive=False)
+    return buf.getvalue()
 
 
 def fingerprint(context: Path) -> str:
@@ -206,6 +253,8 @@ class DockerRuntime:
         self._instances: dict[str, DockerInstance] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._built: dict[str, str] = {}
+        self._baseline: dict[str, dict[str, tuple[int, int]]] = {}  # copy_in: first start
+        self.sampler = ThreadPoolExecutor(4, thread_name_prefix="docker-stats")
         self._network = False
 
     @property
@@ -312,14 +361,27 @@ class DockerRuntime:
             await asyncio.to_thread(self._ensure_network)
         self._serial += 1
         args = create_args(self.root, spec, image, self.token, self._serial)
-        cid, port = await asyncio.to_thread(self._create, spec, args)
+        changes = await self._changes(spec) if spec.container and spec.container.copy_in \
+            else None
+        cid, port = await asyncio.to_thread(self._create, spec, args, changes)
         instance = DockerInstance(spec, self, cid, port)
         self._instances[cid] = instance
         return instance
 
-    def _create(self, spec: InstanceSpec, args: CreateArgs) -> tuple[str, int | None]:
+    async def _changes(self, spec: InstanceSpec) -> bytes | None:
+        """Hot reload of a service run from an image: the files of its folder changed since
+        this engine first started it, as a tar for the new container (None: no change)."""
+        folder = self.root / spec.workdir
+        now = await asyncio.to_thread(folder_state, folder)
+        baseline = self._baseline.setdefault(spec.service, now)
+        changed = changed_since(baseline, now)
+        return await asyncio.to_thread(files_tar, folder, changed) if changed else None
+
+    def _create(self, spec: InstanceSpec, args: CreateArgs,
+                changes: bytes | None = None) -> tuple[str, int | None]:
         api = self.api()
-        host_config = api.create_host_config(port_bindings=args.publish, init=True)
+        host_config = api.create_host_config(port_bindings=args.publish, init=True,
+                                             binds=args.binds() or None)
         networking = api.create_networking_config(
             {args.network: api.create_endpoint_config(aliases=args.aliases)})
         try:
@@ -328,6 +390,9 @@ class DockerRuntime:
         except Exception as exc:
             raise DevenvError(f"{spec.service}: cannot make its container: {exc}") from exc
         try:
+            if changes:  # into its working folder (the image's), before it starts
+                workdir = api.inspect_container(cid)["Config"].get("WorkingDir") or "/"
+                api.put_archive(cid, workdir, changes)
             api.start(cid)
             ports = api.inspect_container(cid)["NetworkSettings"]["Ports"] or {}
         except Exception as exc:
@@ -423,6 +488,7 @@ class DockerRuntime:
         """Stop what still runs, then remove the project's network."""
         await asyncio.gather(*(i.stop() for i in list(self._instances.values())),
                              return_exceptions=True)
+        self.sampler.shutdown(wait=False, cancel_futures=True)
         if self._api is not None and self._network:
             await asyncio.to_thread(_remove_labelled, self._api, self.root)
             self._network = False

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devenv.runtime.base import Container, InstanceSpec, with_port
+from devenv.runtime.base import Container, InstanceSpec, Resources, with_port
 
 HOST = "127.0.0.1"
 PROJECT_LABEL = "devenv.project"  # the project folder
@@ -85,11 +85,22 @@ class CreateArgs:
     publish: dict[int, tuple[str, None]]  # container port -> (127.0.0.1, any host port)
     network: str
     aliases: list[str]
+    user: str | None = None
+    volumes: dict[str, str] | None = None  # named volume -> path in the container
 
     def create_kwargs(self) -> dict[str, Any]:
-        return {"image": self.image, "name": self.name, "command": self.command,
+        made = {"image": self.image, "name": self.name, "command": self.command,
                 "environment": self.environment, "labels": self.labels,
                 "stop_signal": self.stop_signal, "ports": self.ports, "detach": True}
+        if self.user:
+            made["user"] = self.user
+        if self.volumes:
+            made["volumes"] = list(self.volumes.values())
+        return made
+
+    def binds(self) -> dict[str, dict[str, str]]:
+        """docker-py's `binds` of the host config: each named volume, read-write."""
+        return {vol: {"bind": path, "mode": "rw"} for vol, path in (self.volumes or {}).items()}
 
 
 def create_args(root: Path, spec: InstanceSpec, image: str, token: str,
@@ -106,7 +117,8 @@ def create_args(root: Path, spec: InstanceSpec, image: str, token: str,
         environment=environment(spec), labels=labels(root, token, spec),
         stop_signal=f"SIG{spec.stop_signal}", ports=[port] if port else [],
         publish={port: (HOST, None)} if port else {}, network=network_name(root),
-        aliases=[container.alias])
+        aliases=[container.alias], user=container.user,
+        volumes=dict(container.volumes) or None)
 
 
 def exit_code(status: int) -> int:
@@ -139,3 +151,26 @@ class LineSplitter:
     def end(self) -> list[str]:
         rest, self._buf = self._buf, b""
         return [rest.decode(errors="replace").rstrip("\r")] if rest else []
+
+
+def changed_since(baseline: dict[str, tuple[int, int]],
+                  now: dict[str, tuple[int, int]]) -> list[str]:
+    """The files (relative paths) new or changed (size, mtime) since `baseline`."""
+    return sorted(path for path, seen in now.items() if baseline.get(path) != seen)
+
+
+def resources_from(stats: dict[str, Any], now: float,
+                   last: tuple[float, float]) -> tuple[Resources, tuple[float, float]]:
+    """A container's resource use from one sample of the Engine's stats (`one_shot`) and the
+    previous (time, CPU seconds): CPU% since then (100 = one core, as locally) and its
+    memory without the page cache (cgroup v2's inactive_file, v1's cache); and the sample
+    to keep for the next."""
+    cpu = float(stats.get("cpu_stats", {}).get("cpu_usage", {}).get("total_usage") or 0) / 1e9
+    cpu = max(cpu, last[1])
+    percent = 100.0 * (cpu - last[1]) / max(now - last[0], 1e-3)
+    memory = stats.get("memory_stats") or {}
+    detail = memory.get("stats") or {}
+    cache = detail.get("inactive_file", detail.get("total_inactive_file", detail.get("cache", 0)))
+    rss = max(int(memory.get("usage") or 0) - int(cache or 0), 0)
+    return (Resources(cpu_percent=round(max(percent, 0.0), 1), rss_bytes=rss, cpu_seconds=cpu),
+            (now, cpu))
