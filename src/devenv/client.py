@@ -19,6 +19,7 @@ from devenv.wire import (
     EnvironmentStatus,
     LoadResult,
     LogLine,
+    MigrateResult,
     OpResult,
     ProfileResult,
     ProfileTick,
@@ -29,6 +30,7 @@ from devenv.wire import (
     Trace,
     TraceSummary,
     UpResult,
+    ValidationResult,
     from_json,
 )
 
@@ -266,6 +268,14 @@ class Client:
         return from_json(DebugResult, self._json(
             "POST", "/v1/debug/" + quote(service, safe=""),
             {"wait": wait, "off": off, "allow_root": allow_root}, timeout=None))
+
+    def validate(self, services: list[str], timeout: float) -> ValidationResult:
+        return from_json(ValidationResult, self._json("POST", "/v1/validate",
+                                                      {"services": services}, timeout=timeout))
+
+    def migrate(self) -> MigrateResult:
+        return from_json(MigrateResult, self._json("POST", "/v1/migrate",
+                                                   {"environ": dict(os.environ)}, timeout=None))
 
     def stop(self, persist_data: bool) -> StopResult:
         result = from_json(StopResult, self._json("POST", "/v1/stop",

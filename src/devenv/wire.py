@@ -240,6 +240,59 @@ class OpResult:
 
 
 @dataclasses.dataclass(frozen=True)
+class DependencyCheck:
+    """Of `validate`: could a service's dependency be reached at its address."""
+
+    name: str
+    address: str  # host:port, or "" (a job: no address, its completion counts)
+    ok: bool
+    error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOutcome:
+    """Of `validate`: a service's `test:` command."""
+
+    code: int
+    seconds: float
+    output: str  # its last lines
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationRow:
+    service: str
+    state: str
+    healthy: bool
+    test: RunOutcome | None  # None: no `test:` declared
+    dependencies: list[DependencyCheck]
+
+    @property
+    def ok(self) -> bool:
+        return self.healthy and (self.test is None or self.test.code == 0) and all(
+            d.ok for d in self.dependencies)
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationResult:
+    ok: bool
+    services: list[ValidationRow]
+
+
+@dataclasses.dataclass(frozen=True)
+class MigrateResult:
+    """Of `migrate --confirm`."""
+
+    ok: bool
+    changed: bool  # something was migrated (and kept)
+    steps: list[str]  # the plan's steps (and what is left by hand)
+    snapshot: str | None = None  # taken first
+    applied: list[str] = dataclasses.field(default_factory=list)
+    rolled_back: list[str] = dataclasses.field(default_factory=list)
+    error: str | None = None
+    details: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
 class ResetResult:
     reset: list[str]
     rolled: Rolled | None = optional()

@@ -272,6 +272,30 @@ def parser() -> argparse.ArgumentParser:
                    "(rendered and the services' own) using APIs the target version removed "
                    "(exit 1) or deprecates, with the replacement")
 
+    s = sub.add_parser("validate", help="start the environment (or a candidate configuration) "
+                       "in an isolated copy on its own ports and state, run each service's "
+                       "`test:`, check its dependencies; a pass/fail matrix")
+    s.add_argument("--all-services", action="store_true", help="check every service")
+    s.add_argument("--service", dest="services", action="append", default=[], metavar="NAME",
+                   help="check only this service (repeatable; all still start)")
+    s.add_argument("--config-branch", default=None, metavar="NAME",
+                   help="the candidate runs this config branch's overrides instead of yours")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a candidate value (repeatable), e.g. services.api.replicas=2")
+    s.add_argument("--profile", default=None, help="apply a profile from devenv.yaml")
+    s.add_argument("--ports", default="41000-41999", metavar="RANGE",
+                   help="ports the copy's addresses are taken from (default 41000-41999)")
+    s.add_argument("--json", action="store_true", help="print the matrix as JSON")
+
+    s = sub.add_parser("migrate", help="upgrade what the environment runs on: devenv.yaml's "
+                       "schema version, data services' server versions, Kubernetes APIs")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--dry-run", action="store_true", help="print the plan and the diff; "
+                   "change nothing")
+    g.add_argument("--confirm", action="store_true", help="snapshot, apply, check health; "
+                   "roll back to the snapshot on failure")
+    s.add_argument("--json", action="store_true", help="print the plan (and outcome) as JSON")
+
     s = sub.add_parser("doctor", help="diagnose the machine and the project")
     s.add_argument("--json", action="store_true")
     return p
@@ -284,7 +308,7 @@ COMMANDS = {
     "dashboard": "dashboard", "debug": "debug", "load-test": "load_test", "profile": "profile",
     "sync": "sync", "publish": "publish",
     "docs": "docs", "audit": "audit",
-    "render": "render",
+    "render": "render", "validate": "validate", "migrate": "migrate",
 }
 
 

@@ -19,6 +19,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from devenv.config import artifacts
 from devenv.config.injected import override_warnings
 from devenv.config.interpolate import Lookup, TemplateError, substitute
+from devenv.config.migrate import file_version
 from devenv.config.model import CURRENT_VERSION, RUNTIME_NAMES, Project
 from devenv.config.schema import Issue, build, did_you_mean, dotted
 from devenv.config.schema import Path as KeyPath
@@ -288,10 +289,13 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     file = config_file(root)
     shown = file.name
     source = read_yaml(file, shown, texts.get(file))
+    version = file_version(source.data)
+    migrated = _older(source, shown, version)
     local = StateDir(root).local_overrides
     over = None
     if local in texts or local.is_file():
         over = read_yaml(local, local_shown, texts.get(local))
+        migrated += _older(over, local_shown, version, layer=True)
         merge(source, over.data, over.where)
     _artifacts(root, source, texts)
     env = _env(root, environ)
@@ -300,6 +304,7 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     source.data = interpolate(source.data, env, (), missing, issues)
     _raise(issues, source, shown)
     warnings = [f"${{{name}}} is not set; using an empty string" for name in sorted(missing)]
+    warnings += migrated
     project = _build(source, shown, root)
     _check(project, source, shown, root)
     if profile is not None:
@@ -311,6 +316,19 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     env_files = _env_files(project, root, env, warnings)
     warnings += override_warnings(project, root, source, shown, env_files)
     return Loaded(root, file, project, profile, source, warnings, env_files)
+
+
+def _older(source: Source, shown: str, version: int | None, *, layer: bool = False
+           ) -> list[str]:
+    """A file of an older `version` (or the overrides going with one) read as the current
+    version, in memory (config/migrate.py); a warning for each key it changes."""
+    from devenv.config.migrate import upgrade_data
+
+    if version is None or not 1 <= version < CURRENT_VERSION:
+        return []
+    changes = upgrade_data(source.data, version, source.where, mark=not layer)
+    return [f"{shown}: {change}; `devenv migrate --confirm` rewrites the file"
+            for change in changes]
 
 
 def _artifacts(root: Path, source: Source, texts: Mapping[Path, str]) -> None:

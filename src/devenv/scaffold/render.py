@@ -22,7 +22,7 @@ def render(project: str, scan: Scan) -> str:
         f"# devenv.yaml for {project}: every service, declared once. Each guess says why;",
         "# check them, then `devenv up`. Check this file with `devenv config validate`.",
         "# Editor completion: `devenv config schema > .devenv-schema.json`.",
-        "version: 1",
+        "version: 2",
         f"name: {project}",
         "",
     ]

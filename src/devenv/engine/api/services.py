@@ -80,7 +80,19 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
         return answer(await env.debug(request.match_info["service"], bool(body.get("wait")),
                                       bool(body.get("off")), bool(body.get("allow_root"))))
 
+    async def validate(request: web.Request) -> web.Response:
+        return answer(await env.validate((await request.json()).get("services") or []))
+
     router.add_get("/v1/ping", ping)
+    router.add_post("/v1/validate", validate)
+
+    async def migrate(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.get("environ") is not None:
+            env.environ = body["environ"]
+        return answer(await env.migrate())
+
+    router.add_post("/v1/migrate", migrate)
     router.add_get("/v1/status", status)
     router.add_post("/v1/up", up)
     router.add_post("/v1/restart", restart)

@@ -1,0 +1,178 @@
+"""An isolated copy of a project, for `devenv validate`: the same files, its own state and
+ports, run by an engine of its own, beside (never instead of) the environment running.
+
+The copy is a temporary folder holding devenv.yaml (copied) and a link to every other
+entry of the project (`.devenv` excepted), with a fresh `.devenv/` whose personal overrides
+(`.devenv/local.yaml`, the last layer `config.load` reads) are the candidate
+configuration: this checkout's overrides or a config branch's, then `--set` values, then
+every declared port moved to a free one (each service's `port`, `ingress.port`,
+`monitoring.port`). Its data services start from empty data. `close` stops its engine and
+removes the folder; the engine also ends by itself once its project folder is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devenv.core.atomic import write_atomic
+from devenv.core.errors import DevenvError, UsageError
+from devenv.core.paths import PRIVATE_FILE, StateDir
+
+DEFAULT_PORTS = "41000-41999"
+FOLDER = "c"  # the copy's folder name: short, for the engine socket's path
+
+
+def parse_ports(spec: str) -> list[int]:
+    """`41000-41999`, `20001,20005-20010`: the ports the candidate may take, in order."""
+    out: list[int] = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        low, _, high = part.partition("-")
+        try:
+            a, b = int(low), int(high or low)
+        except ValueError:
+            raise UsageError(f"--ports: '{part}' is not a port or a range",
+                             hint="e.g. --ports 41000-41999") from None
+        if not 1 <= a <= b <= 65535:
+            raise UsageError(f"--ports: '{part}' is not within 1-65535, low to high")
+        out += range(a, b + 1)
+    if not out:
+        raise UsageError("--ports names no port", hint="e.g. --ports 41000-41999")
+    return list(dict.fromkeys(out))
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(candidates: list[int], n: int, taken: set[int]) -> list[int]:
+    """`n` ports of `candidates` that nothing listens on now (and not in `taken`)."""
+    found: list[int] = []
+    for port in candidates:
+        if len(found) == n:
+            break
+        if port not in taken and _free(port):
+            found.append(port)
+    if len(found) < n:
+        raise DevenvError(f"the candidate needs {n} free ports; only {len(found)} of the "
+                          "range are free", hint="give another range: --ports START-END")
+    return found
+
+
+def set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    """`services.api.replicas` = value in a plain mapping, making the mappings on the way."""
+    parts = dotted.split(".")
+    if not dotted or any(not p for p in parts):
+        raise UsageError(f"--set: '{dotted}' is not a key path", hint="e.g. services.api.port")
+    node = doc
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"--set {dotted}: '{part}' is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+@dataclass
+class Candidate:
+    source: Path  # the project copied
+    root: Path  # the copy
+    ports: dict[str, int] = field(default_factory=dict)  # key path -> the port it got
+
+    @property
+    def folder(self) -> Path:
+        return self.root.parent
+
+
+def declared_ports(project: Any) -> list[str]:
+    """Key paths of every port the project declares (a `config.model.Project`)."""
+    keys = [f"services.{name}.port" for name, svc in project.services.items()
+            if svc.port is not None]
+    if project.ingress.enabled:
+        keys.append("ingress.port")
+    if project.monitoring.port is not None:
+        keys.append("monitoring.port")
+    return keys
+
+
+def make(source: Path, overrides: dict[str, Any], profile: str | None,
+         ports: list[int]) -> Candidate:
+    """The copy, its override layer written and the whole configuration checked (a
+    ConfigError names the candidate's file and key); removed again when that fails."""
+    from devenv.config.load import load
+
+    folder = Path(tempfile.mkdtemp(prefix="devenv-validate-"))
+    root = folder / FOLDER
+    try:
+        root.mkdir()
+        for entry in source.iterdir():
+            if entry.name in (".devenv", "devenv.yaml"):
+                continue
+            (root / entry.name).symlink_to(entry)
+        shutil.copyfile(source / "devenv.yaml", root / "devenv.yaml")
+        state = StateDir(root)
+        state.ensure()
+        published = source / ".devenv" / "artifacts"
+        if published.is_dir():  # the unpacked copies published services run from
+            (state.base / "artifacts").symlink_to(published)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copyfile(source / ".devenv" / "artifacts.yaml",
+                                state.base / "artifacts.yaml")
+        layer = dict(overrides)
+        layer.setdefault("name", _name(source, overrides, profile))
+        _write(state.local_overrides, layer)
+        project = load(root, profile).project
+        taken: set[int] = set()
+        keys = declared_ports(project)
+        given = dict(zip(keys, free_ports(ports, len(keys), taken), strict=True))
+        for key, port in given.items():
+            set_path(layer, key, port)
+        _write(state.local_overrides, layer)
+        load(root, profile)  # the final layer, checked once more
+        return Candidate(source, root, given)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _name(source: Path, overrides: dict[str, Any], profile: str | None) -> str:
+    """The project's own name (the copy's folder is not called like the project)."""
+    from devenv.config.load import load
+
+    return load(source, profile).name if "name" not in overrides else str(overrides["name"])
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    import io
+
+    from ruamel.yaml import YAML
+
+    buf = io.StringIO()
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.dump(data, buf)
+    write_atomic(path, "# The candidate configuration of `devenv validate`.\n" + buf.getvalue(),
+                 mode=PRIVATE_FILE)
+
+
+def remove(candidate: Candidate) -> None:
+    shutil.rmtree(candidate.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def removed_after(candidate: Candidate) -> Iterator[Candidate]:
+    try:
+        yield candidate
+    finally:
+        remove(candidate)

@@ -1,0 +1,217 @@
+"""`devenv migrate --confirm`, done by the engine: the plan (devenv/migration.py) applied
+with a snapshot first and a rollback to it on failure.
+
+1. The services stop (data moves need their servers stopped).
+2. The snapshot: each data service that moves is started once more on its old binaries and
+   copied into a snapshot of the store (`migrate-<time>`, listed by `devenv snapshot list`,
+   restorable with the old configuration) and dumped; the files the plan rewrites are kept
+   in `.devenv/migrate/<time>/`, and a journal (`.devenv/migrate/journal.json`) names both.
+3. The files are written (each atomically), the data moved (dump restored into a new data
+   folder of the new version), then the environment comes up and must be healthy.
+4. Any failure: the services stop, the files get their old text back, each moved data
+   service is restored from the snapshot (with its old binaries), and, when the
+   environment ran before, it comes up again as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from devenv import data as kinds
+from devenv.core import faults
+from devenv.core.atomic import write_atomic
+from devenv.core.errors import DevenvError, UsageError
+from devenv.core.paths import PRIVATE_FILE, StateDir, private_dir
+from devenv.data.base import DataService, VersionMove
+from devenv.data.snapshots import SnapshotStore, now_manifest
+from devenv.migration import Plan, journal_file, make
+from devenv.wire import MigrateResult, Progress, UpResult
+
+if TYPE_CHECKING:
+    from devenv.engine.app import Environment
+
+
+def _services(env: Environment, plan: Plan) -> dict[str, DataService[object]]:
+    """The moving data services, as the upgraded configuration declares them."""
+    from devenv.config.load import load
+    from devenv.plan import make_plan
+
+    loaded = load(env.root, env.profile, environ=env.environ,
+                  texts={c.path: c.new for c in plan.files})
+    services = make_plan(loaded).services
+    out: dict[str, DataService[object]] = {}
+    for move in plan.data:
+        ds = services[move.service].data
+        assert ds is not None
+        out[move.service] = ds
+    return out
+
+
+def _old(ds: DataService[object], move: VersionMove) -> DataService[object]:
+    """The service on the data's own binaries (the rollback restores with them)."""
+    return _on(ds, move.old_bin, move.old)
+
+
+def _on(ds: DataService[object], bin_dir: str | None, version: str) -> DataService[object]:
+    return kinds.on_version(ds, version, bin_dir)
+
+
+async def confirm(env: Environment) -> MigrateResult:
+    state = StateDir(env.root)
+    if journal_file(env.root).exists():
+        return await recover(env)
+    plan = await asyncio.to_thread(make, env.root)
+    if not plan.changed:
+        return MigrateResult(ok=True, changed=False, steps=plan.kube)
+    if plan.blocked:
+        raise UsageError("the migration cannot be done here", hint="; ".join(plan.blocked))
+    journal = journal_file(env.root)
+    if journal.exists():
+        return await recover(env)
+    was_running = bool(env.engine.runners)
+    profile, environ = env.profile, env.environ
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    folder = state.base / "migrate" / stamp
+    work = folder / "work"
+    store = SnapshotStore(state.base / "snapshots")
+    moving = await asyncio.to_thread(_services, env, plan)
+    snapshot: str | None = None
+    await env.halt()
+    applied: list[str] = []
+    try:
+        private_dir(folder.parent)
+        private_dir(folder)
+        for i, change in enumerate(plan.files):
+            write_atomic(folder / f"{i}.orig", change.old, mode=PRIVATE_FILE)
+        if plan.data:
+            snapshot = f"migrate-{stamp}"
+            staging = store.staging(snapshot)
+            try:
+                manifest = now_manifest(env.project, True, [])
+                for move in plan.data:
+                    ds = moving[move.service]
+                    version = await kinds.upgrade_save(ds, move, staging / ds.name, work)
+                    manifest["services"][ds.name] = {"kind": ds.kind, "version": version}
+                await asyncio.to_thread(store.commit, staging, snapshot, manifest)
+            except BaseException:
+                store.discard(staging)
+                raise
+        write_atomic(journal, json.dumps({
+            "snapshot": snapshot, "folder": str(folder),
+            "files": {str(c.path): str(folder / f"{i}.orig") for i, c in enumerate(plan.files)},
+            "data": {m.service: {"old": m.old, "old_bin": m.old_bin} for m in plan.data}}),
+            mode=PRIVATE_FILE)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        if was_running:  # nothing was changed: back as it was
+            await _up(env, profile, environ)
+        raise
+    try:
+        for change in plan.files:
+            write_atomic(change.path, change.new, mode=change.path.stat().st_mode & 0o777)
+            applied.append(change.shown)
+        faults.point("migrate:files")
+        for move in plan.data:
+            await kinds.upgrade_apply(moving[move.service], move, work)
+            applied.append(f"{move.service}: {move.product} {move.old} → {move.new}")
+        if faults.armed("migrate:fail"):
+            raise DevenvError("injected failure (DEVENV_FAULTS=migrate:fail)")
+        result = await _up(env, profile, environ)
+        if not result.ok:
+            failed = [f"{s.name}: {s.detail or s.state}" for s in result.services if not s.ok]
+            raise DevenvError("the environment is not healthy after the migration",
+                              details=failed or ([result.error.message] if result.error
+                                                 else []))
+    except BaseException as exc:
+        undone = await _rollback(env, plan, moving, snapshot, folder)
+        if was_running:
+            await _up(env, profile, environ)
+        journal.unlink(missing_ok=True)
+        message = exc.message if isinstance(exc, DevenvError) else repr(exc)
+        details = exc.details if isinstance(exc, DevenvError) else []
+        if not isinstance(exc, Exception):
+            raise
+        return MigrateResult(ok=False, changed=False, steps=plan.steps(), snapshot=snapshot,
+                             applied=applied, rolled_back=undone, error=message,
+                             details=list(details))
+    for ds in moving.values():
+        await asyncio.to_thread(kinds.upgrade_finish, ds)
+    journal.unlink(missing_ok=True)
+    shutil.rmtree(work, ignore_errors=True)
+    if not was_running:
+        await env.halt()
+    return MigrateResult(ok=True, changed=True, steps=plan.steps(), snapshot=snapshot,
+                         applied=applied)
+
+
+async def recover(env: Environment) -> MigrateResult:
+    """A migration cut short (the engine died mid-way): files put back, the moved data
+    restored from the snapshot (the files, put back first, name the old binaries)."""
+    from devenv.config.load import load
+    from devenv.plan import make_plan
+
+    journal = journal_file(env.root)
+    record = json.loads(journal.read_text())
+    await env.halt()
+    undone = []
+    for path, saved in record["files"].items():
+        original = Path(saved).read_text()
+        if Path(path).read_text() != original:
+            write_atomic(Path(path), original, mode=Path(path).stat().st_mode & 0o777)
+            undone.append(str(Path(path).relative_to(env.root)))
+    if record["snapshot"] and record["data"]:
+        services = make_plan(await asyncio.to_thread(load, env.root)).services
+        store = SnapshotStore(StateDir(env.root).base / "snapshots")
+        snap = await asyncio.to_thread(store.verify, record["snapshot"])
+        for name, was in record["data"].items():
+            found = services[name].data
+            assert found is not None
+            ds = _on(found, was["old_bin"], was["old"])
+            await asyncio.to_thread(kinds.stage_restore, ds, snap.path / name)
+            kinds.swap_restore(ds)
+            await asyncio.to_thread(kinds.drop_restore, ds)
+            await asyncio.to_thread(kinds.upgrade_finish, ds)
+            undone.append(f"{name}: restored from snapshot {record['snapshot']}")
+    journal.unlink()
+    return MigrateResult(ok=False, changed=False, steps=[], snapshot=record["snapshot"],
+                         rolled_back=undone, error="a migration was cut short; it is rolled "
+                         "back (run `devenv migrate --confirm` again to migrate)")
+
+
+async def _up(env: Environment, profile: str | None, environ: dict[str, str] | None
+              ) -> UpResult:
+    def ignore(_: Progress) -> None:
+        return None
+
+    return await env.up([], profile, environ, False, ignore)
+
+
+async def _rollback(env: Environment, plan: Plan, moving: dict[str, DataService[object]],
+                    snapshot: str | None, folder: Path) -> list[str]:
+    """Files back to their old text, moved data back from the snapshot; what was undone."""
+    undone: list[str] = []
+    await env.halt()
+    for i, change in enumerate(plan.files):
+        original = (folder / f"{i}.orig").read_text()
+        if change.path.read_text() != original:
+            write_atomic(change.path, original, mode=change.path.stat().st_mode & 0o777)
+            undone.append(change.shown)
+    if snapshot is not None:
+        store = SnapshotStore(StateDir(env.root).base / "snapshots")
+        snap = await asyncio.to_thread(store.verify, snapshot)
+        for move in plan.data:
+            old = _old(moving[move.service], move)
+            await asyncio.to_thread(kinds.stage_restore, old, snap.path / old.name)
+            kinds.swap_restore(old)
+            await asyncio.to_thread(kinds.drop_restore, old)
+            await asyncio.to_thread(kinds.upgrade_finish, old)
+            undone.append(f"{move.service}: restored from snapshot {snapshot} "
+                          f"({move.product} {move.old})")
+    return undone
+
+

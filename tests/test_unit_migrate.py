@@ -1,0 +1,192 @@
+"""Schema migrations (config/migrate.py), the plan's Kubernetes parts (devenv/migration.py)
+and the candidate's pure parts (devenv/candidate.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from devenv.candidate import declared_ports, parse_ports, set_path
+from devenv.config.load import load
+from devenv.config.migrate import Migration, Pin, Rename, upgrade_data, upgrade_text
+from devenv.config.model import CURRENT_VERSION
+from devenv.core.errors import ConfigError, UsageError
+from devenv.migration import cluster_notes, make, rewrite_api_versions
+
+V1 = """\
+# the shop's services
+version: 1
+services:
+  api:
+    command: [python, app.py]   # the server
+    cwd: api      # its folder
+    port: 8000
+profiles:
+  fast:
+    overrides:
+      api: {cwd: api, replicas: 2}
+"""
+
+
+def test_version_1_is_rewritten_with_comments_and_layout_kept() -> None:
+    up = upgrade_text(V1)
+    assert (up.old_version, up.new_version) == (1, CURRENT_VERSION)
+    assert up.text == V1.replace("version: 1", "version: 2").replace(
+        "cwd: api      # its folder", "path: api     # its folder").replace(
+        "{cwd: api,", "{path: api,")
+    assert [".".join(c.path) for c in up.changes] == ["services.api.cwd",
+                                                      "profiles.fast.overrides.api.cwd"]
+
+
+def test_a_current_file_is_left_as_it_is() -> None:
+    text = "version: 2\nservices: {}\n"
+    up = upgrade_text(text)
+    assert not up.changed and up.text == text
+
+
+def test_a_newer_or_missing_version_is_refused_with_its_line() -> None:
+    with pytest.raises(ConfigError) as exc:
+        upgrade_text("# x\nversion: 99\n")
+    assert "devenv.yaml:2 version" in str(exc.value.details[0])
+    assert "upgrade devenv" in exc.value.details[0]
+    with pytest.raises(ConfigError):
+        upgrade_text("services: {}\n")
+
+
+def test_both_names_set_keeps_the_new_one() -> None:
+    up = upgrade_text("version: 1\nservices:\n  api: {command: x, cwd: a, path: b}\n")
+    assert "path: b" in up.text and "cwd" not in up.text
+    assert "is set too and wins" in str(up.changes[0])
+
+
+def test_a_chain_of_migrations_renames_then_pins_a_changed_default() -> None:
+    registry = {
+        1: Migration(1, (Rename(("services", "*", "cwd"), "path", "one name"),)),
+        2: Migration(2, (Pin(("services", "*", "restart"), "always", "default became no"),)),
+    }
+    up = upgrade_text("version: 1\nservices:\n  a:\n    cwd: x\n  b:\n    restart: 'no'\n",
+                      registry=registry, target=3)
+    assert up.text == ("version: 3\nservices:\n  a:\n    path: x\n    restart: always\n"
+                       "  b:\n    restart: 'no'\n")
+
+
+def test_in_memory_migration_keeps_each_keys_line() -> None:
+    data = {"version": 1, "services": {"api": {"cwd": "a"}}}
+    where = {("services", "api", "cwd"): ("devenv.yaml", 7)}
+    changes = upgrade_data(data, 1, where)
+    assert data == {"version": 2, "services": {"api": {"path": "a"}}}
+    assert where == {("services", "api", "path"): ("devenv.yaml", 7)}
+    assert len(changes) == 1
+
+
+def test_a_version_1_file_still_loads_and_warns_once(tmp_path: Path) -> None:
+    (tmp_path / "api").mkdir()
+    (tmp_path / "devenv.yaml").write_text(V1)
+    loaded = load(tmp_path, "fast")
+    assert loaded.project.services["api"].path == "api"
+    assert loaded.project.version == CURRENT_VERSION
+    assert any("services.api.cwd: renamed to services.api.path" in w and
+               "devenv migrate --confirm" in w for w in loaded.warnings)
+    # an error in a migrated key still names the line it was written on
+    (tmp_path / "devenv.yaml").write_text("version: 1\nservices:\n  api:\n"
+                                          "    command: x\n    cwd: [a]\n")
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path)
+    assert any(d.startswith("devenv.yaml:5 services.api.path") for d in exc.value.details)
+
+
+def test_version_2_has_no_cwd(tmp_path: Path) -> None:
+    (tmp_path / "devenv.yaml").write_text("version: 2\nservices:\n  api: {command: x, cwd: a}\n")
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path)
+    assert "cwd" in exc.value.details[0]
+
+
+def test_personal_overrides_migrate_with_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "devenv.yaml").write_text("version: 1\nservices:\n  api: {command: x}\n")
+    (tmp_path / ".devenv").mkdir()
+    (tmp_path / ".devenv" / "local.yaml").write_text("services:\n  api:\n    cwd: a  # mine\n")
+    assert load(tmp_path).project.services["api"].path == "a"
+    plan = make(tmp_path)
+    shown = {c.shown: c for c in plan.files}
+    # (ruamel keeps the comment's column: one space fewer)
+    assert shown[".devenv/local.yaml"].new == "services:\n  api:\n    path: a # mine\n"
+    assert "+version: 2" in shown["devenv.yaml"].diff()
+    assert not plan.data
+
+
+MANIFEST = """\
+# autoscaling for the api
+apiVersion: autoscaling/v2beta2   # old
+kind: HorizontalPodAutoscaler
+metadata: {name: api}
+spec: {}
+---
+apiVersion: policy/v1beta1
+kind: PodSecurityPolicy
+metadata: {name: strict}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+"""
+
+
+def test_deprecated_api_versions_are_rewritten_or_listed() -> None:
+    new, rewritten, manual = rewrite_api_versions(MANIFEST, "1.31", "k8s/hpa.yaml")
+    assert new == MANIFEST.replace("autoscaling/v2beta2   # old", "autoscaling/v2   # old")
+    assert rewritten == ["HorizontalPodAutoscaler api: apiVersion autoscaling/v2beta2 → "
+                         "autoscaling/v2 (removed in 1.26, target 1.31)"]
+    assert len(manual) == 1 and manual[0].startswith("k8s/hpa.yaml:7: PodSecurityPolicy strict")
+    assert "by hand" in manual[0]
+    # for a version that still serves it, nothing changes
+    assert rewrite_api_versions(MANIFEST, "1.22", "x")[1] == []
+
+
+def test_the_plan_rewrites_a_services_manifest(tmp_path: Path) -> None:
+    (tmp_path / "k8s").mkdir()
+    (tmp_path / "k8s" / "hpa.yaml").write_text(MANIFEST)
+    (tmp_path / "devenv.yaml").write_text(
+        "version: 2\nservices:\n  api:\n    command: x\n"
+        "    kubernetes: {manifests: [k8s/hpa.yaml]}\n")
+    plan = make(tmp_path)
+    assert [c.shown for c in plan.files] == ["k8s/hpa.yaml"]
+    assert "+apiVersion: autoscaling/v2   # old" in plan.files[0].diff()
+    assert any("PodSecurityPolicy" in k for k in plan.kube)
+    assert (tmp_path / "k8s" / "hpa.yaml").read_text() == MANIFEST  # a plan changes nothing
+
+
+def test_the_cluster_version_change_is_reported() -> None:
+    loaded = SimpleNamespace(name="shop", project=SimpleNamespace(
+        cluster=SimpleNamespace(name=None), kubernetes=SimpleNamespace(version="1.31")))
+    clusters = [{"name": "devenv-shop", "nodes": [
+        {"role": "server", "image": "rancher/k3s:v1.29.9-k3s1"}]}]
+    notes = cluster_notes(loaded, runner=lambda argv: json.dumps(clusters))
+    assert len(notes) == 1 and "runs rancher/k3s:v1.29.9-k3s1" in notes[0]
+    assert "k3d cluster delete devenv-shop" in notes[0]
+    assert cluster_notes(loaded, runner=lambda argv: "[]") == []
+
+
+def test_candidate_ports_and_values() -> None:
+    assert parse_ports("20001,20005-20007") == [20001, 20005, 20006, 20007]
+    for bad in ("x", "9-1", "70000", ""):
+        with pytest.raises(UsageError):
+            parse_ports(bad)
+    doc: dict[str, object] = {"services": {"api": {"port": 1}}}
+    set_path(doc, "services.api.replicas", 2)
+    set_path(doc, "ingress.port", 41000)
+    assert doc == {"services": {"api": {"port": 1, "replicas": 2}}, "ingress": {"port": 41000}}
+    with pytest.raises(UsageError):
+        set_path(doc, "services.api.port.x", 1)
+
+
+def test_every_declared_port_is_remapped(tmp_path: Path) -> None:
+    (tmp_path / "devenv.yaml").write_text(
+        "version: 2\nmonitoring: {port: 9100}\nservices:\n  api: {command: x, port: 8000}\n"
+        "  job: {command: y, restart: 'no'}\n")
+    assert declared_ports(load(tmp_path).project) == ["services.api.port", "ingress.port",
+                                                      "monitoring.port"]

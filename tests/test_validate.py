@@ -1,0 +1,165 @@
+"""`devenv validate --all-services`: an isolated copy on its own ports and state, checked by
+its own engine, beside the running environment, which keeps its instances and answers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import psutil
+
+from conftest import Project, free_ports, procs_in, wait_for
+
+SERVICES = """\
+api:
+  command: [python, svc.py]
+  port: {api}
+  health: {{http: /healthz}}
+  test: >-
+    python -c "import os, urllib.request;
+    urllib.request.urlopen(os.environ['SERVICE_URL'] + '/healthz'); print('api contract ok')"
+web:
+  command: [python, svc.py]
+  port: {web}
+  depends_on: [api]
+  health: {{http: /healthz}}
+  test: {web_test}
+"""
+
+
+def _ranges(n: int) -> str:
+    return ",".join(str(p) for p in free_ports(n))
+
+
+def _write(project: Project, api: int, web: int, web_test: str) -> None:
+    project.services(SERVICES.format(api=api, web=web, web_test=web_test))
+
+
+def test_validate_beside_a_running_environment(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "python -c 'print(\"web smoke ok\")'")
+    project.up()
+    before = {s["name"]: [i["id"] for i in s["instances"]] for s in project.status()["services"]}
+    answered: list[int] = []
+    stop = threading.Event()
+
+    def keep_asking() -> None:  # the running environment answers while validate runs
+        while not stop.is_set():
+            status, _ = project.get(f"http://127.0.0.1:{api}/whoami", timeout=5)
+            answered.append(status)
+            stop.wait(0.05)
+
+    asker = threading.Thread(target=keep_asking)
+    asker.start()
+    try:
+        result = project.devenv("validate", "--all-services", "--json",
+                                "--ports", _ranges(4), timeout=120)
+    finally:
+        stop.set()
+        asker.join()
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] is True
+    rows = {r["service"]: r for r in data["services"]}
+    assert rows["api"]["healthy"] and rows["api"]["test"]["code"] == 0
+    assert "api contract ok" in rows["api"]["test"]["output"]
+    assert rows["web"]["dependencies"][0]["name"] == "api"
+    assert rows["web"]["dependencies"][0]["ok"] is True
+    # the candidate's api was on another port than the running one
+    assert rows["web"]["dependencies"][0]["address"] != f"127.0.0.1:{api}"
+    after = {s["name"]: [i["id"] for i in s["instances"]] for s in project.status()["services"]}
+    assert after == before
+    assert answered and all(code == 200 for code in answered)
+    leftovers = list(Path("/tmp").glob("devenv-validate-*"))
+    assert not [p for p in leftovers if (p / "c" / "svc.py").resolve() == project.root / "svc.py"]
+
+
+def test_a_failing_test_and_a_candidate_value_fail_the_matrix(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "python -c 'import sys; print(\"web broke\"); sys.exit(3)'")
+    result = project.devenv("validate", "--all-services", "--ports", _ranges(4), timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL (exit 3)" in result.stdout
+    assert "web broke" in result.stdout
+    assert "validate: FAILED" in result.stdout
+    # --set: a candidate whose web test passes
+    result = project.devenv("validate", "--all-services", "--ports", _ranges(4),
+                            "--set", "services.web.test=true", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (project.root / ".devenv" / "run" / "engine.sock").exists()  # none started here
+
+
+def test_validate_usage_errors(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "true")
+    assert project.devenv("validate").returncode == 2
+    bad = project.devenv("validate", "--all-services", "--set", "services.web.replicas=lots",
+                         "--ports", _ranges(4))
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "replicas" in bad.stderr
+
+
+def _candidates(project: Project) -> list[Path]:
+    """The isolated copies of this project that exist now."""
+    return [p for p in Path("/tmp").glob("devenv-validate-*")
+            if (p / "c" / "svc.py").is_symlink()
+            and (p / "c" / "svc.py").resolve() == (project.root / "svc.py").resolve()]
+
+
+def test_ctrl_c_stops_the_candidate_and_removes_it(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "true")
+    text = (project.root / "devenv.yaml").read_text()
+    # web never gets healthy, so validate is still waiting when it is interrupted
+    (project.root / "devenv.yaml").write_text(text.replace(
+        "  web:\n    command: [python, svc.py]",
+        "  web:\n    command: [python, -c, 'import time; time.sleep(600)']"))
+    proc = project.popen("validate", "--all-services", "--ports", _ranges(4))
+    assert wait_for(lambda: any((c / "c" / ".devenv" / "run" / "engine.sock").exists()
+                                and _candidate_api_up(c) for c in _candidates(project)),
+                    timeout=30)
+    copy = _candidates(project)[0]
+    engine = int((copy / "c" / ".devenv" / "run" / "engine.pid").read_text())
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) != 0
+    assert not copy.exists()
+    assert wait_for(lambda: not psutil.pid_exists(engine) or
+                    psutil.Process(engine).status() == psutil.STATUS_ZOMBIE, timeout=20)
+    assert wait_for(lambda: not [p for p in procs_in(project.root)
+                                 if "sleep(600)" in " ".join(p.cmdline())], timeout=20)
+
+
+def _candidate_api_up(copy: Path) -> bool:
+    """The copy's api is healthy (so `up` is waiting for web)."""
+    try:
+        text = (copy / "c" / ".devenv" / "local.yaml").read_text()
+    except OSError:
+        return False
+    port = int(text.split("api:\n")[1].split("port:")[1].split()[0])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_config_branch_is_validated_instead_of_the_local_overrides(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "test \"$MODE\" = good")
+    for args in (("init", "-q"), ("add", "-A"), ("-c", "user.name=t", "-c", "user.email=t@x",
+                                                   "commit", "-qm", "start")):
+        subprocess.run(["git", *args], cwd=project.root, check=True, capture_output=True)
+    project.devenv("config", "set", "services.web.env.MODE", "good", check=True)
+    project.devenv("config", "branch", "good-mode", check=True)
+    project.devenv("config", "set", "services.web.env.MODE", "bad", check=True)
+    mine = project.devenv("validate", "--all-services", "--ports", _ranges(4), timeout=120)
+    assert mine.returncode == 1, mine.stdout + mine.stderr
+    branch = project.devenv("validate", "--all-services", "--config-branch", "good-mode",
+                            "--ports", _ranges(4), timeout=120)
+    assert branch.returncode == 0, branch.stdout + branch.stderr
+    unknown = project.devenv("validate", "--all-services", "--config-branch", "nope")
+    assert unknown.returncode == 2 and "no config branch 'nope'" in unknown.stderr
