@@ -32,6 +32,7 @@ from devenv.engine.ingress import (
 from devenv.engine.pool import Backend, NoBackend, Pool
 from devenv.telemetry.context import parse
 from devenv.telemetry.model import INGRESS_SERVICE, Hub, RequestSeen, Span, edge_span
+from devenv.telemetry.sampling import RateSampler
 from fakes import now, run_virtual
 
 ROUTES = build_routes([
@@ -352,3 +353,44 @@ def test_a_websocket_is_one_span_from_upgrade_to_close() -> None:
 async def _until(condition: Callable[[], bool]) -> None:
     while not condition():
         await asyncio.sleep(0.01)
+
+
+def test_over_its_trace_rate_the_ingress_counts_requests_but_does_not_trace_them() -> None:
+    async def scenario() -> None:
+        async with edge() as e:
+            clock = [0.0]
+            e.ingress.sampler = RateSampler(2, clock=lambda: clock[0])
+            flags = []
+            for _ in range(4):  # two a second: the first two are traced
+                status, got = await e.get("/api/trace")
+                assert status == 200
+                upstream = parse(got["traceparent"])
+                assert upstream is not None
+                flags.append(upstream.flags)
+            # the instance is told (its SDK follows the flag); metrics still see every one
+            assert flags == ["01", "01", "00", "00"]
+            assert len(e.seen) == 4 and [s.trace_id is not None for s in e.seen] == [
+                True, True, False, False]
+            status, _ = await e.get("/api/boom")  # a failure is always traced
+            assert status == 500 and e.seen[-1].trace_id is not None
+            # a caller's sampled traceparent is followed, whatever the rate
+            _, got = await e.get("/api/trace", traceparent=f"00-{TRACE}-{CALLER}-01")
+            assert e.seen[-1].trace_id == TRACE and got["traceparent"].endswith("-01")
+            clock[0] = 1.0  # a second later: two more
+            await e.get("/api/trace")
+            assert e.seen[-1].trace_id is not None
+            assert e.ingress.hub is not None and e.ingress.hub.unsampled == 2
+
+    asyncio.run(scenario())
+
+
+def test_the_rate_sampler_admits_its_rate_a_second_and_none_means_every_one() -> None:
+    clock = [100.0]
+    sampler = RateSampler(10, clock=lambda: clock[0])
+    assert sum(sampler.admit() for _ in range(15)) == 10  # a second's worth at once
+    clock[0] += 0.5
+    assert sum(sampler.admit() for _ in range(15)) == 5
+    clock[0] += 60  # a quiet minute does not bank more than a second's worth
+    assert sum(sampler.admit() for _ in range(100)) == 10
+    sampler.rate = None
+    assert all(sampler.admit() for _ in range(1000))

@@ -483,6 +483,11 @@ class MonitoringConfig:
                                   doc="Traces older than this are dropped.")
     scrape_interval: Duration = key(Duration(5.0), minimum=1, maximum=3600,
                                     doc="How often services' own /metrics are scraped.")
+    trace_rate: int | None = key(
+        200, minimum=1, maximum=1_000_000,
+        doc="New traces the ingress records a second, at most (head sampling, passed on in "
+        "the traceparent so instrumented services follow it); requests over it are counted "
+        "in the metrics but not traced, failures always are. null: trace every request.")
 
 
 @dataclass(frozen=True)

@@ -118,7 +118,7 @@ class Environment:
             self.engine.ctx.runtimes.configure(loaded)
         self.profile = loaded.profile
         self.cascade.watch()
-        ingress = await self.routing.ensure(plan.ingress_port)
+        ingress = await self.routing.ensure(plan.ingress_port, plan.monitoring.trace_rate)
         loop, logs = asyncio.get_running_loop(), self.engine.ctx.logs
 
         def store_failed(text: str) -> None:  # (from the store's thread) `devenv logs` shows it

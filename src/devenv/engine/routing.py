@@ -27,7 +27,9 @@ class Routing:
         runner = self.engine.runners.get(name)
         return runner.pool if runner else None
 
-    async def ensure(self, port: int | None) -> str | None:
+    async def ensure(self, port: int | None, trace_rate: int | None = None) -> str | None:
+        """The ingress on `port` (None: none), recording at most `trace_rate` new traces a
+        second (None: every request); its URL."""
         async with self._lock:
             if self.ingress is not None and self.ingress.port != port:
                 await self.ingress.close()
@@ -43,6 +45,8 @@ class Routing:
                         f"{port_owner(port)}", hint="set another port with `devenv config "
                         "set ingress.port N`, or stop what uses it") from exc
                 self.ingress = candidate
+            if self.ingress is not None:
+                self.ingress.sampler.rate = trace_rate
             return self.url
 
     def refresh(self) -> None:

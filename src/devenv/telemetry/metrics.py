@@ -229,6 +229,11 @@ class EngineCollector(Collector):
                                      "Telemetry subscribers that failed on a value.")
         errors.add_metric([], m.hub.errors)
         yield errors
+        unsampled = CounterMetricFamily(
+            "devenv_telemetry_requests_unsampled",
+            "Requests the ingress did not record a trace for (over monitoring.trace_rate).")
+        unsampled.add_metric([], m.hub.unsampled)
+        yield unsampled
         counters = getattr(m.traces, "counters", None)  # the trace store's (telemetry/store.py)
         for attr, name, doc in (("received", "devenv_telemetry_spans_received",
                                  "Spans handed to the trace store."),

@@ -84,6 +84,7 @@ class Hub:
     span_sinks: list[SpanSink] = field(default_factory=list)
     request_sinks: list[RequestSink] = field(default_factory=list)
     errors: int = 0
+    unsampled: int = 0  # requests the ingress did not record a trace for (over its rate)
 
     def spans(self, spans: list[Span]) -> None:
         for sink in self.span_sinks:

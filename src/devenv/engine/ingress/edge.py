@@ -8,8 +8,10 @@ import time
 
 from devenv.telemetry import context
 from devenv.telemetry.model import RequestSeen
+from devenv.telemetry.sampling import RateSampler
 
 CLIENT_GONE = 499  # recorded when the client went away before its response was complete
+UNSAMPLED = "00"  # traceparent flags: not recorded
 
 
 class Edge:
@@ -20,10 +22,14 @@ class Edge:
                  "service", "start_ns", "started", "tracestate")
 
     def __init__(self, method: str, path: str, traceparent: list[str],
-                 tracestate: list[str]):
-        self.parent = context.parse_headers(traceparent)
-        self.tracestate = context.tracestate(self.parent, tracestate)
-        self.outgoing = context.child(self.parent, context.new_span_id())
+                 tracestate: list[str], sampler: RateSampler | None = None):
+        self.parent = parent = context.parse_headers(traceparent)
+        self.tracestate = context.tracestate(parent, tracestate)
+        span_id = context.new_span_id()
+        if parent is None and sampler is not None and not sampler.admit():
+            self.outgoing = context.TraceParent(context.new_trace_id(), span_id, UNSAMPLED)
+        else:  # (a caller's traceparent: its sampled flag is followed)
+            self.outgoing = context.child(parent, span_id)
         self.method = method
         self.path = path
         self.route = ""
@@ -34,9 +40,13 @@ class Edge:
         self.started = time.perf_counter_ns()
 
     def finish(self, status: int, error: str | None, host: str | None) -> RequestSeen:
-        """The request as answered: what metrics count and, in the trace store, its span."""
+        """The request as answered: what metrics count and, when its trace is recorded (it
+        was sampled, or it failed: a failure always is), its span in the trace store."""
         outgoing, parent = self.outgoing, self.parent
+        duration = (time.perf_counter_ns() - self.started) / 1e9
+        if not outgoing.sampled and error is None and status < 500:
+            return RequestSeen(self.route, self.service, self.instance, self.method,
+                               self.path, status, self.start_ns, duration)
         return RequestSeen(self.route, self.service, self.instance, self.method, self.path,
-                           status, self.start_ns,
-                           (time.perf_counter_ns() - self.started) / 1e9, outgoing.trace_id,
+                           status, self.start_ns, duration, outgoing.trace_id,
                            outgoing.span_id, parent.span_id if parent else None, host, error)

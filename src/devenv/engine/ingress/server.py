@@ -36,6 +36,7 @@ from devenv.engine.ingress.routes import NoHttp, RouteTable, host_name, split_pa
 from devenv.engine.ingress.upstream import WRITE_HIGH, WRITE_LOW, Upstream, Upstreams
 from devenv.engine.pool import NoBackend, Pool
 from devenv.telemetry.model import Hub
+from devenv.telemetry.sampling import RateSampler
 
 REPLAY_LIMIT = 1024 * 1024  # request bodies up to this size are read before they are sent
 STREAM_BUFFER = 256 * 1024  # a streamed body read ahead of its connection, at most
@@ -428,7 +429,8 @@ class ClientConnection(asyncio.Protocol):
             return self._after(req, error)
         raw_path = req.target.partition(b"?")[0].decode("latin-1")
         edge = self.edge = Edge(req.method.decode("latin-1"), raw_path,
-                                req.header(b"traceparent"), req.header(b"tracestate"))
+                                req.header(b"traceparent"), req.header(b"tracestate"),
+                                self.ingress.sampler)
         status = CLIENT_GONE
         message: str | None = "the client went away before the response was complete"
         try:
@@ -446,7 +448,10 @@ class ClientConnection(asyncio.Protocol):
                 # the client left a websocket, or a streamed body: its answer had begun
                 status, message = edge.sent, None
             host = req.host.decode("latin-1") if req.host is not None else None
-            hub.request(edge.finish(status, message, host_name(host) if host else None))
+            seen = edge.finish(status, message, host_name(host) if host else None)
+            if seen.trace_id is None:
+                hub.unsampled += 1
+            hub.request(seen)
 
     def _after(self, req: Request, error: IngressError | None) -> bool:
         if error is not None and not self.lost:
@@ -808,6 +813,7 @@ class Ingress:
         self.port = port
         self.pools = pools
         self.hub = hub  # None: no edge spans, no requests published
+        self.sampler = RateSampler()  # which new traces are recorded (`up` sets its rate)
         self._routes = RouteTable({}, [])
         self.routed: dict[tuple[bytes | None, bytes], Routed | IngressError] = {}
         self.response_timeout = response_timeout
