@@ -438,7 +438,7 @@ def _check_runnable(project: Project, source: Source, shown: str) -> None:
                                     f"on the {project.runtime} runtime; give it one, or run "
                                     "it as a container (runtime: docker, or up --runtime "
                                     "docker)"))
-        elif project.in_container(name):
+        elif project.runtime == "docker" and project.in_container(name):
             for dep in svc.depends_on:
                 target = project.services[dep]
                 if target.port is None or project.in_container(dep):

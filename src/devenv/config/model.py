@@ -522,4 +522,8 @@ class Project:
     def in_container(self, name: str) -> bool:
         """Whether service `name` runs as a container under this project's runtime."""
         svc = self.services[name]
-        return self.runtime in ("docker", "kubernetes") and (svc.containerized or svc.is_data)
+        if self.runtime == "docker":
+            return svc.containerized or svc.is_data
+        # (on kubernetes a data service is a StatefulSet in the cluster and, for devenv's data
+        # commands, a local server)
+        return self.runtime == "kubernetes" and svc.containerized and not svc.is_data

@@ -59,8 +59,10 @@ class WriterProcess:
                                f"{self.answer_timeout:g}s; it was stopped (a new one starts "
                                "with the next spans)") from None
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
+            # its answers ended: it is on its way out (it says why last): let it, then read
+            reason = self._exit(proc, exc)
             self.kill()
-            raise self._failed(f"the trace writer stopped ({self._exit(proc, exc)})") from None
+            raise self._failed(f"the trace writer stopped ({reason})") from None
         self._failures = 0
         assert isinstance(done, Done)
         return done
