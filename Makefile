@@ -23,10 +23,12 @@ lint: $(BIN)/.installed
 # project `devenv init` is tested on, and PostgreSQL 15 with its contrib extensions
 # (uuid-ossp, pgcrypto) for a system PostgreSQL through bin_dir; npm, for the `mermaid`
 # package that reads `docs generate`'s graph (into ~/.cache/devenv-tests). One apt run for all; no
-# cluster of Debian's own is created (or started).
+# cluster of Debian's own is created (or started). docker-registry: a real registry for
+# `devenv publish`'s images (the tests start their own on loopback; Debian's is not started).
 DEBIAN_TOOLS := chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15 \
 	/usr/bin/prometheus:prometheus /usr/sbin/nginx:nginx-light wrk:wrk \
-	dockerd:docker.io npm:npm
+	dockerd:docker.io npm:npm \
+	docker-registry:docker-registry
 tools:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do what=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$what >/dev/null 2>&1 || [ -x "$$what" ] || missing="$$missing $$pkg"; done; \

@@ -491,6 +491,20 @@ class MonitoringConfig:
 
 
 @dataclass(frozen=True)
+class Registry:
+    """The image registry `devenv publish` pushes a container service's image to (the docker
+    runtime), and teammates pull it from."""
+
+    url: str | None = key(
+        None, doc="host[:port] of the registry (no scheme), e.g. 127.0.0.1:5000 or "
+        "registry.example.com. The Docker Engine must trust it: HTTPS, or listed in its "
+        "insecure-registries (loopback addresses, 127.0.0.0/8, are trusted by default).")
+    namespace: str | None = key(
+        None, doc="The repository path under the registry; images are "
+        "<url>/<namespace>/<service>. Default: the project's name.")
+
+
+@dataclass(frozen=True)
 class Project:
     """devenv.yaml: the services of a project, declared once, run on any runtime."""
 
@@ -515,6 +529,9 @@ class Project:
         "one `up`.")
     cluster: Cluster = key(factory=lambda: Cluster(),
                            doc="The cluster of the kubernetes runtime.")
+    registry: Registry = key(
+        factory=lambda: Registry(), doc="Where `devenv publish` pushes images of services "
+        "that run as containers on the docker runtime (`registry: {url: 127.0.0.1:5000}`).")
     kubernetes: Kubernetes = key(
         factory=lambda: Kubernetes(), doc="The Kubernetes version targeted (`kubernetes: "
         "\"1.31\"` for short; `devenv config set kubernetes.version 1.28` pins it).")

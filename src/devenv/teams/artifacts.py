@@ -85,7 +85,7 @@ def tree_of(git: Git, folder: Path) -> str:
 
 def fetch(git: Git, remote: str, wanted: Iterable[Artifact]) -> None:
     """Fetch the artifacts not here yet, and check each one's content is its digest."""
-    wanted = list(wanted)
+    wanted = [a for a in wanted if a.is_tree]  # (an image is pulled by the docker runtime)
     missing = [a for a in wanted if not git.ok("cat-file", "-e", f"{a.digest}^{{tree}}")]
     if missing:
         git.fetch(refs.check_remote(remote),
@@ -99,7 +99,10 @@ def fetch(git: Git, remote: str, wanted: Iterable[Artifact]) -> None:
 
 def unpack(git: Git, root: Path, art: Artifact) -> Path:
     """The artifact's folder, `.devenv/artifacts/<digest>/` (made once: its name is its
-    content). Unpacked beside it first, then renamed, so a folder there is always whole."""
+    content). Unpacked beside it first, then renamed, so a folder there is always whole. An
+    image artifact has no folder: the service's own is returned."""
+    if not art.is_tree:
+        return root / art.source
     dest = root / art.folder
     if dest.is_dir():
         return dest
