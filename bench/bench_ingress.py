@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-from bench_core import EDGE_INGRESS, _cpu  # the ingress process, wired as the engine does
+from bench_core import EDGE_INGRESS, MODES, _cpu  # the ingress process, wired as the engine does
 
 from _common import ENV, free_ports
 
@@ -82,11 +83,12 @@ def nginx(upstream: int, proxy: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ingress(port: int, upstream: int) -> Iterator[psutil.Process]:
-    """devenv's Ingress in its own process, edge spans on (as the engine runs it)."""
+def ingress(port: int, upstream: int, mode: str = "on") -> Iterator[psutil.Process]:
+    """devenv's Ingress in its own process; telemetry `mode` as bench_core's EDGE_INGRESS
+    takes it (on: as the engine runs it by default)."""
     store = tempfile.mkdtemp(prefix="bench-traces-")
     proc = subprocess.Popen([sys.executable, "-c", EDGE_INGRESS, str(port), str(upstream),
-                             "on", store], env=ENV, stdin=subprocess.PIPE,
+                             mode, store], env=ENV, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -160,6 +162,8 @@ def main() -> int:
         # about 32 / throughput, whatever the proxy)
         alone = [wrk(port, host, secs, 1)[1] for port, host in
                  ((upstream, "x"), (proxy, "x"), (edge, "backend-0.localhost"))]
+    with nginx(upstream, proxy):
+        telemetry = spans(upstream, secs)
     print(f"machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}; "
           f"wrk -t1 -c32 -d{secs}s, upstream: nginx `return 200`")
     for name, (rps, p50, errors) in (("direct", direct), ("nginx proxy", via_nginx),
@@ -173,7 +177,34 @@ def main() -> int:
           f"(added {alone[2] - alone[0]:.3f})")
     print(f"CPU a request: ingress process {own * 1e6:.0f} us, with its trace writer "
           f"(edge spans on) {cpu * 1e6:.0f} us")
+    print("\n".join(telemetry))
     return 0
+
+
+def spans(upstream: int, secs: int, rounds: int = 3) -> list[str]:
+    """The cost of telemetry where the ingress is what limits (nginx behind it): req/s and
+    CPU a request with it off, on as by default, and recording every request's trace."""
+    rps: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpu: dict[str, list[float]] = {mode: [] for mode in MODES}
+    for _ in range(rounds):
+        for mode in MODES:
+            (port,) = free_ports(1)
+            with ingress(port, upstream, mode) as proc:
+                wrk(port, "backend-0.localhost", 1)
+                before = _cpu(proc)
+                got = wrk(port, "backend-0.localhost", secs)[0]
+                rps[mode].append(got)
+                cpu[mode].append((_cpu(proc) - before) / (got * secs))
+    off = max(rps["off"])
+    lines = [f"telemetry where the ingress limits (nginx behind it; {rounds} x {secs}s each "
+             f"way, alternating, best req/s; CPU a request of the ingress and its trace "
+             f"writer, medians): off {off:,.0f} req/s, "
+             f"{statistics.median(cpu['off']) * 1e6:.0f} us"]
+    for mode, what in (("on", "on, as by default"), ("all", "every request traced")):
+        lines.append(f"  {what}: {max(rps[mode]):,.0f} req/s, ratio "
+                     f"{max(rps[mode]) / off:.2f}x; {statistics.median(cpu[mode]) * 1e6:.0f} "
+                     "us a request")
+    return lines
 
 
 if __name__ == "__main__":
