@@ -190,3 +190,33 @@ def test_every_declared_port_is_remapped(tmp_path: Path) -> None:
         "  job: {command: y, restart: 'no'}\n")
     assert declared_ports(load(tmp_path).project) == ["services.api.port", "ingress.port",
                                                       "monitoring.port"]
+
+
+def test_candidate_names_never_the_running_environment(tmp_path: Path) -> None:
+    """`validate`'s copy: its own name (so namespace and labels on a cluster), its own
+    namespace when one is given, the project's k3d cluster, and its own Docker names."""
+    from devenv import candidate
+    from devenv.data.container import volume_name
+    from devenv.kube.render import namespace, project_selector
+    from devenv.runtime.docker_spec import network_name
+
+    long = "a" * 70
+    assert candidate.copy_name(long, "abc123").endswith("-validate-abc123")
+    assert len(candidate.copy_name(long, "abc123")) <= 63
+    source = tmp_path / "shop"
+    source.mkdir()
+    (source / "devenv.yaml").write_text(
+        "version: 2\nname: shop\nruntime: kubernetes\nkubernetes: '1.31'\n"
+        "cluster: {provider: k3d, namespace: shopns}\n"
+        "services:\n  api: {image: x/api:1, port: 8000}\n")
+    copy = candidate.make(source, {}, None, list(range(42000, 42100)))
+    try:
+        real, copied = load(source), load(copy.root)
+        assert copied.name.startswith("shop-validate-") and copied.name != real.name
+        assert namespace(copied).startswith("shopns-validate-")
+        assert project_selector(copied.name) != project_selector(real.name)
+        assert copied.project.cluster.name == "devenv-shop"  # the same k3d cluster
+        assert network_name(copy.root) != network_name(source)
+        assert volume_name(copy.root, "db") != volume_name(source, "db")
+    finally:
+        candidate.remove(copy)

@@ -6,13 +6,18 @@ entry of the project (`.devenv` excepted), with a fresh `.devenv/` whose persona
 (`.devenv/local.yaml`, the last layer `config.load` reads) are the candidate
 configuration: this checkout's overrides or a config branch's, then `--set` values, then
 every declared port moved to a free one (each service's `port`, `ingress.port`,
-`monitoring.port`). Its data services start from empty data. `close` stops its engine and
-removes the folder; the engine also ends by itself once its project folder is gone.
+`monitoring.port`). It is named `<name>-validate-<hex>` (and a `cluster.namespace` given gets
+the same suffix), so on a cluster its namespace and labels are its own, never the running
+environment's; a k3d cluster is the project's own (its name pinned). Docker names come from
+the copy's folder, so they differ already. Its data services start from empty data.
+`close` stops its engine and removes the folder; the engine also ends by itself once its
+project folder is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import secrets
 import shutil
 import socket
 import tempfile
@@ -130,9 +135,17 @@ def make(source: Path, overrides: dict[str, Any], profile: str | None,
                 shutil.copyfile(source / ".devenv" / "artifacts.yaml",
                                 state.base / "artifacts.yaml")
         layer = dict(overrides)
-        layer.setdefault("name", _name(source, overrides, profile))
+        name = _name(source, overrides, profile)
+        token = secrets.token_hex(3)
+        layer["name"] = copy_name(name, token)
         _write(state.local_overrides, layer)
         project = load(root, profile).project
+        if project.cluster.namespace:  # never the running environment's namespace
+            set_path(layer, "cluster.namespace", copy_name(project.cluster.namespace, token))
+        if project.cluster.provider == "k3d" and not project.cluster.name:
+            from devenv.kube.k3d import cluster_name
+
+            set_path(layer, "cluster.name", cluster_name(name, None))  # the project's cluster
         taken: set[int] = set()
         keys = declared_ports(project)
         given = dict(zip(keys, free_ports(ports, len(keys), taken), strict=True))
@@ -144,6 +157,15 @@ def make(source: Path, overrides: dict[str, Any], profile: str | None,
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def copy_name(name: str, token: str) -> str:
+    """The copy's own name: `<name>-validate-<token>`, the name shortened so the whole stays
+    a DNS label (63 characters) with the suffix kept."""
+    from devenv.kube.render import slug
+
+    suffix = f"-validate-{token}"
+    return slug(name)[:63 - len(suffix)].strip("-") + suffix
 
 
 def _name(source: Path, overrides: dict[str, Any], profile: str | None) -> str:
