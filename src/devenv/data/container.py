@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import re
 import threading
@@ -152,13 +153,20 @@ def exec_to_file(cid: str, argv: list[str], dest: IO[bytes], stop: threading.Eve
                           details=errors.decode(errors="replace").strip().splitlines()[-10:])
 
 
+SECRET_DIR = "/tmp"  # where a helper's private files are put (tmp exists in every image)
+
+
 def helper(project: str, service: str, image: str, volume: str, mount: str,
            argv: list[str], *, user: str = "", env: dict[str, str] | None = None,
            put: Iterator[tuple[str, IO[bytes]]] | None = None, what: str = "",
-           timeout: float = HELPER_TIMEOUT) -> str:
+           timeout: float = HELPER_TIMEOUT, files: dict[str, bytes] | None = None,
+           mask: list[str] | None = None) -> str:
     """A one-off container of `image` with the service's volume at `mount` and no network:
-    `put` (path in the container, a tar to extract there) first, then `argv` run to its end;
-    its output, or an error. Removed afterwards (and by `recover`, by its labels)."""
+    `files` (name → content: secrets, never in its environment or command, which `docker
+    inspect` and /proc show) put in SECRET_DIR as `user`'s owner-only files, `put` (path in
+    the container, a tar to extract there), then `argv` run to its end; its output, or an
+    error (each of `mask` shown as ***). Removed afterwards (and by `recover`, by its
+    labels)."""
     client = api()
     _have_image(client, service, image)
     host_config = client.create_host_config(binds={volume: {"bind": mount, "mode": "rw"}},
@@ -168,7 +176,18 @@ def helper(project: str, service: str, image: str, volume: str, mount: str,
         image=image, command=argv, user=user, environment=env or {}, name=name,
         labels={PROJECT_LABEL: project, "devenv.helper": service}, host_config=host_config,
         volumes=[mount])["Id"])
+    hidden = [m for m in (mask or []) if m]
+
+    def masked(text: str) -> str:
+        for value in hidden:
+            text = text.replace(value, "***")
+        return text
+
     try:
+        if files:
+            uid, gid = user_ids(cid, user)
+            if not client.put_archive(cid, SECRET_DIR, private_tar(files, uid, gid)):
+                raise DevenvError(f"{what}: cannot copy into the helper container")
         for path, tar in put or ():
             if not client.put_archive(cid, path, tar):
                 raise DevenvError(f"{what}: cannot copy into the helper container at {path}")
@@ -181,11 +200,46 @@ def helper(project: str, service: str, image: str, volume: str, mount: str,
         out = bytes(client.logs(cid, stdout=True, stderr=True)).decode(errors="replace")
         if code != 0:
             raise DevenvError(f"{what or argv[0]} failed (exit code {code})",
-                              details=out.strip().splitlines()[-10:])
-        return out
+                              details=masked(out).strip().splitlines()[-10:])
+        return masked(out)
     finally:
         with contextlib.suppress(Exception):
             client.remove_container(cid, force=True)
+
+
+def private_tar(files: dict[str, bytes], uid: int, gid: int) -> bytes:
+    """A tar of `files` (name → content), each mode 0600 and owned by uid:gid."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(data), 0o600, uid, gid
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def user_ids(cid: str, user: str) -> tuple[int, int]:
+    """The uid and gid `user` (`name`, `uid` or `uid:gid`, as `docker run --user`) has in the
+    (created) container `cid`: numbers as given, a name from the image's /etc/passwd."""
+    name, _, group = user.partition(":")
+    if not name or name.isdigit():
+        uid = int(name or 0)
+        return uid, int(group) if group.isdigit() else uid
+    import tarfile
+
+    stream, _ = api().get_archive(cid, "/etc/passwd")
+    with tarfile.open(fileobj=_Chunks(stream), mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
+            source = tar.extractfile(member)
+            text = source.read().decode(errors="replace") if source is not None else ""
+            for line in text.splitlines():
+                fields = line.split(":")
+                if len(fields) > 3 and fields[0] == name:
+                    return int(fields[2]), int(group) if group.isdigit() else int(fields[3])
+            break
+    raise DevenvError(f"the image has no user {name!r} (not in its /etc/passwd)")
 
 
 def _have_image(client: Any, service: str, image: str) -> None:
