@@ -176,3 +176,54 @@ def test_docker_data_volumes_persist_and_a_killed_restore_is_finished_by_the_nex
     project.up()
     with pytest.raises(psycopg.errors.UndefinedTable):
         names(db)
+
+
+@pytest.mark.timeout(180)
+def test_docker_data_secrets_never_in_a_container_config(
+        project: Project, data_image: str, api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin secret (initdb, a restore's ALTER ROLE) and Redis's password hash reach
+    their containers as owner-only files, never in a config `docker inspect` shows; a
+    helper's failure shows its output with the secret masked."""
+    import hashlib
+    import json
+
+    from devenv import data
+    from devenv.core.errors import DevenvError
+    from devenv.data import container
+    from devenv.plan import data_service
+
+    db, cache = free_ports(2)
+    _project(project, data_image, db, cache)
+    configs: list[dict[str, Any]] = []
+
+    class Spy:  # the real client; each helper's config read before it is removed
+        def __getattr__(self, name: str) -> Any:
+            return getattr(api, name)
+
+        def remove_container(self, cid: str, **kw: Any) -> Any:
+            configs.append(api.inspect_container(cid)["Config"])
+            return api.remove_container(cid, **kw)
+
+    monkeypatch.setattr(container, "_client", Spy())
+    loaded = load(project.root)
+    pg, rd = data_service(loaded, "db"), data_service(loaded, "cache")
+    data.prepare(pg)
+    data.prepare(rd)
+    admin = (pg.folder / "admin.secret").read_text().strip()
+    hashed = hashlib.sha256(b"devpass").hexdigest()
+    assert len(configs) >= 3 and admin
+    shown = json.dumps(configs)
+    assert admin not in shown and hashed not in shown and "DEVENV_SECRET" not in shown
+    assert hashed not in " ".join(data.server(rd).command)  # nor the server's command line
+    with pytest.raises(DevenvError) as failed:
+        container.helper(str(project.root), "db", data_image, pg.volume or "", "/data",
+                         ["sh", "-c", "cat /tmp/pw; ls -ln /tmp/pw; exit 3"],
+                         user="postgres", files={"pw": f"{admin}\n".encode()}, mask=[admin])
+    details = "\n".join(failed.value.details)
+    assert admin not in details and "***" in details and "-rw-------" in details, details
+    # and the servers start on them: logins with the passwords work, wrong ones do not
+    project.up()
+    assert sql(db, "SELECT current_user") == [("devenv",)]
+    assert redis.Redis(port=cache, password="devpass", socket_timeout=5).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=cache, password="wrong", socket_timeout=5).ping()
