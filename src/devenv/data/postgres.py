@@ -209,6 +209,53 @@ def _pgdata(ds: PG) -> Path:
     return ds.folder / "pgdata"
 
 
+MIGRATION_SERVER = "migrate-server.json"  # beside the data while a migration's server runs
+LEFT_STOP_TIMEOUT = 30.0
+
+
+def record_server(folder: Path, pid: int) -> None:
+    """A migration's server (its process group's leader `pid`) runs on this data: recorded,
+    so that if the engine dies meanwhile, whoever comes next stops it (`stop_left_server`)."""
+    import psutil
+
+    write_atomic(folder / MIGRATION_SERVER, json.dumps(
+        {"pid": pid, "started": psutil.Process(pid).create_time()}), mode=PRIVATE_FILE)
+
+
+def stop_left_server(folder: Path) -> int | None:
+    """The migration's server a dead engine left running on this data stopped (a fast
+    shutdown, then killed): its pid, or None when there was none."""
+    import signal
+    import time
+
+    import psutil
+
+    record = folder / MIGRATION_SERVER
+    try:
+        info = json.loads(record.read_text())
+        pid, started = int(info["pid"]), float(info["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        record.unlink(missing_ok=True)
+        return None
+    try:
+        same = abs(psutil.Process(pid).create_time() - started) < 1.0  # (not a reused pid)
+    except psutil.Error:
+        same = False
+    stopped = None
+    if same:
+        stopped = pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGINT)
+        deadline = time.monotonic() + LEFT_STOP_TIMEOUT
+        while time.monotonic() < deadline and psutil.pid_exists(pid) and \
+                psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    record.unlink(missing_ok=True)
+    return stopped
+
+
 def _admin_secret(ds: PG) -> Path:
     """The admin role's password: beside the data, where the server cannot read it."""
     return ds.folder / "admin.secret"
@@ -325,6 +372,7 @@ class Postgres:
             raise DevenvError(f"{ds.name}: " + missing_message(ds.name, s, missing))
         who = data_identity()
         private_dir(ds.folder)
+        stop_left_server(ds.folder)  # a migration's server its dead engine left running
         pgdata = _pgdata(ds)
         old = pgdata.with_name("pgdata.old")
         if not pgdata.exists() and old.exists():

@@ -28,6 +28,7 @@ from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import PRIVATE_FILE, StateDir, private_dir
 from devenv.data.base import DataService, VersionMove
+from devenv.data.postgres_upgrade import stop_left
 from devenv.data.snapshots import SnapshotStore, now_manifest
 from devenv.migration import Plan, journal_file, make
 from devenv.wire import MigrateResult, Progress, UpResult
@@ -63,16 +64,18 @@ def _on(ds: DataService[object], bin_dir: str | None, version: str) -> DataServi
 
 async def confirm(env: Environment) -> MigrateResult:
     state = StateDir(env.root)
+    # a migration's servers that a killed engine left running (they hold their data)
+    left = await asyncio.to_thread(stop_left, state.base)
     if journal_file(env.root).exists():
-        return await recover(env)
+        return await recover(env, left)
     plan = await asyncio.to_thread(make, env.root)
     if not plan.changed:
-        return MigrateResult(ok=True, changed=False, steps=plan.kube)
+        return MigrateResult(ok=True, changed=False, steps=plan.kube, applied=left)
     if plan.blocked:
         raise UsageError("the migration cannot be done here", hint="; ".join(plan.blocked))
     journal = journal_file(env.root)
     if journal.exists():
-        return await recover(env)
+        return await recover(env, left)
     was_running = bool(env.engine.runners)
     profile, environ = env.profile, env.environ
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -82,7 +85,7 @@ async def confirm(env: Environment) -> MigrateResult:
     moving = await asyncio.to_thread(_services, env, plan)
     snapshot: str | None = None
     await env.halt()
-    applied: list[str] = []
+    applied: list[str] = list(left)
     try:
         private_dir(folder.parent)
         private_dir(folder)
@@ -149,16 +152,17 @@ async def confirm(env: Environment) -> MigrateResult:
                          applied=applied)
 
 
-async def recover(env: Environment) -> MigrateResult:
-    """A migration cut short (the engine died mid-way): files put back, the moved data
-    restored from the snapshot (the files, put back first, name the old binaries)."""
+async def recover(env: Environment, left: list[str] | None = None) -> MigrateResult:
+    """A migration cut short (the engine died mid-way): its servers left running stopped
+    (`left`: what was), files put back, the moved data restored from the snapshot (the
+    files, put back first, name the old binaries)."""
     from devenv.config.load import load
     from devenv.plan import make_plan
 
     journal = journal_file(env.root)
     record = json.loads(journal.read_text())
     await env.halt()
-    undone = []
+    undone = list(left or [])
     for path, saved in record["files"].items():
         original = Path(saved).read_text()
         if Path(path).read_text() != original:
