@@ -128,6 +128,9 @@ def test_a_failed_migration_rolls_back_to_the_snapshot(project: Project) -> None
     assert "rolled back: db: restored from snapshot" in result.stdout
     assert (project.root / "devenv.yaml").read_text() == yaml_before
     assert not (project.root / ".devenv" / "data" / "db" / "pgdata.pre-migrate").exists()
+    # the dump (every row, the roles' password hashes) is not left behind
+    assert "removed the migration's dump" in result.stdout
+    assert not list((project.root / ".devenv" / "migrate").rglob("*.sql"))
     # the data is PostgreSQL 15's again, with its rows: up on the old version works
     (project.root / "devenv.yaml").write_text(yaml_before.replace(f'version: "{NEW}"',
                                                                   f'version: "{OLD}"'))
@@ -186,6 +189,8 @@ def test_a_crash_while_a_migration_server_runs_is_stopped_by_the_next_migrate(
     assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
                     == psutil.STATUS_ZOMBIE, 10)
     assert not record.exists()
+    assert "removed the migration's dump" in undo.stdout
+    assert not list((project.root / ".devenv" / "migrate").rglob("*.sql"))
     done = project.devenv("migrate", "--confirm", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     project.up()

@@ -132,6 +132,7 @@ async def confirm(env: Environment) -> MigrateResult:
                                                  else []))
     except BaseException as exc:
         undone = await _rollback(env, plan, moving, snapshot, folder)
+        undone.append(_forget(folder))
         if was_running:
             await _up(env, profile, environ)
         journal.unlink(missing_ok=True)
@@ -181,10 +182,19 @@ async def recover(env: Environment, left: list[str] | None = None) -> MigrateRes
             await asyncio.to_thread(kinds.drop_restore, ds)
             await asyncio.to_thread(kinds.upgrade_finish, ds)
             undone.append(f"{name}: restored from snapshot {record['snapshot']}")
+    if record.get("folder"):
+        undone.append(_forget(Path(record["folder"])))
     journal.unlink()
     return MigrateResult(ok=False, changed=False, steps=[], snapshot=record["snapshot"],
                          rolled_back=undone, error="a migration was cut short; it is rolled "
                          "back (run `devenv migrate --confirm` again to migrate)")
+
+
+def _forget(folder: Path) -> str:
+    """The migration's folder removed: its dump holds every row and the roles' password
+    hashes, and the saved files are back in place (the snapshot stays, listed)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return "removed the migration's dump and saved files"
 
 
 async def _up(env: Environment, profile: str | None, environ: dict[str, str] | None
