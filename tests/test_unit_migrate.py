@@ -4,6 +4,7 @@ and the candidate's pure parts (devenv/candidate.py)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -220,3 +221,23 @@ def test_candidate_names_never_the_running_environment(tmp_path: Path) -> None:
         assert volume_name(copy.root, "db") != volume_name(source, "db")
     finally:
         candidate.remove(copy)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_migrate_rewrites_keep_the_files_owner_mode_and_symlink(tmp_path: Path) -> None:
+    """The engine run as root rewrites devenv.yaml: still the user's file, its mode, and a
+    symlinked devenv.yaml stays a link (the file it names gets the text)."""
+    from devenv.engine.migration import rewrite
+
+    real = tmp_path / "shared" / "devenv.yaml"
+    real.parent.mkdir()
+    real.write_text("version: 1\n")
+    os.chown(real, 1234, 2345)
+    real.chmod(0o640)
+    link = tmp_path / "devenv.yaml"
+    link.symlink_to(real)
+    rewrite(link, "version: 2\n")
+    assert link.is_symlink() and link.read_text() == "version: 2\n"
+    st = real.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1234, 2345, 0o640)
+    assert [p.name for p in real.parent.iterdir()] == ["devenv.yaml"]  # no temp file left

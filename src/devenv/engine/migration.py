@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import stat
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -116,7 +119,7 @@ async def confirm(env: Environment) -> MigrateResult:
         raise
     try:
         for change in plan.files:
-            write_atomic(change.path, change.new, mode=change.path.stat().st_mode & 0o777)
+            rewrite(change.path, change.new)
             applied.append(change.shown)
         faults.point("migrate:files")
         for move in plan.data:
@@ -167,7 +170,7 @@ async def recover(env: Environment, left: list[str] | None = None) -> MigrateRes
     for path, saved in record["files"].items():
         original = Path(saved).read_text()
         if Path(path).read_text() != original:
-            write_atomic(Path(path), original, mode=Path(path).stat().st_mode & 0o777)
+            rewrite(Path(path), original)
             undone.append(str(Path(path).relative_to(env.root)))
     if record["snapshot"] and record["data"]:
         services = make_plan(await asyncio.to_thread(load, env.root)).services
@@ -188,6 +191,27 @@ async def recover(env: Environment, left: list[str] | None = None) -> MigrateRes
     return MigrateResult(ok=False, changed=False, steps=[], snapshot=record["snapshot"],
                          rolled_back=undone, error="a migration was cut short; it is rolled "
                          "back (run `devenv migrate --confirm` again to migrate)")
+
+
+def rewrite(path: Path, text: str) -> None:
+    """`path`'s new text, atomically (temp file, fsync, rename), in the file it names: a
+    symlink is followed, not replaced, and the file keeps its owner and mode (the engine
+    run as root leaves the user's files the user's)."""
+    target = path.resolve()
+    st = target.stat()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _forget(folder: Path) -> str:
@@ -213,7 +237,7 @@ async def _rollback(env: Environment, plan: Plan, moving: dict[str, DataService[
     for i, change in enumerate(plan.files):
         original = (folder / f"{i}.orig").read_text()
         if change.path.read_text() != original:
-            write_atomic(change.path, original, mode=change.path.stat().st_mode & 0o777)
+            rewrite(change.path, original)
             undone.append(change.shown)
     if snapshot is not None:
         store = SnapshotStore(StateDir(env.root).base / "snapshots")
