@@ -227,3 +227,38 @@ def test_docker_data_secrets_never_in_a_container_config(
     assert redis.Redis(port=cache, password="devpass", socket_timeout=5).ping()
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=cache, password="wrong", socket_timeout=5).ping()
+
+
+@pytest.mark.timeout(120)
+def test_docker_exec_stream_ends_at_its_deadline_or_when_cancelled(
+        project: Project, data_image: str, api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot's stream out of a container that stops sending is shut from outside: at
+    its deadline, or at once when cancelled (not at the next chunk, which may never come)."""
+    import io
+    import threading
+    import time
+
+    from devenv.core.errors import DevenvError
+    from devenv.data import container
+
+    monkeypatch.setattr(container, "_client", api)
+    cid = api.create_container(data_image, ["sleep", "120"],
+                               labels={"devenv.project": str(project.root)})["Id"]
+    try:
+        api.start(cid)
+        silent = ["sh", "-c", "echo hello; sleep 30"]  # says hello, then nothing
+        took = time.monotonic()
+        with pytest.raises(DevenvError, match="did not finish within 1s"):
+            container.exec_to_file(cid, silent, io.BytesIO(), threading.Event(), timeout=1)
+        assert time.monotonic() - took < 5
+        stop = threading.Event()
+        threading.Timer(0.5, stop.set).start()
+        took = time.monotonic()
+        with pytest.raises(DevenvError, match="cancelled"):
+            container.exec_to_file(cid, silent, io.BytesIO(), stop, timeout=60)
+        assert time.monotonic() - took < 5
+        out = io.BytesIO()  # and a tool that ends: its whole output
+        container.exec_to_file(cid, ["sh", "-c", "echo all of it"], out, threading.Event())
+        assert out.getvalue() == b"all of it\n"
+    finally:
+        api.remove_container(cid, force=True)

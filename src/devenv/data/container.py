@@ -28,6 +28,7 @@ SERVICE_LABEL = "devenv.service"
 VOLUME_LABEL = "devenv.volume"  # on volumes: whose data it holds
 API_TIMEOUT = 60
 HELPER_TIMEOUT = 600.0
+STREAM_TIMEOUT = 3600.0  # a snapshot's stream out of the container, at most
 
 _client: Any = None
 _lock = threading.Lock()
@@ -133,20 +134,53 @@ def exec_out(cid: str, argv: list[str], user: str = "", what: str = "",
 
 
 def exec_to_file(cid: str, argv: list[str], dest: IO[bytes], stop: threading.Event,
-                 user: str = "", what: str = "") -> None:
+                 user: str = "", what: str = "", timeout: float = STREAM_TIMEOUT) -> None:
     """`argv` run in the container, its standard output written to `dest` as it comes (its
-    errors kept for the message); `stop` set: the reading ends (the tool is left to the
-    container's end)."""
+    errors kept for the message). `stop` set, or `timeout` seconds gone: the stream is shut
+    from outside at once (even while no output comes), and an error says which; the tool,
+    its output gone, ends with it."""
+    import socket
+
+    from docker.utils.socket import STDERR, STDOUT, frames_iter
+
     client = api()
     made = client.exec_create(cid, argv, user=user, stdout=True, stderr=True)
+    stream = client.exec_start(made["Id"], socket=True)
+    raw = getattr(stream, "_sock", stream)
+    done = threading.Event()
+    why: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.05):
+            if stop.is_set() or time.monotonic() > deadline:
+                why.append("cancelled" if stop.is_set() else
+                           f"did not finish within {timeout:g}s")
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     errors = b""
-    for out, err in client.exec_start(made["Id"], stream=True, demux=True):
-        if stop.is_set():
-            raise DevenvError(f"{what or argv[0]} was cancelled")
-        if out:
-            dest.write(out)
-        if err:
-            errors = (errors + err)[-8192:]
+    try:
+        for kind, chunk in frames_iter(stream, False):
+            if why:
+                break
+            if kind == STDOUT and chunk:
+                dest.write(chunk)
+            elif kind == STDERR and chunk:
+                errors = (errors + chunk)[-8192:]
+    except OSError:
+        if not why:
+            raise
+    finally:
+        done.set()
+        watcher.join()
+        with contextlib.suppress(Exception):
+            stream.close()
+    if why:
+        raise DevenvError(f"{what or argv[0]} {why[0]}")
     code = client.exec_inspect(made["Id"]).get("ExitCode")
     if code != 0:
         raise DevenvError(f"{what or argv[0]} failed in the container (exit code {code})",
