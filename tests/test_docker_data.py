@@ -195,10 +195,16 @@ def test_docker_data_secrets_never_in_a_container_config(
     db, cache = free_ports(2)
     _project(project, data_image, db, cache)
     configs: list[dict[str, Any]] = []
+    marked: list[bool] = []  # whether recover would look, when each helper was made
+    marker = project.root / ".devenv" / "run" / "docker.json"
 
     class Spy:  # the real client; each helper's config read before it is removed
         def __getattr__(self, name: str) -> Any:
             return getattr(api, name)
+
+        def create_container(self, *args: Any, **kw: Any) -> Any:
+            marked.append(marker.exists())
+            return api.create_container(*args, **kw)
 
         def remove_container(self, cid: str, **kw: Any) -> Any:
             configs.append(api.inspect_container(cid)["Config"])
@@ -212,6 +218,7 @@ def test_docker_data_secrets_never_in_a_container_config(
     admin = (pg.folder / "admin.secret").read_text().strip()
     hashed = hashlib.sha256(b"devpass").hexdigest()
     assert len(configs) >= 3 and admin
+    assert marked and all(marked)  # a kill -9 during the first initdb: recover finds it
     shown = json.dumps(configs)
     assert admin not in shown and hashed not in shown and "DEVENV_SECRET" not in shown
     assert hashed not in " ".join(data.server(rd).command)  # nor the server's command line

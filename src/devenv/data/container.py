@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import os
 import re
 import threading
@@ -26,6 +27,7 @@ from devenv.core.errors import DevenvError
 PROJECT_LABEL = "devenv.project"  # (as devenv.runtime.docker_spec)
 SERVICE_LABEL = "devenv.service"
 VOLUME_LABEL = "devenv.volume"  # on volumes: whose data it holds
+MARKER = "docker.json"  # in .devenv/run/ (as devenv.runtime.docker's `_marker`)
 API_TIMEOUT = 60
 HELPER_TIMEOUT = 600.0
 STREAM_TIMEOUT = 3600.0  # a snapshot's stream out of the container, at most
@@ -203,6 +205,7 @@ def helper(project: str, service: str, image: str, volume: str, mount: str,
     labels)."""
     client = api()
     _have_image(client, service, image)
+    _mark(Path(project))  # before the container exists: a crash now leaves it findable
     host_config = client.create_host_config(binds={volume: {"bind": mount, "mode": "rw"}},
                                             network_mode="none")
     name = f"{volume}-helper-{os.getpid()}-{time.monotonic_ns() % 10**9}"
@@ -239,6 +242,18 @@ def helper(project: str, service: str, image: str, volume: str, mount: str,
     finally:
         with contextlib.suppress(Exception):
             client.remove_container(cid, force=True)
+
+
+def _mark(root: Path) -> None:
+    """The docker runtime's marker (`.devenv/run/docker.json`): while present, the next
+    engine's `recover` removes what this project's labels name (a helper container too)."""
+    from devenv.core.atomic import write_atomic
+    from devenv.core.paths import StateDir, private_dir
+
+    marker = StateDir(root).run / MARKER
+    if not marker.exists():
+        private_dir(marker.parent)
+        write_atomic(marker, json.dumps({"helper": True}), mode=0o600)
 
 
 def private_tar(files: dict[str, bytes], uid: int, gid: int) -> bytes:
