@@ -27,6 +27,9 @@ from devenv.core.errors import DevenvError
 PROJECT_LABEL = "devenv.project"  # (as devenv.runtime.docker_spec)
 SERVICE_LABEL = "devenv.service"
 VOLUME_LABEL = "devenv.volume"  # on volumes: whose data it holds
+REPLICA_LABEL = "devenv.replica"
+ONEOFF_LABEL = "devenv.oneoff"  # a one-off command's container (the runtime's `run`)
+HELPER_LABEL = "devenv.helper"  # a helper container (`helper`): the service it works for
 MARKER = "docker.json"  # in .devenv/run/ (as devenv.runtime.docker's `_marker`)
 API_TIMEOUT = 60
 HELPER_TIMEOUT = 600.0
@@ -111,14 +114,29 @@ def remove_volume(service: str, volume: str) -> None:
             time.sleep(0.2)
 
 
+def pick_running(found: list[dict[str, Any]], replica: int | None = None
+                 ) -> dict[str, Any] | None:
+    """Of the running containers a project+service label filter listed, the instance to
+    use: never a one-off (`run`'s, labelled ONEOFF_LABEL) nor a helper; the given replica's
+    when asked; the newest (a replaced replica's successor runs beside it for a while)."""
+    def labels(c: dict[str, Any]) -> dict[str, str]:
+        return c.get("Labels") or {}
+
+    fit = [c for c in found if ONEOFF_LABEL not in labels(c) and HELPER_LABEL not in labels(c)
+           and not any(str(n).endswith("-run") for n in c.get("Names") or [])]
+    if replica is not None:
+        fit = [c for c in fit if labels(c).get(REPLICA_LABEL) == str(replica)]
+    return max(fit, key=lambda c: int(c.get("Created") or 0), default=None)
+
+
 def running(project: str, service: str) -> str:
     """The id of the service's running server container."""
-    found = api().containers(filters={"label": [f"{PROJECT_LABEL}={project}",
-                                                f"{SERVICE_LABEL}={service}"]})
-    if not found:
+    found = pick_running(api().containers(filters={"label": [
+        f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]}))
+    if found is None:
         raise DevenvError(f"{service} has no running container",
                           hint=f"start it first: devenv up --services {service}")
-    return str(found[0]["Id"])
+    return str(found["Id"])
 
 
 def exec_out(cid: str, argv: list[str], user: str = "", what: str = "",
@@ -211,7 +229,7 @@ def helper(project: str, service: str, image: str, volume: str, mount: str,
     name = f"{volume}-helper-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     cid = str(client.create_container(
         image=image, command=argv, user=user, environment=env or {}, name=name,
-        labels={PROJECT_LABEL: project, "devenv.helper": service}, host_config=host_config,
+        labels={PROJECT_LABEL: project, HELPER_LABEL: service}, host_config=host_config,
         volumes=[mount])["Id"])
     hidden = [m for m in (mask or []) if m]
 
