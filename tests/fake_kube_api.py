@@ -126,6 +126,7 @@ class FakeKubeApi:
         ns, name = meta["namespace"], meta["name"]
         template = json.dumps(spec["template"], sort_keys=True)
         mine = [(k, v) for k, v in self.objects.items() if "/pods/" in k
+                and v["metadata"]["namespace"] == ns
                 and v["metadata"].get("ownerReferences", [{}])[0].get("name") == name]
         for k, v in mine:  # a changed template: its pods are replaced (a rollout)
             if v["metadata"]["template"] != template:
@@ -270,8 +271,9 @@ class FakeKubeApi:
             if request.method == "DELETE" and path not in self.objects:
                 for k in found:
                     if "/deployments" in k:  # (its pods go with it: garbage collection)
-                        name = k.rsplit("/", 1)[1]
+                        name, ns = k.rsplit("/", 1)[1], k.split("/")[4]
                         for pod in [p for p, v in self.objects.items() if "/pods/" in p and
+                                    v["metadata"]["namespace"] == ns and
                                     v["metadata"].get("ownerReferences", [{}])[0].get("name")
                                     == name]:
                             await self._remove_pod(pod)

@@ -176,3 +176,96 @@ def test_docker_data_volumes_persist_and_a_killed_restore_is_finished_by_the_nex
     project.up()
     with pytest.raises(psycopg.errors.UndefinedTable):
         names(db)
+
+
+@pytest.mark.timeout(180)
+def test_docker_data_secrets_never_in_a_container_config(
+        project: Project, data_image: str, api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin secret (initdb, a restore's ALTER ROLE) and Redis's password hash reach
+    their containers as owner-only files, never in a config `docker inspect` shows; a
+    helper's failure shows its output with the secret masked."""
+    import hashlib
+    import json
+
+    from devenv import data
+    from devenv.core.errors import DevenvError
+    from devenv.data import container
+    from devenv.plan import data_service
+
+    db, cache = free_ports(2)
+    _project(project, data_image, db, cache)
+    configs: list[dict[str, Any]] = []
+    marked: list[bool] = []  # whether recover would look, when each helper was made
+    marker = project.root / ".devenv" / "run" / "docker.json"
+
+    class Spy:  # the real client; each helper's config read before it is removed
+        def __getattr__(self, name: str) -> Any:
+            return getattr(api, name)
+
+        def create_container(self, *args: Any, **kw: Any) -> Any:
+            marked.append(marker.exists())
+            return api.create_container(*args, **kw)
+
+        def remove_container(self, cid: str, **kw: Any) -> Any:
+            configs.append(api.inspect_container(cid)["Config"])
+            return api.remove_container(cid, **kw)
+
+    monkeypatch.setattr(container, "_client", Spy())
+    loaded = load(project.root)
+    pg, rd = data_service(loaded, "db"), data_service(loaded, "cache")
+    data.prepare(pg)
+    data.prepare(rd)
+    admin = (pg.folder / "admin.secret").read_text().strip()
+    hashed = hashlib.sha256(b"devpass").hexdigest()
+    assert len(configs) >= 3 and admin
+    assert marked and all(marked)  # a kill -9 during the first initdb: recover finds it
+    shown = json.dumps(configs)
+    assert admin not in shown and hashed not in shown and "DEVENV_SECRET" not in shown
+    assert hashed not in " ".join(data.server(rd).command)  # nor the server's command line
+    with pytest.raises(DevenvError) as failed:
+        container.helper(str(project.root), "db", data_image, pg.volume or "", "/data",
+                         ["sh", "-c", "cat /tmp/pw; ls -ln /tmp/pw; exit 3"],
+                         user="postgres", files={"pw": f"{admin}\n".encode()}, mask=[admin])
+    details = "\n".join(failed.value.details)
+    assert admin not in details and "***" in details and "-rw-------" in details, details
+    # and the servers start on them: logins with the passwords work, wrong ones do not
+    project.up()
+    assert sql(db, "SELECT current_user") == [("devenv",)]
+    assert redis.Redis(port=cache, password="devpass", socket_timeout=5).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=cache, password="wrong", socket_timeout=5).ping()
+
+
+@pytest.mark.timeout(120)
+def test_docker_exec_stream_ends_at_its_deadline_or_when_cancelled(
+        project: Project, data_image: str, api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A snapshot's stream out of a container that stops sending is shut from outside: at
+    its deadline, or at once when cancelled (not at the next chunk, which may never come)."""
+    import io
+    import threading
+    import time
+
+    from devenv.core.errors import DevenvError
+    from devenv.data import container
+
+    monkeypatch.setattr(container, "_client", api)
+    cid = api.create_container(data_image, ["sleep", "120"],
+                               labels={"devenv.project": str(project.root)})["Id"]
+    try:
+        api.start(cid)
+        silent = ["sh", "-c", "echo hello; sleep 30"]  # says hello, then nothing
+        took = time.monotonic()
+        with pytest.raises(DevenvError, match="did not finish within 1s"):
+            container.exec_to_file(cid, silent, io.BytesIO(), threading.Event(), timeout=1)
+        assert time.monotonic() - took < 5
+        stop = threading.Event()
+        threading.Timer(0.5, stop.set).start()
+        took = time.monotonic()
+        with pytest.raises(DevenvError, match="cancelled"):
+            container.exec_to_file(cid, silent, io.BytesIO(), stop, timeout=60)
+        assert time.monotonic() - took < 5
+        out = io.BytesIO()  # and a tool that ends: its whole output
+        container.exec_to_file(cid, ["sh", "-c", "echo all of it"], out, threading.Event())
+        assert out.getvalue() == b"all of it\n"
+    finally:
+        api.remove_container(cid, force=True)

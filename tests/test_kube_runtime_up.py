@@ -179,3 +179,37 @@ def test_kube_cluster_at_another_version_is_refused_saying_what_to_do(
     assert "runs rancher/k3s:v1.28.15-k3s1, but the project pins Kubernetes 1.31" in text
     assert "k3d cluster delete devenv-kshop" in text
     assert not any(m == "PATCH" for m, _, _ in cluster.requests)  # nothing applied
+
+
+def test_kube_validate_runs_in_a_namespace_of_its_own_beside_the_environment(
+        project: Project, cluster: FakeKubeApi) -> None:
+    api, web = free_ports(2)
+    project.write(f"""\
+        version: 1
+        name: kshop
+        runtime: kubernetes
+        kubernetes: "1.31"
+        cluster: {{provider: k3d, namespace: {NS}}}
+        services:
+          api: {{image: example/api:1, port: {api}, health: {{http: /healthz}}}}
+          web: {{image: example/web:1, port: {web}, depends_on: [api]}}
+        """)
+    project.up()
+    before = {p for p in cluster.objects if f"/namespaces/{NS}/" in p}
+    pods = cluster.pods("api")
+    done = project.devenv("validate", "--all-services", "--json", "--ports",
+                          ",".join(str(p) for p in free_ports(4)), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # the copy applied into its own namespace, under its own labels...
+    copied = {p for p in _applied(cluster) if f"/namespaces/{NS}-validate-" in p}
+    assert any(p.endswith("/deployments/api") for p in copied), sorted(_applied(cluster))
+    labels = {o["metadata"]["labels"].get("app.kubernetes.io/instance")
+              for p, o in cluster.objects.items() if f"/namespaces/{NS}/" in p}
+    assert labels <= {"kshop", None}, labels
+    # ...and the running environment kept every object and pod it had, answering
+    assert before <= set(cluster.objects), sorted(before - set(cluster.objects))
+    assert set(pods) <= set(cluster.pods("api"))
+    assert project.service("api")["state"] == "healthy"
+    # the copy reused the project's k3d cluster (none created)
+    assert "cluster create" not in (Path(conftest.ENV["FAKE_K3D_LOG"]).read_text()
+                                    if Path(conftest.ENV["FAKE_K3D_LOG"]).exists() else "")

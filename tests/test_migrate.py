@@ -128,6 +128,9 @@ def test_a_failed_migration_rolls_back_to_the_snapshot(project: Project) -> None
     assert "rolled back: db: restored from snapshot" in result.stdout
     assert (project.root / "devenv.yaml").read_text() == yaml_before
     assert not (project.root / ".devenv" / "data" / "db" / "pgdata.pre-migrate").exists()
+    # the dump (every row, the roles' password hashes) is not left behind
+    assert "removed the migration's dump" in result.stdout
+    assert not list((project.root / ".devenv" / "migrate").rglob("*.sql"))
     # the data is PostgreSQL 15's again, with its rows: up on the old version works
     (project.root / "devenv.yaml").write_text(yaml_before.replace(f'version: "{NEW}"',
                                                                   f'version: "{OLD}"'))
@@ -155,6 +158,39 @@ def test_a_migration_cut_short_by_a_crash_is_rolled_back(project: Project) -> No
     assert not (project.root / ".devenv" / "migrate" / "journal.json").exists()
     assert (project.root / "devenv.yaml").read_text() == yaml_before
     # and a new attempt then migrates
+    done = project.devenv("migrate", "--confirm", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    project.up()
+    assert _server_version(port) == NEW
+    assert len(_sql(port, "SELECT * FROM product")) == 2
+
+
+@needs_pg15
+def test_a_crash_while_a_migration_server_runs_is_stopped_by_the_next_migrate(
+        project: Project) -> None:
+    import psutil
+
+    from conftest import wait_for
+
+    port = _with_data(project)
+    # the engine dies while the new version's server runs (restoring the dump): that server
+    # is its own session, so nothing else stops it
+    crashed = subprocess.run([sys.executable, "-m", "devenv", "migrate", "--confirm"],
+                             cwd=project.root, capture_output=True, text=True, timeout=300,
+                             env={**ENV, "DEVENV_FAULTS": "migrate:new-server"})
+    assert crashed.returncode != 0
+    record = project.root / ".devenv" / "data" / "db" / "migrate-server.json"
+    pid = json.loads(record.read_text())["pid"]
+    assert psutil.pid_exists(pid)
+    undo = project.devenv("migrate", "--confirm", timeout=300)
+    assert undo.returncode == 1, undo.stdout + undo.stderr
+    assert f"stopped the PostgreSQL server (pid {pid})" in undo.stdout, undo.stdout
+    assert "db: restored from snapshot migrate-" in undo.stdout
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status()
+                    == psutil.STATUS_ZOMBIE, 10)
+    assert not record.exists()
+    assert "removed the migration's dump" in undo.stdout
+    assert not list((project.root / ".devenv" / "migrate").rglob("*.sql"))
     done = project.devenv("migrate", "--confirm", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     project.up()

@@ -4,6 +4,7 @@ and the candidate's pure parts (devenv/candidate.py)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -190,3 +191,53 @@ def test_every_declared_port_is_remapped(tmp_path: Path) -> None:
         "  job: {command: y, restart: 'no'}\n")
     assert declared_ports(load(tmp_path).project) == ["services.api.port", "ingress.port",
                                                       "monitoring.port"]
+
+
+def test_candidate_names_never_the_running_environment(tmp_path: Path) -> None:
+    """`validate`'s copy: its own name (so namespace and labels on a cluster), its own
+    namespace when one is given, the project's k3d cluster, and its own Docker names."""
+    from devenv import candidate
+    from devenv.data.container import volume_name
+    from devenv.kube.render import namespace, project_selector
+    from devenv.runtime.docker_spec import network_name
+
+    long = "a" * 70
+    assert candidate.copy_name(long, "abc123").endswith("-validate-abc123")
+    assert len(candidate.copy_name(long, "abc123")) <= 63
+    source = tmp_path / "shop"
+    source.mkdir()
+    (source / "devenv.yaml").write_text(
+        "version: 2\nname: shop\nruntime: kubernetes\nkubernetes: '1.31'\n"
+        "cluster: {provider: k3d, namespace: shopns}\n"
+        "services:\n  api: {image: x/api:1, port: 8000}\n")
+    copy = candidate.make(source, {}, None, list(range(42000, 42100)))
+    try:
+        real, copied = load(source), load(copy.root)
+        assert copied.name.startswith("shop-validate-") and copied.name != real.name
+        assert namespace(copied).startswith("shopns-validate-")
+        assert project_selector(copied.name) != project_selector(real.name)
+        assert copied.project.cluster.name == "devenv-shop"  # the same k3d cluster
+        assert network_name(copy.root) != network_name(source)
+        assert volume_name(copy.root, "db") != volume_name(source, "db")
+    finally:
+        candidate.remove(copy)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_migrate_rewrites_keep_the_files_owner_mode_and_symlink(tmp_path: Path) -> None:
+    """The engine run as root rewrites devenv.yaml: still the user's file, its mode, and a
+    symlinked devenv.yaml stays a link (the file it names gets the text)."""
+    from devenv.engine.migration import rewrite
+
+    real = tmp_path / "shared" / "devenv.yaml"
+    real.parent.mkdir()
+    real.write_text("version: 1\n")
+    os.chown(real, 1234, 2345)
+    real.chmod(0o640)
+    link = tmp_path / "devenv.yaml"
+    link.symlink_to(real)
+    rewrite(link, "version: 2\n")
+    assert link.is_symlink() and link.read_text() == "version: 2\n"
+    st = real.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1234, 2345, 0o640)
+    assert [p.name for p in real.parent.iterdir()] == ["devenv.yaml"]  # no temp file left

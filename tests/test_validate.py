@@ -133,6 +133,33 @@ def test_ctrl_c_stops_the_candidate_and_removes_it(project: Project) -> None:
                                  if "sleep(600)" in " ".join(p.cmdline())], timeout=20)
 
 
+def test_a_killed_validate_is_cleaned_up_by_the_next(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "true")
+    text = (project.root / "devenv.yaml").read_text()
+    (project.root / "devenv.yaml").write_text(text.replace(
+        "  web:\n    command: [python, svc.py]",
+        "  web:\n    command: [python, -c, 'import time; time.sleep(600)']"))
+    proc = project.popen("validate", "--all-services", "--ports", _ranges(4))
+    assert wait_for(lambda: any((c / "c" / ".devenv" / "run" / "engine.sock").exists()
+                                and _candidate_api_up(c) for c in _candidates(project)),
+                    timeout=30)
+    copy = _candidates(project)[0]
+    engine = int((copy / "c" / ".devenv" / "run" / "engine.pid").read_text())
+    proc.kill()  # kill -9: nothing of it cleans up
+    proc.wait(10)
+    assert copy.exists() and psutil.pid_exists(engine)
+    (project.root / "devenv.yaml").write_text(text)
+    again = project.devenv("validate", "--all-services", "--ports", _ranges(4), timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert f"removed {copy}" in again.stderr.replace("\n", ""), again.stderr
+    assert not copy.exists()
+    assert wait_for(lambda: not psutil.pid_exists(engine) or
+                    psutil.Process(engine).status() == psutil.STATUS_ZOMBIE, timeout=20)
+    assert wait_for(lambda: not [p for p in procs_in(project.root)
+                                 if "sleep(600)" in " ".join(p.cmdline())], timeout=20)
+
+
 def _candidate_api_up(copy: Path) -> bool:
     """The copy's api is healthy (so `up` is waiting for web)."""
     try:

@@ -6,13 +6,22 @@ entry of the project (`.devenv` excepted), with a fresh `.devenv/` whose persona
 (`.devenv/local.yaml`, the last layer `config.load` reads) are the candidate
 configuration: this checkout's overrides or a config branch's, then `--set` values, then
 every declared port moved to a free one (each service's `port`, `ingress.port`,
-`monitoring.port`). Its data services start from empty data. `close` stops its engine and
-removes the folder; the engine also ends by itself once its project folder is gone.
+`monitoring.port`). It is named `<name>-validate-<hex>` (and a `cluster.namespace` given gets
+the same suffix), so on a cluster its namespace and labels are its own, never the running
+environment's; a k3d cluster is the project's own (its name pinned). Docker names come from
+the copy's folder, so they differ already. Its data services start from empty data.
+`close` stops its engine and removes the folder; the engine also ends by itself once its
+project folder is gone. The folder names the `devenv validate` that made it (`owner.json`:
+its pid and start time), so a copy whose maker was killed is found (`stale`) and cleaned up
+by the next `validate`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -27,6 +36,8 @@ from devenv.core.paths import PRIVATE_FILE, StateDir
 
 DEFAULT_PORTS = "41000-41999"
 FOLDER = "c"  # the copy's folder name: short, for the engine socket's path
+PREFIX = "devenv-validate-"
+OWNER = "owner.json"  # beside FOLDER: the process that made the copy
 
 
 def parse_ports(spec: str) -> list[int]:
@@ -112,9 +123,10 @@ def make(source: Path, overrides: dict[str, Any], profile: str | None,
     ConfigError names the candidate's file and key); removed again when that fails."""
     from devenv.config.load import load
 
-    folder = Path(tempfile.mkdtemp(prefix="devenv-validate-"))
+    folder = Path(tempfile.mkdtemp(prefix=PREFIX))
     root = folder / FOLDER
     try:
+        _write_owner(folder)
         root.mkdir()
         for entry in source.iterdir():
             if entry.name in (".devenv", "devenv.yaml"):
@@ -130,9 +142,17 @@ def make(source: Path, overrides: dict[str, Any], profile: str | None,
                 shutil.copyfile(source / ".devenv" / "artifacts.yaml",
                                 state.base / "artifacts.yaml")
         layer = dict(overrides)
-        layer.setdefault("name", _name(source, overrides, profile))
+        name = _name(source, overrides, profile)
+        token = secrets.token_hex(3)
+        layer["name"] = copy_name(name, token)
         _write(state.local_overrides, layer)
         project = load(root, profile).project
+        if project.cluster.namespace:  # never the running environment's namespace
+            set_path(layer, "cluster.namespace", copy_name(project.cluster.namespace, token))
+        if project.cluster.provider == "k3d" and not project.cluster.name:
+            from devenv.kube.k3d import cluster_name
+
+            set_path(layer, "cluster.name", cluster_name(name, None))  # the project's cluster
         taken: set[int] = set()
         keys = declared_ports(project)
         given = dict(zip(keys, free_ports(ports, len(keys), taken), strict=True))
@@ -144,6 +164,15 @@ def make(source: Path, overrides: dict[str, Any], profile: str | None,
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def copy_name(name: str, token: str) -> str:
+    """The copy's own name: `<name>-validate-<token>`, the name shortened so the whole stays
+    a DNS label (63 characters) with the suffix kept."""
+    from devenv.kube.render import slug
+
+    suffix = f"-validate-{token}"
+    return slug(name)[:63 - len(suffix)].strip("-") + suffix
 
 
 def _name(source: Path, overrides: dict[str, Any], profile: str | None) -> str:
@@ -164,6 +193,40 @@ def _write(path: Path, data: dict[str, Any]) -> None:
     yaml.dump(data, buf)
     write_atomic(path, "# The candidate configuration of `devenv validate`.\n" + buf.getvalue(),
                  mode=PRIVATE_FILE)
+
+
+def _started(pid: int) -> float | None:
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _write_owner(folder: Path) -> None:
+    pid = os.getpid()
+    write_atomic(folder / OWNER, json.dumps({"pid": pid, "started": _started(pid)}),
+                 mode=PRIVATE_FILE)
+
+
+def stale(tmp: Path | None = None) -> list[Path]:
+    """This user's copies (their folders) whose `devenv validate` is gone: killed before it
+    could stop their engine and remove them. A copy not naming its maker yet (being made)
+    is left alone."""
+    found = []
+    for folder in sorted(Path(tmp or tempfile.gettempdir()).glob(f"{PREFIX}*")):
+        try:
+            if folder.stat().st_uid != os.getuid():
+                continue
+            owner = json.loads((folder / OWNER).read_text())
+            pid, started = int(owner["pid"]), owner["started"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        now = _started(pid)
+        if now is None or started is None or abs(now - float(started)) > 1.0:
+            found.append(folder)
+    return found
 
 
 def remove(candidate: Candidate) -> None:

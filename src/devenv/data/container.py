@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import json
 import os
 import re
 import threading
@@ -25,8 +27,13 @@ from devenv.core.errors import DevenvError
 PROJECT_LABEL = "devenv.project"  # (as devenv.runtime.docker_spec)
 SERVICE_LABEL = "devenv.service"
 VOLUME_LABEL = "devenv.volume"  # on volumes: whose data it holds
+REPLICA_LABEL = "devenv.replica"
+ONEOFF_LABEL = "devenv.oneoff"  # a one-off command's container (the runtime's `run`)
+HELPER_LABEL = "devenv.helper"  # a helper container (`helper`): the service it works for
+MARKER = "docker.json"  # in .devenv/run/ (as devenv.runtime.docker's `_marker`)
 API_TIMEOUT = 60
 HELPER_TIMEOUT = 600.0
+STREAM_TIMEOUT = 3600.0  # a snapshot's stream out of the container, at most
 
 _client: Any = None
 _lock = threading.Lock()
@@ -107,14 +114,29 @@ def remove_volume(service: str, volume: str) -> None:
             time.sleep(0.2)
 
 
+def pick_running(found: list[dict[str, Any]], replica: int | None = None
+                 ) -> dict[str, Any] | None:
+    """Of the running containers a project+service label filter listed, the instance to
+    use: never a one-off (`run`'s, labelled ONEOFF_LABEL) nor a helper; the given replica's
+    when asked; the newest (a replaced replica's successor runs beside it for a while)."""
+    def labels(c: dict[str, Any]) -> dict[str, str]:
+        return c.get("Labels") or {}
+
+    fit = [c for c in found if ONEOFF_LABEL not in labels(c) and HELPER_LABEL not in labels(c)
+           and not any(str(n).endswith("-run") for n in c.get("Names") or [])]
+    if replica is not None:
+        fit = [c for c in fit if labels(c).get(REPLICA_LABEL) == str(replica)]
+    return max(fit, key=lambda c: int(c.get("Created") or 0), default=None)
+
+
 def running(project: str, service: str) -> str:
     """The id of the service's running server container."""
-    found = api().containers(filters={"label": [f"{PROJECT_LABEL}={project}",
-                                                f"{SERVICE_LABEL}={service}"]})
-    if not found:
+    found = pick_running(api().containers(filters={"label": [
+        f"{PROJECT_LABEL}={project}", f"{SERVICE_LABEL}={service}"]}))
+    if found is None:
         raise DevenvError(f"{service} has no running container",
                           hint=f"start it first: devenv up --services {service}")
-    return str(found[0]["Id"])
+    return str(found["Id"])
 
 
 def exec_out(cid: str, argv: list[str], user: str = "", what: str = "",
@@ -132,43 +154,95 @@ def exec_out(cid: str, argv: list[str], user: str = "", what: str = "",
 
 
 def exec_to_file(cid: str, argv: list[str], dest: IO[bytes], stop: threading.Event,
-                 user: str = "", what: str = "") -> None:
+                 user: str = "", what: str = "", timeout: float = STREAM_TIMEOUT) -> None:
     """`argv` run in the container, its standard output written to `dest` as it comes (its
-    errors kept for the message); `stop` set: the reading ends (the tool is left to the
-    container's end)."""
+    errors kept for the message). `stop` set, or `timeout` seconds gone: the stream is shut
+    from outside at once (even while no output comes), and an error says which; the tool,
+    its output gone, ends with it."""
+    import socket
+
+    from docker.utils.socket import STDERR, STDOUT, frames_iter
+
     client = api()
     made = client.exec_create(cid, argv, user=user, stdout=True, stderr=True)
+    stream = client.exec_start(made["Id"], socket=True)
+    raw = getattr(stream, "_sock", stream)
+    done = threading.Event()
+    why: list[str] = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.05):
+            if stop.is_set() or time.monotonic() > deadline:
+                why.append("cancelled" if stop.is_set() else
+                           f"did not finish within {timeout:g}s")
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RDWR)
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     errors = b""
-    for out, err in client.exec_start(made["Id"], stream=True, demux=True):
-        if stop.is_set():
-            raise DevenvError(f"{what or argv[0]} was cancelled")
-        if out:
-            dest.write(out)
-        if err:
-            errors = (errors + err)[-8192:]
+    try:
+        for kind, chunk in frames_iter(stream, False):
+            if why:
+                break
+            if kind == STDOUT and chunk:
+                dest.write(chunk)
+            elif kind == STDERR and chunk:
+                errors = (errors + chunk)[-8192:]
+    except OSError:
+        if not why:
+            raise
+    finally:
+        done.set()
+        watcher.join()
+        with contextlib.suppress(Exception):
+            stream.close()
+    if why:
+        raise DevenvError(f"{what or argv[0]} {why[0]}")
     code = client.exec_inspect(made["Id"]).get("ExitCode")
     if code != 0:
         raise DevenvError(f"{what or argv[0]} failed in the container (exit code {code})",
                           details=errors.decode(errors="replace").strip().splitlines()[-10:])
 
 
+SECRET_DIR = "/tmp"  # where a helper's private files are put (tmp exists in every image)
+
+
 def helper(project: str, service: str, image: str, volume: str, mount: str,
            argv: list[str], *, user: str = "", env: dict[str, str] | None = None,
            put: Iterator[tuple[str, IO[bytes]]] | None = None, what: str = "",
-           timeout: float = HELPER_TIMEOUT) -> str:
+           timeout: float = HELPER_TIMEOUT, files: dict[str, bytes] | None = None,
+           mask: list[str] | None = None) -> str:
     """A one-off container of `image` with the service's volume at `mount` and no network:
-    `put` (path in the container, a tar to extract there) first, then `argv` run to its end;
-    its output, or an error. Removed afterwards (and by `recover`, by its labels)."""
+    `files` (name → content: secrets, never in its environment or command, which `docker
+    inspect` and /proc show) put in SECRET_DIR as `user`'s owner-only files, `put` (path in
+    the container, a tar to extract there), then `argv` run to its end; its output, or an
+    error (each of `mask` shown as ***). Removed afterwards (and by `recover`, by its
+    labels)."""
     client = api()
     _have_image(client, service, image)
+    _mark(Path(project))  # before the container exists: a crash now leaves it findable
     host_config = client.create_host_config(binds={volume: {"bind": mount, "mode": "rw"}},
                                             network_mode="none")
     name = f"{volume}-helper-{os.getpid()}-{time.monotonic_ns() % 10**9}"
     cid = str(client.create_container(
         image=image, command=argv, user=user, environment=env or {}, name=name,
-        labels={PROJECT_LABEL: project, "devenv.helper": service}, host_config=host_config,
+        labels={PROJECT_LABEL: project, HELPER_LABEL: service}, host_config=host_config,
         volumes=[mount])["Id"])
+    hidden = [m for m in (mask or []) if m]
+
+    def masked(text: str) -> str:
+        for value in hidden:
+            text = text.replace(value, "***")
+        return text
+
     try:
+        if files:
+            uid, gid = user_ids(cid, user)
+            if not client.put_archive(cid, SECRET_DIR, private_tar(files, uid, gid)):
+                raise DevenvError(f"{what}: cannot copy into the helper container")
         for path, tar in put or ():
             if not client.put_archive(cid, path, tar):
                 raise DevenvError(f"{what}: cannot copy into the helper container at {path}")
@@ -181,11 +255,58 @@ def helper(project: str, service: str, image: str, volume: str, mount: str,
         out = bytes(client.logs(cid, stdout=True, stderr=True)).decode(errors="replace")
         if code != 0:
             raise DevenvError(f"{what or argv[0]} failed (exit code {code})",
-                              details=out.strip().splitlines()[-10:])
-        return out
+                              details=masked(out).strip().splitlines()[-10:])
+        return masked(out)
     finally:
         with contextlib.suppress(Exception):
             client.remove_container(cid, force=True)
+
+
+def _mark(root: Path) -> None:
+    """The docker runtime's marker (`.devenv/run/docker.json`): while present, the next
+    engine's `recover` removes what this project's labels name (a helper container too)."""
+    from devenv.core.atomic import write_atomic
+    from devenv.core.paths import StateDir, private_dir
+
+    marker = StateDir(root).run / MARKER
+    if not marker.exists():
+        private_dir(marker.parent)
+        write_atomic(marker, json.dumps({"helper": True}), mode=0o600)
+
+
+def private_tar(files: dict[str, bytes], uid: int, gid: int) -> bytes:
+    """A tar of `files` (name → content), each mode 0600 and owned by uid:gid."""
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(data), 0o600, uid, gid
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def user_ids(cid: str, user: str) -> tuple[int, int]:
+    """The uid and gid `user` (`name`, `uid` or `uid:gid`, as `docker run --user`) has in the
+    (created) container `cid`: numbers as given, a name from the image's /etc/passwd."""
+    name, _, group = user.partition(":")
+    if not name or name.isdigit():
+        uid = int(name or 0)
+        return uid, int(group) if group.isdigit() else uid
+    import tarfile
+
+    stream, _ = api().get_archive(cid, "/etc/passwd")
+    with tarfile.open(fileobj=_Chunks(stream), mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
+            source = tar.extractfile(member)
+            text = source.read().decode(errors="replace") if source is not None else ""
+            for line in text.splitlines():
+                fields = line.split(":")
+                if len(fields) > 3 and fields[0] == name:
+                    return int(fields[2]), int(group) if group.isdigit() else int(fields[3])
+            break
+    raise DevenvError(f"the image has no user {name!r} (not in its /etc/passwd)")
 
 
 def _have_image(client: Any, service: str, image: str) -> None:

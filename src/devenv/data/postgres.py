@@ -209,6 +209,53 @@ def _pgdata(ds: PG) -> Path:
     return ds.folder / "pgdata"
 
 
+MIGRATION_SERVER = "migrate-server.json"  # beside the data while a migration's server runs
+LEFT_STOP_TIMEOUT = 30.0
+
+
+def record_server(folder: Path, pid: int) -> None:
+    """A migration's server (its process group's leader `pid`) runs on this data: recorded,
+    so that if the engine dies meanwhile, whoever comes next stops it (`stop_left_server`)."""
+    import psutil
+
+    write_atomic(folder / MIGRATION_SERVER, json.dumps(
+        {"pid": pid, "started": psutil.Process(pid).create_time()}), mode=PRIVATE_FILE)
+
+
+def stop_left_server(folder: Path) -> int | None:
+    """The migration's server a dead engine left running on this data stopped (a fast
+    shutdown, then killed): its pid, or None when there was none."""
+    import signal
+    import time
+
+    import psutil
+
+    record = folder / MIGRATION_SERVER
+    try:
+        info = json.loads(record.read_text())
+        pid, started = int(info["pid"]), float(info["started"])
+    except (OSError, ValueError, KeyError, TypeError):
+        record.unlink(missing_ok=True)
+        return None
+    try:
+        same = abs(psutil.Process(pid).create_time() - started) < 1.0  # (not a reused pid)
+    except psutil.Error:
+        same = False
+    stopped = None
+    if same:
+        stopped = pid
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGINT)
+        deadline = time.monotonic() + LEFT_STOP_TIMEOUT
+        while time.monotonic() < deadline and psutil.pid_exists(pid) and \
+                psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    record.unlink(missing_ok=True)
+    return stopped
+
+
 def _admin_secret(ds: PG) -> Path:
     """The admin role's password: beside the data, where the server cannot read it."""
     return ds.folder / "admin.secret"
@@ -325,6 +372,7 @@ class Postgres:
             raise DevenvError(f"{ds.name}: " + missing_message(ds.name, s, missing))
         who = data_identity()
         private_dir(ds.folder)
+        stop_left_server(ds.folder)  # a migration's server its dead engine left running
         pgdata = _pgdata(ds)
         old = pgdata.with_name("pgdata.old")
         if not pgdata.exists() and old.exists():
@@ -739,13 +787,16 @@ MOUNT = "/var/lib/postgresql/data"  # the official image's data folder (its VOLU
 PGDATA_IN = f"{MOUNT}/pgdata"
 SOCKETS = "/var/run/postgresql"  # the official image's socket folder
 IMAGE_USER = "postgres"
+PW_NAME, SQL_NAME = "devenv-pw", "devenv-sql"  # a helper's secret files (container.SECRET_DIR)
+PW_FILE, SQL_FILE = f"/tmp/{PW_NAME}", f"/tmp/{SQL_NAME}"
 
 
 class _InContainer:
     """A postgres service on the docker runtime. The data folder is made by initdb in a
-    helper container (the admin role's secret given in its environment, never the server's),
-    so the server container always starts on initialised data and the image's entrypoint
-    initialises nothing. Clients log in over TCP with passwords (scram-sha-256); inside the
+    helper container (the admin role's secret put in as an owner-only file, never in its
+    environment or command, nor the server's), so the server container always starts on
+    initialised data and the image's entrypoint initialises nothing. Clients log in over
+    TCP with passwords (scram-sha-256); inside the
     container the local socket trusts, which devenv's tools (`docker exec`) use. Snapshots
     are pg_basebackup's tar on the tool's standard output; a restore stages the data beside
     the live data in the volume (`pgdata.restore-new`, adopted offline as locally) and swaps
@@ -763,13 +814,15 @@ class _InContainer:
                       user=IMAGE_USER, mount=MOUNT)
 
     def _helper(self, ds: PG, script: str, what: str, *, user: str = IMAGE_USER,
-                env: dict[str, str] | None = None, put: Any = None) -> str:
+                put: Any = None, files: dict[str, bytes] | None = None,
+                mask: list[str] | None = None) -> str:
+        """A helper container; the secrets it needs go in as owner-only `files`."""
         from devenv.data import container
 
         assert ds.image is not None and ds.volume is not None
         return container.helper(ds.project, ds.name, ds.image, ds.volume, MOUNT,
-                                ["sh", "-c", script], user=user, env=env, put=put,
-                                what=f"{ds.name}: {what}")
+                                ["sh", "-c", script], user=user, put=put, files=files,
+                                mask=mask, what=f"{ds.name}: {what}")
 
     def _initialised(self, ds: PG) -> Path:
         """Present once initdb made the volume's data (it names the volume)."""
@@ -797,13 +850,13 @@ class _InContainer:
         script = (f"set -e; cd {MOUNT}; "
                   f"if [ -f pgdata/PG_VERSION ] && [ {int(keep)} = 1 ]; then exit 0; fi; "
                   "rm -rf pgdata.init pgdata; umask 077; "
-                  'printf "%s\\n" "$DEVENV_SECRET" > /tmp/pw; '
-                  f"initdb -D {MOUNT}/pgdata.init -U {ADMIN} --pwfile=/tmp/pw "
+                  f"initdb -D {MOUNT}/pgdata.init -U {ADMIN} --pwfile={PW_FILE} "
                   "--auth-host=scram-sha-256 --auth-local=trust -E UTF8 --locale=C "
-                  "--no-sync >/dev/null; rm -f /tmp/pw; "
+                  f"--no-sync >/dev/null; rm -f {PW_FILE}; "
                   "echo 'host all all all scram-sha-256' >> pgdata.init/pg_hba.conf; "
                   "mv pgdata.init pgdata")
-        self._helper(ds, script, "initdb", env={"DEVENV_SECRET": secret})
+        self._helper(ds, script, "initdb", files={PW_NAME: f"{secret}\n".encode()},
+                     mask=[secret])
         write_secret(_admin_secret(ds), secret)
 
     async def snapshot(self, ds: PG, dest: Path) -> str:
@@ -858,10 +911,10 @@ class _InContainer:
         sql = (f"SELECT '{ADMIN}=' || count(*) FROM pg_roles WHERE rolname = '{ADMIN}';\n"
                f"DO $$BEGIN IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{ADMIN}') THEN "
                f"ALTER ROLE {ADMIN} PASSWORD '{secret}'; END IF; END$$;\n")
-        out = self._helper(ds, f"set -e; cd {MOUNT}; printf '%s' \"$DEVENV_SQL\" | "
-                           "postgres --single -D pgdata.restore-tmp postgres; "
-                           "mv pgdata.restore-tmp pgdata.restore-new",
-                           "restore (adopt)", env={"DEVENV_SQL": sql})
+        out = self._helper(ds, f"set -e; cd {MOUNT}; "
+                           f"postgres --single -D pgdata.restore-tmp postgres < {SQL_FILE}; "
+                           f"rm -f {SQL_FILE}; mv pgdata.restore-tmp pgdata.restore-new",
+                           "restore (adopt)", files={SQL_NAME: sql.encode()}, mask=[secret])
         found = re.search(rf'"{ADMIN}=(\d+)"', out)
         if found is None or "ERROR:" in out:
             lines = [ln for ln in out.splitlines() if secret not in ln]

@@ -33,6 +33,7 @@ from devenv.data.base import (
 )
 from devenv.data.postgres import (
     ADMIN,
+    MIGRATION_SERVER,
     PG,
     Postgres,
     _admin_secret,
@@ -44,6 +45,8 @@ from devenv.data.postgres import (
     _write_pgpass,
     bin_dir,
     binaries_for,
+    record_server,
+    stop_left_server,
 )
 
 READY_TIMEOUT = 120.0
@@ -106,6 +109,7 @@ async def running(ds: PG, pgdata: Path, log: Path) -> AsyncIterator[int]:
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
             start_new_session=True)
     try:
+        record_server(ds.folder, proc.pid)  # (an engine killed now: the next stops it)
         await _ready(ds, port, proc, log)
         yield port
     finally:
@@ -118,6 +122,7 @@ async def running(ds: PG, pgdata: Path, log: Path) -> AsyncIterator[int]:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
+        (ds.folder / MIGRATION_SERVER).unlink(missing_ok=True)
 
 
 async def _ready(ds: PG, port: int, proc: asyncio.subprocess.Process, log: Path) -> None:
@@ -172,6 +177,7 @@ async def apply(ds: PG, move: VersionMove, work: Path) -> None:
     faults.point("migrate:aside")
     Postgres()._initdb(ds, data_identity(), secret)  # the same secret: the dump sets it
     async with running(ds, _pgdata(ds), work / f"{ds.name}.log") as port:
+        faults.point("migrate:new-server")
         out = await run_tool([_bin(ds, "psql"), "-X", "-q", "-h", HOST, "-p", str(port),
                               "-U", ADMIN, "-d", "postgres", "-v", "ON_ERROR_STOP=0",
                               "-f", str(work / f"{ds.name}.sql")],
@@ -185,9 +191,22 @@ async def apply(ds: PG, move: VersionMove, work: Path) -> None:
     _write_pgpass(ds)
 
 
+def stop_left(base: Path) -> list[str]:
+    """The migrations' servers a dead engine left running (under `base`, the project's
+    `.devenv`), stopped; what was stopped, to tell the user."""
+    said = []
+    for record in sorted(base.glob(f"data/*/{MIGRATION_SERVER}")):
+        pid = stop_left_server(record.parent)
+        if pid is not None:
+            said.append(f"{record.parent.name}: stopped the PostgreSQL server (pid {pid}) "
+                        "a migration cut short left running")
+    return said
+
+
 def finish(ds: PG) -> None:
     """The move held: the old folder set aside is removed."""
     shutil.rmtree(ds.folder / ASIDE, ignore_errors=True)
 
 
-__all__ = ["apply", "bin_dir", "finish", "old_service", "save", "version_move"]
+__all__ = ["apply", "bin_dir", "finish", "old_service", "save", "stop_left",
+           "version_move"]

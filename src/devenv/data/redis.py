@@ -271,24 +271,24 @@ class Redis:
 MOUNT = "/data"  # the official image's data folder (its VOLUME)
 IMAGE_USER = "redis"
 LIVE = "server"  # the server's folder in the volume, as locally in .devenv/data/<svc>
+ACL_FILE = "users.acl"  # in the volume, beside LIVE: the users and their password's hash
 
 
 class _InContainer:
     """A redis service on the docker runtime: the same server settings as locally (every
     write fsynced to the append-only file, CONFIG/DEBUG/MODULE gone, the clients' user
-    without administration), its users given as an argument (the password hashed), its
-    folder `server` in the volume. Snapshots with `redis-cli --rdb` run in the container;
+    without administration), its users in an ACL file in the volume (`users.acl`, the
+    server's user's alone; never on its command line, which `docker inspect` and `ps`
+    show), its folder `server` in the volume. Snapshots with `redis-cli --rdb` run in the container;
     a restore stages `server.restore-new` in the volume and swaps by renames."""
 
     def server(self, ds: RD) -> Server:
         assert ds.image is not None
-        password = ds.settings.password
-        secret = f"#{hashlib.sha256(password.encode()).hexdigest()}" if password else "nopass"
         command = ["redis-server", "--port", "${PORT}", "--bind", "0.0.0.0",
                    "--protected-mode", "no", "--dir", f"{MOUNT}/{LIVE}",
                    "--appendonly", "yes", "--appendfilename", AOF, "--appendfsync", "always",
                    "--aof-use-rdb-preamble", "yes", "--save", "", "--dbfilename", "dump.rdb",
-                   "--user", "default", "reset", "on", secret, *CLIENT_RULES.split()]
+                   "--aclfile", f"{MOUNT}/{ACL_FILE}"]
         for name in DISABLED:
             command += ["--rename-command", name, ""]
         # inside the container: the server answers (any reply, even "NOAUTH", is one)
@@ -298,13 +298,14 @@ class _InContainer:
                       mount=MOUNT)
 
     def _helper(self, ds: RD, script: str, what: str, *, user: str = IMAGE_USER,
-                put: Any = None) -> str:
+                put: Any = None, files: dict[str, bytes] | None = None,
+                mask: list[str] | None = None) -> str:
         from devenv.data import container
 
         assert ds.image is not None and ds.volume is not None
         return container.helper(ds.project, ds.name, ds.image, ds.volume, MOUNT,
-                                ["sh", "-c", script], user=user, put=put,
-                                what=f"{ds.name}: {what}")
+                                ["sh", "-c", script], user=user, put=put, files=files,
+                                mask=mask, what=f"{ds.name}: {what}")
 
     def prepare(self, ds: RD) -> None:
         from devenv.data import container
@@ -317,6 +318,24 @@ class _InContainer:
             ds.unmark()
             self._helper(ds, f"mkdir -p {MOUNT}/{LIVE}", "its data folder")
             write_atomic(record, ds.volume + "\n", mode=PRIVATE_FILE)
+        self._write_users(ds, fresh=made)
+
+    def _write_users(self, ds: RD, fresh: bool) -> None:
+        """The ACL file in the volume, owner-only, (re)written when the password changed
+        (a digest of it kept here, so most starts need no helper container)."""
+        from devenv.data import container
+
+        password = ds.settings.password
+        secret = f"#{hashlib.sha256(password.encode()).hexdigest()}" if password else "nopass"
+        text = f"user default reset on {secret} {CLIENT_RULES}\n"
+        digest = hashlib.sha256(f"{ds.volume}\n{text}".encode()).hexdigest()
+        record = ds.folder / "users.digest"
+        if not fresh and record.exists() and record.read_text().strip() == digest:
+            return
+        self._helper(ds, f"set -e; umask 077; cat {container.SECRET_DIR}/{ACL_FILE} > "
+                     f"{MOUNT}/{ACL_FILE}.new; mv {MOUNT}/{ACL_FILE}.new {MOUNT}/{ACL_FILE}",
+                     "its users", files={ACL_FILE: text.encode()}, mask=[secret])
+        write_atomic(record, digest + "\n", mode=PRIVATE_FILE)
 
     async def snapshot(self, ds: RD, dest: Path) -> str:
         import asyncio

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import stat
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +31,7 @@ from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import PRIVATE_FILE, StateDir, private_dir
 from devenv.data.base import DataService, VersionMove
+from devenv.data.postgres_upgrade import stop_left
 from devenv.data.snapshots import SnapshotStore, now_manifest
 from devenv.migration import Plan, journal_file, make
 from devenv.wire import MigrateResult, Progress, UpResult
@@ -63,16 +67,18 @@ def _on(ds: DataService[object], bin_dir: str | None, version: str) -> DataServi
 
 async def confirm(env: Environment) -> MigrateResult:
     state = StateDir(env.root)
+    # a migration's servers that a killed engine left running (they hold their data)
+    left = await asyncio.to_thread(stop_left, state.base)
     if journal_file(env.root).exists():
-        return await recover(env)
+        return await recover(env, left)
     plan = await asyncio.to_thread(make, env.root)
     if not plan.changed:
-        return MigrateResult(ok=True, changed=False, steps=plan.kube)
+        return MigrateResult(ok=True, changed=False, steps=plan.kube, applied=left)
     if plan.blocked:
         raise UsageError("the migration cannot be done here", hint="; ".join(plan.blocked))
     journal = journal_file(env.root)
     if journal.exists():
-        return await recover(env)
+        return await recover(env, left)
     was_running = bool(env.engine.runners)
     profile, environ = env.profile, env.environ
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -82,7 +88,7 @@ async def confirm(env: Environment) -> MigrateResult:
     moving = await asyncio.to_thread(_services, env, plan)
     snapshot: str | None = None
     await env.halt()
-    applied: list[str] = []
+    applied: list[str] = list(left)
     try:
         private_dir(folder.parent)
         private_dir(folder)
@@ -113,7 +119,7 @@ async def confirm(env: Environment) -> MigrateResult:
         raise
     try:
         for change in plan.files:
-            write_atomic(change.path, change.new, mode=change.path.stat().st_mode & 0o777)
+            rewrite(change.path, change.new)
             applied.append(change.shown)
         faults.point("migrate:files")
         for move in plan.data:
@@ -129,6 +135,7 @@ async def confirm(env: Environment) -> MigrateResult:
                                                  else []))
     except BaseException as exc:
         undone = await _rollback(env, plan, moving, snapshot, folder)
+        undone.append(_forget(folder))
         if was_running:
             await _up(env, profile, environ)
         journal.unlink(missing_ok=True)
@@ -149,20 +156,21 @@ async def confirm(env: Environment) -> MigrateResult:
                          applied=applied)
 
 
-async def recover(env: Environment) -> MigrateResult:
-    """A migration cut short (the engine died mid-way): files put back, the moved data
-    restored from the snapshot (the files, put back first, name the old binaries)."""
+async def recover(env: Environment, left: list[str] | None = None) -> MigrateResult:
+    """A migration cut short (the engine died mid-way): its servers left running stopped
+    (`left`: what was), files put back, the moved data restored from the snapshot (the
+    files, put back first, name the old binaries)."""
     from devenv.config.load import load
     from devenv.plan import make_plan
 
     journal = journal_file(env.root)
     record = json.loads(journal.read_text())
     await env.halt()
-    undone = []
+    undone = list(left or [])
     for path, saved in record["files"].items():
         original = Path(saved).read_text()
         if Path(path).read_text() != original:
-            write_atomic(Path(path), original, mode=Path(path).stat().st_mode & 0o777)
+            rewrite(Path(path), original)
             undone.append(str(Path(path).relative_to(env.root)))
     if record["snapshot"] and record["data"]:
         services = make_plan(await asyncio.to_thread(load, env.root)).services
@@ -177,10 +185,40 @@ async def recover(env: Environment) -> MigrateResult:
             await asyncio.to_thread(kinds.drop_restore, ds)
             await asyncio.to_thread(kinds.upgrade_finish, ds)
             undone.append(f"{name}: restored from snapshot {record['snapshot']}")
+    if record.get("folder"):
+        undone.append(_forget(Path(record["folder"])))
     journal.unlink()
     return MigrateResult(ok=False, changed=False, steps=[], snapshot=record["snapshot"],
                          rolled_back=undone, error="a migration was cut short; it is rolled "
                          "back (run `devenv migrate --confirm` again to migrate)")
+
+
+def rewrite(path: Path, text: str) -> None:
+    """`path`'s new text, atomically (temp file, fsync, rename), in the file it names: a
+    symlink is followed, not replaced, and the file keeps its owner and mode (the engine
+    run as root leaves the user's files the user's)."""
+    target = path.resolve()
+    st = target.stat()
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _forget(folder: Path) -> str:
+    """The migration's folder removed: its dump holds every row and the roles' password
+    hashes, and the saved files are back in place (the snapshot stays, listed)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return "removed the migration's dump and saved files"
 
 
 async def _up(env: Environment, profile: str | None, environ: dict[str, str] | None
@@ -199,7 +237,7 @@ async def _rollback(env: Environment, plan: Plan, moving: dict[str, DataService[
     for i, change in enumerate(plan.files):
         original = (folder / f"{i}.orig").read_text()
         if change.path.read_text() != original:
-            write_atomic(change.path, original, mode=change.path.stat().st_mode & 0o777)
+            rewrite(change.path, original)
             undone.append(change.shown)
     if snapshot is not None:
         store = SnapshotStore(StateDir(env.root).base / "snapshots")

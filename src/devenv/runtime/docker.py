@@ -34,6 +34,7 @@ from typing import Any
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
+from devenv.data.container import ONEOFF_LABEL, pick_running
 from devenv.runtime.balancer import Balancer
 from devenv.runtime.base import (
     Attached,
@@ -420,7 +421,8 @@ class DockerRuntime:
                                env=spec.env, workdir=spec.workdir, wants_port=False,
                                container=spec.container)
         args = create_args(self.root, one_off, image, self.token, self._serial)
-        args = CreateArgs(**{**args.__dict__, "name": args.name + "-run"})
+        args = CreateArgs(**{**args.__dict__, "name": args.name + "-run",
+                             "labels": {**args.labels, ONEOFF_LABEL: "1"}})
         try:
             cid, _ = await asyncio.to_thread(self._create, one_off, args)
         except DevenvError as exc:
@@ -459,13 +461,14 @@ class DockerRuntime:
         if docker is None:
             raise DevenvError("the docker command is not installed",
                               hint="install Docker's CLI (docker.io) to exec into a container")
-        found = self.api().containers(filters={"label": [
-            f"{PROJECT_LABEL}={self.root}", f"{SERVICE_LABEL}={spec.service}"]})
-        if not found:
+        found = pick_running(self.api().containers(filters={"label": [
+            f"{PROJECT_LABEL}={self.root}", f"{SERVICE_LABEL}={spec.service}"]}),
+            spec.replica or None)  # (0: any replica, the newest)
+        if found is None:
             raise DevenvError(f"{spec.service} has no running container",
                               hint=f"start it first: devenv up --services {spec.service}")
         flags = ["-i", "-t"] if tty else ["-i"]  # (it runs in the container's environment)
-        proc = subprocess.run([docker, "exec", *flags, found[0]["Id"], *argv], check=False)
+        proc = subprocess.run([docker, "exec", *flags, found["Id"], *argv], check=False)
         return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
 
     def address(self, service: str, port: int, backends: Backends) -> Balancer:

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
         cand.set_path(overrides, key.strip(), parse_value(text))
     say = err.print if not args.json else (lambda *a, **k: None)
+    _clean_stale(cand.stale())
     say(f"validating in an isolated copy (ports from {args.ports})…")
     copy = cand.make(root, overrides, args.profile, ports)
     client = Client(copy.root)
@@ -68,6 +69,20 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
     _show(checked, result, args.json)
     return 0 if checked.ok and result.ok else 1
+
+
+def _clean_stale(folders: list[Path]) -> None:
+    """Copies a killed `devenv validate` left: their engines stopped, their folders removed,
+    and said (on stderr, also with --json)."""
+    import shutil
+
+    from devenv import candidate as cand
+
+    for folder in folders:
+        _stop(Client(folder / cand.FOLDER))
+        shutil.rmtree(folder, ignore_errors=True)
+        err.print(f"removed {escape(str(folder))}, the copy of a `devenv validate` that was "
+                  "killed (its engine stopped)")
 
 
 def _interrupt(signum: int, frame: object) -> None:
