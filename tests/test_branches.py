@@ -84,6 +84,7 @@ def test_an_invalid_branch_is_refused_and_nothing_changes(
     _push_branch(a, "typo", "services:\n  api:\n    replicas: 2\n  web:\n    replicaz: 3\n"
                  "  ghost:\n    port: 1\n")
     _push_branch(a, "broken", "services: [\n")
+    _push_branch(a, "aliased", "services:\n  api: &x {replicas: 2}\n  web: *x\n")
     b.devenv("config", "set", "services.keep.replicas", "2", check=True)
     b.devenv("config", "branch", "mine", check=True)
     local = (b.root / ".devenv/local.yaml").read_text()
@@ -95,6 +96,9 @@ def test_an_invalid_branch_is_refused_and_nothing_changes(
     broken = b.devenv("sync", "--branch", "broken")
     assert broken.returncode == 2
     assert "broken:overrides.yaml:2" in broken.stderr and "YAML syntax" in broken.stderr
+    aliased = b.devenv("sync", "--branch", "aliased")  # (an alias bomb hung sync before)
+    assert aliased.returncode == 2
+    assert "aliased:overrides.yaml:2" in aliased.stderr and "aliases" in aliased.stderr
 
     assert (b.root / ".devenv/local.yaml").read_text() == local
     assert b.devenv("config", "branch", check=True).stdout.splitlines() == ["* mine"]

@@ -129,3 +129,29 @@ def test_a_packed_tree_is_the_folders_content_and_leaves_the_index_alone(tmp_pat
         "app.py", "dist/out.js"]
     assert tree_of(git, tmp_path / "api") == tree  # content-addressed
     assert git.text("status", "--porcelain").splitlines() == ["?? .gitignore", "?? api/"]
+
+
+def _alias_bomb() -> str:
+    """~600 bytes of nested YAML aliases that expand to 10^10 values."""
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    return "services:\n  api:\n    env:\n" + "".join(f"      {line}\n" for line in lines)
+
+
+def test_an_alias_bomb_is_refused_quickly_naming_the_file(tmp_path) -> None:
+    from devenv.config.load import read_yaml, refuse_aliases
+
+    with pytest.raises(ConfigError) as err:
+        plain(_alias_bomb(), "x:overrides.yaml")  # (before: expanded for ever)
+    assert "x:overrides.yaml" in str(err.value.problems[0])
+    assert "aliases" in err.value.problems[0].message
+    local = tmp_path / "local.yaml"
+    local.write_text(_alias_bomb())
+    with pytest.raises(ConfigError) as err:
+        read_yaml(local, ".devenv/local.yaml")
+    assert err.value.problems[0].file == ".devenv/local.yaml"
+    with pytest.raises(ConfigError) as err:
+        refuse_aliases("services:\n  api: &a {replicas: 2}\n  web: *a\n", "b:overrides.yaml")
+    assert err.value.problems[0].line == 2 and "anchors and aliases" in \
+        err.value.problems[0].message
+    refuse_aliases("services:\n  api: {replicas: 2}\n", "b:overrides.yaml")  # plain: fine

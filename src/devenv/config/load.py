@@ -27,6 +27,9 @@ from devenv.core.errors import ConfigError, Problem
 from devenv.core.paths import StateDir, config_file
 
 Where = tuple[str, int]  # (file shown to the user, 1-based line)
+# a configuration file holds at most this many values once YAML aliases are expanded: a few
+# hundred bytes of nested aliases (a "billion laughs") would otherwise expand to 10^9
+MAX_NODES = 200_000
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
@@ -93,7 +96,28 @@ def read_yaml(path: Path, shown: str, text: str | None = None) -> Source:
     text = read_text(path, shown) if text is None else text
     doc = parse_yaml(text, shown)
     where: dict[KeyPath, Where] = {(): (shown, 1)}
-    return Source(_plain(doc, (), shown, where), where)
+    return Source(_plain(doc, (), shown, where, [MAX_NODES]), where)
+
+
+def plain_data(doc: Any, shown: str) -> Any:
+    """Parsed YAML as plain dicts and lists (aliases expanded, at most MAX_NODES values; a
+    ConfigError naming `shown` beyond)."""
+    return _plain(doc, (), shown, {}, [MAX_NODES])
+
+
+def refuse_aliases(text: str, shown: str) -> None:
+    """A ConfigError at the first YAML anchor or alias in `text`: a layer that comes from
+    someone else (a config branch) is plain data, and aliases are how a few bytes expand to
+    billions of values."""
+    try:
+        for event in YAML(typ="safe", pure=True).parse(text):
+            if getattr(event, "anchor", None):
+                line = event.start_mark.line + 1 if event.start_mark else None
+                raise ConfigError([Problem(shown, line, "", "YAML anchors and aliases (&name, "
+                                           "*name) are not accepted in a shared layer; write "
+                                           "the values out")])
+    except YAMLError:
+        return  # (a syntax error: parsing it says where)
 
 
 def parse_yaml(text: str, shown: str, yaml: YAML | None = None) -> Any:
@@ -115,14 +139,20 @@ def parse_yaml(text: str, shown: str, yaml: YAML | None = None) -> Any:
     return doc
 
 
-def _plain(node: Any, path: KeyPath, shown: str, where: dict[KeyPath, Where]) -> Any:
+def _plain(node: Any, path: KeyPath, shown: str, where: dict[KeyPath, Where],
+           budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError([Problem(shown, None, "", f"more than {MAX_NODES} values once YAML "
+                                   "aliases are expanded; write the file without nested "
+                                   "aliases (&name / *name)")])
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
             sub = path + (str(k),)
             if hasattr(node, "lc"):
                 where[sub] = (shown, node.lc.key(k)[0] + 1)
-            out[str(k)] = _plain(v, sub, shown, where)
+            out[str(k)] = _plain(v, sub, shown, where, budget)
         return out
     if isinstance(node, list):
         items = []
@@ -132,7 +162,7 @@ def _plain(node: Any, path: KeyPath, shown: str, where: dict[KeyPath, Where]) ->
                 where[sub] = (shown, node.lc.item(i)[0] + 1)
                 if isinstance(v, str):  # a list that a shorthand turns into a mapping
                     where.setdefault(path + (v,), where[sub])
-            items.append(_plain(v, sub, shown, where))
+            items.append(_plain(v, sub, shown, where, budget))
         return items
     if node is not None and not isinstance(node, bool | int | float | str):
         return str(node)  # dates and other YAML types: keep the text

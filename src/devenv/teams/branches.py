@@ -13,7 +13,7 @@ from ruamel.yaml import YAML
 
 from devenv.config import artifacts as manifest
 from devenv.config.artifacts import Artifact
-from devenv.config.load import parse_yaml
+from devenv.config.load import parse_yaml, plain_data, refuse_aliases
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
@@ -38,8 +38,11 @@ class Content:
 
 
 def plain(text: str, shown: str) -> Any:
-    """A YAML mapping as plain data (ConfigError naming `shown`:line when it is not one)."""
-    return parse_yaml(text, shown, YAML(typ="safe", pure=True)) if text.strip() else {}
+    """A YAML mapping as plain data (ConfigError naming `shown`:line when it is not one, or
+    when its aliases expand to too many values)."""
+    if not text.strip():
+        return {}
+    return plain_data(parse_yaml(text, shown, YAML(typ="safe", pure=True)), shown)
 
 
 class Branches:
@@ -91,15 +94,21 @@ class Branches:
     def exists(self, name: str) -> bool:
         return self.git.resolve(refs.config_ref(name)) is not None
 
-    def read(self, rev: str) -> Content:
-        """The content of a branch (by name) or of a commit."""
+    def read(self, rev: str, shown: str | None = None) -> Content:
+        """The content of a branch (by name) or of a commit (`shown`: the branch it is, in
+        errors). Its files must be plain YAML: no anchors or aliases."""
         commit = self.git.resolve(refs.config_ref(rev) if refs.name_problem(rev) is None
                                   and not _is_id(rev) else rev)
         if commit is None:
             raise UsageError(f"no config branch '{rev}'", hint="list them: devenv config branch")
         files = self._files(commit)
-        return Content(commit, self._text(commit, files, OVERRIDES),
-                       self._text(commit, files, MANIFEST))
+        content = Content(commit, self._text(commit, files, OVERRIDES),
+                          self._text(commit, files, MANIFEST))
+        shown = shown or (rev if refs.name_problem(rev) is None and not _is_id(rev)
+                          else commit[:12])
+        refuse_aliases(content.overrides, f"{shown}:{OVERRIDES}")
+        refuse_aliases(content.manifest, f"{shown}:{MANIFEST}")
+        return content
 
     def _files(self, commit: str) -> set[str]:
         out = self.git.text("ls-tree", "--name-only", f"{commit}^{{tree}}")

@@ -12,6 +12,7 @@ from devenv.core.errors import DevenvError, UsageError
 
 LOCAL_TIMEOUT = 30.0  # plumbing on the local repository
 REMOTE_TIMEOUT = 120.0  # fetch and push
+MAX_BLOB = 1 << 20  # the largest file of a config branch read (its overrides, its manifest)
 
 
 class GitError(DevenvError):
@@ -69,7 +70,13 @@ class Git:
     def write_blob(self, data: bytes) -> str:
         return self.text("hash-object", "-w", "--stdin", input=data)
 
-    def read_blob(self, rev: str) -> bytes:
+    def read_blob(self, rev: str, limit: int = MAX_BLOB) -> bytes:
+        """A blob's content; a DevenvError when it is larger than `limit` bytes."""
+        size = int(self.text("cat-file", "-s", rev))
+        if size > limit:
+            raise DevenvError(f"{rev} is {size} bytes, more than the {limit} a config "
+                              "branch's file may hold; it was not read",
+                              hint="a config branch holds small YAML files; ask its author")
         return self.run("cat-file", "blob", rev).stdout
 
     def make_tree(self, blobs: Mapping[str, str]) -> str:

@@ -40,7 +40,7 @@ def prepare(branches: Branches, name: str, remote: str, *, force: bool,
     git = branches.git
     commit = branches.fetch(name, remote)
     try:
-        content = branches.read(commit)
+        content = branches.read(commit, name)
         if not force:
             _refuse_conflicts(branches, name, commit)
         shown = f"{name}:{MANIFEST}"
