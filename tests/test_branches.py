@@ -99,6 +99,10 @@ def test_an_invalid_branch_is_refused_and_nothing_changes(
     aliased = b.devenv("sync", "--branch", "aliased")  # (an alias bomb hung sync before)
     assert aliased.returncode == 2
     assert "aliased:overrides.yaml:2" in aliased.stderr and "aliases" in aliased.stderr
+    _push_branch(a, "runs", "services:\n  api:\n    command: python svc.py --evil\n")
+    runs = b.devenv("sync", "--branch", "runs")  # not a TTY: refused, saying what would run
+    assert runs.returncode == 1
+    assert '+ command: "python svc.py --evil"' in runs.stderr and "--yes" in runs.stderr
 
     assert (b.root / ".devenv/local.yaml").read_text() == local
     assert b.devenv("config", "branch", check=True).stdout.splitlines() == ["* mine"]

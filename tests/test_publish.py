@@ -36,7 +36,12 @@ api:
         assert tree[:12] in again.stdout
 
         shutil.rmtree(b.root / "api")
-        synced = b.devenv("sync", "--branch", "feature-x", check=True)
+        asked = b.devenv("sync", "--branch", "feature-x")  # runs new code: not without --yes
+        assert asked.returncode == 1, asked.stderr
+        assert f"+ artifact: {tree[:12]} (from api/)" in asked.stderr
+        assert "--yes" in asked.stderr
+        assert not (b.root / ".devenv/artifacts.yaml").exists()
+        synced = b.devenv("sync", "--branch", "feature-x", "--yes", check=True)
         assert f"+ artifact: {tree[:12]}" in synced.stdout
         b.up()
         status, cwd = b.get(f"http://127.0.0.1:{api}/cwd")

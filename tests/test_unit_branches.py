@@ -65,10 +65,23 @@ def test_artifact_changes() -> None:
     one = Artifact("api", TREE, "api", "v1")
     two = Artifact("api", "b" * 40, "api")
     assert artifact_changes({}, {"api": one}) == [
-        Change("services.api.artifact", MISSING, f"{TREE[:12]} (v1)")]
+        Change("services.api.artifact", MISSING, f"{TREE[:12]} (from api/, version v1)")]
     assert render(artifact_changes({"api": one}, {"api": two})) == [
-        "api:", f"  ~ artifact: {TREE[:12]} (v1) → {'b' * 12}"]
+        "api:", f"  ~ artifact: {TREE[:12]} (from api/, version v1) → {'b' * 12} (from api/)"]
     assert artifact_changes({"api": one}, {"api": one}) == []
+
+
+@pytest.mark.parametrize(("key", "asks"), [
+    ("services.api.command", True), ("services.api.health.command", True),
+    ("services.api.watch.build", True), ("datasets.demo.script", True),
+    ("services.api.env_file", True), ("services.api.image", True),
+    ("services.api.artifact", True), ("services.api.replicas", False),
+    ("services.api.env.GREETING", False), ("ingress.port", False),
+])
+def test_changes_that_decide_what_runs_are_told_apart(key: str, asks: bool) -> None:
+    from devenv.teams.diff import runs
+
+    assert runs(Change(key, MISSING, "x")) is asks
 
 
 def test_manifest_round_trip() -> None:

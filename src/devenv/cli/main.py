@@ -168,6 +168,8 @@ def parser() -> argparse.ArgumentParser:
                    "branch, and local branch changes the remote lacks")
     s.add_argument("--profile", default=None, help="validate and converge with this profile")
     s.add_argument("--dry-run", action="store_true", help="only show what it changes")
+    s.add_argument("--yes", "-y", action="store_true", help="apply changes to commands, "
+                   "images, env files and artifacts without asking")
 
     s = sub.add_parser("publish", help="pack a service (after its build step) into an artifact "
                        "recorded in the current config branch")

@@ -11,6 +11,11 @@ from devenv.config.artifacts import Artifact
 
 MISSING = object()  # a key the layer does not set (devenv.yaml's value applies)
 PROJECT = ""  # the group of keys outside `services:`
+# a key with one of these parts decides what runs on the machine that syncs: a command
+# (`command`, `health.command`, `watch.build`, `test`, a dataset's `script`), what a
+# container or a docker build is, where a service runs from, the env files it reads
+RUNS = frozenset({"command", "build", "test", "script", "image", "dockerfile", "env_file",
+                  "path", "cwd", "artifact", "runtime"})
 
 
 @dataclass(frozen=True)
@@ -49,12 +54,20 @@ def changes(old: Any, new: Any) -> list[Change]:
             for k in sorted(set(a) | set(b)) if a.get(k, MISSING) != b.get(k, MISSING)]
 
 
+def runs(change: Change) -> bool:
+    """Whether the change decides what runs (see RUNS): `sync` asks before applying it."""
+    return any(part in RUNS for part in change.key.split("."))
+
+
 def artifact_changes(old: dict[str, Artifact], new: dict[str, Artifact]) -> list[Change]:
-    """Services whose artifact differs, as changes of a `services.S.artifact` key."""
+    """Services whose artifact differs, as changes of a `services.S.artifact` key: what it
+    is (its digest or image), where it was packed from, and its version label."""
     def shown(art: Artifact | None) -> Any:
         if art is None:
             return MISSING
-        return art.digest[:12] + (f" ({art.version})" if art.version else "")
+        what = f"image {art.image}" if art.image else art.digest[:12]
+        label = f", version {art.version}" if art.version else ""
+        return f"{what} (from {art.source}/{label})"
 
     return [Change(f"services.{s}.artifact", shown(old.get(s)), shown(new.get(s)))
             for s in sorted(set(old) | set(new)) if old.get(s) != new.get(s)]
