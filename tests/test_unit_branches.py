@@ -144,6 +144,28 @@ def test_a_packed_tree_is_the_folders_content_and_leaves_the_index_alone(tmp_pat
     assert git.text("status", "--porcelain").splitlines() == ["?? .gitignore", "?? api/"]
 
 
+def test_files_that_look_like_secrets_are_not_packed(tmp_path) -> None:
+    import subprocess
+
+    from devenv.teams.artifacts import tree_of
+    from devenv.teams.git import Git
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    api = tmp_path / "api"
+    (api / "certs").mkdir(parents=True)
+    for name in ("app.py", ".env", ".env.local", ".env.example", "certs/server.key",
+                 "certs/ca.pem", "id_ed25519", "id_ed25519.pub", "tokenizer.py"):
+        (api / name).write_text("x\n")
+    git = Git(tmp_path)
+    left_out: list[str] = []
+    tree = tree_of(git, api, left_out)
+    assert git.text("ls-tree", "-r", "--name-only", tree).splitlines() == [
+        ".env.example", "app.py", "id_ed25519.pub", "tokenizer.py"]
+    assert left_out == [".env", ".env.local", "certs/ca.pem", "certs/server.key", "id_ed25519"]
+    everything = tree_of(git, api)  # (publish --include-secrets)
+    assert ".env" in git.text("ls-tree", "-r", "--name-only", everything).splitlines()
+
+
 def _alias_bomb() -> str:
     """~600 bytes of nested YAML aliases that expand to 10^10 values."""
     lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]

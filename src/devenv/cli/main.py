@@ -177,6 +177,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--version", default=None, metavar="V", help="a label for it (default: its "
                    "digest)")
     s.add_argument("--push", action="store_true", help="also push the branch and the artifact")
+    s.add_argument("--include-secrets", action="store_true", help="also pack files that look "
+                   "like secrets (.env*, *.pem, *.key, id_*, …), left out by default")
     s.add_argument("--remote", default="origin", help="where --push publishes (default origin)")
 
     s = sub.add_parser("data", help="load datasets, reset or restore the data services")
