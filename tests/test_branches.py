@@ -128,6 +128,18 @@ def test_unsaved_local_overrides_block_sync_unless_forced(
     assert "replicas: 2" in text and "web" not in text
 
 
+def test_secret_values_are_never_saved_to_a_branch(clones: tuple[Project, Project]) -> None:
+    a, _ = clones
+    a.devenv("config", "set", "services.api.env.API_TOKEN", "tok-12345", check=True)
+    refused = a.devenv("config", "branch", "feature-x", "--push")
+    assert refused.returncode == 2
+    assert "services.api.env.API_TOKEN" in refused.stderr and "tok-12345" not in refused.stderr
+    assert "${API_TOKEN}" in refused.stderr  # what to do instead
+    assert git(a.root, "for-each-ref", "refs/devenv/config") == ""
+    a.devenv("config", "set", "services.api.env.API_TOKEN", "${API_TOKEN}", check=True)
+    a.devenv("config", "branch", "feature-x", "--push", check=True)  # a reference: fine
+
+
 def test_a_branch_saved_again_and_pushed_reaches_a_synced_clone(
         clones: tuple[Project, Project]) -> None:
     a, b = clones

@@ -190,3 +190,24 @@ def test_an_alias_bomb_is_refused_quickly_naming_the_file(tmp_path) -> None:
     assert err.value.problems[0].line == 2 and "anchors and aliases" in \
         err.value.problems[0].message
     refuse_aliases("services:\n  api: {replicas: 2}\n", "b:overrides.yaml")  # plain: fine
+
+
+def test_secret_values_are_masked_in_the_diff() -> None:
+    old = {"services": {"api": {"env": {"API_TOKEN": "old-tok", "REF_TOKEN": "x"}}}}
+    new = {"services": {"api": {"env": {"API_TOKEN": "new-tok", "REF_TOKEN": "${TOK}",
+                                        "GREETING": "hi"}},
+                        "db": {"password": "hunter22"}}}
+    shown = "\n".join(render(changes(old, new)))
+    assert "old-tok" not in shown and "new-tok" not in shown and "hunter22" not in shown
+    assert "~ env.API_TOKEN: ******** → ********" in shown
+    assert "~ env.REF_TOKEN: ******** → ${TOK}" in shown  # a reference is no secret
+    assert '+ env.GREETING: "hi"' in shown and "+ password: ********" in shown
+
+
+def test_secret_values_in_a_layer_are_found_but_references_are_not() -> None:
+    from devenv.config.secrets import secret_values
+
+    assert secret_values(flatten({"services": {
+        "api": {"env": {"API_TOKEN": "abc", "DB_PASSWORD": "${DB_PASSWORD}", "X": "1"}},
+        "db": {"password": "pw", "port": 5432}}})) == [
+        "services.api.env.API_TOKEN", "services.db.password"]

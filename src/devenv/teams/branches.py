@@ -14,13 +14,15 @@ from ruamel.yaml import YAML
 from devenv.config import artifacts as manifest
 from devenv.config.artifacts import Artifact
 from devenv.config.load import parse_yaml, plain_data, refuse_aliases
+from devenv.config.secrets import secret_values
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
 from devenv.teams import refs
-from devenv.teams.diff import Change, changes
+from devenv.teams.diff import Change, changes, flatten
 from devenv.teams.git import Git, GitError
 
+LOCAL_SHOWN = ".devenv/local.yaml"
 OVERRIDES = "overrides.yaml"  # the branch's copy of .devenv/local.yaml
 MANIFEST = "artifacts.yaml"  # the services it runs from published artifacts
 
@@ -124,7 +126,19 @@ class Branches:
             raise DevenvError(f"{name} of {commit[:12]} is not UTF-8 text") from None
 
     def save(self, name: str, overrides: str, manifest_text: str, message: str) -> str:
-        """A new commit on `name` (its previous one the parent) holding this layer."""
+        """A new commit on `name` (its previous one the parent) holding this layer. A layer
+        with secret values (keys the model declares secret or named like one, e.g.
+        env.API_TOKEN) is refused: a branch is shared with whoever can read the remote."""
+        secret = secret_values(flatten(plain(overrides, LOCAL_SHOWN)))
+        if secret:
+            example = secret[0]
+            var = example.rsplit(".", 1)[-1].upper()
+            raise UsageError(
+                f"{LOCAL_SHOWN} holds secret values, which a config branch would share: "
+                + ", ".join(secret) + "; nothing saved",
+                hint=f"keep the value in .env (never shared: {var}=...) and refer to it, e.g. "
+                f"devenv config set {example} '${{{var}}}'; or drop it: devenv config unset "
+                f"{example}")
         ref = refs.config_ref(name)
         parent = self.git.resolve(ref)
         tree = self.git.make_tree({OVERRIDES: self.git.write_blob(overrides.encode()),

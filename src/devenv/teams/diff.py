@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from devenv.config.artifacts import Artifact
+from devenv.config.secrets import only_references, secret_name
+from devenv.core.secrets import MASK
 
 MISSING = object()  # a key the layer does not set (devenv.yaml's value applies)
 PROJECT = ""  # the group of keys outside `services:`
@@ -83,11 +85,15 @@ def grouped(found: list[Change]) -> dict[str, list[Change]]:
 def describe(change: Change) -> str:
     """One line: `replicas: 1 → 2`, `+ env.GREETING: "hi"`, `- env.DEBUG (was "1")`."""
     key, raw = change.local_key, change.key.endswith(".artifact")
-    if change.old is MISSING:
-        return f"+ {key}: {_value(change.new, raw)}"
-    if change.new is MISSING:
-        return f"- {key} (was {_value(change.old, raw)})"
-    return f"~ {key}: {_value(change.old, raw)} → {_value(change.new, raw)}"
+    old, new = change.old, change.new
+    if secret_name(change.key):  # (shown as masked: the diff is printed, and logged)
+        old, new = (v if v is MISSING or only_references(v) else MASK for v in (old, new))
+        raw = True
+    if old is MISSING:
+        return f"+ {key}: {_value(new, raw)}"
+    if new is MISSING:
+        return f"- {key} (was {_value(old, raw)})"
+    return f"~ {key}: {_value(old, raw)} → {_value(new, raw)}"
 
 
 def render(found: list[Change]) -> list[str]:
