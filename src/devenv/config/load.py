@@ -18,7 +18,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from devenv.config import artifacts
 from devenv.config.injected import override_warnings
-from devenv.config.interpolate import Lookup, TemplateError, substitute
+from devenv.config.interpolate import Lookup, RequiredError, TemplateError, substitute
 from devenv.config.migrate import file_version
 from devenv.config.model import CURRENT_VERSION, RUNTIME_NAMES, Project
 from devenv.config.schema import Issue, build, did_you_mean, dotted
@@ -288,21 +288,25 @@ RUN_TIME = {"PORT": "${PORT}"}
 
 
 def interpolate(node: Any, env: Mapping[str, str], path: KeyPath, missing: set[str],
-                issues: list[Issue]) -> Any:
+                issues: list[Issue], *, required: bool = True) -> Any:
     """`node` with ${VAR} interpolated in every string (a bare $VAR is left to the service's
     shell). Unset names go to `missing`; a required one missing, or a malformed reference,
-    is an Issue at its key path."""
+    is an Issue at its key path (`required=False`: a string with a required one missing is
+    kept as written)."""
     if isinstance(node, dict):
-        return {k: interpolate(v, env, path + (k,), missing, issues) for k, v in node.items()}
+        return {k: interpolate(v, env, path + (k,), missing, issues, required=required)
+                for k, v in node.items()}
     if isinstance(node, list):
-        return [interpolate(v, env, path + (i,), missing, issues) for i, v in enumerate(node)]
+        return [interpolate(v, env, path + (i,), missing, issues, required=required)
+                for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
     try:
         return substitute(node, lambda name: RUN_TIME.get(name, env.get(name)), bare=False,
                           unset=missing)
     except TemplateError as exc:
-        issues.append(Issue(path, exc.reason))
+        if required or not isinstance(exc, RequiredError):
+            issues.append(Issue(path, exc.reason))
         return node
 
 
@@ -310,11 +314,14 @@ LOCAL_SHOWN = ".devenv/local.yaml"
 
 
 def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] | None = None,
-         texts: Mapping[Path, str] | None = None, local_shown: str = LOCAL_SHOWN) -> Loaded:
+         texts: Mapping[Path, str] | None = None, local_shown: str = LOCAL_SHOWN,
+         shared: bool = False) -> Loaded:
     """Load and validate the project at `root`; raise ConfigError listing every problem.
 
     `texts` stands in for files' contents (to validate an edit before it is written);
-    `local_shown` names the personal overrides in problems (a config branch's file)."""
+    `local_shown` names the personal overrides in problems (a config branch's file).
+    `shared`: devenv.yaml alone, as every machine reads it: no personal overrides, no
+    artifacts, and ${VAR} reads neither the environment nor .env (only defaults apply)."""
     texts = texts or {}
     file = config_file(root)
     shown = file.name
@@ -323,15 +330,16 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     migrated = _older(source, shown, version)
     local = StateDir(root).local_overrides
     over = None
-    if local in texts or local.is_file():
+    if not shared and (local in texts or local.is_file()):
         over = read_yaml(local, local_shown, texts.get(local))
         migrated += _older(over, local_shown, version, layer=True)
         merge(source, over.data, over.where)
-    _artifacts(root, source, texts)
-    env = _env(root, environ)
+    if not shared:
+        _artifacts(root, source, texts)
+    env = {} if shared else _env(root, environ)
     missing: set[str] = set()
     issues: list[Issue] = []
-    source.data = interpolate(source.data, env, (), missing, issues)
+    source.data = interpolate(source.data, env, (), missing, issues, required=not shared)
     _raise(issues, source, shown)
     warnings = [f"${{{name}}} is not set; using an empty string" for name in sorted(missing)]
     warnings += migrated

@@ -11,9 +11,12 @@ import re
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, get_args, get_type_hints
 
 from devenv.core.secrets import looks_secret
+
+if TYPE_CHECKING:
+    from devenv.config.load import Loaded
 
 _REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?][^}]*)?\}")
 
@@ -75,25 +78,33 @@ def secret_values(flat: Mapping[str, Any]) -> list[str]:
 
 
 def known_secrets(root: Path) -> list[str]:
-    """The project's secret values: its data services' secret keys, variables named like a
-    secret in `env`, env files and profiles, and in the caller's environment. A
-    configuration that does not load gives what the environment has."""
+    """The project's secret values (see `secrets_of`) and those of variables named like a
+    secret in the caller's environment. A configuration that does not load gives what the
+    environment has."""
     found = {v for k, v in os.environ.items() if looks_secret(k) and v}
     try:
-        from devenv import data as kinds
-        from devenv.config.injected import data_service
         from devenv.config.load import load
 
         loaded = load(root)
     except Exception:  # a broken configuration: the command says so
         return sorted(found)
+    return sorted(found | set(secrets_of(loaded)))
+
+
+def secrets_of(loaded: Loaded) -> list[str]:
+    """A loaded configuration's secret values: its data services' secret keys, and variables
+    named like a secret in `env`, env files and profiles."""
+    from devenv import data as kinds
+    from devenv.config.injected import data_service
+
     project = loaded.project
+    found: set[str] = set()
     for name, svc in project.services.items():
         found.update(v for k, v in svc.env.items() if looks_secret(k))
         found.update(v.value for k, v in loaded.env_files.get(name, {}).items()
                      if looks_secret(k))
         if svc.is_data:
-            found.update(kinds.secrets(data_service(project, root, name)))
+            found.update(kinds.secrets(data_service(project, loaded.root, name)))
     for profile in project.profiles.values():
         found.update(v for k, v in profile.env.items() if looks_secret(k))
     return sorted(v for v in found if v)
