@@ -39,6 +39,15 @@ def test_records_chain_from_genesis_and_are_owner_only(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_arguments_with_line_separators_keep_the_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    for arg in ("a\u2028b", "c\u2029d\x85e\x1cf\rg", "plain"):
+        audit.append(log, {"command": "config set", "args": ["config", "set", "k", arg]})
+    lines = audit.read_lines(log)
+    assert len(lines) == 3 and json.loads(lines[0])["args"][-1] == "a\u2028b"
+    assert found(lines, log) == []
+
+
 def test_an_edited_line_is_named(tmp_path: Path) -> None:
     log, lines = written(tmp_path)
     lines[2] = lines[2].replace('"exit":0', '"exit":1')

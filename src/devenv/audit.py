@@ -92,12 +92,14 @@ def _count_lines(fd: int) -> int:
 
 
 def read_lines(log: Path) -> list[str]:
-    """The log's lines (none when it does not exist)."""
+    """The log's lines (none when it does not exist), split at "\n" only: a record may hold
+    U+2028 or another character str.splitlines() would split at."""
     try:
-        text = log.read_text(encoding="utf-8", errors="replace")
+        text = log.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return []
-    return text.splitlines()
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def read(log: Path) -> list[dict[str, Any]]:
