@@ -211,3 +211,32 @@ def test_secret_values_in_a_layer_are_found_but_references_are_not() -> None:
         "api": {"env": {"API_TOKEN": "abc", "DB_PASSWORD": "${DB_PASSWORD}", "X": "1"}},
         "db": {"password": "pw", "port": 5432}}})) == [
         "services.api.env.API_TOKEN", "services.db.password"]
+
+
+def test_links_to_outside_are_refused_when_packing_and_unpacking(tmp_path) -> None:
+    import subprocess
+
+    from devenv.core.errors import DevenvError
+    from devenv.teams.artifacts import tree_of, unpack
+    from devenv.teams.git import Git
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    api = tmp_path / "api"
+    (api / "lib").mkdir(parents=True)
+    (api / "lib/real.py").write_text("x\n")
+    (api / "lib/inside.py").symlink_to("real.py")
+    git = Git(tmp_path)
+    tree_of(git, api)  # a link within the folder: fine
+    (api / "passwd").symlink_to("/etc/passwd")
+    (api / "lib/up").symlink_to("../../secret.txt")
+    with pytest.raises(UsageError) as err:
+        tree_of(git, api)
+    assert "lib/up -> ../../secret.txt" in err.value.message
+    assert "passwd -> /etc/passwd" in err.value.message
+    # a tree made by hand (another tool, an older devenv) with such a link
+    blob = git.write_blob(b"/etc/passwd")
+    tree = git.text("mktree", input=f"120000 blob {blob}\tpasswd\n".encode())
+    with pytest.raises(DevenvError) as bad:  # (was a raw tarfile.AbsoluteLinkError)
+        unpack(git, tmp_path, Artifact("api", tree, "api"))
+    assert bad.value.message.startswith(f"api: artifact {tree[:12]} was not unpacked")
+    assert not (tmp_path / ".devenv/artifacts" / tree).exists()

@@ -99,6 +99,7 @@ def tree_of(git: Git, folder: Path, left_out: list[str] | None = None) -> str:
         env = {"GIT_DIR": str(git.git_dir), "GIT_WORK_TREE": str(folder),
                "GIT_INDEX_FILE": str(Path(tmp) / "index")}
         git.run("add", "--all", "--force", "--", ".", *EXCLUDED, env=env, cwd=folder)
+        _refuse_outside_links(git, folder, env)
         if left_out is not None:
             files = git.run("ls-files", "-z", env=env, cwd=folder).stdout.decode()
             secret = sorted(f for f in files.split("\0") if f and secret_file(f))
@@ -107,6 +108,26 @@ def tree_of(git: Git, folder: Path, left_out: list[str] | None = None) -> str:
                         cwd=folder, input="".join(f + "\0" for f in secret).encode())
                 left_out += secret
         return git.text("write-tree", env=env, cwd=folder)
+
+
+def _refuse_outside_links(git: Git, folder: Path, env: dict[str, str]) -> None:
+    """A UsageError for a symbolic link that points outside `folder` (absolute, or up out
+    of it): it would not be there where the artifact is unpacked, and unpacking refuses it."""
+    staged = git.run("ls-files", "-s", "-z", env=env, cwd=folder).stdout.decode()
+    bad = []
+    for entry in staged.split("\0"):
+        meta, _, path = entry.partition("\t")
+        if not meta.startswith("120000 "):
+            continue
+        target = os.readlink(folder / path)
+        inside = os.path.normpath(os.path.join(os.path.dirname(path), target))
+        if os.path.isabs(target) or inside == ".." or inside.startswith("../"):
+            bad.append(f"{path} -> {target}")
+    if bad:
+        raise UsageError(f"{folder.name}/ has links to outside its folder, which an artifact "
+                         "cannot hold: " + ", ".join(bad) + "; nothing was published",
+                         hint="copy the file in instead of linking it (e.g. in the build "
+                         "step), or link within the folder")
 
 
 def fetch(git: Git, remote: str, wanted: Iterable[Artifact]) -> None:
@@ -139,6 +160,12 @@ def unpack(git: Git, root: Path, art: Artifact) -> Path:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             tar.extractall(tmp, filter="data")
         os.rename(tmp, dest)
+    except tarfile.FilterError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DevenvError(f"{art.service}: artifact {art.digest[:12]} was not unpacked: {exc} "
+                          "(outside its folder)",
+                          hint=f"ask its publisher to publish {art.service} again without "
+                          "that link (devenv publish now refuses it)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if not dest.is_dir():
