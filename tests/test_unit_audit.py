@@ -159,6 +159,29 @@ def test_redaction() -> None:
     assert hook.redact(["scale", "abc=2"], known) == ["scale", "abc=2"]
 
 
+def test_redaction_of_env_values_urls_and_nested_options() -> None:
+    assert hook.redact(["config", "set", "services.api.env.DATABASE_URL", "pg://x"], []) \
+        == ["config", "set", "services.api.env.DATABASE_URL", "********"]
+    assert hook.redact(["config", "set", "services.api.env.MODE=fast"], [])[-1] == \
+        "services.api.env.MODE=********"
+    assert hook.redact(["sync", "--remote", "https://bob:ghp_T0KEN@git.example/r.git"], []) \
+        == ["sync", "--remote", "https://********@git.example/r.git"]
+    assert hook.redact(["sync", "--remote=https://ghp_T0KEN@git.example/r"], [])[-1] == \
+        "--remote=https://********@git.example/r"
+    assert hook.redact(["up", "--opt=API_KEY=zz9", "--set=MODE=fast"], []) == [
+        "up", "--opt=API_KEY=********", "--set=MODE=fast"]
+    assert hook.redact(["config", "set", "services.api.replicas", "2"], [])[-1] == "2"
+
+
+def test_git_errors_do_not_show_a_urls_credentials(tmp_path: Path) -> None:
+    from devenv.teams.git import Git, GitError
+
+    with pytest.raises(GitError) as err:
+        Git(tmp_path).fetch("https://bob:ghp_T0KEN@127.0.0.1:9/r.git", ["x"])
+    shown = err.value.message + "\n".join(err.value.details)
+    assert "ghp_T0KEN" not in shown and "https://********@127.0.0.1:9/r.git" in shown
+
+
 def test_known_secrets_of_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "devenv.yaml").write_text(
         "version: 1\nservices:\n  db: {kind: postgres, port: 23001, password: pg-pass-1,"

@@ -20,7 +20,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from devenv.config.secrets import known_secrets, secret_keys, secret_name
+from devenv.config.secrets import (
+    env_key,
+    known_secrets,
+    secret_keys,
+    secret_name,
+    strip_credentials,
+)
 from devenv.core.errors import DevenvError
 from devenv.core.secrets import MASK
 
@@ -118,6 +124,9 @@ def user() -> dict[str, str]:
 
 
 def redact(argv: Sequence[str], secrets: Sequence[str]) -> list[str]:
+    """`argv` with secrets masked: the value after a secret key path or an `env.` one
+    (`config set services.api.env.X VALUE`), or a secret `--option`; `KEY=VALUE` and
+    `--opt=KEY=VALUE` with a secret KEY; URLs' credentials; known secret values."""
     out: list[str] = []
     hide_next = False
     for token in argv:
@@ -125,20 +134,24 @@ def redact(argv: Sequence[str], secrets: Sequence[str]) -> list[str]:
             out.append(MASK)
             hide_next = False
             continue
-        name, eq, _ = token.partition("=")
-        if eq and name and secret_name(name):  # KEY=VALUE, --password=VALUE
-            out.append(f"{name}={MASK}")
-            continue
         if token in secrets:
             out.append(MASK)
             continue
-        # `config set services.db.password VALUE`, `--token VALUE`
-        hide_next = ("." in token or token.startswith("--")) and secret_name(token)
-        out.append(mask(token, secrets))
+        parts = token.split("=")
+        cut = next((i for i, name in enumerate(parts[:-1], 1)
+                    if name and (secret_name(name) or env_key(name))), None)
+        if cut is not None:  # KEY=VALUE, --password=VALUE, --set=API_KEY=VALUE
+            out.append("=".join(parts[:cut]) + f"={MASK}")
+            continue
+        # `config set services.db.password VALUE`, `… services.api.env.X VALUE`, `--token V`
+        hide_next = ("." in token or token.startswith("--")) and \
+            (secret_name(token) or env_key(token))
+        out.append(mask(strip_credentials(token), secrets))
     return out
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:
+    text = strip_credentials(text)
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= MIN_SECRET:
             text = text.replace(secret, MASK)
@@ -150,5 +163,6 @@ def _masked_values(argv: Sequence[str], redacted: Sequence[str]) -> list[str]:
     hidden = []
     for given, shown in zip(argv, redacted, strict=True):
         if given != shown:
-            hidden.append(given.partition("=")[2] if shown.endswith(f"={MASK}") else given)
+            keyed = shown.endswith(f"={MASK}") and given.startswith(shown[:-len(MASK)])
+            hidden.append(given[len(shown) - len(MASK):] if keyed else given)
     return [h for h in hidden if h]

@@ -13,11 +13,13 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args, get_type_hints
 
-from devenv.core.secrets import looks_secret
+from devenv.core.secrets import MASK, looks_secret
 
 if TYPE_CHECKING:
     from devenv.config.load import Loaded
 
+# the user-info of a URL (`https://user:TOKEN@host`, `https://TOKEN@host`)
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s?#]+@")
 _REFERENCE = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?[-?][^}]*)?\}")
 
 
@@ -61,6 +63,18 @@ def secret_name(name: str) -> bool:
     secret (`services.db.password`, `…users.alice`), or its last part is named like one."""
     parts = [p for p in name.lstrip("-").replace("-", "_").split(".") if p]
     return bool(parts) and (any(p in secret_keys() for p in parts) or looks_secret(parts[-1]))
+
+
+def strip_credentials(text: str) -> str:
+    """`text` with the credentials of every URL in it masked (`https://********@host`)."""
+    return _USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text) if "@" in text else text
+
+
+def env_key(name: str) -> bool:
+    """A key path to a variable (`services.api.env.X`, `profiles.p.env.X`): its value is
+    the service's, which devenv cannot tell is not a secret."""
+    parts = name.split(".")
+    return "env" in parts[:-1]
 
 
 def only_references(value: Any) -> bool:

@@ -8,6 +8,7 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from devenv.config.secrets import strip_credentials
 from devenv.core.errors import DevenvError, UsageError
 
 LOCAL_TIMEOUT = 30.0  # plumbing on the local repository
@@ -43,8 +44,9 @@ class Git:
             raise GitError(f"`git {args[0]}` took longer than {timeout:g}s and was stopped",
                            hint="check the remote is reachable") from None
         if check and done.returncode != 0:
-            reason = done.stderr.decode(errors="replace").strip().splitlines()
-            raise GitError(f"`git {' '.join(_shown(args))}` failed", details=reason[-10:])
+            reason = strip_credentials(done.stderr.decode(errors="replace")).strip()
+            raise GitError(f"`git {' '.join(_shown(args))}` failed",
+                           details=reason.splitlines()[-10:])
         return done
 
     def text(self, *args: str, **kwargs: object) -> str:
@@ -130,4 +132,6 @@ def _identity(git: Git) -> dict[str, str]:
 
 
 def _shown(args: Sequence[str]) -> list[str]:
-    return [a if len(a) < 80 else a[:77] + "…" for a in args]
+    """The arguments as an error shows them: a URL's credentials masked, long ones cut."""
+    shown = [strip_credentials(a) for a in args]
+    return [a if len(a) < 80 else a[:77] + "…" for a in shown]
