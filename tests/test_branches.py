@@ -126,6 +126,8 @@ def test_unsaved_local_overrides_block_sync_unless_forced(
     assert "- replicas (was 3)" in forced.stdout
     text = (b.root / ".devenv/local.yaml").read_text()
     assert "replicas: 2" in text and "web" not in text
+    assert "kept in .devenv/local.yaml.bak" in forced.stderr  # what --force replaced
+    assert "replicas: 3" in (b.root / ".devenv/local.yaml.bak").read_text()
 
 
 def test_secret_values_are_never_saved_to_a_branch(clones: tuple[Project, Project]) -> None:
@@ -161,8 +163,12 @@ def test_a_branch_saved_again_and_pushed_reaches_a_synced_clone(
     assert "origin has changes to 'feature-x' that you do not have" in late.stderr
     diverged = a.devenv("sync", "--branch", "feature-x")
     assert diverged.returncode == 1 and "saved changes the remote's does not" in diverged.stderr
+    mine = git(a.root, "rev-parse", "refs/devenv/config/feature-x")
     taken = a.devenv("sync", "--branch", "feature-x", "--force", check=True)
     assert "~ replicas: 5 → 4" in taken.stdout
+    backup = taken.stderr.split("previous commit is kept as ")[1].split()[0]
+    assert backup.startswith("refs/devenv/backup/feature-x/")
+    assert git(a.root, "rev-parse", backup) == mine  # the replaced commit is not lost
     other = a.devenv("config", "branch", "other")
     assert other.returncode == 0
     exists = a.devenv("config", "branch", "feature-x")  # exists, not current: refused

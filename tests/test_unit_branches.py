@@ -240,3 +240,36 @@ def test_links_to_outside_are_refused_when_packing_and_unpacking(tmp_path) -> No
         unpack(git, tmp_path, Artifact("api", tree, "api"))
     assert bad.value.message.startswith(f"api: artifact {tree[:12]} was not unpacked")
     assert not (tmp_path / ".devenv/artifacts" / tree).exists()
+
+
+def test_apply_changes_both_files_or_neither(tmp_path) -> None:
+    """A branch moved by another devenv between fetch and apply: refused, and local.yaml
+    and artifacts.yaml are as they were (before, artifacts.yaml was already rewritten)."""
+    import subprocess
+
+    from devenv.config.model import CURRENT_VERSION
+    from devenv.core.paths import StateDir
+    from devenv.teams import sync
+    from devenv.teams.branches import Branches
+    from devenv.teams.git import GitError
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "devenv.yaml").write_text(
+        f"version: {CURRENT_VERSION}\nservices:\n  api:\n    command: python x.py\n")
+    branches = Branches(tmp_path)
+    art = Artifact("api", branches.git.text("mktree", input=b""), ".")
+    theirs = branches.save("x", "services:\n  api:\n    replicas: 2\n",
+                           artifacts.render({"api": art}), "theirs")
+    branches.git.update_ref(refs.config_ref("x"), branches.save("y", "", "", "mine"))
+    StateDir(tmp_path).ensure()
+    (tmp_path / ".devenv/local.yaml").write_text("")
+    (tmp_path / ".devenv/artifacts.yaml").write_text(artifacts.HEADER)
+    incoming = sync.prepare(branches, "x", ".", force=True, profile=None)
+    # (prepare fetched refs/devenv/config/x of "." itself: point it at theirs to take)
+    incoming.content = branches.read(theirs)
+    incoming.artifacts = {"api": art}
+    branches.git.update_ref(refs.config_ref("x"), theirs)  # moved meanwhile
+    with pytest.raises(GitError):
+        sync.apply(branches, incoming)
+    assert (tmp_path / ".devenv/local.yaml").read_text() == ""
+    assert (tmp_path / ".devenv/artifacts.yaml").read_text() == artifacts.HEADER

@@ -34,7 +34,12 @@ def run(args: argparse.Namespace) -> int:
     if risky and not args.yes and not _confirmed(name, render(risky)):
         sync.discard(branches, incoming)
         return 1
-    sync.apply(branches, incoming)
+    kept = sync.apply(branches, incoming)
+    if kept.overrides:
+        err.print(f"your previous overrides are kept in {kept.overrides}", markup=False)
+    if kept.ref:
+        err.print(f"your branch's previous commit is kept as {kept.ref} (git log {kept.ref})",
+                  markup=False)
     for message in incoming.loaded.warnings:
         warn(message)
     out.print(f"now on config branch {name}", markup=False)
