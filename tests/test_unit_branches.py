@@ -273,3 +273,30 @@ def test_apply_changes_both_files_or_neither(tmp_path) -> None:
         sync.apply(branches, incoming)
     assert (tmp_path / ".devenv/local.yaml").read_text() == ""
     assert (tmp_path / ".devenv/artifacts.yaml").read_text() == artifacts.HEADER
+
+
+def test_git_never_waits_for_an_answer(tmp_path, monkeypatch) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from devenv.teams.git import Git, GitError
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    # ssh runs in batch mode (no passphrase or host-key question); a fake ssh shows how
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/ssh-args\nexit 1\n")
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("GIT_SSH_COMMAND", raising=False)
+    monkeypatch.delenv("GIT_SSH", raising=False)
+    with pytest.raises(GitError):
+        Git(tmp_path).fetch("ssh://git@example.invalid/r.git", ["x"])
+    assert "BatchMode=yes" in (tmp_path / "ssh-args").read_text()
+    # and git's stdin is not the caller's: what is typed there never reaches it
+    code = ("from pathlib import Path; from devenv.teams.git import Git; "
+            "print(Git(Path('.')).text('hash-object', '--stdin'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, input="typed\n",
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"  # (empty)

@@ -1,5 +1,7 @@
 """The one way devenv runs git: argv lists (no shell sees a name or a value), a deadline on
-every call, no prompts, and git's own words in the error when it fails."""
+every call, no prompts (no terminal: stdin is /dev/null, askpass off, and ssh in batch
+mode unless the user chose an ssh command), and git's own words in the error when it
+fails. (A push runs the repository's pre-push hook, as `git push` does.)"""
 
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class Git:
         argv = ["git", *args]
         try:
             done = subprocess.run(argv, cwd=cwd or self.root, input=input,
+                                  stdin=subprocess.DEVNULL if input is None else None,
                                   capture_output=True, timeout=timeout,
                                   env={**self._env, **(env or {})}, check=False)
         except FileNotFoundError:
@@ -117,10 +120,19 @@ class Git:
 
     def fetch(self, remote: str, refspecs: Sequence[str]) -> None:
         self.run("fetch", "--no-tags", "--quiet", "--", remote, *refspecs,
-                 timeout=REMOTE_TIMEOUT)
+                 timeout=REMOTE_TIMEOUT, env=self._batch_ssh())
 
     def push(self, remote: str, refspecs: Sequence[str]) -> None:
-        self.run("push", "--quiet", "--atomic", "--", remote, *refspecs, timeout=REMOTE_TIMEOUT)
+        self.run("push", "--quiet", "--atomic", "--", remote, *refspecs, timeout=REMOTE_TIMEOUT,
+                 env=self._batch_ssh())
+
+    def _batch_ssh(self) -> dict[str, str]:
+        """ssh that fails rather than asks (a passphrase, an unknown host key), unless the
+        user set their own ssh command ($GIT_SSH_COMMAND, $GIT_SSH, core.sshCommand)."""
+        if self._env.get("GIT_SSH_COMMAND") or self._env.get("GIT_SSH") \
+                or self.ok("config", "core.sshCommand"):
+            return {}
+        return {"GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
 
 
 def _identity(git: Git) -> dict[str, str]:
