@@ -90,6 +90,7 @@ def test_manifest_round_trip() -> None:
     text = artifacts.render(found)
     assert artifacts.parse(plain(text, "m"), "m") == found
     assert artifacts.parse(plain(artifacts.render({}), "m"), "m") == {}
+    assert '  "api":\n' in text  # keys quoted as well as values
 
 
 @pytest.mark.parametrize("data, says", [
@@ -99,6 +100,9 @@ def test_manifest_round_trip() -> None:
     ({"services": {"api": {"digest": TREE, "source": "a", "cmd": "x"}}}, "unknown key 'cmd'"),
     ({"services": {"api": "x"}}, "services.api"),
     ({"other": 1}, "expected `services:`"),
+    ({"services": {"api: {x: 1}\nevil": {"digest": TREE, "source": "a"}}}, "is not a valid name"),
+    ({"services": {"API": {"digest": TREE, "source": "a"}}}, "is not a valid name"),
+    ({"services": {7: {"digest": TREE, "source": "a"}}}, "is not a name"),
 ])
 def test_manifest_problems(data: object, says: str) -> None:
     with pytest.raises(ConfigError) as err:
