@@ -32,8 +32,9 @@ from devenv.core.secrets import MASK
 
 __all__ = ["known_secrets", "mask", "redact", "secret_keys", "secret_name", "start"]
 
-# The commands that change state, as `command` or `command action`. Listed before they exist
-# (sync, publish, migrate, config branch) so that they are recorded when they land.
+# The commands that change state, as `command` or `command action` (`config branch` only
+# with a NAME: without one it lists). The log's hash chain has no key: it finds accidental
+# edits and lost lines, not someone who can rewrite .devenv/ (see devenv.audit).
 AUDITED = frozenset({
     "up", "stop", "scale", "restart", "debug", "sync", "publish", "migrate",
     "config set", "config unset", "config branch",
