@@ -84,6 +84,7 @@ def test_an_invalid_branch_is_refused_and_nothing_changes(
     _push_branch(a, "typo", "services:\n  api:\n    replicas: 2\n  web:\n    replicaz: 3\n"
                  "  ghost:\n    port: 1\n")
     _push_branch(a, "broken", "services: [\n")
+    _push_branch(a, "aliased", "services:\n  api: &x {replicas: 2}\n  web: *x\n")
     b.devenv("config", "set", "services.keep.replicas", "2", check=True)
     b.devenv("config", "branch", "mine", check=True)
     local = (b.root / ".devenv/local.yaml").read_text()
@@ -95,6 +96,13 @@ def test_an_invalid_branch_is_refused_and_nothing_changes(
     broken = b.devenv("sync", "--branch", "broken")
     assert broken.returncode == 2
     assert "broken:overrides.yaml:2" in broken.stderr and "YAML syntax" in broken.stderr
+    aliased = b.devenv("sync", "--branch", "aliased")  # (an alias bomb hung sync before)
+    assert aliased.returncode == 2
+    assert "aliased:overrides.yaml:2" in aliased.stderr and "aliases" in aliased.stderr
+    _push_branch(a, "runs", "services:\n  api:\n    command: python svc.py --evil\n")
+    runs = b.devenv("sync", "--branch", "runs")  # not a TTY: refused, saying what would run
+    assert runs.returncode == 1
+    assert '+ command: "python svc.py --evil"' in runs.stderr and "--yes" in runs.stderr
 
     assert (b.root / ".devenv/local.yaml").read_text() == local
     assert b.devenv("config", "branch", check=True).stdout.splitlines() == ["* mine"]
@@ -118,6 +126,20 @@ def test_unsaved_local_overrides_block_sync_unless_forced(
     assert "- replicas (was 3)" in forced.stdout
     text = (b.root / ".devenv/local.yaml").read_text()
     assert "replicas: 2" in text and "web" not in text
+    assert "kept in .devenv/local.yaml.bak" in forced.stderr  # what --force replaced
+    assert "replicas: 3" in (b.root / ".devenv/local.yaml.bak").read_text()
+
+
+def test_secret_values_are_never_saved_to_a_branch(clones: tuple[Project, Project]) -> None:
+    a, _ = clones
+    a.devenv("config", "set", "services.api.env.API_TOKEN", "tok-12345", check=True)
+    refused = a.devenv("config", "branch", "feature-x", "--push")
+    assert refused.returncode == 2
+    assert "services.api.env.API_TOKEN" in refused.stderr and "tok-12345" not in refused.stderr
+    assert "${API_TOKEN}" in refused.stderr  # what to do instead
+    assert git(a.root, "for-each-ref", "refs/devenv/config") == ""
+    a.devenv("config", "set", "services.api.env.API_TOKEN", "${API_TOKEN}", check=True)
+    a.devenv("config", "branch", "feature-x", "--push", check=True)  # a reference: fine
 
 
 def test_a_branch_saved_again_and_pushed_reaches_a_synced_clone(
@@ -141,8 +163,12 @@ def test_a_branch_saved_again_and_pushed_reaches_a_synced_clone(
     assert "origin has changes to 'feature-x' that you do not have" in late.stderr
     diverged = a.devenv("sync", "--branch", "feature-x")
     assert diverged.returncode == 1 and "saved changes the remote's does not" in diverged.stderr
+    mine = git(a.root, "rev-parse", "refs/devenv/config/feature-x")
     taken = a.devenv("sync", "--branch", "feature-x", "--force", check=True)
     assert "~ replicas: 5 → 4" in taken.stdout
+    backup = taken.stderr.split("previous commit is kept as ")[1].split()[0]
+    assert backup.startswith("refs/devenv/backup/feature-x/")
+    assert git(a.root, "rev-parse", backup) == mine  # the replaced commit is not lost
     other = a.devenv("config", "branch", "other")
     assert other.returncode == 0
     exists = a.devenv("config", "branch", "feature-x")  # exists, not current: refused

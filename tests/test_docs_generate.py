@@ -66,9 +66,10 @@ datasets:
 """
 
 
-def devenv(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def devenv(cwd: Path, *args: str, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "devenv", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=60, env=ENV)
+                          capture_output=True, text=True, timeout=60, env={**ENV, **(env or {})})
 
 
 @pytest.fixture
@@ -215,3 +216,21 @@ def test_mermaid_reads_the_graphs(mermaid_js: Path, shop: Path, odd: Path) -> No
     assert "error" not in odd_read, odd_read
     assert sorted(odd_read["nodes"]) == sorted(  # type: ignore[call-overload]
         ["end", "o--x (postgres)", "graph (job)", "x-ray", "click", "ingress :7700"])
+
+
+def test_the_page_is_devenv_yaml_alone_the_same_on_every_machine(odd: Path) -> None:
+    config = odd / "devenv.yaml"
+    config.write_text(config.read_text().replace(
+        "command: python svc.py\n    port: 21003",
+        'command: python svc.py --token ${GITHUB_TOKEN} --home ${HOME} --need ${NEED:?}\n'
+        "    port: 21003"))
+    mine = {"GITHUB_TOKEN": "ghp_machine1s3cr3t", "HOME": "/home/alice"}
+    assert devenv(odd, "docs", "generate", env=mine).returncode == 0
+    page = (odd / "docs/environment.md").read_text()
+    assert "ghp_machine1s3cr3t" not in page and "/home/alice" not in page
+    assert "python svc.py --token ${GITHUB_TOKEN} --home ${HOME} --need ${NEED:?}" in page
+    (odd / ".devenv").mkdir(exist_ok=True)
+    (odd / ".devenv/local.yaml").write_text("services:\n  x-ray:\n    replicas: 5\n")
+    other = {"GITHUB_TOKEN": "ghp_other", "HOME": "/home/bob", "NEED": "x"}
+    checked = devenv(odd, "docs", "generate", "--check", env=other)
+    assert checked.returncode == 0, checked.stderr  # another machine, personal overrides

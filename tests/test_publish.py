@@ -24,9 +24,11 @@ api:
 """)
     with stopped_after(a, b):
         a.devenv("config", "branch", "feature-x", check=True)
+        (a.root / "api/.env").write_text("API_TOKEN=s3cr3t\n")  # (ignored files are packed)
         published = a.devenv("publish", "--service", "api", "--version", "v1", "--push",
                              check=True)
         assert "published api v1: artifact" in published.stdout
+        assert "left out of the artifact, as they look like secrets: .env" in published.stderr
         assert (a.root / "api/built.txt").read_text() == "built\n"  # the build step ran
         digest = git(a.root, "rev-parse", "refs/devenv/config/feature-x:artifacts.yaml")
         manifest = git(a.root, "cat-file", "blob", digest)
@@ -36,13 +38,19 @@ api:
         assert tree[:12] in again.stdout
 
         shutil.rmtree(b.root / "api")
-        synced = b.devenv("sync", "--branch", "feature-x", check=True)
+        asked = b.devenv("sync", "--branch", "feature-x")  # runs new code: not without --yes
+        assert asked.returncode == 1, asked.stderr
+        assert f"+ artifact: {tree[:12]} (from api/)" in asked.stderr
+        assert "--yes" in asked.stderr
+        assert not (b.root / ".devenv/artifacts.yaml").exists()
+        synced = b.devenv("sync", "--branch", "feature-x", "--yes", check=True)
         assert f"+ artifact: {tree[:12]}" in synced.stdout
         b.up()
         status, cwd = b.get(f"http://127.0.0.1:{api}/cwd")
         assert status == 200
         assert cwd["cwd"] == str(b.root / ".devenv/artifacts" / tree)
         assert (b.root / ".devenv/artifacts" / tree / "built.txt").read_text() == "built\n"
+        assert not (b.root / ".devenv/artifacts" / tree / ".env").exists()
         assert b.get(f"http://127.0.0.1:{api}/whoami")[1]["greeting"] == "from-source"
         assert not (b.root / "api").exists()
 

@@ -184,8 +184,8 @@ def test_docker_published_image_runs_in_a_teammates_clone_from_the_registry(
         with pytest.raises(NotFound):  # so B's Docker Engine has to pull it
             client.inspect_image(ref)
         shutil.rmtree(b.root / "api")  # B runs the image, never a build of its own
-        synced = b.devenv("sync", "--branch", "feature-x", check=True)
-        assert f"+ artifact: {ref.split(':')[-1][:12]} (v1)" in synced.stdout
+        synced = b.devenv("sync", "--branch", "feature-x", "--yes", check=True)
+        assert f"+ artifact: image {ref} (from ./, version v1)" in synced.stdout
         started = time.monotonic()
         b.up()
         up_in = time.monotonic() - started

@@ -39,6 +39,15 @@ def test_records_chain_from_genesis_and_are_owner_only(tmp_path: Path) -> None:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
+def test_arguments_with_line_separators_keep_the_chain(tmp_path: Path) -> None:
+    log = tmp_path / "audit.log"
+    for arg in ("a\u2028b", "c\u2029d\x85e\x1cf\rg", "plain"):
+        audit.append(log, {"command": "config set", "args": ["config", "set", "k", arg]})
+    lines = audit.read_lines(log)
+    assert len(lines) == 3 and json.loads(lines[0])["args"][-1] == "a\u2028b"
+    assert found(lines, log) == []
+
+
 def test_an_edited_line_is_named(tmp_path: Path) -> None:
     log, lines = written(tmp_path)
     lines[2] = lines[2].replace('"exit":0', '"exit":1')
@@ -148,6 +157,29 @@ def test_redaction() -> None:
     assert hook.redact(["scale", "api=k8s-known-value"], known) == ["scale", "api=********"]
     assert hook.redact(["scale", "ab"], known) == ["scale", "********"]  # short: whole only
     assert hook.redact(["scale", "abc=2"], known) == ["scale", "abc=2"]
+
+
+def test_redaction_of_env_values_urls_and_nested_options() -> None:
+    assert hook.redact(["config", "set", "services.api.env.DATABASE_URL", "pg://x"], []) \
+        == ["config", "set", "services.api.env.DATABASE_URL", "********"]
+    assert hook.redact(["config", "set", "services.api.env.MODE=fast"], [])[-1] == \
+        "services.api.env.MODE=********"
+    assert hook.redact(["sync", "--remote", "https://bob:ghp_T0KEN@git.example/r.git"], []) \
+        == ["sync", "--remote", "https://********@git.example/r.git"]
+    assert hook.redact(["sync", "--remote=https://ghp_T0KEN@git.example/r"], [])[-1] == \
+        "--remote=https://********@git.example/r"
+    assert hook.redact(["up", "--opt=API_KEY=zz9", "--set=MODE=fast"], []) == [
+        "up", "--opt=API_KEY=********", "--set=MODE=fast"]
+    assert hook.redact(["config", "set", "services.api.replicas", "2"], [])[-1] == "2"
+
+
+def test_git_errors_do_not_show_a_urls_credentials(tmp_path: Path) -> None:
+    from devenv.teams.git import Git, GitError
+
+    with pytest.raises(GitError) as err:
+        Git(tmp_path).fetch("https://bob:ghp_T0KEN@127.0.0.1:9/r.git", ["x"])
+    shown = err.value.message + "\n".join(err.value.details)
+    assert "ghp_T0KEN" not in shown and "https://********@127.0.0.1:9/r.git" in shown
 
 
 def test_known_secrets_of_a_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,10 @@ A record holds `seq` (1, 2, …), `time` (UTC, ISO 8601), `user` (and `sudo_user
 `args` (secrets already redacted by the caller), `exit`, `error`, `duration` (seconds) and
 `prev`: the SHA-256 of the previous line's exact text (`GENESIS` for the first). The head
 (`audit.head`: the last record's seq and line hash) is written with each append, so lines cut
-from the end are found too. Appends hold an exclusive `flock` on the log across reading the
-last line, writing the new one and the head: concurrent CLI processes cannot interleave.
+from the end are found too. The chain has no key: it detects accidental edits, not a
+determined attacker who can write `.devenv/` (and so rewrite the file and its head). Appends
+hold an exclusive `flock` on the log across reading the last line, writing the new one and
+the head: concurrent CLI processes cannot interleave.
 
 Pure but for the two files: `append`, `read`, and `verify` (which works on lines).
 """
@@ -92,12 +94,14 @@ def _count_lines(fd: int) -> int:
 
 
 def read_lines(log: Path) -> list[str]:
-    """The log's lines (none when it does not exist)."""
+    """The log's lines (none when it does not exist), split at "\n" only: a record may hold
+    U+2028 or another character str.splitlines() would split at."""
     try:
-        text = log.read_text(encoding="utf-8", errors="replace")
+        text = log.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return []
-    return text.splitlines()
+    lines = text.split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
 
 
 def read(log: Path) -> list[dict[str, Any]]:

@@ -11,22 +11,30 @@ environment). Recording never changes a command's outcome: a failure to write is
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pwd
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any
 
+from devenv.config.secrets import (
+    env_key,
+    known_secrets,
+    secret_keys,
+    secret_name,
+    strip_credentials,
+)
 from devenv.core.errors import DevenvError
-from devenv.core.secrets import MASK, looks_secret
+from devenv.core.secrets import MASK
 
-# The commands that change state, as `command` or `command action`. Listed before they exist
-# (sync, publish, migrate, config branch) so that they are recorded when they land.
+__all__ = ["known_secrets", "mask", "redact", "secret_keys", "secret_name", "start"]
+
+# The commands that change state, as `command` or `command action` (`config branch` only
+# with a NAME: without one it lists). The log's hash chain has no key: it finds accidental
+# edits and lost lines, not someone who can rewrite .devenv/ (see devenv.audit).
 AUDITED = frozenset({
     "up", "stop", "scale", "restart", "debug", "sync", "publish", "migrate",
     "config set", "config unset", "config branch",
@@ -116,49 +124,10 @@ def user() -> dict[str, str]:
 # ---- redaction
 
 
-@cache
-def secret_keys() -> frozenset[str]:
-    """The names of the keys the config model declares secret, in any object of it (a data
-    kind's keys included): walked from the declarations, not listed here."""
-    from devenv.config.model import Project
-    from devenv.config.schema import variants_of
-
-    found: set[str] = set()
-    seen: set[type] = set()
-
-    def classes(tp: Any) -> Iterator[type]:
-        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-            yield tp
-        for arg in get_args(tp):
-            yield from classes(arg)
-
-    def walk(cls: type) -> None:
-        if cls in seen:
-            return
-        seen.add(cls)
-        hints = get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.metadata.get("secret"):
-                found.add(f.name)
-            for sub in classes(hints[f.name]):
-                walk(sub)
-        variants = variants_of(cls)
-        if variants is not None:
-            for sub in variants.classes().values():
-                walk(sub)
-
-    walk(Project)
-    return frozenset(found)
-
-
-def secret_name(name: str) -> bool:
-    """A key path or option name that holds a secret: one of its parts is a key declared
-    secret (`services.db.password`, `…users.alice`), or its last part is named like one."""
-    parts = [p for p in name.lstrip("-").replace("-", "_").split(".") if p]
-    return bool(parts) and (any(p in secret_keys() for p in parts) or looks_secret(parts[-1]))
-
-
 def redact(argv: Sequence[str], secrets: Sequence[str]) -> list[str]:
+    """`argv` with secrets masked: the value after a secret key path or an `env.` one
+    (`config set services.api.env.X VALUE`), or a secret `--option`; `KEY=VALUE` and
+    `--opt=KEY=VALUE` with a secret KEY; URLs' credentials; known secret values."""
     out: list[str] = []
     hide_next = False
     for token in argv:
@@ -166,20 +135,24 @@ def redact(argv: Sequence[str], secrets: Sequence[str]) -> list[str]:
             out.append(MASK)
             hide_next = False
             continue
-        name, eq, _ = token.partition("=")
-        if eq and name and secret_name(name):  # KEY=VALUE, --password=VALUE
-            out.append(f"{name}={MASK}")
-            continue
         if token in secrets:
             out.append(MASK)
             continue
-        # `config set services.db.password VALUE`, `--token VALUE`
-        hide_next = ("." in token or token.startswith("--")) and secret_name(token)
-        out.append(mask(token, secrets))
+        parts = token.split("=")
+        cut = next((i for i, name in enumerate(parts[:-1], 1)
+                    if name and (secret_name(name) or env_key(name))), None)
+        if cut is not None:  # KEY=VALUE, --password=VALUE, --set=API_KEY=VALUE
+            out.append("=".join(parts[:cut]) + f"={MASK}")
+            continue
+        # `config set services.db.password VALUE`, `… services.api.env.X VALUE`, `--token V`
+        hide_next = ("." in token or token.startswith("--")) and \
+            (secret_name(token) or env_key(token))
+        out.append(mask(strip_credentials(token), secrets))
     return out
 
 
 def mask(text: str, secrets: Sequence[str]) -> str:
+    text = strip_credentials(text)
     for secret in sorted(secrets, key=len, reverse=True):
         if len(secret) >= MIN_SECRET:
             text = text.replace(secret, MASK)
@@ -191,30 +164,6 @@ def _masked_values(argv: Sequence[str], redacted: Sequence[str]) -> list[str]:
     hidden = []
     for given, shown in zip(argv, redacted, strict=True):
         if given != shown:
-            hidden.append(given.partition("=")[2] if shown.endswith(f"={MASK}") else given)
+            keyed = shown.endswith(f"={MASK}") and given.startswith(shown[:-len(MASK)])
+            hidden.append(given[len(shown) - len(MASK):] if keyed else given)
     return [h for h in hidden if h]
-
-
-def known_secrets(root: Path) -> list[str]:
-    """The project's secret values: its data services' secret keys, variables named like a
-    secret in `env`, env files and profiles, and in the caller's environment. A
-    configuration that does not load gives what the environment has."""
-    found = {v for k, v in os.environ.items() if looks_secret(k) and v}
-    try:
-        from devenv import data as kinds
-        from devenv.config.injected import data_service
-        from devenv.config.load import load
-
-        loaded = load(root)
-    except Exception:  # a broken configuration: the command says so
-        return sorted(found)
-    project = loaded.project
-    for name, svc in project.services.items():
-        found.update(v for k, v in svc.env.items() if looks_secret(k))
-        found.update(v.value for k, v in loaded.env_files.get(name, {}).items()
-                     if looks_secret(k))
-        if svc.is_data:
-            found.update(kinds.secrets(data_service(project, root, name)))
-    for profile in project.profiles.values():
-        found.update(v for k, v in profile.env.items() if looks_secret(k))
-    return sorted(v for v in found if v)

@@ -168,6 +168,8 @@ def parser() -> argparse.ArgumentParser:
                    "branch, and local branch changes the remote lacks")
     s.add_argument("--profile", default=None, help="validate and converge with this profile")
     s.add_argument("--dry-run", action="store_true", help="only show what it changes")
+    s.add_argument("--yes", "-y", action="store_true", help="apply changes to commands, "
+                   "images, env files and artifacts without asking")
 
     s = sub.add_parser("publish", help="pack a service (after its build step) into an artifact "
                        "recorded in the current config branch")
@@ -175,6 +177,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--version", default=None, metavar="V", help="a label for it (default: its "
                    "digest)")
     s.add_argument("--push", action="store_true", help="also push the branch and the artifact")
+    s.add_argument("--include-secrets", action="store_true", help="also pack files that look "
+                   "like secrets (.env*, *.pem, *.key, id_*, …), left out by default")
     s.add_argument("--remote", default="origin", help="where --push publishes (default origin)")
 
     s = sub.add_parser("data", help="load datasets, reset or restore the data services")

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
+from devenv.config.model import SERVICE_NAMES
 from devenv.core.errors import ConfigError, Problem
 
 DIGEST = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a git tree id (SHA-1 or SHA-256)
@@ -68,6 +69,10 @@ def parse(data: Any, shown: str) -> dict[str, Artifact]:
     out: dict[str, Artifact] = {}
     for name, entry in services.items():
         at = f"services.{name}"
+        if (bad := SERVICE_NAMES.problem(str(name)) if isinstance(name, str)
+                else "is not a name") is not None:
+            problems.append(Problem(shown, None, "services", f"{str(name)[:40]!r} {bad}"))
+            continue
         if not isinstance(entry, dict):
             problems.append(Problem(shown, None, at, "expected {digest or image, source, "
                                     "version}"))
@@ -107,7 +112,7 @@ def render(artifacts: dict[str, Artifact]) -> str:
     lines = [HEADER.rstrip("\n"), "services:"]
     for name in sorted(artifacts):
         art = artifacts[name]
-        lines.append(f"  {name}:")
+        lines.append(f"  {_quoted(name)}:")
         lines += [f"    {k}: {_quoted(v)}" for k, v in art.to_plain().items()]
     return "\n".join(lines) + "\n"
 

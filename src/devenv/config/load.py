@@ -18,7 +18,7 @@ from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from devenv.config import artifacts
 from devenv.config.injected import override_warnings
-from devenv.config.interpolate import Lookup, TemplateError, substitute
+from devenv.config.interpolate import Lookup, RequiredError, TemplateError, substitute
 from devenv.config.migrate import file_version
 from devenv.config.model import CURRENT_VERSION, RUNTIME_NAMES, Project
 from devenv.config.schema import Issue, build, did_you_mean, dotted
@@ -27,6 +27,9 @@ from devenv.core.errors import ConfigError, Problem
 from devenv.core.paths import StateDir, config_file
 
 Where = tuple[str, int]  # (file shown to the user, 1-based line)
+# a configuration file holds at most this many values once YAML aliases are expanded: a few
+# hundred bytes of nested aliases (a "billion laughs") would otherwise expand to 10^9
+MAX_NODES = 200_000
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
@@ -93,7 +96,28 @@ def read_yaml(path: Path, shown: str, text: str | None = None) -> Source:
     text = read_text(path, shown) if text is None else text
     doc = parse_yaml(text, shown)
     where: dict[KeyPath, Where] = {(): (shown, 1)}
-    return Source(_plain(doc, (), shown, where), where)
+    return Source(_plain(doc, (), shown, where, [MAX_NODES]), where)
+
+
+def plain_data(doc: Any, shown: str) -> Any:
+    """Parsed YAML as plain dicts and lists (aliases expanded, at most MAX_NODES values; a
+    ConfigError naming `shown` beyond)."""
+    return _plain(doc, (), shown, {}, [MAX_NODES])
+
+
+def refuse_aliases(text: str, shown: str) -> None:
+    """A ConfigError at the first YAML anchor or alias in `text`: a layer that comes from
+    someone else (a config branch) is plain data, and aliases are how a few bytes expand to
+    billions of values."""
+    try:
+        for event in YAML(typ="safe", pure=True).parse(text):
+            if getattr(event, "anchor", None):
+                line = event.start_mark.line + 1 if event.start_mark else None
+                raise ConfigError([Problem(shown, line, "", "YAML anchors and aliases (&name, "
+                                           "*name) are not accepted in a shared layer; write "
+                                           "the values out")])
+    except YAMLError:
+        return  # (a syntax error: parsing it says where)
 
 
 def parse_yaml(text: str, shown: str, yaml: YAML | None = None) -> Any:
@@ -115,14 +139,20 @@ def parse_yaml(text: str, shown: str, yaml: YAML | None = None) -> Any:
     return doc
 
 
-def _plain(node: Any, path: KeyPath, shown: str, where: dict[KeyPath, Where]) -> Any:
+def _plain(node: Any, path: KeyPath, shown: str, where: dict[KeyPath, Where],
+           budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise ConfigError([Problem(shown, None, "", f"more than {MAX_NODES} values once YAML "
+                                   "aliases are expanded; write the file without nested "
+                                   "aliases (&name / *name)")])
     if isinstance(node, dict):
         out = {}
         for k, v in node.items():
             sub = path + (str(k),)
             if hasattr(node, "lc"):
                 where[sub] = (shown, node.lc.key(k)[0] + 1)
-            out[str(k)] = _plain(v, sub, shown, where)
+            out[str(k)] = _plain(v, sub, shown, where, budget)
         return out
     if isinstance(node, list):
         items = []
@@ -132,7 +162,7 @@ def _plain(node: Any, path: KeyPath, shown: str, where: dict[KeyPath, Where]) ->
                 where[sub] = (shown, node.lc.item(i)[0] + 1)
                 if isinstance(v, str):  # a list that a shorthand turns into a mapping
                     where.setdefault(path + (v,), where[sub])
-            items.append(_plain(v, sub, shown, where))
+            items.append(_plain(v, sub, shown, where, budget))
         return items
     if node is not None and not isinstance(node, bool | int | float | str):
         return str(node)  # dates and other YAML types: keep the text
@@ -258,21 +288,25 @@ RUN_TIME = {"PORT": "${PORT}"}
 
 
 def interpolate(node: Any, env: Mapping[str, str], path: KeyPath, missing: set[str],
-                issues: list[Issue]) -> Any:
+                issues: list[Issue], *, required: bool = True) -> Any:
     """`node` with ${VAR} interpolated in every string (a bare $VAR is left to the service's
     shell). Unset names go to `missing`; a required one missing, or a malformed reference,
-    is an Issue at its key path."""
+    is an Issue at its key path (`required=False`: a string with a required one missing is
+    kept as written)."""
     if isinstance(node, dict):
-        return {k: interpolate(v, env, path + (k,), missing, issues) for k, v in node.items()}
+        return {k: interpolate(v, env, path + (k,), missing, issues, required=required)
+                for k, v in node.items()}
     if isinstance(node, list):
-        return [interpolate(v, env, path + (i,), missing, issues) for i, v in enumerate(node)]
+        return [interpolate(v, env, path + (i,), missing, issues, required=required)
+                for i, v in enumerate(node)]
     if not isinstance(node, str) or "$" not in node:
         return node
     try:
         return substitute(node, lambda name: RUN_TIME.get(name, env.get(name)), bare=False,
                           unset=missing)
     except TemplateError as exc:
-        issues.append(Issue(path, exc.reason))
+        if required or not isinstance(exc, RequiredError):
+            issues.append(Issue(path, exc.reason))
         return node
 
 
@@ -280,11 +314,14 @@ LOCAL_SHOWN = ".devenv/local.yaml"
 
 
 def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] | None = None,
-         texts: Mapping[Path, str] | None = None, local_shown: str = LOCAL_SHOWN) -> Loaded:
+         texts: Mapping[Path, str] | None = None, local_shown: str = LOCAL_SHOWN,
+         shared: bool = False) -> Loaded:
     """Load and validate the project at `root`; raise ConfigError listing every problem.
 
     `texts` stands in for files' contents (to validate an edit before it is written);
-    `local_shown` names the personal overrides in problems (a config branch's file)."""
+    `local_shown` names the personal overrides in problems (a config branch's file).
+    `shared`: devenv.yaml alone, as every machine reads it: no personal overrides, no
+    artifacts, and ${VAR} reads neither the environment nor .env (only defaults apply)."""
     texts = texts or {}
     file = config_file(root)
     shown = file.name
@@ -293,15 +330,16 @@ def load(root: Path, profile: str | None = None, *, environ: Mapping[str, str] |
     migrated = _older(source, shown, version)
     local = StateDir(root).local_overrides
     over = None
-    if local in texts or local.is_file():
+    if not shared and (local in texts or local.is_file()):
         over = read_yaml(local, local_shown, texts.get(local))
         migrated += _older(over, local_shown, version, layer=True)
         merge(source, over.data, over.where)
-    _artifacts(root, source, texts)
-    env = _env(root, environ)
+    if not shared:
+        _artifacts(root, source, texts)
+    env = {} if shared else _env(root, environ)
     missing: set[str] = set()
     issues: list[Issue] = []
-    source.data = interpolate(source.data, env, (), missing, issues)
+    source.data = interpolate(source.data, env, (), missing, issues, required=not shared)
     _raise(issues, source, shown)
     warnings = [f"${{{name}}} is not set; using an empty string" for name in sorted(missing)]
     warnings += migrated

@@ -6,6 +6,7 @@ private index file, so the repository's own index and working tree are never tou
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import io
 import os
 import shutil
@@ -25,6 +26,12 @@ from devenv.teams.git import Git
 
 # left out of an artifact: devenv's own state, and Python's byte-code caches
 EXCLUDED = (":(exclude).devenv", ":(exclude,glob)**/__pycache__/**", ":(exclude).git")
+# files that hold secrets, left out of an artifact unless `publish --include-secrets`: an
+# artifact is pushed where the whole team (and whoever reads the remote) can read it
+SECRET_FILES = (".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore",
+                "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*", ".netrc", ".pgpass",
+                ".npmrc", ".pypirc", "*.kdbx", "credentials", "credentials.*", "*secret*")
+NOT_SECRET = (".env.example", ".env.sample", ".env.template", "*.pub")
 # an artifact's commit is the same for the same tree, wherever it is made: pushing it again
 # is "up to date", never a conflict
 FIXED = {"GIT_AUTHOR_NAME": "devenv", "GIT_AUTHOR_EMAIL": "devenv@localhost",
@@ -50,9 +57,11 @@ def build(loaded: Loaded, service: str) -> str | None:
     return result.output
 
 
-def pack(git: Git, loaded: Loaded, service: str, version: str = "") -> Artifact:
+def pack(git: Git, loaded: Loaded, service: str, version: str = "", *,
+         include_secrets: bool = False) -> tuple[Artifact, list[str]]:
     """The service's folder as it is now, packed and stored (idempotent: the same content
-    gives the same digest and ref)."""
+    gives the same digest and ref), and the secret-looking files left out of it (none with
+    `include_secrets`)."""
     refs.check_name(service, "service")
     if service not in loaded.project.services:
         raise UsageError(f"no service '{service}'",
@@ -65,22 +74,60 @@ def pack(git: Git, loaded: Loaded, service: str, version: str = "") -> Artifact:
         raise UsageError(f"'{service}' runs from a published artifact here, not from source",
                          hint="publish it from a checkout that has its source")
     folder = loaded.root / svc.path
-    tree = tree_of(git, folder)
+    left_out: list[str] = []
+    tree = tree_of(git, folder, left_out=None if include_secrets else left_out)
     ref = refs.artifact_ref(service, tree)
     if git.resolve(ref) is None:
         commit = git.text("commit-tree", tree, "-m", f"devenv artifact {service}", env=FIXED)
         git.update_ref(ref, commit)
-    return Artifact(service, tree, os.path.normpath(svc.path), version)
+    return Artifact(service, tree, os.path.normpath(svc.path), version), left_out
 
 
-def tree_of(git: Git, folder: Path) -> str:
+def secret_file(path: str) -> bool:
+    """A file named like one that holds secrets (SECRET_FILES), by its name."""
+    name = path.rsplit("/", 1)[-1].lower()
+    if any(fnmatch.fnmatchcase(name, p) for p in NOT_SECRET):
+        return False
+    return any(fnmatch.fnmatchcase(name, p) for p in SECRET_FILES)
+
+
+def tree_of(git: Git, folder: Path, left_out: list[str] | None = None) -> str:
     """The git tree of every file under `folder` (ignored ones too: a build's output is what
-    runs), written through a private index."""
+    runs), written through a private index. With `left_out`, files that look like secrets
+    are not packed, and their paths are added to it."""
     with tempfile.TemporaryDirectory(prefix="devenv-pack-") as tmp:
         env = {"GIT_DIR": str(git.git_dir), "GIT_WORK_TREE": str(folder),
                "GIT_INDEX_FILE": str(Path(tmp) / "index")}
         git.run("add", "--all", "--force", "--", ".", *EXCLUDED, env=env, cwd=folder)
+        _refuse_outside_links(git, folder, env)
+        if left_out is not None:
+            files = git.run("ls-files", "-z", env=env, cwd=folder).stdout.decode()
+            secret = sorted(f for f in files.split("\0") if f and secret_file(f))
+            if secret:
+                git.run("update-index", "--force-remove", "-z", "--stdin", env=env,
+                        cwd=folder, input="".join(f + "\0" for f in secret).encode())
+                left_out += secret
         return git.text("write-tree", env=env, cwd=folder)
+
+
+def _refuse_outside_links(git: Git, folder: Path, env: dict[str, str]) -> None:
+    """A UsageError for a symbolic link that points outside `folder` (absolute, or up out
+    of it): it would not be there where the artifact is unpacked, and unpacking refuses it."""
+    staged = git.run("ls-files", "-s", "-z", env=env, cwd=folder).stdout.decode()
+    bad = []
+    for entry in staged.split("\0"):
+        meta, _, path = entry.partition("\t")
+        if not meta.startswith("120000 "):
+            continue
+        target = os.readlink(folder / path)
+        inside = os.path.normpath(os.path.join(os.path.dirname(path), target))
+        if os.path.isabs(target) or inside == ".." or inside.startswith("../"):
+            bad.append(f"{path} -> {target}")
+    if bad:
+        raise UsageError(f"{folder.name}/ has links to outside its folder, which an artifact "
+                         "cannot hold: " + ", ".join(bad) + "; nothing was published",
+                         hint="copy the file in instead of linking it (e.g. in the build "
+                         "step), or link within the folder")
 
 
 def fetch(git: Git, remote: str, wanted: Iterable[Artifact]) -> None:
@@ -113,6 +160,12 @@ def unpack(git: Git, root: Path, art: Artifact) -> Path:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             tar.extractall(tmp, filter="data")
         os.rename(tmp, dest)
+    except tarfile.FilterError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DevenvError(f"{art.service}: artifact {art.digest[:12]} was not unpacked: {exc} "
+                          "(outside its folder)",
+                          hint=f"ask its publisher to publish {art.service} again without "
+                          "that link (devenv publish now refuses it)") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if not dest.is_dir():

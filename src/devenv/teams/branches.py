@@ -13,14 +13,16 @@ from ruamel.yaml import YAML
 
 from devenv.config import artifacts as manifest
 from devenv.config.artifacts import Artifact
-from devenv.config.load import parse_yaml
+from devenv.config.load import parse_yaml, plain_data, refuse_aliases
+from devenv.config.secrets import secret_values
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import StateDir
 from devenv.teams import refs
-from devenv.teams.diff import Change, changes
+from devenv.teams.diff import Change, changes, flatten
 from devenv.teams.git import Git, GitError
 
+LOCAL_SHOWN = ".devenv/local.yaml"
 OVERRIDES = "overrides.yaml"  # the branch's copy of .devenv/local.yaml
 MANIFEST = "artifacts.yaml"  # the services it runs from published artifacts
 
@@ -38,8 +40,11 @@ class Content:
 
 
 def plain(text: str, shown: str) -> Any:
-    """A YAML mapping as plain data (ConfigError naming `shown`:line when it is not one)."""
-    return parse_yaml(text, shown, YAML(typ="safe", pure=True)) if text.strip() else {}
+    """A YAML mapping as plain data (ConfigError naming `shown`:line when it is not one, or
+    when its aliases expand to too many values)."""
+    if not text.strip():
+        return {}
+    return plain_data(parse_yaml(text, shown, YAML(typ="safe", pure=True)), shown)
 
 
 class Branches:
@@ -91,15 +96,21 @@ class Branches:
     def exists(self, name: str) -> bool:
         return self.git.resolve(refs.config_ref(name)) is not None
 
-    def read(self, rev: str) -> Content:
-        """The content of a branch (by name) or of a commit."""
+    def read(self, rev: str, shown: str | None = None) -> Content:
+        """The content of a branch (by name) or of a commit (`shown`: the branch it is, in
+        errors). Its files must be plain YAML: no anchors or aliases."""
         commit = self.git.resolve(refs.config_ref(rev) if refs.name_problem(rev) is None
                                   and not _is_id(rev) else rev)
         if commit is None:
             raise UsageError(f"no config branch '{rev}'", hint="list them: devenv config branch")
         files = self._files(commit)
-        return Content(commit, self._text(commit, files, OVERRIDES),
-                       self._text(commit, files, MANIFEST))
+        content = Content(commit, self._text(commit, files, OVERRIDES),
+                          self._text(commit, files, MANIFEST))
+        shown = shown or (rev if refs.name_problem(rev) is None and not _is_id(rev)
+                          else commit[:12])
+        refuse_aliases(content.overrides, f"{shown}:{OVERRIDES}")
+        refuse_aliases(content.manifest, f"{shown}:{MANIFEST}")
+        return content
 
     def _files(self, commit: str) -> set[str]:
         out = self.git.text("ls-tree", "--name-only", f"{commit}^{{tree}}")
@@ -115,7 +126,19 @@ class Branches:
             raise DevenvError(f"{name} of {commit[:12]} is not UTF-8 text") from None
 
     def save(self, name: str, overrides: str, manifest_text: str, message: str) -> str:
-        """A new commit on `name` (its previous one the parent) holding this layer."""
+        """A new commit on `name` (its previous one the parent) holding this layer. A layer
+        with secret values (keys the model declares secret or named like one, e.g.
+        env.API_TOKEN) is refused: a branch is shared with whoever can read the remote."""
+        secret = secret_values(flatten(plain(overrides, LOCAL_SHOWN)))
+        if secret:
+            example = secret[0]
+            var = example.rsplit(".", 1)[-1].upper()
+            raise UsageError(
+                f"{LOCAL_SHOWN} holds secret values, which a config branch would share: "
+                + ", ".join(secret) + "; nothing saved",
+                hint=f"keep the value in .env (never shared: {var}=...) and refer to it, e.g. "
+                f"devenv config set {example} '${{{var}}}'; or drop it: devenv config unset "
+                f"{example}")
         ref = refs.config_ref(name)
         parent = self.git.resolve(ref)
         tree = self.git.make_tree({OVERRIDES: self.git.write_blob(overrides.encode()),

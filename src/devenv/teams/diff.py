@@ -8,9 +8,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from devenv.config.artifacts import Artifact
+from devenv.config.secrets import only_references, secret_name
+from devenv.core.secrets import MASK
 
 MISSING = object()  # a key the layer does not set (devenv.yaml's value applies)
 PROJECT = ""  # the group of keys outside `services:`
+# a key with one of these parts decides what runs on the machine that syncs: a command
+# (`command`, `health.command`, `watch.build`, `test`, a dataset's `script`), what a
+# container or a docker build is, where a service runs from, the env files it reads
+RUNS = frozenset({"command", "build", "test", "script", "image", "dockerfile", "env_file",
+                  "path", "cwd", "artifact", "runtime"})
 
 
 @dataclass(frozen=True)
@@ -49,12 +56,20 @@ def changes(old: Any, new: Any) -> list[Change]:
             for k in sorted(set(a) | set(b)) if a.get(k, MISSING) != b.get(k, MISSING)]
 
 
+def runs(change: Change) -> bool:
+    """Whether the change decides what runs (see RUNS): `sync` asks before applying it."""
+    return any(part in RUNS for part in change.key.split("."))
+
+
 def artifact_changes(old: dict[str, Artifact], new: dict[str, Artifact]) -> list[Change]:
-    """Services whose artifact differs, as changes of a `services.S.artifact` key."""
+    """Services whose artifact differs, as changes of a `services.S.artifact` key: what it
+    is (its digest or image), where it was packed from, and its version label."""
     def shown(art: Artifact | None) -> Any:
         if art is None:
             return MISSING
-        return art.digest[:12] + (f" ({art.version})" if art.version else "")
+        what = f"image {art.image}" if art.image else art.digest[:12]
+        label = f", version {art.version}" if art.version else ""
+        return f"{what} (from {art.source}/{label})"
 
     return [Change(f"services.{s}.artifact", shown(old.get(s)), shown(new.get(s)))
             for s in sorted(set(old) | set(new)) if old.get(s) != new.get(s)]
@@ -70,11 +85,15 @@ def grouped(found: list[Change]) -> dict[str, list[Change]]:
 def describe(change: Change) -> str:
     """One line: `replicas: 1 → 2`, `+ env.GREETING: "hi"`, `- env.DEBUG (was "1")`."""
     key, raw = change.local_key, change.key.endswith(".artifact")
-    if change.old is MISSING:
-        return f"+ {key}: {_value(change.new, raw)}"
-    if change.new is MISSING:
-        return f"- {key} (was {_value(change.old, raw)})"
-    return f"~ {key}: {_value(change.old, raw)} → {_value(change.new, raw)}"
+    old, new = change.old, change.new
+    if secret_name(change.key):  # (shown as masked: the diff is printed, and logged)
+        old, new = (v if v is MISSING or only_references(v) else MASK for v in (old, new))
+        raw = True
+    if old is MISSING:
+        return f"+ {key}: {_value(new, raw)}"
+    if new is MISSING:
+        return f"- {key} (was {_value(old, raw)})"
+    return f"~ {key}: {_value(old, raw)} → {_value(new, raw)}"
 
 
 def render(found: list[Change]) -> list[str]:

@@ -1,5 +1,7 @@
 """The one way devenv runs git: argv lists (no shell sees a name or a value), a deadline on
-every call, no prompts, and git's own words in the error when it fails."""
+every call, no prompts (no terminal: stdin is /dev/null, askpass off, and ssh in batch
+mode unless the user chose an ssh command), and git's own words in the error when it
+fails. (A push runs the repository's pre-push hook, as `git push` does.)"""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from devenv.config.secrets import strip_credentials
 from devenv.core.errors import DevenvError, UsageError
 
 LOCAL_TIMEOUT = 30.0  # plumbing on the local repository
 REMOTE_TIMEOUT = 120.0  # fetch and push
+MAX_BLOB = 1 << 20  # the largest file of a config branch read (its overrides, its manifest)
 
 
 class GitError(DevenvError):
@@ -33,6 +37,7 @@ class Git:
         argv = ["git", *args]
         try:
             done = subprocess.run(argv, cwd=cwd or self.root, input=input,
+                                  stdin=subprocess.DEVNULL if input is None else None,
                                   capture_output=True, timeout=timeout,
                                   env={**self._env, **(env or {})}, check=False)
         except FileNotFoundError:
@@ -42,8 +47,9 @@ class Git:
             raise GitError(f"`git {args[0]}` took longer than {timeout:g}s and was stopped",
                            hint="check the remote is reachable") from None
         if check and done.returncode != 0:
-            reason = done.stderr.decode(errors="replace").strip().splitlines()
-            raise GitError(f"`git {' '.join(_shown(args))}` failed", details=reason[-10:])
+            reason = strip_credentials(done.stderr.decode(errors="replace")).strip()
+            raise GitError(f"`git {' '.join(_shown(args))}` failed",
+                           details=reason.splitlines()[-10:])
         return done
 
     def text(self, *args: str, **kwargs: object) -> str:
@@ -69,7 +75,13 @@ class Git:
     def write_blob(self, data: bytes) -> str:
         return self.text("hash-object", "-w", "--stdin", input=data)
 
-    def read_blob(self, rev: str) -> bytes:
+    def read_blob(self, rev: str, limit: int = MAX_BLOB) -> bytes:
+        """A blob's content; a DevenvError when it is larger than `limit` bytes."""
+        size = int(self.text("cat-file", "-s", rev))
+        if size > limit:
+            raise DevenvError(f"{rev} is {size} bytes, more than the {limit} a config "
+                              "branch's file may hold; it was not read",
+                              hint="a config branch holds small YAML files; ask its author")
         return self.run("cat-file", "blob", rev).stdout
 
     def make_tree(self, blobs: Mapping[str, str]) -> str:
@@ -108,10 +120,19 @@ class Git:
 
     def fetch(self, remote: str, refspecs: Sequence[str]) -> None:
         self.run("fetch", "--no-tags", "--quiet", "--", remote, *refspecs,
-                 timeout=REMOTE_TIMEOUT)
+                 timeout=REMOTE_TIMEOUT, env=self._batch_ssh())
 
     def push(self, remote: str, refspecs: Sequence[str]) -> None:
-        self.run("push", "--quiet", "--atomic", "--", remote, *refspecs, timeout=REMOTE_TIMEOUT)
+        self.run("push", "--quiet", "--atomic", "--", remote, *refspecs, timeout=REMOTE_TIMEOUT,
+                 env=self._batch_ssh())
+
+    def _batch_ssh(self) -> dict[str, str]:
+        """ssh that fails rather than asks (a passphrase, an unknown host key), unless the
+        user set their own ssh command ($GIT_SSH_COMMAND, $GIT_SSH, core.sshCommand)."""
+        if self._env.get("GIT_SSH_COMMAND") or self._env.get("GIT_SSH") \
+                or self.ok("config", "core.sshCommand"):
+            return {}
+        return {"GIT_SSH_COMMAND": "ssh -o BatchMode=yes"}
 
 
 def _identity(git: Git) -> dict[str, str]:
@@ -123,4 +144,6 @@ def _identity(git: Git) -> dict[str, str]:
 
 
 def _shown(args: Sequence[str]) -> list[str]:
-    return [a if len(a) < 80 else a[:77] + "…" for a in args]
+    """The arguments as an error shows them: a URL's credentials masked, long ones cut."""
+    shown = [strip_credentials(a) for a in args]
+    return [a if len(a) < 80 else a[:77] + "…" for a in shown]

@@ -9,6 +9,7 @@ from devenv.core.errors import UsageError
 
 CONFIG = "refs/devenv/config/"  # a config branch: a commit of the override layer
 INCOMING = "refs/devenv/incoming/"  # a fetched branch, before `sync` accepts it
+BACKUP = "refs/devenv/backup/"  # <name>/<UTC time>: a branch's commit `sync --force` replaced
 ARTIFACTS = "refs/devenv/artifacts/"  # <service>/<digest>: a commit of the packed folder
 DEFAULT_REMOTE = "origin"
 
@@ -46,6 +47,10 @@ def config_ref(name: str) -> str:
 
 def incoming_ref(name: str) -> str:
     return INCOMING + check_name(name)
+
+
+def backup_ref(name: str, stamp: str) -> str:
+    return f"{BACKUP}{check_name(name)}/{check_name(stamp, 'time')}"
 
 
 def artifact_ref(service: str, digest: str) -> str:

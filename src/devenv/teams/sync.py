@@ -5,7 +5,9 @@ whole branch is accepted."""
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from devenv.config import artifacts as manifest
 from devenv.config.artifacts import Artifact
@@ -29,6 +31,15 @@ class Incoming:
     artifacts: dict[str, Artifact]
     loaded: Loaded  # the configuration it makes, validated
     changes: list[Change] = field(default_factory=list)
+    previous: str | None = None  # the local branch's commit when it was fetched
+
+
+@dataclass
+class Backups:
+    """What `apply` kept of what it replaced (None: nothing was lost)."""
+
+    ref: str | None = None  # the local branch's commit, when the new one does not contain it
+    overrides: str | None = None  # .devenv/local.yaml as it was, when it differed
 
 
 def prepare(branches: Branches, name: str, remote: str, *, force: bool,
@@ -40,7 +51,7 @@ def prepare(branches: Branches, name: str, remote: str, *, force: bool,
     git = branches.git
     commit = branches.fetch(name, remote)
     try:
-        content = branches.read(commit)
+        content = branches.read(commit, name)
         if not force:
             _refuse_conflicts(branches, name, commit)
         shown = f"{name}:{MANIFEST}"
@@ -60,7 +71,8 @@ def prepare(branches: Branches, name: str, remote: str, *, force: bool,
     except BaseException:
         git.delete_ref(refs.incoming_ref(name))
         raise
-    return Incoming(name, content, found, loaded, sorted(found_changes, key=lambda c: c.key))
+    return Incoming(name, content, found, loaded, sorted(found_changes, key=lambda c: c.key),
+                    git.resolve(refs.config_ref(name)))
 
 
 def _refuse_conflicts(branches: Branches, name: str, commit: str) -> None:
@@ -79,22 +91,48 @@ def _refuse_conflicts(branches: Branches, name: str, commit: str) -> None:
                        f"`devenv config branch {name} --push`")
 
 
-def apply(branches: Branches, incoming: Incoming) -> None:
-    """Write the override layer (each file atomically), move the local branch to what was
-    fetched and make it current."""
+def apply(branches: Branches, incoming: Incoming) -> Backups:
+    """Write the override layer, move the local branch to what was fetched (only from the
+    commit it was at when fetched) and make it current. What would be lost is kept first:
+    local.yaml, when not saved in the branch, as `local.yaml.bak`; the branch's old commit,
+    when the new one does not contain it, as a backup ref. The two files
+    change together: if anything fails, the old ones are put back."""
     root = branches.root
     state = StateDir(root)
     state.ensure()
-    art_file = root / manifest.LOCAL_FILE
-    if incoming.artifacts:
-        write_atomic(art_file, manifest.render(incoming.artifacts), mode=0o600)
-    else:
-        art_file.unlink(missing_ok=True)
-    write_atomic(state.local_overrides, incoming.content.overrides, mode=0o600)
     git = branches.git
-    git.update_ref(refs.config_ref(incoming.name), incoming.content.commit)
+    kept = Backups()
+    local = state.local_overrides
+    new = incoming.content.commit
+    old = incoming.previous
+    if old and old != new and not git.is_ancestor(old, new):
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        kept.ref = refs.backup_ref(incoming.name, stamp)
+        git.update_ref(kept.ref, old, "")
+    saved = branches.read(old, incoming.name).overrides if old else None
+    if local.is_file() and local.read_text() not in (incoming.content.overrides, saved):
+        backup = local.with_name(local.name + ".bak")
+        shutil.copy2(local, backup)
+        kept.overrides = str(backup.relative_to(root))
+    art_file = root / manifest.LOCAL_FILE
+    before = {path: path.read_text() if path.is_file() else None for path in (art_file, local)}
+    try:
+        if incoming.artifacts:
+            write_atomic(art_file, manifest.render(incoming.artifacts), mode=0o600)
+        else:
+            art_file.unlink(missing_ok=True)
+        write_atomic(local, incoming.content.overrides, mode=0o600)
+        git.update_ref(refs.config_ref(incoming.name), new, old or "")
+    except BaseException:
+        for path, text in before.items():
+            if text is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_atomic(path, text, mode=0o600)
+        raise
     git.delete_ref(refs.incoming_ref(incoming.name))
     branches.set_current(incoming.name)
+    return kept
 
 
 def discard(branches: Branches, incoming: Incoming) -> None:

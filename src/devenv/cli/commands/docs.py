@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from devenv.cli.commands._common import load_project
+from devenv.cli.commands._common import project_root
 from devenv.cli.output import err, out
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
@@ -20,7 +20,11 @@ def run(args: argparse.Namespace) -> int:
     if args.output == "-" and args.check:
         raise UsageError("--check compares a file with what the configuration gives now",
                          hint="give -o FILE (or no -o for docs/environment.md), not -o -")
-    loaded = load_project(args)
+    from devenv.config.load import load
+
+    # devenv.yaml alone: the page is the same on every machine (no personal overrides, no
+    # artifacts, ${VAR} not read from the environment: a token never reaches the page)
+    loaded = load(project_root(args), shared=True)
     text = render(loaded)
     if args.output == "-":
         sys.stdout.write(text)

@@ -35,8 +35,14 @@ def run(args: argparse.Namespace) -> int:
         if loaded.project.services.get(service) and loaded.project.services[service].watch.build:
             err.print(f"building {service}…")
             artifacts.build(loaded, service)
-        art = artifacts.pack(branches.git, loaded, service, args.version or "")
+        art, left_out = artifacts.pack(branches.git, loaded, service, args.version or "",
+                                       include_secrets=args.include_secrets)
         what = f"artifact {art.digest[:12]} (from {art.source}/)"
+        if left_out:
+            err.print(f"left out of the artifact, as they look like secrets: "
+                      f"{', '.join(left_out)} (a service that needs one gets it another "
+                      "way, e.g. an env_file outside its folder; --include-secrets packs "
+                      "them)", markup=False)
     content = branches.read(current)
     recorded = content.artifacts(f"{current}:{MANIFEST}")
     recorded[service] = art

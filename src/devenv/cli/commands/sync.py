@@ -5,13 +5,14 @@ replaced)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from devenv.cli.commands._common import project_root
 from devenv.cli.output import err, out, warn
 from devenv.client import Client
 from devenv.teams import refs, sync
 from devenv.teams.branches import Branches
-from devenv.teams.diff import render
+from devenv.teams.diff import render, runs
 from devenv.wire import UpResult
 
 
@@ -29,7 +30,16 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         sync.discard(branches, incoming)
         return 0
-    sync.apply(branches, incoming)
+    risky = [c for c in incoming.changes if runs(c)]
+    if risky and not args.yes and not _confirmed(name, render(risky)):
+        sync.discard(branches, incoming)
+        return 1
+    kept = sync.apply(branches, incoming)
+    if kept.overrides:
+        err.print(f"your previous overrides are kept in {kept.overrides}", markup=False)
+    if kept.ref:
+        err.print(f"your branch's previous commit is kept as {kept.ref} (git log {kept.ref})",
+                  markup=False)
     for message in incoming.loaded.warnings:
         warn(message)
     out.print(f"now on config branch {name}", markup=False)
@@ -47,3 +57,22 @@ def run(args: argparse.Namespace) -> int:
     if not result.ok:
         return result.error.exit_code if result.error else 1
     return 0
+
+
+def _confirmed(name: str, lines: list[str]) -> bool:
+    """The user agrees to run what the branch changes (a y/N question on a terminal; else
+    no, saying how to agree)."""
+    err.print(f"{name} changes what runs on this machine (commands, images, env files or "
+              "artifacts):", markup=False)
+    for line in lines:
+        err.print(f"  {line}", markup=False)
+    if sys.stdin.isatty() and sys.stderr.isatty():
+        try:
+            answer = input("apply it and run these? [y/N] ")
+        except EOFError:
+            answer = ""
+        if answer.strip().lower() in ("y", "yes"):
+            return True
+    err.print(f"nothing applied; read the changes, then `devenv sync --branch {name} --yes` "
+              "to take them", markup=False)
+    return False
