@@ -12,15 +12,14 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SAMPLED = "01"
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
 
-@dataclass(frozen=True, slots=True)
-class TraceParent:
+class TraceParent(NamedTuple):  # (a tuple: one is made for every request)
     trace_id: str  # 32 hex digits
     span_id: str  # 16 hex digits: the span of the caller, the parent of the next one
     flags: str = SAMPLED  # 2 hex digits
