@@ -80,6 +80,16 @@ def new_span_id() -> str:
             return f"{value:016x}"
 
 
+def new_ids() -> tuple[str, str]:
+    """A new trace id and a new span id (one draw: a new trace's first span, every request
+    the ingress starts a trace for)."""
+    while True:
+        ids = f"{random.getrandbits(192):048x}"
+        trace_id, span_id = ids[:32], ids[32:]
+        if trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN:
+            return trace_id, span_id
+
+
 def child(parent: TraceParent | None, span_id: str) -> TraceParent:
     """The context a hop passes on with its own span `span_id`: the same trace and flags as
     `parent`, or a new sampled trace when there is none."""

@@ -25,17 +25,17 @@ class Edge:
     def __init__(self, method: str, path: str, traceparent: list[str],
                  tracestate: list[str], sampler: RateSampler | None = None):
         parent = context.parse_headers(traceparent) if traceparent else None
-        span_id = context.new_span_id()
         if parent is None:  # a new trace: sampled at the sampler's rate
             self.parent_id = self.tracestate = None
             self.sampled = sampled = sampler is None or sampler.admit()
-            self.outgoing = context.TraceParent(context.new_trace_id(), span_id,
+            trace_id, span_id = context.new_ids()
+            self.outgoing = context.TraceParent(trace_id, span_id,
                                                 context.SAMPLED if sampled else UNSAMPLED)
         else:  # a caller's traceparent: its sampled flag is followed
             self.parent_id = parent.span_id
             self.tracestate = context.tracestate(parent, tracestate)
             self.sampled = parent.sampled
-            self.outgoing = context.child(parent, span_id)
+            self.outgoing = context.child(parent, context.new_span_id())
         self.method = method
         self.path = path
         self.route = ""
