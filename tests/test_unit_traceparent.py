@@ -7,6 +7,7 @@ import pytest
 from devenv.telemetry.context import (
     TraceParent,
     child,
+    new_ids,
     new_span_id,
     new_trace_id,
     parse,
@@ -80,3 +81,10 @@ def test_new_ids_are_lower_case_hex_of_the_right_size_and_differ() -> None:
     assert len(traces) == len(spans) == 1000
     assert all(len(t) == 32 and int(t, 16) and t == t.lower() for t in traces)
     assert all(len(s) == 16 and int(s, 16) and s == s.lower() for s in spans)
+
+
+def test_a_new_trace_and_its_first_span_are_drawn_together_well_formed() -> None:
+    pairs = [new_ids() for _ in range(1000)]
+    assert len({t for t, _ in pairs}) == len({s for _, s in pairs}) == 1000
+    for trace_id, span_id in pairs:
+        assert parse(TraceParent(trace_id, span_id).header()) == (trace_id, span_id, "01")

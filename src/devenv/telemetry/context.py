@@ -12,15 +12,14 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 SAMPLED = "01"
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
 
-@dataclass(frozen=True, slots=True)
-class TraceParent:
+class TraceParent(NamedTuple):  # (a tuple: one is made for every request)
     trace_id: str  # 32 hex digits
     span_id: str  # 16 hex digits: the span of the caller, the parent of the next one
     flags: str = SAMPLED  # 2 hex digits
@@ -79,6 +78,16 @@ def new_span_id() -> str:
         value = random.getrandbits(64)
         if value:
             return f"{value:016x}"
+
+
+def new_ids() -> tuple[str, str]:
+    """A new trace id and a new span id (one draw: a new trace's first span, every request
+    the ingress starts a trace for)."""
+    while True:
+        ids = f"{random.getrandbits(192):048x}"
+        trace_id, span_id = ids[:32], ids[32:]
+        if trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN:
+            return trace_id, span_id
 
 
 def child(parent: TraceParent | None, span_id: str) -> TraceParent:

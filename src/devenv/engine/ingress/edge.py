@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from devenv.engine.ingress.routes import host_name
 from devenv.telemetry import context
 from devenv.telemetry.model import RequestSeen
 from devenv.telemetry.sampling import RateSampler
@@ -18,18 +19,23 @@ class Edge:
     """One request's edge span while it is answered: its trace context, what it was routed
     to, and when it started."""
 
-    __slots__ = ("instance", "method", "outgoing", "parent", "path", "route", "sent",
-                 "service", "start_ns", "started", "tracestate")
+    __slots__ = ("instance", "method", "outgoing", "parent_id", "path", "route", "sampled",
+                 "sent", "service", "start_ns", "started", "tracestate")
 
     def __init__(self, method: str, path: str, traceparent: list[str],
                  tracestate: list[str], sampler: RateSampler | None = None):
-        self.parent = parent = context.parse_headers(traceparent)
-        self.tracestate = context.tracestate(parent, tracestate)
-        span_id = context.new_span_id()
-        if parent is None and sampler is not None and not sampler.admit():
-            self.outgoing = context.TraceParent(context.new_trace_id(), span_id, UNSAMPLED)
-        else:  # (a caller's traceparent: its sampled flag is followed)
-            self.outgoing = context.child(parent, span_id)
+        parent = context.parse_headers(traceparent) if traceparent else None
+        if parent is None:  # a new trace: sampled at the sampler's rate
+            self.parent_id = self.tracestate = None
+            self.sampled = sampled = sampler is None or sampler.admit()
+            trace_id, span_id = context.new_ids()
+            self.outgoing = context.TraceParent(trace_id, span_id,
+                                                context.SAMPLED if sampled else UNSAMPLED)
+        else:  # a caller's traceparent: its sampled flag is followed
+            self.parent_id = parent.span_id
+            self.tracestate = context.tracestate(parent, tracestate)
+            self.sampled = parent.sampled
+            self.outgoing = context.child(parent, context.new_span_id())
         self.method = method
         self.path = path
         self.route = ""
@@ -39,14 +45,19 @@ class Edge:
         self.start_ns = time.time_ns()
         self.started = time.perf_counter_ns()
 
-    def finish(self, status: int, error: str | None, host: str | None) -> RequestSeen:
+    def finish(self, status: int, error: str | None, host: bytes | str | None
+               ) -> RequestSeen:
         """The request as answered: what metrics count and, when its trace is recorded (it
-        was sampled, or it failed: a failure always is), its span in the trace store."""
-        outgoing, parent = self.outgoing, self.parent
+        was sampled, or it failed: a failure always is), its span in the trace store. `host`
+        is the Host header as received (its name is read only for a span recorded)."""
         duration = (time.perf_counter_ns() - self.started) / 1e9
-        if not outgoing.sampled and error is None and status < 500:
+        if not self.sampled and error is None and status < 500:
             return RequestSeen(self.route, self.service, self.instance, self.method,
                                self.path, status, self.start_ns, duration)
+        if isinstance(host, bytes):
+            host = host.decode("latin-1")
+        outgoing = self.outgoing
         return RequestSeen(self.route, self.service, self.instance, self.method, self.path,
                            status, self.start_ns, duration, outgoing.trace_id,
-                           outgoing.span_id, parent.span_id if parent else None, host, error)
+                           outgoing.span_id, self.parent_id, host_name(host) if host else None,
+                           error)

@@ -427,10 +427,16 @@ class ClientConnection(asyncio.Protocol):
         if hub is None:
             error = await self._answer(req)
             return self._after(req, error)
+        traceparent: list[str] = []
+        tracestate: list[str] = []
+        for name, _, value in req.headers:  # (one pass, for every request)
+            if name == b"traceparent":
+                traceparent.append(value.decode("latin-1"))
+            elif name == b"tracestate":
+                tracestate.append(value.decode("latin-1"))
         raw_path = req.target.partition(b"?")[0].decode("latin-1")
-        edge = self.edge = Edge(req.method.decode("latin-1"), raw_path,
-                                req.header(b"traceparent"), req.header(b"tracestate"),
-                                self.ingress.sampler)
+        edge = self.edge = Edge(req.method.decode("latin-1"), raw_path, traceparent,
+                                tracestate, self.ingress.sampler)
         status = CLIENT_GONE
         message: str | None = "the client went away before the response was complete"
         try:
@@ -447,8 +453,7 @@ class ClientConnection(asyncio.Protocol):
             if status == CLIENT_GONE and edge.sent is not None:
                 # the client left a websocket, or a streamed body: its answer had begun
                 status, message = edge.sent, None
-            host = req.host.decode("latin-1") if req.host is not None else None
-            seen = edge.finish(status, message, host_name(host) if host else None)
+            seen = edge.finish(status, message, req.host)
             if seen.trace_id is None:
                 hub.unsampled += 1
             hub.request(seen)
