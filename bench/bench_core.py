@@ -134,10 +134,11 @@ def throughput(port: int, host: str, conns: int, seconds: float) -> tuple[float,
 # request counted, new traces recorded up to monitoring.trace_rate a second), all (every
 # request's trace recorded: trace_rate null)
 EDGE_INGRESS = """
-import asyncio, collections, sys
+import asyncio, sys
 from devenv.engine.ingress import Ingress, RouteSpec, build_routes
 from devenv.engine.pool import Backend, Pool
 from devenv.config.model import MonitoringConfig
+from devenv.telemetry.metrics import RequestStats
 from devenv.telemetry.model import Hub
 from devenv.telemetry.store import Traces
 from pathlib import Path
@@ -146,10 +147,10 @@ async def main() -> None:
     port, backend, mode, folder = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     pool = Pool("backend-0")
     pool.add(Backend("backend-0-1", "127.0.0.1", backend))
-    kept = collections.deque(maxlen=100_000)
+    stats = RequestStats()  # the engine's request metrics, as EngineMetrics subscribes them
     traces = Traces(Path(folder))  # the engine's own trace store, as `up` opens it
     traces.open(64 * 1024 * 1024, 24 * 3600.0)
-    hub = Hub([traces.add], [traces.add_request, kept.append]) if mode != "off" else None
+    hub = Hub([traces.add], [traces.add_request, stats.add]) if mode != "off" else None
     ingress = Ingress(port, lambda name: pool, hub=hub)
     ingress.sampler.rate = MonitoringConfig().trace_rate if mode == "on" else None
     ingress.routes = build_routes([RouteSpec("backend-0", port=backend)])
@@ -205,17 +206,15 @@ def _cpu(proc: psutil.Process) -> float:
 
 def edge_span_cost(n: int = 15_000) -> float:  # (under the store's MAX_QUEUED)
     """Seconds the ingress spends per request on its edge span: reading the traceparent,
-    new ids, the RequestSeen, publishing it (to a sink that keeps it, and to a trace store's
+    new ids, the RequestSeen, publishing it (to the request metrics and a trace store's
     queue, as the engine does; the span itself is made by the store's writer process)."""
-    import collections
-
     from devenv.engine.ingress import Edge
+    from devenv.telemetry.metrics import RequestStats
     from devenv.telemetry.model import Hub
     from devenv.telemetry.store import Traces
 
-    kept: collections.deque[object] = collections.deque(maxlen=100_000)
     traces = Traces(Path(tempfile.gettempdir()) / "bench-traces-unopened")  # it only queues
-    hub = Hub([traces.add], [traces.add_request, kept.append])
+    hub = Hub([traces.add], [traces.add_request, RequestStats().add])
     traceparent = ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
     t0 = time.perf_counter()
     for _ in range(n):
