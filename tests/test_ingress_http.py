@@ -1,0 +1,138 @@
+"""The ingress's HTTP/1.1 at the byte level, in-process against raw-socket clients and raw
+stub instances: message framing it writes itself (no smuggling through `Connection`), bytes
+an instance sends past its response, flow control for a client that never reads, refused
+websockets, `h2c` upgrades, header size limits, `Host` rules, malformed chunked bodies, idle
+upstream connections, and the upstream timeout while an upload progresses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from conftest import free_ports
+from devenv.engine.ingress import Ingress, RouteSpec, build_routes
+from devenv.engine.pool import Backend, Pool
+
+Handler = Callable[["Stub", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class Stub:
+    """A raw instance: `handler` per connection; what it read, request by request."""
+
+    handler: Handler
+    seen: list[tuple[bytes, bytes]] = field(default_factory=list)  # (head, body)
+    conns: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.conns += 1
+        with contextlib.suppress(Exception):
+            await self.handler(self, reader, writer)
+        writer.close()
+
+    async def read(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = await reader.readexactly(length) if length else b""
+        self.seen.append((head, body))
+        self.arrived.set()
+        return head, body
+
+
+@dataclass
+class Setup:
+    stub: Stub
+    ingress: Ingress
+    pool: Pool
+    backend: Backend
+
+
+@contextlib.asynccontextmanager
+async def ingress(handler: Handler, **options: float) -> AsyncIterator[Setup]:
+    stub = Stub(handler)
+    app_port, port = free_ports(2)
+    server = await asyncio.start_server(stub.serve, "127.0.0.1", app_port)
+    pool = Pool("api", hold_timeout=1.0)
+    backend = Backend("api-1", "127.0.0.1", app_port)
+    pool.add(backend)
+    ing = Ingress(port, {"api": pool}.get, **options)  # type: ignore[arg-type]
+    ing.routes = build_routes([RouteSpec("api", path="/")])
+    await ing.start()
+    try:
+        yield Setup(stub, ing, pool, backend)
+    finally:
+        await ing.close()
+        server.close()
+
+
+async def exchange(ing: Ingress, data: bytes, timeout: float = 3.0) -> bytes:
+    """Send `data` on a new connection; what comes back until the ingress closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", ing.port)
+    writer.write(data)
+    try:
+        async with asyncio.timeout(timeout):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+def get(path: bytes = b"/", extra: bytes = b"", close: bool = True) -> bytes:
+    return (b"GET %s HTTP/1.1\r\nHost: localhost\r\n%s%s\r\n"
+            % (path, extra, b"Connection: close\r\n" if close else b""))
+
+
+async def echo_path(stub: Stub, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
+    while True:
+        head, _ = await stub.read(reader)
+        path = head.split(b" ")[1]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+        await writer.drain()
+
+
+async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+# ---- 1. framing is the ingress's own: `Connection` cannot drop it
+
+
+def test_connection_naming_content_length_does_not_smuggle_a_request() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            smuggled = b"GET /smuggled HTTP/1.1\r\nHost: evil\r\n\r\n"
+            out = await exchange(s.ingress, b"POST /a HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Connection: content-length, close\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled))
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"/a")
+            assert [(h.split(b"\r\n")[0], b) for h, b in s.stub.seen] == \
+                [(b"POST /a HTTP/1.1", smuggled)]
+
+    asyncio.run(scenario())
+
+
+def test_connection_naming_content_length_in_a_response_keeps_its_framing() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            await stub.read(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: content-length\r\n"
+                         b"Content-Length: 5\r\n\r\nhello")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, get(close=False) + get())
+            assert out.count(b"Content-Length: 5\r\n") == 2
+            assert out.count(b"hello") == 2 and b"chunked" not in out
+
+    asyncio.run(scenario())
+
