@@ -29,7 +29,7 @@ class Stub:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.conns += 1
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception, asyncio.CancelledError):
             await self.handler(self, reader, writer)
         writer.close()
 
@@ -133,6 +133,32 @@ def test_connection_naming_content_length_in_a_response_keeps_its_framing() -> N
             out = await exchange(s.ingress, get(close=False) + get())
             assert out.count(b"Content-Length: 5\r\n") == 2
             assert out.count(b"hello") == 2 and b"chunked" not in out
+
+    asyncio.run(scenario())
+
+
+# ---- 2. bytes past a response are never the next response
+
+
+def test_bytes_an_instance_sends_past_its_response_are_not_a_response_to_the_next() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await stub.read(reader)
+            if b"/extra" in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nINJECT")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, get(b"/extra", close=False) + get(b"/b"))
+            assert b"INJECT" not in out
+            assert out.endswith(b"real")
+            assert len(s.stub.seen) == 2
+            assert s.stub.conns == 2  # the connection that lied was not kept for /b
 
     asyncio.run(scenario())
 

@@ -37,8 +37,10 @@ class Upstream(asyncio.Protocol):
     __slots__ = (
         "backend",
         "closed",
+        "done",
         "early",
         "exchange",
+        "extra",
         "head",
         "headers",
         "idle_since",
@@ -67,6 +69,8 @@ class Upstream(asyncio.Protocol):
         self.length = False  # the response has a Content-Length
         self.keep_alive = False
         self.closed = False
+        self.done = False  # the current response was read to its end
+        self.extra = False  # and bytes came after it: never a response to anything
         self.idle_since = 0.0
         self.upgraded = False
         self.early = b""  # a websocket's first bytes, read with its 101
@@ -88,12 +92,14 @@ class Upstream(asyncio.Protocol):
             return
         self.received = True
         exchange = self.exchange
-        if exchange is None:  # a kept-alive connection the instance wrote to (a 408?)
-            self.close()
+        if exchange is None or self.done:  # bytes past its response (a 408? a lie?): they
+            self.close()  # are not the response to the next request, so the connection goes
             return
         exchange.cork()  # the response's head and body in one write, when they came so
         try:
             self.parser.feed_data(data)
+            if self.extra:
+                self.close()
         except httptools.HttpParserUpgrade as upgrade:
             self.upgraded = True
             self.early += data[upgrade.args[0]:]
@@ -126,20 +132,28 @@ class Upstream(asyncio.Protocol):
     # ---- httptools
 
     def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
+            return
         self.headers = []
         self.reason = b""
         self.length = False
 
     def on_status(self, reason: bytes) -> None:
-        self.reason += reason
+        if not self.done:
+            self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.done:
+            return
         lname = name.lower()
         if lname == b"content-length":
             self.length = True
         self.headers.append((lname, name, value))
 
     def on_headers_complete(self) -> None:
+        if self.done:
+            return
         self.status = status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             return  # an interim response (103 Early Hints, a stray 100): not relayed
@@ -151,15 +165,18 @@ class Upstream(asyncio.Protocol):
             self._end()
 
     def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
+        if self.done:  # (a HEAD's response, with a body after all)
+            self.extra = True
+        elif self.exchange is not None:
             self.exchange.response_body(body)
 
     def on_message_complete(self) -> None:
-        if self.head or self.upgraded or 100 <= self.status < 200:
+        if self.done or self.head or self.upgraded or 100 <= self.status < 200:
             return
         self._end()
 
     def _end(self) -> None:
+        self.done = True
         exchange = self.exchange
         if exchange is not None:
             exchange.response_end(self)
@@ -170,6 +187,7 @@ class Upstream(asyncio.Protocol):
         self.exchange = exchange
         self.head = head
         self.received = False
+        self.done = self.extra = False
         assert self.transport is not None
         self.transport.write(data)
 
