@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -96,6 +97,15 @@ async def echo_path(stub: Stub, reader: asyncio.StreamReader,
         await writer.drain()
 
 
+async def slow_client(ing: Ingress) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose receive buffer is small, so that the ingress's writes back up."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", ing.port))
+    return await asyncio.open_connection(sock=sock, limit=1 << 20)
+
+
 async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
@@ -159,6 +169,55 @@ def test_bytes_an_instance_sends_past_its_response_are_not_a_response_to_the_nex
             assert out.endswith(b"real")
             assert len(s.stub.seen) == 2
             assert s.stub.conns == 2  # the connection that lied was not kept for /b
+
+    asyncio.run(scenario())
+
+
+# ---- 3. a client that never reads
+
+
+def test_a_client_that_never_reads_stops_every_instance_it_is_answered_by() -> None:
+    body = b"x" * 100_000
+
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            await stub.read(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler, response_timeout=2.0) as s:
+            _, writer = await slow_client(s.ingress)
+            try:
+                writer.write(get(close=False) * 300)
+                await until(lambda: len(s.ingress.server.open) == 1)
+                (client,) = s.ingress.server.open
+                # it is answered until its buffers are full, then no more (not 300 x 100 kB)
+                await until(lambda: client.writable is not None)
+                assert client.transport is not None
+                assert client.transport.get_write_buffer_size() < 2 * 1024 * 1024
+                assert len(s.stub.seen) < 100
+                # another client is answered at once, by a connection that is reading
+                out = await exchange(s.ingress, get())
+                assert out.startswith(b"HTTP/1.1 200") and out.endswith(body)
+                for conn in s.ingress.upstreams.idle.get(s.backend, []):
+                    assert conn.transport is not None and conn.transport.is_reading()
+            finally:
+                writer.close()
+            assert client.transport.get_write_buffer_size() < 2 * 1024 * 1024
+            assert len(client.queue) <= 64 + 1  # pipelining is bounded
+
+    asyncio.run(scenario())
+
+
+def test_past_64_pipelined_requests_the_first_64_are_answered_then_the_connection_closes(
+) -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            out = await exchange(s.ingress, get(close=False) * 300)
+            assert out.count(b"HTTP/1.1 200 OK\r\n") == 64 == len(s.stub.seen)
+            assert out.endswith(b"Connection: close\r\n\r\n/")
 
     asyncio.run(scenario())
 

@@ -40,6 +40,8 @@ from devenv.telemetry.sampling import RateSampler
 
 REPLAY_LIMIT = 1024 * 1024  # request bodies up to this size are read before they are sent
 STREAM_BUFFER = 256 * 1024  # a streamed body read ahead of its connection, at most
+PIPELINE = 64  # requests read ahead of their answer on one connection, at most (then it
+# answers those and closes: a client retries the rest, RFC 9112 §9.3.2)
 ATTEMPTS = 3  # instances tried for one request when they refuse the connection
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -162,6 +164,8 @@ class ClientConnection(asyncio.Protocol):
         self.lost = False
         self.broken = False  # unparseable input: answer what was read, then close
         self.upgrading = False
+        self.stalled = False  # the client reads slower than it is answered (pause_writing)
+        self.writable: asyncio.Future[None] | None = None  # set when it reads again
         # the request being answered
         self.waiter: asyncio.Future[int] | None = None
         self.upstream: Upstream | None = None
@@ -229,12 +233,17 @@ class ClientConnection(asyncio.Protocol):
             self.task.cancel()
 
     def pause_writing(self) -> None:  # the client reads slower than the instance writes
+        self.stalled = True
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.stalled = False
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
+        writable, self.writable = self.writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     # ---- httptools
 
@@ -277,6 +286,8 @@ class ClientConnection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.accounts.waiting.pop(self, None)
+        if len(self.queue) >= PIPELINE:
+            raise _TooMany
         self.queue.append(req)
         if len(self.queue) > 1:
             self._pause("pipeline")  # one request at a time, in order
@@ -338,7 +349,7 @@ class ClientConnection(asyncio.Protocol):
             return
         framed = self.framed = framing(http11=req.http11, head=req.method == b"HEAD",
                                        status=status, length=conn.length)
-        keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self.broken
+        keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self._last
         self._write(response_head(status, conn.reason, conn.headers, framed,
                                            keep_alive=keep, http11=req.http11))
         self.sent = status
@@ -392,6 +403,10 @@ class ClientConnection(asyncio.Protocol):
                 if not self.queue:
                     self.next = self.loop.create_future()
                     await self.next
+                    continue
+                if self.stalled:  # the client does not read: answer no more until it does
+                    self.writable = self.loop.create_future()
+                    await self.writable
                     continue
                 req = self.queue[0]
                 self._resume("pipeline")
@@ -456,7 +471,7 @@ class ClientConnection(asyncio.Protocol):
     def _after(self, req: Request, error: IngressError | None) -> bool:
         if error is not None and not self.lost:
             assert self.transport is not None
-            keep = req.keep_alive and req.complete and not self.broken and not req.upgrade
+            keep = req.keep_alive and req.complete and not self._last and not req.upgrade
             self.transport.write(error.render(keep_alive=keep, http11=req.http11))
             return keep
         return self.keep and req.complete and not self.websocket
@@ -593,6 +608,8 @@ class ClientConnection(asyncio.Protocol):
         """Send the request on `conn`; the wait for the end of its response (relayed as it
         comes) or what stopped it."""
         self.upstream = conn
+        if self.stalled and conn.transport is not None:  # its client does not read
+            conn.transport.pause_reading()
         waiter = self._wait(self.ingress.response_timeout)
         if not streamed:
             conn.send(self, head + body, head=req.method == b"HEAD")
@@ -713,6 +730,12 @@ class ClientConnection(asyncio.Protocol):
             if not self.paused and self.transport is not None and not self.lost:
                 self.transport.resume_reading()
 
+    @property
+    def _last(self) -> bool:
+        """The request being answered is the last this connection answers: what follows it
+        could not be read."""
+        return self.broken and len(self.queue) <= 1
+
     def _garbled(self, exc: Exception) -> None:
         self.broken = True
         self._pause("broken")
@@ -779,6 +802,10 @@ def route(routes: RouteTable, host_header: bytes | None, target: bytes
         return Routed("", "", b"")
     suffix = matched.forward(raw).encode("latin-1") + (b"?" + query if query else b"")
     return Routed(matched.service, matched.prefix or host, suffix)
+
+
+class _TooMany(Exception):
+    """More than PIPELINE requests read ahead on one connection."""
 
 
 def _chunked(headers: list[Header]) -> bool:

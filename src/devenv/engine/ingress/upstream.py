@@ -229,9 +229,10 @@ class Upstreams:
         """A connection whose response was read to its end, kept for the next request."""
         conn.exchange = None
         idle = self.idle.setdefault(conn.backend, [])
-        if len(idle) >= IDLE_PER_BACKEND or conn.closed:
+        if len(idle) >= IDLE_PER_BACKEND or conn.closed or conn.transport is None:
             conn.close()
             return
+        conn.transport.resume_reading()  # (paused for a slow client, perhaps)
         conn.idle_since = now
         idle.append(conn)
 
