@@ -221,3 +221,36 @@ def test_past_64_pipelined_requests_the_first_64_are_answered_then_the_connectio
 
     asyncio.run(scenario())
 
+
+# ---- 4. a refused websocket
+
+
+WS = (b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def test_a_refused_websocket_gets_the_instances_answer_unframed_by_earlier_requests() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await stub.read(reader)
+            if b"websocket" in head.lower():
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n"
+                             b"WWW-Authenticate: x\r\n\r\nDENIED")
+                await writer.drain()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"2\r\nok\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, get(close=False) + WS)
+            first, _, second = out.partition(b"0\r\n\r\n")
+            assert first.startswith(b"HTTP/1.1 200")
+            assert second.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+            assert b"WWW-Authenticate: x\r\n" in second and b"Connection: close\r\n" in second
+            assert second.endswith(b"\r\n\r\nDENIED")
+
+    asyncio.run(scenario())
+

@@ -337,11 +337,11 @@ class ClientConnection(asyncio.Protocol):
 
     def response_head(self, conn: Upstream) -> None:
         self._stop_timer()
-        if self.websocket:
+        status = conn.status
+        if self.websocket and status == 101:
             self._wake(HEAD)
             return
         req = self.queue[0]
-        status = conn.status
         if status == 101:
             conn.close()
             self.upstream_garbled(conn, "101 Switching Protocols to a request that asked for "
@@ -349,7 +349,8 @@ class ClientConnection(asyncio.Protocol):
             return
         framed = self.framed = framing(http11=req.http11, head=req.method == b"HEAD",
                                        status=status, length=conn.length)
-        keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self._last
+        keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self._last \
+            and not self.websocket  # (a refused websocket: its answer as it is, then close)
         self._write(response_head(status, conn.reason, conn.headers, framed,
                                            keep_alive=keep, http11=req.http11))
         self.sent = status
@@ -410,6 +411,7 @@ class ClientConnection(asyncio.Protocol):
                     continue
                 req = self.queue[0]
                 self._resume("pipeline")
+                self._begin()
                 try:
                     keep = await self._one(req)
                 except Exception as exc:  # a bug: say so, and close
@@ -432,6 +434,15 @@ class ClientConnection(asyncio.Protocol):
                                                        self._idle_late)
         finally:
             self.task = None
+
+    def _begin(self) -> None:
+        """Forget what the previous request's answer left: every per-request field."""
+        self.sent = None
+        self.keep = True
+        self.websocket = False
+        self.framed = Framing.NONE
+        self.garbled = ""
+        self.waiter = None
 
     async def _one(self, req: Request) -> bool:
         """Answer one request; whether its connection stays open."""
@@ -684,13 +695,12 @@ class ClientConnection(asyncio.Protocol):
                         return IngressError(504, f"service '{service}' (instance "
                                             f"{backend.id}) did not accept the websocket "
                                             f"within {ingress.response_timeout:g}s")
+                    if self.sent is not None:  # refused (401, 403, 426...): relayed as it is
+                        return None
                     if outcome != HEAD:
                         return IngressError(502, f"service '{service}' (instance "
                                             f"{backend.id}): websocket: the connection was "
                                             "closed")
-                    if conn.status != 101:
-                        return IngressError(502, f"service '{service}' refused the websocket: "
-                                            f"{conn.status} {conn.reason.decode('latin-1')}")
                     transport = self.transport
                     assert transport is not None and conn.transport is not None
                     waiter = self.waiter = self.loop.create_future()
