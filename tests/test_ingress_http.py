@@ -254,3 +254,44 @@ def test_a_refused_websocket_gets_the_instances_answer_unframed_by_earlier_reque
 
     asyncio.run(scenario())
 
+
+# ---- 5. h2c
+
+
+def test_an_h2c_upgrade_with_a_body_is_a_plain_request() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path, body_timeout=2.0) as s:
+            out = await exchange(s.ingress, b"POST /p HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                                 b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+                                 b"Content-Length: 5\r\n\r\nhello")
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"/p")
+            ((head, body),) = s.stub.seen
+            assert body == b"hello"
+            assert b"upgrade" not in head.lower() and b"http2-settings" not in head.lower()
+
+    asyncio.run(scenario())
+
+
+def test_an_h2c_upgrade_with_a_chunked_body_is_a_plain_request() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readuntil(b"0\r\n\r\n")
+        stub.seen.append((head, body))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, b"POST /p HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Connection: Upgrade\r\nUpgrade: h2c\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n"
+                                 b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"ok")
+            ((_, body),) = s.stub.seen
+            assert body.replace(b"\r\n", b"").endswith(b"0")
+            assert b"abc" in body and b"de" in body
+
+    asyncio.run(scenario())
+

@@ -19,7 +19,7 @@ from devenv.engine.ingress.routes import host_name
 # message's own `Connection` header names. `host` is set anew by the ingress.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "trailers",
-                        "transfer-encoding", "upgrade", "host"})
+                        "transfer-encoding", "upgrade", "host", "http2-settings"})
 _HOP_BY_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 # set anew on a forwarded request: the ingress answers `Expect`, and X-Forwarded-For is
 # extended with the peer

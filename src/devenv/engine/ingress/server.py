@@ -164,6 +164,7 @@ class ClientConnection(asyncio.Protocol):
         self.lost = False
         self.broken = False  # unparseable input: answer what was read, then close
         self.upgrading = False
+        self.body: httptools.HttpRequestParser | None = None  # a non-websocket upgrade's body
         self.stalled = False  # the client reads slower than it is answered (pause_writing)
         self.writable: asyncio.Future[None] | None = None  # set when it reads again
         # the request being answered
@@ -201,6 +202,9 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
+        if self.body is not None:
+            self._body(data)
+            return
         if self.upgrading:
             if self.parsing is not None and self.parsing.websocket:
                 self.parsing.early += data
@@ -209,10 +213,20 @@ class ClientConnection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self.upgrading = True
+            if self.body is not None:  # h2c and the like, with a body: that body follows
+                self._body(data[upgrade.args[0]:])
+                return
             self._pause("upgrade")
             req = self.parsing
             if req is not None and req.websocket:
                 req.early += data[upgrade.args[0]:]
+        except httptools.HttpParserError as exc:
+            self._garbled(exc)
+
+    def _body(self, data: bytes) -> None:
+        assert self.body is not None
+        try:
+            self.body.feed_data(data)
         except httptools.HttpParserError as exc:
             self._garbled(exc)
 
@@ -311,6 +325,15 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         req = self.parsing
         assert req is not None
+        if req.upgrade and not req.websocket and req.has_body and self.body is None:
+            # llhttp takes the body of a request asking for another protocol (`Upgrade:
+            # h2c`) for that protocol's bytes; a proxy ignores the upgrade, so its body is
+            # read by a parser of its own
+            self.body = httptools.HttpRequestParser(_Body(self))
+            self.body.feed_data(b"POST / HTTP/1.1\r\n%s\r\n" % (
+                b"Transfer-Encoding: chunked\r\n" if req.chunked
+                else b"Content-Length: %d\r\n" % (req.length or 0)))
+            return
         req.complete = True
         if req.sink is not None:
             if req.chunked:
@@ -812,6 +835,24 @@ def route(routes: RouteTable, host_header: bytes | None, target: bytes
         return Routed("", "", b"")
     suffix = matched.forward(raw).encode("latin-1") + (b"?" + query if query else b"")
     return Routed(matched.service, matched.prefix or host, suffix)
+
+
+class _Body:
+    """The parser callbacks of a body read after an ignored upgrade: the body, then
+    nothing (the connection closes after the answer)."""
+
+    def __init__(self, conn: ClientConnection):
+        self.conn = conn
+        self.done = False
+
+    def on_body(self, body: bytes) -> None:
+        if not self.done:
+            self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.done:
+            self.done = True
+            self.conn.on_message_complete()
 
 
 class _TooMany(Exception):
