@@ -295,3 +295,53 @@ def test_an_h2c_upgrade_with_a_chunked_body_is_a_plain_request() -> None:
 
     asyncio.run(scenario())
 
+
+# ---- 6. header size limits
+
+
+def test_a_request_head_over_64_kib_is_refused_with_431() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            big = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(80))
+            out = await exchange(s.ingress, get(extra=big))
+            assert out.startswith(b"HTTP/1.1 431 ")
+            assert s.stub.seen == []
+
+    asyncio.run(scenario())
+
+
+def test_a_header_line_that_never_ends_is_refused_before_it_is_a_megabyte() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Pad: ")
+            out = b""
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):  # up to 10 MB, or until the ingress closes
+                    writer.write(b"a" * 100_000)
+                    await writer.drain()
+                async with asyncio.timeout(3.0):
+                    out = await reader.read(-1)
+            writer.close()
+            assert out == b"" or out.startswith(b"HTTP/1.1 431 ")
+            assert s.stub.seen == [] and s.ingress.server.open == set()
+
+    asyncio.run(scenario())
+
+
+def test_a_response_head_over_64_kib_is_a_502() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await stub.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n"
+                     b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, get())
+            assert out.startswith(b"HTTP/1.1 502 ")
+            assert b"aaaa" not in out
+
+    asyncio.run(scenario())
+

@@ -33,7 +33,14 @@ from devenv.engine.ingress.messages import (
     switching_head,
 )
 from devenv.engine.ingress.routes import NoHttp, RouteTable, host_name, split_path
-from devenv.engine.ingress.upstream import WRITE_HIGH, WRITE_LOW, Upstream, Upstreams
+from devenv.engine.ingress.upstream import (
+    HEAD_LIMIT,
+    READ_AHEAD,
+    WRITE_HIGH,
+    WRITE_LOW,
+    Upstream,
+    Upstreams,
+)
 from devenv.engine.pool import NoBackend, Pool
 from devenv.telemetry.model import Hub
 from devenv.telemetry.sampling import RateSampler
@@ -163,6 +170,8 @@ class ClientConnection(asyncio.Protocol):
         self.deadline: asyncio.TimerHandle | None = None  # the response or body timeout
         self.lost = False
         self.broken = False  # unparseable input: answer what was read, then close
+        self.refusal: IngressError | None = None  # why, when it is not a parse error
+        self.head_read = 0  # bytes read while a request's head is incomplete
         self.upgrading = False
         self.body: httptools.HttpRequestParser | None = None  # a non-websocket upgrade's body
         self.stalled = False  # the client reads slower than it is answered (pause_writing)
@@ -211,6 +220,11 @@ class ClientConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            req = self.parsing
+            if req is not None and not req.method:  # its head is not complete yet
+                self.head_read += len(data)
+                if self.head_read > HEAD_LIMIT + READ_AHEAD:  # (one line, still unparsed)
+                    self._refuse(_head_too_big())
         except httptools.HttpParserUpgrade as upgrade:
             self.upgrading = True
             if self.body is not None:  # h2c and the like, with a body: that body follows
@@ -267,12 +281,20 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         assert self.parsing is not None
         self.parsing.target += url
+        self.parsing.size += len(url)
+        if self.parsing.size > HEAD_LIMIT:
+            self.refusal = _head_too_big()
+            raise _TooMany
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
         assert req is not None
         lname = name.lower()
         req.headers.append((lname, name, value))
+        req.size += len(name) + len(value) + 4
+        if req.size > HEAD_LIMIT:
+            self.refusal = _head_too_big()
+            raise _TooMany
         if lname == b"host":
             if req.host is None:
                 req.host = value
@@ -290,6 +312,8 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         parser = self.parser
         req.method = parser.get_method()
+        req.size = 0  # (from now on, its body's)
+        self.head_read = 0
         req.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
         req.upgrade = parser.should_upgrade()
@@ -770,11 +794,14 @@ class ClientConnection(asyncio.Protocol):
         return self.broken and len(self.queue) <= 1
 
     def _garbled(self, exc: Exception) -> None:
+        self._refuse(self.refusal or IngressError(400, f"bad request: {exc}"))
+
+    def _refuse(self, error: IngressError) -> None:
+        """Input that cannot be read on: answer the requests read before it, then close."""
         self.broken = True
         self._pause("broken")
         if not self.queue and self.transport is not None:  # (none in progress)
-            self.transport.write(IngressError(400, f"bad request: {exc}").render(
-                keep_alive=False))
+            self.transport.write(error.render(keep_alive=False))
             self.transport.close()
 
     def _header_late(self) -> None:
@@ -856,7 +883,12 @@ class _Body:
 
 
 class _TooMany(Exception):
-    """More than PIPELINE requests read ahead on one connection."""
+    """More than PIPELINE requests read ahead on one connection, or a head too big."""
+
+
+def _head_too_big() -> IngressError:
+    return IngressError(431, f"the request's head (its line and headers) is over "
+                        f"{HEAD_LIMIT // 1024} KiB")
 
 
 def _chunked(headers: list[Header]) -> bool:

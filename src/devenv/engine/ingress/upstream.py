@@ -15,6 +15,8 @@ from devenv.engine.pool import Backend
 
 IDLE_PER_BACKEND = 256  # kept-alive connections to one instance, at most
 KEEPALIVE = 15.0  # seconds a kept-alive connection waits for a request, then it is closed
+HEAD_LIMIT = 64 * 1024  # a message's head (line and headers), at most
+READ_AHEAD = 256 * 1024  # what asyncio reads at once, at most
 WRITE_HIGH, WRITE_LOW = 256 * 1024, 64 * 1024  # bytes buffered before the other side pauses
 
 
@@ -42,6 +44,8 @@ class Upstream(asyncio.Protocol):
         "exchange",
         "extra",
         "head",
+        "head_read",
+        "head_size",
         "headers",
         "idle_since",
         "keep_alive",
@@ -66,6 +70,8 @@ class Upstream(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: list[Header] = []
+        self.head_size = -1  # bytes of the head parsed (-1: not in a head)
+        self.head_read = 0  # bytes read while it is incomplete
         self.length = False  # the response has a Content-Length
         self.keep_alive = False
         self.closed = False
@@ -100,15 +106,19 @@ class Upstream(asyncio.Protocol):
             self.parser.feed_data(data)
             if self.extra:
                 self.close()
+            elif self.head_size >= 0:  # a head still incomplete: bound what it buffers
+                self.head_read += len(data)
+                if self.head_read > HEAD_LIMIT + READ_AHEAD:
+                    raise _HeadTooBig
         except httptools.HttpParserUpgrade as upgrade:
             self.upgraded = True
             self.early += data[upgrade.args[0]:]
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, _HeadTooBig) as exc:
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
             if self.exchange is not None:
-                self.exchange.upstream_garbled(self, str(exc) or type(exc).__name__)
+                self.exchange.upstream_garbled(self, _why(exc))
         finally:
             exchange.uncork()
 
@@ -138,14 +148,17 @@ class Upstream(asyncio.Protocol):
         self.headers = []
         self.reason = b""
         self.length = False
+        self.head_size = self.head_read = 0
 
     def on_status(self, reason: bytes) -> None:
         if not self.done:
             self.reason += reason
+            self._grown(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.done:
             return
+        self._grown(len(name) + len(value) + 4)
         lname = name.lower()
         if lname == b"content-length":
             self.length = True
@@ -154,6 +167,7 @@ class Upstream(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         if self.done:
             return
+        self.head_size = -1
         self.status = status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             return  # an interim response (103 Early Hints, a stray 100): not relayed
@@ -163,6 +177,12 @@ class Upstream(asyncio.Protocol):
         if self.head:  # no body follows, whatever the headers say: llhttp cannot be told
             self.parser = httptools.HttpResponseParser(self)
             self._end()
+
+    def _grown(self, size: int) -> None:
+        if self.head_size >= 0:
+            self.head_size += size
+            if self.head_size > HEAD_LIMIT:
+                raise _HeadTooBig
 
     def on_body(self, body: bytes) -> None:
         if self.done:  # (a HEAD's response, with a body after all)
@@ -207,6 +227,16 @@ class Upstream(asyncio.Protocol):
         if self.early:
             client.write(self.early)
             self.early = b""
+
+
+class _HeadTooBig(Exception):
+    pass
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, _HeadTooBig) or isinstance(exc.__context__, _HeadTooBig):
+        return f"its response's head is over {HEAD_LIMIT // 1024} KiB"
+    return str(exc) or type(exc).__name__
 
 
 class Upstreams:
