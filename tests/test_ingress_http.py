@@ -345,3 +345,22 @@ def test_a_response_head_over_64_kib_is_a_502() -> None:
 
     asyncio.run(scenario())
 
+
+# ---- 7. Host
+
+
+def test_an_http11_request_without_exactly_one_host_is_a_400() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            none = await exchange(s.ingress, b"GET /nohost HTTP/1.1\r\n"
+                                  b"Connection: close\r\n\r\n")
+            two = await exchange(s.ingress, b"GET /two HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Host: evil.com\r\nConnection: close\r\n\r\n")
+            assert none.startswith(b"HTTP/1.1 400 ") and b"Host" in none
+            assert two.startswith(b"HTTP/1.1 400 ") and b"Host" in two
+            assert s.stub.seen == []
+            old = await exchange(s.ingress, b"GET /old HTTP/1.0\r\n\r\n")
+            assert old.startswith(b"HTTP/1.1 200") and old.endswith(b"/old")
+
+    asyncio.run(scenario())
+

@@ -80,6 +80,7 @@ class Request:
         "expect",
         "headers",
         "host",
+        "hosts",
         "http11",
         "keep_alive",
         "length",
@@ -97,6 +98,7 @@ class Request:
         self.target = b""
         self.headers: list[Header] = []
         self.host: bytes | None = None
+        self.hosts = 0  # Host headers
         self.http11 = True
         self.keep_alive = True
         self.length: int | None = None
@@ -296,6 +298,7 @@ class ClientConnection(asyncio.Protocol):
             self.refusal = _head_too_big()
             raise _TooMany
         if lname == b"host":
+            req.hosts += 1
             if req.host is None:
                 req.host = value
         elif lname == b"content-length":
@@ -553,6 +556,9 @@ class ClientConnection(asyncio.Protocol):
     async def _answer(self, req: Request) -> IngressError | None:
         """Route a request and relay it: None once relayed, or the ingress's own answer."""
         ingress = self.ingress
+        if req.hosts > 1 or (req.http11 and not req.hosts):  # RFC 9112 §3.2
+            return IngressError(400, f"a request must have one Host header (this one has "
+                                f"{req.hosts}): the ingress routes by it")
         key = (req.host, req.target)
         routed = ingress.routed.get(key)
         if routed is None:
