@@ -364,3 +364,30 @@ def test_an_http11_request_without_exactly_one_host_is_a_400() -> None:
 
     asyncio.run(scenario())
 
+
+# ---- 8. a chunked body that turns malformed
+
+
+def test_a_chunked_body_that_turns_malformed_is_aborted_with_400() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        stub.seen.append((await reader.readuntil(b"\r\n\r\n"), b""))
+        stub.arrived.set()
+        await reader.read(-1)  # waits for the rest of the body
+        stub.seen.append((b"closed", b""))
+
+    async def scenario() -> None:
+        async with ingress(handler, response_timeout=5.0) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(b"POST /up HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            await s.stub.arrived.wait()
+            writer.write(b"zz-not-hex\r\n\r\n")
+            async with asyncio.timeout(2.0):
+                out = await reader.read(-1)
+            writer.close()
+            assert out.startswith(b"HTTP/1.1 400 ")
+            await until(lambda: len(s.stub.seen) == 2)  # the instance's connection: closed
+
+    asyncio.run(scenario())
+

@@ -60,7 +60,7 @@ MIN_CONNECTIONS, MAX_CONNECTIONS = 64, 10_000
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # what a wait for the client or an instance came to
-HEAD, END, LOST, GARBLED, CUT, TIMEOUT, GONE = range(7)
+HEAD, END, LOST, GARBLED, CUT, TIMEOUT, GONE, BAD = range(8)
 
 
 def default_max_connections() -> int:
@@ -74,6 +74,7 @@ class Request:
     """One request as parsed: its head, and its body while it is read."""
 
     __slots__ = (
+        "bad",
         "chunked",
         "complete",
         "early",
@@ -111,6 +112,7 @@ class Request:
         self.size = 0
         self.sink: asyncio.Transport | None = None  # where its body goes as it comes
         self.early = b""  # a websocket's first bytes, read with its upgrade
+        self.bad = ""  # why its body could not be read to its end
 
     @property
     def has_body(self) -> bool:
@@ -615,6 +617,8 @@ class ClientConnection(asyncio.Protocol):
                                             f"{ingress.body_timeout:g}s")
                     if outcome == GONE:
                         return None
+                    if outcome == BAD:
+                        return _bad_body(req)
                 body = b"".join(req.parts)
                 req.parts = []
             else:
@@ -675,6 +679,9 @@ class ClientConnection(asyncio.Protocol):
         if self.stalled and conn.transport is not None:  # its client does not read
             conn.transport.pause_reading()
         waiter = self._wait(self.ingress.response_timeout)
+        if req.bad:  # its body turned out unreadable while a connection was opened
+            waiter.set_result(BAD)
+            return waiter
         if not streamed:
             conn.send(self, head + body, head=req.method == b"HEAD")
             return waiter
@@ -706,6 +713,12 @@ class ClientConnection(asyncio.Protocol):
                                     f"something that is not HTTP: {self.garbled}")
             if outcome == LOST:
                 return self._closed(service, instance, None)
+            if outcome == BAD:  # the instance's connection is aborted (finally)
+                if self.sent is None:
+                    return _bad_body(self.queue[0])
+                if self.transport is not None:  # its answer had begun: cut it
+                    self.transport.abort()
+                return None
             if outcome == END and keep and conn.keep_alive and self.queue[0].complete \
                     and not conn.closed:
                 conn.exchange = None
@@ -800,6 +813,12 @@ class ClientConnection(asyncio.Protocol):
         return self.broken and len(self.queue) <= 1
 
     def _garbled(self, exc: Exception) -> None:
+        req = self.parsing
+        if req is not None and req.method and not req.complete and self.queue \
+                and self.queue[0] is req:  # the body of the request being answered
+            req.bad = str(exc) or type(exc).__name__
+            req.sink = None
+            self._wake(BAD)
         self._refuse(self.refusal or IngressError(400, f"bad request: {exc}"))
 
     def _refuse(self, error: IngressError) -> None:
@@ -890,6 +909,10 @@ class _Body:
 
 class _TooMany(Exception):
     """More than PIPELINE requests read ahead on one connection, or a head too big."""
+
+
+def _bad_body(req: Request) -> IngressError:
+    return IngressError(400, f"bad request body: {req.bad}; it was not sent on whole")
 
 
 def _head_too_big() -> IngressError:
