@@ -12,8 +12,11 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import pytest
+
 from conftest import free_ports
 from devenv.engine.ingress import Ingress, RouteSpec, build_routes
+from devenv.engine.ingress import upstream as upstream_mod
 from devenv.engine.pool import Backend, Pool
 
 Handler = Callable[["Stub", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -388,6 +391,38 @@ def test_a_chunked_body_that_turns_malformed_is_aborted_with_400() -> None:
             writer.close()
             assert out.startswith(b"HTTP/1.1 400 ")
             await until(lambda: len(s.stub.seen) == 2)  # the instance's connection: closed
+
+    asyncio.run(scenario())
+
+
+# ---- 9. idle connections to instances
+
+
+def test_idle_connections_to_an_instance_are_closed_when_it_leaves_its_pool() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            out = await exchange(s.ingress, get())
+            assert out.endswith(b"/")
+            await until(lambda: bool(s.ingress.upstreams.idle.get(s.backend)))
+            (kept,) = s.ingress.upstreams.idle[s.backend]
+            s.pool.remove(s.backend)
+            assert kept.closed
+            assert s.backend not in s.ingress.upstreams.idle
+
+    asyncio.run(scenario())
+
+
+def test_idle_connections_older_than_keepalive_are_swept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstream_mod, "KEEPALIVE", 0.2)
+
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            await exchange(s.ingress, get())
+            await until(lambda: bool(s.ingress.upstreams.idle.get(s.backend)))
+            (kept,) = s.ingress.upstreams.idle[s.backend]
+            await until(lambda: kept.closed, timeout=2.0)
+            assert s.backend not in s.ingress.upstreams.idle
 
     asyncio.run(scenario())
 

@@ -245,6 +245,7 @@ class Upstreams:
     def __init__(self, connect_timeout: float):
         self.connect_timeout = connect_timeout
         self.idle: dict[Backend, list[Upstream]] = {}
+        self.sweeper: asyncio.TimerHandle | None = None  # closes those idle past KEEPALIVE
 
     def take(self, backend: Backend, now: float) -> Upstream | None:
         idle = self.idle.get(backend)
@@ -258,13 +259,46 @@ class Upstreams:
     def give(self, conn: Upstream, now: float) -> None:
         """A connection whose response was read to its end, kept for the next request."""
         conn.exchange = None
-        idle = self.idle.setdefault(conn.backend, [])
+        idle = self.idle.get(conn.backend)
+        if idle is None:
+            idle = self.idle[conn.backend] = []
+            conn.backend.on_leave.append(self.left)  # its pool lets it go: so do we
         if len(idle) >= IDLE_PER_BACKEND or conn.closed or conn.transport is None:
             conn.close()
             return
         conn.transport.resume_reading()  # (paused for a slow client, perhaps)
         conn.idle_since = now
         idle.append(conn)
+        if self.sweeper is None:
+            self.sweeper = asyncio.get_running_loop().call_at(now + KEEPALIVE, self._sweep)
+
+    def left(self, backend: Backend) -> None:
+        """`backend` left its pool: close the connections to it that wait."""
+        with contextlib.suppress(ValueError):
+            backend.on_leave.remove(self.left)
+        for conn in self.idle.pop(backend, []):
+            conn.close()
+
+    def _sweep(self) -> None:
+        """Close the connections idle for KEEPALIVE or closed by their instance; forget the
+        backends with none left; come again when the oldest left is due."""
+        self.sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for backend, idle in list(self.idle.items()):
+            kept = []
+            for conn in idle:
+                if conn.closed or now - conn.idle_since >= KEEPALIVE:
+                    conn.close()
+                else:
+                    kept.append(conn)
+            if kept:
+                self.idle[backend] = kept
+            else:
+                self.left(backend)
+        oldest = min((c.idle_since for idle in self.idle.values() for c in idle), default=None)
+        if oldest is not None:
+            self.sweeper = loop.call_at(oldest + KEEPALIVE, self._sweep)
 
     async def connect(self, backend: Backend) -> Upstream:
         """A new connection to `backend`; OSError when it is refused, TimeoutError when it
@@ -278,11 +312,15 @@ class Upstreams:
     def forget(self, live: set[Backend]) -> None:
         """Close the kept-alive connections to backends no longer in any pool."""
         for backend in [b for b in self.idle if b not in live]:
-            for conn in self.idle.pop(backend):
-                conn.close()
+            self.left(backend)
 
     def close(self) -> None:
-        for idle in self.idle.values():
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        for backend, idle in list(self.idle.items()):
+            with contextlib.suppress(ValueError):
+                backend.on_leave.remove(self.left)
             for conn in idle:
                 with contextlib.suppress(Exception):
                     conn.close()
