@@ -426,3 +426,31 @@ def test_idle_connections_older_than_keepalive_are_swept(
 
     asyncio.run(scenario())
 
+
+# ---- 10. the upstream timeout and a streamed upload
+
+
+def test_an_upload_that_progresses_is_not_cut_by_the_response_timeout() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readuntil(b"0\r\n\r\n")
+        stub.seen.append((b"", body))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler, response_timeout=0.3) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(b"POST /up HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            for _ in range(8):  # 0.8 s in all, a chunk every 0.1 s
+                writer.write(b"1\r\nx\r\n")
+                await asyncio.sleep(0.1)
+            writer.write(b"0\r\n\r\n")
+            async with asyncio.timeout(2.0):
+                out = await reader.read(-1)
+            writer.close()
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"done")
+
+    asyncio.run(scenario())

@@ -172,6 +172,8 @@ class ClientConnection(asyncio.Protocol):
         self.paused: set[str] = set()
         self.timer: asyncio.TimerHandle | None = None  # the header or the idle timeout
         self.deadline: asyncio.TimerHandle | None = None  # the response or body timeout
+        self.allowed = 0.0  # that timeout, counted again from a streamed body's progress
+        self.progress = 0.0  # when the last part of a streamed body was sent on
         self.lost = False
         self.broken = False  # unparseable input: answer what was read, then close
         self.refusal: IngressError | None = None  # why, when it is not a parse error
@@ -345,6 +347,7 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         if req.sink is not None:
             req.sink.write(chunk(body) if req.chunked else body)
+            self.progress = self.loop.time()  # an upload in progress: not a silent instance
             return
         req.parts.append(body)
         req.size += len(body)
@@ -547,8 +550,17 @@ class ClientConnection(asyncio.Protocol):
     def _wait(self, timeout: float) -> asyncio.Future[int]:
         self.waiter = waiter = self.loop.create_future()
         self._stop_timer()
-        self.deadline = self.loop.call_later(timeout, self._wake, TIMEOUT)
+        self.allowed, self.progress = timeout, 0.0
+        self.deadline = self.loop.call_later(timeout, self._late)
         return waiter
+
+    def _late(self) -> None:
+        due = self.progress + self.allowed
+        if self.sent is None and due > self.loop.time():  # the body was sent on since
+            self.deadline = self.loop.call_at(due, self._late)
+        else:
+            self.deadline = None
+            self._wake(TIMEOUT)
 
     def _stop_timer(self) -> None:
         if self.deadline is not None:
