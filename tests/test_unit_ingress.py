@@ -129,9 +129,10 @@ def test_the_forwarded_request_head_keeps_end_to_end_headers_and_says_who_asked(
         (b"traceparent", b"00-old"), (b"tracestate", b"old=1"), (b"Content-Length", b"5")),
         b"api.localhost:7700", b"127.0.0.1", traceparent=b"00-new", tracestate=None)
     assert head == (b"POST /x%20y?q=1 HTTP/1.1\r\nHost: api.localhost:7700\r\n"
-                    b"Cookie: a=1\r\nCookie: b=2\r\nContent-Length: 5\r\n"
+                    b"Cookie: a=1\r\nCookie: b=2\r\n"
                     b"X-Forwarded-Host: api.localhost:7700\r\nX-Forwarded-Proto: http\r\n"
-                    b"X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\ntraceparent: 00-new\r\n\r\n")
+                    b"X-Forwarded-For: 10.0.0.1, 127.0.0.1\r\ntraceparent: 00-new\r\n"
+                    b"Content-Length: 5\r\n\r\n")
     # without edge spans the trace headers pass as they are; a streamed body is re-chunked
     head = request_head(b"GET", b"/", _raw((b"traceparent", b"00-old"),
                                            (b"Transfer-Encoding", b"chunked")),
@@ -175,6 +176,19 @@ def test_the_relayed_response_head_drops_hop_by_hop_headers_and_says_how_it_ends
                          http11=False) == kept + b"Connection: keep-alive\r\n\r\n"
     assert response_head(200, b"OK", upstream, Framing.LENGTH, keep_alive=False,
                          http11=True) == kept + b"Connection: close\r\n\r\n"
+
+
+def test_connection_cannot_name_away_the_framing_the_ingress_writes() -> None:
+    # dropping Content-Length while sending the body would smuggle the body as a request
+    request = request_head(b"POST", b"/", _raw((b"Connection", b"content-length, host"),
+                                               (b"Content-Length", b"12")),
+                           b"localhost", b"127.0.0.1")
+    assert request.count(b"Content-Length: 12\r\n") == 1
+    assert request.startswith(b"POST / HTTP/1.1\r\nHost: localhost\r\n")
+    response = response_head(200, b"OK", _raw((b"Connection", b"Content-Length"),
+                                              (b"Content-Length", b"5")),
+                             Framing.LENGTH, keep_alive=True, http11=True)
+    assert response == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
 
 
 def test_a_pick_can_wait_less_than_the_hold_timeout() -> None:

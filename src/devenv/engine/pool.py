@@ -26,6 +26,7 @@ class Backend:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     used: bool = False  # a caller was sent to it
     on_first_use: Callable[[], None] | None = None
+    on_leave: list[Callable[[Backend], None]] = field(default_factory=list)  # out of its pool
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -60,6 +61,8 @@ class Pool:
     def remove(self, backend: Backend) -> None:
         if backend in self._ready:
             self._ready.remove(backend)
+            for hook in list(backend.on_leave):
+                hook(backend)
 
     async def pick(self, exclude: set[str] | None = None,
                    timeout: float | None = None) -> Backend:

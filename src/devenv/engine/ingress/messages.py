@@ -19,12 +19,15 @@ from devenv.engine.ingress.routes import host_name
 # message's own `Connection` header names. `host` is set anew by the ingress.
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
                         "proxy-authorization", "te", "trailer", "trailers",
-                        "transfer-encoding", "upgrade", "host"})
+                        "transfer-encoding", "upgrade", "host", "http2-settings"})
 _HOP_BY_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 # set anew on a forwarded request: the ingress answers `Expect`, and X-Forwarded-For is
 # extended with the peer
 _SET_ON_REQUEST = _HOP_BY_HOP | {b"expect", b"x-forwarded-host", b"x-forwarded-proto",
-                                 b"x-forwarded-for"}
+                                 b"x-forwarded-for", b"content-length"}
+# A message's framing, which the ingress always writes itself (never dropped because a
+# `Connection` header names it: that would turn a body into a smuggled message).
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 _TRACE = frozenset({b"traceparent", b"tracestate"})
 
 # A header as the parser gave it: (lowercased name, name, value).
@@ -51,7 +54,7 @@ def connection_named(headers: list[Header]) -> frozenset[bytes]:
 
 
 def _kept(headers: list[Header], drop: frozenset[bytes]) -> list[bytes]:
-    named = connection_named(headers)
+    named = connection_named(headers) - _FRAMING
     return [b"%s: %s\r\n" % (name, value) for lname, name, value in headers
             if lname not in drop and lname not in named]
 
@@ -76,10 +79,24 @@ def request_head(method: bytes, target: bytes, headers: list[Header], host: byte
             out.append(b"tracestate: %s\r\n" % tracestate)
     if chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
+    else:
+        out.extend(_length(headers))
     if websocket:
         out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+_LENGTH = frozenset({b"content-length"})
+
+
+def _length(headers: list[Header]) -> list[bytes]:
+    """The `Content-Length` line of a message, written by the ingress from the length the
+    parser read (which refuses a duplicate or invalid one)."""
+    for lname, _, value in headers:
+        if lname == b"content-length" and value.strip().isdigit():
+            return [b"Content-Length: %d\r\n" % int(value)]
+    return []
 
 
 class Framing(Enum):
@@ -106,9 +123,11 @@ def response_head(status: int, reason: bytes, headers: list[Header], framed: Fra
                   keep_alive: bool, http11: bool) -> bytes:
     """The head of a relayed response: the instance's status and end-to-end headers, framed
     for the client (`framing`), and whether its connection stays open."""
-    out = [b"HTTP/1.1 %d %s\r\n" % (status, reason), *_kept(headers, _HOP_BY_HOP)]
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, reason), *_kept(headers, _HOP_BY_HOP | _LENGTH)]
     if framed is Framing.CHUNKED:
         out.append(b"Transfer-Encoding: chunked\r\n")
+    elif status >= 200 and status != 204:  # (a HEAD's or a 304's describes the resource)
+        out.extend(_length(headers))
     if not keep_alive:
         if http11:
             out.append(b"Connection: close\r\n")

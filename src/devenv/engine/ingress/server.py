@@ -33,13 +33,22 @@ from devenv.engine.ingress.messages import (
     switching_head,
 )
 from devenv.engine.ingress.routes import NoHttp, RouteTable, host_name, split_path
-from devenv.engine.ingress.upstream import WRITE_HIGH, WRITE_LOW, Upstream, Upstreams
+from devenv.engine.ingress.upstream import (
+    HEAD_LIMIT,
+    READ_AHEAD,
+    WRITE_HIGH,
+    WRITE_LOW,
+    Upstream,
+    Upstreams,
+)
 from devenv.engine.pool import NoBackend, Pool
 from devenv.telemetry.model import Hub
 from devenv.telemetry.sampling import RateSampler
 
 REPLAY_LIMIT = 1024 * 1024  # request bodies up to this size are read before they are sent
 STREAM_BUFFER = 256 * 1024  # a streamed body read ahead of its connection, at most
+PIPELINE = 64  # requests read ahead of their answer on one connection, at most (then it
+# answers those and closes: a client retries the rest, RFC 9112 §9.3.2)
 ATTEMPTS = 3  # instances tried for one request when they refuse the connection
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
@@ -51,7 +60,7 @@ MIN_CONNECTIONS, MAX_CONNECTIONS = 64, 10_000
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # what a wait for the client or an instance came to
-HEAD, END, LOST, GARBLED, CUT, TIMEOUT, GONE = range(7)
+HEAD, END, LOST, GARBLED, CUT, TIMEOUT, GONE, BAD = range(8)
 
 
 def default_max_connections() -> int:
@@ -65,12 +74,14 @@ class Request:
     """One request as parsed: its head, and its body while it is read."""
 
     __slots__ = (
+        "bad",
         "chunked",
         "complete",
         "early",
         "expect",
         "headers",
         "host",
+        "hosts",
         "http11",
         "keep_alive",
         "length",
@@ -88,6 +99,7 @@ class Request:
         self.target = b""
         self.headers: list[Header] = []
         self.host: bytes | None = None
+        self.hosts = 0  # Host headers
         self.http11 = True
         self.keep_alive = True
         self.length: int | None = None
@@ -100,6 +112,7 @@ class Request:
         self.size = 0
         self.sink: asyncio.Transport | None = None  # where its body goes as it comes
         self.early = b""  # a websocket's first bytes, read with its upgrade
+        self.bad = ""  # why its body could not be read to its end
 
     @property
     def has_body(self) -> bool:
@@ -159,9 +172,16 @@ class ClientConnection(asyncio.Protocol):
         self.paused: set[str] = set()
         self.timer: asyncio.TimerHandle | None = None  # the header or the idle timeout
         self.deadline: asyncio.TimerHandle | None = None  # the response or body timeout
+        self.allowed = 0.0  # that timeout, counted again from a streamed body's progress
+        self.progress = 0.0  # when the last part of a streamed body was sent on
         self.lost = False
         self.broken = False  # unparseable input: answer what was read, then close
+        self.refusal: IngressError | None = None  # why, when it is not a parse error
+        self.head_read = 0  # bytes read while a request's head is incomplete
         self.upgrading = False
+        self.body: httptools.HttpRequestParser | None = None  # a non-websocket upgrade's body
+        self.stalled = False  # the client reads slower than it is answered (pause_writing)
+        self.writable: asyncio.Future[None] | None = None  # set when it reads again
         # the request being answered
         self.waiter: asyncio.Future[int] | None = None
         self.upstream: Upstream | None = None
@@ -197,18 +217,36 @@ class ClientConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.write(data)
             return
+        if self.body is not None:
+            self._body(data)
+            return
         if self.upgrading:
             if self.parsing is not None and self.parsing.websocket:
                 self.parsing.early += data
             return
         try:
             self.parser.feed_data(data)
+            req = self.parsing
+            if req is not None and not req.method:  # its head is not complete yet
+                self.head_read += len(data)
+                if self.head_read > HEAD_LIMIT + READ_AHEAD:  # (one line, still unparsed)
+                    self._refuse(_head_too_big())
         except httptools.HttpParserUpgrade as upgrade:
             self.upgrading = True
+            if self.body is not None:  # h2c and the like, with a body: that body follows
+                self._body(data[upgrade.args[0]:])
+                return
             self._pause("upgrade")
             req = self.parsing
             if req is not None and req.websocket:
                 req.early += data[upgrade.args[0]:]
+        except httptools.HttpParserError as exc:
+            self._garbled(exc)
+
+    def _body(self, data: bytes) -> None:
+        assert self.body is not None
+        try:
+            self.body.feed_data(data)
         except httptools.HttpParserError as exc:
             self._garbled(exc)
 
@@ -229,12 +267,17 @@ class ClientConnection(asyncio.Protocol):
             self.task.cancel()
 
     def pause_writing(self) -> None:  # the client reads slower than the instance writes
+        self.stalled = True
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.stalled = False
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
+        writable, self.writable = self.writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     # ---- httptools
 
@@ -244,13 +287,22 @@ class ClientConnection(asyncio.Protocol):
     def on_url(self, url: bytes) -> None:
         assert self.parsing is not None
         self.parsing.target += url
+        self.parsing.size += len(url)
+        if self.parsing.size > HEAD_LIMIT:
+            self.refusal = _head_too_big()
+            raise _TooMany
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
         assert req is not None
         lname = name.lower()
         req.headers.append((lname, name, value))
+        req.size += len(name) + len(value) + 4
+        if req.size > HEAD_LIMIT:
+            self.refusal = _head_too_big()
+            raise _TooMany
         if lname == b"host":
+            req.hosts += 1
             if req.host is None:
                 req.host = value
         elif lname == b"content-length":
@@ -267,6 +319,8 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         parser = self.parser
         req.method = parser.get_method()
+        req.size = 0  # (from now on, its body's)
+        self.head_read = 0
         req.http11 = parser.get_http_version() == "1.1"
         req.keep_alive = parser.should_keep_alive()
         req.upgrade = parser.should_upgrade()
@@ -277,6 +331,8 @@ class ClientConnection(asyncio.Protocol):
             self.timer.cancel()
             self.timer = None
         self.accounts.waiting.pop(self, None)
+        if len(self.queue) >= PIPELINE:
+            raise _TooMany
         self.queue.append(req)
         if len(self.queue) > 1:
             self._pause("pipeline")  # one request at a time, in order
@@ -291,6 +347,7 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         if req.sink is not None:
             req.sink.write(chunk(body) if req.chunked else body)
+            self.progress = self.loop.time()  # an upload in progress: not a silent instance
             return
         req.parts.append(body)
         req.size += len(body)
@@ -300,6 +357,15 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         req = self.parsing
         assert req is not None
+        if req.upgrade and not req.websocket and req.has_body and self.body is None:
+            # llhttp takes the body of a request asking for another protocol (`Upgrade:
+            # h2c`) for that protocol's bytes; a proxy ignores the upgrade, so its body is
+            # read by a parser of its own
+            self.body = httptools.HttpRequestParser(_Body(self))
+            self.body.feed_data(b"POST / HTTP/1.1\r\n%s\r\n" % (
+                b"Transfer-Encoding: chunked\r\n" if req.chunked
+                else b"Content-Length: %d\r\n" % (req.length or 0)))
+            return
         req.complete = True
         if req.sink is not None:
             if req.chunked:
@@ -326,11 +392,11 @@ class ClientConnection(asyncio.Protocol):
 
     def response_head(self, conn: Upstream) -> None:
         self._stop_timer()
-        if self.websocket:
+        status = conn.status
+        if self.websocket and status == 101:
             self._wake(HEAD)
             return
         req = self.queue[0]
-        status = conn.status
         if status == 101:
             conn.close()
             self.upstream_garbled(conn, "101 Switching Protocols to a request that asked for "
@@ -338,7 +404,8 @@ class ClientConnection(asyncio.Protocol):
             return
         framed = self.framed = framing(http11=req.http11, head=req.method == b"HEAD",
                                        status=status, length=conn.length)
-        keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self.broken
+        keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self._last \
+            and not self.websocket  # (a refused websocket: its answer as it is, then close)
         self._write(response_head(status, conn.reason, conn.headers, framed,
                                            keep_alive=keep, http11=req.http11))
         self.sent = status
@@ -393,8 +460,13 @@ class ClientConnection(asyncio.Protocol):
                     self.next = self.loop.create_future()
                     await self.next
                     continue
+                if self.stalled:  # the client does not read: answer no more until it does
+                    self.writable = self.loop.create_future()
+                    await self.writable
+                    continue
                 req = self.queue[0]
                 self._resume("pipeline")
+                self._begin()
                 try:
                     keep = await self._one(req)
                 except Exception as exc:  # a bug: say so, and close
@@ -417,6 +489,15 @@ class ClientConnection(asyncio.Protocol):
                                                        self._idle_late)
         finally:
             self.task = None
+
+    def _begin(self) -> None:
+        """Forget what the previous request's answer left: every per-request field."""
+        self.sent = None
+        self.keep = True
+        self.websocket = False
+        self.framed = Framing.NONE
+        self.garbled = ""
+        self.waiter = None
 
     async def _one(self, req: Request) -> bool:
         """Answer one request; whether its connection stays open."""
@@ -461,7 +542,7 @@ class ClientConnection(asyncio.Protocol):
     def _after(self, req: Request, error: IngressError | None) -> bool:
         if error is not None and not self.lost:
             assert self.transport is not None
-            keep = req.keep_alive and req.complete and not self.broken and not req.upgrade
+            keep = req.keep_alive and req.complete and not self._last and not req.upgrade
             self.transport.write(error.render(keep_alive=keep, http11=req.http11))
             return keep
         return self.keep and req.complete and not self.websocket
@@ -474,8 +555,17 @@ class ClientConnection(asyncio.Protocol):
     def _wait(self, timeout: float) -> asyncio.Future[int]:
         self.waiter = waiter = self.loop.create_future()
         self._stop_timer()
-        self.deadline = self.loop.call_later(timeout, self._wake, TIMEOUT)
+        self.allowed, self.progress = timeout, 0.0
+        self.deadline = self.loop.call_later(timeout, self._late)
         return waiter
+
+    def _late(self) -> None:
+        due = self.progress + self.allowed
+        if self.sent is None and due > self.loop.time():  # the body was sent on since
+            self.deadline = self.loop.call_at(due, self._late)
+        else:
+            self.deadline = None
+            self._wake(TIMEOUT)
 
     def _stop_timer(self) -> None:
         if self.deadline is not None:
@@ -485,6 +575,9 @@ class ClientConnection(asyncio.Protocol):
     async def _answer(self, req: Request) -> IngressError | None:
         """Route a request and relay it: None once relayed, or the ingress's own answer."""
         ingress = self.ingress
+        if req.hosts > 1 or (req.http11 and not req.hosts):  # RFC 9112 §3.2
+            return IngressError(400, f"a request must have one Host header (this one has "
+                                f"{req.hosts}): the ingress routes by it")
         key = (req.host, req.target)
         routed = ingress.routed.get(key)
         if routed is None:
@@ -541,6 +634,8 @@ class ClientConnection(asyncio.Protocol):
                                             f"{ingress.body_timeout:g}s")
                     if outcome == GONE:
                         return None
+                    if outcome == BAD:
+                        return _bad_body(req)
                 body = b"".join(req.parts)
                 req.parts = []
             else:
@@ -598,7 +693,12 @@ class ClientConnection(asyncio.Protocol):
         """Send the request on `conn`; the wait for the end of its response (relayed as it
         comes) or what stopped it."""
         self.upstream = conn
+        if self.stalled and conn.transport is not None:  # its client does not read
+            conn.transport.pause_reading()
         waiter = self._wait(self.ingress.response_timeout)
+        if req.bad:  # its body turned out unreadable while a connection was opened
+            waiter.set_result(BAD)
+            return waiter
         if not streamed:
             conn.send(self, head + body, head=req.method == b"HEAD")
             return waiter
@@ -630,6 +730,12 @@ class ClientConnection(asyncio.Protocol):
                                     f"something that is not HTTP: {self.garbled}")
             if outcome == LOST:
                 return self._closed(service, instance, None)
+            if outcome == BAD:  # the instance's connection is aborted (finally)
+                if self.sent is None:
+                    return _bad_body(self.queue[0])
+                if self.transport is not None:  # its answer had begun: cut it
+                    self.transport.abort()
+                return None
             if outcome == END and keep and conn.keep_alive and self.queue[0].complete \
                     and not conn.closed:
                 conn.exchange = None
@@ -672,13 +778,12 @@ class ClientConnection(asyncio.Protocol):
                         return IngressError(504, f"service '{service}' (instance "
                                             f"{backend.id}) did not accept the websocket "
                                             f"within {ingress.response_timeout:g}s")
+                    if self.sent is not None:  # refused (401, 403, 426...): relayed as it is
+                        return None
                     if outcome != HEAD:
                         return IngressError(502, f"service '{service}' (instance "
                                             f"{backend.id}): websocket: the connection was "
                                             "closed")
-                    if conn.status != 101:
-                        return IngressError(502, f"service '{service}' refused the websocket: "
-                                            f"{conn.status} {conn.reason.decode('latin-1')}")
                     transport = self.transport
                     assert transport is not None and conn.transport is not None
                     waiter = self.waiter = self.loop.create_future()
@@ -718,12 +823,27 @@ class ClientConnection(asyncio.Protocol):
             if not self.paused and self.transport is not None and not self.lost:
                 self.transport.resume_reading()
 
+    @property
+    def _last(self) -> bool:
+        """The request being answered is the last this connection answers: what follows it
+        could not be read."""
+        return self.broken and len(self.queue) <= 1
+
     def _garbled(self, exc: Exception) -> None:
+        req = self.parsing
+        if req is not None and req.method and not req.complete and self.queue \
+                and self.queue[0] is req:  # the body of the request being answered
+            req.bad = str(exc) or type(exc).__name__
+            req.sink = None
+            self._wake(BAD)
+        self._refuse(self.refusal or IngressError(400, f"bad request: {exc}"))
+
+    def _refuse(self, error: IngressError) -> None:
+        """Input that cannot be read on: answer the requests read before it, then close."""
         self.broken = True
         self._pause("broken")
         if not self.queue and self.transport is not None:  # (none in progress)
-            self.transport.write(IngressError(400, f"bad request: {exc}").render(
-                keep_alive=False))
+            self.transport.write(error.render(keep_alive=False))
             self.transport.close()
 
     def _header_late(self) -> None:
@@ -784,6 +904,37 @@ def route(routes: RouteTable, host_header: bytes | None, target: bytes
         return Routed("", "", b"")
     suffix = matched.forward(raw).encode("latin-1") + (b"?" + query if query else b"")
     return Routed(matched.service, matched.prefix or host, suffix)
+
+
+class _Body:
+    """The parser callbacks of a body read after an ignored upgrade: the body, then
+    nothing (the connection closes after the answer)."""
+
+    def __init__(self, conn: ClientConnection):
+        self.conn = conn
+        self.done = False
+
+    def on_body(self, body: bytes) -> None:
+        if not self.done:
+            self.conn.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.done:
+            self.done = True
+            self.conn.on_message_complete()
+
+
+class _TooMany(Exception):
+    """More than PIPELINE requests read ahead on one connection, or a head too big."""
+
+
+def _bad_body(req: Request) -> IngressError:
+    return IngressError(400, f"bad request body: {req.bad}; it was not sent on whole")
+
+
+def _head_too_big() -> IngressError:
+    return IngressError(431, f"the request's head (its line and headers) is over "
+                        f"{HEAD_LIMIT // 1024} KiB")
 
 
 def _chunked(headers: list[Header]) -> bool:

@@ -15,6 +15,8 @@ from devenv.engine.pool import Backend
 
 IDLE_PER_BACKEND = 256  # kept-alive connections to one instance, at most
 KEEPALIVE = 15.0  # seconds a kept-alive connection waits for a request, then it is closed
+HEAD_LIMIT = 64 * 1024  # a message's head (line and headers), at most
+READ_AHEAD = 256 * 1024  # what asyncio reads at once, at most
 WRITE_HIGH, WRITE_LOW = 256 * 1024, 64 * 1024  # bytes buffered before the other side pauses
 
 
@@ -37,9 +39,13 @@ class Upstream(asyncio.Protocol):
     __slots__ = (
         "backend",
         "closed",
+        "done",
         "early",
         "exchange",
+        "extra",
         "head",
+        "head_read",
+        "head_size",
         "headers",
         "idle_since",
         "keep_alive",
@@ -64,9 +70,13 @@ class Upstream(asyncio.Protocol):
         self.status = 0
         self.reason = b""
         self.headers: list[Header] = []
+        self.head_size = -1  # bytes of the head parsed (-1: not in a head)
+        self.head_read = 0  # bytes read while it is incomplete
         self.length = False  # the response has a Content-Length
         self.keep_alive = False
         self.closed = False
+        self.done = False  # the current response was read to its end
+        self.extra = False  # and bytes came after it: never a response to anything
         self.idle_since = 0.0
         self.upgraded = False
         self.early = b""  # a websocket's first bytes, read with its 101
@@ -88,21 +98,27 @@ class Upstream(asyncio.Protocol):
             return
         self.received = True
         exchange = self.exchange
-        if exchange is None:  # a kept-alive connection the instance wrote to (a 408?)
-            self.close()
+        if exchange is None or self.done:  # bytes past its response (a 408? a lie?): they
+            self.close()  # are not the response to the next request, so the connection goes
             return
         exchange.cork()  # the response's head and body in one write, when they came so
         try:
             self.parser.feed_data(data)
+            if self.extra:
+                self.close()
+            elif self.head_size >= 0:  # a head still incomplete: bound what it buffers
+                self.head_read += len(data)
+                if self.head_read > HEAD_LIMIT + READ_AHEAD:
+                    raise _HeadTooBig
         except httptools.HttpParserUpgrade as upgrade:
             self.upgraded = True
             self.early += data[upgrade.args[0]:]
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, _HeadTooBig) as exc:
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
             if self.exchange is not None:
-                self.exchange.upstream_garbled(self, str(exc) or type(exc).__name__)
+                self.exchange.upstream_garbled(self, _why(exc))
         finally:
             exchange.uncork()
 
@@ -126,20 +142,32 @@ class Upstream(asyncio.Protocol):
     # ---- httptools
 
     def on_message_begin(self) -> None:
+        if self.done:
+            self.extra = True
+            return
         self.headers = []
         self.reason = b""
         self.length = False
+        self.head_size = self.head_read = 0
 
     def on_status(self, reason: bytes) -> None:
-        self.reason += reason
+        if not self.done:
+            self.reason += reason
+            self._grown(len(reason))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.done:
+            return
+        self._grown(len(name) + len(value) + 4)
         lname = name.lower()
         if lname == b"content-length":
             self.length = True
         self.headers.append((lname, name, value))
 
     def on_headers_complete(self) -> None:
+        if self.done:
+            return
+        self.head_size = -1
         self.status = status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             return  # an interim response (103 Early Hints, a stray 100): not relayed
@@ -150,16 +178,25 @@ class Upstream(asyncio.Protocol):
             self.parser = httptools.HttpResponseParser(self)
             self._end()
 
+    def _grown(self, size: int) -> None:
+        if self.head_size >= 0:
+            self.head_size += size
+            if self.head_size > HEAD_LIMIT:
+                raise _HeadTooBig
+
     def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
+        if self.done:  # (a HEAD's response, with a body after all)
+            self.extra = True
+        elif self.exchange is not None:
             self.exchange.response_body(body)
 
     def on_message_complete(self) -> None:
-        if self.head or self.upgraded or 100 <= self.status < 200:
+        if self.done or self.head or self.upgraded or 100 <= self.status < 200:
             return
         self._end()
 
     def _end(self) -> None:
+        self.done = True
         exchange = self.exchange
         if exchange is not None:
             exchange.response_end(self)
@@ -170,6 +207,7 @@ class Upstream(asyncio.Protocol):
         self.exchange = exchange
         self.head = head
         self.received = False
+        self.done = self.extra = False
         assert self.transport is not None
         self.transport.write(data)
 
@@ -191,12 +229,23 @@ class Upstream(asyncio.Protocol):
             self.early = b""
 
 
+class _HeadTooBig(Exception):
+    pass
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, _HeadTooBig) or isinstance(exc.__context__, _HeadTooBig):
+        return f"its response's head is over {HEAD_LIMIT // 1024} KiB"
+    return str(exc) or type(exc).__name__
+
+
 class Upstreams:
     """Kept-alive connections to instances, per backend, most recently used first."""
 
     def __init__(self, connect_timeout: float):
         self.connect_timeout = connect_timeout
         self.idle: dict[Backend, list[Upstream]] = {}
+        self.sweeper: asyncio.TimerHandle | None = None  # closes those idle past KEEPALIVE
 
     def take(self, backend: Backend, now: float) -> Upstream | None:
         idle = self.idle.get(backend)
@@ -210,12 +259,46 @@ class Upstreams:
     def give(self, conn: Upstream, now: float) -> None:
         """A connection whose response was read to its end, kept for the next request."""
         conn.exchange = None
-        idle = self.idle.setdefault(conn.backend, [])
-        if len(idle) >= IDLE_PER_BACKEND or conn.closed:
+        idle = self.idle.get(conn.backend)
+        if idle is None:
+            idle = self.idle[conn.backend] = []
+            conn.backend.on_leave.append(self.left)  # its pool lets it go: so do we
+        if len(idle) >= IDLE_PER_BACKEND or conn.closed or conn.transport is None:
             conn.close()
             return
+        conn.transport.resume_reading()  # (paused for a slow client, perhaps)
         conn.idle_since = now
         idle.append(conn)
+        if self.sweeper is None:
+            self.sweeper = asyncio.get_running_loop().call_at(now + KEEPALIVE, self._sweep)
+
+    def left(self, backend: Backend) -> None:
+        """`backend` left its pool: close the connections to it that wait."""
+        with contextlib.suppress(ValueError):
+            backend.on_leave.remove(self.left)
+        for conn in self.idle.pop(backend, []):
+            conn.close()
+
+    def _sweep(self) -> None:
+        """Close the connections idle for KEEPALIVE or closed by their instance; forget the
+        backends with none left; come again when the oldest left is due."""
+        self.sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for backend, idle in list(self.idle.items()):
+            kept = []
+            for conn in idle:
+                if conn.closed or now - conn.idle_since >= KEEPALIVE:
+                    conn.close()
+                else:
+                    kept.append(conn)
+            if kept:
+                self.idle[backend] = kept
+            else:
+                self.left(backend)
+        oldest = min((c.idle_since for idle in self.idle.values() for c in idle), default=None)
+        if oldest is not None:
+            self.sweeper = loop.call_at(oldest + KEEPALIVE, self._sweep)
 
     async def connect(self, backend: Backend) -> Upstream:
         """A new connection to `backend`; OSError when it is refused, TimeoutError when it
@@ -229,11 +312,15 @@ class Upstreams:
     def forget(self, live: set[Backend]) -> None:
         """Close the kept-alive connections to backends no longer in any pool."""
         for backend in [b for b in self.idle if b not in live]:
-            for conn in self.idle.pop(backend):
-                conn.close()
+            self.left(backend)
 
     def close(self) -> None:
-        for idle in self.idle.values():
+        if self.sweeper is not None:
+            self.sweeper.cancel()
+            self.sweeper = None
+        for backend, idle in list(self.idle.items()):
+            with contextlib.suppress(ValueError):
+                backend.on_leave.remove(self.left)
             for conn in idle:
                 with contextlib.suppress(Exception):
                     conn.close()

@@ -1,0 +1,456 @@
+"""The ingress's HTTP/1.1 at the byte level, in-process against raw-socket clients and raw
+stub instances: message framing it writes itself (no smuggling through `Connection`), bytes
+an instance sends past its response, flow control for a client that never reads, refused
+websockets, `h2c` upgrades, header size limits, `Host` rules, malformed chunked bodies, idle
+upstream connections, and the upstream timeout while an upload progresses."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from conftest import free_ports
+from devenv.engine.ingress import Ingress, RouteSpec, build_routes
+from devenv.engine.ingress import upstream as upstream_mod
+from devenv.engine.pool import Backend, Pool
+
+Handler = Callable[["Stub", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class Stub:
+    """A raw instance: `handler` per connection; what it read, request by request."""
+
+    handler: Handler
+    seen: list[tuple[bytes, bytes]] = field(default_factory=list)  # (head, body)
+    conns: int = 0
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.conns += 1
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await self.handler(self, reader, writer)
+        writer.close()
+
+    async def read(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = await reader.readexactly(length) if length else b""
+        self.seen.append((head, body))
+        self.arrived.set()
+        return head, body
+
+
+@dataclass
+class Setup:
+    stub: Stub
+    ingress: Ingress
+    pool: Pool
+    backend: Backend
+
+
+@contextlib.asynccontextmanager
+async def ingress(handler: Handler, **options: float) -> AsyncIterator[Setup]:
+    stub = Stub(handler)
+    app_port, port = free_ports(2)
+    server = await asyncio.start_server(stub.serve, "127.0.0.1", app_port)
+    pool = Pool("api", hold_timeout=1.0)
+    backend = Backend("api-1", "127.0.0.1", app_port)
+    pool.add(backend)
+    ing = Ingress(port, {"api": pool}.get, **options)  # type: ignore[arg-type]
+    ing.routes = build_routes([RouteSpec("api", path="/")])
+    await ing.start()
+    try:
+        yield Setup(stub, ing, pool, backend)
+    finally:
+        await ing.close()
+        server.close()
+
+
+async def exchange(ing: Ingress, data: bytes, timeout: float = 3.0) -> bytes:
+    """Send `data` on a new connection; what comes back until the ingress closes it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", ing.port)
+    writer.write(data)
+    try:
+        async with asyncio.timeout(timeout):
+            return await reader.read(-1)
+    finally:
+        writer.close()
+
+
+def get(path: bytes = b"/", extra: bytes = b"", close: bool = True) -> bytes:
+    return (b"GET %s HTTP/1.1\r\nHost: localhost\r\n%s%s\r\n"
+            % (path, extra, b"Connection: close\r\n" if close else b""))
+
+
+async def echo_path(stub: Stub, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> None:
+    while True:
+        head, _ = await stub.read(reader)
+        path = head.split(b" ")[1]
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+        await writer.drain()
+
+
+async def slow_client(ing: Ingress) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection whose receive buffer is small, so that the ingress's writes back up."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", ing.port))
+    return await asyncio.open_connection(sock=sock, limit=1 << 20)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+# ---- 1. framing is the ingress's own: `Connection` cannot drop it
+
+
+def test_connection_naming_content_length_does_not_smuggle_a_request() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            smuggled = b"GET /smuggled HTTP/1.1\r\nHost: evil\r\n\r\n"
+            out = await exchange(s.ingress, b"POST /a HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Connection: content-length, close\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(smuggled), smuggled))
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"/a")
+            assert [(h.split(b"\r\n")[0], b) for h, b in s.stub.seen] == \
+                [(b"POST /a HTTP/1.1", smuggled)]
+
+    asyncio.run(scenario())
+
+
+def test_connection_naming_content_length_in_a_response_keeps_its_framing() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            await stub.read(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: content-length\r\n"
+                         b"Content-Length: 5\r\n\r\nhello")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, get(close=False) + get())
+            assert out.count(b"Content-Length: 5\r\n") == 2
+            assert out.count(b"hello") == 2 and b"chunked" not in out
+
+    asyncio.run(scenario())
+
+
+# ---- 2. bytes past a response are never the next response
+
+
+def test_bytes_an_instance_sends_past_its_response_are_not_a_response_to_the_next() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await stub.read(reader)
+            if b"/extra" in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                             b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nINJECT")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, get(b"/extra", close=False) + get(b"/b"))
+            assert b"INJECT" not in out
+            assert out.endswith(b"real")
+            assert len(s.stub.seen) == 2
+            assert s.stub.conns == 2  # the connection that lied was not kept for /b
+
+    asyncio.run(scenario())
+
+
+# ---- 3. a client that never reads
+
+
+def test_a_client_that_never_reads_stops_every_instance_it_is_answered_by() -> None:
+    body = b"x" * 100_000
+
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            await stub.read(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler, response_timeout=2.0) as s:
+            _, writer = await slow_client(s.ingress)
+            try:
+                writer.write(get(close=False) * 300)
+                await until(lambda: len(s.ingress.server.open) == 1)
+                (client,) = s.ingress.server.open
+                # it is answered until its buffers are full, then no more (not 300 x 100 kB)
+                await until(lambda: client.writable is not None)
+                assert client.transport is not None
+                assert client.transport.get_write_buffer_size() < 2 * 1024 * 1024
+                assert len(s.stub.seen) < 100
+                # another client is answered at once, by a connection that is reading
+                out = await exchange(s.ingress, get())
+                assert out.startswith(b"HTTP/1.1 200") and out.endswith(body)
+                for conn in s.ingress.upstreams.idle.get(s.backend, []):
+                    assert conn.transport is not None and conn.transport.is_reading()
+            finally:
+                writer.close()
+            assert client.transport.get_write_buffer_size() < 2 * 1024 * 1024
+            assert len(client.queue) <= 64 + 1  # pipelining is bounded
+
+    asyncio.run(scenario())
+
+
+def test_past_64_pipelined_requests_the_first_64_are_answered_then_the_connection_closes(
+) -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            out = await exchange(s.ingress, get(close=False) * 300)
+            assert out.count(b"HTTP/1.1 200 OK\r\n") == 64 == len(s.stub.seen)
+            assert out.endswith(b"Connection: close\r\n\r\n/")
+
+    asyncio.run(scenario())
+
+
+# ---- 4. a refused websocket
+
+
+WS = (b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def test_a_refused_websocket_gets_the_instances_answer_unframed_by_earlier_requests() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await stub.read(reader)
+            if b"websocket" in head.lower():
+                writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 6\r\n"
+                             b"WWW-Authenticate: x\r\n\r\nDENIED")
+                await writer.drain()
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"2\r\nok\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, get(close=False) + WS)
+            first, _, second = out.partition(b"0\r\n\r\n")
+            assert first.startswith(b"HTTP/1.1 200")
+            assert second.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+            assert b"WWW-Authenticate: x\r\n" in second and b"Connection: close\r\n" in second
+            assert second.endswith(b"\r\n\r\nDENIED")
+
+    asyncio.run(scenario())
+
+
+# ---- 5. h2c
+
+
+def test_an_h2c_upgrade_with_a_body_is_a_plain_request() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path, body_timeout=2.0) as s:
+            out = await exchange(s.ingress, b"POST /p HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                                 b"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+                                 b"Content-Length: 5\r\n\r\nhello")
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"/p")
+            ((head, body),) = s.stub.seen
+            assert body == b"hello"
+            assert b"upgrade" not in head.lower() and b"http2-settings" not in head.lower()
+
+    asyncio.run(scenario())
+
+
+def test_an_h2c_upgrade_with_a_chunked_body_is_a_plain_request() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readuntil(b"0\r\n\r\n")
+        stub.seen.append((head, body))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, b"POST /p HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Connection: Upgrade\r\nUpgrade: h2c\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n"
+                                 b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"ok")
+            ((_, body),) = s.stub.seen
+            assert body.replace(b"\r\n", b"").endswith(b"0")
+            assert b"abc" in body and b"de" in body
+
+    asyncio.run(scenario())
+
+
+# ---- 6. header size limits
+
+
+def test_a_request_head_over_64_kib_is_refused_with_431() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            big = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(80))
+            out = await exchange(s.ingress, get(extra=big))
+            assert out.startswith(b"HTTP/1.1 431 ")
+            assert s.stub.seen == []
+
+    asyncio.run(scenario())
+
+
+def test_a_header_line_that_never_ends_is_refused_before_it_is_a_megabyte() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Pad: ")
+            out = b""
+            with contextlib.suppress(ConnectionError):
+                for _ in range(100):  # up to 10 MB, or until the ingress closes
+                    writer.write(b"a" * 100_000)
+                    await writer.drain()
+                async with asyncio.timeout(3.0):
+                    out = await reader.read(-1)
+            writer.close()
+            assert out == b"" or out.startswith(b"HTTP/1.1 431 ")
+            assert s.stub.seen == [] and s.ingress.server.open == set()
+
+    asyncio.run(scenario())
+
+
+def test_a_response_head_over_64_kib_is_a_502() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await stub.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n"
+                     b"Content-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, get())
+            assert out.startswith(b"HTTP/1.1 502 ")
+            assert b"aaaa" not in out
+
+    asyncio.run(scenario())
+
+
+# ---- 7. Host
+
+
+def test_an_http11_request_without_exactly_one_host_is_a_400() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            none = await exchange(s.ingress, b"GET /nohost HTTP/1.1\r\n"
+                                  b"Connection: close\r\n\r\n")
+            two = await exchange(s.ingress, b"GET /two HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Host: evil.com\r\nConnection: close\r\n\r\n")
+            assert none.startswith(b"HTTP/1.1 400 ") and b"Host" in none
+            assert two.startswith(b"HTTP/1.1 400 ") and b"Host" in two
+            assert s.stub.seen == []
+            old = await exchange(s.ingress, b"GET /old HTTP/1.0\r\n\r\n")
+            assert old.startswith(b"HTTP/1.1 200") and old.endswith(b"/old")
+
+    asyncio.run(scenario())
+
+
+# ---- 8. a chunked body that turns malformed
+
+
+def test_a_chunked_body_that_turns_malformed_is_aborted_with_400() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        stub.seen.append((await reader.readuntil(b"\r\n\r\n"), b""))
+        stub.arrived.set()
+        await reader.read(-1)  # waits for the rest of the body
+        stub.seen.append((b"closed", b""))
+
+    async def scenario() -> None:
+        async with ingress(handler, response_timeout=5.0) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(b"POST /up HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            await s.stub.arrived.wait()
+            writer.write(b"zz-not-hex\r\n\r\n")
+            async with asyncio.timeout(2.0):
+                out = await reader.read(-1)
+            writer.close()
+            assert out.startswith(b"HTTP/1.1 400 ")
+            await until(lambda: len(s.stub.seen) == 2)  # the instance's connection: closed
+
+    asyncio.run(scenario())
+
+
+# ---- 9. idle connections to instances
+
+
+def test_idle_connections_to_an_instance_are_closed_when_it_leaves_its_pool() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            out = await exchange(s.ingress, get())
+            assert out.endswith(b"/")
+            await until(lambda: bool(s.ingress.upstreams.idle.get(s.backend)))
+            (kept,) = s.ingress.upstreams.idle[s.backend]
+            s.pool.remove(s.backend)
+            assert kept.closed
+            assert s.backend not in s.ingress.upstreams.idle
+
+    asyncio.run(scenario())
+
+
+def test_idle_connections_older_than_keepalive_are_swept(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(upstream_mod, "KEEPALIVE", 0.2)
+
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            await exchange(s.ingress, get())
+            await until(lambda: bool(s.ingress.upstreams.idle.get(s.backend)))
+            (kept,) = s.ingress.upstreams.idle[s.backend]
+            await until(lambda: kept.closed, timeout=2.0)
+            assert s.backend not in s.ingress.upstreams.idle
+
+    asyncio.run(scenario())
+
+
+# ---- 10. the upstream timeout and a streamed upload
+
+
+def test_an_upload_that_progresses_is_not_cut_by_the_response_timeout() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readuntil(b"0\r\n\r\n")
+        stub.seen.append((b"", body))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ndone")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler, response_timeout=0.3) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(b"POST /up HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n")
+            for _ in range(8):  # 0.8 s in all, a chunk every 0.1 s
+                writer.write(b"1\r\nx\r\n")
+                await asyncio.sleep(0.1)
+            writer.write(b"0\r\n\r\n")
+            async with asyncio.timeout(2.0):
+                out = await reader.read(-1)
+            writer.close()
+            assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"done")
+
+    asyncio.run(scenario())
