@@ -53,7 +53,7 @@ tools:
 browser node: tools
 
 test: lint tools
-	$(BIN)/pytest -q -n 2 --dist loadfile  # two workers, each test file on one
+	$(BIN)/pytest -q -n 3 --dist loadfile  # three workers (most tests wait on processes), each test file on one
 
 bench: $(BIN)/.installed tools
 	$(BIN)/python bench/bench_core.py
