@@ -261,6 +261,25 @@ def _admin_secret(ds: PG) -> Path:
     return ds.folder / "admin.secret"
 
 
+def _staged_secret(ds: PG) -> Path:
+    """The admin secret a restore brings (empty: the restored data has none), beside the live
+    one until the swap adopts it."""
+    return _admin_secret(ds).with_name("admin.secret.restore-new")
+
+
+def _adopt_staged_secret(ds: PG) -> None:
+    """After a swap: the restored data's admin secret becomes this folder's (or none)."""
+    staged = _staged_secret(ds)
+    if not staged.exists():
+        return
+    if read_secret(staged):
+        staged.replace(_admin_secret(ds))
+    else:
+        _admin_secret(ds).unlink(missing_ok=True)
+        staged.unlink()
+    _write_pgpass(ds)
+
+
 def _pgpass(ds: PG) -> Path:
     """libpq's password file (PGPASSFILE) for the health check, devenv's tools and
     `devenv exec`: so no password sits in an environment, and no check fails a login."""
@@ -527,7 +546,7 @@ class Postgres:
         tmp.chmod(0o700)
         hand_over(tmp, data_identity())
         secret = read_secret(_admin_secret(ds)) or new_secret()
-        staged_secret = _admin_secret(ds).with_name("admin.secret.restore-new")
+        staged_secret = _staged_secret(ds)
         if self._adopt(ds, tmp, secret):
             write_secret(staged_secret, secret)
         else:  # a snapshot of an older devenv: no admin role; its next start migrates it
@@ -541,7 +560,7 @@ class Postgres:
             return boxed.swap_restore(ds)
         live = _pgdata(ds)
         old, new = ds.folder / "pgdata.restore-old", ds.folder / "pgdata.restore-new"
-        staged_secret = _admin_secret(ds).with_name("admin.secret.restore-new")
+        staged_secret = _staged_secret(ds)
         if not new.exists() and not staged_secret.exists():
             return False
         if new.exists():
@@ -551,13 +570,7 @@ class Postgres:
             new.rename(live)
             fsync_dir(ds.folder)
         _extensions_record(ds).unlink(missing_ok=True)  # the next start makes sure of them
-        if staged_secret.exists():
-            if read_secret(staged_secret):
-                staged_secret.replace(_admin_secret(ds))
-            else:
-                _admin_secret(ds).unlink(missing_ok=True)
-                staged_secret.unlink()
-            _write_pgpass(ds)
+        _adopt_staged_secret(ds)
         return True
 
     def drop_restore(self, ds: PG) -> None:
@@ -919,7 +932,7 @@ class _InContainer:
         if found is None or "ERROR:" in out:
             lines = [ln for ln in out.splitlines() if secret not in ln]
             raise DevenvError(f"{ds.name}: the restored data does not open", details=lines[-10:])
-        staged_secret = _admin_secret(ds).with_name("admin.secret.restore-new")
+        staged_secret = _staged_secret(ds)
         write_secret(staged_secret, secret if found.group(1) == "1" else "")
 
     def _pending(self, ds: PG) -> Path:
@@ -928,7 +941,7 @@ class _InContainer:
 
     def swap_restore(self, ds: PG) -> bool:
         """Renames in the volume (idempotent), then the staged secret, as locally."""
-        staged_secret = _admin_secret(ds).with_name("admin.secret.restore-new")
+        staged_secret = _staged_secret(ds)
         if not self._pending(ds).exists() and not staged_secret.exists():
             return False
         from devenv.data import container
@@ -937,13 +950,7 @@ class _InContainer:
         if "swapped" not in out and not staged_secret.exists():
             return False
         _extensions_record(ds).unlink(missing_ok=True)
-        if staged_secret.exists():
-            if read_secret(staged_secret):
-                staged_secret.replace(_admin_secret(ds))
-            else:
-                _admin_secret(ds).unlink(missing_ok=True)
-                staged_secret.unlink()
-            _write_pgpass(ds)
+        _adopt_staged_secret(ds)
         return True
 
     def drop_restore(self, ds: PG) -> None:
@@ -955,7 +962,7 @@ class _InContainer:
         if container.volume_exists(ds.volume):
             self._helper(ds, f"cd {MOUNT} && rm -rf pgdata.restore-*", "restore (clean up)",
                          user="0")
-        _admin_secret(ds).with_name("admin.secret.restore-new").unlink(missing_ok=True)
+        _staged_secret(ds).unlink(missing_ok=True)
         self._pending(ds).unlink(missing_ok=True)
 
 
