@@ -500,10 +500,8 @@ class ClientConnection(asyncio.Protocol):
         self.waiter = None
 
     async def _one(self, req: Request) -> bool:
-        """Answer one request; whether its connection stays open."""
-        self.sent = None
-        self.keep = True
-        self.websocket = False
+        """Answer one request (its state reset by `_begin`); whether its connection stays
+        open."""
         hub = self.ingress.hub
         if hub is None:
             error = await self._answer(req)
