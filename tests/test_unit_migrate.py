@@ -185,6 +185,19 @@ def test_candidate_ports_and_values() -> None:
         set_path(doc, "services.api.port.x", 1)
 
 
+def test_the_default_candidate_ports_are_never_ephemeral_nor_the_suites() -> None:
+    """An outgoing connection takes a port of the ephemeral range; had the copy's default
+    range been inside it (41000-41999 was), the copy could not bind what it picked."""
+    from devenv.candidate import DEFAULT_PORTS
+    from ports import BENCHES, EPHEMERAL, TESTS
+
+    ports = parse_ports(DEFAULT_PORTS)
+    low = int(EPHEMERAL.read_text().split()[0]) if EPHEMERAL.exists() else 32768
+    assert max(ports) < min(low, 32768)  # Linux's default range starts at 32768
+    assert not set(ports) & (set(TESTS) | set(BENCHES))
+    assert len(ports) >= 1000
+
+
 def test_every_declared_port_is_remapped(tmp_path: Path) -> None:
     (tmp_path / "devenv.yaml").write_text(
         "version: 2\nmonitoring: {port: 9100}\nservices:\n  api: {command: x, port: 8000}\n"

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -190,3 +191,58 @@ def test_a_config_branch_is_validated_instead_of_the_local_overrides(project: Pr
     assert branch.returncode == 0, branch.stdout + branch.stderr
     unknown = project.devenv("validate", "--all-services", "--config-branch", "nope")
     assert unknown.returncode == 2 and "no config branch 'nope'" in unknown.stderr
+
+
+def _leftover(token: str) -> list[psutil.Process]:
+    """Live processes whose command line holds `token`."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and \
+                token in " ".join(proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def test_timeout_ends_a_test_that_never_finishes_and_says_so(project: Project) -> None:
+    api, web = free_ports(2)
+    token = f"never-ends-{web}"
+    _write(project, api, web, f"python -c 'import time; t = \"{token}\"; time.sleep(600)'")
+    began = time.monotonic()
+    result = project.devenv("validate", "--all-services", "--json", "--timeout", "8s",
+                            "--ports", _ranges(4), timeout=90)
+    took = time.monotonic() - began
+    assert result.returncode == 1, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    assert data["ok"] is False and data["timed_out"] == "8s"
+    rows = {r["service"]: r for r in data["services"]}
+    assert rows["api"]["unfinished"] == "" and rows["api"]["test"]["code"] == 0
+    assert rows["web"]["unfinished"] == "test", rows["web"]
+    assert took < 8 + 30, took  # the copy stopped right after
+    assert not _candidates(project)
+    assert wait_for(lambda: not _leftover(token), timeout=20)
+
+
+def test_timeout_while_a_service_never_gets_healthy_stops_the_copy(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "true")
+    token = f"never-healthy-{web}"
+    text = (project.root / "devenv.yaml").read_text()
+    (project.root / "devenv.yaml").write_text(text.replace(
+        "  web:\n    command: [python, svc.py]",
+        f"  web:\n    command: [python, -c, 'import time; time.sleep(600)  # {token}']"))
+    began = time.monotonic()
+    result = project.devenv("validate", "--all-services", "--timeout", "4s",
+                            "--ports", _ranges(4), timeout=90)
+    took = time.monotonic() - began
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "timed out after 4s" in out and "TIMED OUT" in out, out
+    assert "validate: FAILED, timed out after 4s; did not finish: api, web" in \
+        " ".join(out.split()), out
+    web_row = next(line for line in out.splitlines() if line.startswith("web"))
+    assert "NO (starting), timed out after 4s" in web_row, out
+    assert took < 4 + 30, took
+    assert not _candidates(project)
+    assert wait_for(lambda: not _leftover(token), timeout=20)
+    bad = project.devenv("validate", "--all-services", "--timeout", "soon")
+    assert bad.returncode == 2 and "--timeout 'soon': not a duration" in bad.stderr

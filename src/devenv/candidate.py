@@ -34,14 +34,16 @@ from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.paths import PRIVATE_FILE, StateDir
 
-DEFAULT_PORTS = "41000-41999"
+# Below Linux's ephemeral range (32768-60999 by default: net.ipv4.ip_local_port_range), so an
+# outgoing connection never holds a port the copy is about to listen on.
+DEFAULT_PORTS = "30000-31999"
 FOLDER = "c"  # the copy's folder name: short, for the engine socket's path
 PREFIX = "devenv-validate-"
 OWNER = "owner.json"  # beside FOLDER: the process that made the copy
 
 
 def parse_ports(spec: str) -> list[int]:
-    """`41000-41999`, `20001,20005-20010`: the ports the candidate may take, in order."""
+    """`30000-31999`, `20001,20005-20010`: the ports the candidate may take, in order."""
     out: list[int] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         low, _, high = part.partition("-")
@@ -49,12 +51,12 @@ def parse_ports(spec: str) -> list[int]:
             a, b = int(low), int(high or low)
         except ValueError:
             raise UsageError(f"--ports: '{part}' is not a port or a range",
-                             hint="e.g. --ports 41000-41999") from None
+                             hint=f"e.g. --ports {DEFAULT_PORTS}") from None
         if not 1 <= a <= b <= 65535:
             raise UsageError(f"--ports: '{part}' is not within 1-65535, low to high")
         out += range(a, b + 1)
     if not out:
-        raise UsageError("--ports names no port", hint="e.g. --ports 41000-41999")
+        raise UsageError("--ports names no port", hint=f"e.g. --ports {DEFAULT_PORTS}")
     return list(dict.fromkeys(out))
 
 
@@ -100,6 +102,7 @@ class Candidate:
     source: Path  # the project copied
     root: Path  # the copy
     ports: dict[str, int] = field(default_factory=dict)  # key path -> the port it got
+    services: list[str] = field(default_factory=list)  # as declared
 
     @property
     def folder(self) -> Path:
@@ -159,8 +162,8 @@ def make(source: Path, overrides: dict[str, Any], profile: str | None,
         for key, port in given.items():
             set_path(layer, key, port)
         _write(state.local_overrides, layer)
-        load(root, profile)  # the final layer, checked once more
-        return Candidate(source, root, given)
+        final = load(root, profile).project  # the final layer, checked once more
+        return Candidate(source, root, given, list(final.services))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

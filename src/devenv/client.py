@@ -270,16 +270,22 @@ class Client:
             {"wait": wait, "off": off, "allow_root": allow_root}, timeout=None))
 
     def validate(self, services: list[str], timeout: float) -> ValidationResult:
-        return from_json(ValidationResult, self._json("POST", "/v1/validate",
-                                                      {"services": services}, timeout=timeout))
+        """The checks, which the engine ends within `timeout` seconds (and a grace)."""
+        return from_json(ValidationResult, self._json(
+            "POST", "/v1/validate", {"services": services, "timeout": timeout},
+            timeout=timeout + 15))
 
     def migrate(self) -> MigrateResult:
         return from_json(MigrateResult, self._json("POST", "/v1/migrate",
                                                    {"environ": dict(os.environ)}, timeout=None))
 
-    def stop(self, persist_data: bool) -> StopResult:
-        result = from_json(StopResult, self._json("POST", "/v1/stop",
-                                                  {"persist_data": persist_data}, timeout=None))
+    def stop(self, persist_data: bool, *, snapshot: bool = True,
+             timeout: float | None = None) -> StopResult:
+        """`snapshot=False` (with `persist_data=False`): the data goes without the automatic
+        snapshot (`validate`'s copy: its folder, volumes and claims)."""
+        result = from_json(StopResult, self._json(
+            "POST", "/v1/stop", {"persist_data": persist_data, "snapshot": snapshot},
+            timeout=timeout))
         deadline = time.monotonic() + 10
         while self.state.pidfile.exists() and time.monotonic() < deadline:
             time.sleep(0.02)  # the engine exits right after answering

@@ -263,19 +263,23 @@ class ValidationRow:
     service: str
     state: str
     healthy: bool
-    test: RunOutcome | None  # None: no `test:` declared
+    test: RunOutcome | None  # None: no `test:` declared (or, unfinished, not run)
     dependencies: list[DependencyCheck]
+    # what `validate --timeout` cut short: "" (it finished), "start" (never healthy),
+    # "test" (its test:, killed), "checks" (its checks did not answer)
+    unfinished: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.healthy and (self.test is None or self.test.code == 0) and all(
-            d.ok for d in self.dependencies)
+        return not self.unfinished and self.healthy and (
+            self.test is None or self.test.code == 0) and all(d.ok for d in self.dependencies)
 
 
 @dataclasses.dataclass(frozen=True)
 class ValidationResult:
     ok: bool
     services: list[ValidationRow]
+    timed_out: str = ""  # the --timeout that ended the run (e.g. "10m"), else ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from types import ModuleType
 
 from devenv import __version__
@@ -287,8 +288,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a candidate value (repeatable), e.g. services.api.replicas=2")
     s.add_argument("--profile", default=None, help="apply a profile from devenv.yaml")
-    s.add_argument("--ports", default="41000-41999", metavar="RANGE",
-                   help="ports the copy's addresses are taken from (default 41000-41999)")
+    from devenv.candidate import DEFAULT_PORTS
+
+    s.add_argument("--ports", default=DEFAULT_PORTS, metavar="RANGE",
+                   help=f"ports the copy's addresses are taken from (default {DEFAULT_PORTS}:"
+                   " below Linux's ephemeral ports, which outgoing connections take)")
+    s.add_argument("--timeout", default="10m", metavar="DURATION",
+                   help="the whole run's limit, start to last test, e.g. 90s, 20m (default "
+                   "10m); past it the copy is stopped and what did not finish is shown")
     s.add_argument("--json", action="store_true", help="print the matrix as JSON")
 
     s = sub.add_parser("migrate", help="upgrade what the environment runs on: devenv.yaml's "
@@ -324,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     recording = audit.start(args, argv)  # None unless the command changes state
     try:
-        code, error = _run(module, args)
+        code, error = _run(module, args, recording.root if recording is not None else None)
     except BaseException as exc:
         if recording is not None:
             recording.raised(exc)
@@ -334,9 +341,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
-def _run(module: ModuleType, args: argparse.Namespace) -> tuple[int, str | None]:
-    """The command's exit code, and its error message if it failed with one."""
+def _run(module: ModuleType, args: argparse.Namespace, changes: Path | None
+         ) -> tuple[int, str | None]:
+    """The command's exit code, and its error message if it failed with one. A command that
+    changes the project at `changes` is refused while a `migrate` holds it (core/oplock.py)."""
     try:
+        if changes is not None:
+            from devenv.core import oplock
+
+            oplock.check(changes)
         code: int = module.run(args)
         return code, None
     except DevenvError as exc:

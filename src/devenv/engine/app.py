@@ -162,10 +162,10 @@ class Environment:
         self.watching = enabled and bool(specs)
         return self.watcher.update(specs)
 
-    async def stop(self, persist_data: bool) -> StopResult:
+    async def stop(self, persist_data: bool, snapshot: bool = True) -> StopResult:
         await self._cancel_work()
         names = list(self.engine.runners)
-        outcome = await self.data.before_stop(self.project, persist_data)
+        outcome = await self.data.before_stop(self.project, persist_data, snapshot)
         if isinstance(self.engine.ctx.runtimes, Runtimes):  # (a cluster's volumes)
             self.engine.ctx.runtimes.keep_data = persist_data
         await self.halt()
@@ -218,7 +218,8 @@ class Environment:
             watching=self.watching, metrics=_link(self.telemetry.metrics_url),
             dashboard=_link(self.telemetry.dashboard_url))
 
-    async def validate(self, services: list[str]) -> ValidationResult:
+    async def validate(self, services: list[str], timeout: float | None = None
+                       ) -> ValidationResult:
         """`devenv validate`: each running service healthy, its `test:` passed, its
         dependencies reachable (engine/validation.py)."""
         from devenv.engine.validation import validate
@@ -227,7 +228,7 @@ class Environment:
             raise UsageError("nothing runs here to validate", hint="run `devenv up` first")
         self.known(services)
         loaded = await asyncio.to_thread(load, self.root, self.profile, environ=self.environ)
-        return await validate(self.engine, loaded, services)
+        return await validate(self.engine, loaded, services, timeout)
 
     async def migrate(self) -> MigrateResult:
         """`devenv migrate --confirm` (engine/migration.py): a snapshot first, the plan

@@ -324,14 +324,20 @@ class DataOps:
 
     # ---- stop
 
-    async def before_stop(self, project: str, persist: bool) -> StopOutcome:
+    async def before_stop(self, project: str, persist: bool, snapshot: bool = True
+                          ) -> StopOutcome:
         """`stop`: with --persist-data keep the data; without, snapshot it first, and only
-        then may it go (after the servers stopped)."""
+        then may it go (after the servers stopped). `snapshot=False`: it goes unsaved
+        (`validate`'s copy)."""
         runners = self.data_runners()
         if not runners:
             return StopOutcome("none")
         if persist:
             return StopOutcome("kept")
+        if not snapshot:
+            stores = tuple(r.plan.data for r in runners.values() if r.plan.data)
+            return StopOutcome("discarded", folders=tuple(d.folder for d in stores),
+                               stores=stores)
         keep = max(self.engine.plan.keep_automatic if self.engine.plan else 3, 1)  # this one
         name = "auto-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
         try:

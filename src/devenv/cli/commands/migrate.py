@@ -3,11 +3,14 @@
 --dry-run prints the plan (devenv/migration.py) and the unified diff of every file it would
 rewrite, and changes nothing. --confirm asks the engine to apply it (engine/migration.py):
 a snapshot first, then the files and the data, then the environment must come up healthy;
-on any failure everything is rolled back to the snapshot."""
+on any failure everything is rolled back to the snapshot. --confirm holds the project's
+operation lock (core/oplock.py) for its whole run: the commands that change the environment
+(and another migrate) refuse meanwhile."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from devenv.cli.commands._common import project_root
 from devenv.cli.output import err, out, print_json
@@ -16,9 +19,18 @@ from devenv.wire import to_json
 
 
 def run(args: argparse.Namespace) -> int:
+    root = project_root(args)
+    if args.dry_run:
+        return _run(args, root)
+    from devenv.core import oplock
+
+    with oplock.hold(root, "migrate"):  # up, stop, data, … refuse meanwhile; so does migrate
+        return _run(args, root)
+
+
+def _run(args: argparse.Namespace, root: Path) -> int:
     from devenv.migration import journal_file, make
 
-    root = project_root(args)
     cut_short = journal_file(root).exists()
     if cut_short and args.dry_run:
         out.print("a migration was cut short (.devenv/migrate/journal.json): `devenv migrate "

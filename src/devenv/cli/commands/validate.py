@@ -1,12 +1,16 @@
 """`devenv validate --all-services`: the environment (or a candidate configuration) started
 in an isolated copy (devenv/candidate.py) on its own ports and state, checked by its own
 engine (each service healthy, its `test:` passed, its dependencies reachable), then stopped
-and removed; the running environment, if any, is never touched."""
+and removed, its data with it (Docker volumes, a cluster's claims); the running environment,
+if any, is never touched. `--timeout` bounds the whole run: past it the copy is stopped the
+same way and the matrix says what did not finish."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +18,15 @@ from rich.markup import escape
 
 from devenv.cli.commands._common import project_root
 from devenv.cli.output import Column, err, out, print_json, print_table
-from devenv.client import Client
+from devenv.client import Client, EngineTimeout
 from devenv.core.errors import DevenvError, UsageError
-from devenv.wire import UpResult, ValidationResult, to_json
+from devenv.wire import UpResult, ValidationResult, ValidationRow, to_json
 
-VALIDATE_TIMEOUT = 3600.0  # the checks' answer; each test is bounded by its run_timeout
+STOP_TIMEOUT = 60.0  # the copy's stop, after the run or its --timeout
+
+
+class _Expired(BaseException):
+    """--timeout went off (raised by SIGALRM wherever the run waits, like Ctrl-C)."""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,37 +46,92 @@ def run(args: argparse.Namespace) -> int:
         from devenv.config.edit import parse_value
 
         cand.set_path(overrides, key.strip(), parse_value(text))
+    limit, label = _timeout(args.timeout)
     say = err.print if not args.json else (lambda *a, **k: None)
     _clean_stale(cand.stale())
-    say(f"validating in an isolated copy (ports from {args.ports})…")
-    copy = cand.make(root, overrides, args.profile, ports)
-    client = Client(copy.root)
-    previous = signal.getsignal(signal.SIGTERM)
+    say(f"validating in an isolated copy (ports from {args.ports}, at most {label})…")
+    began = time.monotonic()
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the copy is cleaned up
+    signal.signal(signal.SIGALRM, _expire)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    copy: cand.Candidate | None = None
+    states: dict[str, str] = {}  # each service's last state in the copy's `up`
+    result = UpResult(ok=False, services=[])
     try:
-        client.ensure_engine()
-        result = _up(client, args, say)
-        if result.ok:
-            checked = client.validate(args.services or [], VALIDATE_TIMEOUT)
-        else:
-            error = result.error.message if result.error else "did not come up"
-            checked = ValidationResult(ok=False, services=[])
-            say(f"[red]the candidate did not come up:[/] {escape(error)}")
-            for svc in result.services:
-                if not svc.ok:
-                    say(f"  {svc.name}: {escape(svc.detail or svc.state)}")
-                    for line in svc.logs[-5:]:
-                        say(f"    {escape(line)}")
+        try:
+            copy = cand.make(root, overrides, args.profile, ports)
+            client = Client(copy.root)
+            client.ensure_engine()
+            result = _up(client, args, say, states)
+            left = limit - (time.monotonic() - began)
+            signal.setitimer(signal.ITIMER_REAL, 0)  # the engine ends the checks by `left`
+            if result.ok and left > 0:
+                checked = client.validate(args.services or [], left)
+                if any(row.unfinished for row in checked.services):
+                    checked = ValidationResult(ok=False, services=checked.services,
+                                               timed_out=label)
+            elif result.ok:
+                raise _Expired
+            else:
+                error = result.error.message if result.error else "did not come up"
+                checked = ValidationResult(ok=False, services=[])
+                say(f"[red]the candidate did not come up:[/] {escape(error)}")
+                for svc in result.services:
+                    if not svc.ok:
+                        say(f"  {svc.name}: {escape(svc.detail or svc.state)}")
+                        for line in svc.logs[-5:]:
+                            say(f"    {escape(line)}")
+        except (_Expired, EngineTimeout):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            checked = _unfinished(copy, args.services, states, label)
     finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave it
         try:
-            _stop(client)
+            if copy is not None:
+                _stop(Client(copy.root))
         finally:
-            cand.remove(copy)
+            if copy is not None:
+                cand.remove(copy)
             signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGALRM, previous[1])
     _show(checked, result, args.json)
     return 0 if checked.ok and result.ok else 1
+
+
+def _timeout(value: str) -> tuple[float, str]:
+    """--timeout's seconds, and the words the matrix says it with (`10m`)."""
+    from devenv.config.schema import parse_duration
+
+    try:
+        seconds = parse_duration(value.strip())
+    except ValueError:
+        seconds = -1.0
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise UsageError(f"--timeout {value!r}: not a duration",
+                         hint="e.g. --timeout 90s, --timeout 20m")
+    return seconds, value.strip()
+
+
+def _expire(signum: int, frame: object) -> None:
+    raise _Expired
+
+
+def _unfinished(copy: Any, named: list[str], states: dict[str, str], label: str
+                ) -> ValidationResult:
+    """The matrix of a run --timeout ended before the checks answered: every service
+    checked, as far as its start got."""
+    names = [n for n in (copy.services if copy is not None else list(states))
+             if not named or n in named]
+    rows = []
+    for name in names:
+        state = states.get(name, "pending")
+        healthy = state in ("healthy", "completed")
+        rows.append(ValidationRow(service=name, state=state, healthy=healthy, test=None,
+                                  dependencies=[], unfinished="checks" if healthy else "start"))
+    return ValidationResult(ok=False, services=rows, timed_out=label)
 
 
 def _clean_stale(folders: list[Path]) -> None:
@@ -102,9 +165,9 @@ def _overrides(root: Path, branch: str | None) -> dict[str, Any]:
     return dict(data) if isinstance(data, dict) else {}
 
 
-def _up(client: Client, args: argparse.Namespace, say: Any) -> UpResult:
+def _up(client: Client, args: argparse.Namespace, say: Any, seen: dict[str, str]
+        ) -> UpResult:
     result = UpResult(ok=False, services=[])
-    seen: dict[str, str] = {}
     for event in client.up([], args.profile, watch=False):
         if isinstance(event, UpResult):
             return event
@@ -115,10 +178,12 @@ def _up(client: Client, args: argparse.Namespace, say: Any) -> UpResult:
 
 
 def _stop(client: Client) -> None:
+    """The copy's engine stopped, its data discarded unsaved: the data folders go with the
+    copy's folder, and its Docker volumes and a cluster's claims with the data."""
     if not client.running():
         return
     try:
-        client.stop(persist_data=True)  # (its folder is removed next: no snapshot needed)
+        client.stop(persist_data=False, snapshot=False, timeout=STOP_TIMEOUT)
     except DevenvError as exc:  # the engine also ends once its folder is gone
         err.print(f"[yellow]stopping the candidate: {escape(exc.message)}[/]")
 
@@ -132,20 +197,30 @@ def _show(checked: ValidationResult, result: UpResult, as_json: bool) -> None:
             data["error"] = result.error.message
         print_json(data)
         return
+    late = f"timed out after {checked.timed_out}"
     rows = []
     for row in checked.services:
-        test = "-" if row.test is None else ("pass" if row.test.code == 0
-                                            else f"FAIL (exit {row.test.code})")
+        if row.unfinished == "test":
+            test = late
+        elif row.unfinished:
+            test = "not run"
+        else:
+            test = "-" if row.test is None else ("pass" if row.test.code == 0
+                                                else f"FAIL (exit {row.test.code})")
         deps = ", ".join(("" if d.ok else "✗ ") + d.name for d in row.dependencies) or "-"
         bad = [d for d in row.dependencies if not d.ok]
-        rows.append([escape(row.service), "yes" if row.healthy else f"NO ({row.state})",
-                     test, escape(deps if not bad else "FAIL: " + deps),
-                     "ok" if row.ok else "FAIL"])
+        healthy = "yes" if row.healthy else f"NO ({row.state})"
+        if row.unfinished == "start":
+            healthy += f", {late}"
+        rows.append([escape(row.service), escape(healthy), escape(test),
+                     escape(deps if not bad else "FAIL: " + deps),
+                     "TIMED OUT" if row.unfinished else "ok" if row.ok else "FAIL"])
     if rows:
         print_table([Column("SERVICE"), Column("HEALTHY"), Column("TEST"),
                      Column("DEPENDENCIES", wrap=True), Column("RESULT")], rows)
     for row in checked.services:
-        if row.test is not None and row.test.code != 0 and row.test.output:
+        if row.test is not None and row.test.code != 0 and row.test.output \
+                and not row.unfinished:
             out.print(f"{row.service} test output:", markup=False)
             for line in row.test.output.splitlines():
                 out.print(f"  {line}", markup=False)
@@ -153,4 +228,9 @@ def _show(checked: ValidationResult, result: UpResult, as_json: bool) -> None:
             if not dep.ok:
                 out.print(f"{row.service} → {dep.name} ({dep.address or 'no address'}): "
                           f"{dep.error}", markup=False)
+    if checked.timed_out:
+        left = [row.service for row in checked.services if row.unfinished]
+        out.print(f"validate: FAILED, {late}" + (f"; did not finish: {', '.join(left)}"
+                                                 if left else ""), markup=False)
+        return
     out.print("validate: " + ("passed" if ok else "FAILED"), markup=False)

@@ -20,7 +20,7 @@ ENV = web.AppKey("env", Environment)
 
 
 def make_app(env: Environment) -> web.Application:
-    app = web.Application(middlewares=[_errors])
+    app = web.Application(middlewares=[_errors, _migrating])
     app[ENV] = env
     for module in (services, data, logs, traces, profile):
         module.routes(app.router, env)
@@ -34,3 +34,17 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except DevenvError as exc:
         return web.json_response({"error": exc.message, "hint": exc.hint,
                                   "details": exc.details, "exit_code": exc.exit_code}, status=400)
+
+
+# what may still be asked while `migrate --confirm` runs here (its own caller may be gone:
+# killed, it no longer holds the operation lock, but the engine goes on migrating)
+WHILE_MIGRATING = frozenset({"/v1/migrate", "/v1/validate", "/v1/profile"})
+
+
+@web.middleware
+async def _migrating(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method == "POST" and request.path not in WHILE_MIGRATING \
+            and request.app[ENV].migrating:
+        raise DevenvError("a migrate is in progress in this environment's engine; wait for "
+                          "it to finish", hint="`devenv status` and `devenv logs` work meanwhile")
+    return await handler(request)

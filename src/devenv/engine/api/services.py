@@ -69,7 +69,8 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
 
     async def stop(request: web.Request) -> web.Response:
         body = await request.json()
-        return answer(await env.stop(bool(body.get("persist_data"))))
+        return answer(await env.stop(bool(body.get("persist_data")),
+                                     snapshot=body.get("snapshot", True) is not False))
 
     async def exec_target(request: web.Request) -> web.Response:
         runtime, spec = env.exec_target(request.match_info["service"])
@@ -81,7 +82,10 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
                                       bool(body.get("off")), bool(body.get("allow_root"))))
 
     async def validate(request: web.Request) -> web.Response:
-        return answer(await env.validate((await request.json()).get("services") or []))
+        body = await request.json()
+        timeout = body.get("timeout")
+        return answer(await env.validate(body.get("services") or [], float(timeout)
+                                         if isinstance(timeout, int | float) else None))
 
     router.add_get("/v1/ping", ping)
     router.add_post("/v1/validate", validate)
