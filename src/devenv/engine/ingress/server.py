@@ -58,6 +58,8 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 # balancers' and the services' pipes'.
 MIN_CONNECTIONS, MAX_CONNECTIONS = 64, 10_000
 
+acquire, release = Pool.acquire, Pool.release
+
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # what a wait for the client or an instance came to
 HEAD, END, LOST, GARBLED, CUT, TIMEOUT, GONE, BAD = range(8)
@@ -171,9 +173,12 @@ class ClientConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.paused: set[str] = set()
         self.timer: asyncio.TimerHandle | None = None  # the header or the idle timeout
-        self.deadline: asyncio.TimerHandle | None = None  # the response or body timeout
-        self.allowed = 0.0  # that timeout, counted again from a streamed body's progress
-        self.progress = 0.0  # when the last part of a streamed body was sent on
+        # the response or body timeout: one timer a connection, armed at or before it is due
+        # (not one a request: when a wait ends, the timer stays, to be re-armed when it fires)
+        self.deadline: asyncio.TimerHandle | None = None
+        self.timed = False  # a wait is timed
+        self.allowed = 0.0  # its timeout, counted again from a streamed body's progress
+        self.progress = 0.0  # when it began, or the last part of a streamed body was sent on
         self.lost = False
         self.broken = False  # unparseable input: answer what was read, then close
         self.refusal: IngressError | None = None  # why, when it is not a parse error
@@ -259,6 +264,9 @@ class ClientConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         self._stop_timer()
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         if self.upstream is not None:  # not back to the pool: its response was not read
             self.upstream.close()
             self.upstream = None
@@ -504,8 +512,12 @@ class ClientConnection(asyncio.Protocol):
         open."""
         hub = self.ingress.hub
         if hub is None:
-            error = await self._answer(req)
-            return self._after(req, error)
+            found = self._target(req)
+            if isinstance(found, IngressError):
+                return self._after(req, found)
+            if req.websocket:
+                return self._after(req, await self._websocket(req, *found))
+            return self._after(req, await self._proxy(req, *found))
         traceparent: list[str] = []
         tracestate: list[str] = []
         for name, _, value in req.headers:  # (one pass, for every request)
@@ -519,7 +531,13 @@ class ClientConnection(asyncio.Protocol):
         status = CLIENT_GONE
         message: str | None = "the client went away before the response was complete"
         try:
-            error = await self._answer(req)
+            found = self._target(req)
+            if isinstance(found, IngressError):
+                error: IngressError | None = found
+            elif req.websocket:
+                error = await self._websocket(req, *found)
+            else:
+                error = await self._proxy(req, *found)
             if not self.lost or error is not None:
                 status = error.status if error is not None else (self.sent or CLIENT_GONE)
                 message = span_error(status, error) if status != CLIENT_GONE else message
@@ -551,27 +569,35 @@ class ClientConnection(asyncio.Protocol):
             waiter.set_result(outcome)
 
     def _wait(self, timeout: float) -> asyncio.Future[int]:
-        self.waiter = waiter = self.loop.create_future()
-        self._stop_timer()
-        self.allowed, self.progress = timeout, 0.0
-        self.deadline = self.loop.call_later(timeout, self._late)
+        loop = self.loop
+        self.waiter = waiter = loop.create_future()
+        self.timed, self.allowed, self.progress = True, timeout, loop.time()
+        due = self.progress + timeout
+        deadline = self.deadline
+        if deadline is None:
+            self.deadline = loop.call_at(due, self._late)
+        elif deadline.when() > due:  # (armed for a longer wait)
+            deadline.cancel()
+            self.deadline = loop.call_at(due, self._late)
         return waiter
 
     def _late(self) -> None:
+        self.deadline = None
+        if not self.timed:
+            return
         due = self.progress + self.allowed
-        if self.sent is None and due > self.loop.time():  # the body was sent on since
+        if due > self.loop.time():  # armed for an earlier wait, or the body was sent on since
             self.deadline = self.loop.call_at(due, self._late)
         else:
-            self.deadline = None
+            self.timed = False
             self._wake(TIMEOUT)
 
     def _stop_timer(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        self.timed = False
 
-    async def _answer(self, req: Request) -> IngressError | None:
-        """Route a request and relay it: None once relayed, or the ingress's own answer."""
+    def _target(self, req: Request) -> tuple[Pool, str, bytes, bytes] | IngressError:
+        """Where a request goes (its pool, service, target and Host sent on), or the
+        ingress's own answer."""
         ingress = self.ingress
         if req.hosts > 1 or (req.http11 and not req.hosts):  # RFC 9112 §3.2
             return IngressError(400, f"a request must have one Host header (this one has "
@@ -593,10 +619,8 @@ class ClientConnection(asyncio.Protocol):
             header = req.host.decode("latin-1") if req.host is not None else ""
             path = req.target.partition(b"?")[0].decode("latin-1")
             return NoRoute(header, path, ingress.routes.describe())
-        forwarded = req.host if req.host is not None else b"127.0.0.1"
-        if req.websocket:
-            return await self._websocket(req, pool, routed.service, routed.suffix, forwarded)
-        return await self._proxy(req, pool, routed.service, routed.suffix, forwarded)
+        return (pool, routed.service, routed.suffix,
+                req.host if req.host is not None else b"127.0.0.1")
 
     def _head(self, req: Request, suffix: bytes, host: bytes, *, chunked: bool = False,
               websocket: bool = False) -> bytes:
@@ -645,44 +669,49 @@ class ClientConnection(asyncio.Protocol):
         fresh = streamed or req.method not in IDEMPOTENT
         edge = self.edge
         for _ in range(ATTEMPTS):
+            backend = pool.pick_ready(tried)  # (no coroutine while one is ready)
+            if backend is None:
+                try:
+                    backend = await pool.pick(tried, max(0.0, hold_until - loop.time()))
+                except NoBackend:
+                    if refused:
+                        return IngressError(502, f"service '{service}': no instance took the "
+                                            f"connection ({'; '.join(refused)}) and no other "
+                                            f"became ready within {pool.hold_timeout:g}s; see "
+                                            "`devenv status`")
+                    return IngressError(503, f"service '{service}' has no ready instance "
+                                        f"(waited {pool.hold_timeout:g}s); see `devenv status`")
+            acquire(backend, True)
             try:
-                async with pool.use(tried, timeout=max(0.0, hold_until - loop.time()),
-                                    busy=True) as backend:
-                    if edge is not None:
-                        edge.instance = backend.id
-                    conn = None if fresh else ingress.upstreams.take(backend, loop.time())
-                    reused = conn is not None
-                    if conn is None:
-                        try:
-                            conn = await ingress.upstreams.connect(backend)
-                        except (OSError, TimeoutError) as exc:  # never received: try another
-                            tried.add(backend.id)
-                            refused.append(f"{backend.id}: {_reason(exc)}")
-                            if edge is not None:
-                                edge.instance = None  # it never took the request
-                            continue
-                    if self.lost:
-                        conn.close()
-                        return None
+                if edge is not None:
+                    edge.instance = backend.id
+                conn = None if fresh else ingress.upstreams.take(backend, loop.time())
+                reused = conn is not None
+                if conn is None:
+                    try:
+                        conn = await ingress.upstreams.connect(backend)
+                    except (OSError, TimeoutError) as exc:  # never received: try another
+                        tried.add(backend.id)
+                        refused.append(f"{backend.id}: {_reason(exc)}")
+                        if edge is not None:
+                            edge.instance = None  # it never took the request
+                        continue
+                if self.lost:
+                    conn.close()
+                    return None
+                outcome = await self._send(conn, req, head, body, streamed)
+                keep = not fresh
+                if outcome == LOST and reused and not conn.received:
+                    # its kept-alive connection was found closed: once more, anew
+                    try:
+                        conn = await ingress.upstreams.connect(backend)
+                    except (OSError, TimeoutError) as exc:
+                        return self._closed(service, backend.id, exc)
                     outcome = await self._send(conn, req, head, body, streamed)
-                    keep = not fresh
-                    if outcome == LOST and reused and not conn.received:
-                        # its kept-alive connection was found closed: once more, anew
-                        try:
-                            conn = await ingress.upstreams.connect(backend)
-                        except (OSError, TimeoutError) as exc:
-                            return self._closed(service, backend.id, exc)
-                        outcome = await self._send(conn, req, head, body, streamed)
-                        keep = False
-                    return self._relay(conn, outcome, service, backend.id, keep=keep)
-            except NoBackend:
-                if refused:
-                    return IngressError(502, f"service '{service}': no instance took the "
-                                        f"connection ({'; '.join(refused)}) and no other "
-                                        f"became ready within {pool.hold_timeout:g}s; see "
-                                        "`devenv status`")
-                return IngressError(503, f"service '{service}' has no ready instance "
-                                    f"(waited {pool.hold_timeout:g}s); see `devenv status`")
+                    keep = False
+                return self._relay(conn, outcome, service, backend.id, keep=keep)
+            finally:
+                release(backend, True)
         return IngressError(502, f"service '{service}': no instance took the connection "
                             f"({'; '.join(refused)})")
 
