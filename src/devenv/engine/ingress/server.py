@@ -41,7 +41,7 @@ from devenv.engine.ingress.upstream import (
     Upstream,
     Upstreams,
 )
-from devenv.engine.pool import NoBackend, Pool
+from devenv.engine.pool import Backend, NoBackend, Pool
 from devenv.telemetry.model import Hub
 from devenv.telemetry.sampling import RateSampler
 
@@ -201,6 +201,9 @@ class ClientConnection(asyncio.Protocol):
         self.corked: list[bytes] | None = None  # writes held to go out as one
         self.idle_at = -1.0  # when its last response ended (-1: none yet)
         self.next: asyncio.Future[None] | None = None  # set when a request's head arrives
+        # a request answered without the task (`_fast`): its backend, connection, service
+        self.fast: tuple[Backend, Upstream, str] | None = None
+        self.deferred: Request | None = None  # its head read: `_fast` once it is complete
 
     # ---- asyncio
 
@@ -247,6 +250,10 @@ class ClientConnection(asyncio.Protocol):
                 req.early += data[upgrade.args[0]:]
         except httptools.HttpParserError as exc:
             self._garbled(exc)
+        finally:
+            if self.deferred is not None:  # (its message did not complete: the task's)
+                self.deferred = None
+                self._kick()
 
     def _body(self, data: bytes) -> None:
         assert self.body is not None
@@ -344,6 +351,15 @@ class ClientConnection(asyncio.Protocol):
         self.queue.append(req)
         if len(self.queue) > 1:
             self._pause("pipeline")  # one request at a time, in order
+        if self.fast is not None:
+            return  # (the task is told of it when the request before is answered)
+        if len(self.queue) == 1 and not req.has_body and not req.upgrade:
+            self.deferred = req  # complete in a moment: perhaps answered without the task
+            return
+        self._kick()
+
+    def _kick(self) -> None:
+        """The task answers what is queued: started, or told a request came."""
         if self.task is None:
             self.task = self.loop.create_task(self._serve())
         elif self.next is not None:
@@ -381,6 +397,10 @@ class ClientConnection(asyncio.Protocol):
             req.sink = None
         if self.in_body and self.queue and self.queue[0] is req:
             self._wake(END)
+        elif self.deferred is req:
+            self.deferred = None
+            if not self._fast(req):
+                self._kick()
 
     # ---- what an instance's connection reports (upstream.Exchange)
 
@@ -482,21 +502,97 @@ class ClientConnection(asyncio.Protocol):
                         self.transport.write(IngressError(
                             500, f"the ingress failed: {exc!r}").render(keep_alive=False))
                     keep = False
-                self.queue.popleft()
-                if self.lost:
+                if not self._answered(keep):
                     return
-                if not keep or (self.broken and not self.queue):
-                    assert self.transport is not None
-                    self.transport.close()
-                    return
-                if not self.queue:
-                    self.accounts.waiting[self] = None  # idle again: keep-alive, evicted first
-                    self.idle_at = now = self.loop.time()
-                    if self.timer is None:  # (else the one armed before is re-armed then)
-                        self.timer = self.loop.call_at(now + self.accounts.idle_timeout,
-                                                       self._idle_late)
         finally:
             self.task = None
+
+    def _answered(self, keep: bool) -> bool:
+        """The request answered leaves the queue; whether its connection goes on."""
+        self.queue.popleft()
+        if self.lost:
+            return False
+        if not keep or (self.broken and not self.queue):
+            assert self.transport is not None
+            self.transport.close()
+            return False
+        if not self.queue:
+            self.accounts.waiting[self] = None  # idle again: keep-alive, evicted first
+            self.idle_at = now = self.loop.time()
+            if self.timer is None:  # (else the one armed before is re-armed then)
+                self.timer = self.loop.call_at(now + self.accounts.idle_timeout,
+                                               self._idle_late)
+        return True
+
+    def _fast(self, req: Request) -> bool:
+        """Send a request at once, without the task, when nothing needs a wait: the only one
+        queued, complete, idempotent, routed to a ready instance with a kept-alive
+        connection; its answer is relayed as it comes and ended by `_fast_end`. False (the
+        task's then) otherwise."""
+        if req.method not in IDEMPOTENT or req.websocket or self.broken or self.stalled \
+                or self.lost:
+            return False
+        found = self._target(req)
+        if isinstance(found, IngressError):
+            return False
+        pool, routed, host = found
+        backend = pool.pick_ready()
+        if backend is None:
+            return False
+        conn = self.ingress.upstreams.take(backend, self.loop.time())
+        if conn is None:
+            return False
+        self._resume("pipeline")
+        self._begin()
+        if self.ingress.hub is not None:
+            edge = self.edge = self._edge(req)
+            edge.route, edge.service, edge.instance = routed.route, routed.service, backend.id
+        acquire(backend, True)
+        self.fast = (backend, conn, routed.service)
+        self.upstream = conn
+        self._arm(self.ingress.response_timeout)
+        conn.send(self, self._head(req, routed.suffix, host), head=req.method == b"HEAD")
+        return True
+
+    def _fast_end(self, outcome: int) -> None:
+        """What came of a request `_fast` sent (called as it comes, from a protocol's
+        callback): relayed, counted, its connection kept or closed, the next one queued
+        handed to the task."""
+        assert self.fast is not None
+        (backend, conn, service), self.fast = self.fast, None
+        req = self.queue[0]
+        if outcome == LOST and not conn.received:  # found closed: the task connects anew
+            self._stop_timer()
+            self.upstream = None
+            conn.close()
+            release(backend, True)
+            self._kick()  # (with the edge begun: the same trace, the same head)
+            return
+        self.uncork()  # (its answer out before it is ended)
+        keep = False
+        error: IngressError | None = None
+        status = CLIENT_GONE
+        message: str | None = "the client went away before the response was complete"
+        try:
+            try:
+                error = self._relay(conn, outcome, service, backend.id, keep=True)
+            finally:
+                release(backend, True)
+            if not self.lost or error is not None:
+                status = error.status if error is not None else (self.sent or CLIENT_GONE)
+                message = span_error(status, error) if status != CLIENT_GONE else message
+            keep = self._after(req, error)
+        except Exception as exc:  # a bug: say so, and close
+            status, message = 500, f"the ingress failed: {exc!r}"
+            if self.sent is None and self.transport is not None and not self.lost:
+                self.transport.write(IngressError(500, message).render(keep_alive=False))
+            keep = False
+        finally:
+            edge, self.edge = self.edge, None
+            if edge is not None:
+                self._publish(edge, req, status, message)
+        if self._answered(keep) and self.queue:
+            self._kick()
 
     def _begin(self) -> None:
         """Forget what the previous request's answer left: every per-request field."""
@@ -510,24 +606,19 @@ class ClientConnection(asyncio.Protocol):
     async def _one(self, req: Request) -> bool:
         """Answer one request (its state reset by `_begin`); whether its connection stays
         open."""
-        hub = self.ingress.hub
-        if hub is None:
+        if self.ingress.hub is None:
             found = self._target(req)
             if isinstance(found, IngressError):
                 return self._after(req, found)
+            pool, routed, host = found
             if req.websocket:
-                return self._after(req, await self._websocket(req, *found))
-            return self._after(req, await self._proxy(req, *found))
-        traceparent: list[str] = []
-        tracestate: list[str] = []
-        for name, _, value in req.headers:  # (one pass, for every request)
-            if name == b"traceparent":
-                traceparent.append(value.decode("latin-1"))
-            elif name == b"tracestate":
-                tracestate.append(value.decode("latin-1"))
-        raw_path = req.target.partition(b"?")[0].decode("latin-1")
-        edge = self.edge = Edge(req.method.decode("latin-1"), raw_path, traceparent,
-                                tracestate, self.ingress.sampler)
+                return self._after(req, await self._websocket(req, pool, routed.service,
+                                                              routed.suffix, host))
+            return self._after(req, await self._proxy(req, pool, routed.service,
+                                                      routed.suffix, host))
+        edge = self.edge  # (one `_fast` began: its instance's connection was found closed)
+        if edge is None:
+            edge = self.edge = self._edge(req)
         status = CLIENT_GONE
         message: str | None = "the client went away before the response was complete"
         try:
@@ -535,9 +626,11 @@ class ClientConnection(asyncio.Protocol):
             if isinstance(found, IngressError):
                 error: IngressError | None = found
             elif req.websocket:
-                error = await self._websocket(req, *found)
+                error = await self._websocket(req, found[0], found[1].service,
+                                              found[1].suffix, found[2])
             else:
-                error = await self._proxy(req, *found)
+                error = await self._proxy(req, found[0], found[1].service, found[1].suffix,
+                                          found[2])
             if not self.lost or error is not None:
                 status = error.status if error is not None else (self.sent or CLIENT_GONE)
                 message = span_error(status, error) if status != CLIENT_GONE else message
@@ -547,13 +640,30 @@ class ClientConnection(asyncio.Protocol):
             raise
         finally:
             self.edge = None
-            if status == CLIENT_GONE and edge.sent is not None:
-                # the client left a websocket, or a streamed body: its answer had begun
-                status, message = edge.sent, None
-            seen = edge.finish(status, message, req.host)
-            if seen.trace_id is None:
-                hub.unsampled += 1
-            hub.request(seen)
+            self._publish(edge, req, status, message)
+
+    def _edge(self, req: Request) -> Edge:
+        traceparent: list[str] = []
+        tracestate: list[str] = []
+        for name, _, value in req.headers:  # (one pass, for every request)
+            if name == b"traceparent":
+                traceparent.append(value.decode("latin-1"))
+            elif name == b"tracestate":
+                tracestate.append(value.decode("latin-1"))
+        raw_path = req.target.partition(b"?")[0].decode("latin-1")
+        return Edge(req.method.decode("latin-1"), raw_path, traceparent, tracestate,
+                    self.ingress.sampler)
+
+    def _publish(self, edge: Edge, req: Request, status: int, message: str | None) -> None:
+        hub = self.ingress.hub
+        assert hub is not None
+        if status == CLIENT_GONE and edge.sent is not None:
+            # the client left a websocket, or a streamed body: its answer had begun
+            status, message = edge.sent, None
+        seen = edge.finish(status, message, req.host)
+        if seen.trace_id is None:
+            hub.unsampled += 1
+        hub.request(seen)
 
     def _after(self, req: Request, error: IngressError | None) -> bool:
         if error is not None and not self.lost:
@@ -564,13 +674,20 @@ class ClientConnection(asyncio.Protocol):
         return self.keep and req.complete and not self.websocket
 
     def _wake(self, outcome: int) -> None:
+        if self.fast is not None:
+            self._fast_end(outcome)
+            return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(outcome)
 
     def _wait(self, timeout: float) -> asyncio.Future[int]:
+        self.waiter = waiter = self.loop.create_future()
+        self._arm(timeout)
+        return waiter
+
+    def _arm(self, timeout: float) -> None:
         loop = self.loop
-        self.waiter = waiter = loop.create_future()
         self.timed, self.allowed, self.progress = True, timeout, loop.time()
         due = self.progress + timeout
         deadline = self.deadline
@@ -579,7 +696,6 @@ class ClientConnection(asyncio.Protocol):
         elif deadline.when() > due:  # (armed for a longer wait)
             deadline.cancel()
             self.deadline = loop.call_at(due, self._late)
-        return waiter
 
     def _late(self) -> None:
         self.deadline = None
@@ -595,7 +711,7 @@ class ClientConnection(asyncio.Protocol):
     def _stop_timer(self) -> None:
         self.timed = False
 
-    def _target(self, req: Request) -> tuple[Pool, str, bytes, bytes] | IngressError:
+    def _target(self, req: Request) -> tuple[Pool, Routed, bytes] | IngressError:
         """Where a request goes (its pool, service, target and Host sent on), or the
         ingress's own answer."""
         ingress = self.ingress
@@ -619,8 +735,7 @@ class ClientConnection(asyncio.Protocol):
             header = req.host.decode("latin-1") if req.host is not None else ""
             path = req.target.partition(b"?")[0].decode("latin-1")
             return NoRoute(header, path, ingress.routes.describe())
-        return (pool, routed.service, routed.suffix,
-                req.host if req.host is not None else b"127.0.0.1")
+        return pool, routed, req.host if req.host is not None else b"127.0.0.1"
 
     def _head(self, req: Request, suffix: bytes, host: bytes, *, chunked: bool = False,
               websocket: bool = False) -> bytes:
