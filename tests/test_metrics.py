@@ -7,11 +7,13 @@ import json
 import shutil
 import subprocess
 import textwrap
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Project, free_ports, procs_in, wait_for
 
@@ -47,7 +49,7 @@ ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forev
 '''
 
 
-def _start(project: Project, broken: bool = False) -> str:
+def _start(project: Project, broken: bool = False, monitoring: str = "") -> str:
     """Up with `orders` serving its own metrics (and `broken`, whose /metrics is not
     exposition text); the engine's metrics URL."""
     (project.root / "promsvc.py").write_text(PROM_SERVICE)
@@ -60,7 +62,7 @@ def _start(project: Project, broken: bool = False) -> str:
     project.write(f"""\
         version: 1
         ingress: {{port: {project.ingress_port}}}
-        monitoring: {{scrape_interval: 1}}
+        monitoring: {{scrape_interval: 1{monitoring}}}
         services:
           orders:
             command: python promsvc.py
@@ -126,6 +128,30 @@ def test_engine_reexposes_a_services_own_metrics_and_promtool_accepts_it(project
     table = project.devenv("metrics", "--service", "orders", check=True).stdout
     assert "orders" in table and "healthy" in table and "REQ/S" in table
     assert f"metrics: {url}" in project.devenv("status", check=True).stdout
+
+
+def _value(text: str, name: str, **labels: str) -> float:
+    """One sample of an exposition, as Prometheus parses it."""
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == name and s.labels == labels)
+
+
+def test_requests_over_the_trace_rate_are_counted_as_unsampled_in_the_engines_metrics(
+        project: Project) -> None:
+    url = _start(project, monitoring=", trace_rate: 1")  # one new trace a second
+    assert _value(_exposition(project, url), "devenv_telemetry_requests_unsampled_total") == 0
+    sent = 8
+    started = time.monotonic()
+    for _ in range(sent):
+        status, body = project.ingress("/hello", "orders.localhost")
+        assert (status, body) == (200, "ok")
+    elapsed = time.monotonic() - started
+    text = _exposition(project, url)
+    unsampled = _value(text, "devenv_telemetry_requests_unsampled_total")
+    # the first is traced (a second's worth of tokens at the start), then one a second
+    assert sent - 1 - int(elapsed + 1) <= unsampled <= sent - 1, (unsampled, elapsed)
+    assert _value(text, "devenv_http_requests_total", route="orders.localhost",
+                  service="orders", code="2xx") == sent  # every one counted all the same
 
 
 def test_a_broken_metrics_endpoint_shows_as_a_scrape_error_in_status(project: Project

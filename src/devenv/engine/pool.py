@@ -64,30 +64,42 @@ class Pool:
             for hook in list(backend.on_leave):
                 hook(backend)
 
+    def pick_ready(self, exclude: set[str] | None = None) -> Backend | None:
+        """The next ready backend, least busy first, now; None when none is ready (no
+        coroutine: the ingress's every request asks, and one is ready nearly always)."""
+        ready = self._ready
+        self._turn += 1
+        if len(ready) == 1 and not exclude:
+            return ready[0]
+        choices = [b for b in ready if not exclude or b.id not in exclude]
+        if not choices:
+            return None
+        least = min(b.inflight for b in choices)
+        busy_least = [b for b in choices if b.inflight == least]
+        return busy_least[self._turn % len(busy_least)]
+
     async def pick(self, exclude: set[str] | None = None,
                    timeout: float | None = None) -> Backend:
         """The next ready backend, least busy first; waits up to `timeout` (by default the
         hold timeout) for one."""
+        backend = self.pick_ready(exclude)
+        if backend is not None:
+            return backend
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (self.hold_timeout if timeout is None else timeout)
         while True:
-            choices = [b for b in self._ready if not exclude or b.id not in exclude]
-            if choices:
-                self._turn += 1
-                least = min(b.inflight for b in choices)
-                busy_least = [b for b in choices if b.inflight == least]
-                return busy_least[self._turn % len(busy_least)]
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise NoBackend(self.name)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
+            backend = self.pick_ready(exclude)
+            if backend is not None:
+                return backend
 
-    @contextlib.asynccontextmanager
-    async def use(self, exclude: set[str] | None = None,
-                  timeout: float | None = None, busy: bool = False) -> AsyncIterator[Backend]:
-        """A backend for one connection; `busy`: the whole block is one request."""
-        backend = await self.pick(exclude, timeout)
+    @staticmethod
+    def acquire(backend: Backend, busy: bool = False) -> None:
+        """Count a connection to `backend` (`busy`: it is one request) until `release`."""
         if not backend.used:
             backend.used = True
             if backend.on_first_use:
@@ -96,15 +108,26 @@ class Pool:
         backend.idle.clear()
         if busy:
             backend.working(1)
+
+    @staticmethod
+    def release(backend: Backend, busy: bool = False) -> None:
+        backend.inflight -= 1
+        if busy:
+            backend.busy -= 1
+        if backend.inflight == 0:
+            backend.idle.set()
+        backend.changed.set()
+
+    @contextlib.asynccontextmanager
+    async def use(self, exclude: set[str] | None = None,
+                  timeout: float | None = None, busy: bool = False) -> AsyncIterator[Backend]:
+        """A backend for one connection; `busy`: the whole block is one request."""
+        backend = await self.pick(exclude, timeout)
+        self.acquire(backend, busy)
         try:
             yield backend
         finally:
-            backend.inflight -= 1
-            if busy:
-                backend.working(-1)
-            if backend.inflight == 0:
-                backend.idle.set()
-            backend.changed.set()
+            self.release(backend, busy)
 
     async def drain(self, backend: Backend, timeout: float, idle_timeout: float | None = None
                     ) -> None:

@@ -59,6 +59,9 @@ def _kept(headers: list[Header], drop: frozenset[bytes]) -> list[bytes]:
             if lname not in drop and lname not in named]
 
 
+_SET_TRACED = _SET_ON_REQUEST | _TRACE
+
+
 def request_head(method: bytes, target: bytes, headers: list[Header], host: bytes,
                  peer: bytes, *, traceparent: bytes | None = None,
                  tracestate: bytes | None = None, chunked: bool = False,
@@ -67,36 +70,55 @@ def request_head(method: bytes, target: bytes, headers: list[Header], host: byte
     client's end-to-end headers, `Host` and `X-Forwarded-Host` the host it asked for,
     `X-Forwarded-For` extended with its address; with `traceparent`, the trace headers
     replaced (no `tracestate` when it is None)."""
-    drop = _SET_ON_REQUEST | _TRACE if traceparent is not None else _SET_ON_REQUEST
-    prior = b", ".join(v for lname, _, v in headers if lname == b"x-forwarded-for")
-    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host),
-           *_kept(headers, drop),
-           b"X-Forwarded-Host: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-For: %s\r\n"
-           % (host, prior + b", " + peer if prior else peer)]
+    drop = _SET_TRACED if traceparent is not None else _SET_ON_REQUEST
+    out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
+    prior = b""
+    length = -1
+    named = b""
+    for lname, name, value in headers:  # (one pass: every request's)
+        if lname not in drop:
+            out.append(b"%s: %s\r\n" % (name, value))
+        elif lname == b"x-forwarded-for":
+            prior = prior + b", " + value if prior else value
+        elif lname == b"content-length":
+            if length < 0 and value.strip().isdigit():
+                length = int(value)
+        elif lname == b"connection":
+            named = named + b"," + value if named else value
+    if named and named.lower() not in _DROPPED_ANYWAY:
+        out = _without_named(out, headers, drop)
+    out.append(b"X-Forwarded-Host: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-For: %s\r\n"
+               % (host, prior + b", " + peer if prior else peer))
     if traceparent is not None:
         out.append(b"traceparent: %s\r\n" % traceparent)
         if tracestate is not None:
             out.append(b"tracestate: %s\r\n" % tracestate)
     if chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
-    else:
-        out.extend(_length(headers))
+    elif length >= 0:
+        out.append(b"Content-Length: %d\r\n" % length)
     if websocket:
         out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     out.append(b"\r\n")
     return b"".join(out)
 
 
+# `Connection` values naming only headers never forwarded (what nearly every one says)
+_DROPPED_ANYWAY = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+
+def _without_named(out: list[bytes], headers: list[Header], drop: frozenset[bytes]
+                   ) -> list[bytes]:
+    """`out` (a first line, then the lines of `headers` not in `drop`) without the headers
+    the message's `Connection` headers name, when it names any not dropped already."""
+    named = connection_named(headers) - _FRAMING - drop
+    if not named:  # (`keep-alive`, `close`: most often)
+        return out
+    return [out[0], *(b"%s: %s\r\n" % (name, value) for lname, name, value in headers
+                      if lname not in drop and lname not in named)]
+
+
 _LENGTH = frozenset({b"content-length"})
-
-
-def _length(headers: list[Header]) -> list[bytes]:
-    """The `Content-Length` line of a message, written by the ingress from the length the
-    parser read (which refuses a duplicate or invalid one)."""
-    for lname, _, value in headers:
-        if lname == b"content-length" and value.strip().isdigit():
-            return [b"Content-Length: %d\r\n" % int(value)]
-    return []
 
 
 class Framing(Enum):
@@ -119,15 +141,32 @@ def framing(*, http11: bool, head: bool, status: int, length: bool) -> Framing:
     return Framing.CHUNKED if http11 else Framing.CLOSE
 
 
+_RESPONSE_DROP = _HOP_BY_HOP | _LENGTH
+
+
 def response_head(status: int, reason: bytes, headers: list[Header], framed: Framing, *,
                   keep_alive: bool, http11: bool) -> bytes:
     """The head of a relayed response: the instance's status and end-to-end headers, framed
     for the client (`framing`), and whether its connection stays open."""
-    out = [b"HTTP/1.1 %d %s\r\n" % (status, reason), *_kept(headers, _HOP_BY_HOP | _LENGTH)]
+    drop = _RESPONSE_DROP
+    out = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+    length = -1
+    named = b""
+    for lname, name, value in headers:  # (one pass: every response's)
+        if lname not in drop:
+            out.append(b"%s: %s\r\n" % (name, value))
+        elif lname == b"content-length":
+            if length < 0 and value.strip().isdigit():
+                length = int(value)
+        elif lname == b"connection":
+            named = named + b"," + value if named else value
+    if named and named.lower() not in _DROPPED_ANYWAY:
+        out = _without_named(out, headers, drop)
     if framed is Framing.CHUNKED:
         out.append(b"Transfer-Encoding: chunked\r\n")
-    elif status >= 200 and status != 204:  # (a HEAD's or a 304's describes the resource)
-        out.extend(_length(headers))
+    elif status >= 200 and status != 204 and length >= 0:
+        # (a HEAD's or a 304's describes the resource)
+        out.append(b"Content-Length: %d\r\n" % length)
     if not keep_alive:
         if http11:
             out.append(b"Connection: close\r\n")

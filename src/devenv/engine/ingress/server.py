@@ -41,7 +41,7 @@ from devenv.engine.ingress.upstream import (
     Upstream,
     Upstreams,
 )
-from devenv.engine.pool import NoBackend, Pool
+from devenv.engine.pool import Backend, NoBackend, Pool
 from devenv.telemetry.model import Hub
 from devenv.telemetry.sampling import RateSampler
 
@@ -57,6 +57,8 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 # instances wait in a pool; the rest is the control socket's, the health probes', the
 # balancers' and the services' pipes'.
 MIN_CONNECTIONS, MAX_CONNECTIONS = 64, 10_000
+
+acquire, release = Pool.acquire, Pool.release
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # what a wait for the client or an instance came to
@@ -171,9 +173,12 @@ class ClientConnection(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.paused: set[str] = set()
         self.timer: asyncio.TimerHandle | None = None  # the header or the idle timeout
-        self.deadline: asyncio.TimerHandle | None = None  # the response or body timeout
-        self.allowed = 0.0  # that timeout, counted again from a streamed body's progress
-        self.progress = 0.0  # when the last part of a streamed body was sent on
+        # the response or body timeout: one timer a connection, armed at or before it is due
+        # (not one a request: when a wait ends, the timer stays, to be re-armed when it fires)
+        self.deadline: asyncio.TimerHandle | None = None
+        self.timed = False  # a wait is timed
+        self.allowed = 0.0  # its timeout, counted again from a streamed body's progress
+        self.progress = 0.0  # when it began, or the last part of a streamed body was sent on
         self.lost = False
         self.broken = False  # unparseable input: answer what was read, then close
         self.refusal: IngressError | None = None  # why, when it is not a parse error
@@ -196,6 +201,9 @@ class ClientConnection(asyncio.Protocol):
         self.corked: list[bytes] | None = None  # writes held to go out as one
         self.idle_at = -1.0  # when its last response ended (-1: none yet)
         self.next: asyncio.Future[None] | None = None  # set when a request's head arrives
+        # a request answered without the task (`_fast`): its backend, connection, service
+        self.fast: tuple[Backend, Upstream, str] | None = None
+        self.deferred: Request | None = None  # its head read: `_fast` once it is complete
 
     # ---- asyncio
 
@@ -242,6 +250,10 @@ class ClientConnection(asyncio.Protocol):
                 req.early += data[upgrade.args[0]:]
         except httptools.HttpParserError as exc:
             self._garbled(exc)
+        finally:
+            if self.deferred is not None:  # (its message did not complete: the task's)
+                self.deferred = None
+                self._kick()
 
     def _body(self, data: bytes) -> None:
         assert self.body is not None
@@ -259,6 +271,9 @@ class ClientConnection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         self._stop_timer()
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         if self.upstream is not None:  # not back to the pool: its response was not read
             self.upstream.close()
             self.upstream = None
@@ -336,6 +351,15 @@ class ClientConnection(asyncio.Protocol):
         self.queue.append(req)
         if len(self.queue) > 1:
             self._pause("pipeline")  # one request at a time, in order
+        if self.fast is not None:
+            return  # (the task is told of it when the request before is answered)
+        if len(self.queue) == 1 and not req.has_body and not req.upgrade:
+            self.deferred = req  # complete in a moment: perhaps answered without the task
+            return
+        self._kick()
+
+    def _kick(self) -> None:
+        """The task answers what is queued: started, or told a request came."""
         if self.task is None:
             self.task = self.loop.create_task(self._serve())
         elif self.next is not None:
@@ -373,6 +397,10 @@ class ClientConnection(asyncio.Protocol):
             req.sink = None
         if self.in_body and self.queue and self.queue[0] is req:
             self._wake(END)
+        elif self.deferred is req:
+            self.deferred = None
+            if not self._fast(req):
+                self._kick()
 
     # ---- what an instance's connection reports (upstream.Exchange)
 
@@ -474,21 +502,97 @@ class ClientConnection(asyncio.Protocol):
                         self.transport.write(IngressError(
                             500, f"the ingress failed: {exc!r}").render(keep_alive=False))
                     keep = False
-                self.queue.popleft()
-                if self.lost:
+                if not self._answered(keep):
                     return
-                if not keep or (self.broken and not self.queue):
-                    assert self.transport is not None
-                    self.transport.close()
-                    return
-                if not self.queue:
-                    self.accounts.waiting[self] = None  # idle again: keep-alive, evicted first
-                    self.idle_at = now = self.loop.time()
-                    if self.timer is None:  # (else the one armed before is re-armed then)
-                        self.timer = self.loop.call_at(now + self.accounts.idle_timeout,
-                                                       self._idle_late)
         finally:
             self.task = None
+
+    def _answered(self, keep: bool) -> bool:
+        """The request answered leaves the queue; whether its connection goes on."""
+        self.queue.popleft()
+        if self.lost:
+            return False
+        if not keep or (self.broken and not self.queue):
+            assert self.transport is not None
+            self.transport.close()
+            return False
+        if not self.queue:
+            self.accounts.waiting[self] = None  # idle again: keep-alive, evicted first
+            self.idle_at = now = self.loop.time()
+            if self.timer is None:  # (else the one armed before is re-armed then)
+                self.timer = self.loop.call_at(now + self.accounts.idle_timeout,
+                                               self._idle_late)
+        return True
+
+    def _fast(self, req: Request) -> bool:
+        """Send a request at once, without the task, when nothing needs a wait: the only one
+        queued, complete, idempotent, routed to a ready instance with a kept-alive
+        connection; its answer is relayed as it comes and ended by `_fast_end`. False (the
+        task's then) otherwise."""
+        if req.method not in IDEMPOTENT or req.websocket or self.broken or self.stalled \
+                or self.lost:
+            return False
+        found = self._target(req)
+        if isinstance(found, IngressError):
+            return False
+        pool, routed, host = found
+        backend = pool.pick_ready()
+        if backend is None:
+            return False
+        conn = self.ingress.upstreams.take(backend, self.loop.time())
+        if conn is None:
+            return False
+        self._resume("pipeline")
+        self._begin()
+        if self.ingress.hub is not None:
+            edge = self.edge = self._edge(req)
+            edge.route, edge.service, edge.instance = routed.route, routed.service, backend.id
+        acquire(backend, True)
+        self.fast = (backend, conn, routed.service)
+        self.upstream = conn
+        self._arm(self.ingress.response_timeout)
+        conn.send(self, self._head(req, routed.suffix, host), head=req.method == b"HEAD")
+        return True
+
+    def _fast_end(self, outcome: int) -> None:
+        """What came of a request `_fast` sent (called as it comes, from a protocol's
+        callback): relayed, counted, its connection kept or closed, the next one queued
+        handed to the task."""
+        assert self.fast is not None
+        (backend, conn, service), self.fast = self.fast, None
+        req = self.queue[0]
+        if outcome == LOST and not conn.received:  # found closed: the task connects anew
+            self._stop_timer()
+            self.upstream = None
+            conn.close()
+            release(backend, True)
+            self._kick()  # (with the edge begun: the same trace, the same head)
+            return
+        self.uncork()  # (its answer out before it is ended)
+        keep = False
+        error: IngressError | None = None
+        status = CLIENT_GONE
+        message: str | None = "the client went away before the response was complete"
+        try:
+            try:
+                error = self._relay(conn, outcome, service, backend.id, keep=True)
+            finally:
+                release(backend, True)
+            if not self.lost or error is not None:
+                status = error.status if error is not None else (self.sent or CLIENT_GONE)
+                message = span_error(status, error) if status != CLIENT_GONE else message
+            keep = self._after(req, error)
+        except Exception as exc:  # a bug: say so, and close
+            status, message = 500, f"the ingress failed: {exc!r}"
+            if self.sent is None and self.transport is not None and not self.lost:
+                self.transport.write(IngressError(500, message).render(keep_alive=False))
+            keep = False
+        finally:
+            edge, self.edge = self.edge, None
+            if edge is not None:
+                self._publish(edge, req, status, message)
+        if self._answered(keep) and self.queue:
+            self._kick()
 
     def _begin(self) -> None:
         """Forget what the previous request's answer left: every per-request field."""
@@ -502,24 +606,31 @@ class ClientConnection(asyncio.Protocol):
     async def _one(self, req: Request) -> bool:
         """Answer one request (its state reset by `_begin`); whether its connection stays
         open."""
-        hub = self.ingress.hub
-        if hub is None:
-            error = await self._answer(req)
-            return self._after(req, error)
-        traceparent: list[str] = []
-        tracestate: list[str] = []
-        for name, _, value in req.headers:  # (one pass, for every request)
-            if name == b"traceparent":
-                traceparent.append(value.decode("latin-1"))
-            elif name == b"tracestate":
-                tracestate.append(value.decode("latin-1"))
-        raw_path = req.target.partition(b"?")[0].decode("latin-1")
-        edge = self.edge = Edge(req.method.decode("latin-1"), raw_path, traceparent,
-                                tracestate, self.ingress.sampler)
+        if self.ingress.hub is None:
+            found = self._target(req)
+            if isinstance(found, IngressError):
+                return self._after(req, found)
+            pool, routed, host = found
+            if req.websocket:
+                return self._after(req, await self._websocket(req, pool, routed.service,
+                                                              routed.suffix, host))
+            return self._after(req, await self._proxy(req, pool, routed.service,
+                                                      routed.suffix, host))
+        edge = self.edge  # (one `_fast` began: its instance's connection was found closed)
+        if edge is None:
+            edge = self.edge = self._edge(req)
         status = CLIENT_GONE
         message: str | None = "the client went away before the response was complete"
         try:
-            error = await self._answer(req)
+            found = self._target(req)
+            if isinstance(found, IngressError):
+                error: IngressError | None = found
+            elif req.websocket:
+                error = await self._websocket(req, found[0], found[1].service,
+                                              found[1].suffix, found[2])
+            else:
+                error = await self._proxy(req, found[0], found[1].service, found[1].suffix,
+                                          found[2])
             if not self.lost or error is not None:
                 status = error.status if error is not None else (self.sent or CLIENT_GONE)
                 message = span_error(status, error) if status != CLIENT_GONE else message
@@ -529,13 +640,30 @@ class ClientConnection(asyncio.Protocol):
             raise
         finally:
             self.edge = None
-            if status == CLIENT_GONE and edge.sent is not None:
-                # the client left a websocket, or a streamed body: its answer had begun
-                status, message = edge.sent, None
-            seen = edge.finish(status, message, req.host)
-            if seen.trace_id is None:
-                hub.unsampled += 1
-            hub.request(seen)
+            self._publish(edge, req, status, message)
+
+    def _edge(self, req: Request) -> Edge:
+        traceparent: list[str] = []
+        tracestate: list[str] = []
+        for name, _, value in req.headers:  # (one pass, for every request)
+            if name == b"traceparent":
+                traceparent.append(value.decode("latin-1"))
+            elif name == b"tracestate":
+                tracestate.append(value.decode("latin-1"))
+        raw_path = req.target.partition(b"?")[0].decode("latin-1")
+        return Edge(req.method.decode("latin-1"), raw_path, traceparent, tracestate,
+                    self.ingress.sampler)
+
+    def _publish(self, edge: Edge, req: Request, status: int, message: str | None) -> None:
+        hub = self.ingress.hub
+        assert hub is not None
+        if status == CLIENT_GONE and edge.sent is not None:
+            # the client left a websocket, or a streamed body: its answer had begun
+            status, message = edge.sent, None
+        seen = edge.finish(status, message, req.host)
+        if seen.trace_id is None:
+            hub.unsampled += 1
+        hub.request(seen)
 
     def _after(self, req: Request, error: IngressError | None) -> bool:
         if error is not None and not self.lost:
@@ -546,32 +674,46 @@ class ClientConnection(asyncio.Protocol):
         return self.keep and req.complete and not self.websocket
 
     def _wake(self, outcome: int) -> None:
+        if self.fast is not None:
+            self._fast_end(outcome)
+            return
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(outcome)
 
     def _wait(self, timeout: float) -> asyncio.Future[int]:
         self.waiter = waiter = self.loop.create_future()
-        self._stop_timer()
-        self.allowed, self.progress = timeout, 0.0
-        self.deadline = self.loop.call_later(timeout, self._late)
+        self._arm(timeout)
         return waiter
 
+    def _arm(self, timeout: float) -> None:
+        loop = self.loop
+        self.timed, self.allowed, self.progress = True, timeout, loop.time()
+        due = self.progress + timeout
+        deadline = self.deadline
+        if deadline is None:
+            self.deadline = loop.call_at(due, self._late)
+        elif deadline.when() > due:  # (armed for a longer wait)
+            deadline.cancel()
+            self.deadline = loop.call_at(due, self._late)
+
     def _late(self) -> None:
+        self.deadline = None
+        if not self.timed:
+            return
         due = self.progress + self.allowed
-        if self.sent is None and due > self.loop.time():  # the body was sent on since
+        if due > self.loop.time():  # armed for an earlier wait, or the body was sent on since
             self.deadline = self.loop.call_at(due, self._late)
         else:
-            self.deadline = None
+            self.timed = False
             self._wake(TIMEOUT)
 
     def _stop_timer(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+        self.timed = False
 
-    async def _answer(self, req: Request) -> IngressError | None:
-        """Route a request and relay it: None once relayed, or the ingress's own answer."""
+    def _target(self, req: Request) -> tuple[Pool, Routed, bytes] | IngressError:
+        """Where a request goes (its pool, service, target and Host sent on), or the
+        ingress's own answer."""
         ingress = self.ingress
         if req.hosts > 1 or (req.http11 and not req.hosts):  # RFC 9112 §3.2
             return IngressError(400, f"a request must have one Host header (this one has "
@@ -593,10 +735,7 @@ class ClientConnection(asyncio.Protocol):
             header = req.host.decode("latin-1") if req.host is not None else ""
             path = req.target.partition(b"?")[0].decode("latin-1")
             return NoRoute(header, path, ingress.routes.describe())
-        forwarded = req.host if req.host is not None else b"127.0.0.1"
-        if req.websocket:
-            return await self._websocket(req, pool, routed.service, routed.suffix, forwarded)
-        return await self._proxy(req, pool, routed.service, routed.suffix, forwarded)
+        return pool, routed, req.host if req.host is not None else b"127.0.0.1"
 
     def _head(self, req: Request, suffix: bytes, host: bytes, *, chunked: bool = False,
               websocket: bool = False) -> bytes:
@@ -645,44 +784,49 @@ class ClientConnection(asyncio.Protocol):
         fresh = streamed or req.method not in IDEMPOTENT
         edge = self.edge
         for _ in range(ATTEMPTS):
+            backend = pool.pick_ready(tried)  # (no coroutine while one is ready)
+            if backend is None:
+                try:
+                    backend = await pool.pick(tried, max(0.0, hold_until - loop.time()))
+                except NoBackend:
+                    if refused:
+                        return IngressError(502, f"service '{service}': no instance took the "
+                                            f"connection ({'; '.join(refused)}) and no other "
+                                            f"became ready within {pool.hold_timeout:g}s; see "
+                                            "`devenv status`")
+                    return IngressError(503, f"service '{service}' has no ready instance "
+                                        f"(waited {pool.hold_timeout:g}s); see `devenv status`")
+            acquire(backend, True)
             try:
-                async with pool.use(tried, timeout=max(0.0, hold_until - loop.time()),
-                                    busy=True) as backend:
-                    if edge is not None:
-                        edge.instance = backend.id
-                    conn = None if fresh else ingress.upstreams.take(backend, loop.time())
-                    reused = conn is not None
-                    if conn is None:
-                        try:
-                            conn = await ingress.upstreams.connect(backend)
-                        except (OSError, TimeoutError) as exc:  # never received: try another
-                            tried.add(backend.id)
-                            refused.append(f"{backend.id}: {_reason(exc)}")
-                            if edge is not None:
-                                edge.instance = None  # it never took the request
-                            continue
-                    if self.lost:
-                        conn.close()
-                        return None
+                if edge is not None:
+                    edge.instance = backend.id
+                conn = None if fresh else ingress.upstreams.take(backend, loop.time())
+                reused = conn is not None
+                if conn is None:
+                    try:
+                        conn = await ingress.upstreams.connect(backend)
+                    except (OSError, TimeoutError) as exc:  # never received: try another
+                        tried.add(backend.id)
+                        refused.append(f"{backend.id}: {_reason(exc)}")
+                        if edge is not None:
+                            edge.instance = None  # it never took the request
+                        continue
+                if self.lost:
+                    conn.close()
+                    return None
+                outcome = await self._send(conn, req, head, body, streamed)
+                keep = not fresh
+                if outcome == LOST and reused and not conn.received:
+                    # its kept-alive connection was found closed: once more, anew
+                    try:
+                        conn = await ingress.upstreams.connect(backend)
+                    except (OSError, TimeoutError) as exc:
+                        return self._closed(service, backend.id, exc)
                     outcome = await self._send(conn, req, head, body, streamed)
-                    keep = not fresh
-                    if outcome == LOST and reused and not conn.received:
-                        # its kept-alive connection was found closed: once more, anew
-                        try:
-                            conn = await ingress.upstreams.connect(backend)
-                        except (OSError, TimeoutError) as exc:
-                            return self._closed(service, backend.id, exc)
-                        outcome = await self._send(conn, req, head, body, streamed)
-                        keep = False
-                    return self._relay(conn, outcome, service, backend.id, keep=keep)
-            except NoBackend:
-                if refused:
-                    return IngressError(502, f"service '{service}': no instance took the "
-                                        f"connection ({'; '.join(refused)}) and no other "
-                                        f"became ready within {pool.hold_timeout:g}s; see "
-                                        "`devenv status`")
-                return IngressError(503, f"service '{service}' has no ready instance "
-                                    f"(waited {pool.hold_timeout:g}s); see `devenv status`")
+                    keep = False
+                return self._relay(conn, outcome, service, backend.id, keep=keep)
+            finally:
+                release(backend, True)
         return IngressError(502, f"service '{service}': no instance took the connection "
                             f"({'; '.join(refused)})")
 
