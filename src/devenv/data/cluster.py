@@ -199,6 +199,29 @@ def _format(ds: DataService[Any], src: Path, kind: str) -> dict[str, Any]:
     return found
 
 
+def _staging(ds: DataService[Any], job: Callable[[], Any]) -> None:
+    """A restore's staging step; its failure says the live data was not touched."""
+    try:
+        job()
+    except DevenvError as exc:
+        raise DevenvError(f"{exc.message}; the live data of {ds.name} is unchanged (only a "
+                          "staging copy was written, and it is dropped)", details=exc.details,
+                          hint=exc.hint) from exc
+
+
+def _swapping(ds: DataService[Any], job: Callable[[], Any]) -> None:
+    """A restore's swap (one transaction, or one script); its failure says so."""
+    try:
+        job()
+    except Unreachable:
+        raise
+    except DevenvError as exc:
+        raise DevenvError(f"{exc.message}; the swap is all or nothing, so {ds.name} still "
+                          "holds its data from before the restore", details=exc.details,
+                          hint="the staged copy is kept; the engine's next start finishes "
+                          "the restore (or run `devenv snapshot restore` again)") from exc
+
+
 def _version_file(dest: Path, kind: str, **more: Any) -> None:
     write_atomic(dest / FORMAT, json.dumps({"kind": kind, **more}), mode=PRIVATE_FILE)
 
@@ -270,7 +293,7 @@ class PostgresInCluster:
                           f"--no-password -d {shlex.quote(new)}",
                           f"restore of {databases[i]} (pg_restore)", feed=src / f"{i}.dump")
 
-        _sync(stage)
+        _staging(ds, lambda: _sync(stage))
         _write_pending(ds, kind="postgres", phase="staged", databases=databases)
 
     def swap_restore(self, ds: DataService[Any]) -> bool:
@@ -278,7 +301,8 @@ class PostgresInCluster:
         if record is None or record.get("phase") == "staging":
             return False
         try:
-            _sync(lambda: _pg_swap(ds, list(record.get("databases", []))))
+            _swapping(ds, lambda: _sync(lambda: _pg_swap(ds, list(record.get("databases",
+                                                                              [])))))
         except Unreachable:  # (a restore a crash cut: the next healthy start finishes it)
             _write_pending(ds, **{**record, "phase": "swap"})
             ds.unmark()
@@ -422,9 +446,9 @@ class RedisInCluster:
                                    str(max(ttl, 0)).encode(), bytes.fromhex(lines[i + 2]),
                                    b"REPLACE"))
                 fh.write(_resp(b"SET", STAGED_KEY.encode(), b"1"))
-            _sync(lambda: run(ds, f"{RD}head -c \"$DEVENV_SIZE\" | redis-cli "
-                              "--no-auth-warning --pipe", "restore (RESTORE into staging)",
-                              feed=pipe))
+            _staging(ds, lambda: _sync(lambda: run(
+                ds, f"{RD}head -c \"$DEVENV_SIZE\" | redis-cli --no-auth-warning --pipe",
+                "restore (RESTORE into staging)", feed=pipe)))
         finally:
             pipe.unlink(missing_ok=True)
         _write_pending(ds, kind="redis", phase="staged")
@@ -434,7 +458,8 @@ class RedisInCluster:
         if record is None or record.get("phase") == "staging":
             return False
         try:
-            _sync(lambda: run(ds, _cli("EVAL", SWAP, "1", STAGED_KEY), "restore (SWAPDB)"))
+            _swapping(ds, lambda: _sync(lambda: run(ds, _cli("EVAL", SWAP, "1", STAGED_KEY),
+                                                    "restore (SWAPDB)")))
         except Unreachable:
             _write_pending(ds, kind="redis", phase="swap")
             ds.unmark()

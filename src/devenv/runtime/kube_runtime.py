@@ -17,8 +17,10 @@ Around that: `provider: k3d` makes or reuses the cluster at the pinned version f
 cluster at another version is refused, saying what to do); images of services with `build:`
 are built with Docker (docker-py) and imported into the k3d cluster; the Namespace and the
 data services' StatefulSets (their data in PersistentVolumeClaims) are applied first, and
-waited for. `close` deletes what the project made by its labels, keeping the volumes unless
-the `stop` discarded the data.
+waited for. A data service's instance is its StatefulSet's pod (`_start_data`): the one
+server of its data, which stopping the instance leaves running (devenv's data commands act
+on it through devenv.data.cluster). `close` deletes what the project made by its labels,
+keeping the volumes unless the `stop` discarded the data.
 """
 
 from __future__ import annotations
