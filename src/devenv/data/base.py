@@ -51,10 +51,16 @@ class DataService(Generic[S]):
     volume: str | None = None  # ... and its data's named volume
     project: str = ""  # the project folder (the containers' and volume's label)
     host: str = HOST  # where its clients reach it (a container dependent: its alias)
+    cluster: bool = False  # on the kubernetes runtime: its server is the cluster's StatefulSet
 
     @property
     def in_container(self) -> bool:
         return self.image is not None and self.volume is not None
+
+    @property
+    def in_cluster(self) -> bool:
+        """Its one server is its StatefulSet's pod in the cluster (devenv.data.cluster)."""
+        return self.cluster
 
     # ---- the marker of data that was provisioned (or restored): one implementation
 

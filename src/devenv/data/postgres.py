@@ -33,6 +33,7 @@ from devenv.config.schema import key
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import PRIVATE_FILE, private_dir, private_opener
+from devenv.data import cluster
 from devenv.data.base import (
     HOST,
     Confinement,
@@ -333,6 +334,8 @@ class Postgres:
     Settings = Settings
 
     def server(self, ds: PG) -> Server:
+        if ds.in_cluster:
+            return cluster.postgres.server(ds)
         if ds.in_container:
             return boxed.server(ds)
         jail = Confinement(_pgdata(ds))
@@ -368,6 +371,8 @@ class Postgres:
                 f"bin_dir: {SYSTEM_PG}), and list it under its `extensions:`")
 
     def binaries(self, ds: PG) -> str:
+        if ds.in_cluster:
+            return "PostgreSQL of the cluster's image"
         if ds.in_container:
             return f"PostgreSQL in image {ds.image}"
         paths = [_bin(ds, tool) for tool in ("postgres", "initdb", "pg_isready", "pg_basebackup")]
@@ -384,6 +389,8 @@ class Postgres:
         if ADMIN in (s.user, *s.users):
             raise DevenvError(f"{ds.name}: '{ADMIN}' is the role devenv keeps for itself",
                               hint=f"choose another name in services.{ds.name}")
+        if ds.in_cluster:
+            return cluster.prepare(ds)
         if ds.in_container:
             return boxed.prepare(ds)
         missing = missing_extensions(s)
@@ -447,6 +454,8 @@ class Postgres:
         role. Safe to run again (a migrated or restored data folder)."""
         from psycopg import sql
 
+        if ds.in_cluster:
+            return await cluster.postgres.provision(ds)
         s = ds.settings
         secret = read_secret(_admin_secret(ds)) or await _migrate(ds, port)
         async with await _connect(port, ADMIN, secret, "postgres") as conn:
@@ -477,7 +486,9 @@ class Postgres:
                      mode=PRIVATE_FILE)
 
     def extensions(self, ds: PG) -> list[str] | None:
-        return None if ds.in_container else available_extensions(bin_dir(ds.settings))
+        if ds.in_container or ds.in_cluster:
+            return None
+        return available_extensions(bin_dir(ds.settings))
 
     def version_move(self, ds: PG) -> VersionMove | None:
         """The data on disk is from another major version than the binaries (`devenv
@@ -513,6 +524,8 @@ class Postgres:
         return SqlLoad(self.url(ds, target), files)
 
     async def snapshot(self, ds: PG, dest: Path) -> str:
+        if ds.in_cluster:
+            return await cluster.postgres.snapshot(ds, dest)
         if ds.in_container:
             return await boxed.snapshot(ds, dest)
         secret = read_secret(_admin_secret(ds))
@@ -532,6 +545,8 @@ class Postgres:
         WAL, so the first start on it is an ordinary one that a kill cannot break, and gives
         it this folder's admin secret); then renamed `pgdata.restore-new`, with the secret
         it needs staged beside it."""
+        if ds.in_cluster:
+            return cluster.postgres.stage_restore(ds, src)
         if ds.in_container:
             return boxed.stage_restore(ds, src)
         private_dir(ds.folder)
@@ -556,6 +571,8 @@ class Postgres:
     def swap_restore(self, ds: PG) -> bool:
         """Install the staged data and its secret (idempotent: a crash at any point is
         finished by calling it again). False when nothing was staged."""
+        if ds.in_cluster:
+            return cluster.postgres.swap_restore(ds)
         if ds.in_container:
             return boxed.swap_restore(ds)
         live = _pgdata(ds)
@@ -575,6 +592,8 @@ class Postgres:
 
     def drop_restore(self, ds: PG) -> None:
         """Remove what a restore leaves beside the live data (staged or replaced copies)."""
+        if ds.in_cluster:
+            return cluster.postgres.drop_restore(ds)
         if ds.in_container:
             return boxed.drop_restore(ds)
         if ds.folder.is_dir():

@@ -23,6 +23,7 @@ from devenv.config.schema import key
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import PRIVATE_FILE, private_dir, private_opener
+from devenv.data import cluster
 from devenv.data.base import (
     HOST,
     Confinement,
@@ -125,6 +126,8 @@ class Redis:
     Settings = Settings
 
     def server(self, ds: RD) -> Server:
+        if ds.in_cluster:
+            return cluster.redis.server(ds)
         if ds.in_container:
             return boxed.server(ds)
         # Every acknowledged write is on disk before the reply: the append-only file,
@@ -159,6 +162,8 @@ class Redis:
         return None
 
     def binaries(self, ds: RD) -> str:
+        if ds.in_cluster:
+            return "Redis of the cluster's image"
         if ds.in_container:
             return f"Redis in image {ds.image}"
         paths = [_bin(ds, tool) for tool in ("redis-server", "redis-cli")]
@@ -172,6 +177,8 @@ class Redis:
                               "later", hint=f"fix services.{ds.name}.bin_dir")
 
     def prepare(self, ds: RD) -> None:
+        if ds.in_cluster:
+            return cluster.prepare(ds)
         if ds.in_container:
             return boxed.prepare(ds)
         self._check(ds, _version(ds))
@@ -195,6 +202,8 @@ class Redis:
                      mode=PRIVATE_FILE)
 
     async def provision(self, ds: RD, port: int) -> None:
+        if ds.in_cluster:
+            return await cluster.redis.provision(ds)
         return None
 
     async def open_load(self, ds: RD, target: str | None,
@@ -204,6 +213,8 @@ class Redis:
         return RedisLoad(self.url(ds, target), files)
 
     async def snapshot(self, ds: RD, dest: Path) -> str:
+        if ds.in_cluster:
+            return await cluster.redis.snapshot(ds, dest)
         if ds.in_container:
             return await boxed.snapshot(ds, dest)
         private_dir(dest)
@@ -220,6 +231,8 @@ class Redis:
         """The snapshot's RDB file becomes the whole append-only file (its RDB preamble) of a
         new server folder beside the live one: complete, on disk, the data user's. Swapped
         in whole, so no stale append-only or RDB file is left for the server to load."""
+        if ds.in_cluster:
+            return cluster.redis.stage_restore(ds, src)
         if ds.in_container:
             return boxed.stage_restore(ds, src)
         private_dir(ds.folder)
@@ -236,6 +249,8 @@ class Redis:
         tmp.rename(new)
 
     def swap_restore(self, ds: RD) -> bool:
+        if ds.in_cluster:
+            return cluster.redis.swap_restore(ds)
         if ds.in_container:
             return boxed.swap_restore(ds)
         store, new = _store(ds), _staged(ds)
@@ -253,6 +268,8 @@ class Redis:
         return None  # (modules are off: MODULE is disabled)
 
     def drop_restore(self, ds: RD) -> None:
+        if ds.in_cluster:
+            return cluster.redis.drop_restore(ds)
         if ds.in_container:
             return boxed.drop_restore(ds)
         if not ds.folder.is_dir():

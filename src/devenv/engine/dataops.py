@@ -206,6 +206,7 @@ class DataOps:
                 assert runner.plan.data is not None
                 await asyncio.to_thread(_remove, runner.plan.data.folder)
                 await asyncio.to_thread(kinds.discard_volume, runner.plan.data)
+                await kinds.empty_in_place(runner.plan.data)
             self._record.unlink(missing_ok=True)
         return list(runners)
 

@@ -17,8 +17,10 @@ Around that: `provider: k3d` makes or reuses the cluster at the pinned version f
 cluster at another version is refused, saying what to do); images of services with `build:`
 are built with Docker (docker-py) and imported into the k3d cluster; the Namespace and the
 data services' StatefulSets (their data in PersistentVolumeClaims) are applied first, and
-waited for. `close` deletes what the project made by its labels, keeping the volumes unless
-the `stop` discarded the data.
+waited for. A data service's instance is its StatefulSet's pod (`_start_data`): the one
+server of its data, which stopping the instance leaves running (devenv's data commands act
+on it through devenv.data.cluster). `close` deletes what the project made by its labels,
+keeping the volumes unless the `stop` discarded the data.
 """
 
 from __future__ import annotations
@@ -111,8 +113,9 @@ class KubeInstance:
     """One slot of a service's Deployment: a pod, its log stream, a port-forward to it."""
 
     def __init__(self, spec: InstanceSpec, runtime: KubernetesRuntime, pod: str,
-                 restarts: int, port: int | None):
+                 restarts: int, port: int | None, data: bool = False):
         self.spec = spec
+        self.data = data  # the pod of a data service's StatefulSet, which devenv never scales
         self.pod = pod
         self.port = port
         self._runtime = runtime
@@ -230,6 +233,10 @@ class KubeInstance:
         if self._exit.done():
             return self._exit.result()
         self.stopping = True
+        if self.data:  # (its server keeps running: only this side of it stops)
+            self._watcher.cancel()
+            await self._end(0)
+            return self._exit.result()
         cluster = self._runtime.cluster
         assert cluster is not None
         api, ns = cluster.api, cluster.namespace
@@ -281,6 +288,7 @@ class KubernetesRuntime:
         self._claimed: dict[str, str] = {}  # pod → the service whose slot holds it
         self._built: dict[str, tuple[str, str]] = {}  # service → (fingerprint, image id)
         self._warned: set[str] = set()
+        self._local: Any = None  # one-off commands not meant for a pod run here
 
     def configure(self, loaded: Any) -> None:
         """The project as `up` loaded it: what the manifests are rendered from."""
@@ -392,6 +400,8 @@ class KubernetesRuntime:
         cluster = await self._setup()
         loaded = _project(self.root, self.loaded)
         plan = service_plan(loaded, spec.service)
+        if plan.data is not None:
+            return await self._start_data(spec, plan, cluster)
         if plan.job:
             raise DevenvError(f"{spec.service}: one-shot jobs are not on the kubernetes "
                               "runtime yet", hint="run it on the local runtime")
@@ -419,6 +429,25 @@ class KubernetesRuntime:
 
             instance.forwarder = Forwarder(self._session, self._link, cluster.namespace,
                                            lambda: instance.pod, plan.port)
+            await instance.forwarder.open()
+        return instance
+
+    async def _start_data(self, spec: InstanceSpec, plan: Any, cluster: Cluster
+                          ) -> KubeInstance:
+        """A data service's one server is its StatefulSet's pod (applied and waited for by
+        `_setup`): claimed once it runs, a port-forward to its port behind the engine's
+        address (the local services' and devenv's data commands' way in). Nothing is
+        applied or scaled: stopping the instance leaves the server running."""
+        from devenv.kube.render import DATA_PORTS
+
+        pod, restarts = await self._claim(spec, DATA_TIMEOUT)
+        instance = KubeInstance(spec, self, pod, restarts, plan.port, data=True)
+        self._slots.setdefault(spec.service, []).append(instance)
+        if spec.wants_port:
+            from devenv.runtime.kube_stream import Forwarder
+
+            instance.forwarder = Forwarder(self._session, self._link, cluster.namespace,
+                                           lambda: instance.pod, DATA_PORTS[plan.data.kind])
             await instance.forwarder.open()
         return instance
 
@@ -520,8 +549,15 @@ class KubernetesRuntime:
 
     async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
                   instance: Instance | None = None) -> RunResult:
-        """In `instance`'s pod (a command health check); other one-off commands (builds,
-        dataset scripts) are not run in the cluster."""
+        """In `instance`'s pod (a command health check); other one-off commands (a dataset's
+        script) run on this machine, as on the local runtime."""
+        if instance is None:
+            if self._local is None:
+                from devenv.runtime.local import LocalRuntime
+
+                self._local = LocalRuntime(self.root)
+            result: RunResult = await self._local.run(spec, argv, timeout)
+            return result
         if not isinstance(instance, KubeInstance) or instance.exited:
             return RunResult(127, "one-off commands run on the kubernetes runtime only in a "
                              "running pod of the service")
