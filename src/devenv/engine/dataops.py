@@ -294,8 +294,8 @@ class DataOps:
                 raise
             self._write_restore_journal(name, touched, "swapping")
             faults.point("restore:journaled")
-            for ds in stores:
-                kinds.swap_restore(ds)
+            for ds in stores:  # (a thread: on a cluster the swap waits for sessions to end)
+                await asyncio.to_thread(kinds.swap_restore, ds)
                 faults.point("restore:swapped-one")
             self._restore_journal.unlink(missing_ok=True)
             for ds in stores:

@@ -181,7 +181,7 @@ async def recover(env: Environment, left: list[str] | None = None) -> MigrateRes
             assert found is not None
             ds = _on(found, was["old_bin"], was["old"])
             await asyncio.to_thread(kinds.stage_restore, ds, snap.path / name)
-            kinds.swap_restore(ds)
+            await asyncio.to_thread(kinds.swap_restore, ds)
             await asyncio.to_thread(kinds.drop_restore, ds)
             await asyncio.to_thread(kinds.upgrade_finish, ds)
             undone.append(f"{name}: restored from snapshot {record['snapshot']}")
