@@ -132,6 +132,41 @@ def test_connection_naming_content_length_does_not_smuggle_a_request() -> None:
     asyncio.run(scenario())
 
 
+def test_a_content_length_with_spaces_around_it_is_forwarded_with_its_body() -> None:
+    # llhttp reads a 16-byte body for `Content-Length: 16 `; forwarded without it, the
+    # instance would take the next client's request on its kept-alive connection as the body
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            body = b"GET /x HTTP/1.1\r"  # 16 bytes
+            first = await exchange(s.ingress, b"GET /attacker HTTP/1.1\r\nHost: localhost\r\n"
+                                   b"Content-Length: 16 \r\nConnection: close\r\n\r\n" + body)
+            second = await exchange(s.ingress, get(b"/victim"))
+            assert first.endswith(b"/attacker") and second.endswith(b"/victim")
+            assert [(h.split(b"\r\n")[0], b) for h, b in s.stub.seen] == \
+                [(b"GET /attacker HTTP/1.1", body), (b"GET /victim HTTP/1.1", b"")]
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_routing_a_request_is_answered_500_not_left_hanging() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            assert (await exchange(s.ingress, get(b"/warm"))).endswith(b"/warm")
+            pools = s.ingress.pools
+
+            def broken(name: str) -> Pool | None:
+                raise RuntimeError("a bug")
+
+            s.ingress.pools = broken  # (a kept-alive instance connection is ready: fast path)
+            out = await exchange(s.ingress, get(b"/x", close=False))
+            assert out.startswith(b"HTTP/1.1 500") and b"the ingress failed" in out
+            s.ingress.pools = pools
+            assert (s.backend.inflight, s.backend.busy) == (0, 0)
+            assert (await exchange(s.ingress, get(b"/after"))).endswith(b"/after")
+
+    asyncio.run(scenario())
+
+
 def test_connection_naming_content_length_in_a_response_keeps_its_framing() -> None:
     async def handler(stub: Stub, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:

@@ -127,7 +127,8 @@ def test_the_forwarded_request_head_keeps_end_to_end_headers_and_says_who_asked(
         (b"X-Hop", b"1"), (b"Expect", b"100-continue"), (b"Cookie", b"a=1"),
         (b"Cookie", b"b=2"), (b"X-Forwarded-For", b"10.0.0.1"), (b"X-Forwarded-Host", b"x"),
         (b"traceparent", b"00-old"), (b"tracestate", b"old=1"), (b"Content-Length", b"5")),
-        b"api.localhost:7700", b"127.0.0.1", traceparent=b"00-new", tracestate=None)
+        b"api.localhost:7700", b"127.0.0.1", traceparent=b"00-new", tracestate=None,
+        length=5)
     assert head == (b"POST /x%20y?q=1 HTTP/1.1\r\nHost: api.localhost:7700\r\n"
                     b"Cookie: a=1\r\nCookie: b=2\r\n"
                     b"X-Forwarded-Host: api.localhost:7700\r\nX-Forwarded-Proto: http\r\n"
@@ -182,7 +183,7 @@ def test_connection_cannot_name_away_the_framing_the_ingress_writes() -> None:
     # dropping Content-Length while sending the body would smuggle the body as a request
     request = request_head(b"POST", b"/", _raw((b"Connection", b"content-length, host"),
                                                (b"Content-Length", b"12")),
-                           b"localhost", b"127.0.0.1")
+                           b"localhost", b"127.0.0.1", length=12)
     assert request.count(b"Content-Length: 12\r\n") == 1
     assert request.startswith(b"POST / HTTP/1.1\r\nHost: localhost\r\n")
     response = response_head(200, b"OK", _raw((b"Connection", b"Content-Length"),

@@ -65,24 +65,21 @@ _SET_TRACED = _SET_ON_REQUEST | _TRACE
 def request_head(method: bytes, target: bytes, headers: list[Header], host: bytes,
                  peer: bytes, *, traceparent: bytes | None = None,
                  tracestate: bytes | None = None, chunked: bool = False,
-                 websocket: bool = False) -> bytes:
+                 length: int | None = None, websocket: bool = False) -> bytes:
     """The head of the request sent to an instance: `target` as given (still encoded), the
     client's end-to-end headers, `Host` and `X-Forwarded-Host` the host it asked for,
     `X-Forwarded-For` extended with its address; with `traceparent`, the trace headers
-    replaced (no `tracestate` when it is None)."""
+    replaced (no `tracestate` when it is None). The framing is the ingress's own: chunked,
+    or `length` (the body length the parser read, never the client's header again)."""
     drop = _SET_TRACED if traceparent is not None else _SET_ON_REQUEST
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method, target, host)]
     prior = b""
-    length = -1
     named = b""
     for lname, name, value in headers:  # (one pass: every request's)
         if lname not in drop:
             out.append(b"%s: %s\r\n" % (name, value))
         elif lname == b"x-forwarded-for":
             prior = prior + b", " + value if prior else value
-        elif lname == b"content-length":
-            if length < 0 and value.strip().isdigit():
-                length = int(value)
         elif lname == b"connection":
             named = named + b"," + value if named else value
     if named and named.lower() not in _DROPPED_ANYWAY:
@@ -95,7 +92,7 @@ def request_head(method: bytes, target: bytes, headers: list[Header], host: byte
             out.append(b"tracestate: %s\r\n" % tracestate)
     if chunked:
         out.append(b"Transfer-Encoding: chunked\r\n")
-    elif length >= 0:
+    elif length is not None:
         out.append(b"Content-Length: %d\r\n" % length)
     if websocket:
         out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")

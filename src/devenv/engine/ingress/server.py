@@ -280,6 +280,16 @@ class ClientConnection(asyncio.Protocol):
         self._wake(GONE)
         if self.task is not None:  # whatever it waits for (an instance, the hold) is moot
             self.task.cancel()
+            if self.edge is not None:  # a request the task took over from `_fast`
+                self.loop.call_soon(self._unanswered, self.edge)
+
+    def _unanswered(self, edge: Edge) -> None:
+        """A request sent to an instance whose client left before the task that took it
+        over ran (so it never published it): recorded as the client's leaving."""
+        if self.edge is edge and self.queue:
+            self.edge = None
+            self._publish(edge, self.queue[0], CLIENT_GONE,
+                          "the client went away before the response was complete")
 
     def pause_writing(self) -> None:  # the client reads slower than the instance writes
         self.stalled = True
@@ -320,7 +330,8 @@ class ClientConnection(asyncio.Protocol):
             req.hosts += 1
             if req.host is None:
                 req.host = value
-        elif lname == b"content-length":
+        elif lname == b"content-length":  # (llhttp allows spaces and tabs around it)
+            value = value.strip(b" \t")
             req.length = int(value) if value.isdigit() else None
         elif lname == b"transfer-encoding":
             req.chunked = req.chunked or b"chunked" in value.lower()
@@ -532,6 +543,18 @@ class ClientConnection(asyncio.Protocol):
         if req.method not in IDEMPOTENT or req.websocket or self.broken or self.stalled \
                 or self.lost:
             return False
+        try:
+            return self._fast_send(req)
+        except Exception:  # a bug: undone, and the task answers it (a 500 if it fails again)
+            if self.fast is not None:
+                (backend, conn, _), self.fast = self.fast, None
+                self._stop_timer()
+                self.upstream = None
+                conn.close()
+                release(backend, True)
+            return False
+
+    def _fast_send(self, req: Request) -> bool:
         found = self._target(req)
         if isinstance(found, IngressError):
             return False
@@ -589,10 +612,12 @@ class ClientConnection(asyncio.Protocol):
             keep = False
         finally:
             edge, self.edge = self.edge, None
-            if edge is not None:
-                self._publish(edge, req, status, message)
-        if self._answered(keep) and self.queue:
-            self._kick()
+            try:
+                if edge is not None:
+                    self._publish(edge, req, status, message)
+            finally:  # (the client's next request is never left waiting)
+                if self._answered(keep) and self.queue:
+                    self._kick()
 
     def _begin(self) -> None:
         """Forget what the previous request's answer left: every per-request field."""
@@ -742,12 +767,12 @@ class ClientConnection(asyncio.Protocol):
         edge = self.edge
         if edge is None:
             return request_head(req.method, suffix, req.headers, host, self.peer,
-                                chunked=chunked, websocket=websocket)
+                                chunked=chunked, length=req.length, websocket=websocket)
         state = edge.tracestate
         return request_head(req.method, suffix, req.headers, host, self.peer,
                             traceparent=edge.outgoing.header().encode(),
                             tracestate=state.encode("latin-1") if state is not None else None,
-                            chunked=chunked, websocket=websocket)
+                            chunked=chunked, length=req.length, websocket=websocket)
 
     async def _proxy(self, req: Request, pool: Pool, service: str, suffix: bytes,
                      host: bytes) -> IngressError | None:
