@@ -94,6 +94,7 @@ class Request:
         "target",
         "upgrade",
         "websocket",
+        "resent",
     )
 
     def __init__(self) -> None:
@@ -115,6 +116,7 @@ class Request:
         self.sink: asyncio.Transport | None = None  # where its body goes as it comes
         self.early = b""  # a websocket's first bytes, read with its upgrade
         self.bad = ""  # why its body could not be read to its end
+        self.resent = False  # sent once on a kept-alive connection found closed
 
     @property
     def has_body(self) -> bool:
@@ -589,6 +591,7 @@ class ClientConnection(asyncio.Protocol):
             self.upstream = None
             conn.close()
             release(backend, True)
+            req.resent = True  # (the task's try is on a new connection)
             self._kick()  # (with the edge begun: the same trace, the same head)
             return
         self.uncork()  # (its answer out before it is ended)
@@ -806,7 +809,7 @@ class ClientConnection(asyncio.Protocol):
         hold_until = loop.time() + pool.hold_timeout
         tried: set[str] = set()
         refused: list[str] = []
-        fresh = streamed or req.method not in IDEMPOTENT
+        fresh = streamed or req.method not in IDEMPOTENT or req.resent
         edge = self.edge
         for _ in range(ATTEMPTS):
             backend = pool.pick_ready(tried)  # (no coroutine while one is ready)
