@@ -281,6 +281,17 @@ class FakeKubeApi:
                 return str(found["stringData"]["init.sql"])
         return ""
 
+    async def _new_cluster(self) -> None:
+        """The fake k3d deleted (or made) the cluster: this FAKE now stands for a new, empty
+        one (every object, pod, server and volume gone; its address stays)."""
+        for path in [k for k in self.objects if "/pods/" in k]:
+            await self._remove_pod(path)
+        for server in list(self.data.values()):
+            await server.cleanup()
+        self.objects.clear()
+        for folder in list(self.volumes.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+
     # ---- the server
 
     def _serve(self) -> None:
@@ -303,6 +314,9 @@ class FakeKubeApi:
             return await self._portforward(request, path.rsplit("/", 2)[-2])
         if path.endswith("/exec"):
             return await self._exec(request)
+        if path == "/fake/new-cluster" and request.method == "POST":
+            await self._new_cluster()
+            return web.json_response({})
         if path.endswith("/events"):
             name = query.get("fieldSelector", "").partition("=")[2]
             return web.json_response({"kind": "EventList", "items": self.events.get(name, [])})

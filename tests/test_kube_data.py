@@ -6,7 +6,10 @@ local process reaching it. Not a real cluster: none can run here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shlex
+import shutil
 import stat
 import sys
 from collections.abc import Iterator
@@ -143,3 +146,53 @@ def test_kube_data_commands_act_on_the_clusters_one_server(
                   "'product'\"") == "0"
     assert in_pod(project, "cache", REDIS + "DBSIZE") == "0"
     assert set(kdata.data) == {"db-0", "cache-0"} and local_servers(project) == []
+
+
+def cut_copy(project: Project, name: str, into: str) -> None:
+    """Snapshot `into`: `name` with its PostgreSQL dump cut in half, its manifest's checksums
+    agreeing (as a copy cut short, then checksummed, would): only the restore can tell."""
+    store = project.root / ".devenv" / "snapshots"
+    shutil.copytree(store / name, store / into)
+    dump = store / into / "db" / "0.dump"
+    dump.write_bytes(dump.read_bytes()[: dump.stat().st_size // 2])
+    manifest = json.loads((store / into / "manifest.json").read_text())
+    manifest["name"] = into
+    manifest["services"]["db"]["files"]["0.dump"] = {
+        "size": dump.stat().st_size, "sha256": hashlib.sha256(dump.read_bytes()).hexdigest()}
+    (store / into / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_kube_a_failed_restore_changes_nothing_and_a_crashed_one_is_finished(
+        project: Project, kdata: FakeKubeApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(conftest.ENV, "DEVENV_FAULTS", "restore:journaled")
+    project.up()  # (its engine dies once a restore's copies are staged and journaled)
+    project.devenv("data", "load", "--dataset", "demo", check=True)
+    project.devenv("snapshot", "save", "good", check=True)
+    cut_copy(project, "good", "cut")
+    databases = "SELECT string_agg(datname, ',' ORDER BY datname) FROM pg_database"
+    seen = in_pod(project, "db", PSQL + "\"DELETE FROM product WHERE name = 'Coffee'\" -c "
+                  "'SELECT name FROM product' -c " + shlex.quote(databases))
+    assert seen.splitlines() == ["DELETE 1", "Green tea", "postgres,shop,template0,template1"]
+    # a dump that pg_restore cannot read: the restore fails, saying the live data is as it was
+    failed = project.devenv("snapshot", "restore", "cut", timeout=60)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "the live data of db is unchanged" in failed.stderr, failed.stderr
+    seen = in_pod(project, "db", PSQL + "'SELECT name FROM product' -c " +
+                  shlex.quote(databases))
+    assert seen.splitlines() == ["Green tea", "postgres,shop,template0,template1"]
+    # a restore whose engine is killed (kill -9) after its copies are staged: the next `up`
+    # finishes it, and says so
+    engine = project.engine_pid()
+    crashed = project.devenv("snapshot", "restore", "good", timeout=60)
+    assert crashed.returncode != 0
+    assert conftest.wait_for(lambda: not psutil.pid_exists(engine or 0), 10)
+    monkeypatch.delitem(conftest.ENV, "DEVENV_FAULTS")
+    again = project.devenv("up", timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "restore of snapshot 'good' was cut short by a crash after its data was ready; " \
+        "it was completed" in again.stderr, again.stderr
+    seen = in_pod(project, "db", PSQL + "'SELECT name FROM product ORDER BY id' -c " +
+                  shlex.quote(databases))
+    assert seen.splitlines() == ["Green tea", "Coffee", "postgres,shop,template0,template1"]
+    seen = in_pod(project, "cache", f"{REDIS} GET greeting; {REDIS} -n 15 DBSIZE")
+    assert seen.splitlines() == ["hello world", "0"]

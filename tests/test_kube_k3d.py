@@ -15,15 +15,32 @@ from devenv.checks import k3d_check
 from devenv.core.errors import DevenvError
 from devenv.kube import k3d
 
+# A FAKE k3d: it records each command. Its clusters are $FAKE_K3D_CLUSTERS; or, when
+# $FAKE_K3D_STATE names a file, that file's list, which `cluster delete` and `cluster create`
+# change, telling the fake API server ($FAKE_KUBE_URL, tests/fake_kube_api.py) that it now
+# fakes a NEW cluster (every object and volume gone): no cluster runs here.
 FAKE_K3D = """#!{python}
-import json, os, sys
+import json, os, sys, urllib.request
 with open(os.environ["FAKE_K3D_LOG"], "a") as log:
     log.write(json.dumps(sys.argv[1:]) + "\\n")
-if sys.argv[1:3] == ["cluster", "list"]:
-    print(os.environ.get("FAKE_K3D_CLUSTERS", "[]"))
-if os.environ.get("FAKE_K3D_FAIL") == sys.argv[1]:
+if os.environ.get("FAKE_K3D_FAIL") in (sys.argv[1], " ".join(sys.argv[1:3])):
     print("boom: no docker", file=sys.stderr)
     sys.exit(3)
+state = os.environ.get("FAKE_K3D_STATE")
+clusters = json.loads(open(state).read() if state else
+                      os.environ.get("FAKE_K3D_CLUSTERS", "[]"))
+if sys.argv[1:3] == ["cluster", "list"]:
+    print(json.dumps(clusters))
+elif state and sys.argv[1:3] in (["cluster", "delete"], ["cluster", "create"]):
+    name = sys.argv[3]
+    clusters = [c for c in clusters if c["name"] != name]
+    if sys.argv[2] == "create":
+        image = sys.argv[sys.argv.index("--image") + 1]
+        clusters.append({{"name": name, "nodes": [{{"role": "server", "image": image}}]}})
+    urllib.request.urlopen(urllib.request.Request(
+        os.environ["FAKE_KUBE_URL"] + "/fake/new-cluster", method="POST"), timeout=60)
+    with open(state, "w") as fh:
+        fh.write(json.dumps(clusters))
 """
 
 

@@ -168,7 +168,7 @@ def test_kube_rollout_that_never_runs_fails_up_with_the_pods_reason(
     assert api["state"] != "healthy"
 
 
-def test_kube_cluster_at_another_version_is_refused_saying_what_to_do(
+def test_kube_cluster_at_another_version_is_not_recreated_without_yes(
         project: Project, cluster: FakeKubeApi, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(conftest.ENV, "FAKE_K3D_CLUSTERS", json.dumps([{
         "name": "devenv-kshop", "nodes": [{"role": "server",
@@ -176,8 +176,10 @@ def test_kube_cluster_at_another_version_is_refused_saying_what_to_do(
     done = project.devenv("up")
     assert done.returncode == 1
     text = done.stdout + done.stderr
-    assert "runs rancher/k3s:v1.28.15-k3s1, but the project pins Kubernetes 1.31" in text
-    assert "k3d cluster delete devenv-kshop" in text
+    assert "devenv-kshop runs Kubernetes 1.28 (rancher/k3s:v1.28.15-k3s1); the project " \
+        "pins 1.31" in text, text
+    assert "nothing deleted; `devenv up --yes` recreates the cluster devenv-kshop" in text
+    assert not project.engine_pid()  # (refused before any engine started)
     assert not any(m == "PATCH" for m, _, _ in cluster.requests)  # nothing applied
 
 

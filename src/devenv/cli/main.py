@@ -62,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
                    "devenv.yaml's `runtime:`")
     s.add_argument("--monitoring", action="store_true", help="print the web dashboard's URL")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--yes", "-y", action="store_true", help="recreate a k3d cluster at another "
+                   "Kubernetes version than the pinned one without asking (its data carried "
+                   "over in a snapshot)")
 
     s = sub.add_parser("stop", help="stop every service and the engine")
     s.add_argument("--persist-data", action="store_true", help="keep data services' data for "

@@ -52,25 +52,49 @@ def run(argv: Sequence[str]) -> str:
 @dataclass(frozen=True)
 class Ensured:
     name: str
-    action: str  # "created", "reused" or "recreate-needed"
+    action: str  # "created", "reused", "recreate-needed" (or, from `found`, "missing")
     image: str
     found_image: str | None = None
+
+
+def minor(image: str) -> str:
+    """A k3s image's Kubernetes major.minor ("rancher/k3s:v1.30.6-k3s1" → "1.30")."""
+    tag = image.rsplit(":", 1)[-1].removeprefix("v")
+    return ".".join(tag.split("-", 1)[0].split(".")[:2]) or tag
+
+
+def found(name: str, version: str, runner: Runner = run) -> Ensured:
+    """What runs under `name`, changing nothing: "missing", "reused" (at the pinned version)
+    or "recreate-needed" (at another: `found_image`)."""
+    image = k3s_image(version)
+    clusters = json.loads(runner(["k3d", "cluster", "list", "-o", "json"]) or "[]")
+    cluster = next((c for c in clusters if c.get("name") == name), None)
+    if cluster is None:
+        return Ensured(name, "missing", image)
+    images = {n.get("image") for n in cluster.get("nodes", []) if n.get("role") == "server"}
+    if images and image not in images:
+        return Ensured(name, "recreate-needed", image, sorted(str(i) for i in images)[0])
+    return Ensured(name, "reused", image)
+
+
+def create_cluster(name: str, image: str, runner: Runner = run) -> None:
+    runner(["k3d", "cluster", "create", name, "--image", image, "--wait"])
+
+
+def delete_cluster(name: str, runner: Runner = run) -> None:
+    """The cluster, its nodes and its volumes (every PersistentVolume's data) deleted."""
+    runner(["k3d", "cluster", "delete", name])
 
 
 def ensure_cluster(name: str, version: str, runner: Runner = run) -> Ensured:
     """The cluster at the pinned version: created when missing (waiting for it), reused when
     it runs that version. At another version it is left alone and said so: recreating it
-    with the data carried over (a snapshot) is not done yet."""
-    image = k3s_image(version)
-    clusters = json.loads(runner(["k3d", "cluster", "list", "-o", "json"]) or "[]")
-    found = next((c for c in clusters if c.get("name") == name), None)
-    if found is None:
-        runner(["k3d", "cluster", "create", name, "--image", image, "--wait"])
-        return Ensured(name, "created", image)
-    images = {n.get("image") for n in found.get("nodes", []) if n.get("role") == "server"}
-    if images and image not in images:
-        return Ensured(name, "recreate-needed", image, sorted(str(i) for i in images)[0])
-    return Ensured(name, "reused", image)
+    deletes it, so only `devenv up` does, when asked (devenv.runtime.kube_recreate)."""
+    ensured = found(name, version, runner)
+    if ensured.action == "missing":
+        create_cluster(name, ensured.image, runner)
+        return Ensured(name, "created", ensured.image)
+    return ensured
 
 
 def import_images(name: str, images: Sequence[str], runner: Runner = run) -> None:

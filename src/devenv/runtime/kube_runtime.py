@@ -14,7 +14,8 @@ deleted under it (a rollout, an eviction) it moves to another unclaimed pod of t
 Deployment, keeping its address.
 
 Around that: `provider: k3d` makes or reuses the cluster at the pinned version first (a
-cluster at another version is refused, saying what to do); images of services with `build:`
+cluster at another version is refused here: `devenv up` recreates it first, when asked, with
+devenv.runtime.kube_recreate); images of services with `build:`
 are built with Docker (docker-py) and imported into the k3d cluster; the Namespace and the
 data services' StatefulSets (their data in PersistentVolumeClaims) are applied first, and
 waited for. A data service's instance is its StatefulSet's pod (`_start_data`): the one
@@ -28,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -86,7 +88,7 @@ def _project(root: Path, loaded: Any) -> Any:
 
 def connect(loaded: Any, ensure: bool) -> Cluster:
     """The project's cluster. `ensure`: with provider k3d, create it at the pinned version
-    when it is missing (a cluster at another version is refused, saying what to do)."""
+    when it is missing (a cluster at another version is refused: `up --yes` recreates it)."""
     from devenv.kube import k3d
     from devenv.kube.render import namespace, project_selector
 
@@ -97,13 +99,13 @@ def connect(loaded: Any, ensure: bool) -> Cluster:
         if ensure:
             version = loaded.project.kubernetes.version
             found = k3d.ensure_cluster(name, version)
-            if found.action == "recreate-needed":
+            if found.action == "recreate-needed":  # (`devenv up` recreates it first)
                 raise DevenvError(
                     f"the k3d cluster {name} runs {found.found_image}, but the project pins "
-                    f"Kubernetes {version} ({found.image}); devenv does not recreate it: "
-                    f"`k3d cluster delete {name}` then `devenv up` makes it at {version} (the "
-                    "cluster's volumes go with it), or pin the version it runs (devenv "
-                    "config set kubernetes.version ...)")
+                    f"Kubernetes {version} ({found.image})",
+                    hint=f"`devenv up --yes` recreates it at {version} with the data "
+                    "carried over (a snapshot), or pin the version it runs (devenv config "
+                    "set kubernetes.version ...)")
         context = f"k3d-{name}"  # (the context k3d writes into the kubeconfig)
     api = KubeApi.connect(context=context)
     return Cluster(api, context, namespace(loaded), project_selector(loaded.name))
@@ -310,10 +312,7 @@ class KubernetesRuntime:
                 return self.cluster
             loaded = _project(self.root, self.loaded)
             cluster = await asyncio.to_thread(connect, loaded, True)
-            with contextlib.suppress(OSError):
-                write_atomic(self._marker, json.dumps({
-                    "context": cluster.context, "namespace": cluster.namespace,
-                    "selector": cluster.selector}), mode=0o600)
+            self.record(cluster)
             import aiohttp
 
             from devenv.runtime.kube_stream import Link
@@ -321,10 +320,17 @@ class KubernetesRuntime:
             self._link = Link.of(cluster.api.client.configuration)
             self._session = aiohttp.ClientSession()
             self.cluster = cluster
-            await asyncio.to_thread(self._apply_shared, loaded, cluster)
+            await asyncio.to_thread(self.apply_shared, loaded, cluster)
             return cluster
 
-    def _apply_shared(self, loaded: Any, cluster: Cluster) -> None:
+    def record(self, cluster: Cluster) -> None:
+        """Where the project's objects are (`recover`; the data commands' way in)."""
+        with contextlib.suppress(OSError):
+            write_atomic(self._marker, json.dumps({
+                "context": cluster.context, "namespace": cluster.namespace,
+                "selector": cluster.selector}), mode=0o600)
+
+    def apply_shared(self, loaded: Any, cluster: Cluster) -> None:
         """The Namespace, then every data service (a StatefulSet, its Services and Secrets,
         its volume): the cluster's services reach them by their Service's name. Waited for."""
         from devenv.kube.render import render
@@ -626,11 +632,26 @@ class KubernetesRuntime:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(cluster.api.stop, cluster.namespace, cluster.selector,
                                         self.keep_data)
+            if not self.keep_data and _copys_own(self.root, self.loaded, cluster.namespace):
+                with contextlib.suppress(Exception):  # (`validate`'s copy: nothing stays)
+                    await asyncio.to_thread(cluster.api.delete_namespace, cluster.namespace)
             self._marker.unlink(missing_ok=True)
             self.cluster = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+COPY_NAME = re.compile(r"-validate-[0-9a-f]{6}$")  # devenv.candidate's copy_name suffix
+COPY_OWNER = "owner.json"  # devenv.candidate's OWNER, beside the copy's folder
+
+
+def _copys_own(root: Path, loaded: Any, namespace: str) -> bool:
+    """Whether `namespace` is a `devenv validate` copy's own (named with the copy's suffix,
+    the copy's folder marked by its maker): deleted with its data."""
+    found = COPY_NAME.search(loaded.name) if loaded is not None else None
+    return found is not None and namespace.endswith(found.group(0)) and \
+        (root.parent / COPY_OWNER).is_file()
 
 
 def _said(why: list[str]) -> str:

@@ -259,6 +259,11 @@ class KubeApi:
         finally:
             raw.release_conn()
 
+    def delete_namespace(self, namespace: str) -> None:
+        """The Namespace (what is left in it goes with it); gone already is fine."""
+        with contextlib.suppress(LookupError):
+            self.request("DELETE", f"/api/v1/namespaces/{quote(namespace)}")
+
     def stop(self, namespace: str, selector: str, persist_data: bool) -> list[str]:
         """Delete what devenv made for the project (by its labels); its data volumes
         (PersistentVolumeClaims) too, unless `persist_data`. What was deleted, by kind."""

@@ -26,3 +26,16 @@ def load_project(args: argparse.Namespace, profile: str | None = None, *,
     for message in [] if quiet else loaded.warnings:
         warn(message)
     return loaded
+
+
+def ask(question: str) -> bool:
+    """A y/N question, asked only on a terminal (stdin and stderr); anything else is no."""
+    import sys
+
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return False
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")

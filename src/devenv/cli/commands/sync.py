@@ -5,9 +5,8 @@ replaced)."""
 from __future__ import annotations
 
 import argparse
-import sys
 
-from devenv.cli.commands._common import project_root
+from devenv.cli.commands._common import ask, project_root
 from devenv.cli.output import err, out, warn
 from devenv.client import Client
 from devenv.teams import refs, sync
@@ -66,13 +65,8 @@ def _confirmed(name: str, lines: list[str]) -> bool:
               "artifacts):", markup=False)
     for line in lines:
         err.print(f"  {line}", markup=False)
-    if sys.stdin.isatty() and sys.stderr.isatty():
-        try:
-            answer = input("apply it and run these? [y/N] ")
-        except EOFError:
-            answer = ""
-        if answer.strip().lower() in ("y", "yes"):
-            return True
+    if ask("apply it and run these?"):
+        return True
     err.print(f"nothing applied; read the changes, then `devenv sync --branch {name} --yes` "
               "to take them", markup=False)
     return False

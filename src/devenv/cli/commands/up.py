@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from devenv.cli.commands._common import load_project
+from devenv.cli.commands._common import ask, load_project
 from devenv.cli.output import err, out, print_json, seconds, service_color, state_text
 from devenv.client import Client
 from devenv.config.graph import select
@@ -27,6 +27,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_project(args, args.profile, quiet=True)
     names = list(select(loaded, args.services))
     client = Client(loaded.root)
+    if (refused := _cluster_version(loaded, args.yes, client)) is not None:
+        return refused
     client.ensure_engine()
     rows: dict[str, dict[str, Any]] = {n: {"state": "pending", "detail": ""} for n in names}
     result = UpResult(ok=False, services=[])
@@ -77,6 +79,30 @@ def run(args: argparse.Namespace) -> int:
             err.print("stopping…")
             client.stop(persist_data=True)
     return 0
+
+
+def _cluster_version(loaded: Any, yes: bool, client: Client) -> int | None:
+    """`provider: k3d` at another version than the pinned one: the cluster recreated first
+    (devenv.runtime.kube_recreate: a deliberate edge, like `exec`'s, since it reports each
+    step here), once the user agreed (`--yes`, or y on a terminal); else exit 1."""
+    from devenv.runtime import kube_recreate
+
+    change = kube_recreate.pending(loaded)
+    if change is None:
+        return None
+    if not change.resumed and not yes:
+        err.print(change.describe(), markup=False)
+        if not ask("delete and recreate it?"):
+            err.print(f"nothing deleted; `devenv up --yes` recreates the cluster "
+                      f"{change.cluster}, or pin the version it runs (devenv config set "
+                      "kubernetes.version ...)", markup=False)
+            return 1
+    if client.running():  # (its engine reaches the old cluster)
+        err.print("stopping the environment first: it runs on the cluster to recreate",
+                  markup=False)
+        client.stop(persist_data=True)
+    kube_recreate.recreate(loaded, lambda line: err.print(line, markup=False))
+    return None
 
 
 def _table(rows: dict[str, dict[str, Any]]) -> Table:
