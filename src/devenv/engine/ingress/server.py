@@ -89,12 +89,12 @@ class Request:
         "length",
         "method",
         "parts",
+        "resent",
         "sink",
         "size",
         "target",
         "upgrade",
         "websocket",
-        "resent",
     )
 
     def __init__(self) -> None:
