@@ -246,3 +246,28 @@ def test_timeout_while_a_service_never_gets_healthy_stops_the_copy(project: Proj
     assert wait_for(lambda: not _leftover(token), timeout=20)
     bad = project.devenv("validate", "--all-services", "--timeout", "soon")
     assert bad.returncode == 2 and "--timeout 'soon': not a duration" in bad.stderr
+
+
+def test_a_timeout_out_of_range_is_a_usage_error(project: Project) -> None:
+    api, web = free_ports(2)
+    _write(project, api, web, "true")
+    bad = project.devenv("validate", "--all-services", "--timeout", "1000000000h")
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "--timeout '1000000000h': out of range; it is at most 168h" in bad.stderr
+    assert "Traceback" not in bad.stderr and not _candidates(project)
+
+
+def test_an_environment_is_never_stopped_without_its_snapshot(project: Project) -> None:
+    """Only a validate copy's engine discards its data unsaved (`snapshot: false`)."""
+    from devenv.client import Client
+    from devenv.core.errors import DevenvError
+
+    api, web = free_ports(2)
+    _write(project, api, web, "true")
+    project.up()
+    try:
+        Client(project.root).stop(persist_data=False, snapshot=False, timeout=30)
+        raise AssertionError("stopped without a snapshot")
+    except DevenvError as exc:
+        assert exc.exit_code == 2 and "only for the copy of a `devenv validate`" in exc.message
+    assert project.service("api")["state"] == "healthy"  # still running

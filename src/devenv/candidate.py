@@ -232,8 +232,81 @@ def stale(tmp: Path | None = None) -> list[Path]:
     return found
 
 
+def is_copy(root: Path) -> bool:
+    """Whether `root` is the copy of a `devenv validate` (as `make` makes it: FOLDER in a
+    folder of this user, named PREFIX…, in the temporary folder, naming its maker): only
+    such a copy's data may be discarded without a snapshot."""
+    folder = root.parent
+    try:
+        info = folder.lstat()
+        return (root.name == FOLDER and folder.name.startswith(PREFIX)
+                and folder.parent.resolve() == Path(tempfile.gettempdir()).resolve()
+                and info.st_uid == os.geteuid() and (folder / OWNER).is_file())
+    except OSError:
+        return False
+
+
+def discard_data(root: Path) -> list[str]:
+    """What the copy at `root` left outside its folder when its engine could not stop it
+    (the stop failed or took too long, or the engine is gone): its Docker containers,
+    networks and data volumes (by its project label, and as its data folders name them),
+    and its cluster objects with their claims (as its cluster marker names them). To call
+    before the folder goes: nothing finds them after. What could not be removed, said."""
+    run = StateDir(root).run
+    problems = []
+    volumes = {p.read_text().strip(): p.parent.name  # volume -> its service
+               for p in StateDir(root).data.glob("*/volume") if p.is_file()}
+    if (run / "docker.json").exists() or volumes:
+        try:
+            _discard_docker(root, volumes)
+        except Exception as exc:  # (said; the rest is still tried)
+            problems.append(f"its Docker containers and volumes: {exc}")
+    marker = run / "kubernetes.json"
+    if marker.exists():
+        try:
+            from devenv.runtime.kubernetes import KubeApi
+
+            found = json.loads(marker.read_text())
+            KubeApi.connect(context=found.get("context")).stop(
+                found["namespace"], found["selector"], persist_data=False)
+        except Exception as exc:
+            problems.append(f"its cluster objects: {exc}")
+    return problems
+
+
+def _discard_docker(root: Path, volumes: dict[str, str]) -> None:
+    from devenv.data import container
+
+    api = container.api()
+    label = {"label": f"{container.PROJECT_LABEL}={root}"}
+    for found in api.containers(all=True, filters=label):
+        api.remove_container(found["Id"], force=True)
+    for net in api.networks(filters=label):
+        api.remove_network(net["Id"])
+    for volume in api.volumes(filters=label).get("Volumes") or []:
+        volumes.setdefault(volume["Name"],
+                           str((volume.get("Labels") or {}).get(container.SERVICE_LABEL)))
+    for name, service in volumes.items():
+        container.remove_volume(service, name)
+
+
 def remove(candidate: Candidate) -> None:
-    shutil.rmtree(candidate.folder, ignore_errors=True)
+    remove_folder(candidate.folder)
+
+
+def remove_folder(folder: Path) -> None:
+    """A copy's folder removed, its owner.json last: cut short, what is left is still
+    found by `stale` (and removed by the next `validate`)."""
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            if entry.name != OWNER:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (folder / OWNER).unlink(missing_ok=True)
+        folder.rmdir()
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
@@ -347,13 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run(module: ModuleType, args: argparse.Namespace, changes: Path | None
          ) -> tuple[int, str | None]:
     """The command's exit code, and its error message if it failed with one. A command that
-    changes the project at `changes` is refused while a `migrate` holds it (core/oplock.py)."""
+    changes the project at `changes` holds its operation lock, shared, for its whole run: it
+    is refused while a migration holds it, and a migration waits for it (core/oplock.py)."""
     try:
-        if changes is not None:
-            from devenv.core import oplock
-
-            oplock.check(changes)
-        code: int = module.run(args)
+        with _operation(args, changes):
+            code: int = module.run(args)
         return code, None
     except DevenvError as exc:
         from devenv.cli.output import print_error
@@ -364,6 +363,17 @@ def _run(module: ModuleType, args: argparse.Namespace, changes: Path | None
         return 130, "interrupted"
     except BrokenPipeError:
         return 0, None
+
+
+def _operation(args: argparse.Namespace, changes: Path | None
+               ) -> contextlib.AbstractContextManager[None]:
+    """`migrate` takes none here: --dry-run reads only, and --confirm's engine holds the
+    lock exclusively (cli/commands/migrate.py)."""
+    if changes is None or args.command == "migrate":
+        return contextlib.nullcontext()
+    from devenv.core import oplock
+
+    return oplock.shared(changes)
 
 
 if __name__ == "__main__":

@@ -232,14 +232,23 @@ class Environment:
 
     async def migrate(self) -> MigrateResult:
         """`devenv migrate --confirm` (engine/migration.py): a snapshot first, the plan
-        applied, the environment up and healthy, or everything rolled back."""
+        applied, the environment up and healthy, or everything rolled back. The project's
+        operation lock is held exclusively meanwhile (core/oplock.py): held here, not by the
+        CLI, it lasts as long as the migration, even when the CLI that asked is gone."""
+        from devenv.core import oplock
         from devenv.engine.migration import confirm
 
         if self.migrating:
-            raise UsageError("a migration is already running")
+            raise DevenvError("a migrate is already in progress in this environment's engine; "
+                              "wait for it to finish",
+                              hint="`devenv status` and `devenv logs` work meanwhile")
         self.migrating = True
         try:
-            return await confirm(self)
+            held = await asyncio.to_thread(oplock.Held, self.root, "migrate")
+            try:
+                return await confirm(self)
+            finally:
+                held.release()
         finally:
             self.migrating = False
 

@@ -3,29 +3,31 @@
 --dry-run prints the plan (devenv/migration.py) and the unified diff of every file it would
 rewrite, and changes nothing. --confirm asks the engine to apply it (engine/migration.py):
 a snapshot first, then the files and the data, then the environment must come up healthy;
-on any failure everything is rolled back to the snapshot. --confirm holds the project's
-operation lock (core/oplock.py) for its whole run: the commands that change the environment
-(and another migrate) refuse meanwhile."""
+on any failure everything is rolled back to the snapshot. The engine holds the project's
+operation lock (core/oplock.py) exclusively for the whole migration, whatever becomes of this
+command (Ctrl-C leaves it migrating): the commands that change the environment, and another
+migrate, refuse meanwhile; --confirm refuses while one of them runs."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from devenv.cli.commands._common import project_root
 from devenv.cli.output import err, out, print_json
 from devenv.client import Client
-from devenv.wire import to_json
+from devenv.core.errors import DevenvError
+from devenv.wire import MigrateResult, to_json
 
 
 def run(args: argparse.Namespace) -> int:
     root = project_root(args)
-    if args.dry_run:
-        return _run(args, root)
-    from devenv.core import oplock
+    if not args.dry_run:
+        from devenv.core import oplock
 
-    with oplock.hold(root, "migrate"):  # up, stop, data, … refuse meanwhile; so does migrate
-        return _run(args, root)
+        oplock.free(root)  # before anything starts: no command changing it runs, no migrate
+    return _run(args, root)
 
 
 def _run(args: argparse.Namespace, root: Path) -> int:
@@ -33,6 +35,15 @@ def _run(args: argparse.Namespace, root: Path) -> int:
 
     cut_short = journal_file(root).exists()
     if cut_short and args.dry_run:
+        from devenv.core import oplock
+
+        try:
+            oplock.free(root)
+        except oplock.Busy as busy:  # (not cut short: running now)
+            out.print(f"{busy.message}: the plan is shown once it is done", markup=False)
+            return 1
+        except DevenvError:
+            pass
         out.print("a migration was cut short (.devenv/migrate/journal.json): `devenv migrate "
                   "--confirm` rolls it back to its snapshot", markup=False)
         return 1
@@ -69,11 +80,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
     client.ensure_engine()
     if not args.json:
         err.print("migrating (a snapshot first)…")
-    try:
-        result = client.migrate()
-    finally:
-        if started and client.running():  # an engine started for this: not left idle
-            client.stop(persist_data=True)
+    result = _migrate(client, started)
     if args.json:
         print_json(to_json(result))
     elif result.ok:
@@ -91,3 +98,26 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         if result.snapshot:
             out.print(f"(the snapshot {result.snapshot} is kept)", markup=False)
     return 0 if result.ok else 1
+
+
+def _migrate(client: Client, started: bool) -> MigrateResult:
+    """The engine's migration; an engine started for it stopped after (not left idle)."""
+    try:
+        result = client.migrate()
+    except KeyboardInterrupt:  # the engine goes on: it must not be left half-way
+        err.print("interrupted: the engine goes on migrating (a failure is rolled back to "
+                  "its snapshot); watch it with `devenv status` and `devenv logs`; other "
+                  "commands that change the environment refuse until it is done")
+        raise
+    except BaseException:
+        _idle(client, started)
+        raise
+    _idle(client, started)
+    return result
+
+
+def _idle(client: Client, started: bool) -> None:
+    if started:
+        with contextlib.suppress(DevenvError):  # (not in place of what went wrong)
+            if client.running():
+                client.stop(persist_data=True)

@@ -11,8 +11,9 @@ import argparse
 import math
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.markup import escape
 
@@ -22,7 +23,13 @@ from devenv.client import Client, EngineTimeout
 from devenv.core.errors import DevenvError, UsageError
 from devenv.wire import UpResult, ValidationResult, ValidationRow, to_json
 
-STOP_TIMEOUT = 60.0  # the copy's stop, after the run or its --timeout
+# the copy's stop, after the run or its --timeout: a cluster's StatefulSets stopped, each
+# Docker volume's removal retried for 15 s
+STOP_TIMEOUT = 180.0
+MAX_TIMEOUT = 7 * 24 * 3600.0  # --timeout's largest (SIGALRM's timer takes far less)
+
+
+_T = TypeVar("_T")
 
 
 class _Expired(BaseException):
@@ -52,22 +59,26 @@ def run(args: argparse.Namespace) -> int:
     say(f"validating in an isolated copy (ports from {args.ports}, at most {label})…")
     began = time.monotonic()
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGALRM)
-    signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the copy is cleaned up
-    signal.signal(signal.SIGALRM, _expire)
-    signal.setitimer(signal.ITIMER_REAL, limit)
     copy: cand.Candidate | None = None
     states: dict[str, str] = {}  # each service's last state in the copy's `up`
     result = UpResult(ok=False, services=[])
     try:
+        signal.signal(signal.SIGTERM, _interrupt)  # stopped like Ctrl-C: the copy is cleaned
+        signal.signal(signal.SIGALRM, _expire)
         try:
+            signal.setitimer(signal.ITIMER_REAL, limit)
             copy = cand.make(root, overrides, args.profile, ports)
             client = Client(copy.root)
-            client.ensure_engine()
-            result = _up(client, args, say, states)
+            _engine(client.ensure_engine, "while it started")
+            result = _engine(lambda: _up(client, args, say, states),
+                             "while it started the services")
             left = limit - (time.monotonic() - began)
             signal.setitimer(signal.ITIMER_REAL, 0)  # the engine ends the checks by `left`
             if result.ok and left > 0:
-                checked = client.validate(args.services or [], left)
+                try:
+                    checked = client.validate(args.services or [], left)
+                except EngineTimeout:  # (its own bound is `left` and a grace)
+                    raise _Expired from None
                 if any(row.unfinished for row in checked.services):
                     checked = ValidationResult(ok=False, services=checked.services,
                                                timed_out=label)
@@ -82,18 +93,19 @@ def run(args: argparse.Namespace) -> int:
                         say(f"  {svc.name}: {escape(svc.detail or svc.state)}")
                         for line in svc.logs[-5:]:
                             say(f"    {escape(line)}")
-        except (_Expired, EngineTimeout):
+            signal.setitimer(signal.ITIMER_REAL, 0)  # (it fires only in here)
+        except _Expired:
             signal.setitimer(signal.ITIMER_REAL, 0)
             checked = _unfinished(copy, args.services, states, label)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave it
+        # a second Ctrl-C, or a SIGTERM, must not leave the copy half-removed
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             if copy is not None:
-                _stop(Client(copy.root))
+                _discard(copy.root)
         finally:
-            if copy is not None:
-                cand.remove(copy)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, previous[0])
             signal.signal(signal.SIGALRM, previous[1])
@@ -107,12 +119,26 @@ def _timeout(value: str) -> tuple[float, str]:
 
     try:
         seconds = parse_duration(value.strip())
-    except ValueError:
+    except (ValueError, OverflowError):
         seconds = -1.0
     if not math.isfinite(seconds) or seconds <= 0:
         raise UsageError(f"--timeout {value!r}: not a duration",
                          hint="e.g. --timeout 90s, --timeout 20m")
+    if seconds > MAX_TIMEOUT:
+        raise UsageError(f"--timeout {value!r}: out of range; it is at most "
+                         f"{MAX_TIMEOUT // 3600:.0f}h", hint="e.g. --timeout 20m, --timeout 2h")
     return seconds, value.strip()
+
+
+def _engine(call: Callable[[], _T], when: str) -> _T:
+    """`call`'s answer; the copy's engine not answering in time said as what it is (not as
+    --timeout: that bounds the run, these are the engine's own bounds)."""
+    try:
+        return call()
+    except EngineTimeout as exc:
+        raise DevenvError(f"the copy's engine did not answer in time {when}",
+                          hint="the machine may be overloaded; try again (the copy was "
+                          "removed)") from exc
 
 
 def _expire(signum: int, frame: object) -> None:
@@ -135,17 +161,29 @@ def _unfinished(copy: Any, named: list[str], states: dict[str, str], label: str
 
 
 def _clean_stale(folders: list[Path]) -> None:
-    """Copies a killed `devenv validate` left: their engines stopped, their folders removed,
-    and said (on stderr, also with --json)."""
-    import shutil
-
+    """Copies a killed `devenv validate` left: their engines stopped, what they left outside
+    their folders removed, then the folders, and said (on stderr, also with --json)."""
     from devenv import candidate as cand
 
     for folder in folders:
-        _stop(Client(folder / cand.FOLDER))
-        shutil.rmtree(folder, ignore_errors=True)
+        _discard(folder / cand.FOLDER)
         err.print(f"removed {escape(str(folder))}, the copy of a `devenv validate` that was "
                   "killed (its engine stopped)")
+
+
+def _discard(root: Path) -> None:
+    """The copy at `root` gone: its engine stopped, its data discarded unsaved (its data
+    folders, Docker volumes, a cluster's claims); when the engine could not do that, what it
+    left outside the folder removed here (nothing finds it once the folder is gone); then
+    the folder."""
+    from devenv import candidate as cand
+
+    try:
+        if not _stop(Client(root)):
+            for problem in cand.discard_data(root):
+                err.print(f"[yellow]removing the candidate's data: {escape(problem)}[/]")
+    finally:
+        cand.remove_folder(root.parent)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -177,15 +215,17 @@ def _up(client: Client, args: argparse.Namespace, say: Any, seen: dict[str, str]
     return result
 
 
-def _stop(client: Client) -> None:
-    """The copy's engine stopped, its data discarded unsaved: the data folders go with the
-    copy's folder, and its Docker volumes and a cluster's claims with the data."""
+def _stop(client: Client) -> bool:
+    """Whether the copy's engine stopped, its data discarded unsaved (its data folders, its
+    Docker volumes and a cluster's claims): False when it was not running, or failed."""
     if not client.running():
-        return
+        return False
     try:
         client.stop(persist_data=False, snapshot=False, timeout=STOP_TIMEOUT)
-    except DevenvError as exc:  # the engine also ends once its folder is gone
+    except DevenvError as exc:  # (then what it left is removed by the caller)
         err.print(f"[yellow]stopping the candidate: {escape(exc.message)}[/]")
+        return False
+    return True
 
 
 def _show(checked: ValidationResult, result: UpResult, as_json: bool) -> None:

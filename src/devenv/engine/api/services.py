@@ -69,8 +69,17 @@ def routes(router: web.UrlDispatcher, env: Environment) -> None:
 
     async def stop(request: web.Request) -> web.Response:
         body = await request.json()
-        return answer(await env.stop(bool(body.get("persist_data")),
-                                     snapshot=body.get("snapshot", True) is not False))
+        snapshot = body.get("snapshot", True) is not False
+        if not snapshot:
+            from devenv.candidate import is_copy
+
+            if not is_copy(env.root):  # (an environment's data is never lost unsaved)
+                raise UsageError("stop without a snapshot is only for the copy of a "
+                                 "`devenv validate`; this environment's data is snapshotted "
+                                 "before it goes",
+                                 hint="`devenv stop` (a snapshot first), or "
+                                 "`devenv stop --persist-data`")
+        return answer(await env.stop(bool(body.get("persist_data")), snapshot=snapshot))
 
     async def exec_target(request: web.Request) -> web.Response:
         runtime, spec = env.exec_target(request.match_info["service"])
