@@ -53,6 +53,7 @@ LINE_LIMIT = 256 * 1024
 HOST = "127.0.0.1"
 MEMBERS_FOR = 10.0  # seconds an instance's list of processes is reused for resource samples
 PIDFD_VAR = "DEVENV_PIDFD"  # (devenv.profiling.inspector reads it)
+GRACE_POLL = 0.05  # while a stopped leader's children finish
 ATTACH_GRACE = 3.0  # seconds a tool has to finish after SIGINT before it is killed
 OUTPUT_GRACE = 0.5  # a one-off's output closes this soon after it exits, unless a child holds it
 
@@ -61,6 +62,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
@@ -102,6 +117,8 @@ class LocalInstance:
         self._reaper = asyncio.create_task(self._reap())
         self._cpu_sample: tuple[float, float] | None = None
         self._members_cache: tuple[float, psutil.Process, list[psutil.Process]] | None = None
+        self._stopping: float | None = None  # a stop's deadline (loop time), once asked
+        self._started: list[psutil.Process] = []  # what the leader had started then
 
     @property
     def id(self) -> str:
@@ -129,6 +146,13 @@ class LocalInstance:
 
     async def _reap(self) -> None:
         code = await self._exited
+        if self._stopping is not None:
+            # A stop: what the leader started has the rest of the grace to finish as asked
+            # (`/bin/sh -c "python app.py"`: the shell dies of the signal at once; the app
+            # flushes, closes its connections, and exits).
+            loop = asyncio.get_running_loop()
+            while loop.time() < self._stopping and any(map(_running, self._started)):
+                await asyncio.sleep(GRACE_POLL)
         # The leader is gone; anything it left goes with it: its group, and what escaped the
         # group (a `setsid` child) but still carries the instance's mark.
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -146,6 +170,8 @@ class LocalInstance:
         if self._exit.done():
             return self._exit.result()
         sig = getattr(signal, f"SIG{self.spec.stop_signal}")
+        self._started = await asyncio.to_thread(_descendants, self._proc.pid)
+        self._stopping = asyncio.get_running_loop().time() + self.spec.stop_timeout
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._pgid, sig)
         try:
