@@ -53,7 +53,7 @@ tools:
 browser node: tools
 
 test: lint tools
-	$(BIN)/pytest -q -n 3 --dist loadfile  # three workers (most tests wait on processes), each test file on one
+	$(BIN)/pytest -q -n 3 --dist worksteal  # three workers (most tests wait on processes); tests, not files, are shared out, and an idle worker takes from a busy one
 
 bench: $(BIN)/.installed tools
 	$(BIN)/python bench/bench_core.py
