@@ -167,6 +167,23 @@ def test_a_failure_routing_a_request_is_answered_500_not_left_hanging() -> None:
     asyncio.run(scenario())
 
 
+def test_requests_on_new_client_connections_take_turns_between_instances() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            (other_port,) = free_ports(1)
+            other = Stub(echo_path)
+            server = await asyncio.start_server(other.serve, "127.0.0.1", other_port)
+            try:
+                s.pool.add(Backend("api-2", "127.0.0.1", other_port))
+                for i in range(8):
+                    assert (await exchange(s.ingress, get(b"/%d" % i))).endswith(b"/%d" % i)
+                assert (len(s.stub.seen), len(other.seen)) == (4, 4)
+            finally:
+                server.close()
+
+    asyncio.run(scenario())
+
+
 def test_connection_naming_content_length_in_a_response_keeps_its_framing() -> None:
     async def handler(stub: Stub, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:

@@ -64,6 +64,10 @@ class Pool:
             for hook in list(backend.on_leave):
                 hook(backend)
 
+    def holds(self, backend: Backend) -> bool:
+        """Whether `backend` is (still) ready here."""
+        return backend in self._ready
+
     def pick_ready(self, exclude: set[str] | None = None) -> Backend | None:
         """The next ready backend, least busy first, now; None when none is ready (no
         coroutine: the ingress's every request asks, and one is ready nearly always)."""

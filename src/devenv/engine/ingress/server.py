@@ -89,6 +89,7 @@ class Request:
         "length",
         "method",
         "parts",
+        "picked",
         "resent",
         "sink",
         "size",
@@ -117,6 +118,7 @@ class Request:
         self.early = b""  # a websocket's first bytes, read with its upgrade
         self.bad = ""  # why its body could not be read to its end
         self.resent = False  # sent once on a kept-alive connection found closed
+        self.picked: Backend | None = None  # the instance `_fast` picked, for the task
 
     @property
     def has_body(self) -> bool:
@@ -566,6 +568,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         conn = self.ingress.upstreams.take(backend, self.loop.time())
         if conn is None:
+            req.picked = backend  # (the task's first try: one pick a request keeps turns fair)
             return False
         self._resume("pipeline")
         self._begin()
@@ -812,7 +815,9 @@ class ClientConnection(asyncio.Protocol):
         fresh = streamed or req.method not in IDEMPOTENT or req.resent
         edge = self.edge
         for _ in range(ATTEMPTS):
-            backend = pool.pick_ready(tried)  # (no coroutine while one is ready)
+            backend, req.picked = req.picked, None
+            if backend is None or not pool.holds(backend):
+                backend = pool.pick_ready(tried)  # (no coroutine while one is ready)
             if backend is None:
                 try:
                     backend = await pool.pick(tried, max(0.0, hold_until - loop.time()))
