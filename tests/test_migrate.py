@@ -124,7 +124,7 @@ def test_a_failed_migration_rolls_back_to_the_snapshot(project: Project) -> None
                             cwd=project.root, capture_output=True, text=True, timeout=300,
                             env={**ENV, "DEVENV_FAULTS": "migrate:fail"})
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "migration failed: injected failure" in result.stdout
+    assert "migration failed: injected failure" in result.stderr  # (exit 1, audited)
     assert "rolled back: db: restored from snapshot" in result.stdout
     assert (project.root / "devenv.yaml").read_text() == yaml_before
     assert not (project.root / ".devenv" / "data" / "db" / "pgdata.pre-migrate").exists()

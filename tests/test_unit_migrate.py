@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+from test_kube_k3d import fake_k3d
 
 from devenv.candidate import declared_ports, parse_ports, set_path
 from devenv.config.load import load
 from devenv.config.migrate import Migration, Pin, Rename, upgrade_data, upgrade_text
 from devenv.config.model import CURRENT_VERSION
 from devenv.core.errors import ConfigError, UsageError
-from devenv.migration import cluster_notes, make, rewrite_api_versions
+from devenv.migration import make, rewrite_api_versions
+
+__all__ = ["fake_k3d"]  # (the fixture, used by name)
 
 V1 = """\
 # the shop's services
@@ -161,15 +163,45 @@ def test_the_plan_rewrites_a_services_manifest(tmp_path: Path) -> None:
     assert (tmp_path / "k8s" / "hpa.yaml").read_text() == MANIFEST  # a plan changes nothing
 
 
-def test_the_cluster_version_change_is_reported() -> None:
-    loaded = SimpleNamespace(name="shop", project=SimpleNamespace(
-        cluster=SimpleNamespace(name=None), kubernetes=SimpleNamespace(version="1.31")))
-    clusters = [{"name": "devenv-shop", "nodes": [
-        {"role": "server", "image": "rancher/k3s:v1.29.9-k3s1"}]}]
-    notes = cluster_notes(loaded, runner=lambda argv: json.dumps(clusters))
-    assert len(notes) == 1 and "runs rancher/k3s:v1.29.9-k3s1" in notes[0]
-    assert "k3d cluster delete devenv-shop" in notes[0]
-    assert cluster_notes(loaded, runner=lambda argv: "[]") == []
+K3D_PROJECT = "version: 2\nname: shop\nruntime: kubernetes\nkubernetes: '1.31'\n" \
+    "cluster: {provider: k3d}\nservices: {}\n"
+
+
+def test_the_kube_plan_recreates_a_k3d_cluster_at_another_version(
+        tmp_path: Path, fake_k3d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "devenv.yaml").write_text(K3D_PROJECT)
+    monkeypatch.setenv("FAKE_K3D_CLUSTERS", json.dumps([{"name": "devenv-shop", "nodes": [
+        {"role": "server", "image": "rancher/k3s:v1.29.9-k3s1"}]}]))
+    plan = make(tmp_path)
+    assert plan.changed and plan.cluster is not None
+    assert plan.cluster_snapshot == "before-k3d-1.29-to-1.31"
+    step = plan.steps()[-1]
+    assert step.startswith("cluster devenv-shop: Kubernetes 1.29 → 1.31")
+    assert "`k3d cluster delete devenv-shop`" in step and "snapshot before-k3d-1.29-to-1.31" \
+        in step
+    assert plan.to_json()["cluster"]["to_image"] == "rancher/k3s:v1.31.4-k3s1"
+    # a snapshot of that name already there: the next free one is named
+    (tmp_path / ".devenv" / "snapshots" / "before-k3d-1.29-to-1.31").mkdir(parents=True)
+    assert make(tmp_path).cluster_snapshot == "before-k3d-1.29-to-1.31-2"
+    # a plan only lists clusters
+    assert [c[:2] for c in map(json.loads, fake_k3d.read_text().splitlines())] == \
+        [["cluster", "list"]] * 2
+    # at the pinned version, or not made yet: nothing to do
+    monkeypatch.setenv("FAKE_K3D_CLUSTERS", json.dumps([{"name": "devenv-shop", "nodes": [
+        {"role": "server", "image": "rancher/k3s:v1.31.4-k3s1"}]}]))
+    assert make(tmp_path).cluster is None and not make(tmp_path).changed
+    monkeypatch.setenv("FAKE_K3D_CLUSTERS", "[]")
+    assert make(tmp_path).cluster is None
+
+
+def test_the_kube_plan_notes_a_k3d_that_cannot_list(
+        tmp_path: Path, fake_k3d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "devenv.yaml").write_text(K3D_PROJECT)
+    monkeypatch.setenv("FAKE_K3D_FAIL", "cluster list")
+    plan = make(tmp_path)
+    assert plan.cluster is None and not plan.changed
+    assert plan.kube == ["cluster devenv-shop: cannot list k3d clusters: k3d cluster list -o "
+                         "json failed (3)"]
 
 
 def test_candidate_ports_and_values() -> None:

@@ -6,7 +6,8 @@ changing anything (the dry run prints it; the engine computes it again and appli
   (data.version_move: PostgreSQL by dump and restore);
 - Kubernetes: deprecated or removed apiVersions in the services' own manifests rewritten
   where the replacement is another apiVersion for the same kind (else listed), and the
-  k3d cluster's version against `kubernetes.version`.
+  k3d cluster at another version than `kubernetes.version`: recreated at the pinned one, its
+  data services' data carried over in a snapshot (devenv.runtime.kube_recreate; `Plan.cluster`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from devenv.core.errors import ConfigError, Problem
 from devenv.core.paths import StateDir, config_file
 from devenv.data.base import VersionMove
+from devenv.runtime.kube_recreate import Change
 
 # an apiVersion (group/version or v1): a replacement that is one is applied mechanically
 API_VERSION = re.compile(r"^(?:[a-z0-9.-]+/)?v\d+(?:(?:alpha|beta)\d+)?$")
@@ -46,10 +48,12 @@ class Plan:
     files: list[FileChange] = field(default_factory=list)
     data: list[VersionMove] = field(default_factory=list)
     kube: list[str] = field(default_factory=list)  # what is left to do by hand, and why
+    cluster: Change | None = None  # the k3d cluster to recreate at the pinned version
+    cluster_snapshot: str | None = None  # the snapshot its recreate takes first
 
     @property
     def changed(self) -> bool:
-        return bool(self.files or self.data)
+        return bool(self.files or self.data or self.cluster)
 
     @property
     def blocked(self) -> list[str]:
@@ -59,6 +63,8 @@ class Plan:
     def steps(self) -> list[str]:
         out = [f"{c.shown}: {note}" for c in self.files for note in c.notes]
         out += [f"{m.service}: {m.product} {m.old} → {m.new}: {m.how}" for m in self.data]
+        if self.cluster is not None:
+            out.append(cluster_step(self.cluster, self.cluster_snapshot or ""))
         return out + self.kube
 
     def to_json(self) -> dict[str, Any]:
@@ -68,7 +74,31 @@ class Plan:
                 "data": [{"service": m.service, "product": m.product, "from": m.old,
                           "to": m.new, "how": m.how, "from_binaries": m.old_bin,
                           "to_binaries": m.new_bin} for m in self.data],
+                "cluster": None if self.cluster is None else {
+                    "name": self.cluster.cluster, "from_image": self.cluster.found_image,
+                    "to_image": self.cluster.image, "from": minor(self.cluster.found_image),
+                    "to": minor(self.cluster.image), "snapshot": self.cluster_snapshot,
+                    "resumed": self.cluster.resumed},
                 "kubernetes": self.kube}
+
+
+def minor(image: str) -> str:
+    from devenv.kube.k3d import minor as of
+
+    return of(image)
+
+
+def cluster_step(change: Change, snapshot: str) -> str:
+    """The plan's line for the cluster's recreate."""
+    if change.resumed:
+        return (f"cluster {change.cluster}: carry on the recreate at "
+                f"{minor(change.image)} that a crash cut short (its data in snapshot "
+                f"{snapshot})")
+    return (f"cluster {change.cluster}: Kubernetes {minor(change.found_image)} → "
+            f"{minor(change.image)} ({change.found_image} → {change.image}): snapshot "
+            f"{snapshot} of its data services taken, the cluster deleted (`k3d cluster "
+            f"delete {change.cluster}`) and made again (`k3d cluster create "
+            f"{change.cluster} --image {change.image}`), the data restored into it")
 
 
 def journal_file(root: Path) -> Path:
@@ -135,7 +165,7 @@ def _kube(plan: Plan, loaded: Any) -> None:
                 plan.files.append(FileChange(path, name, text, new, rewritten))
             plan.kube += manual
     if project.runtime == "kubernetes" and project.cluster.provider == "k3d":
-        plan.kube += cluster_notes(loaded)
+        _cluster(plan, loaded)
 
 
 def rewrite_api_versions(text: str, target: str, shown: str) -> tuple[str, list[str],
@@ -177,30 +207,23 @@ def rewrite_api_versions(text: str, target: str, shown: str) -> tuple[str, list[
     return "".join(out), rewritten, manual
 
 
-def cluster_notes(loaded: Any, runner: Any = None) -> list[str]:
-    """The k3d cluster against `kubernetes.version` (nothing said when k3d is missing or
-    the cluster is not there yet: `up` makes it at the version)."""
-    import json
-
+def _cluster(plan: Plan, loaded: Any) -> None:
+    """The k3d cluster against `kubernetes.version` (devenv.runtime.kube_recreate.pending):
+    at another version, `plan.cluster`; nothing when k3d is missing or the cluster is not
+    there yet (`up` makes it at the version); a note when k3d cannot list its clusters."""
+    from devenv.core.errors import DevenvError
     from devenv.kube import k3d
+    from devenv.runtime import kube_recreate
 
-    if runner is None and shutil.which("k3d") is None:
-        return []
-    project = loaded.project
-    name = project.cluster.name or f"devenv-{loaded.name}"
+    if shutil.which("k3d") is None and not kube_recreate.journal_file(plan.root).exists():
+        return
     try:
-        clusters = json.loads((runner or k3d.run)(["k3d", "cluster", "list", "-o", "json"])
-                              or "[]")
-    except Exception as exc:  # (a note, not the plan's failure)
-        return [f"cluster {name}: cannot list k3d clusters: {exc}"]
-    found = next((c for c in clusters if c.get("name") == name), None)
-    if found is None:
-        return []
-    want = k3d.k3s_image(project.kubernetes.version)
-    images = sorted({str(n.get("image")) for n in found.get("nodes", [])
-                     if n.get("role") == "server"})
-    if images and want not in images:
-        return [f"cluster {name}: runs {images[0]}, kubernetes.version wants {want}: "
-                f"`devenv snapshot save`, then `k3d cluster delete {name}`; the next `up` "
-                "creates it at the new version (devenv does not recreate a cluster itself)"]
-    return []
+        change = kube_recreate.pending(loaded)
+    except (DevenvError, ValueError) as exc:  # (a note, not the plan's failure)
+        name = k3d.cluster_name(loaded.name, loaded.project.cluster.name)
+        said = exc.message if isinstance(exc, DevenvError) else str(exc)
+        plan.kube.append(f"cluster {name}: cannot list k3d clusters: {said}")
+        return
+    if change is not None:
+        plan.cluster = change
+        plan.cluster_snapshot = kube_recreate.snapshot_name(plan.root, change)

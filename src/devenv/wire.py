@@ -294,6 +294,7 @@ class MigrateResult:
     rolled_back: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
     details: list[str] = dataclasses.field(default_factory=list)
+    hint: str | None = None  # what to do when it failed and could not be rolled back
 
 
 @dataclasses.dataclass(frozen=True)

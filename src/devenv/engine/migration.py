@@ -1,14 +1,29 @@
 """`devenv migrate --confirm`, done by the engine: the plan (devenv/migration.py) applied
 with a snapshot first and a rollback to it on failure.
 
-1. The services stop (data moves need their servers stopped).
-2. The snapshot: each data service that moves is started once more on its old binaries and
+1. The services stop (data moves need their servers stopped; a cluster to recreate must not
+   be in use), the runtimes closed with their data kept (a cluster's volumes stay).
+2. The k3d cluster, when it runs another Kubernetes version than the pinned one, is
+   recreated at it (devenv.runtime.kube_recreate: its own snapshot of the data services
+   first, `before-k3d-<from>-to-<to>`, then delete, create, restore; each step in the
+   engine's log, `devenv logs devenv`). It comes first because it is the one step that
+   cannot be rolled back (a deleted cluster is not made again), and the pin, already in
+   devenv.yaml, asks for it whatever else migrates: when it fails, nothing else has been
+   changed yet, and the failure says what to do instead of a rollback (recreate's own
+   hint: `devenv up` carries on from its journal, or `devenv snapshot restore <name>`);
+   the environment stays stopped. It runs before the migration's journal is written, so a
+   crash in it leaves only recreate's journal, which `devenv up` (or the next `migrate`)
+   carries on. Once it is done, a later failure rolls back the files and the data, and the
+   cluster stays at the pinned version, its data carried over (the rollback's `up` runs on
+   it). It uses the upgraded configuration (the rewritten schema, in memory).
+3. The snapshot: each data service that moves is started once more on its old binaries and
    copied into a snapshot of the store (`migrate-<time>`, listed by `devenv snapshot list`,
    restorable with the old configuration) and dumped; the files the plan rewrites are kept
    in `.devenv/migrate/<time>/`, and a journal (`.devenv/migrate/journal.json`) names both.
-3. The files are written (each atomically), the data moved (dump restored into a new data
-   folder of the new version), then the environment comes up and must be healthy.
-4. Any failure: the services stop, the files get their old text back, each moved data
+4. The files are written (each atomically), the data moved (dump restored into a new data
+   folder of the new version), then the environment comes up and must be healthy (the
+   rewritten manifests are applied to the recreated cluster by that `up`).
+5. Any failure: the services stop, the files get their old text back, each moved data
    service is restored from the snapshot (with its old binaries), and, when the
    environment ran before, it comes up again as it was.
 """
@@ -21,6 +36,7 @@ import os
 import shutil
 import stat
 import tempfile
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +49,8 @@ from devenv.core.paths import PRIVATE_FILE, StateDir, private_dir
 from devenv.data.base import DataService, VersionMove
 from devenv.data.postgres_upgrade import stop_left
 from devenv.data.snapshots import SnapshotStore, now_manifest
-from devenv.migration import Plan, journal_file, make
+from devenv.migration import Plan, journal_file, make, minor
+from devenv.runtime.kube_recreate import Recreated
 from devenv.wire import MigrateResult, Progress, UpResult
 
 if TYPE_CHECKING:
@@ -89,6 +106,21 @@ async def confirm(env: Environment) -> MigrateResult:
     snapshot: str | None = None
     await env.halt()
     applied: list[str] = list(left)
+    kept: list[str] = []  # what a rollback does not undo
+    cluster_snapshot: str | None = None
+    if plan.cluster is not None:
+        done = await _recreate(env, plan)
+        if isinstance(done, MigrateResult):
+            return replace(done, applied=applied + done.applied)
+        if done is not None:
+            cluster_snapshot = done.snapshot
+            step = (f"cluster {done.cluster}: Kubernetes {minor(plan.cluster.found_image)} → "
+                    f"{minor(done.image)}, recreated" + (
+                        f"; the data of {', '.join(done.services)} carried over (snapshot "
+                        f"{done.snapshot})" if done.snapshot else ""))
+            applied.append(step)
+            kept.append(f"{step}: it stays so (the pin asks for it; a deleted cluster is "
+                        "not made again)")
     try:
         private_dir(folder.parent)
         private_dir(folder)
@@ -143,17 +175,55 @@ async def confirm(env: Environment) -> MigrateResult:
         details = exc.details if isinstance(exc, DevenvError) else []
         if not isinstance(exc, Exception):
             raise
-        return MigrateResult(ok=False, changed=False, steps=plan.steps(), snapshot=snapshot,
-                             applied=applied, rolled_back=undone, error=message,
-                             details=list(details))
+        return MigrateResult(ok=False, changed=bool(kept), steps=plan.steps(),
+                             snapshot=snapshot or cluster_snapshot, applied=applied,
+                             rolled_back=undone, error=message,
+                             details=list(details) + kept)
     for ds in moving.values():
         await asyncio.to_thread(kinds.upgrade_finish, ds)
     journal.unlink(missing_ok=True)
     shutil.rmtree(work, ignore_errors=True)
     if not was_running:
         await env.halt()
-    return MigrateResult(ok=True, changed=True, steps=plan.steps(), snapshot=snapshot,
-                         applied=applied)
+    return MigrateResult(ok=True, changed=True, steps=plan.steps(),
+                         snapshot=snapshot or cluster_snapshot, applied=applied)
+
+
+async def _recreate(env: Environment, plan: Plan) -> Recreated | MigrateResult | None:
+    """Step 2: the k3d cluster recreated at the pinned version (the services are stopped);
+    what was done (None: nothing needed it after all), or, when it failed, the failed result
+    saying what to do (no rollback: see the module)."""
+    from devenv.config.load import load
+    from devenv.runtime import Runtimes, kube_recreate
+
+    runtimes = env.engine.ctx.runtimes
+    if isinstance(runtimes, Runtimes):  # (their connections to the old cluster; PVCs kept)
+        runtimes.keep_data = True
+        await runtimes.close()
+    loop, logs = asyncio.get_running_loop(), env.engine.ctx.logs
+
+    def say(line: str) -> None:  # (from recreate's thread) `devenv logs devenv` shows it
+        loop.call_soon_threadsafe(logs.add, "devenv", "migrate", "out", line)
+
+    try:
+        loaded = await asyncio.to_thread(load, env.root, env.profile, environ=env.environ,
+                                         texts={c.path: c.new for c in plan.files})
+        return await asyncio.to_thread(kube_recreate.recreate, loaded, say)
+    except Exception as exc:
+        journaled = kube_recreate.journal_file(env.root).exists()
+        if isinstance(exc, DevenvError):
+            message, details, hint = exc.message, list(exc.details), exc.hint
+        else:
+            message, details = f"recreating the k3d cluster failed: {exc!r}", []
+            hint = ("`devenv up --yes` carries on the recreate from its journal "
+                    "(.devenv/data/.k3d-recreate.json)") if journaled else None
+        rest = plan.files or plan.data
+        return MigrateResult(
+            ok=False, changed=False, steps=plan.steps(), error=message, hint=hint,
+            details=details + ["the environment is stopped; nothing else was migrated (the "
+                               "cluster comes first)" + ("; `devenv migrate --confirm` does "
+                                                         "the rest once the cluster runs"
+                                                         if rest else "")])
 
 
 async def recover(env: Environment, left: list[str] | None = None) -> MigrateResult:

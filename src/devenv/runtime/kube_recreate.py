@@ -193,6 +193,14 @@ def recreate(loaded: Any, say: Say) -> Recreated | None:
                      tuple(services))
 
 
+def snapshot_name(root: Path, change: Change) -> str:
+    """The snapshot `recreate` takes (or, resumed, took) for `change`: what a plan shows."""
+    record = _read(root) if change.resumed else None
+    if record is not None:
+        return str(record["snapshot"])
+    return _free_name(root, f"before-k3d-{change.versions}")
+
+
 def _free_name(root: Path, base: str) -> str:
     store = StateDir(root).base / "snapshots"
     name, n = base, 1

@@ -3,7 +3,10 @@
 --dry-run prints the plan (devenv/migration.py) and the unified diff of every file it would
 rewrite, and changes nothing. --confirm asks the engine to apply it (engine/migration.py):
 a snapshot first, then the files and the data, then the environment must come up healthy;
-on any failure everything is rolled back to the snapshot. The engine holds the project's
+on any failure everything is rolled back to the snapshot. A k3d cluster at another version
+than the pinned one is recreated first (asking is not needed: --confirm is the consent); a
+failure there cannot be rolled back and says what to run instead (exit 1, on stderr, in the
+audit trail). The engine holds the project's
 operation lock (core/oplock.py) exclusively for the whole migration, whatever becomes of this
 command (Ctrl-C leaves it migrating): the commands that change the environment, and another
 migrate, refuse meanwhile; --confirm refuses while one of them runs."""
@@ -90,14 +93,14 @@ def _run(args: argparse.Namespace, root: Path) -> int:
             out.print(f"  applied: {step}", markup=False)
         out.print("migrated; the environment came up healthy", markup=False)
     else:
-        out.print(f"migration failed: {result.error}", markup=False)
-        for line in result.details:
-            out.print(f"  {line}", markup=False)
         for step in result.rolled_back:
             out.print(f"  rolled back: {step}", markup=False)
         if result.snapshot:
             out.print(f"(the snapshot {result.snapshot} is kept)", markup=False)
-    return 0 if result.ok else 1
+    if not result.ok:  # (exit 1, said once on stderr, and the audit trail records it)
+        raise DevenvError(f"migration failed: {result.error}", details=result.details,
+                          hint=result.hint)
+    return 0
 
 
 def _migrate(client: Client, started: bool) -> MigrateResult:
