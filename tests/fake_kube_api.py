@@ -46,6 +46,7 @@ from aiohttp import WSMsgType, web
 from conftest import free_ports  # (tests/ports.py, per worker)
 
 PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+ALL_NAMESPACES = ("/api/v1/persistentvolumeclaims",)  # the lists across namespaces served
 
 
 def _matches(obj: dict[str, Any], selector: str) -> bool:
@@ -114,6 +115,14 @@ class FakeKubeApi:
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": namespace, "labels": labels}}
         self.lines.setdefault(name, [])
+
+    def add_claim(self, namespace: str, name: str, labels: dict[str, str]) -> str:
+        """A PersistentVolumeClaim (as another project's StatefulSet would leave): its path."""
+        path = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{name}"
+        self.objects[path] = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                              "metadata": {"name": name, "namespace": namespace,
+                                           "labels": labels}}
+        return path
 
     def say(self, pod: str, line: str | None) -> None:
         """A line the pod writes (None: the pod ended)."""
@@ -361,6 +370,12 @@ class FakeKubeApi:
             return await self._log(request, path.rsplit("/", 2)[-2])
         if request.method == "GET" and path in self.objects:
             return web.json_response(self.objects[path])
+        if request.method == "GET" and path in ALL_NAMESPACES:  # (every namespace's)
+            base, plural = path.rsplit("/", 1)
+            return web.json_response({"kind": "List", "items": [
+                v for k, v in self.objects.items()
+                if k.startswith(base + "/namespaces/") and k.count("/") == path.count("/") + 3
+                and k.split("/")[-2] == plural and _matches(v, query.get("labelSelector", ""))]})
         if request.method in ("GET", "DELETE") and not _collection(path) and \
                 path not in self.objects:
             return _status(404, "not found")

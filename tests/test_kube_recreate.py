@@ -20,7 +20,7 @@ from conftest import Project, free_ports
 from fake_kube_api import FakeKubeApi
 
 K3S_130, K3S_131 = "rancher/k3s:v1.30.6-k3s1", "rancher/k3s:v1.31.4-k3s1"
-PSQL = 'PGPASSWORD="$POSTGRES_PASSWORD" psql -X -At -U "$POSTGRES_USER" -d shop -c '
+PSQL = 'PGPASSWORD="$POSTGRES_PASSWORD" psql -X -At -U "$POSTGRES_USER" -d postgres -c '
 
 
 @pytest.fixture
@@ -67,12 +67,12 @@ def pin(project: Project, version: str) -> None:
         cluster: {{provider: k3d, namespace: krec}}
         ingress: {{port: {project.ingress_port}}}
         services:
-          db: {{kind: postgres, port: {db}, databases: [shop], password: s3cret-pw}}
-        """)
+          postgres: {{kind: postgres, port: {db}, password: s3cret-pw}}
+        """)  # (a service `postgres`: its database is `postgres` too)
 
 
 def psql(project: Project, sql: str) -> str:
-    done = project.devenv("exec", "db", "--", "sh", "-c", PSQL + json.dumps(sql))
+    done = project.devenv("exec", "postgres", "--", "sh", "-c", PSQL + json.dumps(sql))
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout.strip()
 
@@ -99,10 +99,20 @@ def test_kube_up_recreates_the_k3d_cluster_at_the_pinned_version_with_its_data(
     assert "devenv up --yes" in refused.stderr and "nothing deleted" in refused.stderr
     assert not [c for c in k3d_calls(tmp_path) if c[:2] == ["cluster", "delete"]]
     assert psql(project, "SELECT count(*) FROM product") == "2"
+    # another project's data on the cluster (a claim in its namespace): refused, named
+    other = krec.add_claim("blog", "data-db-0", {
+        "app.kubernetes.io/managed-by": "devenv", "app.kubernetes.io/instance": "blog",
+        "app.kubernetes.io/name": "db"})
+    refused = project.devenv("up", "--yes", timeout=180)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "blog/data-db-0 (project blog, service db)" in refused.stderr
+    assert "nothing was deleted" in refused.stderr and "devenv stop" in refused.stderr
+    assert not [c for c in k3d_calls(tmp_path) if c[:2] == ["cluster", "delete"]]
+    del krec.objects[other]  # (that project stopped, its data saved and its claims gone)
     # --yes: each step said; the old cluster deleted, a new one made with the 1.31 image
     done = project.devenv("up", "--yes", timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr
-    for step in ("1/5 reaching the old cluster's data services: db",
+    for step in ("1/5 reaching the old cluster's data services: postgres",
                  "2/5 snapshot before-k3d-1.30-to-1.31 saved", "3/5 deleting the old cluster",
                  "4/5 creating it at 1.31", "5/5 restoring snapshot before-k3d-1.30-to-1.31"):
         assert step in done.stderr, done.stderr
@@ -110,26 +120,33 @@ def test_kube_up_recreates_the_k3d_cluster_at_the_pinned_version_with_its_data(
     assert ["cluster", "delete", "devenv-krec"] in calls
     assert calls.index(["cluster", "delete", "devenv-krec"]) < calls.index(
         ["cluster", "create", "devenv-krec", "--image", K3S_131, "--wait"])
-    # the rows are in the new cluster's postgres; the snapshot is listed (automatic)
+    # the rows (in the database `postgres`) are in the new cluster's; the snapshot is
+    # listed, not automatic (`stop` never prunes it)
     assert psql(project, "SELECT name FROM product ORDER BY 1").splitlines() == \
         ["Coffee", "Green tea"]
-    assert project.service("db")["state"] == "healthy"
+    assert project.service("postgres")["state"] == "healthy"
     listed = json.loads(project.devenv("snapshot", "list", "--json", check=True).stdout)
     snap = next(s for s in listed if s["name"] == "before-k3d-1.30-to-1.31")
-    assert snap["automatic"] is True
+    assert snap["automatic"] is False
     # the next up has nothing to recreate
     again = project.up()
     assert "recreat" not in again.stderr
     assert not (project.root / ".devenv/data/.k3d-recreate.json").exists()
 
 
-def test_kube_recreate_killed_after_the_delete_is_carried_on_by_the_next_up(
+def test_kube_recreate_killed_after_its_snapshot_or_the_delete_is_carried_on(
         project: Project, krec: FakeKubeApi, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     with_rows(project)
     pin(project, "1.31")
-    monkeypatch.setitem(conftest.ENV, "DEVENV_FAULTS", "k3d:deleted")
+    # killed once its snapshot is committed, before the journal says so: carried on with it
+    monkeypatch.setitem(conftest.ENV, "DEVENV_FAULTS", "k3d:committed")
     killed = project.devenv("up", "--yes", timeout=180)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    monkeypatch.setitem(conftest.ENV, "DEVENV_FAULTS", "k3d:deleted")
+    killed = project.devenv("up", timeout=180)
+    assert "snapshot before-k3d-1.30-to-1.31 was saved before the crash (postgres)" in \
+        killed.stderr, killed.stderr
     monkeypatch.delitem(conftest.ENV, "DEVENV_FAULTS")
     assert killed.returncode == -9, killed.stdout + killed.stderr  # (SIGKILL: a crash there)
     assert ["cluster", "delete", "devenv-krec"] in k3d_calls(tmp_path)

@@ -11,9 +11,13 @@ server of its own. Its data commands run in that pod, through the API's exec str
   pg_restore`: the exec's stdin has no end-of-file on the v4 channel protocol, so the byte
   count ends it) into a *staging* database (`devenv_restore_new_<i>`), then swaps them all in
   one transaction (renames: the live one becomes `devenv_restore_old_<i>`, then dropped). A
-  failure before the swap leaves the live data untouched; the swap is all or nothing.
+  failure before the swap leaves the live data untouched; the swap is all or nothing. Every
+  database but the templates is in a snapshot (`postgres` too: a service named `postgres`
+  keeps its data there), so every script connects to `template1`.
 - Redis: a snapshot is one Lua script (atomic: a consistent copy) returning every key of
-  database 0 with its TTL and `DUMP` payload, hex-encoded, one per line. A restore pipes the
+  database 0 with its TTL and `DUMP` payload, hex-encoded, one per line, and last the
+  `DBSIZE`: kept only when every line is a key's and they number that many (`redis-cli -e`:
+  an error reply, `LOADING` or `NOAUTH`, is a failure, never data). A restore pipes the
   `RESTORE` commands (`redis-cli --pipe`) into database 15 (staging), with a marker key last,
   then one script swaps it in (`SWAPDB 0 15`, only while the marker is there: idempotent) and
   database 15 is flushed.
@@ -37,8 +41,9 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -50,7 +55,8 @@ from devenv.data.base import DataService, Server
 
 MARKER = "kubernetes.json"  # in .devenv/run/ (as devenv.runtime.kube_runtime's `_marker`)
 PENDING = "cluster-restore.json"
-EXEC_TIMEOUT = 3600.0
+EXEC_TIMEOUT = 3600.0  # a dump or a restore: as long as the data needs
+SHORT = 120.0  # a listing, a swap, a clean-up, a version: never long
 CHUNK = 1 << 16
 FORMAT = "cluster.json"  # in a snapshot's folder: what it holds
 
@@ -199,6 +205,18 @@ def _format(ds: DataService[Any], src: Path, kind: str) -> dict[str, Any]:
     return found
 
 
+def refuse_here(ds: DataService[Any], src: Path) -> None:
+    """A snapshot taken on a cluster cannot be restored into a local or container server
+    (it holds dumps made in the pod, not a server's files): said, before anything."""
+    if (src / FORMAT).is_file():
+        runtime = "local processes" if ds.image is None else "docker"
+        raise DevenvError(f"{ds.name}: this snapshot was taken on the kubernetes runtime (a "
+                          f"cluster's {ds.kind} pod); it cannot be restored on this runtime "
+                          f"({runtime}); nothing was restored",
+                          hint="restore it with `runtime: kubernetes`, or take a snapshot on "
+                          "this runtime (or load a dataset) instead")
+
+
 def _staging(ds: DataService[Any], job: Callable[[], Any]) -> None:
     """A restore's staging step; its failure says the live data was not touched."""
     try:
@@ -234,7 +252,12 @@ def _save(dest: Path, name: str) -> IO[bytes]:
 
 # the pod's own Secret gives the password; the image's user is its superuser (local socket)
 PG = 'export PGUSER="${POSTGRES_USER:-postgres}" PGPASSWORD="${POSTGRES_PASSWORD:-}"; '
-SYSTEM_DBS = ("postgres", "template0", "template1")
+# every script connects to template1, never to a database it may drop or rename (a data
+# service named `postgres` has a database `postgres`, its default)
+MAINTENANCE = "template1"
+# what a snapshot holds: every database but the templates and a restore's leftovers
+LISTED = ("SELECT datname FROM pg_database WHERE NOT datistemplate AND datname NOT LIKE "
+          "'devenv\\_restore\\_%' ORDER BY 1")
 NEW, OLD = "devenv_restore_new_{}", "devenv_restore_old_{}"
 SWAP_TRIES = 50  # the swap waits for the databases' sessions to end: 50 x 0.2 s
 
@@ -247,7 +270,7 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _psql(*commands: str, db: str = "postgres") -> str:
+def _psql(*commands: str, db: str = MAINTENANCE) -> str:
     """psql running each of `commands` on its own (CREATE DATABASE cannot share one)."""
     args = " ".join(f"-c {shlex.quote(c)}" for c in commands)
     return f"{PG}psql -X -q -v ON_ERROR_STOP=1 -At -d {shlex.quote(db)} {args}"
@@ -263,10 +286,7 @@ class PostgresInCluster:
     async def snapshot(self, ds: DataService[Any], dest: Path) -> str:
         """`pg_dump -Fc` of every database but the system ones, each streamed to a file."""
         private_dir(dest)
-        listed = await run(ds, _psql(
-            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> "
-            "'postgres' AND datname NOT LIKE 'devenv\\_restore\\_%' ORDER BY 1"),
-            "listing the databases")
+        listed = await run(ds, _psql(LISTED), "listing the databases", timeout=SHORT)
         databases = [line for line in listed.splitlines() if line]
         for i, db in enumerate(databases):
             with _save(dest, f"{i}.dump") as fh:
@@ -274,18 +294,22 @@ class PostgresInCluster:
                           out=fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-        version = (await run(ds, _psql("SHOW server_version"), "its version")).strip()
+        version = (await run(ds, _psql("SHOW server_version"), "its version",
+                             timeout=SHORT)).strip()
         _version_file(dest, "postgres", databases=databases)
         return version.split()[0] if version else "?"
 
     def stage_restore(self, ds: DataService[Any], src: Path) -> None:
         """Each database's dump restored into a staging database; nothing live touched."""
-        databases = list(_format(ds, src, "postgres").get("databases", []))
+        databases = _format(ds, src, "postgres").get("databases", [])
+        if not isinstance(databases, list) or not all(isinstance(d, str) for d in databases):
+            raise DevenvError(f"{ds.name}: the snapshot's {FORMAT} does not list its "
+                              "databases; nothing was restored")
         _write_pending(ds, kind="postgres", phase="staging", databases=databases)
         news = [NEW.format(i) for i in range(len(databases))]
 
-        async def stage() -> None:
-            await _pg_drop(ds, len(databases), old=False)
+        async def stage() -> None:  # (a leftover replaced copy would block the swap)
+            await _pg_drop(ds, len(databases), old=True)
             for i, new in enumerate(news):
                 await run(ds, _psql(f"CREATE DATABASE {_ident(new)}"),
                           f"restore (staging database for {databases[i]})")
@@ -331,18 +355,27 @@ class PostgresInCluster:
         await _pg_drop(ds, len(databases), old=True)
         _pending(ds).unlink(missing_ok=True)
 
+    def missing(self, ds: DataService[Any], src: Path) -> list[str]:
+        """The service's declared databases that its snapshot folder `src` lacks."""
+        held = set(_format(ds, src, "postgres").get("databases", []))
+        return [db for db in ds.settings.targets(ds.name) if db not in held]
+
     async def wipe(self, ds: DataService[Any]) -> None:
         """`data reset`: every database dropped; the service's own made again, empty, owned
         by its user (the roles the image made stay)."""
-        listed = await run(ds, _psql(
-            "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> "
-            "'postgres' ORDER BY 1"), "listing the databases")
-        drops = [f"DROP DATABASE IF EXISTS {_ident(db)} WITH (FORCE)"
-                 for db in listed.splitlines() if db]
-        user = ds.settings.user
-        creates = [f"CREATE DATABASE {_ident(db)} OWNER {_ident(user)}"
-                   for db in ds.settings.targets(ds.name)]
-        await run(ds, _psql(*drops, *creates), "data reset")
+        listed = await run(ds, _psql("SELECT datname FROM pg_database WHERE NOT "
+                                     "datistemplate ORDER BY 1"), "listing the databases",
+                           timeout=SHORT)
+        await run(ds, _psql(*wipe_sql(listed.splitlines(), ds.settings.targets(ds.name),
+                                      ds.settings.user)), "data reset")
+
+
+def wipe_sql(listed: Iterable[str], targets: list[str], user: str) -> list[str]:
+    """`data reset`'s statements (run from template1): every database listed dropped but
+    `postgres` (the maintenance database) unless the service's own, then its own made."""
+    drops = [f"DROP DATABASE IF EXISTS {_ident(db)} WITH (FORCE)" for db in listed
+             if db and (db != "postgres" or db in targets)]
+    return drops + [f"CREATE DATABASE {_ident(db)} OWNER {_ident(user)}" for db in targets]
 
 
 async def _pg_drop(ds: DataService[Any], count: int, old: bool) -> None:
@@ -351,7 +384,7 @@ async def _pg_drop(ds: DataService[Any], count: int, old: bool) -> None:
         ([OLD.format(i) for i in range(count)] if old else [])
     if names:
         await run(ds, _psql(*(f"DROP DATABASE IF EXISTS {_ident(n)} WITH (FORCE)"
-                              for n in names)), "restore (clean up)")
+                              for n in names)), "restore (clean up)", timeout=SHORT)
 
 
 async def _pg_swap(ds: DataService[Any], databases: list[str]) -> None:
@@ -380,7 +413,7 @@ async def _pg_swap(ds: DataService[Any], databases: list[str]) -> None:
     script = (f"n=0; while [ $n -lt {SWAP_TRIES} ]; do if {once} >/dev/null 2>/tmp/.devenv-swap"
               f"; then exit 0; fi; n=$((n+1)); sleep 0.2; done; cat /tmp/.devenv-swap >&2; "
               "exit 1")
-    await run(ds, script, "restore (swap)")
+    await run(ds, script, "restore (swap)", timeout=SHORT)
 
 
 # ---- Redis
@@ -391,11 +424,16 @@ STAGING_DB = 15
 STAGED_KEY = "__devenv_restore_staged__"
 HEX = ("local function hex(s) return (s:gsub('.', function(c) "
        "return string.format('%02x', string.byte(c)) end)) end ")
-DUMP_ALL = (HEX + "local out = {} local cursor = '0' repeat "
+# (each key once; DBSIZE last, read in the same script, after SCAN reclaimed expired keys)
+DUMP_ALL = (HEX + "local out = {} local seen = {} local cursor = '0' repeat "
             "local r = redis.call('SCAN', cursor, 'COUNT', 1000) cursor = r[1] "
-            "for _, k in ipairs(r[2]) do local d = redis.call('DUMP', k) "
+            "for _, k in ipairs(r[2]) do if not seen[k] then seen[k] = true "
+            "local d = redis.call('DUMP', k) "
             "if d then out[#out+1] = hex(k) out[#out+1] = tostring(redis.call('PTTL', k)) "
-            "out[#out+1] = hex(d) end end until cursor == '0' return out")
+            "out[#out+1] = hex(d) end end end until cursor == '0' "
+            "out[#out+1] = 'dbsize ' .. redis.call('DBSIZE') return out")
+_HEX = re.compile(r"(?:[0-9a-f]{2})*")
+_TTL = re.compile(r"-1|[0-9]+")
 SWAP = (f"redis.call('SELECT', {STAGING_DB}) if redis.call('EXISTS', KEYS[1]) == 1 then "
         "redis.call('DEL', KEYS[1]) redis.call('SWAPDB', 0, "
         f"{STAGING_DB}) return 1 end return 0")
@@ -406,7 +444,56 @@ def _resp(*args: bytes) -> bytes:
 
 
 def _cli(*args: str) -> str:
-    return f"{RD}redis-cli --no-auth-warning --raw " + " ".join(shlex.quote(a) for a in args)
+    """redis-cli running one command; `-e`: an error reply (LOADING, NOAUTH, BUSY, …) is
+    a failure, not an answer."""
+    return f"{RD}redis-cli --no-auth-warning -e --raw " + " ".join(shlex.quote(a)
+                                                                   for a in args)
+
+
+def keys(lines: Iterable[str]) -> Iterator[tuple[bytes, int, bytes]]:
+    """keys.hex's keys (name, TTL in ms or -1, DUMP payload); DevenvError (saying the line)
+    unless each is three well-formed lines."""
+    group: list[str] = []
+    n = 0
+    for n, line in enumerate(lines, 1):
+        group.append(line.rstrip("\r\n"))
+        if len(group) < 3:
+            continue
+        name, ttl, payload = group
+        group = []
+        if not (_HEX.fullmatch(name) and _TTL.fullmatch(ttl) and payload
+                and _HEX.fullmatch(payload)):
+            at, bad = next((i, t) for i, (t, ok) in enumerate((
+                (name, _HEX.fullmatch(name)), (ttl, _TTL.fullmatch(ttl)),
+                (payload, payload and _HEX.fullmatch(payload)))) if not ok)
+            raise DevenvError(f"line {n - 2 + at} is not part of a key: {bad[:80]!r}")
+        yield bytes.fromhex(name), int(ttl), bytes.fromhex(payload)
+    if group:
+        raise DevenvError(f"it is cut short after line {n} (a key is three lines)")
+
+
+def checked_dump(raw: Iterable[str], into: IO[str]) -> int:
+    """DUMP_ALL's answer checked and copied into keys.hex (its last line, the DBSIZE, left
+    out): the number of keys; DevenvError unless every line is a key's and all are there."""
+    last: list[str] = []
+
+    def body() -> Iterator[str]:
+        before = None
+        for line in raw:
+            if before is not None:
+                into.write(before)
+                yield before
+            before = line
+        last.append(before or "")
+
+    count = sum(1 for _ in keys(body()))
+    found = last[0].strip() if last else ""
+    size = found.removeprefix("dbsize ")
+    if not found.startswith("dbsize ") or not size.isdigit():
+        raise DevenvError(f"it did not end with the key count but {found[:80]!r}")
+    if int(size) != count:
+        raise DevenvError(f"it holds {count} keys where the database holds {size}")
+    return count
 
 
 class RedisInCluster:
@@ -419,32 +506,46 @@ class RedisInCluster:
         """Every key of database 0 (one script: a consistent copy), hex, three lines a key:
         name, TTL in ms (-1: none), DUMP payload."""
         private_dir(dest)
-        with _save(dest, "keys.hex") as fh:
-            await run(ds, _cli("EVAL", DUMP_ALL, "0"), "snapshot (DUMP)", out=fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        info = await run(ds, _cli("INFO", "server"), "its version")
+        raw = dest / ".dump"
+        try:
+            with _save(dest, ".dump") as fh:
+                await run(ds, _cli("EVAL", DUMP_ALL, "0"), "snapshot (DUMP)", out=fh)
+            with open(raw, encoding="latin-1", newline="") as src, \
+                    open(dest / "keys.hex", "w", encoding="latin-1", newline="",
+                         opener=private_opener) as fh:
+                try:
+                    count = checked_dump(src, fh)
+                except DevenvError as exc:
+                    raise DevenvError(f"{ds.name}: snapshot (DUMP) answered something else "
+                                      f"than its keys: {exc.message}",
+                                      hint="try again once the server is ready (`devenv "
+                                      "status`)") from exc
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            raw.unlink(missing_ok=True)
+        info = await run(ds, _cli("INFO", "server"), "its version", timeout=SHORT)
         version = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
                         if ln.startswith("redis_version:")), "?")
-        _version_file(dest, "redis")
+        _version_file(dest, "redis", keys=count)
         return version
 
     def stage_restore(self, ds: DataService[Any], src: Path) -> None:
         """The keys RESTOREd into the staging database (emptied first), its marker last."""
         _format(ds, src, "redis")
         _write_pending(ds, kind="redis", phase="staging")
-        lines = (src / "keys.hex").read_text().split()
-        if len(lines) % 3:
-            raise DevenvError(f"{ds.name}: the snapshot's keys.hex is cut short")
         pipe = ds.folder / "restore.resp"
         try:
-            with open(pipe, "wb", opener=private_opener) as fh:
+            with open(pipe, "wb", opener=private_opener) as fh, \
+                    open(src / "keys.hex", encoding="latin-1", newline="") as dump:
                 fh.write(_resp(b"SELECT", str(STAGING_DB).encode()) + _resp(b"FLUSHDB"))
-                for i in range(0, len(lines), 3):
-                    ttl = int(lines[i + 1])
-                    fh.write(_resp(b"RESTORE", bytes.fromhex(lines[i]),
-                                   str(max(ttl, 0)).encode(), bytes.fromhex(lines[i + 2]),
-                                   b"REPLACE"))
+                try:
+                    for name, ttl, payload in keys(dump):
+                        fh.write(_resp(b"RESTORE", name, str(max(ttl, 0)).encode(), payload,
+                                       b"REPLACE"))
+                except DevenvError as exc:
+                    raise DevenvError(f"{ds.name}: the snapshot's keys.hex is damaged: "
+                                      f"{exc.message}") from exc
                 fh.write(_resp(b"SET", STAGED_KEY.encode(), b"1"))
             _staging(ds, lambda: _sync(lambda: run(
                 ds, f"{RD}head -c \"$DEVENV_SIZE\" | redis-cli --no-auth-warning --pipe",
@@ -457,9 +558,11 @@ class RedisInCluster:
         record = _read_pending(ds)
         if record is None or record.get("phase") == "staging":
             return False
+        # (a swap tried before may have happened: then its marker is gone and it answers 0)
+        again = bool(record.get("tried")) or record.get("phase") == "swap"
+        _write_pending(ds, **{**record, "tried": True})
         try:
-            _swapping(ds, lambda: _sync(lambda: run(ds, _cli("EVAL", SWAP, "1", STAGED_KEY),
-                                                    "restore (SWAPDB)")))
+            _swapping(ds, lambda: _sync(lambda: _redis_swap(ds, again)))
         except Unreachable:
             _write_pending(ds, kind="redis", phase="swap")
             ds.unmark()
@@ -473,7 +576,7 @@ class RedisInCluster:
             return
         try:
             _sync(lambda: run(ds, _cli("-n", str(STAGING_DB), "FLUSHDB"),
-                              "restore (clean up)"))
+                              "restore (clean up)", timeout=SHORT))
         except Unreachable:
             return
         _pending(ds).unlink(missing_ok=True)
@@ -483,12 +586,28 @@ class RedisInCluster:
         if record is None:
             return
         if record.get("phase") == "swap":
-            await run(ds, _cli("EVAL", SWAP, "1", STAGED_KEY), "restore (SWAPDB)")
-        await run(ds, _cli("-n", str(STAGING_DB), "FLUSHDB"), "restore (clean up)")
+            await _redis_swap(ds, again=True)
+        await run(ds, _cli("-n", str(STAGING_DB), "FLUSHDB"), "restore (clean up)",
+                  timeout=SHORT)
         _pending(ds).unlink(missing_ok=True)
 
+    def missing(self, ds: DataService[Any], src: Path) -> list[str]:
+        """What the snapshot folder `src` lacks of the service (its keys' file)."""
+        _format(ds, src, "redis")
+        return [] if (src / "keys.hex").is_file() else ["keys.hex"]
+
     async def wipe(self, ds: DataService[Any]) -> None:
-        await run(ds, _cli("FLUSHALL"), "data reset")
+        await run(ds, _cli("FLUSHALL"), "data reset", timeout=SHORT)
+
+
+async def _redis_swap(ds: DataService[Any], again: bool) -> None:
+    """The staged database swapped in; it must answer 1 (swapped), or 0 when a swap tried
+    before may have done it."""
+    said = (await run(ds, _cli("EVAL", SWAP, "1", STAGED_KEY), "restore (SWAPDB)",
+                      timeout=SHORT)).strip()
+    if said != "1" and not (again and said == "0"):
+        raise DevenvError(f"{ds.name}: restore (SWAPDB) answered {said[:80]!r}, not 1: the "
+                          f"staged copy in database {STAGING_DB} is not complete")
 
 
 postgres = PostgresInCluster()

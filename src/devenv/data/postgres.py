@@ -547,6 +547,7 @@ class Postgres:
         it needs staged beside it."""
         if ds.in_cluster:
             return cluster.postgres.stage_restore(ds, src)
+        cluster.refuse_here(ds, src)
         if ds.in_container:
             return boxed.stage_restore(ds, src)
         private_dir(ds.folder)

@@ -233,6 +233,7 @@ class Redis:
         in whole, so no stale append-only or RDB file is left for the server to load."""
         if ds.in_cluster:
             return cluster.redis.stage_restore(ds, src)
+        cluster.refuse_here(ds, src)
         if ds.in_container:
             return boxed.stage_restore(ds, src)
         private_dir(ds.folder)

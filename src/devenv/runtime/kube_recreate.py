@@ -6,18 +6,23 @@ A k3d cluster cannot change its version: the pinned one (`kubernetes:`) needs a 
 1. the old cluster's data services reached: their StatefulSets applied again where the
    project's claims are (a `stop` deleted the StatefulSets, not their volumes), waited for;
    none there (the project never ran on it, or its data was discarded): nothing to carry;
-2. a snapshot of every one (`before-k3d-1.30-to-1.31`, automatic: `snapshot list` shows it;
-   the cluster format of devenv.data.cluster), committed to the store;
-3. `k3d cluster delete`; 4. `k3d cluster create` at the pinned version;
+2. a snapshot of every one (`before-k3d-1.30-to-1.31`, not automatic: `stop`'s pruning
+   keeps it; the cluster format of devenv.data.cluster), committed to the store;
+3. `k3d cluster delete`, only once the snapshot verifies, holds every carried service's
+   declared databases, and no devenv PersistentVolumeClaim in any namespace (another
+   project's, a `validate` copy's, a former namespace's or service's) is left out of it:
+   else refused, the journal cleared; 4. `k3d cluster create` at the pinned version;
 5. the new cluster's data services applied and that snapshot restored into them (each
    kind's staged restore: stage, swap, drop), before any other service starts, so nothing
    ever sees them empty. The caller's `up` follows.
 
 A journal (`.devenv/data/.k3d-recreate.json`: the cluster, the images, the snapshot, the
 phase) is written before each step's effect: the next `recreate` (the next `devenv up`)
-carries on from where a crash (kill -9) cut it, without asking again. A failure after the
-delete says how to get the data back. Failpoints (core/faults.py): `k3d:saved`,
-`k3d:deleted`, `k3d:created`.
+carries on from where a crash (kill -9) cut it, without asking again (a snapshot committed
+before the journal said so is verified and carried on with). A failure after the delete
+says how to get the data back; a failed restore (any error) clears the journal, naming the
+snapshot. Failpoints (core/faults.py): `k3d:committed`, `k3d:saved`, `k3d:deleted`,
+`k3d:created`.
 
 Deleting a cluster is the user's call: `devenv up` asks (or takes `--yes`) before calling
 this. Synchronous (API calls, the k3d CLI, the exec streams of devenv.data.cluster): from an
@@ -144,10 +149,14 @@ def recreate(loaded: Any, say: Say) -> Recreated | None:
             journal_file(root).unlink(missing_ok=True)
             say("the cluster runs the pinned version now: nothing to recreate")
             return None
-        services = _save(loaded, name, say)
+        services = _saved(root, name, say)  # (a crash cut it after the commit)
+        if services is None:
+            services = _save(loaded, name, say)
         record.update(phase="saved", services=services)
         _write(root, record)
     services = list(record["services"])
+    if record["phase"] == "saved":
+        _guard(loaded, name, services)
     faults.point("k3d:saved")
     try:
         if record["phase"] == "saved":
@@ -176,11 +185,14 @@ def recreate(loaded: Any, say: Say) -> Recreated | None:
     if services:
         try:
             _restore(loaded, name, services, say)
-        except DevenvError as exc:
+        except Exception as exc:  # (any failure: a later `up` would only fail the same way)
             journal_file(root).unlink(missing_ok=True)  # (the snapshot says what to do)
+            said = exc.message if isinstance(exc, DevenvError) else \
+                f"restoring snapshot {name} failed: {type(exc).__name__}: {exc}"
             raise DevenvError(
-                f"{exc.message}; the cluster was recreated at {k3d.minor(change.image)} but "
-                f"its data was not put back", details=exc.details,
+                f"{said}; the cluster was recreated at {k3d.minor(change.image)} but "
+                f"its data was not put back",
+                details=exc.details if isinstance(exc, DevenvError) else [],
                 hint=f"the data is in snapshot {name}: `devenv up`, then `devenv snapshot "
                 f"restore {name}`") from exc
     else:
@@ -255,12 +267,15 @@ def _on_cluster(cluster: Any, names: list[str]) -> list[str]:
 def _save(loaded: Any, name: str, say: Say) -> list[str]:
     """Steps 1 and 2: the snapshot of every data service on the old cluster (the names)."""
     from devenv.data import cluster as incluster
-    from devenv.data.snapshots import SnapshotStore, now_manifest
+    from devenv.data.snapshots import SnapshotStore
 
     root = loaded.root
     cluster, services = _reach(loaded, None, say)
-    with contextlib.suppress(Exception):
-        cluster.api.client.close()
+    try:
+        _refuse_uncovered(loaded, cluster, services)
+    finally:
+        with contextlib.suppress(Exception):
+            cluster.api.client.close()
     if not services:
         say("1/5 no data service of the project is on the old cluster: nothing to carry over")
         say("2/5 no snapshot needed")
@@ -273,13 +288,14 @@ def _save(loaded: Any, name: str, say: Say) -> list[str]:
         datasets = json.loads((state.data / ".datasets.json").read_text())
     except (OSError, ValueError):
         datasets = []
-    manifest = now_manifest(loaded.name, True, [str(d) for d in datasets])
+    manifest = carry_manifest(loaded.name, [str(d) for d in datasets])
     try:
         for svc in services:
             ds = stores[svc]
             version = asyncio.run(incluster.KINDS[ds.kind].snapshot(ds, staging / svc))
             manifest["services"][svc] = {"kind": ds.kind, "version": version}
         store.commit(staging, name, manifest)
+        faults.point("k3d:committed")
     except BaseException as exc:
         store.discard(staging)
         if isinstance(exc, DevenvError):
@@ -320,3 +336,122 @@ def _restore(loaded: Any, name: str, services: list[str], say: Say) -> None:
         kinds[svc].swap_restore(stores[svc])
     for svc in wanted:
         kinds[svc].drop_restore(stores[svc])
+
+
+def carry_manifest(project: str, datasets: list[str]) -> dict[str, Any]:
+    """The carry-over snapshot's manifest: not automatic, so `stop`'s pruning of automatic
+    snapshots never removes it (the messages point to it by name)."""
+    from devenv.data.snapshots import now_manifest
+
+    return now_manifest(project, False, datasets)
+
+
+def _saved(root: Path, name: str, say: Say) -> list[str] | None:
+    """The services of snapshot `name` when a crash cut the recreate after its commit (the
+    journal still said `saving`): it is verified and carried on with; None when there is no
+    such snapshot."""
+    from devenv.data.snapshots import SnapshotStore
+
+    store = SnapshotStore(StateDir(root).base / "snapshots")
+    if not (store.folder / name).is_dir():
+        return None
+    try:
+        snap = store.verify(name, undone="nothing was deleted")
+    except DevenvError as exc:
+        raise DevenvError(exc.message, details=exc.details,
+                          hint=f"`devenv snapshot delete {name}`, then `devenv up` takes it "
+                          "again") from exc
+    services = list(snap.manifest["services"])
+    say(f"2/5 snapshot {name} was saved before the crash ({', '.join(services) or 'empty'}): "
+        "carrying on with it")
+    return services
+
+
+def _refuse(root: Path, message: str, details: list[str], hint: str) -> DevenvError:
+    """A refusal before the delete: the journal goes (nothing was deleted; the user's `up
+    --yes` starts it again), the error says why."""
+    journal_file(root).unlink(missing_ok=True)
+    return DevenvError(f"{message}; nothing was deleted", details=details, hint=hint)
+
+
+def _guard(loaded: Any, name: str, services: list[str]) -> None:
+    """Just before `k3d cluster delete`: the snapshot verified and holding each carried data
+    service's declared databases, and no claim on the cluster left out of it; else refused."""
+    from devenv.data import cluster as incluster
+    from devenv.data.snapshots import SnapshotStore
+    from devenv.runtime.kube_runtime import connect
+
+    root = loaded.root
+    problems: list[str] = []
+    if services:
+        try:
+            snap = SnapshotStore(StateDir(root).base / "snapshots").verify(
+                name, undone="nothing was deleted")
+        except DevenvError as exc:
+            raise _refuse(root, exc.message, exc.details,
+                          "fix the above, then `devenv up --yes`") from exc
+        stores = _stores(loaded)
+        for svc in (s for s in services if s in stores):
+            ds = stores[svc]
+            try:
+                lacks = incluster.KINDS[ds.kind].missing(ds, snap.path / svc)
+            except DevenvError as exc:
+                lacks = [exc.message]
+            problems += [f"{svc}: {what}" for what in lacks]
+    if problems:
+        raise _refuse(root, f"snapshot {name} does not hold all the data of the cluster's "
+                      "data services: the cluster is kept", problems,
+                      "each service's declared databases must be on the cluster to be "
+                      "carried over: make the missing ones (or take them off `databases:`), "
+                      "then `devenv up --yes`")
+    cluster = connect(loaded, ensure=False)
+    try:
+        _refuse_uncovered(loaded, cluster, services)
+    finally:
+        with contextlib.suppress(Exception):
+            cluster.api.client.close()
+
+
+def uncovered_claims(items: list[dict[str, Any]], namespace: str, instance: str,
+                     services: list[str]) -> list[str]:
+    """The devenv claims (PersistentVolumeClaims, any namespace) that a snapshot of
+    `services` of the project `instance` in `namespace` leaves out, each described."""
+    from devenv.kube.render import INSTANCE_LABEL, NAME_LABEL
+
+    found = []
+    for item in items:
+        meta = item.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        ns, project, svc = meta.get("namespace", "?"), labels.get(INSTANCE_LABEL, "?"), \
+            labels.get(NAME_LABEL, "?")
+        if ns == namespace and project == instance and svc in services:
+            continue
+        found.append(f"{ns}/{meta.get('name', '?')} (project {project}, service {svc})")
+    return sorted(found)
+
+
+def _refuse_uncovered(loaded: Any, cluster: Any, services: list[str]) -> None:
+    """Refused when the cluster holds a devenv claim in any namespace that the snapshot of
+    `services` leaves out: another project's, a `validate` copy's, or this project's under a
+    former namespace or service name (deleting the cluster would lose it)."""
+    from devenv.kube.render import MANAGED_BY, MANAGED_LABEL, slug
+    from devenv.runtime.kubernetes import collection_path
+
+    root = loaded.root
+    try:
+        items = cluster.api.request(
+            "GET", collection_path("v1", "PersistentVolumeClaim", None),
+            query=[("labelSelector", f"{MANAGED_LABEL}={MANAGED_BY}")]).get("items", [])
+    except (DevenvError, LookupError) as exc:
+        raise _refuse(root, f"cannot list the cluster's volume claims to check that no data "
+                      f"would be lost ({exc})", [],
+                      "fix the above, then `devenv up --yes`") from exc
+    left = uncovered_claims(items, cluster.namespace, slug(loaded.name), services)
+    if left:
+        raise _refuse(
+            root, "the cluster holds data that the carry-over snapshot would not: deleting "
+            "it would lose the volume claims below", left,
+            "in another project (or a `devenv validate` copy still running), `devenv stop` "
+            "there saves its data in a snapshot and removes its claims; a claim no project "
+            "uses any more (a renamed service or namespace): copy out what you need, then "
+            "`kubectl delete pvc -n NAMESPACE NAME`. Then `devenv up --yes` again")

@@ -28,6 +28,7 @@ from devenv.core.errors import DevenvError
 
 PROTOCOLS = ("v4.channel.k8s.io",)
 STDIN, STDOUT, STDERR, STATUS = 0, 1, 2, 3
+HEARTBEAT = 30.0  # an exec pings the API this often: a dead connection fails within 45 s
 CHUNK = 65536
 HALF_CLOSED_WAIT = 30.0  # a caller that stopped sending still gets its answer this long
 
@@ -70,11 +71,12 @@ def pod_path(namespace: str, pod: str, what: str) -> str:
 
 
 async def _connect(session: aiohttp.ClientSession, link: Link, path: str,
-                   query: list[tuple[str, str]]) -> aiohttp.ClientWebSocketResponse:
+                   query: list[tuple[str, str]], heartbeat: float | None = None
+                   ) -> aiohttp.ClientWebSocketResponse:
     try:
         return await session.ws_connect(link.url(path, query), protocols=PROTOCOLS,
                                         headers=link.headers, ssl=link.ssl,
-                                        max_msg_size=0, autoping=True)
+                                        max_msg_size=0, autoping=True, heartbeat=heartbeat)
     except aiohttp.WSServerHandshakeError as exc:
         raise DevenvError(f"the Kubernetes API refused {path}: {exc.status} {exc.message}"
                           ) from exc
@@ -87,8 +89,11 @@ async def _connect(session: aiohttp.ClientSession, link: Link, path: str,
 
 def exit_status(text: str) -> int:
     """The exit code an exec's Status (channel 3) says: 0 on success."""
+    if not text:  # (the stream closed first: a lost connection, an unanswered heartbeat)
+        raise DevenvError("exec failed: the stream ended without the command's exit status "
+                          "(the connection to the Kubernetes API was lost)")
     try:
-        status = json.loads(text or "{}")
+        status = json.loads(text)
     except ValueError:
         return 1
     if status.get("status") == "Success":
@@ -108,7 +113,8 @@ async def exec_in(session: aiohttp.ClientSession, link: Link, namespace: str, po
     query = [("command", a) for a in argv] + [
         ("container", container), ("stdout", "true"), ("stderr", "false" if tty else "true"),
         ("stdin", "true" if stdin is not None else "false"), ("tty", "true" if tty else "false")]
-    ws = await _connect(session, link, pod_path(namespace, pod, "exec"), query)
+    ws = await _connect(session, link, pod_path(namespace, pod, "exec"), query,
+                        heartbeat=HEARTBEAT)
     feeder = asyncio.create_task(_feed(ws, stdin)) if stdin is not None else None
     status = ""
     try:
