@@ -52,9 +52,15 @@ LOCK = Path("/run/devenv-test-docker.lock")
 VARIANTS: list[list[str]] = [[], ["--storage-driver=vfs"],
                              ["--storage-driver=vfs", "--iptables=false", "--ip-forward=false"]]
 SERVE = """\
-import os, sys
+import os, signal, sys, time
 sys.path.insert(0, "/app")
 import svc
+def finish(*_):  # with $GRACE: a program that needs a moment to finish when stopped
+    time.sleep(float(os.environ["GRACE"]))
+    print("finished after TERM", flush=True)
+    sys.exit(0)
+if os.environ.get("GRACE"):
+    signal.signal(signal.SIGTERM, finish)
 server = svc.Server(("0.0.0.0", int(os.environ["PORT"])), svc.Handler)
 print(f"{svc.NAME} listening on {server.server_port}", flush=True)
 server.serve_forever()

@@ -167,3 +167,22 @@ def test_stop_leaves_nothing(runtime: Runtime) -> None:
     assert runtime.leftovers()
     runtime.project.devenv("stop", check=True)
     assert wait_for(lambda: not runtime.leftovers(), timeout=10), runtime.leftovers()
+
+
+def test_stop_gives_the_program_behind_a_shell_line_its_grace(runtime: Runtime) -> None:
+    # `python3 serve.py` runs through /bin/sh; on stop the shell must not take the program
+    # down with it before it finished (flushed, closed its connections)
+    port = free_ports(1)[0]
+    _services(runtime, f"""\
+        api:
+          image: "IMAGE"
+          command: "python3 serve.py"
+          port: {port}
+          env: {{GRACE: "0.5"}}
+          stop_timeout: 5s
+          health: {{http: /healthz}}
+        """)
+    runtime.up()
+    runtime.project.devenv("stop", check=True)
+    assert "finished after TERM" in runtime.project.devenv("logs", "api").stdout
+    assert not runtime.leftovers()

@@ -12,7 +12,7 @@ import urllib.request
 
 import psutil
 
-from conftest import Project, free_ports, procs_in, service_procs, wait_for
+from conftest import Project, free_ports, service_procs, wait_for
 
 
 def one_service(project: Project, replicas: int = 1) -> int:
@@ -191,31 +191,6 @@ def test_stop_escalates_to_kill_for_a_service_that_ignores_term(project: Project
     took = time.monotonic() - t0
     assert not psutil.pid_exists(int(pid))
     assert 0.9 < took < 6
-
-
-def test_a_shell_commands_program_gets_its_grace_to_finish_on_stop(project: Project) -> None:
-    # `/bin/sh -c "python graceful.py"`: the shell dies of TERM at once; the program it
-    # started must still have its stop_timeout to finish (flush, close), not be killed with it
-    (project.root / "graceful.py").write_text(
-        "import pathlib, signal, sys, time\n"
-        "def bye(*_):\n"
-        "    time.sleep(0.5)  # (flushing what it holds)\n"
-        "    pathlib.Path('flushed').write_text('yes')\n"
-        "    sys.exit(0)\n"
-        "signal.signal(signal.SIGTERM, bye)\n"
-        "print('ready', flush=True)\n"
-        "while True:\n"
-        "    time.sleep(1)\n")
-    project.services("""\
-          graceful:
-            command: python graceful.py
-            stop_timeout: 5s
-        """)
-    project.up()
-    assert wait_for(lambda: "ready" in project.devenv("logs", "graceful").stdout, timeout=10)
-    project.devenv("stop", check=True)
-    assert (project.root / "flushed").read_text() == "yes"
-    assert not [p for p in procs_in(project.root) if "graceful.py" in " ".join(p.cmdline())]
 
 
 def test_unhealthy_replicas_leave_rotation_and_return_when_healthy(project: Project) -> None:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from devenv.data.container import pick_running
+from devenv.runtime.docker_spec import exec_one_program
 
 
 def _c(cid: str, replica: int, created: int, name: str = "", **labels: str) -> dict[str, Any]:
@@ -22,3 +25,21 @@ def test_exec_and_snapshots_pick_the_running_instance_never_a_one_off() -> None:
     assert pick_running(listed)["Id"] == "one"  # (data services: one replica)
     assert pick_running(listed, 3) is None
     assert pick_running([listed[0], listed[4]]) is None
+
+
+@pytest.mark.parametrize(("line", "execed"), [
+    ("python3 app.py --port 8080", True),
+    ("npm start", True),
+    ("./bin/server -v \"$LEVEL\"", True),
+    ("echo hi; python3 app.py", False),  # a list: the shell runs both
+    ("cd web && npm start", False),
+    ("FOO=1 python3 app.py", False),  # (`exec FOO=1` is no command)
+    ("exec python3 app.py", False),  # already
+    ("python3 app.py > log.txt", False),
+    ("if true; then x; fi", False),
+    ("$SERVER", False),
+])
+def test_a_shell_line_running_one_program_runs_it_with_exec(line: str, execed: bool) -> None:
+    got = exec_one_program(["/bin/sh", "-c", line])
+    assert got == (["/bin/sh", "-c", f"exec {line}"] if execed else ["/bin/sh", "-c", line])
+    assert exec_one_program(["python3", "app.py"]) == ["python3", "app.py"]  # a list: no shell

@@ -111,7 +111,7 @@ def create_args(root: Path, spec: InstanceSpec, image: str, token: str,
     container: Container | None = spec.container
     assert container is not None, "not a container service"
     port = inner_port(spec)
-    command = list(with_port(spec.command, port)) if spec.command else None
+    command = exec_one_program(list(with_port(spec.command, port))) if spec.command else None
     return CreateArgs(
         image=image, name=container_name(root, spec, token, serial), command=command,
         environment=environment(spec), labels=labels(root, token, spec),
@@ -119,6 +119,31 @@ def create_args(root: Path, spec: InstanceSpec, image: str, token: str,
         publish={port: (HOST, None)} if port else {}, network=network_name(root),
         aliases=[container.alias], user=container.user,
         volumes=dict(container.volumes) or None)
+
+
+# A shell line that is one plain command: no operators, redirections or substitutions
+_ONE_COMMAND = re.compile(r"[^;&|()<>`\n\\{}]*")
+_PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")  # (a name or path; not `FOO=1`, not `$CMD`)
+_NOT_A_PROGRAM = frozenset({
+    "!", ".", ":", "break", "case", "cd", "command", "continue", "do", "done", "elif", "else",
+    "esac", "eval", "exec", "exit", "export", "fi", "for", "if", "in", "readonly", "return",
+    "set", "shift", "source", "then", "time", "trap", "ulimit", "umask", "unset", "until",
+    "wait", "while"})
+
+
+def exec_one_program(command: list[str]) -> list[str]:
+    """A shell line that runs one program, run with `exec`: the program, not the shell,
+    is then what the container's init signals on stop (a shell would die of the signal
+    at once and the container end with it, the program cut off before it could finish).
+    Anything else stays as given."""
+    if len(command) != 3 or command[:2] != ["/bin/sh", "-c"]:
+        return command
+    line = command[2].strip()
+    first = line.split(None, 1)[0] if line else ""
+    if not _ONE_COMMAND.fullmatch(line) or not _PROGRAM.fullmatch(first) \
+            or first in _NOT_A_PROGRAM:
+        return command
+    return ["/bin/sh", "-c", f"exec {line}"]
 
 
 def exit_code(status: int) -> int:
