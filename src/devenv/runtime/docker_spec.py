@@ -124,11 +124,12 @@ def create_args(root: Path, spec: InstanceSpec, image: str, token: str,
 # A shell line that is one plain command: no operators, redirections or substitutions
 _ONE_COMMAND = re.compile(r"[^;&|()<>`\n\\{}]*")
 _PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")  # (a name or path; not `FOO=1`, not `$CMD`)
-_NOT_A_PROGRAM = frozenset({
-    "!", ".", ":", "break", "case", "cd", "command", "continue", "do", "done", "elif", "else",
-    "esac", "eval", "exec", "exit", "export", "fi", "for", "if", "in", "readonly", "return",
-    "set", "shift", "source", "then", "time", "trap", "ulimit", "umask", "unset", "until",
-    "wait", "while"})
+_NOT_A_PROGRAM = frozenset({  # the shell's own words and builtins (`exec read` is no program)
+    "!", ".", ":", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done",
+    "elif", "else", "esac", "eval", "exec", "exit", "export", "fg", "fi", "for", "getopts",
+    "hash", "if", "in", "jobs", "let", "local", "read", "readonly", "return", "set", "shift",
+    "source", "then", "time", "times", "trap", "type", "ulimit", "umask", "unalias", "unset",
+    "until", "wait", "while"})
 
 
 def exec_one_program(command: list[str]) -> list[str]:

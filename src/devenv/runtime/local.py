@@ -71,10 +71,13 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _running(proc: psutil.Process) -> bool:
+def _running(proc: psutil.Process, pgid: int) -> bool:
+    """Still at work in the group `pgid` (one that left it for a session of its own was not
+    signalled, so it is not waited for: the KILL after the grace finds it by its mark)."""
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE \
+            and os.getpgid(proc.pid) == pgid
+    except (psutil.Error, OSError):
         return False
 
 
@@ -151,7 +154,8 @@ class LocalInstance:
             # (`/bin/sh -c "python app.py"`: the shell dies of the signal at once; the app
             # flushes, closes its connections, and exits).
             loop = asyncio.get_running_loop()
-            while loop.time() < self._stopping and any(map(_running, self._started)):
+            while loop.time() < self._stopping and any(
+                    _running(p, self._pgid) for p in self._started):
                 await asyncio.sleep(GRACE_POLL)
         # The leader is gone; anything it left goes with it: its group, and what escaped the
         # group (a `setsid` child) but still carries the instance's mark.
@@ -169,13 +173,16 @@ class LocalInstance:
     async def stop(self) -> int:
         if self._exit.done():
             return self._exit.result()
-        sig = getattr(signal, f"SIG{self.spec.stop_signal}")
-        self._started = await asyncio.to_thread(_descendants, self._proc.pid)
-        self._stopping = asyncio.get_running_loop().time() + self.spec.stop_timeout
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self._pgid, sig)
+        loop = asyncio.get_running_loop()
+        if self._stopping is None:  # (a second stop waits for the first's deadline)
+            sig = getattr(signal, f"SIG{self.spec.stop_signal}")
+            self._stopping = loop.time() + self.spec.stop_timeout
+            self._started = await asyncio.to_thread(_descendants, self._proc.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._pgid, sig)
         try:
-            return await asyncio.wait_for(asyncio.shield(self._exit), self.spec.stop_timeout)
+            return await asyncio.wait_for(asyncio.shield(self._exit),
+                                          max(0.0, self._stopping - loop.time()))
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._pgid, signal.SIGKILL)

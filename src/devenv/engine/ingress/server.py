@@ -670,8 +670,9 @@ class ClientConnection(asyncio.Protocol):
             status, message = 500, f"the ingress failed: {exc!r}"
             raise
         finally:
-            self.edge = None
-            self._publish(edge, req, status, message)
+            if self.edge is edge:  # (else `_unanswered` recorded it, its client gone)
+                self.edge = None
+                self._publish(edge, req, status, message)
 
     def _edge(self, req: Request) -> Edge:
         traceparent: list[str] = []
