@@ -25,7 +25,7 @@ from typing import Any
 from devenv.config.injected import HOST, dependency_env
 from devenv.config.load import Loaded
 from devenv.config.model import HealthCheck, Service
-from devenv.core.errors import DevenvError
+from devenv.core.errors import DevenvError, UsageError
 from devenv.core.secrets import looks_secret
 from devenv.plan import Plan, ServicePlan
 
@@ -74,7 +74,7 @@ def namespace(loaded: Loaded) -> str:
 
 
 def built_image(project: str, service: str) -> str:
-    """The tag devenv builds a service's image under (and imports into the cluster)."""
+    """The tag devenv builds a service's image under (and imports into the k3d cluster)."""
     return f"devenv.local/{slug(project)}-{service}:dev"
 
 
@@ -85,6 +85,83 @@ def image_of(project: str, name: str, svc: Service) -> tuple[str, str | None]:
         return svc.image, None
     context = svc.build.context if svc.build is not None else svc.path
     return built_image(project, name), context
+
+
+# ---- images devenv builds, pushed to a registry (`cluster.provider: existing`)
+
+TAG_HEX = 16  # hex digits of the content digest in a pushed image's tag
+
+
+def pushes(loaded: Loaded) -> bool:
+    """Whether images devenv builds reach the cluster through `registry:` (a cluster that
+    exists), not `k3d image import`."""
+    return loaded.project.cluster.provider != "k3d"
+
+
+def unpushable(loaded: Loaded) -> list[str]:
+    """The services devenv would build for a cluster that exists while no registry is set."""
+    if not pushes(loaded) or loaded.project.registry.url is not None:
+        return []
+    return [n for n, svc in loaded.project.services.items()
+            if not svc.is_data and svc.build is not None]
+
+
+def check_registry(loaded: Loaded, services: list[str]) -> None:
+    """`up` on a cluster that exists: refused (exit 2) when one of `services` is built by
+    devenv and no registry is set to push it to."""
+    if loaded.project.runtime == "kubernetes":
+        missing = [n for n in unpushable(loaded) if n in services]
+        if missing:
+            raise no_registry(missing[0])
+
+
+def no_registry(service: str) -> UsageError:
+    return UsageError(
+        f"{service}: devenv builds its image, and a cluster that exists (cluster.provider: "
+        "existing) pulls it only from a registry: none is set",
+        hint="set one your cluster pulls from: `registry: {url: \"registry.example.com:5000\"}` "
+        "in devenv.yaml (a login: `docker login` first), or give services."
+        f"{service} an `image:` your cluster can pull, or use cluster.provider: k3d (the "
+        "image is imported into it)")
+
+
+def repository(loaded: Loaded, service: str) -> str:
+    """`<registry.url>/<registry.namespace>/<project>-<service>`, where a built image is
+    pushed; a UsageError when no registry is set (a ConfigError naming the key when it is
+    not usable)."""
+    from devenv.teams import images
+
+    if loaded.project.registry.url is None:
+        raise no_registry(service)
+    return images.repository(loaded, f"{slug(loaded.name)}-{service}")
+
+
+def content_tag(context: Path, dockerfile: str | None = None) -> str:
+    """An immutable tag for what a build is made of: a digest of every file's path (relative
+    to the context) and bytes, and the Dockerfile's name; the same files, the same tag."""
+    import hashlib
+    import os
+
+    from devenv.runtime.docker import SKIPPED
+
+    digest = hashlib.sha256(f"dockerfile={dockerfile or 'Dockerfile'}\n".encode())
+    for folder, dirs, files in os.walk(context):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED)
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                with open(path, "rb") as handle:
+                    body = hashlib.file_digest(handle, "sha256").hexdigest()
+            except OSError:
+                continue
+            digest.update(f"{os.path.relpath(path, context)}\0{body}\n".encode())
+    return digest.hexdigest()[:TAG_HEX]
+
+
+def pushed_image(loaded: Loaded, service: str, context: str,
+                 dockerfile: str | None = None) -> str:
+    """The reference a built image is pushed under: `<repository>:<content digest>`."""
+    return f"{repository(loaded, service)}:{content_tag(loaded.root / context, dockerfile)}"
 
 
 def labels(project: str, service: str) -> dict[str, str]:
@@ -211,10 +288,12 @@ def _process(loaded: Loaded, plan: ServicePlan, ns: str) -> list[Manifest]:
     project, name = loaded.name, plan.name
     svc = loaded.project.services[name]
     image, context = image_of(project, name, svc)
+    policy = "IfNotPresent" if context is None else "Never"  # (k3d: imported, never pulled)
+    if context is not None and pushes(loaded) and loaded.project.registry.url is not None:
+        image = pushed_image(loaded, name, context, svc.build.dockerfile if svc.build else None)
+        policy = "IfNotPresent"  # (its tag is its content's: a new build, a new tag)
     plain, hidden = split_secrets(cluster_env(loaded, plan), plan.secrets())
-    container: dict[str, Any] = {"name": name, "image": image,
-                                 "imagePullPolicy": "IfNotPresent" if context is None
-                                 else "Never"}
+    container: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": policy}
     if plan.command and (svc.command is not None):
         container["command"] = [a.replace("${PORT}", str(plan.port or "")) for a in
                                 plan.command]

@@ -16,7 +16,9 @@ Deployment, keeping its address.
 Around that: `provider: k3d` makes or reuses the cluster at the pinned version first (a
 cluster at another version is refused here: `devenv up` recreates it first, when asked, with
 devenv.runtime.kube_recreate); images of services with `build:`
-are built with Docker (docker-py) and imported into the k3d cluster; the Namespace and the
+are built with Docker (docker-py) and imported into the k3d cluster, or, on a cluster that
+exists, pushed to `registry:` under a tag that is their files' digest (their Deployment runs
+that reference: a change, a new tag, a rollout); the Namespace and the
 data services' StatefulSets (their data in PersistentVolumeClaims) are applied first, and
 waited for. A data service's instance is its StatefulSet's pod (`_start_data`): the one
 server of its data, which stopping the instance leaves running (devenv's data commands act
@@ -65,6 +67,7 @@ REBIND_TIMEOUT = 30.0  # a slot whose pod went waits this long for another
 LOST_AFTER = 30  # failed looks at a pod in a row: the cluster is lost to this instance
 OUTPUT_GRACE = 2.0
 STOP_MARGIN = 30.0
+PUSH_TIMEOUT = 300.0  # seconds for one push call (a large layer included)
 IMAGE_ANNOTATION = "devenv.dev/image-id"  # a new build changes the template: a rollout
 
 
@@ -288,7 +291,8 @@ class KubernetesRuntime:
         self._slots: dict[str, list[KubeInstance]] = {}
         self._starting: dict[str, int] = {}
         self._claimed: dict[str, str] = {}  # pod → the service whose slot holds it
-        self._built: dict[str, tuple[str, str]] = {}  # service → (fingerprint, image id)
+        # service → (fingerprint, image id, the reference pushed to the registry or None)
+        self._built: dict[str, tuple[str, str, str | None]] = {}
         self._warned: set[str] = set()
         self._local: Any = None  # one-off commands not meant for a pod run here
 
@@ -369,34 +373,47 @@ class KubernetesRuntime:
 
     # ---- images
 
-    async def _image_id(self, spec: InstanceSpec, loaded: Any) -> str | None:
+    async def _image_id(self, spec: InstanceSpec, loaded: Any
+                        ) -> tuple[str | None, str | None]:
         """A `build:` service's image, built with Docker when its files changed since this
-        engine built it, and imported into the k3d cluster; its id (None for an `image:`)."""
+        engine built it, then imported into the k3d cluster, or (a cluster that exists)
+        tagged `<registry>/<namespace>/<project>-<service>:<content digest>` and pushed;
+        (its id, the reference pushed), (None, None) for an `image:`."""
         container = spec.container
         if container is None or container.build_context is None:
-            return None
+            return None, None
         from devenv.kube import k3d
-        from devenv.kube.render import built_image
+        from devenv.kube.render import built_image, pushes, repository
         from devenv.runtime.docker import fingerprint
 
-        if loaded.project.cluster.provider != "k3d":
-            raise DevenvError(
-                f"{spec.service}: an image devenv builds reaches only a k3d cluster",
-                hint=f"push it to a registry your cluster pulls from and give "
-                f"services.{spec.service}.image, or use cluster.provider: k3d")
+        push = pushes(loaded)
+        if push:
+            repository(loaded, spec.service)  # (no registry, or not a usable one: refused)
         async with self._lock(f"image:{spec.service}"):
             context = self.root / container.build_context
             mark = await asyncio.to_thread(fingerprint, context)
             built = self._built.get(spec.service)
             if built is not None and built[0] == mark:
-                return built[1]
-            tag = built_image(loaded.name, spec.service)
-            image_id = await asyncio.to_thread(_build, spec.service, context,
-                                               container.dockerfile, tag)
-            name = k3d.cluster_name(loaded.name, loaded.project.cluster.name)
-            await asyncio.to_thread(k3d.import_images, name, [tag])
-            self._built[spec.service] = (mark, image_id)
-            return image_id
+                return built[1], built[2]
+            if push:
+                from devenv.kube.render import pushed_image
+
+                ref: str | None = await asyncio.to_thread(
+                    pushed_image, loaded, spec.service, container.build_context,
+                    container.dockerfile)
+                assert ref is not None
+                image_id = await asyncio.to_thread(_build, spec.service, context,
+                                                   container.dockerfile, ref)
+                await asyncio.to_thread(_push, spec.service, ref,
+                                        loaded.project.registry.url)
+            else:
+                ref, tag = None, built_image(loaded.name, spec.service)
+                image_id = await asyncio.to_thread(_build, spec.service, context,
+                                                   container.dockerfile, tag)
+                name = k3d.cluster_name(loaded.name, loaded.project.cluster.name)
+                await asyncio.to_thread(k3d.import_images, name, [tag])
+            self._built[spec.service] = (mark, image_id, ref)
+            return image_id, ref
 
     # ---- instances
 
@@ -411,12 +428,12 @@ class KubernetesRuntime:
         if plan.job:
             raise DevenvError(f"{spec.service}: one-shot jobs are not on the kubernetes "
                               "runtime yet", hint="run it on the local runtime")
-        image_id = await self._image_id(spec, loaded)
+        image_id, pushed = await self._image_id(spec, loaded)
         slots = self._slots.setdefault(spec.service, [])
         async with self._lock(spec.service):
             self._starting[spec.service] = self._starting.get(spec.service, 0) + 1
             wanted = len(slots) + self._starting[spec.service]
-            manifests = _manifests(loaded, plan, wanted, image_id)
+            manifests = _manifests(loaded, plan, wanted, image_id, pushed)
             try:
                 for manifest in manifests:
                     await asyncio.to_thread(self._apply, cluster, manifest)
@@ -667,10 +684,11 @@ def _statefulset_ready(found: dict[str, Any]) -> bool:
     return seen and int(status.get("readyReplicas", 0)) >= want
 
 
-def _manifests(loaded: Any, plan: Any, replicas: int, image_id: str | None
-               ) -> list[dict[str, Any]]:
+def _manifests(loaded: Any, plan: Any, replicas: int, image_id: str | None,
+               pushed: str | None = None) -> list[dict[str, Any]]:
     """The service's rendered manifests (and its own), its Deployment at `replicas`, its pod
-    template marked with the built image's id (a new build rolls it out)."""
+    template marked with the built image's id (a new build rolls it out) and running the
+    reference `pushed` to the registry, when it was (the one built, whatever changed since)."""
     from devenv.kube.render import render_service
 
     found = []
@@ -682,6 +700,8 @@ def _manifests(loaded: Any, plan: Any, replicas: int, image_id: str | None
             if image_id:
                 meta = manifest["spec"]["template"].setdefault("metadata", {})
                 meta.setdefault("annotations", {})[IMAGE_ANNOTATION] = image_id
+            if pushed:
+                manifest["spec"]["template"]["spec"]["containers"][0]["image"] = pushed
         found.append(manifest)
     return found
 
@@ -709,6 +729,36 @@ def _build(service: str, context: Path, dockerfile: str | None, tag: str) -> str
     except Exception as exc:
         raise DevenvError(f"{service}: the image build failed: {exc}",
                           details=said[-20:]) from exc
+
+
+def _push(service: str, ref: str, url: str | None) -> None:
+    """Push `ref` (repository:tag) with docker-py, the registry's login from Docker's own
+    config (~/.docker/config.json: `docker login`); a failure says what the registry said."""
+    from devenv.runtime.docker import connect as docker
+
+    repo, _, tag = ref.rpartition(":")
+    api = docker(PUSH_TIMEOUT)
+    try:
+        for chunk in api.push(repo, tag=tag, stream=True, decode=True):
+            if "error" in chunk:
+                raise _push_failed(service, ref, url, str(chunk["error"]).strip())
+    except DevenvError:
+        raise
+    except Exception as exc:
+        raise _push_failed(service, ref, url, str(exc)) from exc
+
+
+def _push_failed(service: str, ref: str, url: str | None, why: str) -> DevenvError:
+    if "HTTP response to HTTPS client" in why:
+        hint = (f"the registry at {url} speaks plain HTTP: add it to the Docker Engine's "
+                "insecure-registries (/etc/docker/daemon.json), or serve it over HTTPS")
+    elif any(word in why.lower() for word in ("unauthorized", "denied", "authentication")):
+        hint = f"log in to it first: docker login {url}"
+    else:
+        hint = (f"check that a registry answers at {url} (registry.url in devenv.yaml) and "
+                "that you may push to it (docker login)")
+    return DevenvError(f"{service}: cannot push {ref} to the registry at {url}: {why}",
+                       hint=hint)
 
 
 async def _exec_attached(cluster: Cluster, pod: str, container: str, argv: tuple[str, ...],

@@ -16,7 +16,7 @@ from devenv.core.errors import UsageError
 
 
 def run(args: argparse.Namespace) -> int:
-    from devenv.kube.render import render, to_yaml
+    from devenv.kube.render import built_image, no_registry, render, to_yaml, unpushable
     from devenv.plan import make_plan
 
     loaded = load_project(args, args.profile)
@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
                          hint="services: " + ", ".join(loaded.project.services))
     target = args.kubernetes or loaded.project.kubernetes.version
     rendered = render(loaded, make_plan(loaded), args.services or None)
+    for name in unpushable(loaded):  # (a cluster that exists pulls built images from one)
+        if not args.services or name in args.services:
+            warn(no_registry(name).message + f"; its image stays {built_image(loaded.name, name)}")
     folder = Path(args.output) if args.output else None
     if folder is not None:
         try:

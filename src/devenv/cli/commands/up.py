@@ -26,6 +26,9 @@ def run(args: argparse.Namespace) -> int:
     # bad config: exit 2 before anything starts (its warnings come back in the result)
     loaded = load_project(args, args.profile, quiet=True)
     names = list(select(loaded, args.services))
+    from devenv.kube.render import check_registry
+
+    check_registry(loaded, names)  # (a cluster that exists: built images need a registry)
     client = Client(loaded.root)
     if (refused := _cluster_version(loaded, args.yes, client)) is not None:
         return refused
