@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from devenv.data.container import pick_running
-from devenv.runtime.docker_spec import exec_one_program
+from devenv.runtime.base import exec_one_program
 
 
 def _c(cid: str, replica: int, created: int, name: str = "", **labels: str) -> dict[str, Any]:

@@ -202,6 +202,9 @@ def test_unit_kube_process_services(every_kind: Path) -> None:
                                                          "curl -fs localhost:3000"]
     worker = _by(rendered, "worker", "Deployment")
     assert worker["spec"]["replicas"] == 0
+    # a shell line running one program: exec'd, so the program gets the pod's TERM
+    assert worker["spec"]["template"]["spec"]["containers"][0]["command"] == \
+        ["/bin/sh", "-c", "exec python worker.py"]
     assert "readinessProbe" not in worker["spec"]["template"]["spec"]["containers"][0]
     assert [m["kind"] for m in next(r for r in rendered if r.service == "worker").manifests] \
         == ["ConfigMap", "Deployment"]  # no port: no Service, no Ingress

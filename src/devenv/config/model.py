@@ -493,7 +493,8 @@ class MonitoringConfig:
 @dataclass(frozen=True)
 class Registry:
     """The image registry `devenv publish` pushes a container service's image to (the docker
-    runtime), and teammates pull it from."""
+    runtime), and teammates pull it from; on the kubernetes runtime with `cluster.provider:
+    existing`, where the images of `build:` services are pushed for the cluster to pull."""
 
     url: str | None = key(
         None, doc="host[:port] of the registry (no scheme), e.g. 127.0.0.1:5000 or "
@@ -531,7 +532,9 @@ class Project:
                            doc="The cluster of the kubernetes runtime.")
     registry: Registry = key(
         factory=lambda: Registry(), doc="Where `devenv publish` pushes images of services "
-        "that run as containers on the docker runtime (`registry: {url: 127.0.0.1:5000}`).")
+        "that run as containers on the docker runtime (`registry: {url: 127.0.0.1:5000}`), "
+        "and, on an existing Kubernetes cluster, where the images of `build:` services are "
+        "pushed for it to pull.")
     kubernetes: Kubernetes = key(
         factory=lambda: Kubernetes(), doc="The Kubernetes version targeted (`kubernetes: "
         "\"1.31\"` for short; `devenv config set kubernetes.version 1.28` pins it).")

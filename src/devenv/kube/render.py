@@ -28,6 +28,7 @@ from devenv.config.model import HealthCheck, Service
 from devenv.core.errors import DevenvError, UsageError
 from devenv.core.secrets import looks_secret
 from devenv.plan import Plan, ServicePlan
+from devenv.runtime.base import exec_one_program
 
 Manifest = dict[str, Any]
 MANAGED_BY = "devenv"
@@ -295,8 +296,8 @@ def _process(loaded: Loaded, plan: ServicePlan, ns: str) -> list[Manifest]:
     plain, hidden = split_secrets(cluster_env(loaded, plan), plan.secrets())
     container: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": policy}
     if plan.command and (svc.command is not None):
-        container["command"] = [a.replace("${PORT}", str(plan.port or "")) for a in
-                                plan.command]
+        container["command"] = exec_one_program(
+            [a.replace("${PORT}", str(plan.port or "")) for a in plan.command])
     container.update(_env_refs(name, plain, hidden))
     if plan.port is not None:
         container["ports"] = [{"name": "main", "containerPort": plan.port, "protocol": "TCP"}]

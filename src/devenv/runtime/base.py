@@ -10,6 +10,7 @@ after a dead engine (`recover`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -60,6 +61,33 @@ class InstanceSpec:
 
 PORT_REF = "${PORT}"
 CHILD_LIMIT_VAR = "DEVENV_CHILD_NOFILE"  # instances' open-files limit (the engine raises its own)
+
+
+# A shell line that is one plain command: no operators, redirections or substitutions
+_ONE_COMMAND = re.compile(r"[^;&|()<>`\n\\{}]*")
+_PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")  # (a name or path; not `FOO=1`, not `$CMD`)
+_NOT_A_PROGRAM = frozenset({  # the shell's own words and builtins (`exec read` is no program)
+    "!", ".", ":", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done",
+    "elif", "else", "esac", "eval", "exec", "exit", "export", "fg", "fi", "for", "getopts",
+    "hash", "if", "in", "jobs", "let", "local", "read", "readonly", "return", "set", "shift",
+    "source", "then", "time", "times", "trap", "type", "ulimit", "umask", "unalias", "unset",
+    "until", "wait", "while"})
+
+
+def exec_one_program(command: list[str]) -> list[str]:
+    """For a container: a shell line that runs one program, run with `exec`, so the
+    program, not the shell, is what is signalled on stop (under an init, the shell would
+    die of the signal at once and the container end with it, the program cut off before
+    it could finish; as a pod's PID 1, the shell ignores it and the grace runs out).
+    Anything else stays as given."""
+    if len(command) != 3 or command[:2] != ["/bin/sh", "-c"]:
+        return command
+    line = command[2].strip()
+    first = line.split(None, 1)[0] if line else ""
+    if not _ONE_COMMAND.fullmatch(line) or not _PROGRAM.fullmatch(first) \
+            or first in _NOT_A_PROGRAM:
+        return command
+    return ["/bin/sh", "-c", f"exec {line}"]
 
 
 def with_port(argv: tuple[str, ...], port: int | None) -> tuple[str, ...]:

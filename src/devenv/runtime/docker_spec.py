@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devenv.runtime.base import Container, InstanceSpec, Resources, with_port
+from devenv.runtime.base import (
+    Container,
+    InstanceSpec,
+    Resources,
+    exec_one_program,
+    with_port,
+)
 
 HOST = "127.0.0.1"
 PROJECT_LABEL = "devenv.project"  # the project folder
@@ -119,32 +125,6 @@ def create_args(root: Path, spec: InstanceSpec, image: str, token: str,
         publish={port: (HOST, None)} if port else {}, network=network_name(root),
         aliases=[container.alias], user=container.user,
         volumes=dict(container.volumes) or None)
-
-
-# A shell line that is one plain command: no operators, redirections or substitutions
-_ONE_COMMAND = re.compile(r"[^;&|()<>`\n\\{}]*")
-_PROGRAM = re.compile(r"[A-Za-z0-9_./+-]+")  # (a name or path; not `FOO=1`, not `$CMD`)
-_NOT_A_PROGRAM = frozenset({  # the shell's own words and builtins (`exec read` is no program)
-    "!", ".", ":", "alias", "bg", "break", "case", "cd", "command", "continue", "do", "done",
-    "elif", "else", "esac", "eval", "exec", "exit", "export", "fg", "fi", "for", "getopts",
-    "hash", "if", "in", "jobs", "let", "local", "read", "readonly", "return", "set", "shift",
-    "source", "then", "time", "times", "trap", "type", "ulimit", "umask", "unalias", "unset",
-    "until", "wait", "while"})
-
-
-def exec_one_program(command: list[str]) -> list[str]:
-    """A shell line that runs one program, run with `exec`: the program, not the shell,
-    is then what the container's init signals on stop (a shell would die of the signal
-    at once and the container end with it, the program cut off before it could finish).
-    Anything else stays as given."""
-    if len(command) != 3 or command[:2] != ["/bin/sh", "-c"]:
-        return command
-    line = command[2].strip()
-    first = line.split(None, 1)[0] if line else ""
-    if not _ONE_COMMAND.fullmatch(line) or not _PROGRAM.fullmatch(first) \
-            or first in _NOT_A_PROGRAM:
-        return command
-    return ["/bin/sh", "-c", f"exec {line}"]
 
 
 def exit_code(status: int) -> int:
