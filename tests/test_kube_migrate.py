@@ -65,14 +65,14 @@ def test_kube_migrate_confirm_recreates_the_cluster_at_the_pinned_version_with_i
     assert done.returncode == 0, done.stdout + done.stderr
     said = " ".join(done.stdout.split())
     assert f"snapshot {SNAPSHOT} taken first" in said, said
-    assert ("applied: cluster devenv-krec: Kubernetes 1.30 → 1.31, recreated; the data of db "
+    assert ("applied: cluster devenv-krec: Kubernetes 1.30 → 1.31, recreated; the data of postgres "
             f"carried over (snapshot {SNAPSHOT})") in said
     assert "the environment came up healthy" in said
     assert _changes(tmp_path) == [["cluster", "delete", "devenv-krec"], CREATE]
     # the rows are in the new cluster's postgres, which runs healthy
     assert psql(project, "SELECT name FROM product ORDER BY 1").splitlines() == \
         ["Coffee", "Green tea"]
-    assert project.service("db")["state"] == "healthy"
+    assert project.service("postgres")["state"] == "healthy"
     assert SNAPSHOT in _snapshots(project)
     # each step is in the engine's log; nothing is left to migrate
     logs = project.devenv("logs", "devenv", check=True).stdout
