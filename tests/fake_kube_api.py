@@ -153,6 +153,19 @@ class FakeKubeApi:
 
         asyncio.run_coroutine_threadsafe(go(), self._loop).result(10)
 
+    def kill(self, pod: str) -> None:
+        """The pod's container killed (SIGKILL, exit code 137): the kubelet restarts it in
+        the same pod (its restartCount one more, the kill its lastState), as it starts."""
+        async def go() -> None:
+            found = next(v for k, v in self.objects.items()
+                         if "/pods/" in k and v["metadata"]["name"] == pod)
+            status = found["status"]["containerStatuses"][0]
+            status["restartCount"] += 1
+            status["lastState"] = {"terminated": {"exitCode": 137, "reason": "Error"}}
+            await self._say(pod, f"pod {pod} listening")
+
+        asyncio.run_coroutine_threadsafe(go(), self._loop).result(10)
+
     def pods(self, service: str) -> list[str]:
         return sorted(v["metadata"]["name"] for k, v in self.objects.items()
                       if "/pods/" in k and (v["metadata"].get("labels") or {}).get(
