@@ -332,6 +332,8 @@ class FakeKubeApi:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path, query = request.path, dict(request.query)
         self.requests.append((request.method, path, query))
+        if (discovered := self._discovery(request)) is not None:  # (kubectl's first asks)
+            return discovered
         if path.endswith("/portforward"):
             return await self._portforward(request, path.rsplit("/", 2)[-2])
         if path.endswith("/exec"):
@@ -513,6 +515,42 @@ class FakeKubeApi:
         feeder.cancel()
         await ws.close()
         return ws
+
+    # ---- what kubectl asks first: discovery (then it GETs the pod and opens the exec)
+
+    VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.4+fake",
+               "platform": "linux/amd64"}
+    DISCOVERY: dict[str, dict[str, Any]] = {
+        "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]},
+        "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+        "/api/v1": {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+            {"name": "pods", "singularName": "pod", "namespaced": True, "kind": "Pod",
+             "verbs": ["create", "delete", "get", "list", "patch", "watch"],
+             "shortNames": ["po"]},
+            {"name": "pods/exec", "singularName": "", "namespaced": True,
+             "kind": "PodExecOptions", "verbs": ["create", "get"]},
+            {"name": "pods/log", "singularName": "", "namespaced": True, "kind": "Pod",
+             "verbs": ["get"]}]}}
+
+    def agents(self, path_end: str = "") -> list[str]:
+        """The User-Agent of each request whose path ends with `path_end` (kubectl's reads
+        `kubectl/v1.32.4 (linux/amd64) kubernetes/...`)."""
+        found: list[tuple[str, str]] = self.__dict__.get("_agents", [])
+        return [agent for path, agent in found if path.endswith(path_end)]
+
+    def _discovery(self, request: web.Request) -> web.Response | None:
+        """The router's first stop: each request's User-Agent noted; the legacy discovery
+        documents (plain JSON: a client asking for aggregated discovery takes these as the
+        server that does not serve it) and /version answered; None for the rest."""
+        self.__dict__.setdefault("_agents", []).append(
+            (request.path, request.headers.get("User-Agent", "")))
+        if request.method != "GET":
+            return None
+        if request.path == "/version":
+            return web.json_response(self.VERSION)
+        found = self.DISCOVERY.get(request.path.rstrip("/") or "/")
+        return web.json_response(found) if found is not None else None
 
 
 async def _pod_server(pod: str) -> tuple[web.AppRunner, int]:

@@ -132,7 +132,7 @@ def test_kube_up_status_logs_scale_exec_and_stop_keeping_volumes(
     api = project.service("api")
     assert api["state"] == "healthy" and api["restarts"] == 0
     # exec in a running pod, through the API's exec stream (kubectl, when on PATH, is used
-    # instead: not here, the fake serves no discovery for it)
+    # instead: not here; tests/test_kube_kubectl.py runs that path)
     monkeypatch.setitem(conftest.ENV, "PATH", str(Path(sys.executable).parent))
     done = project.devenv("exec", "web", "--", sys.executable, "-c", "print('in the pod')")
     assert done.returncode == 0 and "in the pod" in done.stdout, done.stderr
