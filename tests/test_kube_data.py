@@ -10,8 +10,6 @@ import hashlib
 import json
 import shlex
 import shutil
-import stat
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ import psutil
 import psycopg
 import pytest
 import redis
-from test_kube_k3d import FAKE_K3D
+from test_kube_k3d import k3d_against
 
 import conftest
 from conftest import Project, free_ports
@@ -34,22 +32,8 @@ REDIS = 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli --no-auth-warning '
 def kdata(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
           ) -> Iterator[FakeKubeApi]:
     fake = FakeKubeApi(controller=True).start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "k3d-devenv-kdata",
-        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-        "users": [{"name": "fake", "user": {}}],
-        "contexts": [{"name": "k3d-devenv-kdata",
-                      "context": {"cluster": "fake", "user": "fake"}}]}))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "k3d"
-    exe.write_text(FAKE_K3D.format(python=sys.executable))
-    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
-    # (no kubectl on this PATH: `devenv exec` uses the API's exec stream)
-    monkeypatch.setitem(conftest.ENV, "PATH", f"{bin_dir}:{Path(sys.executable).parent}")
-    monkeypatch.setitem(conftest.ENV, "KUBECONFIG", str(kubeconfig))
-    monkeypatch.setitem(conftest.ENV, "FAKE_K3D_LOG", str(tmp_path / "k3d.log"))
+    k3d_against(fake.url, "k3d-devenv-kdata", tmp_path, conftest.ENV, monkeypatch,
+                machine_path=False)  # (no kubectl: `devenv exec` uses the API's exec stream)
     monkeypatch.setitem(conftest.ENV, "FAKE_K3D_CLUSTERS", json.dumps([{
         "name": "devenv-kdata", "nodes": [{"role": "server",
                                            "image": "rancher/k3s:v1.31.4-k3s1"}]}]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,15 +45,37 @@ elif state and sys.argv[1:3] in (["cluster", "delete"], ["cluster", "create"]):
 """
 
 
-@pytest.fixture
-def fake_k3d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    import sys
-
+def write_fake_k3d(tmp_path: Path) -> Path:
+    """The fake k3d in `tmp_path/bin`; that folder."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "k3d"
     exe.write_text(FAKE_K3D.format(python=sys.executable))
     exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    return bin_dir
+
+
+def k3d_against(server: str, context: str, tmp_path: Path, env: dict[str, str],
+                monkeypatch: pytest.MonkeyPatch, *, machine_path: bool = True) -> None:
+    """Set in `env` (the tests' environment for devenv): the fake k3d first on PATH (with the
+    machine's PATH behind it, or, without `machine_path`, only this Python's folder: no
+    kubectl), its log in `tmp_path`, and a kubeconfig whose `context` (k3d names it
+    k3d-<cluster>) reaches the fake API server at `server`."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": context,
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "fake", "user": {}}],
+        "contexts": [{"name": context, "context": {"cluster": "fake", "user": "fake"}}]}))
+    rest = env["PATH"] if machine_path else str(Path(sys.executable).parent)
+    monkeypatch.setitem(env, "PATH", f"{write_fake_k3d(tmp_path)}{os.pathsep}{rest}")
+    monkeypatch.setitem(env, "KUBECONFIG", str(kubeconfig))
+    monkeypatch.setitem(env, "FAKE_K3D_LOG", str(tmp_path / "k3d.log"))
+
+
+@pytest.fixture
+def fake_k3d(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    bin_dir = write_fake_k3d(tmp_path)
     log = tmp_path / "k3d.log"
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_K3D_LOG", str(log))

@@ -7,13 +7,11 @@ a new, empty cluster; its data pods run a real PostgreSQL. No cluster runs here.
 from __future__ import annotations
 
 import json
-import stat
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_kube_k3d import FAKE_K3D
+from test_kube_k3d import k3d_against
 
 import conftest
 from conftest import Project, free_ports
@@ -27,24 +25,11 @@ PSQL = 'PGPASSWORD="$POSTGRES_PASSWORD" psql -X -At -U "$POSTGRES_USER" -d postg
 def krec(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
          ) -> Iterator[FakeKubeApi]:
     fake = FakeKubeApi(controller=True).start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "k3d-devenv-krec",
-        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-        "users": [{"name": "fake", "user": {}}],
-        "contexts": [{"name": "k3d-devenv-krec",
-                      "context": {"cluster": "fake", "user": "fake"}}]}))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "k3d"
-    exe.write_text(FAKE_K3D.format(python=sys.executable))
-    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    k3d_against(fake.url, "k3d-devenv-krec", tmp_path, conftest.ENV, monkeypatch,
+                machine_path=False)
     state = tmp_path / "k3d-clusters.json"
     state.write_text(json.dumps([{"name": "devenv-krec",
                                   "nodes": [{"role": "server", "image": K3S_130}]}]))
-    monkeypatch.setitem(conftest.ENV, "PATH", f"{bin_dir}:{Path(sys.executable).parent}")
-    monkeypatch.setitem(conftest.ENV, "KUBECONFIG", str(kubeconfig))
-    monkeypatch.setitem(conftest.ENV, "FAKE_K3D_LOG", str(tmp_path / "k3d.log"))
     monkeypatch.setitem(conftest.ENV, "FAKE_K3D_STATE", str(state))
     monkeypatch.setitem(conftest.ENV, "FAKE_KUBE_URL", fake.url)
     pin(project, "1.30")

@@ -7,7 +7,6 @@ forwards); not how a real cluster behaves: none can run here."""
 from __future__ import annotations
 
 import json
-import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
-from test_kube_k3d import FAKE_K3D
+from test_kube_k3d import k3d_against
 
 import conftest
 from conftest import Project, free_ports, wait_for
@@ -29,22 +28,8 @@ K3S_131 = "rancher/k3s:v1.31.4-k3s1"
 def cluster(project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             ) -> Iterator[FakeKubeApi]:
     fake = FakeKubeApi(controller=True).start()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "k3d-devenv-kshop",
-        "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
-        "users": [{"name": "fake", "user": {}}],
-        "contexts": [{"name": "k3d-devenv-kshop",
-                      "context": {"cluster": "fake", "user": "fake"}}]}))
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    exe = bin_dir / "k3d"
-    exe.write_text(FAKE_K3D.format(python=sys.executable))
-    exe.chmod(exe.stat().st_mode | stat.S_IEXEC)
+    k3d_against(fake.url, "k3d-devenv-kshop", tmp_path, conftest.ENV, monkeypatch)
     env = conftest.ENV
-    monkeypatch.setitem(env, "PATH", f"{bin_dir}:{env['PATH']}")
-    monkeypatch.setitem(env, "KUBECONFIG", str(kubeconfig))
-    monkeypatch.setitem(env, "FAKE_K3D_LOG", str(tmp_path / "k3d.log"))
     monkeypatch.setitem(env, "FAKE_K3D_CLUSTERS", json.dumps([{
         "name": "devenv-kshop", "nodes": [{"role": "server", "image": K3S_131}]}]))
     cache, api, web = free_ports(3)
