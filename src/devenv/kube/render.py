@@ -143,19 +143,16 @@ def content_tag(context: Path, dockerfile: str | None = None) -> str:
     import hashlib
     import os
 
-    from devenv.runtime.docker import SKIPPED
+    from devenv.runtime.docker import build_files
 
     digest = hashlib.sha256(f"dockerfile={dockerfile or 'Dockerfile'}\n".encode())
-    for folder, dirs, files in os.walk(context):
-        dirs[:] = sorted(d for d in dirs if d not in SKIPPED)
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            try:
-                with open(path, "rb") as handle:
-                    body = hashlib.file_digest(handle, "sha256").hexdigest()
-            except OSError:
-                continue
-            digest.update(f"{os.path.relpath(path, context)}\0{body}\n".encode())
+    for path in build_files(context):
+        try:
+            with open(path, "rb") as handle:
+                body = hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError:
+            continue
+        digest.update(f"{os.path.relpath(path, context)}\0{body}\n".encode())
     return digest.hexdigest()[:TAG_HEX]
 
 
@@ -285,13 +282,15 @@ def _service(name: str, ns: str, project: str, port: int, target: int,
             "spec": spec}
 
 
-def _process(loaded: Loaded, plan: ServicePlan, ns: str) -> list[Manifest]:
+def _process(loaded: Loaded, plan: ServicePlan, ns: str, pushed: str | None
+             ) -> list[Manifest]:
     project, name = loaded.name, plan.name
     svc = loaded.project.services[name]
     image, context = image_of(project, name, svc)
     policy = "IfNotPresent" if context is None else "Never"  # (k3d: imported, never pulled)
     if context is not None and pushes(loaded) and loaded.project.registry.url is not None:
-        image = pushed_image(loaded, name, context, svc.build.dockerfile if svc.build else None)
+        image = pushed or pushed_image(loaded, name, context,
+                                       svc.build.dockerfile if svc.build else None)
         policy = "IfNotPresent"  # (its tag is its content's: a new build, a new tag)
     plain, hidden = split_secrets(cluster_env(loaded, plan), plan.secrets())
     container: dict[str, Any] = {"name": name, "image": image, "imagePullPolicy": policy}
@@ -449,9 +448,12 @@ def ingress(loaded: Loaded, plan: ServicePlan, ns: str) -> list[Manifest]:
 # ---- the project
 
 
-def render_service(loaded: Loaded, plan: ServicePlan) -> Rendered:
+def render_service(loaded: Loaded, plan: ServicePlan, pushed: str | None = None) -> Rendered:
+    """The service's manifests and its own; `pushed`: the reference its built image was
+    pushed under (else it is worked out from the build's files)."""
     ns = namespace(loaded)
-    made = _data(loaded, plan, ns) if plan.data is not None else _process(loaded, plan, ns)
+    made = _data(loaded, plan, ns) if plan.data is not None \
+        else _process(loaded, plan, ns, pushed)
     supplied = [s for path in loaded.project.services[plan.name].kubernetes.manifests
                 for s in read_manifests(loaded.root, path, plan.name)]
     return Rendered(plan.name, made, supplied)

@@ -26,7 +26,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -229,16 +229,21 @@ def files_tar(folder: Path, names: list[str]) -> bytes:
     return buf.getvalue()
 
 
-def fingerprint(context: Path) -> str:
-    """What a build's result depends on, cheaply: every file's path, size and mtime."""
-    parts: list[str] = []
+def build_files(context: Path) -> Iterator[str]:
+    """Every file of a build context (not the SKIPPED folders), in a stable order."""
     for folder, dirs, files in os.walk(context):
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED)
         for name in sorted(files):
-            path = os.path.join(folder, name)
-            with contextlib.suppress(OSError):
-                st = os.stat(path)
-                parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
+            yield os.path.join(folder, name)
+
+
+def fingerprint(context: Path) -> str:
+    """What a build's result depends on, cheaply: every file's path, size and mtime."""
+    parts: list[str] = []
+    for path in build_files(context):
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            parts.append(f"{path}:{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 

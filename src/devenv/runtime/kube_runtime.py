@@ -692,7 +692,7 @@ def _manifests(loaded: Any, plan: Any, replicas: int, image_id: str | None,
     from devenv.kube.render import render_service
 
     found = []
-    for manifest in render_service(loaded, plan).all():
+    for manifest in render_service(loaded, plan, pushed).all():
         manifest = json.loads(json.dumps(manifest))
         if manifest.get("kind") == "Deployment" and \
                 manifest["metadata"]["name"] == plan.name:
@@ -700,8 +700,6 @@ def _manifests(loaded: Any, plan: Any, replicas: int, image_id: str | None,
             if image_id:
                 meta = manifest["spec"]["template"].setdefault("metadata", {})
                 meta.setdefault("annotations", {})[IMAGE_ANNOTATION] = image_id
-            if pushed:
-                manifest["spec"]["template"]["spec"]["containers"][0]["image"] = pushed
         found.append(manifest)
     return found
 
