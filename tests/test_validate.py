@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
@@ -111,11 +112,19 @@ def _candidates(project: Project) -> list[Path]:
             and (p / "c" / "svc.py").resolve() == (project.root / "svc.py").resolve()]
 
 
-def test_ctrl_c_stops_the_candidate_and_removes_it(project: Project) -> None:
+class Stuck(NamedTuple):
+    proc: subprocess.Popen[str]  # the validate
+    copy: Path  # its copy's folder
+    engine: int  # its copy's engine's pid
+    healthy: str  # devenv.yaml as it was, web healthy
+
+
+def _validating_a_stuck_web(project: Project) -> Stuck:
+    """A `validate` still waiting (its copy's web never gets healthy), once its copy's
+    engine answers."""
     api, web = free_ports(2)
     _write(project, api, web, "true")
     text = (project.root / "devenv.yaml").read_text()
-    # web never gets healthy, so validate is still waiting when it is interrupted
     (project.root / "devenv.yaml").write_text(text.replace(
         "  web:\n    command: [python, svc.py]",
         "  web:\n    command: [python, -c, 'import time; time.sleep(600)']"))
@@ -124,7 +133,12 @@ def test_ctrl_c_stops_the_candidate_and_removes_it(project: Project) -> None:
                                 and _candidate_api_up(c) for c in _candidates(project)),
                     timeout=30)
     copy = _candidates(project)[0]
-    engine = int((copy / "c" / ".devenv" / "run" / "engine.pid").read_text())
+    return Stuck(proc, copy, int((copy / "c" / ".devenv" / "run" / "engine.pid").read_text()),
+                 text)
+
+
+def test_ctrl_c_stops_the_candidate_and_removes_it(project: Project) -> None:
+    proc, copy, engine, _ = _validating_a_stuck_web(project)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) != 0
     assert not copy.exists()
@@ -135,18 +149,7 @@ def test_ctrl_c_stops_the_candidate_and_removes_it(project: Project) -> None:
 
 
 def test_a_killed_validate_is_cleaned_up_by_the_next(project: Project) -> None:
-    api, web = free_ports(2)
-    _write(project, api, web, "true")
-    text = (project.root / "devenv.yaml").read_text()
-    (project.root / "devenv.yaml").write_text(text.replace(
-        "  web:\n    command: [python, svc.py]",
-        "  web:\n    command: [python, -c, 'import time; time.sleep(600)']"))
-    proc = project.popen("validate", "--all-services", "--ports", _ranges(4))
-    assert wait_for(lambda: any((c / "c" / ".devenv" / "run" / "engine.sock").exists()
-                                and _candidate_api_up(c) for c in _candidates(project)),
-                    timeout=30)
-    copy = _candidates(project)[0]
-    engine = int((copy / "c" / ".devenv" / "run" / "engine.pid").read_text())
+    proc, copy, engine, text = _validating_a_stuck_web(project)
     proc.kill()  # kill -9: nothing of it cleans up
     proc.wait(10)
     assert copy.exists() and psutil.pid_exists(engine)
