@@ -53,6 +53,7 @@ tools:
 browser node: tools
 
 test: lint tools
+	$(BIN)/python -m compileall -q src  # every engine and CLI the tests start imports devenv: compiled once, not per process (PYTHONDONTWRITEBYTECODE is common in dev containers)
 	$(BIN)/pytest -q -n 3 --dist worksteal  # three workers (most tests wait on processes); tests, not files, are shared out, and an idle worker takes from a busy one
 
 bench: $(BIN)/.installed tools
