@@ -1,4 +1,5 @@
-"""Test helpers: a real project folder, the real CLI in a subprocess, real processes."""
+"""Test helpers: a real project folder, the real CLI in a process of its own (forked from a
+worker's CLI zygote: tests/cli_zygote.py), real processes."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import IO, Any
 
 import psutil
 import pytest
+from cli_runner import run_cli
 
 from ports import TESTS, PortRange, worker_share
 
@@ -130,9 +132,7 @@ class Project:
 
     def devenv(self, *args: str, timeout: float = 90, check: bool = False,
                input: str | None = None) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([sys.executable, "-m", "devenv", *args], cwd=self.root,
-                                capture_output=True, text=True, timeout=timeout, input=input,
-                                env=ENV)
+        result = run_cli(list(args), self.root, ENV, timeout, input)
         if check and result.returncode != 0:
             raise AssertionError(f"devenv {' '.join(args)} exited {result.returncode}\n"
                                  f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
