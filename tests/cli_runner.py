@@ -62,6 +62,12 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float,
     in_r, in_w = os.pipe() if input is not None else (os.open(os.devnull, os.O_RDONLY), -1)
     try:
         conn, pid = cli_zygote.call(path, list(args), str(cwd), env, in_r, out_w, err_w)
+    except OSError:  # the zygote went (ConnectionError is one): this call as a new process
+        for fd in (out_r, err_r, in_w):  # (the child's ends: closed below)
+            if fd >= 0:
+                os.close(fd)
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                              input=input, env=env)
     finally:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
