@@ -8,8 +8,8 @@ import atexit
 import contextlib
 import os
 import selectors
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,33 +21,38 @@ import cli_zygote
 
 ZYGOTE = Path(__file__).with_name("cli_zygote.py")
 _lock = threading.Lock()
-_zygote: tuple[subprocess.Popen[bytes], str] | None = None
+_zygote: tuple[subprocess.Popen[bytes], str, dict[str, str]] | None = None
+_broken = False  # it did not start once: not tried again
 
 
 def _socket(env: dict[str, str]) -> str | None:
-    """This worker's zygote's socket, started on first use; None when it is off or failed."""
-    global _zygote
-    if os.environ.get("DEVENV_TESTS_EXEC") == "1":
+    """This worker's zygote's socket, started on first use; None when it is off, failed,
+    or was started with another environment (what devenv reads as it is imported)."""
+    global _zygote, _broken
+    if _broken or os.environ.get("DEVENV_TESTS_EXEC") == "1":
         return None
     with _lock:
         if _zygote is not None and _zygote[0].poll() is None:
-            return _zygote[1]
-        path = os.path.join(tempfile.mkdtemp(prefix="devenv-cli-"), "zygote.sock")
+            return _zygote[1] if _zygote[2] == env else None
+        folder = tempfile.mkdtemp(prefix="devenv-cli-")
+        path = os.path.join(folder, "zygote.sock")
         proc = subprocess.Popen([sys.executable, str(ZYGOTE), path], env=env,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         assert proc.stdout is not None
-        if proc.stdout.readline() != b"ready\n":
-            proc.kill()
-            proc.wait()
+        with proc.stdout:
+            ready = proc.stdout.readline() == b"ready\n"
+        atexit.register(_stop, proc, folder)
+        if not ready:
+            _broken = True
             return None
-        _zygote = (proc, path)
-        atexit.register(_stop, proc)
+        _zygote = (proc, path, dict(env))
         return path
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def _stop(proc: subprocess.Popen[bytes], folder: str) -> None:
     proc.kill()
     proc.wait()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float,
@@ -61,8 +66,9 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float,
     err_r, err_w = os.pipe()
     in_r, in_w = os.pipe() if input is not None else (os.open(os.devnull, os.O_RDONLY), -1)
     try:
-        conn, pid = cli_zygote.call(path, list(args), str(cwd), env, in_r, out_w, err_w)
-    except OSError:  # the zygote went (ConnectionError is one): this call as a new process
+        conn, pidfd, rest = cli_zygote.call(path, list(args), str(cwd), env, in_r, out_w,
+                                            err_w)
+    except OSError:  # the zygote did not start it: this call as a new process
         for fd in (out_r, err_r, in_w):  # (the child's ends: closed below)
             if fd >= 0:
                 os.close(fd)
@@ -71,23 +77,41 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float,
     finally:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
-    if in_w >= 0:
-        threading.Thread(target=_feed, args=(in_w, (input or "").encode()), daemon=True).start()
-    out, err, code = _collect(conn, pid, out_r, err_r, time.monotonic() + timeout)
-    if code is None:
-        raise subprocess.TimeoutExpired(argv, timeout, _text(out), _text(err))
+    try:
+        if in_w >= 0:
+            _feed(in_w, (input or "").encode())
+        out, err, timed_out = _collect(pidfd, out_r, err_r, time.monotonic() + timeout)
+        if timed_out:  # killed: as subprocess.run, it is waited for, then the error
+            with contextlib.suppress(OSError, ValueError):
+                conn.settimeout(10)
+                cli_zygote.status(conn, rest)
+            raise subprocess.TimeoutExpired(argv, timeout, out, err)
+        conn.settimeout(max(timeout, 10))
+        code = cli_zygote.status(conn, rest)
+    finally:
+        conn.close()
+        os.close(pidfd)
     return subprocess.CompletedProcess(argv, code, _text(out), _text(err))
 
 
 def _feed(fd: int, data: bytes) -> None:
-    with contextlib.suppress(OSError), open(fd, "wb") as fh:
-        fh.write(data)
+    """The run's stdin: written whole at once when it fits the pipe, else by a thread."""
+    if len(data) < 65536:
+        with contextlib.suppress(OSError), open(fd, "wb") as fh:
+            fh.write(data)
+        return
+
+    def feed() -> None:
+        with contextlib.suppress(OSError), open(fd, "wb") as fh:
+            fh.write(data)
+
+    threading.Thread(target=feed, daemon=True).start()
 
 
-def _collect(conn: socket.socket, pid: int, out_r: int, err_r: int, deadline: float
-             ) -> tuple[bytes, bytes, int | None]:
-    """Both streams to their end and the exit code; None for the code when the deadline
-    passed first (the run is then killed, as subprocess.run kills it)."""
+def _collect(pidfd: int, out_r: int, err_r: int, deadline: float
+             ) -> tuple[bytes, bytes, bool]:
+    """Both streams to their end; whether the deadline passed first (the run is then
+    killed through its pidfd, never a pid that may be another process's by then)."""
     chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
     sel = selectors.DefaultSelector()
     for fd in chunks:
@@ -99,33 +123,19 @@ def _collect(conn: socket.socket, pid: int, out_r: int, err_r: int, deadline: fl
             if left <= 0:
                 timed_out = True
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-                deadline = time.monotonic() + 10  # (what it wrote before it died)
-            for key, _ in sel.select(max(left, 0.05)):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                break
+            for key, _ in sel.select(left):
                 data = os.read(key.fd, 65536)  # type: ignore[arg-type]
                 if data:
                     chunks[key.fd].append(data)  # type: ignore[index]
                 else:
                     sel.unregister(key.fd)
-            if timed_out and time.monotonic() > deadline:
-                break
     finally:
         sel.close()
         os.close(out_r)
         os.close(err_r)
-    if timed_out:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        conn.close()
-        return b"".join(chunks[out_r]), b"".join(chunks[err_r]), None
-    conn.settimeout(max(deadline - time.monotonic(), 1.0))
-    try:
-        code = cli_zygote.status(conn)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        return b"".join(chunks[out_r]), b"".join(chunks[err_r]), None
-    return b"".join(chunks[out_r]), b"".join(chunks[err_r]), code
+    return b"".join(chunks[out_r]), b"".join(chunks[err_r]), timed_out
 
 
 def _text(data: bytes) -> str:

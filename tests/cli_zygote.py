@@ -12,8 +12,10 @@ run it that way.
 The zygote (`python cli_zygote.py SOCKET`) serves requests on a Unix socket in a folder only
 its user can enter: JSON {argv, cwd, env} with the child's three standard descriptors
 passed alongside (SCM_RIGHTS). It forks; the child sets itself up and runs the CLI; the
-zygote, its parent, answers `{"pid": N}` at once and `{"status": S}` (a wait status) when
-the child has been reaped.
+zygote, its parent, answers `{"pid": N}` with a pidfd of the child at once, and
+`{"status": S}` (a wait status) when it has been reaped. The runs share the zygote's hash
+seed, and what devenv reads from the environment as it is imported (Rich's console width
+and colour), so `run_cli` uses the zygote only for the environment it was started with.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import contextlib
 import json
 import os
 import select
-import signal
 import socket
 import sys
 from typing import Any
@@ -51,7 +52,11 @@ def serve(path: str) -> dict[str, Any]:
             os._exit(0)
         for fd in ready:
             if fd is listener:
-                job = _accept(listener, waiting)
+                try:
+                    job = _accept(listener, waiting)
+                except Exception as exc:  # (that request goes unanswered: it runs anew)
+                    print(f"cli zygote: a request failed: {exc!r}", file=sys.stderr)
+                    continue
                 if job is not None:
                     listener.close()
                     return job
@@ -66,14 +71,23 @@ def serve(path: str) -> dict[str, Any]:
 def _accept(listener: socket.socket, waiting: dict[int, tuple[int, socket.socket]]
             ) -> dict[str, Any] | None:
     conn, _ = listener.accept()
-    data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
-    while not data.endswith(b"\n"):
-        more = conn.recv(1 << 20)
-        if not more:
-            break
-        data += more
-    job: dict[str, Any] = json.loads(data)
-    pid = os.fork()
+    fds: list[int] = []
+    try:
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+        while not data.endswith(b"\n"):
+            more = conn.recv(1 << 20)
+            if not more:
+                break
+            data += more
+        job: dict[str, Any] = json.loads(data)
+        if len(fds) != 3:
+            raise ValueError(f"{len(fds)} descriptors came with the request, not 3")
+        pid = os.fork()
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+        raise
     if pid == 0:
         for pidfd, (_, other) in waiting.items():
             os.close(pidfd)
@@ -83,8 +97,10 @@ def _accept(listener: socket.socket, waiting: dict[int, tuple[int, socket.socket
         return job
     for fd in fds:
         os.close(fd)
-    waiting[os.pidfd_open(pid)] = (pid, conn)
-    _send(conn, {"pid": pid})
+    pidfd = os.pidfd_open(pid)
+    waiting[pidfd] = (pid, conn)
+    with contextlib.suppress(OSError):  # (with its pidfd: a kill never hits a reused pid)
+        socket.send_fds(conn, [json.dumps({"pid": pid}).encode() + b"\n"], [pidfd])
     return None
 
 
@@ -95,10 +111,7 @@ def _send(conn: socket.socket, message: dict[str, Any]) -> None:
 
 def run(job: dict[str, Any]) -> None:
     """In the forked child: become `python -m devenv ARGV` in CWD with ENV."""
-    for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # (as Python sets it at start)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # (signal dispositions: the zygote's own, which are a fresh interpreter's)
     for target, fd in enumerate(job["fds"]):
         os.dup2(fd, target)
         os.close(fd)
@@ -113,33 +126,36 @@ def run(job: dict[str, Any]) -> None:
 
 
 def call(path: str, argv: list[str], cwd: str, env: dict[str, str], stdin: int, stdout: int,
-         stderr: int) -> tuple[socket.socket, int]:
-    """Start one CLI run; its connection (the status comes on it) and its pid."""
+         stderr: int) -> tuple[socket.socket, int, bytes]:
+    """Start one CLI run: its connection (the status comes on it), a pidfd of its process,
+    and what came after the first reply (for `status`). OSError when it was not started."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    conn.connect(path)
-    request = json.dumps({"argv": argv, "cwd": cwd, "env": env}).encode() + b"\n"
-    conn.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                              array.array("i", [stdin, stdout, stderr]))])
-    reply = _read(conn)
-    return conn, int(reply["pid"])
+    try:
+        conn.connect(path)
+        request = json.dumps({"argv": argv, "cwd": cwd, "env": env}).encode() + b"\n"
+        conn.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                  array.array("i", [stdin, stdout, stderr]))])
+        data, fds, _, _ = socket.recv_fds(conn, 4096, 1)
+        if b"\n" not in data or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise ConnectionError("the CLI zygote did not start the run")
+        return conn, fds[0], data.partition(b"\n")[2]
+    except BaseException:
+        conn.close()
+        raise
 
 
-def _read(conn: socket.socket) -> dict[str, Any]:
-    data = b""
-    while not data.endswith(b"\n"):
-        more = conn.recv(4096)
-        if not more:
-            raise ConnectionError("the CLI zygote went away")
-        data += more
-    message: dict[str, Any] = json.loads(data)
-    return message
-
-
-def status(conn: socket.socket) -> int:
-    """The run's exit code (negative: the signal that ended it), once it was reaped."""
+def status(conn: socket.socket, data: bytes) -> int:
+    """The run's exit code (negative: the signal that ended it), once it was reaped; `data`:
+    what was read of the reply already."""
     with conn:
-        wait_status = int(_read(conn)["status"])
-    return os.waitstatus_to_exitcode(wait_status)
+        while not data.endswith(b"\n"):
+            more = conn.recv(4096)
+            if not more:
+                raise ConnectionError("the CLI zygote went away")
+            data += more
+    return os.waitstatus_to_exitcode(int(json.loads(data)["status"]))
 
 
 if __name__ == "__main__":
