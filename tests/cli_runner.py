@@ -21,19 +21,22 @@ import cli_zygote
 
 ZYGOTE = Path(__file__).with_name("cli_zygote.py")
 _lock = threading.Lock()
-_zygote: tuple[subprocess.Popen[bytes], str, dict[str, str]] | None = None
-_broken = False  # it did not start once: not tried again
+# one zygote for each environment calls came with (the docker tests add DOCKER_HOST)
+_zygotes: dict[frozenset[tuple[str, str]], tuple[subprocess.Popen[bytes], str]] = {}
+_broken = False  # one did not start: not tried again
 
 
 def _socket(env: dict[str, str]) -> str | None:
-    """This worker's zygote's socket, started on first use; None when it is off, failed,
-    or was started with another environment (what devenv reads as it is imported)."""
-    global _zygote, _broken
+    """The socket of this worker's zygote for `env` (what devenv reads as it is imported
+    comes from it), started on first use; None when they are off or one failed."""
+    global _broken
     if _broken or os.environ.get("DEVENV_TESTS_EXEC") == "1":
         return None
+    key = frozenset(env.items())
     with _lock:
-        if _zygote is not None and _zygote[0].poll() is None:
-            return _zygote[1] if _zygote[2] == env else None
+        running = _zygotes.get(key)
+        if running is not None and running[0].poll() is None:
+            return running[1]
         folder = tempfile.mkdtemp(prefix="devenv-cli-")
         path = os.path.join(folder, "zygote.sock")
         proc = subprocess.Popen([sys.executable, str(ZYGOTE), path], env=env,
@@ -45,7 +48,7 @@ def _socket(env: dict[str, str]) -> str | None:
         if not ready:
             _broken = True
             return None
-        _zygote = (proc, path, dict(env))
+        _zygotes[key] = (proc, path)
         return path
 
 

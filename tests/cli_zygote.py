@@ -15,7 +15,7 @@ passed alongside (SCM_RIGHTS). It forks; the child sets itself up and runs the C
 zygote, its parent, answers `{"pid": N}` with a pidfd of the child at once, and
 `{"status": S}` (a wait status) when it has been reaped. The runs share the zygote's hash
 seed, and what devenv reads from the environment as it is imported (Rich's console width
-and colour), so `run_cli` uses the zygote only for the environment it was started with.
+and colour), so `run_cli` keeps one zygote for each environment it is called with.
 """
 
 from __future__ import annotations
