@@ -201,9 +201,11 @@ def test_unhealthy_replicas_leave_rotation_and_return_when_healthy(project: Proj
         "stop_timeout: 3s", f"stop_timeout: 3s\n    env: {{UNHEALTHY_FILE: '{flag}'}}"))
     project.up()
     flag.write_text("")  # every replica's /healthz now answers 503
-    assert wait_for(lambda: project.service("api")["state"] == "unhealthy", timeout=5)
-    svc = project.service("api")
-    assert svc["replicas"] == {"ready": 0, "desired": 2}
+    # (unhealthy as soon as one replica fails its checks: wait for both)
+    svc = wait_for(lambda: (s := project.service("api"))["replicas"]["ready"] == 0 and s,
+                   timeout=5)
+    assert svc, project.service("api")
+    assert svc["state"] == "unhealthy" and svc["replicas"] == {"ready": 0, "desired": 2}
     assert "failed health checks" in svc["detail"]
     assert svc["restarts"] == 0  # unhealthy is not a crash: nothing was killed
     flag.unlink()
