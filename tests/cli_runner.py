@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import locale
 import os
 import selectors
 import shutil
@@ -63,8 +64,7 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float,
     argv = [sys.executable, "-m", "devenv", *args]
     path = _socket(env)
     if path is None:
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                              input=input, env=env)
+        return _fresh(argv, cwd, env, timeout, input)
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     in_r, in_w = os.pipe() if input is not None else (os.open(os.devnull, os.O_RDONLY), -1)
@@ -75,8 +75,7 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float,
         for fd in (out_r, err_r, in_w):  # (the child's ends: closed below)
             if fd >= 0:
                 os.close(fd)
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                              input=input, env=env)
+        return _fresh(argv, cwd, env, timeout, input)
     finally:
         for fd in (in_r, out_w, err_w):
             os.close(fd)
@@ -97,18 +96,23 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str], timeout: float,
     return subprocess.CompletedProcess(argv, code, _text(out), _text(err))
 
 
+def _fresh(argv: list[str], cwd: Path, env: dict[str, str], timeout: float,
+           input: str | None) -> subprocess.CompletedProcess[str]:
+    """The call as a new interpreter."""
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          input=input, env=env)
+
+
 def _feed(fd: int, data: bytes) -> None:
     """The run's stdin: written whole at once when it fits the pipe, else by a thread."""
-    if len(data) < 65536:
-        with contextlib.suppress(OSError), open(fd, "wb") as fh:
-            fh.write(data)
-        return
-
     def feed() -> None:
         with contextlib.suppress(OSError), open(fd, "wb") as fh:
             fh.write(data)
 
-    threading.Thread(target=feed, daemon=True).start()
+    if len(data) < 65536:
+        feed()
+    else:
+        threading.Thread(target=feed, daemon=True).start()
 
 
 def _collect(pidfd: int, out_r: int, err_r: int, deadline: float
@@ -143,7 +147,5 @@ def _collect(pidfd: int, out_r: int, err_r: int, deadline: float
 
 def _text(data: bytes) -> str:
     """As subprocess's text mode decodes it: the locale's encoding, universal newlines."""
-    import locale
-
     text = data.decode(locale.getpreferredencoding(False))
     return text.replace("\r\n", "\n").replace("\r", "\n")

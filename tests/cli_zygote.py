@@ -1,4 +1,4 @@
-"""The tests' CLI runner: `devenv` run as its own process, forked from one that has already
+"""The tests' CLI zygote: `devenv` run as its own process, forked from one that has already
 imported devenv, instead of a new interpreter that imports it all again.
 
 A test's `Project.devenv(...)` is still a real process of its own: its own pid, working
