@@ -189,3 +189,20 @@ def test_postgres_killed_at_its_first_start_after_a_restore_comes_back(
     _, err = up.communicate(timeout=120)
     assert up.returncode == 0, err
     assert state(shop) == saved
+
+
+def test_an_empty_postmaster_pid_left_by_a_kill_as_postgres_started_is_removed(
+        shop: Project) -> None:  # noqa: F811
+    """The test above kills PostgreSQL at a moment it picks; this is the one moment that
+    left it unable to start: between creating its lock file and writing it."""
+    shop.up()
+    shop.devenv("data", "load", "--dataset", "demo", check=True)
+    saved = state(shop)
+    shop.devenv("stop", "--persist-data", check=True)
+    lock = shop.root / ".devenv/data/db/pgdata/postmaster.pid"
+    assert not lock.exists()
+    lock.touch()  # what a kill -9 between PostgreSQL's open and write of it leaves
+    shop.up()
+    assert state(shop) == saved
+    logs = shop.devenv("logs", "db", check=True).stdout
+    assert "removed postmaster.pid, left empty by a server killed as it started" in logs

@@ -364,7 +364,10 @@ class Confinement:
         target = self._tools.setdefault(install, f"{jail.TOOLS}/{len(self._tools)}")
         return f"{target}/{Path(path).relative_to(install)}"
 
-    def argv(self, command: list[str]) -> list[str]:
+    def argv(self, command: list[str], *, stale_lock: str | None = None) -> list[str]:
+        """The launcher's argv for `command`; `stale_lock`: a lock file (in the data folder)
+        that the server leaves empty when it is killed as it starts, and then refuses to
+        start on: removed by the launcher, as the server's user, when it is empty."""
         argv = [sys.executable, "-I", JAIL_SCRIPT]
         if self.jailed:
             argv += ["--user", DATA_USER, "--bind", str(self.folder), jail.DATA]
@@ -372,6 +375,8 @@ class Confinement:
                 argv += ["--ro-bind", str(install), target]
         if self.stdin is not None:
             argv += ["--stdin", str(self.stdin)]
+        if stale_lock is not None:
+            argv += ["--stale-lock", f"{self.data}/{stale_lock}"]
         return [*argv, "--", *command]
 
 

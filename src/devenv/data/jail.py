@@ -108,6 +108,30 @@ def confine(user: str, binds: list[tuple[str, str]], ro_binds: list[tuple[str, s
     os.environ.update(HOME=entry.pw_dir, USER=user, LOGNAME=user)
 
 
+def remove_empty_lock(path: str) -> bool:
+    """Remove `path` (as the server's user, never following a link) when it is an empty file
+    and still is a moment later: PostgreSQL creates postmaster.pid, then writes it, and
+    refuses to start on an empty one ("lock file is empty"), which a kill -9 in between
+    leaves. (The engine runs one server on a data folder at a time; the second look keeps
+    clear of a server starting anyway.) Whether it was removed."""
+    import time
+
+    try:
+        first = os.lstat(path)
+        if not stat.S_ISREG(first.st_mode) or first.st_size:
+            return False
+        time.sleep(0.1)
+        again = os.lstat(path)
+        if again.st_size or (again.st_ino, again.st_dev) != (first.st_ino, first.st_dev):
+            return False
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    print(f"devenv: removed {os.path.basename(path)}, left empty by a server killed as it "
+          "started", file=sys.stderr, flush=True)
+    return True
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="devenv-jail")
     parser.add_argument("--user", help="run as this user (as root only)")
@@ -117,6 +141,8 @@ def main(argv: list[str]) -> int:
                         metavar=("SOURCE", "TARGET"))
     parser.add_argument("--stdin", help="a file to give the server on its standard input")
     parser.add_argument("--cwd", help="the folder to start in (default: the first --bind)")
+    parser.add_argument("--stale-lock", help="a lock file (as the server sees it) to remove "
+                        "when it is empty: what a server killed as it starts leaves")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -140,6 +166,8 @@ def main(argv: list[str]) -> int:
             raise JailError("mounts need --user")
         cwd = args.cwd or (args.bind[0][1] if args.bind else "/")
         os.chdir(cwd)
+        if args.stale_lock:
+            remove_empty_lock(args.stale_lock)
         os.umask(0o077)  # what the server creates is its own only (after the mount points)
         os.execv(command[0], command)
     except (JailError, OSError) as exc:

@@ -342,7 +342,7 @@ class Postgres:
         command = jail.argv([_server_tool(jail, ds, "postgres"), "-D", jail.data,
                              "-p", "${PORT}", "-c", "listen_addresses=127.0.0.1",
                              "-c", "unix_socket_directories=", "-c", "max_wal_senders=10",
-                             "-c", "wal_level=replica"])
+                             "-c", "wal_level=replica"], stale_lock="postmaster.pid")
         ready = [_bin(ds, "pg_isready"), "-q", "-h", HOST, "-p", "${PORT}", "-d", "postgres",
                  "-U", ADMIN]  # (a role that exists from the start: no failed login logged)
         return Server(command=tuple(command), health=HealthCheck(command=ready),
