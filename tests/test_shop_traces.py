@@ -145,11 +145,16 @@ def test_one_checkout_is_one_trace_across_the_shop(project: Project,
     def everyone() -> bool:  # (each service sends its spans in its own time; a consumer's
         # own span ends after the calls it made, so it may come in a later batch)
         # (the gateway's server span ends last of all: it too may come in a later batch)
+        # (and a service's server span ends after the client spans it is the parent of:
+        # every caller's, up to the gateway's, is awaited too)
         spans = receiver.in_trace(TRACE)
+        ids = {s.span_id: s for s in spans}
         return CHECKOUT | {"notification", "recommendation"} <= {s.service for s in spans} \
             and {s.service for s in spans if s.kind == CONSUMER} == {"notification",
                                                                       "recommendation"} \
-            and any(s.service == "gateway" and s.kind == SERVER for s in spans)
+            and any(s.service == "gateway" and s.kind == SERVER for s in spans) \
+            and all(s.parent_id in ids and ids[s.parent_id].parent_id in ids for s in spans
+                    if s.kind == SERVER and s.service != "gateway")
     assert wait_for(everyone, timeout=20), {s.service for s in receiver.in_trace(TRACE)}
     spans = receiver.in_trace(TRACE)
     consumers = [s for s in spans if s.kind == CONSUMER]
