@@ -177,7 +177,12 @@ class Traces:
                                        timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is queued and stop the writer (blocking: run it off the loop)."""
+        """Write what is queued and stop the writer (blocking: run it off the loop). A
+        `stop` racing an `up` waits for the store it is opening, then closes it."""
+        with self._opening:
+            self._close(timeout)
+
+    def _close(self, timeout: float) -> None:
         thread = self._thread
         if thread is None:
             return
