@@ -150,7 +150,7 @@ async def main() -> None:
     stats = RequestStats()  # the engine's request metrics, as EngineMetrics subscribes them
     traces = Traces(Path(folder))  # the engine's own trace store, as `up` opens it
     traces.open(64 * 1024 * 1024, 24 * 3600.0)
-    sinks = [stats.add] if mode == "metrics" else [traces.add_request, stats.add]
+    sinks = [stats.add] if mode == "metrics" else [traces.add_requests, stats.add]
     hub = Hub([traces.add], sinks) if mode != "off" else None
     ingress = Ingress(port, lambda name: pool, hub=hub)
     ingress.sampler.rate = MonitoringConfig().trace_rate if mode == "on" else None
@@ -215,13 +215,12 @@ def edge_span_cost(n: int = 15_000) -> float:  # (under the store's MAX_QUEUED)
     from devenv.telemetry.store import Traces
 
     traces = Traces(Path(tempfile.gettempdir()) / "bench-traces-unopened")  # it only queues
-    hub = Hub([traces.add], [traces.add_request, RequestStats().add])
+    hub = Hub([traces.add], [traces.add_requests, RequestStats().add])
     traceparent = ["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]
     t0 = time.perf_counter()
     for _ in range(n):
-        edge = Edge("GET", "/whoami", traceparent, [])
+        edge = Edge(b"GET", b"/whoami", traceparent, [])
         edge.route, edge.service, edge.instance = "backend-0.localhost", "backend-0", "b-1"
-        edge.outgoing.header()
         hub.request(edge.finish(200, None, "backend-0.localhost"))
     return (time.perf_counter() - t0) / n
 

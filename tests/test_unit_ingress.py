@@ -263,8 +263,8 @@ async def edge(instances: int = 1, hold: float = 1.0) -> AsyncIterator[Edge]:
     try:
         async with aiohttp.ClientSession() as session:
             out = Edge(ingress, pool, session)
-            hub.request_sinks.append(out.seen.append)  # each with its edge span
-            hub.request_sinks.append(lambda seen: out.spans.append(edge_span(seen)))
+            hub.request_sinks.append(out.seen.extend)  # each with its edge span
+            hub.request_sinks.append(lambda batch: out.spans.extend(map(edge_span, batch)))
             yield out
     finally:
         await ingress.close()

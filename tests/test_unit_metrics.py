@@ -78,9 +78,9 @@ def test_requests_are_counted_by_status_class_with_a_latency_histogram(tmp_path:
 def test_the_window_forgets_requests_older_than_a_minute() -> None:
     clock = [0.0]
     stats = RequestStats(clock=lambda: clock[0])
-    stats.add(seen(500, 1.0))
+    stats.add([seen(500, 1.0)])
     clock[0] = 61.0
-    stats.add(seen(200, 0.5))
+    stats.add([seen(200, 0.5)])
     window = stats.window("api")
     assert window.error_rate == 0.0 and window.p95_s == 0.5
     assert stats.window("web").p95_s is None

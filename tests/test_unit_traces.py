@@ -498,8 +498,7 @@ def test_a_writer_process_that_died_is_started_again_and_the_ingress_spans_are_m
     seen = RequestSeen("/api", "api", "api-2", "POST", "/api/orders", 502, T0, 0.25,
                        "e" * 32, "f" * 16, "a" * 16, "shop.localhost",
                        "the instance closed the connection")
-    traces.add_request(seen)
-    traces.add_request(seen._replace(trace_id=None))  # no span recorded for this one
+    traces.add_requests([seen, seen._replace(trace_id=None)])  # no span for the second
     assert traces.flush()
     found = store.trace(traces.path, "e" * 32)
     assert found is not None and traces.counters.errors == []

@@ -70,7 +70,7 @@ class Environment:
         engine.ctx.secrets.append(self.telemetry.token)
         self.traces = Traces(StateDir(root).base / "traces")  # opened by `up`
         engine.ctx.hub.span_sinks.append(self.traces.add)
-        engine.ctx.hub.request_sinks.append(self.traces.add_request)  # edge spans
+        engine.ctx.hub.request_sinks.append(self.traces.add_requests)  # edge spans
         self.otlp_metrics = OtlpMetrics(engine.ctx.clock)  # services' OTLP metrics
         self.monitor = Monitor(self)  # the dashboard's charts: request rate, latency, CPU, memory
         self.data = DataOps(engine, StateDir(root))

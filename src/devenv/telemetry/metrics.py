@@ -78,6 +78,9 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx" if 100 <= status < 600 else "other"
 
 
+_CLASSES = tuple(status_class(status) for status in range(600))  # (read for every request)
+
+
 @dataclass
 class RequestStats:
     """Requests the ingress answered, per route and service (fed by the hub)."""
@@ -87,17 +90,25 @@ class RequestStats:
     recent: dict[str, deque[tuple[float, float, int]]] = field(default_factory=dict)
     clock: Any = time.monotonic
 
-    def add(self, seen: RequestSeen) -> None:
-        key = (seen.route, seen.service, status_class(seen.status))
-        self.counts[key] = self.counts.get(key, 0) + 1
-        hist = self.latency.get((seen.route, seen.service))
-        if hist is None:
-            hist = self.latency[(seen.route, seen.service)] = Histogram(LATENCY_BUCKETS)
-        hist.observe(seen.duration_s)
-        window = self.recent.get(seen.service)
-        if window is None:
-            window = self.recent[seen.service] = deque(maxlen=WINDOW_MAX)
-        window.append((self.clock(), seen.duration_s, seen.status))
+    def add(self, batch: list[RequestSeen]) -> None:
+        """Count requests answered (a Hub request sink: those of one turn of the loop)."""
+        counts, latency, recent = self.counts, self.latency, self.recent
+        now = self.clock()
+        for seen in batch:
+            route, service, status, took = seen.route, seen.service, seen.status, \
+                seen.duration_s
+            key = (route, service,
+                   _CLASSES[status] if 0 <= status < 600 else status_class(status))
+            counts[key] = counts.get(key, 0) + 1
+            hist = latency.get((route, service))
+            if hist is None:
+                hist = latency[(route, service)] = Histogram(LATENCY_BUCKETS)
+            hist.counts[bisect_left(hist.buckets, took)] += 1
+            hist.sum += took
+            window = recent.get(service)
+            if window is None:
+                window = recent[service] = deque(maxlen=WINDOW_MAX)
+            window.append((now, took, status))
 
     def window(self, service: str, seconds: float = WINDOW_S) -> WindowFigures:
         """Rate, p95 and error rate of a service's requests over the last `seconds`."""

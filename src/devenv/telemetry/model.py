@@ -73,7 +73,7 @@ def edge_span(seen: RequestSeen) -> Span:
 
 
 SpanSink = Callable[[list[Span]], None]
-RequestSink = Callable[[RequestSeen], None]
+RequestSink = Callable[[list[RequestSeen]], None]  # (the requests of one turn of the loop)
 
 
 @dataclass
@@ -93,9 +93,14 @@ class Hub:
             except Exception:
                 self.errors += 1
 
-    def request(self, seen: RequestSeen) -> None:
-        for sink in self.request_sinks:  # (every request: the try inline, no call a sink)
+    def requests(self, batch: list[RequestSeen]) -> None:
+        """Requests answered, to every request sink (the ingress gives those of one turn of
+        its loop together: one call a sink for them all)."""
+        for sink in self.request_sinks:
             try:
-                sink(seen)
+                sink(batch)
             except Exception:
                 self.errors += 1
+
+    def request(self, seen: RequestSeen) -> None:
+        self.requests([seen])

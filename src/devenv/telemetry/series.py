@@ -76,6 +76,11 @@ class Series:
     def slot(self, at: float) -> int:
         return math.floor(at / self.bucket_s)
 
+    def requests(self, batch: list[RequestSeen]) -> None:
+        """Count requests answered (a Hub request sink: those of one turn of the loop)."""
+        for seen in batch:
+            self.request(seen)
+
     def request(self, seen: RequestSeen) -> None:
         """Count one request in the bucket of its start."""
         ring = self._ring(self._requests, seen.service)

@@ -1,6 +1,6 @@
 """The trace store: every span the engine received, in SQLite under `.devenv/traces/`.
 
-`add` (the Hub's span sink) and `add_request` (its request sink: the ingress's edge spans) only
+`add` (the Hub's span sink) and `add_requests` (its request sink: the ingress's edge spans) only
 queue, and past `MAX_QUEUED` spans waiting they drop and count, so a flood never blocks the
 engine's event loop. A thread gathers the queue into batches for the writer process
 (`telemetry/writer.py`, through `writerproc.py`), which owns the write connection, so the
@@ -154,10 +154,12 @@ class Traces:
         if spans and self._admit(len(spans)):
             self._queue.put(spans)
 
-    def add_request(self, seen: RequestSeen) -> None:
-        """Queue a request's edge span (a Hub request sink: the span is made by the writer)."""
-        if seen.trace_id is not None and self._admit(1):
-            self._queue.put(seen)
+    def add_requests(self, batch: list[RequestSeen]) -> None:
+        """Queue the edge spans of the requests whose trace is recorded (a Hub request sink:
+        the spans are made by the writer)."""
+        for seen in batch:
+            if seen.trace_id is not None and self._admit(1):
+                self._queue.put(seen)
 
     def _admit(self, count: int) -> bool:
         counters = self.counters

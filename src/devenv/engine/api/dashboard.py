@@ -78,14 +78,14 @@ class Monitor:
         if self._task is not None:
             return
         self.closed.clear()
-        self.env.engine.ctx.hub.request_sinks.append(self.series.request)
+        self.env.engine.ctx.hub.request_sinks.append(self.series.requests)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
         self.closed.set()
         sinks = self.env.engine.ctx.hub.request_sinks
-        if self.series.request in sinks:
-            sinks.remove(self.series.request)
+        if self.series.requests in sinks:
+            sinks.remove(self.series.requests)
         task, self._task = self._task, None
         if task is not None:
             task.cancel()

@@ -42,7 +42,7 @@ from devenv.engine.ingress.upstream import (
     Upstreams,
 )
 from devenv.engine.pool import Backend, NoBackend, Pool
-from devenv.telemetry.model import Hub
+from devenv.telemetry.model import Hub, RequestSeen
 from devenv.telemetry.sampling import RateSampler
 
 REPLAY_LIMIT = 1024 * 1024  # request bodies up to this size are read before they are sent
@@ -94,6 +94,7 @@ class Request:
         "sink",
         "size",
         "target",
+        "traced",
         "upgrade",
         "websocket",
     )
@@ -118,6 +119,7 @@ class Request:
         self.early = b""  # a websocket's first bytes, read with its upgrade
         self.bad = ""  # why its body could not be read to its end
         self.resent = False  # sent once on a kept-alive connection found closed
+        self.traced = False  # it came with a `traceparent` or `tracestate` header
         self.picked: Backend | None = None  # the instance `_fast` picked, for the task
 
     @property
@@ -343,6 +345,8 @@ class ClientConnection(asyncio.Protocol):
             req.expect = value.lower() == b"100-continue"
         elif lname == b"upgrade":
             req.websocket = value.strip().lower() == b"websocket"
+        elif lname == b"traceparent" or lname == b"tracestate":
+            req.traced = True
 
     def on_headers_complete(self) -> None:
         req = self.parsing
@@ -675,16 +679,16 @@ class ClientConnection(asyncio.Protocol):
                 self._publish(edge, req, status, message)
 
     def _edge(self, req: Request) -> Edge:
+        if not req.traced:  # (nearly every request of a load test: a new trace)
+            return Edge(req.method, req.target, sampler=self.ingress.sampler)
         traceparent: list[str] = []
         tracestate: list[str] = []
-        for name, _, value in req.headers:  # (one pass, for every request)
+        for name, _, value in req.headers:
             if name == b"traceparent":
                 traceparent.append(value.decode("latin-1"))
             elif name == b"tracestate":
                 tracestate.append(value.decode("latin-1"))
-        raw_path = req.target.partition(b"?")[0].decode("latin-1")
-        return Edge(req.method.decode("latin-1"), raw_path, traceparent, tracestate,
-                    self.ingress.sampler)
+        return Edge(req.method, req.target, traceparent, tracestate, self.ingress.sampler)
 
     def _publish(self, edge: Edge, req: Request, status: int, message: str | None) -> None:
         hub = self.ingress.hub
@@ -695,7 +699,7 @@ class ClientConnection(asyncio.Protocol):
         seen = edge.finish(status, message, req.host)
         if seen.trace_id is None:
             hub.unsampled += 1
-        hub.request(seen)
+        self.ingress.publish(seen)
 
     def _after(self, req: Request, error: IngressError | None) -> bool:
         if error is not None and not self.lost:
@@ -777,7 +781,7 @@ class ClientConnection(asyncio.Protocol):
                                 chunked=chunked, length=req.length, websocket=websocket)
         state = edge.tracestate
         return request_head(req.method, suffix, req.headers, host, self.peer,
-                            traceparent=edge.outgoing.header().encode(),
+                            traceparent=edge.outgoing,
                             tracestate=state.encode("latin-1") if state is not None else None,
                             chunked=chunked, length=req.length, websocket=websocket)
 
@@ -1158,6 +1162,20 @@ class Ingress:
                                   header_timeout, idle_timeout)
         self.upstreams = Upstreams(connect_timeout)
         self._listener: asyncio.Server | None = None
+        self._published: list[RequestSeen] = []  # answered in this turn of the loop
+
+    def publish(self, seen: RequestSeen) -> None:
+        """A request answered, to the hub's sinks: all those answered in one turn of the
+        event loop go together, at its end (one call a sink, not one a request)."""
+        published = self._published
+        published.append(seen)
+        if len(published) == 1:
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        batch, self._published = self._published, []
+        if self.hub is not None:
+            self.hub.requests(batch)
 
     @property
     def routes(self) -> RouteTable:
