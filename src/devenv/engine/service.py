@@ -614,7 +614,8 @@ class ServiceRunner:
     @property
     def detail(self) -> str:
         looping = self._looping()
-        if looping is not None and looping.state == State.HEALTHY:
+        if looping is not None and looping.state not in (State.CRASHED, State.FAILED):
+            # up, or starting, again (crashed, its own detail says so, and when it restarts)
             return f"replica {looping.index}: crash loop: {len(looping.crashes)} crashes " \
                 f"within {CRASH_LOOP[1]:g}s"
         for rep in self.replicas:
