@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from devenv.core import eventloop
 from devenv.loadtest.data import (
     MISSING,
     Draw,
@@ -507,9 +506,15 @@ class Worker:
 def main(job: Job, queue: Any, stop: Any) -> None:
     """The worker process's entry: Ctrl-C is the parent's to handle (it sets `stop`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop  # type: ignore[import-not-found, unused-ignore]
+
+        uvloop.install()
+    except ImportError:
+        pass
     worker = Worker(job, queue.put, stop.is_set)
     try:
-        eventloop.run(worker.run())
+        asyncio.run(worker.run())
     except BaseException as exc:  # the parent says why, and that the figures are partial
         queue.put(("failed", job.part, f"{type(exc).__name__}: {exc}"))
         queue.close()
