@@ -1168,9 +1168,9 @@ class Ingress:
         """A request answered, to the hub's sinks: all those answered in one turn of the
         event loop go together, at its end (one call a sink, not one a request)."""
         published = self._published
-        published.append(seen)
-        if len(published) == 1:
+        if not published:
             asyncio.get_running_loop().call_soon(self._deliver)
+        published.append(seen)
 
     def _deliver(self) -> None:
         batch, self._published = self._published, []
