@@ -155,9 +155,16 @@ def main() -> int:
         direct = wrk(upstream, "x", secs)
         via_nginx = wrk(proxy, "x", secs)
         before, before_own = _cpu(proc), _own_cpu(proc)
+        split, machine = proc.cpu_times(), psutil.cpu_times()
         via_ingress = wrk(edge, "backend-0.localhost", secs)
-        cpu = (_cpu(proc) - before) / (via_ingress[0] * secs)
-        own = (_own_cpu(proc) - before_own) / (via_ingress[0] * secs)
+        served = via_ingress[0] * secs
+        cpu = (_cpu(proc) - before) / served
+        own = (_own_cpu(proc) - before_own) / served
+        split_after, machine_after = proc.cpu_times(), psutil.cpu_times()
+        user = (split_after.user - split.user) / served
+        system = (split_after.system - split.system) / served
+        idle = (machine_after.idle - machine.idle) / secs  # (cores' worth)
+        busy = (sum(machine_after) - sum(machine) - machine_after.idle + machine.idle) / served
         # one connection: the latency a proxy adds when it is not saturated (at 32, p50 is
         # about 32 / throughput, whatever the proxy)
         alone = [wrk(port, host, secs, 1)[1] for port, host in
@@ -175,8 +182,17 @@ def main() -> int:
     print(f"one connection (wrk -c1), p50: direct {alone[0]:.3f} ms, nginx proxy "
           f"{alone[1]:.3f} ms (added {alone[1] - alone[0]:.3f}), ingress {alone[2]:.3f} ms "
           f"(added {alone[2] - alone[0]:.3f})")
-    print(f"CPU a request: ingress process {own * 1e6:.0f} us, with its trace writer "
-          f"(edge spans on) {cpu * 1e6:.0f} us")
+    print(f"CPU a request: ingress process {own * 1e6:.0f} us ({user * 1e6:.0f} us in Python "
+          f"and libraries, {system * 1e6:.0f} us in the kernel: its 2 sends and 2 receives), "
+          f"with its trace writer (edge spans on) {cpu * 1e6:.0f} us; the whole machine "
+          f"{busy * 1e6:.0f} us a request (wrk and nginx too), {idle:.2f} of its "
+          f"{psutil.cpu_count()} cores idle")
+    # closed model: p50 is about 32 / throughput, so the added p50 goal is a throughput one
+    needed = 32 / (direct[1] + 1.0) * 1000
+    print(f"at 32 connections the p50 is about 32 / req/s: 1 ms added (p50 "
+          f"{direct[1] + 1.0:.2f} ms) takes about {needed:,.0f} req/s through the ingress, "
+          f"{needed / via_ingress[0]:.2f}x what it does; its one thread at "
+          f"{1e6 / needed:.0f} us a request")
     print("\n".join(telemetry))
     return 0
 
