@@ -14,6 +14,7 @@ import pytest
 
 from devenv.engine.service import BACKOFF_MAX, STABLE_AFTER, START_ATTEMPTS, ServiceRunner
 from devenv.plan import ServicePlan
+from devenv.runtime.base import Instance, InstanceSpec
 from fakes import (
     FakeRuntime,
     Script,
@@ -91,6 +92,30 @@ def test_five_crashes_within_a_minute_are_shown_as_a_crash_loop(tmp_path: Path) 
     assert after == "replica 1: crash loop: exited with code 1; restart #5 in 4.0s"
     assert state == "crashed"
     assert restarts == 4
+
+
+def test_a_service_in_a_crash_loop_says_so_while_its_replica_starts_again(
+        tmp_path: Path) -> None:
+    async def scenario() -> list[tuple[str, str]]:
+        runtime = FakeRuntime()
+        runtime.script("api", crash(code=1))
+        runner = runner_for(tmp_path, runtime, make_plan("api"))
+        seen: list[tuple[str, str]] = []  # what `status` shows as each start begins
+        start = runtime.start
+
+        async def observed(spec: InstanceSpec) -> Instance:
+            seen.append((runner.state, runner.detail))
+            return await start(spec)
+
+        runtime.start = observed  # type: ignore[method-assign]
+        await runner.scale(1)
+        await advance(40.0)
+        await runner.close()
+        return seen
+
+    looping = [detail for state, detail in run_virtual(scenario()) if state == "crashed"]
+    assert len(looping) >= 3  # the sixth start on: five crashes within a minute
+    assert all(detail.startswith("replica 1: crash loop: ") for detail in looping), looping
 
 
 def test_crashes_spread_over_more_than_a_minute_are_not_a_crash_loop(tmp_path: Path) -> None:

@@ -7,9 +7,9 @@ import pytest
 from devenv.telemetry.context import (
     TraceParent,
     child,
-    new_ids,
     new_span_id,
     new_trace_id,
+    new_traceparent,
     parse,
     parse_headers,
     tracestate,
@@ -83,8 +83,12 @@ def test_new_ids_are_lower_case_hex_of_the_right_size_and_differ() -> None:
     assert all(len(s) == 16 and int(s, 16) and s == s.lower() for s in spans)
 
 
-def test_a_new_trace_and_its_first_span_are_drawn_together_well_formed() -> None:
-    pairs = [new_ids() for _ in range(1000)]
-    assert len({t for t, _ in pairs}) == len({s for _, s in pairs}) == 1000
-    for trace_id, span_id in pairs:
-        assert parse(TraceParent(trace_id, span_id).header()) == (trace_id, span_id, "01")
+def test_a_new_traceparent_is_well_formed_its_ids_fresh_and_where_the_ingress_reads_them(
+) -> None:
+    for sampled, flags in ((True, "01"), (False, "00")):
+        headers = [new_traceparent(sampled) for _ in range(1000)]
+        parsed = [parse(h.decode()) for h in headers]
+        assert len({p.trace_id for p in parsed if p}) == len({p.span_id for p in parsed if p}) \
+            == 1000
+        for header, got in zip(headers, parsed, strict=True):
+            assert got == (header[3:35].decode(), header[36:52].decode(), flags)

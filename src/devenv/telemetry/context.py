@@ -80,16 +80,6 @@ def new_span_id() -> str:
             return f"{value:016x}"
 
 
-def new_ids() -> tuple[str, str]:
-    """A new trace id and a new span id (one draw: a new trace's first span, every request
-    the ingress starts a trace for)."""
-    while True:
-        ids = f"{random.getrandbits(192):048x}"
-        trace_id, span_id = ids[:32], ids[32:]
-        if trace_id != _ZERO_TRACE and span_id != _ZERO_SPAN:
-            return trace_id, span_id
-
-
 def new_traceparent(sampled: bool) -> bytes:
     """The `traceparent` header value of a new trace's first span, in bytes (what the
     ingress sends for every request that came without one: the cheapest way there). Its

@@ -103,8 +103,7 @@ class RequestStats:
             hist = latency.get((route, service))
             if hist is None:
                 hist = latency[(route, service)] = Histogram(LATENCY_BUCKETS)
-            hist.counts[bisect_left(hist.buckets, took)] += 1
-            hist.sum += took
+            hist.observe(took)
             window = recent.get(service)
             if window is None:
                 window = recent[service] = deque(maxlen=WINDOW_MAX)
