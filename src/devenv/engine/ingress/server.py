@@ -1174,7 +1174,7 @@ class Ingress:
 
     def _deliver(self) -> None:
         batch, self._published = self._published, []
-        if self.hub is not None:
+        if batch and self.hub is not None:
             self.hub.requests(batch)
 
     @property
@@ -1205,6 +1205,7 @@ class Ingress:
             if conn.transport is not None:
                 conn.transport.close()
         self.upstreams.close()
+        self._deliver()  # (what was answered is published before the store closes)
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
