@@ -134,7 +134,10 @@ def test_a_request_across_two_instrumented_services_is_one_trace(project: Projec
     # the list: filtered by service and duration, and the errors among them
     status, _ = project.get(f"http://127.0.0.1:{front}/fail")
     assert status == 500
-    failed = wait_for(lambda: traces_json(project, "--errors"), timeout=15)
+    # (each service exports its own spans: wait until the failed trace has both, as the
+    # filtered list below wants a trace that crossed every service named)
+    failed = wait_for(lambda: [t for t in traces_json(project, "--errors")
+                               if t["services"] == ["price", "shop"]], timeout=15)
     assert [t["spans"][0]["status_message"] for t in failed] == ["payment declined"]
     listed = project.devenv("trace", "--services", "shop,price", check=True).stdout
     assert found["trace_id"][:12] in listed and "error" in listed
