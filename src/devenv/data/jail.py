@@ -21,6 +21,7 @@ import os
 import pwd
 import stat
 import sys
+import time
 from typing import Any
 
 JAIL = "/run/devenv"
@@ -114,8 +115,6 @@ def remove_empty_lock(path: str) -> bool:
     refuses to start on an empty one ("lock file is empty"), which a kill -9 in between
     leaves. (The engine runs one server on a data folder at a time; the second look keeps
     clear of a server starting anyway.) Whether it was removed."""
-    import time
-
     try:
         first = os.lstat(path)
         if not stat.S_ISREG(first.st_mode) or first.st_size:
