@@ -32,6 +32,7 @@ from devenv.engine.ingress.messages import (
     span_error,
     switching_head,
 )
+from devenv.engine.ingress.outbox import Held, Outbox
 from devenv.engine.ingress.routes import NoHttp, RouteTable, host_name, split_path
 from devenv.engine.ingress.upstream import (
     HEAD_LIMIT,
@@ -215,7 +216,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
-        self.transport = transport
+        self.transport = Held(transport, self.ingress.outbox)
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if peer else b""
@@ -1160,7 +1161,8 @@ class Ingress:
         self.max_connections = max_connections
         self.server = Connections(max_connections or default_max_connections(),
                                   header_timeout, idle_timeout)
-        self.upstreams = Upstreams(connect_timeout)
+        self.outbox = Outbox()  # (writes held to the end of a busy turn of the loop)
+        self.upstreams = Upstreams(connect_timeout, self.outbox)
         self._listener: asyncio.Server | None = None
         self._published: list[RequestSeen] = []  # answered in this turn of the loop
 
@@ -1192,6 +1194,7 @@ class Ingress:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self.outbox.attach(loop)
         self._listener = await loop.create_server(
             lambda: ClientConnection(self), "127.0.0.1", self.port, reuse_address=True,
             backlog=1024)

@@ -11,6 +11,7 @@ from typing import Protocol, cast
 import httptools
 
 from devenv.engine.ingress.messages import Header
+from devenv.engine.ingress.outbox import Held, Outbox
 from devenv.engine.pool import Backend
 
 IDLE_PER_BACKEND = 256  # kept-alive connections to one instance, at most
@@ -51,6 +52,7 @@ class Upstream(asyncio.Protocol):
         "keep_alive",
         "length",
         "loop",
+        "outbox",
         "parser",
         "reason",
         "received",
@@ -60,8 +62,9 @@ class Upstream(asyncio.Protocol):
         "upgraded",
     )
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, outbox: Outbox | None = None):
         self.backend = backend
+        self.outbox = outbox  # (None: every write at once)
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
@@ -86,7 +89,7 @@ class Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
-        self.transport = transport
+        self.transport = transport if self.outbox is None else Held(transport, self.outbox)
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
 
     def data_received(self, data: bytes) -> None:
@@ -242,8 +245,9 @@ def _why(exc: BaseException) -> str:
 class Upstreams:
     """Kept-alive connections to instances, per backend, most recently used first."""
 
-    def __init__(self, connect_timeout: float):
+    def __init__(self, connect_timeout: float, outbox: Outbox | None = None):
         self.connect_timeout = connect_timeout
+        self.outbox = outbox  # what holds the connections' writes to the turn's end
         self.idle: dict[Backend, list[Upstream]] = {}
         self.sweeper: asyncio.TimerHandle | None = None  # closes those idle past KEEPALIVE
 
@@ -305,8 +309,8 @@ class Upstreams:
         takes longer than the connect timeout."""
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout):
-            _, conn = await loop.create_connection(lambda: Upstream(backend), backend.host,
-                                                   backend.port)
+            _, conn = await loop.create_connection(lambda: Upstream(backend, self.outbox),
+                                                   backend.host, backend.port)
         return conn
 
     def forget(self, live: set[Backend]) -> None:
