@@ -161,7 +161,12 @@ class Upstream(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.done:
             return
-        self._grown(len(name) + len(value) + 4)
+        size = self.head_size
+        if size >= 0:  # (not a trailer: `_grown`, inline, as it runs for every header)
+            size += len(name) + len(value) + 4
+            if size > HEAD_LIMIT:
+                raise _HeadTooBig
+            self.head_size = size
         lname = name.lower()
         if lname == b"content-length":
             self.length = True
