@@ -228,6 +228,44 @@ def test_bytes_an_instance_sends_past_its_response_are_not_a_response_to_the_nex
     asyncio.run(scenario())
 
 
+def test_a_client_that_half_closes_as_its_response_comes_still_gets_it() -> None:
+    """The instance answers and the client shuts its sending side in the same moment: at the
+    ingress both are read in one turn of its loop, the answer first, and the answer (held to
+    the turn's end) still reaches the client before the connection closes."""
+    client = socket.socket()
+    go: asyncio.Future[None]
+
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await stub.read(reader)
+        await go
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        client.shutdown(socket.SHUT_WR)  # (at once: both reach the ingress together)
+        await reader.read()
+
+    async def scenario() -> None:
+        nonlocal go
+        loop = asyncio.get_running_loop()
+        go = loop.create_future()
+        async with ingress(handler) as s:
+            client.setblocking(False)
+            await loop.sock_connect(client, ("127.0.0.1", s.ingress.port))
+            await loop.sock_sendall(client, get())
+            async with asyncio.timeout(3):
+                await s.stub.arrived.wait()
+            go.set_result(None)
+            out = b""
+            async with asyncio.timeout(3):
+                while data := await loop.sock_recv(client, 65536):
+                    out += data
+            assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\nok")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        client.close()
+
+
 # ---- 3. a client that never reads
 
 

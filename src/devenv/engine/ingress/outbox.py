@@ -49,14 +49,21 @@ class Outbox:
     def flush(self) -> None:
         held, self.held = self.held, []
         for transport in held:
-            transport.flush()
+            try:
+                transport.flush()
+            except Exception as exc:  # (a bug: the others' writes still go)
+                assert self.loop is not None
+                self.loop.call_exception_handler({
+                    "message": "the ingress could not send what it held", "exception": exc,
+                    "transport": transport.inner})
 
 
 class Held(asyncio.Transport):
     """A socket transport whose writes the outbox holds while the ingress is busy. Every use
     of the connection goes through it, so what is written keeps its order: a write after one
     held is held too, and closing or aborting sends what is held first (as a write made at
-    once would have been)."""
+    once would have been). When the peer's EOF closes the socket transport itself (a
+    protocol's `eof_received` returning None), its protocol flushes first."""
 
     __slots__ = ("inner", "outbox", "pending")
 
@@ -104,6 +111,15 @@ class Held(asyncio.Transport):
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None
                                 ) -> None:
         self.inner.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.inner.get_write_buffer_limits()
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self.inner.get_protocol()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.inner.set_protocol(protocol)
 
     def get_write_buffer_size(self) -> int:
         held = sum(map(len, self.pending)) if self.pending else 0

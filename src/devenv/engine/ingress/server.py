@@ -270,6 +270,8 @@ class ClientConnection(asyncio.Protocol):
             self._garbled(exc)
 
     def eof_received(self) -> bool | None:
+        if isinstance(self.transport, Held):  # it closes on return: what is held goes first
+            self.transport.flush()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:

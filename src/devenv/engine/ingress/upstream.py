@@ -126,6 +126,8 @@ class Upstream(asyncio.Protocol):
             exchange.uncork()
 
     def eof_received(self) -> bool | None:
+        if isinstance(self.transport, Held):  # it closes on return: what is held goes first
+            self.transport.flush()
         return None  # close
 
     def connection_lost(self, exc: Exception | None) -> None:
