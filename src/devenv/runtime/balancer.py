@@ -61,6 +61,9 @@ class Balancer:
                         return
                 except LookupError:  # nothing became ready in time
                     return
+        except asyncio.CancelledError:  # `close`: the connection ends here. (Not re-raised:
+            return  # Python 3.11's asyncio.streams asks the task for its exception, and a
+            # cancelled one raises in that callback, logged as an error)
         finally:
             self._conns.discard(task)
             with contextlib.suppress(Exception):

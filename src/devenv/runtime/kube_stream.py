@@ -177,14 +177,16 @@ class Forwarder:
         assert task is not None
         self._conns.add(task)
         try:
-            path = pod_path(self.namespace, self.pod(), "portforward")
-            ws = await _connect(self.session, self.link, path, [("ports", str(self.port))])
-        except DevenvError:
-            writer.close()
-            self._conns.discard(task)
-            return
-        try:
+            try:
+                path = pod_path(self.namespace, self.pod(), "portforward")
+                ws = await _connect(self.session, self.link, path, [("ports", str(self.port))])
+            except DevenvError:
+                writer.close()
+                return
             await forward(ws, reader, writer)
+        except asyncio.CancelledError:  # `close`: the connection ends here (not re-raised:
+            writer.close()  # Python 3.11's asyncio.streams asks the task for its exception,
+            # and a cancelled one raises in that callback, logged as an error)
         finally:
             self._conns.discard(task)
 
