@@ -1,11 +1,10 @@
 """Ports for the services and ingresses that tests and benchmarks start.
 
 They come from fixed ranges below the kernel's ephemeral range. Binding port 0 would draw
-from the ephemeral range, which is where the engine's health probes and every outgoing
-connection draw from too: such a port can be taken again before the service binds it. Tests
-use 20000-24999 and benchmarks 25000-29999, so a test run and a benchmark run never share a
-port; the engine's instances listen on 61000-65535 (`devenv.core.ports`) and `validate`'s
-copies on 30000-31999.
+from the ephemeral range, which is where the engine's instance ports, its health probes and
+every outgoing connection draw from too: such a port can be taken again before the service
+binds it. Tests use 20000-24999 and benchmarks 25000-29999, so a test run and a benchmark
+run never share a port.
 """
 
 from __future__ import annotations

@@ -16,13 +16,13 @@ import contextlib
 import dataclasses
 import shutil
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from devenv.core import faults
 from devenv.core.errors import DevenvError
-from devenv.core.ports import InstancePorts
 from devenv.data.base import (
     HOST,
     Confinement,
@@ -88,11 +88,18 @@ def _private(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
 @contextlib.asynccontextmanager
 async def running(ds: PG, pgdata: Path, log: Path) -> AsyncIterator[int]:
     """The server of `ds`'s binaries on `pgdata`, on a private port, until the block ends
     (then a fast shutdown; killed if it does not stop)."""
-    port = InstancePorts().take()
+    port = _free_port()
     jail = Confinement(pgdata)
     argv = jail.argv([_server_tool(jail, ds, "postgres"), "-D", jail.data, "-p", str(port),
                       "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",

@@ -15,6 +15,7 @@ import resource
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,6 @@ import psutil
 from devenv.core.atomic import write_atomic
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
-from devenv.core.ports import InstancePorts
 from devenv.runtime.balancer import Balancer
 from devenv.runtime.base import (
     CHILD_LIMIT_VAR,
@@ -56,6 +56,12 @@ PIDFD_VAR = "DEVENV_PIDFD"  # (devenv.profiling.inspector reads it)
 GRACE_POLL = 0.05  # while a stopped leader's children finish
 ATTACH_GRACE = 3.0  # seconds a tool has to finish after SIGINT before it is killed
 OUTPUT_GRACE = 0.5  # a one-off's output closes this soon after it exits, unless a child holds it
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
 
 
 def _descendants(pid: int) -> list[psutil.Process]:
@@ -314,7 +320,6 @@ class LocalRuntime:
         self._started = 0
         self._groups: dict[int, float] = {}
         self._guardian: subprocess.Popen[bytes] | None = None
-        self.ports = InstancePorts()  # where instances listen ($PORT)
 
     def _env(self, spec: InstanceSpec, port: int | None) -> dict[str, str]:
         env = {**self.environ, **spec.env, "DEVENV_REPLICA": str(spec.replica)}
@@ -325,7 +330,7 @@ class LocalRuntime:
 
     async def start(self, spec: InstanceSpec) -> LocalInstance:
         self._ensure_guardian()
-        port = self.ports.take() if spec.wants_port else None
+        port = free_port() if spec.wants_port else None
         workdir = self.root / spec.workdir
         self._started += 1
         mark = f"{self.token}-{self._started}"
