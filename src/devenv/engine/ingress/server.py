@@ -172,7 +172,7 @@ class ClientConnection(asyncio.Protocol):
         self.ingress = ingress
         self.accounts = ingress.server
         self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        self.transport: Held | None = None  # (every write through the outbox)
         self.parser = httptools.HttpRequestParser(self)
         self.peer = b""
         self.parsing: Request | None = None
@@ -270,7 +270,7 @@ class ClientConnection(asyncio.Protocol):
             self._garbled(exc)
 
     def eof_received(self) -> bool | None:
-        if isinstance(self.transport, Held):  # it closes on return: what is held goes first
+        if self.transport is not None:  # it closes on return: what is held goes first
             self.transport.flush()
         return None
 

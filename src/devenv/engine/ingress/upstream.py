@@ -62,10 +62,10 @@ class Upstream(asyncio.Protocol):
         "upgraded",
     )
 
-    def __init__(self, backend: Backend, outbox: Outbox | None = None):
+    def __init__(self, backend: Backend, outbox: Outbox):
         self.backend = backend
-        self.outbox = outbox  # (None: every write at once)
-        self.transport: asyncio.Transport | None = None
+        self.outbox = outbox
+        self.transport: Held | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.head = False  # the request was HEAD: its response has no body
@@ -89,7 +89,7 @@ class Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
-        self.transport = transport if self.outbox is None else Held(transport, self.outbox)
+        self.transport = Held(transport, self.outbox)
         transport.set_write_buffer_limits(WRITE_HIGH, WRITE_LOW)
 
     def data_received(self, data: bytes) -> None:
@@ -126,7 +126,7 @@ class Upstream(asyncio.Protocol):
             exchange.uncork()
 
     def eof_received(self) -> bool | None:
-        if isinstance(self.transport, Held):  # it closes on return: what is held goes first
+        if self.transport is not None:  # it closes on return: what is held goes first
             self.transport.flush()
         return None  # close
 
@@ -252,7 +252,7 @@ def _why(exc: BaseException) -> str:
 class Upstreams:
     """Kept-alive connections to instances, per backend, most recently used first."""
 
-    def __init__(self, connect_timeout: float, outbox: Outbox | None = None):
+    def __init__(self, connect_timeout: float, outbox: Outbox):
         self.connect_timeout = connect_timeout
         self.outbox = outbox  # what holds the connections' writes to the turn's end
         self.idle: dict[Backend, list[Upstream]] = {}
