@@ -2,7 +2,7 @@
 stub instances: message framing it writes itself (no smuggling through `Connection`), bytes
 an instance sends past its response, flow control for a client that never reads, refused
 websockets, `h2c` upgrades, header size limits, `Host` rules, malformed chunked bodies, idle
-upstream connections, and the upstream timeout while an upload progresses."""
+upstream connections, the upstream timeout while an upload progresses, and trailers."""
 
 from __future__ import annotations
 
@@ -542,5 +542,96 @@ def test_an_upload_that_progresses_is_not_cut_by_the_response_timeout() -> None:
                 out = await reader.read(-1)
             writer.close()
             assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"done")
+
+    asyncio.run(scenario())
+
+
+# ---- 12. trailers: a chunked message's fields after its body
+
+
+async def read_chunked(reader: asyncio.StreamReader) -> bytes:
+    """A chunked body, its chunks joined (what follows the last chunk is read and dropped)."""
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":
+                pass
+            return body
+        body += (await reader.readexactly(size + 2))[:-2]
+
+
+def test_a_chunked_upload_over_64_kib_with_a_trailer_is_forwarded_whole() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await read_chunked(reader)
+        stub.seen.append((head, body))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (
+            len(str(len(body))), len(body)))
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            part = b"a" * 10_000
+            chunks = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for _ in range(10))
+            out = await exchange(s.ingress, b"POST /up HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Transfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n"
+                                 b"Connection: close\r\n\r\n%s0\r\nX-Checksum: abc\r\n\r\n"
+                                 % chunks)
+            assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"\r\n\r\n100000"), out
+            ((_, body),) = s.stub.seen
+            assert body == part * 10
+
+    asyncio.run(scenario())
+
+
+def _chunked_with_trailers(trailers: bytes) -> Handler:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await stub.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n0\r\n" + trailers + b"\r\n")
+        await writer.drain()
+        await reader.read(-1)
+    return handler
+
+
+def test_an_instances_trailers_end_its_response_and_are_not_relayed() -> None:
+    async def scenario() -> None:
+        async with ingress(_chunked_with_trailers(b"X-Checksum: abc\r\n")) as s:
+            out = await exchange(s.ingress, get())
+            assert out.startswith(b"HTTP/1.1 200 ") and b"X-Checksum" not in out
+            assert out.endswith(b"5\r\nhello\r\n0\r\n\r\n")
+
+    asyncio.run(scenario())
+
+
+def test_an_instances_trailers_over_64_kib_cut_the_response_short() -> None:
+    async def scenario() -> None:
+        pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(80))
+        async with ingress(_chunked_with_trailers(pad)) as s:
+            out = await exchange(s.ingress, get())
+            assert out.startswith(b"HTTP/1.1 200 ") and b"hello" in out
+            assert not out.endswith(b"0\r\n\r\n")  # cut: the client does not take it as whole
+            assert s.ingress.upstreams.idle.get(s.backend, []) == []
+
+    asyncio.run(scenario())
+
+
+def test_a_requests_trailers_over_64_kib_are_refused_and_its_body_not_sent_whole() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        stub.seen.append((b"", await reader.read(-1)))  # all it got, until it was closed
+
+    async def scenario() -> None:
+        pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"a" * 1000) for i in range(80))
+        async with ingress(handler) as s:
+            out = await exchange(s.ingress, b"POST /up HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n%s\r\n"
+                                 % pad)
+            assert out.startswith(b"HTTP/1.1 400 ") and b"trailers are over 64 KiB" in out
+            await until(lambda: s.stub.conns == 0 or len(s.stub.seen) == s.stub.conns)
+            assert not any(got.endswith(b"0\r\n\r\n") for _, got in s.stub.seen)
 
     asyncio.run(scenario())

@@ -96,6 +96,7 @@ class Request:
         "size",
         "target",
         "traced",
+        "trailers",
         "upgrade",
         "websocket",
     )
@@ -116,6 +117,7 @@ class Request:
         self.complete = False  # its body was read to the end
         self.parts: list[bytes] = []  # its body, read ahead of sending it
         self.size = 0
+        self.trailers = 0  # bytes of trailer fields read (RFC 9112 7.1.2), dropped
         self.sink: asyncio.Transport | None = None  # where its body goes as it comes
         self.early = b""  # a websocket's first bytes, read with its upgrade
         self.bad = ""  # why its body could not be read to its end
@@ -329,6 +331,13 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
         assert req is not None
+        if req.method:  # a trailer (after a chunked body): not forwarded, but bounded
+            req.trailers += len(name) + len(value) + 4
+            if req.trailers > HEAD_LIMIT:
+                self.refusal = IngressError(431, f"the request's trailers are over "
+                                            f"{HEAD_LIMIT // 1024} KiB")
+                raise _TooMany
+            return
         lname = name.lower()
         req.headers.append((lname, name, value))
         req.size += len(name) + len(value) + 4
@@ -1016,7 +1025,9 @@ class ClientConnection(asyncio.Protocol):
         req = self.parsing
         if req is not None and req.method and not req.complete and self.queue \
                 and self.queue[0] is req:  # the body of the request being answered
-            req.bad = str(exc) or type(exc).__name__
+            refusal = self.refusal
+            req.bad = refusal.message if refusal is not None else str(exc) or \
+                type(exc).__name__
             req.sink = None
             self._wake(BAD)
         self._refuse(self.refusal or IngressError(400, f"bad request: {exc}"))

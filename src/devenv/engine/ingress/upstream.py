@@ -57,6 +57,7 @@ class Upstream(asyncio.Protocol):
         "reason",
         "received",
         "status",
+        "trailers",
         "transport",
         "tunnel",
         "upgraded",
@@ -75,6 +76,7 @@ class Upstream(asyncio.Protocol):
         self.headers: list[Header] = []
         self.head_size = -1  # bytes of the head parsed (-1: not in a head)
         self.head_read = 0  # bytes read while it is incomplete
+        self.trailers = 0  # bytes of the response's trailer fields (dropped), so far
         self.length = False  # the response has a Content-Length
         self.keep_alive = False
         self.closed = False
@@ -153,7 +155,7 @@ class Upstream(asyncio.Protocol):
         self.headers = []
         self.reason = b""
         self.length = False
-        self.head_size = self.head_read = 0
+        self.head_size = self.head_read = self.trailers = 0
 
     def on_status(self, reason: bytes) -> None:
         if not self.done:
@@ -164,11 +166,15 @@ class Upstream(asyncio.Protocol):
         if self.done:
             return
         size = self.head_size
-        if size >= 0:  # (not a trailer: `_grown`, inline, as it runs for every header)
-            size += len(name) + len(value) + 4
-            if size > HEAD_LIMIT:
-                raise _HeadTooBig
-            self.head_size = size
+        if size < 0:  # a trailer (after a chunked body): not relayed, but bounded
+            self.trailers += len(name) + len(value) + 4
+            if self.trailers > HEAD_LIMIT:
+                raise _HeadTooBig("trailers")
+            return
+        size += len(name) + len(value) + 4  # (`_grown`, inline: it runs for every header)
+        if size > HEAD_LIMIT:
+            raise _HeadTooBig
+        self.head_size = size
         lname = name.lower()
         if lname == b"content-length":
             self.length = True
@@ -244,8 +250,10 @@ class _HeadTooBig(Exception):
 
 
 def _why(exc: BaseException) -> str:
-    if isinstance(exc, _HeadTooBig) or isinstance(exc.__context__, _HeadTooBig):
-        return f"its response's head is over {HEAD_LIMIT // 1024} KiB"
+    big = exc if isinstance(exc, _HeadTooBig) else exc.__context__
+    if isinstance(big, _HeadTooBig):
+        return f"its response's {big.args[0] if big.args else 'head'} is over " \
+            f"{HEAD_LIMIT // 1024} KiB"
     return str(exc) or type(exc).__name__
 
 
