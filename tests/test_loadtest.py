@@ -30,6 +30,7 @@ class _Orders(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     orders: dict[int, dict[str, object]] = {}
     gets = 0
+    paths: set[str] = set()  # every path a GET asked for
     lock = threading.Lock()
 
     def _send(self, code: int, doc: object) -> None:
@@ -49,7 +50,13 @@ class _Orders(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         _Orders.gets += 1
-        if self.path.startswith("/orders/"):
+        _Orders.paths.add(self.path)
+        if self.path == "/chunked":  # an answer framed by chunks (no Content-Length)
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(b"2\r\nok\r\n0\r\n\r\n")
+        elif self.path.startswith("/orders/"):
             order = self.orders.get(int(self.path.rsplit("/", 1)[1]))
             self._send(200 if order else 404, order or {"error": "no such order"})
         else:
@@ -294,3 +301,47 @@ def test_bad_usage_is_refused_before_any_load(server: str, tmp_path: Path) -> No
     assert files.returncode == 2, files.stdout + files.stderr
     assert "limit of 256" in files.stderr and "ulimit -n" in files.stderr
     assert _Orders.gets == before  # nothing was sent
+
+
+def test_a_url_is_requested_as_given_and_a_path_goes_under_it(server: str) -> None:
+    whole = load_test("--url", f"{server}/search?q=x%20y", "--connections", "1",
+                      "--duration", "0.5s", "--json")
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    under = load_test("--url", f"{server}/orders/", "--path", "/list", "--connections", "1",
+                      "--duration", "0.5s", "--json")
+    assert under.returncode == 1  # (every answer a 404: no such order)
+    assert "/search?q=x%20y" in _Orders.paths and "/orders/list" in _Orders.paths
+    assert not any(p.startswith("/search/") for p in _Orders.paths)
+    bad = load_test("--url", "http://127.0.0.1:99999/", "--duration", "1s")
+    assert bad.returncode == 2 and "its port must be a number from 1 to 65535" in bad.stderr
+
+
+def test_every_request_failing_fails_the_run_and_chunked_answers_are_no_errors(
+        server: str) -> None:
+    missing = load_test("--url", f"{server}/orders/999", "--connections", "2",
+                        "--duration", "0.5s")
+    assert missing.returncode == 1, missing.stdout + missing.stderr
+    assert "every request to " in missing.stderr and "failed (status " in missing.stderr
+    chunked = load_test("--url", f"{server}/chunked", "--connections", "2",
+                        "--duration", "1s", "--json")
+    assert chunked.returncode == 0, chunked.stdout + chunked.stderr
+    doc = json.loads(chunked.stdout)
+    assert doc["requests"] > 10 and doc["errors"]["total"] == 0
+
+
+def test_ctrl_c_in_open_model_stops_at_once_with_the_figures_up_to_it(server: str) -> None:
+    run = start_load("--url", server, "--rate", "2/s", "--duration", "60s", "--json")
+    try:
+        before = _Orders.gets
+        assert wait_for(lambda: _Orders.gets > before), "no load arrived"
+        started = time.monotonic()
+        os.killpg(run.pid, signal.SIGINT)
+        out = run.communicate(timeout=15)[0]
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert time.monotonic() - started < 4, out
+    assert run.returncode == 130, out
+    doc = json.loads(out)
+    assert doc["interrupted"] and doc["duration_s"] < 3
+    assert 1 <= doc["requests"] <= 6 and doc["generator"]["arrivals"] == doc["requests"]

@@ -21,7 +21,16 @@ from devenv.loadtest.data import (
     render,
 )
 from devenv.loadtest.histogram import Histogram
-from devenv.loadtest.pattern import Pattern, Scenario, Stage, Step, Threshold, load, threshold
+from devenv.loadtest.pattern import (
+    Check,
+    Pattern,
+    Scenario,
+    Stage,
+    Step,
+    Threshold,
+    load,
+    threshold,
+)
 from devenv.loadtest.results import Results
 from devenv.loadtest.schedule import Schedule
 from devenv.loadtest.worker import Job, Recorder, Target, Worker, open_loop
@@ -276,3 +285,102 @@ def test_open_files_are_made_room_for_or_refused_with_the_limit() -> None:
     assert f"ulimit -n {need}" in (caught.value.hint or "")
     with pytest.raises(UsageError, match="--workers -1: give 1 to 64"):
         generator.run(pattern, Target("127.0.0.1", 1, "localhost"), workers=-1)
+
+
+def test_csv_cells_keep_their_text_and_templates_name_real_columns(tmp_path: Path) -> None:
+    (tmp_path / "skus.csv").write_bytes("\ufeffsku,qty\n007,2\n1_000,1.5\n".encode())
+    assert read_csv(tmp_path / "skus.csv") == [{"sku": "007", "qty": 2},
+                                               {"sku": "1_000", "qty": 1.5}]
+    f = tmp_path / "load.yml"
+    f.write_text("scenarios:\n"
+                 "  buy:\n"
+                 "    data: {p: {csv: skus.csv}}\n"
+                 "    steps:\n"
+                 "      - get: /items/${p.skuu}\n"
+                 "      - {get: /w, method: POST}\n"
+                 "stages: [{rate: 5/s, duration: 1s}]\n"
+                 "thresholds: [errors < 5]\n")
+    with pytest.raises(ConfigError) as err:
+        load(f, "load.yml")
+    text = "\n".join(err.value.details)
+    assert "load.yml:5 scenarios.buy.steps[0]: '${p.skuu}': p has no column 'skuu' " \
+        "(it has qty, sku) (did you mean 'sku'?)" in text
+    assert "load.yml:6 scenarios.buy.steps[1]: give the request once" in text
+    assert "load.yml:8 thresholds[0]: 'errors < 5': give errors as a percentage" in text
+
+
+def test_a_path_past_ascii_is_percent_encoded_and_headers_go_as_utf8() -> None:
+    raw = http.encode("GET", "/search?q=日本 茶", "h", {"X-Who": "Łukasz"})
+    assert raw.startswith(b"GET /search?q=%E6%97%A5%E6%9C%AC%20%E8%8C%B6 HTTP/1.1\r\n")
+    assert "X-Who: Łukasz\r\n".encode() in raw
+    assert http.encode("GET", "/a%2Fb?x=1&y=[2]", "h").startswith(b"GET /a%2Fb?x=1&y=[2] ")
+
+
+def test_a_json_check_tells_true_from_1_and_json_sets_one_content_type() -> None:
+    step = Step("make", "POST", "/orders", (("content-type", "application/vnd+json"),),
+                json={"n": 1}, check=Check(json=(("$.ok", ("ok",), 1),)))
+    job = Job(Pattern((Scenario("s", (step,)),), (Stage("users", 1.0, users=1),)),
+              Target("127.0.0.1", 1, "localhost"))
+    worker = Worker(job, lambda message: None, lambda: False)
+    raw = worker._raw(step, {})
+    assert raw.lower().count(b"content-type") == 1
+    assert not worker._checked(step, b'{"ok": true}', {})
+    assert worker._checked(step, b'{"ok": 1}', {}) and worker._checked(step, b'{"ok": 1.0}', {})
+
+
+def test_open_model_stops_waiting_for_its_next_arrival_on_ctrl_c() -> None:
+    """1 arrival a second: a slot waits ~1 s for the next; a Ctrl-C (the stop flag) ends the
+    wait within STOP_CHECK, and the arrival it waited for is not counted as sent."""
+    stop = [False]
+
+    async def scenario() -> tuple[Recorder, float]:
+        start = now()
+        rec = Recorder(start, now)
+
+        async def one(intended: float) -> None:
+            rec.record(("s", "x"), intended, now())
+
+        async def ctrl_c() -> None:
+            await asyncio.sleep(0.3)  # (virtual: the slot waits for its arrival at 1 s)
+            stop[0] = True
+
+        pressed = asyncio.ensure_future(ctrl_c())
+        await open_loop(Schedule((Stage("rate", 60.0, 1.0, 1.0),)), start, 1, now, one,
+                        lambda: stop[0], rec, start + 60.0)
+        await pressed
+        return rec, now() - start
+
+    rec, took = run_virtual(scenario())
+    assert rec.arrivals == 1 and took <= 0.3 + 0.1 + 1e-6
+
+
+def test_an_arrival_cancelled_while_late_is_not_counted_late() -> None:
+    async def scenario() -> Recorder:
+        start = now() - 10.0  # every arrival is long due: each is taken late
+        rec = Recorder(start, now)
+
+        async def never(intended: float) -> None:
+            await asyncio.sleep(3600)
+
+        loop = open_loop(Schedule((Stage("rate", 1.0, 50.0, 50.0),)), start, 4, now, never,
+                         lambda: False, rec, start + 1.0)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(loop, 1.0)
+        return rec
+
+    rec = run_virtual(scenario())
+    assert rec.arrivals == 0 and rec.busy == 0 and rec.not_sent == 50
+
+
+def test_a_saturated_generator_is_named_as_the_limit() -> None:
+    results = Results("t", "100000/s for 3s", duration_s=3.0, rate_asked=100000.0, workers=1)
+    results.add_done({"steps": [], "arrivals": 1000, "not_sent": 0, "lag_max_s": 0.0,
+                      "busy": 900, "last_s": 9.5, "cpu_share": 0.98})
+    assert results.behind is not None
+    assert results.behind.startswith("the generator could not keep the asked rate (a worker "
+                                     "used 98% of a core")
+    assert "give more --workers (it had 1" in results.behind
+    calm = Results("t", "100/s", duration_s=3.0, rate_asked=100.0)
+    calm.add_done({"steps": [], "arrivals": 1000, "not_sent": 0, "lag_max_s": 0.0,
+                   "busy": 900, "last_s": 3.0, "cpu_share": 0.3})
+    assert calm.behind is not None and "every connection was busy" in calm.behind

@@ -26,6 +26,11 @@ def names_in(text: str) -> set[str]:
     return {m.group(1) for m in _VAR.finditer(text)}
 
 
+def fields_in(text: str) -> set[tuple[str, str]]:
+    """The (name, first field) of each `${name.field...}` in `text`."""
+    return {(m.group(1), m.group(2).split(".")[1]) for m in _VAR.finditer(text) if m.group(2)}
+
+
 def _lookup(values: Mapping[str, Any], name: str, fields: str) -> Any:
     if name not in values:
         raise TemplateError(f"no value named '{name}'")
@@ -110,18 +115,21 @@ def extract(doc: Any, parts: tuple[str | int, ...]) -> Any:
     return doc
 
 
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?")
+
+
 def _scalar(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+    """A cell as a number when it is written as one plainly (`42`, `-1.5`); as text otherwise,
+    so `007`, `1_000` or `1e3` (an id, a code) are sent as they are written."""
+    match = _NUMBER.fullmatch(text)
+    if match is None:
+        return text
+    return float(text) if match.group(1) else int(text)
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:
     """The rows of a CSV file with a header line, numbers as numbers; OSError/ValueError."""
-    with path.open(newline="", encoding="utf-8") as fh:
+    with path.open(newline="", encoding="utf-8-sig") as fh:  # (a BOM is not a column's)
         reader = csv.DictReader(fh)
         if not reader.fieldnames:
             raise ValueError("no header line")

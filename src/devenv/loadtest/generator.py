@@ -111,6 +111,7 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
     failed: dict[int, str] = {}  # worker: why it died
     started = time.monotonic() + max(0.0, start_at - time.time())
     deadline = None  # after Ctrl-C: how long the workers get to hand in what they did
+    cut = None  # when the first Ctrl-C came (the run's figures are up to then)
     hurry = False  # a second Ctrl-C: stop them now
     last = 0.0
     try:
@@ -144,14 +145,20 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
                 if results.interrupted:
                     hurry = True
                 results.interrupted = True
+                cut = cut or time.monotonic()
                 stop.set()
                 deadline = time.monotonic() + 3 + pattern.timeout_s
     finally:
         stop.set()
-        results.duration_s = min(max(0.0, time.monotonic() - started), max(
-            pattern.duration_s, 0.001)) if not results.interrupted else max(
-            0.0, time.monotonic() - started)
+        ended = time.monotonic()
         _end(procs, at_once=hurry or bool(failed))
+    # the time requests were sent and answered in: the stages, and longer when answers came
+    # after them (a generator or service behind the asked rate); up to a Ctrl-C, if one came
+    if results.interrupted:
+        results.duration_s = max(0.0, (cut or ended) - started)
+    else:
+        results.duration_s = min(max(pattern.duration_s, results.last_s),
+                                 max(0.0, ended - started))
     if results.timeline:
         results.duration_s = max(results.duration_s, 1e-3)
     if not results.interrupted:

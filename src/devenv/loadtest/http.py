@@ -4,6 +4,8 @@ once, responses framed by Content-Length or chunked encoding straight from the b
 from __future__ import annotations
 
 import asyncio
+import re
+import urllib.parse
 from dataclasses import dataclass
 
 NO_BODY = -2  # HEAD, 1xx, 204, 304
@@ -17,12 +19,20 @@ class ProtocolError(Exception):
 
 def encode(method: str, path: str, host: str, headers: dict[str, str] | None = None,
            body: bytes = b"") -> bytes:
+    """A request's bytes. A path's spaces and characters past ASCII are percent-encoded
+    (as UTF-8, as a browser does: `/search?q=日本`), header values sent as UTF-8."""
+    if not _PLAIN.fullmatch(path):
+        path = urllib.parse.quote(path, safe=_KEPT)
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     for name, value in (headers or {}).items():
         lines.append(f"{name}: {value}")
     if body or method in ("POST", "PUT", "PATCH"):
         lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "replace") + body
+
+
+_PLAIN = re.compile(r"[\x21-\x7e]*")  # printable ASCII, no space: sent as it is
+_KEPT = "!#$%&'()*+,/:;=?@[]~"  # what percent-encoding a path leaves (a % already there too)
 
 
 def head(buf: bytes | bytearray, head_only: bool = False) -> tuple[int, int, int, bool] | None:

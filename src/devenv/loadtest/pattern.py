@@ -15,7 +15,7 @@ from devenv.config.schema import Path as KeyPath
 from devenv.config.schema import did_you_mean, dotted, parse_duration
 from devenv.core.errors import ConfigError, Problem
 from devenv.loadtest import units
-from devenv.loadtest.data import DataSource, json_path, names_in, read_csv
+from devenv.loadtest.data import DataSource, fields_in, json_path, names_in, read_csv
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 token)
@@ -204,8 +204,9 @@ class _Reader:
             self.bad(path + ("steps",), "give a list of one or more requests")
         else:
             known = {d.name for d in data}
+            columns = {d.name: _columns(d.rows) for d in data}
             for i, s in enumerate(steps_node):
-                step = self.step(s, path + ("steps", i), known, i)
+                step = self.step(s, path + ("steps", i), known, i, columns)
                 if step:
                     steps.append(step)
                     known |= {var for var, _ in step.extract}
@@ -272,13 +273,14 @@ class _Reader:
             out.append(DataSource(name, tuple(rows), order))
         return tuple(out)
 
-    def step(self, node: Any, path: KeyPath, known: set[str], i: int) -> Step | None:
+    def step(self, node: Any, path: KeyPath, known: set[str], i: int,
+             columns: dict[str, set[str] | None]) -> Step | None:
         if not self.keys(node, path, STEP):
             return None
         shorthand = [m for m in METHODS if m.lower() in node]
         method = str(node.get("method", shorthand[0] if shorthand else "GET")).upper()
         target = node.get(shorthand[0].lower()) if shorthand else node.get("path")
-        if len(shorthand) > 1 or (shorthand and "path" in node):
+        if len(shorthand) > 1 or (shorthand and ("path" in node or "method" in node)):
             self.bad(path, "give the request once: `get: /path`, or `method:` and `path:`")
         if method not in METHODS:
             self.bad(path + ("method",), f"{method!r}: one of {', '.join(METHODS)}")
@@ -304,6 +306,13 @@ class _Reader:
         for name in sorted(used - known):
             self.bad(path, f"'${{{name}}}' is not a data source or a value extracted by an "
                      f"earlier step{did_you_mean(name, known)}")
+        texts = [target, json.dumps(node.get("json")), str(body or ""),
+                 *(str(v) for v in headers.values())]
+        for name, column in sorted(set().union(*(fields_in(t) for t in texts))):
+            have = columns.get(name)
+            if have is not None and column not in have:
+                self.bad(path, f"'${{{name}.{column}}}': {name} has no column '{column}' "
+                         f"(it has {', '.join(sorted(have))}){did_you_mean(column, have)}")
         extract = []
         ex = node.get("extract") or {}
         if not isinstance(ex, dict):
@@ -374,6 +383,14 @@ class _Reader:
         return Stage(kind, seconds, per_s, per_s)
 
 
+def _columns(rows: tuple[Any, ...]) -> set[str] | None:
+    """The fields every row of a data source has (a CSV file's columns), or None when its
+    rows are not mappings."""
+    if not all(isinstance(r, dict) for r in rows):
+        return None
+    return set.intersection(*(set(map(str, r)) for r in rows))
+
+
 def threshold(text: str, where: str = "") -> Threshold | str:
     """A threshold like `p95 < 300ms`, `errors < 1%`, `rps > 100`; or what is wrong."""
     match = _THRESHOLD.match(text)
@@ -383,9 +400,9 @@ def threshold(text: str, where: str = "") -> Threshold | str:
     metric, op, number, unit = match.groups()
     value = float(number)
     if metric == "errors":
-        if unit not in ("%", None):
-            return f"{text!r}: errors are a share, e.g. errors < 1%"
-        value = value / 100 if unit == "%" else value
+        if unit not in ("%", None) or (unit is None and value != 0):
+            return f"{text!r}: give errors as a percentage, e.g. errors < 1%"
+        value = value / 100
     elif metric == "rps":
         if unit not in ("/s", None):
             return f"{text!r}: rps is requests a second, e.g. rps > 100"

@@ -12,6 +12,7 @@ from devenv.loadtest.pattern import Pattern, Threshold
 
 ERROR_KINDS = ("connect", "timeout", "status", "check")
 LATE_SHARE = 0.01  # more arrivals than this started late: the summary says so
+SATURATED = 0.9  # a worker using this share of a core or more is the limit of an open run
 StepKey = tuple[str, str]  # (scenario, step): names may hold any character, "/" too
 
 
@@ -86,6 +87,8 @@ class Results:
     not_sent: int = 0  # open model: arrivals due that were never measured
     busy: int = 0  # open model: arrivals taken late, every connection being busy
     lag_max_s: float = 0.0
+    last_s: float = 0.0  # when the last request was answered, from the start
+    cpu_share: float = 0.0  # open model: the most of a core a worker used (over a second)
     interrupted: bool = False
     verdicts: list[Verdict] = field(default_factory=list)
 
@@ -100,6 +103,8 @@ class Results:
         self.not_sent += done["not_sent"]
         self.busy += done["busy"]
         self.lag_max_s = max(self.lag_max_s, done["lag_max_s"])
+        self.last_s = max(self.last_s, done["last_s"])
+        self.cpu_share = max(self.cpu_share, done["cpu_share"])
 
     def total(self) -> Figures:
         out = Figures()
@@ -125,10 +130,15 @@ class Results:
         figures are the generator's, not the service's), or every connection was busy."""
         if self.rate_asked is None:
             return None
-        if self.lag_max_s > 0.05:
-            return (f"the generator could not keep the asked rate (it started requests up to "
-                    f"{self.lag_max_s * 1000:.0f} ms late with connections free): the "
-                    "figures are the generator's limit, not the service's; lower the rate")
+        late = self.late_share > LATE_SHARE or self.not_sent
+        if self.lag_max_s > 0.05 or (late and self.cpu_share >= SATURATED):
+            why = (f"it started requests up to {self.lag_max_s * 1000:.0f} ms late with "
+                   "connections free" if self.lag_max_s > 0.05 else
+                   f"a worker used {self.cpu_share:.0%} of a core while {self.busy:,} of "
+                   f"{self.arrivals:,} arrivals started late")
+            return (f"the generator could not keep the asked rate ({why}): the figures are "
+                    f"the generator's limit, not the service's; give more --workers (it had "
+                    f"{self.workers}; at most one a core) or lower the rate")
         said = []
         if self.late_share > LATE_SHARE:
             said.append(f"{self.busy:,} of {self.arrivals:,} arrivals "
@@ -171,7 +181,7 @@ class Results:
                             "not_sent": self.not_sent, "late_max_ms":
                             round(self.lag_max_s * 1000, 1), "arrivals": self.arrivals,
                             "late": self.busy, "late_share": round(self.late_share, 4),
-                            "behind": self.behind}
+                            "cpu_share": round(self.cpu_share, 3), "behind": self.behind}
         doc["timeline"] = [{"t": sec, "requests": f.requests, "errors": f.error_count,
                             **{k: v for k, v in f.hist.summary_ms().items()
                                if k in ("p50", "p95", "p99", "max")}}

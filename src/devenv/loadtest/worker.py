@@ -33,6 +33,7 @@ from devenv.loadtest.schedule import Schedule
 
 Clock = Callable[[], float]
 KINDS = ("connect", "timeout", "status", "check")
+STOP_CHECK = 0.1  # an open-model wait for an arrival's time looks at the stop flag this often
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class Recorder:
         self.not_sent = 0  # open model: arrivals due but never measured (the run ended first)
         self.lag_max_s = 0.0  # open model: most a free connection started late
         self.busy = 0  # open model: arrivals taken late because every connection was busy
+        self.last_s = 0.0  # when the last answer came, from the start
+        self.cpu_share = 0.0  # open model: the share of a core the process used, at most
 
     def second(self, now: float) -> StepStats:
         sec = int(now - self.start) if now > self.start else 0
@@ -83,13 +86,18 @@ class Recorder:
             stats = self.seconds[sec] = StepStats()
         return stats
 
-    def record(self, key: StepKey, sent: float, now: float, error: str | None = None) -> None:
+    def record(self, key: StepKey, sent: float, now: float, error: str | None = None, *,
+               timed: bool = True) -> None:
+        """A request answered or failed; its latency unless it failed to connect or was
+        never sent (`timed` False)."""
         stats = self.steps.get(key)
         if stats is None:
             stats = self.steps[key] = StepStats()
         sec = self.second(now)
         stats.requests += 1
-        if error != "connect":
+        if (error is None or error == "status") and now - self.start > self.last_s:
+            self.last_s = now - self.start  # (answered: a timeout's end is not a rate's)
+        if timed and error != "connect":
             us = int((now - sent) * 1_000_000)
             stats.hist.record(us)
             sec.hist.record(us)
@@ -103,7 +111,8 @@ class Recorder:
         model's accounting."""
         return {"steps": [(sc, step, v.wire()) for (sc, step), v in self.steps.items()],
                 "arrivals": self.arrivals, "not_sent": self.not_sent,
-                "lag_max_s": self.lag_max_s, "busy": self.busy}
+                "lag_max_s": self.lag_max_s, "busy": self.busy, "last_s": self.last_s,
+                "cpu_share": self.cpu_share}
 
     def take_seconds(self, before: int) -> list[tuple[int, dict[str, Any]]]:
         done = sorted(s for s in self.seconds if s < before)
@@ -128,22 +137,29 @@ async def open_loop(schedule: Schedule, start: float, slots: int, clock: Clock,
             if intended > last:
                 recorder.not_sent += 1
                 continue
+            late = False
             delay = intended - clock()
             if delay > 0:
                 try:
-                    await asyncio.sleep(delay)
+                    while delay > 0 and not stopping():  # (a Ctrl-C is not slept through)
+                        await asyncio.sleep(min(delay, STOP_CHECK))
+                        delay = intended - clock()
                 except asyncio.CancelledError:
                     if intended <= min(clock(), last):
                         recorder.not_sent += 1
                     raise
+                if stopping():
+                    return
                 recorder.lag_max_s = max(recorder.lag_max_s, clock() - intended)
             elif delay < -0.001:
+                late = True
                 recorder.busy += 1
             recorder.arrivals += 1
             try:
                 await run_one(intended)
             except asyncio.CancelledError:  # cut off at the run's end: never measured
                 recorder.arrivals -= 1
+                recorder.busy -= late
                 recorder.not_sent += 1
                 raise
 
@@ -200,9 +216,11 @@ class FastConnection(asyncio.Protocol):
                 end = start + length
                 if len(buf) < end:
                     break
-            else:  # chunked or until close: the general client frames those
-                self.w.slow_framing = True
-                self.fail("connect")
+            else:  # chunked or until close: the general client frames those (this answer,
+                self.w.slow_framing = True  # a good one, is not counted: it sends it again)
+                self.waiting = False
+                if self.transport is not None:
+                    self.transport.abort()
                 return
             now = time.perf_counter()
             buf = buf[end:]
@@ -271,8 +289,14 @@ class Worker:
         self.report(("done", self.job.part, self.rec.done()))
 
     async def _tick(self) -> None:
+        since, cpu = self.clock(), time.process_time()
         while True:
             await asyncio.sleep(0.1)
+            if self.clock() - since >= 1.0:  # the share of a core this process used
+                now, used = self.clock(), time.process_time()
+                share = (used - cpu) / (now - since)
+                self.rec.cpu_share = max(self.rec.cpu_share, share)
+                since, cpu = now, used
             if self.stop_requested():
                 self.stop_now = True
             now_sec = int(self.clock() - self.start)
@@ -327,6 +351,9 @@ class Worker:
                 conn.fail("timeout")
             if pending:
                 await asyncio.wait(pending, timeout=1)
+            for task in tasks:  # a bug in one: the worker fails, saying why (not lost)
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
 
     async def _until(self, end: float) -> None:
         while not self.stop_now:
@@ -414,7 +441,8 @@ class Worker:
         body = b""
         if step.json is not None:
             body = json.dumps(render(step.json, values)).encode()
-            headers.setdefault("Content-Type", "application/json")
+            if not any(k.lower() == "content-type" for k in headers):
+                headers["Content-Type"] = "application/json"
         elif step.body is not None:
             body = render_text(step.body, values).encode()
         raw = encode(step.method, t.prefix + render_text(step.path, values, in_path),
@@ -438,8 +466,11 @@ class Worker:
                 return
             try:
                 raw = self._raw(step, values)
-            except TemplateError:
-                self.rec.record(key, self.clock(), self.clock(), "check")
+            except (TemplateError, UnicodeEncodeError):  # (a value the request cannot carry)
+                now = self.clock()
+                self.rec.record(key, now, now, "check", timed=False)
+                if intended is None:
+                    await asyncio.sleep(0.05)  # never sent: a closed loop must not spin
                 return
             sent = intended if (i == 0 and intended is not None) else self.clock()
             try:
@@ -493,7 +524,7 @@ class Worker:
             return False
         for _, parts, expected in check.json:
             got = extract(doc, parts)
-            if got is MISSING or (expected != "exists" and got != expected):
+            if got is MISSING or (expected != "exists" and not _same(got, expected)):
                 return False
         for var, parts in step.extract:
             got = extract(doc, parts)
@@ -501,6 +532,11 @@ class Worker:
                 return False
             values[var] = got
         return True
+
+
+def _same(got: Any, expected: Any) -> bool:
+    """A JSON value as a check expects it: true is not 1, nor 1 true (1 and 1.0 are one)."""
+    return got == expected and isinstance(got, bool) == isinstance(expected, bool)
 
 
 def main(job: Job, queue: Any, stop: Any) -> None:

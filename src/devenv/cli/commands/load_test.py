@@ -86,8 +86,13 @@ def _run(args: argparse.Namespace, pat: pattern.Pattern, target: Target,
             out.print(f"report: {args.report}")
     if results.interrupted:
         return 130
-    if not results.total().requests:
+    total = results.total()
+    if not total.requests:
         raise DevenvError(f"no request to {target.label} was made or answered",
+                          hint="see the summary above; check the target and the pattern")
+    if total.error_count == total.requests:
+        kinds = ", ".join(f"{k} {n:,}" for k, n in sorted(total.errors.items()))
+        raise DevenvError(f"every request to {target.label} failed ({kinds})",
                           hint="see the summary above; check the target and the pattern")
     return 1 if any(not v.ok for v in verdicts) else 0
 
@@ -145,8 +150,17 @@ def _pattern(args: argparse.Namespace) -> pattern.Pattern:
     if method not in pattern.METHODS:
         raise UsageError(f"--method {args.method!r}: not a method",
                          hint=f"methods: {', '.join(pattern.METHODS)}")
-    return pattern.quick(method, args.path, stage, args.connections or 0, timeout,
+    return pattern.quick(method, _quick_path(args), stage, args.connections or 0, timeout,
                          tuple(thresholds))
+
+
+def _quick_path(args: argparse.Namespace) -> str:
+    """What the quick form requests: --path, under the path of --url when one is given; the
+    URL's own path and query when --path is not."""
+    if not args.url or args.path != "/":
+        return str(args.path)
+    parts = urllib.parse.urlsplit(args.url)
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 
 def _usage(parse: Any, value: str, flag: str, what: str) -> Any:
@@ -165,7 +179,8 @@ def _target(args: argparse.Namespace, pat: pattern.Pattern) -> tuple[Target, Cli
         raise UsageError("what should be loaded? give --target SERVICE (through the ingress),"
                          " --service SERVICE (its own address) or --url URL")
     if kind == "url":
-        return _from_url(value, value), None
+        whole = bool(args.url) and not args.pattern and args.path == "/"  # (`_quick_path`)
+        return _from_url(value, value, whole=whole), None
     client = Client(project_root(args))
     if not client.running():
         raise DevenvError("no environment is running, so there is no service "
@@ -188,12 +203,24 @@ def _target(args: argparse.Namespace, pat: pattern.Pattern) -> tuple[Target, Cli
                   f"{value} via the ingress ({status.ingress})"), client
 
 
-def _from_url(url: str, label: str) -> Target:
+def _from_url(url: str, label: str, *, whole: bool = False) -> Target:
+    """Where a URL points; its path is put before every path requested, unless it is
+    requested `whole` (the quick form's --url without --path: its path and query are the
+    request's own)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http" or not parts.hostname:
         raise UsageError(f"{url!r}: give an http:// URL (https is not supported)")
-    port = parts.port or 80
-    return Target(parts.hostname, port, parts.netloc, parts.path.rstrip("/"), label or url)
+    try:
+        port = 80 if parts.port is None else parts.port
+    except ValueError:
+        port = 0
+    if not port:
+        raise UsageError(f"{url!r}: its port must be a number from 1 to 65535")
+    if parts.query and not whole:
+        raise UsageError(f"{url!r}: a URL that other paths go under cannot have a query",
+                         hint="put the query in the path (--path /p?q=1, or each step's)")
+    prefix = "" if whole else parts.path.rstrip("/")
+    return Target(parts.hostname, port, parts.netloc, prefix, label or url)
 
 
 def _asked(pat: pattern.Pattern) -> str:
