@@ -148,7 +148,8 @@ async def open_loop(schedule: Schedule, start: float, slots: int, clock: Clock,
                     if intended <= min(clock(), last):
                         recorder.not_sent += 1
                     raise
-                if stopping():
+                if stopping():  # (Ctrl-C: an arrival due by now counts as not sent)
+                    recorder.not_sent += intended <= min(clock(), last)
                     return
                 recorder.lag_max_s = max(recorder.lag_max_s, clock() - intended)
             elif delay < -0.001:
