@@ -2,7 +2,8 @@
 stub instances: message framing it writes itself (no smuggling through `Connection`), bytes
 an instance sends past its response, flow control for a client that never reads, refused
 websockets, `h2c` upgrades, header size limits, `Host` rules, malformed chunked bodies, idle
-upstream connections, the upstream timeout while an upload progresses, and trailers."""
+upstream connections, the upstream timeout while an upload progresses, trailers, a client
+that leaves or half-closes, transfer codings and absolute-form targets."""
 
 from __future__ import annotations
 
@@ -633,5 +634,172 @@ def test_a_requests_trailers_over_64_kib_are_refused_and_its_body_not_sent_whole
             assert out.startswith(b"HTTP/1.1 400 ") and b"trailers are over 64 KiB" in out
             await until(lambda: s.stub.conns == 0 or len(s.stub.seen) == s.stub.conns)
             assert not any(got.endswith(b"0\r\n\r\n") for _, got in s.stub.seen)
+
+    asyncio.run(scenario())
+
+
+# ---- 13. a client's leaving, half-closing, and what its connection is left with
+
+
+async def stalled_mid_body(stub: Stub, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+    """Half a body, then silence (an event stream that has nothing to say)."""
+    await stub.read(reader)
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf.")
+    await writer.drain()
+    await reader.read()  # until the ingress closes it
+
+
+@pytest.mark.parametrize("sent", [
+    b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\nNOT HTTP\r\n\r\n",
+], ids=["h2c-upgrade", "then-garbage"])
+def test_a_client_leaving_mid_answer_is_noticed_after_an_upgrade_or_garbage(sent: bytes
+                                                                           ) -> None:
+    async def scenario() -> None:
+        async with ingress(stalled_mid_body) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(sent)
+            async with asyncio.timeout(3):
+                assert (await reader.readuntil(b"half.")).startswith(b"HTTP/1.1 200 ")
+            writer.close()  # the user gives up (Ctrl-C)
+            await until(lambda: not s.ingress.server.open and s.backend.busy == 0)
+            await until(lambda: s.stub.conns == 1 and s.backend.inflight == 0)
+
+    asyncio.run(scenario())
+
+
+def test_a_client_that_half_closes_after_asking_is_answered_then_closed() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            for request in (get(b"/a", close=False),
+                            b"POST /b HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi"):
+                reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+                writer.write(request)
+                writer.write_eof()  # `nc -N`, `shutdown(SHUT_WR)`: nothing more to send
+                async with asyncio.timeout(3):
+                    out = await reader.read(-1)
+                writer.close()
+                assert out.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in out
+            assert [h.split(b" ")[1] for h, _ in s.stub.seen] == [b"/a", b"/b"]
+
+    asyncio.run(scenario())
+
+
+def test_a_connection_paused_for_a_slow_instance_reads_its_next_request() -> None:
+    """The instance fell behind the body sent to it (the transport's high-water mark: the
+    client's reading paused), then answered: the client's next request on that connection is
+    read and answered, not left unread until the idle timeout."""
+    go = asyncio.Event()
+
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        while True:
+            head, _ = await stub.read(reader)
+            if head.startswith(b"POST"):
+                await go.wait()
+            path = head.split(b" ")[1]
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(path), path))
+            await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(handler, idle_timeout=5.0) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            size = 2 * 1024 * 1024  # (over the replay limit: streamed to the instance)
+            writer.write(b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: %d\r\n\r\n"
+                         % size + b"x" * size)
+            await s.stub.arrived.wait()  # the whole body went through
+            (client,) = s.ingress.server.open
+            assert client.upstream is not None and client.queue[0].complete
+            client.upstream.pause_writing()  # (as asyncio calls it past the high-water mark)
+            assert "upstream" in client.paused
+            go.set()
+            async with asyncio.timeout(3):
+                assert (await reader.readuntil(b"/up")).startswith(b"HTTP/1.1 200 ")
+            writer.write(get(b"/next"))
+            async with asyncio.timeout(3):
+                out = await reader.read(-1)
+            writer.close()
+            assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"/next")
+
+    asyncio.run(scenario())
+
+
+def test_a_stalled_upload_past_the_replay_limit_is_a_408_not_the_instances_504() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        stub.seen.append((await reader.readuntil(b"\r\n\r\n"), b""))
+        await reader.read()
+
+    async def scenario() -> None:
+        async with ingress(handler, response_timeout=0.5) as s:
+            out = b""
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3000000\r\n"
+                         b"\r\n" + b"x" * 50_000)  # then nothing: the client stalled
+            async with asyncio.timeout(3):
+                out = await reader.read(-1)
+            writer.close()
+            assert out.startswith(b"HTTP/1.1 408 ") and b"stopped arriving" in out
+
+    asyncio.run(scenario())
+
+
+def test_a_pipelined_requests_malformed_chunked_body_is_refused_at_once() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path, response_timeout=5.0) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(get(b"/a", close=False) + b"POST /b HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz-not-hex\r\n\r\n")
+            async with asyncio.timeout(2):
+                out = await reader.read(-1)
+            writer.close()
+            assert out.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 400 " in out
+            assert [h.split(b" ")[1] for h, _ in s.stub.seen] == [b"/a"]  # /b never sent
+
+    asyncio.run(scenario())
+
+
+def test_long_targets_are_routed_without_being_remembered() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            for i in range(3):
+                out = await exchange(s.ingress, get(b"/q?%d=%s" % (i, b"a" * 5000)))
+                assert out.startswith(b"HTTP/1.1 200 ")
+            await exchange(s.ingress, get(b"/short"))
+            assert [t for _, t in s.ingress.routed] == [b"/short"]
+
+    asyncio.run(scenario())
+
+
+def test_transfer_codings_besides_chunked_are_refused_not_dropped() -> None:
+    async def gzip_chunked(stub: Stub, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        await stub.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                     b"3\r\n\x1f\x8b\x08\r\n0\r\n\r\n")
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with ingress(gzip_chunked) as s:
+            out = await exchange(s.ingress, b"POST / HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 501 ") and b"transfer coding gzip" in out
+            assert s.stub.seen == []
+            out = await exchange(s.ingress, get())
+            assert out.startswith(b"HTTP/1.1 502 ") and b"transfer coding gzip" in out
+
+    asyncio.run(scenario())
+
+
+def test_an_absolute_form_target_is_routed_by_its_authority() -> None:
+    async def scenario() -> None:
+        async with ingress(echo_path) as s:
+            out = await exchange(s.ingress, b"GET http://localhost/hello?x=1 HTTP/1.1\r\n"
+                                 b"Host: evil.example\r\nConnection: close\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"/hello?x=1")
+            out = await exchange(s.ingress, b"GET http://evil.example/ HTTP/1.1\r\n"
+                                 b"Host: localhost\r\nConnection: close\r\n\r\n")
+            assert out.startswith(b"HTTP/1.1 421 ")  # (the authority is what is checked)
 
     asyncio.run(scenario())

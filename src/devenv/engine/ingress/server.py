@@ -41,6 +41,7 @@ from devenv.engine.ingress.upstream import (
     WRITE_LOW,
     Upstream,
     Upstreams,
+    codings_besides_chunked,
 )
 from devenv.engine.pool import Backend, NoBackend, Pool
 from devenv.telemetry.model import Hub, RequestSeen
@@ -189,6 +190,7 @@ class ClientConnection(asyncio.Protocol):
         self.allowed = 0.0  # its timeout, counted again from a streamed body's progress
         self.progress = 0.0  # when it began, or the last part of a streamed body was sent on
         self.lost = False
+        self.ended = False  # the client half-closed after asking: close once it is answered
         self.broken = False  # unparseable input: answer what was read, then close
         self.refusal: IngressError | None = None  # why, when it is not a parse error
         self.head_read = 0  # bytes read while a request's head is incomplete
@@ -237,9 +239,9 @@ class ClientConnection(asyncio.Protocol):
         if self.body is not None:
             self._body(data)
             return
-        if self.upgrading:
-            if self.parsing is not None and self.parsing.websocket:
-                self.parsing.early += data
+        if self.upgrading or self.broken:  # past what can be answered: read and dropped (a
+            if self.upgrading and self.parsing is not None and self.parsing.websocket:
+                self.parsing.early += data  # paused connection would not see its client go)
             return
         try:
             self.parser.feed_data(data)
@@ -253,9 +255,9 @@ class ClientConnection(asyncio.Protocol):
             if self.body is not None:  # h2c and the like, with a body: that body follows
                 self._body(data[upgrade.args[0]:])
                 return
-            self._pause("upgrade")
             req = self.parsing
-            if req is not None and req.websocket:
+            if req is not None and req.websocket:  # (its first bytes kept: one read, then
+                self._pause("upgrade")  # none until the instance accepts it)
                 req.early += data[upgrade.args[0]:]
         except httptools.HttpParserError as exc:
             self._garbled(exc)
@@ -272,6 +274,15 @@ class ClientConnection(asyncio.Protocol):
             self._garbled(exc)
 
     def eof_received(self) -> bool | None:
+        """The client half-closed (`shutdown(SHUT_WR)`, `nc -N`) or went: what it asked in
+        full, and is not yet being answered, is still answered (bounded by the response
+        timeout), then the connection closes. Once an answer has begun (an event stream,
+        perhaps), an EOF is a client gone, as it is to nginx: it closes now."""
+        req = self.parsing
+        if self.queue and (req is None or req.complete) and self.sent is None \
+                and not self.broken and self.tunnel is None and not self.upgrading:
+            self.ended = True
+            return True  # (the transport stays open to write; `_answered` closes it)
         if self.transport is not None:  # it closes on return: what is held goes first
             self.transport.flush()
         return None
@@ -353,6 +364,12 @@ class ClientConnection(asyncio.Protocol):
             req.length = int(value) if value.isdigit() else None
         elif lname == b"transfer-encoding":
             req.chunked = req.chunked or b"chunked" in value.lower()
+            other = codings_besides_chunked(value)
+            if other:  # (the ingress re-chunks a body: another coding it would drop)
+                self.refusal = IngressError(501, f"the transfer coding {other} is not "
+                                            "supported (only chunked); send the body "
+                                            "as it is, or with Content-Encoding")
+                raise _TooMany
         elif lname == b"expect":
             req.expect = value.lower() == b"100-continue"
         elif lname == b"upgrade":
@@ -365,6 +382,9 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         parser = self.parser
         req.method = parser.get_method()
+        if not req.target.startswith(b"/") and req.target[:7].lower() == b"http://":
+            # absolute-form, as to a proxy (`curl -x`): RFC 9112 3.2.2
+            absolute(req)
         req.size = 0  # (from now on, its body's)
         self.head_read = 0
         req.http11 = parser.get_http_version() == "1.1"
@@ -464,7 +484,8 @@ class ClientConnection(asyncio.Protocol):
         framed = self.framed = framing(http11=req.http11, head=req.method == b"HEAD",
                                        status=status, length=conn.length)
         keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self._last \
-            and not self.websocket  # (a refused websocket: its answer as it is, then close)
+            and not self.websocket and not self.ended  # (a refused websocket: its answer as
+        # it is, then close; a client that half-closed: answered, then closed)
         self._write(response_head(status, conn.reason, conn.headers, framed,
                                            keep_alive=keep, http11=req.http11))
         self.sent = status
@@ -541,8 +562,11 @@ class ClientConnection(asyncio.Protocol):
     def _answered(self, keep: bool) -> bool:
         """The request answered leaves the queue; whether its connection goes on."""
         self.queue.popleft()
+        self._resume("upstream")  # (its instance's backed-up writes: no longer this one's)
         if self.lost:
             return False
+        if self.ended and not self.queue:  # the client half-closed: all it asked, answered
+            keep = False
         if not keep or (self.broken and not self.queue):
             assert self.transport is not None
             self.transport.close()
@@ -770,9 +794,10 @@ class ClientConnection(asyncio.Protocol):
         routed = ingress.routed.get(key)
         if routed is None:
             routed = route(ingress.routes, req.host, req.target)
-            if len(ingress.routed) >= ROUTED_KEPT:
-                ingress.routed.clear()
-            ingress.routed[key] = routed
+            if len(req.target) <= ROUTED_TARGET:  # (long ones, queries mostly: not kept)
+                if len(ingress.routed) >= ROUTED_KEPT:
+                    ingress.routed.clear()
+                ingress.routed[key] = routed
         if isinstance(routed, IngressError):
             return routed
         edge = self.edge
@@ -803,6 +828,8 @@ class ClientConnection(asyncio.Protocol):
         streamed = False
         body = b""
         if req.has_body:
+            if req.bad:  # (a pipelined request's body, found unreadable while it waited)
+                return _bad_body(req)
             if req.expect and req.http11 and not req.complete:
                 assert self.transport is not None
                 self.transport.write(CONTINUE)
@@ -912,6 +939,11 @@ class ClientConnection(asyncio.Protocol):
         """What came of a request sent: the ingress's answer when it failed; on success,
         its connection back to the pool when it can carry another."""
         try:
+            if outcome == TIMEOUT and not self.queue[0].complete \
+                    and "upstream" not in self.paused:  # the client's upload stalled
+                return IngressError(408, f"the request body stopped arriving (nothing for "
+                                    f"{self.ingress.response_timeout:g}s); what came was "
+                                    "sent on, so the request was not retried")
             if outcome == TIMEOUT:
                 return IngressError(504, f"service '{service}' (instance {instance}) did not "
                                     f"answer within {self.ingress.response_timeout:g}s (the "
@@ -1023,19 +1055,18 @@ class ClientConnection(asyncio.Protocol):
 
     def _garbled(self, exc: Exception) -> None:
         req = self.parsing
-        if req is not None and req.method and not req.complete and self.queue \
-                and self.queue[0] is req:  # the body of the request being answered
-            refusal = self.refusal
+        if req is not None and req.method and not req.complete and req in self.queue:
+            refusal = self.refusal  # its body is unreadable: never sent on whole
             req.bad = refusal.message if refusal is not None else str(exc) or \
                 type(exc).__name__
             req.sink = None
-            self._wake(BAD)
+            if self.queue[0] is req:  # (the one being answered: its wait ends now)
+                self._wake(BAD)
         self._refuse(self.refusal or IngressError(400, f"bad request: {exc}"))
 
     def _refuse(self, error: IngressError) -> None:
         """Input that cannot be read on: answer the requests read before it, then close."""
-        self.broken = True
-        self._pause("broken")
+        self.broken = True  # (what comes next is read and dropped: see data_received)
         if not self.queue and self.transport is not None:  # (none in progress)
             self.transport.write(error.render(keep_alive=False))
             self.transport.close()
@@ -1075,6 +1106,7 @@ class Routed(NamedTuple):
 
 
 ROUTED_KEPT = 4096  # requests' routes remembered (by Host and target), at most
+ROUTED_TARGET = 256  # the longest target whose route is remembered (4096 of them: ~2 MB)
 
 
 def route(routes: RouteTable, host_header: bytes | None, target: bytes
@@ -1124,6 +1156,18 @@ class _TooMany(Exception):
 
 def _bad_body(req: Request) -> IngressError:
     return IngressError(400, f"bad request body: {req.bad}; it was not sent on whole")
+
+
+def absolute(req: Request) -> None:
+    """An absolute-form target (`GET http://shop.localhost/cart`, as to a proxy) as the
+    origin-form one it names: its authority is the Host, whatever Host header came."""
+    rest = req.target[7:]
+    end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+    authority = rest[:end].rpartition(b"@")[2]
+    if authority:
+        req.host, req.hosts = authority, 1
+        path = rest[end:]
+        req.target = path if path.startswith(b"/") else b"/" + path
 
 
 def _head_too_big() -> IngressError:

@@ -118,7 +118,7 @@ class Upstream(asyncio.Protocol):
         except httptools.HttpParserUpgrade as upgrade:
             self.upgraded = True
             self.early += data[upgrade.args[0]:]
-        except (httptools.HttpParserError, _HeadTooBig) as exc:
+        except (httptools.HttpParserError, _HeadTooBig, _Unrelayable) as exc:
             self.closed = True
             if self.transport is not None:
                 self.transport.abort()
@@ -178,6 +178,9 @@ class Upstream(asyncio.Protocol):
         lname = name.lower()
         if lname == b"content-length":
             self.length = True
+        elif lname == b"transfer-encoding" and (other := codings_besides_chunked(value)):
+            raise _Unrelayable(f"its response uses the transfer coding {other}, which the "
+                               "ingress cannot relay (only chunked)")
         self.headers.append((lname, name, value))
 
     def on_headers_complete(self) -> None:
@@ -249,7 +252,22 @@ class _HeadTooBig(Exception):
     pass
 
 
+class _Unrelayable(Exception):
+    pass
+
+
+def codings_besides_chunked(value: bytes) -> str:
+    """The transfer codings of a Transfer-Encoding value other than chunked ("" when none):
+    re-chunking a body, the ingress would drop them."""
+    codings = [c.strip().split(b";")[0].strip().lower() for c in value.split(b",")]
+    return ", ".join(c.decode("latin-1") for c in codings
+                     if c and c not in (b"chunked", b"identity"))  # (identity: none, RFC 2616)
+
+
 def _why(exc: BaseException) -> str:
+    for cause in (exc, exc.__context__):
+        if isinstance(cause, _Unrelayable):
+            return str(cause)
     big = exc if isinstance(exc, _HeadTooBig) else exc.__context__
     if isinstance(big, _HeadTooBig):
         return f"its response's {big.args[0] if big.args else 'head'} is over " \
