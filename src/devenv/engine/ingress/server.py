@@ -562,7 +562,8 @@ class ClientConnection(asyncio.Protocol):
     def _answered(self, keep: bool) -> bool:
         """The request answered leaves the queue; whether its connection goes on."""
         self.queue.popleft()
-        self._resume("upstream")  # (its instance's backed-up writes: no longer this one's)
+        if self.paused:  # (its instance's backed-up writes: no longer this one's)
+            self._resume("upstream")
         if self.lost:
             return False
         if self.ended and not self.queue:  # the client half-closed: all it asked, answered
