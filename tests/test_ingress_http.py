@@ -672,16 +672,22 @@ def test_a_client_leaving_mid_answer_is_noticed_after_an_upgrade_or_garbage(sent
 def test_a_client_that_half_closes_after_asking_is_answered_then_closed() -> None:
     async def scenario() -> None:
         async with ingress(echo_path) as s:
-            for request in (get(b"/a", close=False),
-                            b"POST /b HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi"):
+            for request, answers in (
+                    (get(b"/a", close=False), 1),
+                    (b"POST /b HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi", 1),
+                    (get(b"/c", close=False) + b"NOT HTTP\r\n\r\n", 1),
+                    (get(b"/d", b"Connection: Upgrade\r\nUpgrade: h2c\r\n", close=False), 1),
+                    (get(b"/e", close=False) * 3, 3)):  # (pipelined: every one answered)
                 reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
                 writer.write(request)
                 writer.write_eof()  # `nc -N`, `shutdown(SHUT_WR)`: nothing more to send
                 async with asyncio.timeout(3):
                     out = await reader.read(-1)
                 writer.close()
-                assert out.startswith(b"HTTP/1.1 200 ") and b"Connection: close" in out
-            assert [h.split(b" ")[1] for h, _ in s.stub.seen] == [b"/a", b"/b"]
+                assert out.count(b"HTTP/1.1 200 ") == answers, out
+                assert out.count(b"Connection: close") == 1
+            assert [h.split(b" ")[1] for h, _ in s.stub.seen] == \
+                [b"/a", b"/b", b"/c", b"/d", b"/e", b"/e", b"/e"]
 
     asyncio.run(scenario())
 
@@ -766,6 +772,9 @@ def test_long_targets_are_routed_without_being_remembered() -> None:
             for i in range(3):
                 out = await exchange(s.ingress, get(b"/q?%d=%s" % (i, b"a" * 5000)))
                 assert out.startswith(b"HTTP/1.1 200 ")
+            long_host = await exchange(s.ingress, b"GET / HTTP/1.1\r\nHost: %s\r\n"
+                                       b"Connection: close\r\n\r\n" % (b"h" * 5000))
+            assert long_host.startswith(b"HTTP/1.1 421 ")
             await exchange(s.ingress, get(b"/short"))
             assert [t for _, t in s.ingress.routed] == [b"/short"]
 
@@ -801,5 +810,42 @@ def test_an_absolute_form_target_is_routed_by_its_authority() -> None:
             out = await exchange(s.ingress, b"GET http://evil.example/ HTTP/1.1\r\n"
                                  b"Host: localhost\r\nConnection: close\r\n\r\n")
             assert out.startswith(b"HTTP/1.1 421 ")  # (the authority is what is checked)
+
+    asyncio.run(scenario())
+
+
+def test_a_half_closed_clients_answer_is_not_cut_when_its_reading_resumes() -> None:
+    """The EOF was taken while the request waited; the instance's writes then back up and
+    drain (the client's reading paused and resumed): the EOF, read again, does not cut the
+    answer under way."""
+    go = asyncio.Event()
+
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        await stub.read(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf.")
+        await writer.drain()
+        await go.wait()
+        writer.write(b"rest.")
+        await writer.drain()
+        await reader.read()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(b"POST /p HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi")
+            writer.write_eof()
+            async with asyncio.timeout(3):
+                await reader.readuntil(b"half.")
+            (client,) = s.ingress.server.open
+            assert client.ended and client.upstream is not None
+            client.upstream.pause_writing()  # (as asyncio calls them at the high-water mark
+            client.upstream.resume_writing()  # and below the low one)
+            await asyncio.sleep(0.1)  # (a turn of the loop for the EOF to be read again)
+            go.set()
+            async with asyncio.timeout(3):
+                rest = await reader.read(-1)
+            writer.close()
+            assert rest == b"rest."
 
     asyncio.run(scenario())

@@ -115,16 +115,16 @@ def extract(doc: Any, parts: tuple[str | int, ...]) -> Any:
     return doc
 
 
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?")
-
-
 def _scalar(text: str) -> Any:
-    """A cell as a number when it is written as one plainly (`42`, `-1.5`); as text otherwise,
-    so `007`, `1_000` or `1e3` (an id, a code) are sent as they are written."""
-    match = _NUMBER.fullmatch(text)
-    if match is None:
-        return text
-    return float(text) if match.group(1) else int(text)
+    """A cell as a number when the number is written back the same (`42`, `-1.5`); as text
+    otherwise, so `007`, `1_000`, `1e3`, `1.50` or `-0` (an id, a code) go as written."""
+    for kind in (int, float):
+        try:
+            number = kind(text)
+        except ValueError:
+            continue
+        return number if repr(number) == text and text[-1:].isdigit() else text
+    return text  # (`nan`, `inf`: text too)
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:

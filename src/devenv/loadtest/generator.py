@@ -152,13 +152,8 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
         stop.set()
         ended = time.monotonic()
         _end(procs, at_once=hurry or bool(failed))
-    # the time requests were sent and answered in: the stages, and longer when answers came
-    # after them (a generator or service behind the asked rate); up to a Ctrl-C, if one came
-    if results.interrupted:
-        results.duration_s = max(0.0, (cut or ended) - started)
-    else:
-        results.duration_s = min(max(pattern.duration_s, results.last_s),
-                                 max(0.0, ended - started))
+    results.duration_s = run_time(pattern.duration_s, results.last_s, ended - started,
+                                  None if cut is None else cut - started)
     if results.timeline:
         results.duration_s = max(results.duration_s, 1e-3)
     if not results.interrupted:
@@ -172,6 +167,16 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
                           hint="its figures are lost, so none are shown; run it again, and "
                           "report this if it happens again")
     return results
+
+
+def run_time(stages_s: float, last_s: float, elapsed_s: float, cut_s: float | None
+             ) -> float:
+    """The seconds rates are over: the stages, or longer when answers came after them (a
+    generator or service behind the asked rate); after a Ctrl-C (at `cut_s`), up to it or to
+    the last answer counted after it. Never past what elapsed."""
+    if cut_s is not None:
+        return max(0.0, cut_s, min(last_s, elapsed_s))
+    return max(0.0, min(max(stages_s, last_s), elapsed_s))
 
 
 def _died(code: int | None) -> str:

@@ -21,8 +21,8 @@ def encode(method: str, path: str, host: str, headers: dict[str, str] | None = N
            body: bytes = b"") -> bytes:
     """A request's bytes. A path's spaces and characters past ASCII are percent-encoded
     (as UTF-8, as a browser does: `/search?q=日本`), header values sent as UTF-8."""
-    if not _PLAIN.fullmatch(path):
-        path = urllib.parse.quote(path, safe=_KEPT)
+    if not _PLAIN.fullmatch(path):  # (a % that starts no escape is one itself: %25)
+        path = urllib.parse.quote(_STRAY.sub("%25", path), safe=_KEPT)
     lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     for name, value in (headers or {}).items():
         lines.append(f"{name}: {value}")
@@ -33,6 +33,7 @@ def encode(method: str, path: str, host: str, headers: dict[str, str] | None = N
 
 _PLAIN = re.compile(r"[\x21-\x7e]*")  # printable ASCII, no space: sent as it is
 _KEPT = "!#$%&'()*+,/:;=?@[]~"  # what percent-encoding a path leaves (a % already there too)
+_STRAY = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def head(buf: bytes | bytearray, head_only: bool = False) -> tuple[int, int, int, bool] | None:

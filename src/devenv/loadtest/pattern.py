@@ -210,6 +210,8 @@ class _Reader:
                 if step:
                     steps.append(step)
                     known |= {var for var, _ in step.extract}
+                    for var, _ in step.extract:  # (a value extracted takes the name over)
+                        columns[var] = None
             seen: set[str] = set()
             for i, step in enumerate(steps):
                 if step.name in seen:
@@ -384,11 +386,11 @@ class _Reader:
 
 
 def _columns(rows: tuple[Any, ...]) -> set[str] | None:
-    """The fields every row of a data source has (a CSV file's columns), or None when its
-    rows are not mappings."""
+    """The fields the rows of a data source have (a CSV file's columns; of inline mappings,
+    those any row has), or None when its rows are not mappings."""
     if not all(isinstance(r, dict) for r in rows):
         return None
-    return set.intersection(*(set(map(str, r)) for r in rows))
+    return set().union(*(map(str, r) for r in rows))
 
 
 def threshold(text: str, where: str = "") -> Threshold | str:

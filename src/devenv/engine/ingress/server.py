@@ -274,13 +274,17 @@ class ClientConnection(asyncio.Protocol):
             self._garbled(exc)
 
     def eof_received(self) -> bool | None:
-        """The client half-closed (`shutdown(SHUT_WR)`, `nc -N`) or went: what it asked in
-        full, and is not yet being answered, is still answered (bounded by the response
-        timeout), then the connection closes. Once an answer has begun (an event stream,
-        perhaps), an EOF is a client gone, as it is to nginx: it closes now."""
+        """The client half-closed (`shutdown(SHUT_WR)`, `nc -N`) or went; TCP cannot tell
+        which. What it asked in full, and is not yet being answered, is still answered
+        (bounded by the response timeout; as HAProxy does, where nginx gives up), then the
+        connection closes. Once an answer has begun (an event stream, perhaps), an EOF is a
+        client gone: it closes now."""
+        if self.ended:  # (read again after a pause: it was taken already)
+            return True
         req = self.parsing
-        if self.queue and (req is None or req.complete) and self.sent is None \
-                and not self.broken and self.tunnel is None and not self.upgrading:
+        websocket = self.upgrading and req is not None and req.websocket
+        if self.queue and (req is None or req.complete or self.broken) and self.sent is None \
+                and self.tunnel is None and not websocket:
             self.ended = True
             return True  # (the transport stays open to write; `_answered` closes it)
         if self.transport is not None:  # it closes on return: what is held goes first
@@ -484,8 +488,8 @@ class ClientConnection(asyncio.Protocol):
         framed = self.framed = framing(http11=req.http11, head=req.method == b"HEAD",
                                        status=status, length=conn.length)
         keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self._last \
-            and not self.websocket and not self.ended  # (a refused websocket: its answer as
-        # it is, then close; a client that half-closed: answered, then closed)
+            and not self.websocket and not self._ending  # (a refused websocket: its answer
+        # as it is, then close)
         self._write(response_head(status, conn.reason, conn.headers, framed,
                                            keep_alive=keep, http11=req.http11))
         self.sent = status
@@ -741,7 +745,8 @@ class ClientConnection(asyncio.Protocol):
     def _after(self, req: Request, error: IngressError | None) -> bool:
         if error is not None and not self.lost:
             assert self.transport is not None
-            keep = req.keep_alive and req.complete and not self._last and not req.upgrade
+            keep = req.keep_alive and req.complete and not self._last and not req.upgrade \
+                and not self._ending
             self.transport.write(error.render(keep_alive=keep, http11=req.http11))
             return keep
         return self.keep and req.complete and not self.websocket
@@ -795,7 +800,7 @@ class ClientConnection(asyncio.Protocol):
         routed = ingress.routed.get(key)
         if routed is None:
             routed = route(ingress.routes, req.host, req.target)
-            if len(req.target) <= ROUTED_TARGET:  # (long ones, queries mostly: not kept)
+            if len(req.target) + len(req.host or b"") <= ROUTED_TARGET:  # (long: not kept)
                 if len(ingress.routed) >= ROUTED_KEPT:
                     ingress.routed.clear()
                 ingress.routed[key] = routed
@@ -1049,6 +1054,12 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     @property
+    def _ending(self) -> bool:
+        """The client half-closed and this is the last of what it asked: answered, then the
+        connection closes."""
+        return self.ended and len(self.queue) <= 1
+
+    @property
     def _last(self) -> bool:
         """The request being answered is the last this connection answers: what follows it
         could not be read."""
@@ -1107,7 +1118,7 @@ class Routed(NamedTuple):
 
 
 ROUTED_KEPT = 4096  # requests' routes remembered (by Host and target), at most
-ROUTED_TARGET = 256  # the longest target whose route is remembered (4096 of them: ~2 MB)
+ROUTED_TARGET = 256  # the longest Host and target whose route is remembered (~2 MB in all)
 
 
 def route(routes: RouteTable, host_header: bytes | None, target: bytes
