@@ -487,9 +487,9 @@ class ClientConnection(asyncio.Protocol):
             return
         framed = self.framed = framing(http11=req.http11, head=req.method == b"HEAD",
                                        status=status, length=conn.length)
+        # (a refused websocket: its answer as it is, then close)
         keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self._last \
-            and not self.websocket and not self._ending  # (a refused websocket: its answer
-        # as it is, then close)
+            and not self.websocket and not self._ending
         self._write(response_head(status, conn.reason, conn.headers, framed,
                                            keep_alive=keep, http11=req.http11))
         self.sent = status
