@@ -849,3 +849,27 @@ def test_a_half_closed_clients_answer_is_not_cut_when_its_reading_resumes() -> N
             assert rest == b"rest."
 
     asyncio.run(scenario())
+
+
+def test_an_answer_before_the_upload_ends_says_the_connection_closes() -> None:
+    async def handler(stub: Stub, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        stub.seen.append((await reader.readuntil(b"\r\n\r\n"), b""))
+        writer.write(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        await writer.drain()
+        await reader.read()
+
+    async def scenario() -> None:
+        async with ingress(handler) as s:
+            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
+            writer.write(b"POST /up HTTP/1.1\r\nHost: localhost\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+            async with asyncio.timeout(3):
+                head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in head
+            writer.write(b"0\r\n\r\n")
+            async with asyncio.timeout(3):
+                assert await reader.read(-1) == b"big"  # then closed, as it said
+            writer.close()
+
+    asyncio.run(scenario())

@@ -487,9 +487,10 @@ class ClientConnection(asyncio.Protocol):
             return
         framed = self.framed = framing(http11=req.http11, head=req.method == b"HEAD",
                                        status=status, length=conn.length)
-        # (a refused websocket: its answer as it is, then close)
+        # (a refused websocket: its answer as it is, then close; an answer before the
+        # request's body is all in: the rest of that body cannot be told from a request)
         keep = self.keep = req.keep_alive and framed is not Framing.CLOSE and not self._last \
-            and not self.websocket and not self._ending
+            and not self.websocket and not self._ending and req.complete
         self._write(response_head(status, conn.reason, conn.headers, framed,
                                            keep_alive=keep, http11=req.http11))
         self.sent = status
