@@ -76,10 +76,14 @@ async def ingress(handler: Handler, **options: float) -> AsyncIterator[Setup]:
         server.close()
 
 
-async def exchange(ing: Ingress, data: bytes, timeout: float = 3.0) -> bytes:
-    """Send `data` on a new connection; what comes back until the ingress closes it."""
+async def exchange(ing: Ingress, data: bytes, timeout: float = 3.0, *,
+                   half_close: bool = False) -> bytes:
+    """Send `data` on a new connection (then shut its sending side, `half_close`, as
+    `nc -N` does); what comes back until the ingress closes it."""
     reader, writer = await asyncio.open_connection("127.0.0.1", ing.port)
     writer.write(data)
+    if half_close:
+        writer.write_eof()
     try:
         async with asyncio.timeout(timeout):
             return await reader.read(-1)
@@ -678,12 +682,7 @@ def test_a_client_that_half_closes_after_asking_is_answered_then_closed() -> Non
                     (get(b"/c", close=False) + b"NOT HTTP\r\n\r\n", 1),
                     (get(b"/d", b"Connection: Upgrade\r\nUpgrade: h2c\r\n", close=False), 1),
                     (get(b"/e", close=False) * 3, 3)):  # (pipelined: every one answered)
-                reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
-                writer.write(request)
-                writer.write_eof()  # `nc -N`, `shutdown(SHUT_WR)`: nothing more to send
-                async with asyncio.timeout(3):
-                    out = await reader.read(-1)
-                writer.close()
+                out = await exchange(s.ingress, request, half_close=True)
                 assert out.count(b"HTTP/1.1 200 ") == answers, out
                 assert out.count(b"Connection: close") == 1
             assert [h.split(b" ")[1] for h, _ in s.stub.seen] == \
@@ -739,13 +738,9 @@ def test_a_stalled_upload_past_the_replay_limit_is_a_408_not_the_instances_504()
 
     async def scenario() -> None:
         async with ingress(handler, response_timeout=0.5) as s:
-            out = b""
-            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
-            writer.write(b"POST /up HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3000000\r\n"
-                         b"\r\n" + b"x" * 50_000)  # then nothing: the client stalled
-            async with asyncio.timeout(3):
-                out = await reader.read(-1)
-            writer.close()
+            # 50 kB of 3 MB, then nothing: the client stalled
+            out = await exchange(s.ingress, b"POST /up HTTP/1.1\r\nHost: localhost\r\n"
+                                 b"Content-Length: 3000000\r\n\r\n" + b"x" * 50_000)
             assert out.startswith(b"HTTP/1.1 408 ") and b"stopped arriving" in out
 
     asyncio.run(scenario())
@@ -754,12 +749,9 @@ def test_a_stalled_upload_past_the_replay_limit_is_a_408_not_the_instances_504()
 def test_a_pipelined_requests_malformed_chunked_body_is_refused_at_once() -> None:
     async def scenario() -> None:
         async with ingress(echo_path, response_timeout=5.0) as s:
-            reader, writer = await asyncio.open_connection("127.0.0.1", s.ingress.port)
-            writer.write(get(b"/a", close=False) + b"POST /b HTTP/1.1\r\nHost: localhost\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz-not-hex\r\n\r\n")
-            async with asyncio.timeout(2):
-                out = await reader.read(-1)
-            writer.close()
+            out = await exchange(s.ingress, get(b"/a", close=False) + b"POST /b HTTP/1.1\r\n"
+                                 b"Host: localhost\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 b"3\r\nabc\r\nzz-not-hex\r\n\r\n", timeout=2)
             assert out.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 400 " in out
             assert [h.split(b" ")[1] for h, _ in s.stub.seen] == [b"/a"]  # /b never sent
 

@@ -158,12 +158,27 @@ def test_shop_checkout_flow_through_the_ingress(project: Project) -> None:
     assert "gateway via the ingress" in doc["target"]
 
 
-def start_load(*args: str) -> subprocess.Popen[str]:
-    """`devenv load-test` in its own process group, as from a terminal (SIGINT not ignored)."""
-    return subprocess.Popen([sys.executable, "-m", "devenv", "load-test", *args], env=ENV,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+@contextlib.contextmanager
+def loading(*args: str) -> Iterator[subprocess.Popen[str]]:
+    """`devenv load-test` in its own process group, as from a terminal (SIGINT not ignored);
+    the group is killed on the way out if it still runs (a failed test leaves no worker)."""
+    run = subprocess.Popen([sys.executable, "-m", "devenv", "load-test", *args], env=ENV,
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        yield run
+    finally:
+        if run.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+            run.wait(10)
+
+
+def ctrl_c(run: subprocess.Popen[str]) -> str:
+    """Ctrl-C, as a terminal sends it (to the whole group); all the run printed."""
+    os.killpg(run.pid, signal.SIGINT)
+    return run.communicate(timeout=15)[0]
 
 
 def workers_of(run: subprocess.Popen[str]) -> list[psutil.Process]:
@@ -181,17 +196,12 @@ def workers_of(run: subprocess.Popen[str]) -> list[psutil.Process]:
 
 
 def test_ctrl_c_prints_the_partial_summary_and_no_worker_is_left(server: str) -> None:
-    run = start_load("--url", server, "--connections", "4", "--duration", "30s")
-    try:
+    with loading("--url", server, "--connections", "4", "--duration", "30s") as run:
         before = _Orders.gets
         assert wait_for(lambda: _Orders.gets > before + 10), "no load arrived"  # it runs
         workers = workers_of(run)
         assert workers
-        os.killpg(run.pid, signal.SIGINT)
-        out = run.communicate(timeout=15)[0]
-    finally:
-        if run.poll() is None:
-            run.kill()
+        out = ctrl_c(run)
     assert run.returncode == 130, out
     assert "interrupted after" in out and "all" in out
     assert wait_for(lambda: not any(w.is_running() for w in workers)), "a worker is left"
@@ -219,19 +229,14 @@ def test_a_second_ctrl_c_stops_at_once(silent: tuple[int, list[socket.socket]]) 
     """After the first Ctrl-C the workers wait for their requests' timeout (10 s here, the
     server never answers); a second Ctrl-C does not wait."""
     port, taken = silent
-    run = start_load("--url", f"http://127.0.0.1:{port}/", "--connections", "2",
-                     "--duration", "30s")
-    try:
+    with loading("--url", f"http://127.0.0.1:{port}/", "--connections", "2",
+                 "--duration", "30s") as run:
         assert wait_for(lambda: len(taken) >= 2), "no connection arrived"
         workers = workers_of(run)
         os.killpg(run.pid, signal.SIGINT)
         time.sleep(0.5)  # (Ctrl-C twice, as a user would: the first one is taken)
         stopped = time.monotonic()
-        os.killpg(run.pid, signal.SIGINT)
-        out = run.communicate(timeout=15)[0]
-    finally:
-        if run.poll() is None:
-            run.kill()
+        out = ctrl_c(run)
     assert time.monotonic() - stopped < 4, out
     assert run.returncode == 130, out
     assert "interrupted after" in out and "all" in out
@@ -239,16 +244,12 @@ def test_a_second_ctrl_c_stops_at_once(silent: tuple[int, list[socket.socket]]) 
 
 
 def test_a_worker_that_dies_fails_the_run_with_its_reason(server: str) -> None:
-    run = start_load("--url", server, "--connections", "4", "--duration", "30s")
-    try:
+    with loading("--url", server, "--connections", "4", "--duration", "30s") as run:
         before = _Orders.gets
         assert wait_for(lambda: _Orders.gets > before + 10), "no load arrived"
         [worker] = workers_of(run)
         worker.kill()
         out = run.communicate(timeout=15)[0]
-    finally:
-        if run.poll() is None:
-            run.kill()
     assert run.returncode == 1, out
     assert "load generator worker 0 of 1 failed: it was killed (SIGKILL)" in out
 
@@ -330,16 +331,11 @@ def test_every_request_failing_fails_the_run_and_chunked_answers_are_no_errors(
 
 
 def test_ctrl_c_in_open_model_stops_at_once_with_the_figures_up_to_it(server: str) -> None:
-    run = start_load("--url", server, "--rate", "2/s", "--duration", "60s", "--json")
-    try:
+    with loading("--url", server, "--rate", "2/s", "--duration", "60s", "--json") as run:
         before = _Orders.gets
         assert wait_for(lambda: _Orders.gets > before), "no load arrived"
         started = time.monotonic()
-        os.killpg(run.pid, signal.SIGINT)
-        out = run.communicate(timeout=15)[0]
-    finally:
-        if run.poll() is None:
-            run.kill()
+        out = ctrl_c(run)
     assert time.monotonic() - started < 4, out
     assert run.returncode == 130, out
     doc = json.loads(out)

@@ -203,15 +203,14 @@ class _Reader:
         if not isinstance(steps_node, list) or not steps_node:
             self.bad(path + ("steps",), "give a list of one or more requests")
         else:
-            known = {d.name for d in data}
+            # the values a step can use, with their columns when they are rows of a table:
+            # the data sources', then those extracted before it (taking a name over)
             columns = {d.name: _columns(d.rows) for d in data}
             for i, s in enumerate(steps_node):
-                step = self.step(s, path + ("steps", i), known, i, columns)
+                step = self.step(s, path + ("steps", i), columns)
                 if step:
                     steps.append(step)
-                    known |= {var for var, _ in step.extract}
-                    for var, _ in step.extract:  # (a value extracted takes the name over)
-                        columns[var] = None
+                    columns.update((var, None) for var, _ in step.extract)
             seen: set[str] = set()
             for i, step in enumerate(steps):
                 if step.name in seen:
@@ -275,8 +274,8 @@ class _Reader:
             out.append(DataSource(name, tuple(rows), order))
         return tuple(out)
 
-    def step(self, node: Any, path: KeyPath, known: set[str], i: int,
-             columns: dict[str, set[str] | None]) -> Step | None:
+    def step(self, node: Any, path: KeyPath, columns: dict[str, set[str] | None]
+             ) -> Step | None:
         if not self.keys(node, path, STEP):
             return None
         shorthand = [m for m in METHODS if m.lower() in node]
@@ -305,9 +304,9 @@ class _Reader:
             self.bad(path + ("body",), "give `json:` or `body:`, not both")
         used = names_in(target) | names_in(json.dumps(node.get("json"))) | names_in(
             str(body or "")) | set().union(*(names_in(str(v)) for v in headers.values()))
-        for name in sorted(used - known):
+        for name in sorted(used - columns.keys()):
             self.bad(path, f"'${{{name}}}' is not a data source or a value extracted by an "
-                     f"earlier step{did_you_mean(name, known)}")
+                     f"earlier step{did_you_mean(name, columns)}")
         texts = [target, json.dumps(node.get("json")), str(body or ""),
                  *(str(v) for v in headers.values())]
         for name, column in sorted(set().union(*(fields_in(t) for t in texts))):

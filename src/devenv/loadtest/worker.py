@@ -469,7 +469,7 @@ class Worker:
                 return
             try:
                 raw = self._raw(step, values)
-            except (TemplateError, UnicodeEncodeError):  # (a value the request cannot carry)
+            except TemplateError:  # (a value missing, or one a header cannot carry)
                 now = self.clock()
                 self.rec.record(key, now, now, "check", timed=False)
                 if intended is None:

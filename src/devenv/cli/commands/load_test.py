@@ -154,10 +154,15 @@ def _pattern(args: argparse.Namespace) -> pattern.Pattern:
                          tuple(thresholds))
 
 
+def _whole_url(args: argparse.Namespace) -> bool:
+    """The quick form's --url without --path: the URL, query and all, is what is requested
+    (else --path goes under the URL's path)."""
+    return bool(args.url) and not args.pattern and args.path == "/"
+
+
 def _quick_path(args: argparse.Namespace) -> str:
-    """What the quick form requests: --path, under the path of --url when one is given; the
-    URL's own path and query when --path is not."""
-    if not args.url or args.path != "/":
+    """What the quick form requests: --path, or the whole URL's path and query."""
+    if not _whole_url(args):
         return str(args.path)
     parts = urllib.parse.urlsplit(args.url)
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -179,8 +184,7 @@ def _target(args: argparse.Namespace, pat: pattern.Pattern) -> tuple[Target, Cli
         raise UsageError("what should be loaded? give --target SERVICE (through the ingress),"
                          " --service SERVICE (its own address) or --url URL")
     if kind == "url":
-        whole = bool(args.url) and not args.pattern and args.path == "/"  # (`_quick_path`)
-        return _from_url(value, value, whole=whole), None
+        return _from_url(value, value, whole=_whole_url(args)), None
     client = Client(project_root(args))
     if not client.running():
         raise DevenvError("no environment is running, so there is no service "

@@ -127,6 +127,14 @@ class Framing(Enum):
     CLOSE = "close"  # raw, ended by closing the connection (an HTTP/1.0 client)
 
 
+def codings_besides_chunked(value: bytes) -> str:
+    """The transfer codings of a Transfer-Encoding value other than chunked ("" when none):
+    re-chunking a body, the ingress would drop them."""
+    codings = [c.strip().split(b";")[0].strip().lower() for c in value.split(b",")]
+    return ", ".join(c.decode("latin-1") for c in codings
+                     if c and c not in (b"chunked", b"identity"))  # (identity: none, RFC 2616)
+
+
 def framing(*, http11: bool, head: bool, status: int, length: bool) -> Framing:
     """How to send a response's body to the client: as the instance framed it when it gave a
     length; otherwise chunked to an HTTP/1.1 client, or raw then closed to an HTTP/1.0 one

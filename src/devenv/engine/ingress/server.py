@@ -25,6 +25,7 @@ from devenv.engine.ingress.messages import (
     IngressError,
     NoRoute,
     chunk,
+    codings_besides_chunked,
     framing,
     misdirected,
     request_head,
@@ -41,7 +42,6 @@ from devenv.engine.ingress.upstream import (
     WRITE_LOW,
     Upstream,
     Upstreams,
-    codings_besides_chunked,
 )
 from devenv.engine.pool import Backend, NoBackend, Pool
 from devenv.telemetry.model import Hub, RequestSeen

@@ -10,7 +10,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from devenv.engine.ingress.messages import Header
+from devenv.engine.ingress.messages import Header, codings_besides_chunked
 from devenv.engine.ingress.outbox import Held, Outbox
 from devenv.engine.pool import Backend
 
@@ -256,22 +256,13 @@ class _Unrelayable(Exception):
     pass
 
 
-def codings_besides_chunked(value: bytes) -> str:
-    """The transfer codings of a Transfer-Encoding value other than chunked ("" when none):
-    re-chunking a body, the ingress would drop them."""
-    codings = [c.strip().split(b";")[0].strip().lower() for c in value.split(b",")]
-    return ", ".join(c.decode("latin-1") for c in codings
-                     if c and c not in (b"chunked", b"identity"))  # (identity: none, RFC 2616)
-
-
 def _why(exc: BaseException) -> str:
-    for cause in (exc, exc.__context__):
+    for cause in (exc, exc.__context__):  # (raised in a parser callback: the context)
         if isinstance(cause, _Unrelayable):
             return str(cause)
-    big = exc if isinstance(exc, _HeadTooBig) else exc.__context__
-    if isinstance(big, _HeadTooBig):
-        return f"its response's {big.args[0] if big.args else 'head'} is over " \
-            f"{HEAD_LIMIT // 1024} KiB"
+        if isinstance(cause, _HeadTooBig):
+            return f"its response's {cause.args[0] if cause.args else 'head'} is over " \
+                f"{HEAD_LIMIT // 1024} KiB"
     return str(exc) or type(exc).__name__
 
 
