@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean tools browser node
+.PHONY: demo test lint bench clean tools browser node native
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -11,7 +11,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,shop]'  # shop: the example's traces
 	touch $@
 
-demo: $(BIN)/.installed
+# The ingress compiled with mypyc (22 s, once for each change of its sources; without a C
+# compiler it stays interpreted, slower, and this says so): src/devenv/engine/ingress/native.py
+native: $(BIN)/.installed
+	@$(BIN)/python -c 'from devenv.engine.ingress import native; raise SystemExit(native.main())'
+
+demo: $(BIN)/.installed native
 	cd examples/shop && PATH="$(CURDIR)/$(BIN):$$PATH" ../../$(BIN)/devenv up --profile integration-test --attach
 
 lint: $(BIN)/.installed
@@ -19,13 +24,13 @@ lint: $(BIN)/.installed
 	$(BIN)/mypy
 
 # What the tests use from Debian, installed when missing (as root; else those tests are
-# skipped, saying why): a real headless Chromium for the shop's page, Node for the polyglot
-# project `devenv init` is tested on, and PostgreSQL 15 with its contrib extensions
+# skipped, saying why): a C compiler for the compiled ingress (`native`), a real headless
+# Chromium for the shop's page, Node for the polyglot project `devenv init` is tested on, and PostgreSQL 15 with its contrib extensions
 # (uuid-ossp, pgcrypto) for a system PostgreSQL through bin_dir; npm, for the `mermaid`
 # package that reads `docs generate`'s graph (into ~/.cache/devenv-tests). One apt run for all; no
 # cluster of Debian's own is created (or started). docker-registry: a real registry for
 # `devenv publish`'s images (the tests start their own on loopback; Debian's is not started).
-DEBIAN_TOOLS := chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15 \
+DEBIAN_TOOLS := cc:gcc chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15 \
 	/usr/bin/prometheus:prometheus /usr/sbin/nginx:nginx-light wrk:wrk \
 	dockerd:docker.io npm:npm \
 	docker-registry:docker-registry
@@ -52,11 +57,12 @@ tools:
 	  echo "note: mermaid not installed; test_docs_generate installs it, or skips saying why"
 browser node: tools
 
-test: lint tools
+test: lint tools native
 	$(BIN)/python -m compileall -q src  # every engine and CLI the tests start imports devenv: compiled once, not per process (PYTHONDONTWRITEBYTECODE is common in dev containers)
 	$(BIN)/pytest -q -n 3 --dist worksteal  # three workers (most tests wait on processes); tests, not files, are shared out, and an idle worker takes from a busy one
+	DEVENV_INTERPRETED=1 $(BIN)/pytest -q -n 3 tests/test_ingress_http.py tests/test_unit_ingress.py tests/test_unit_outbox.py tests/test_unit_native.py  # the ingress's in-process tests again, interpreted (as where it cannot be compiled)
 
-bench: $(BIN)/.installed tools
+bench: $(BIN)/.installed tools native
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_reload.py

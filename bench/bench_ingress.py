@@ -2,9 +2,11 @@
 
 An nginx answering `return 200` is the upstream. In front of it: nginx as a reverse proxy
 (keep-alive to the upstream), and devenv's Ingress in its own process, wired as the engine
-wires it (a Hub with the trace store open and a request sink). `wrk -t1 -c32` against the
-upstream directly, then each proxy; printed: req/s of each, the ratio ingress/nginx-proxy,
-the p50 each proxy adds over direct, and the ingress's CPU per request.
+wires it (a Hub with the trace store open and a request sink): compiled (`make native`
+builds it; as the engine runs it) and, beside it, interpreted (as without a C compiler).
+`wrk -t1 -c32` against the upstream directly, then each proxy, in alternating rounds; printed
+(medians): req/s of each, the ratio ingress/nginx-proxy, the p50 each proxy adds over direct,
+and the ingress's CPU per request.
 
     python bench/bench_ingress.py [--quick]
 
@@ -28,6 +30,9 @@ import psutil
 from bench_core import EDGE_INGRESS, MODES, _cpu  # the ingress process, wired as the engine does
 
 from _common import ENV, free_ports
+from devenv.engine.ingress import native
+
+NAMES = ("direct", "nginx proxy", "ingress", "interpreted")
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -83,12 +88,15 @@ def nginx(upstream: int, proxy: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ingress(port: int, upstream: int, mode: str = "on") -> Iterator[psutil.Process]:
+def ingress(port: int, upstream: int, mode: str = "on", compiled: bool = True
+            ) -> Iterator[psutil.Process]:
     """devenv's Ingress in its own process; telemetry `mode` as bench_core's EDGE_INGRESS
-    takes it (on: as the engine runs it by default)."""
+    takes it (on: as the engine runs it by default); `compiled`: its mypyc build, if made
+    (`make native`), else interpreted."""
     store = tempfile.mkdtemp(prefix="bench-traces-")
+    env = ENV if compiled else {**ENV, native.OFF: "1"}
     proc = subprocess.Popen([sys.executable, "-c", EDGE_INGRESS, str(port), str(upstream),
-                             mode, store], env=ENV, stdin=subprocess.PIPE,
+                             mode, store], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
@@ -150,19 +158,25 @@ def main() -> int:
             print(f"skipped: `{tool}` is not installed (apt-get install nginx-light wrk, or "
                   "`make tools`)")
             return 0
-    secs = 2 if "--quick" in sys.argv else 5
-    upstream, proxy, edge = free_ports(3)
-    with nginx(upstream, proxy), ingress(edge, upstream) as proc:
-        wrk(edge, "backend-0.localhost", 1)  # warm up: connections to the upstream
-        direct = wrk(upstream, "x", secs)
-        via_nginx = wrk(proxy, "x", secs)
-        before, before_own = _cpu(proc), _own_cpu(proc)
-        split, machine = proc.cpu_times(), psutil.cpu_times()
-        via_ingress = wrk(edge, "backend-0.localhost", secs)
-        served = via_ingress[0] * secs
-        cpu = (_cpu(proc) - before) / served
-        own = (_own_cpu(proc) - before_own) / served
-        split_after, machine_after = proc.cpu_times(), psutil.cpu_times()
+    quick = "--quick" in sys.argv
+    secs, rounds = (2, 1) if quick else (5, 3)
+    upstream, proxy, edge, edge_py = free_ports(4)
+    runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in NAMES}
+    with nginx(upstream, proxy), ingress(edge, upstream) as proc, \
+            ingress(edge_py, upstream, compiled=False):
+        for port in (edge, edge_py):
+            wrk(port, "backend-0.localhost", 1)  # warm up: connections to the upstream
+        for _ in range(rounds):  # alternating, so that a change in the machine's speed
+            runs["direct"].append(wrk(upstream, "x", secs))  # touches each alike
+            runs["nginx proxy"].append(wrk(proxy, "x", secs))
+            before, before_own = _cpu(proc), _own_cpu(proc)
+            split, machine = proc.cpu_times(), psutil.cpu_times()
+            runs["ingress"].append(wrk(edge, "backend-0.localhost", secs))
+            served = runs["ingress"][-1][0] * secs
+            cpu = (_cpu(proc) - before) / served
+            own = (_own_cpu(proc) - before_own) / served
+            split_after, machine_after = proc.cpu_times(), psutil.cpu_times()
+            runs["interpreted"].append(wrk(edge_py, "backend-0.localhost", secs))
         user = (split_after.user - split.user) / served
         system = (split_after.system - split.system) / served
         idle = (machine_after.idle - machine.idle) / secs  # (cores' worth)
@@ -173,28 +187,34 @@ def main() -> int:
                  ((upstream, "x"), (proxy, "x"), (edge, "backend-0.localhost"))]
     with nginx(upstream, proxy):
         telemetry = spans(upstream, secs)
+    _, said = native.describe()
     print(f"machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}; "
-          f"wrk -t1 -c32 -d{secs}s, upstream: nginx `return 200`")
-    for name, (rps, p50, errors) in (("direct", direct), ("nginx proxy", via_nginx),
-                                     ("ingress", via_ingress)):
+          f"wrk -t1 -c32 -d{secs}s, upstream: nginx `return 200`; medians of {rounds} "
+          f"alternating rounds; the ingress {said}")
+    med = {name: tuple(statistics.median(r[i] for r in got) for i in range(3))
+           for name, got in runs.items()}
+    direct, via_nginx, via_ingress = med["direct"], med["nginx proxy"], med["ingress"]
+    for name, (rps, p50, errors) in med.items():
         added = "" if name == "direct" else f"  (added p50 {p50 - direct[1]:.3f} ms)"
-        print(f"  {name:<12} {rps:>9,.0f} req/s  p50 {p50:.3f} ms{added}  errors {errors}")
+        label = "interpreted" if name == "interpreted" else name
+        print(f"  {label:<12} {rps:>9,.0f} req/s  p50 {p50:.3f} ms{added}  errors "
+              f"{errors:.0f}")
     print(f"ingress / nginx proxy: {via_ingress[0] / via_nginx[0]:.2f}x req/s (at least 0.3x "
-          f"asked)")
+          f"asked); interpreted {med['interpreted'][0] / via_nginx[0]:.2f}x")
     print(f"one connection (wrk -c1), p50: direct {alone[0]:.3f} ms, nginx proxy "
           f"{alone[1]:.3f} ms (added {alone[1] - alone[0]:.3f}), ingress {alone[2]:.3f} ms "
           f"(added {alone[2] - alone[0]:.3f})")
-    print(f"CPU a request: ingress process {own * 1e6:.0f} us ({user * 1e6:.0f} us in Python "
-          f"and libraries, {system * 1e6:.0f} us in the kernel: its 2 sends and 2 receives), "
-          f"with its trace writer (edge spans on) {cpu * 1e6:.0f} us; the whole machine "
-          f"{busy * 1e6:.0f} us a request (wrk and nginx too), {idle:.2f} of its "
+    print(f"CPU a request (last round): ingress process {own * 1e6:.0f} us ({user * 1e6:.0f} "
+          f"us in Python and libraries, {system * 1e6:.0f} us in the kernel: its 2 sends and 2 "
+          f"receives), with its trace writer (edge spans on) {cpu * 1e6:.0f} us; the whole "
+          f"machine {busy * 1e6:.0f} us a request (wrk and nginx too), {idle:.2f} of its "
           f"{psutil.cpu_count()} cores idle")
     # closed model: p50 is about 32 / throughput, so the added p50 goal is a throughput one
     needed = 32 / (direct[1] + 1.0) * 1000
-    print(f"at 32 connections the p50 is about 32 / req/s: 1 ms added (p50 "
+    print(f"(an estimate: at 32 connections the p50 is about 32 / req/s: 1 ms added (p50 "
           f"{direct[1] + 1.0:.2f} ms) takes about {needed:,.0f} req/s through the ingress, "
           f"{needed / via_ingress[0]:.2f}x what it does; its one thread at "
-          f"{1e6 / needed:.0f} us a request")
+          f"{1e6 / needed:.0f} us a request)")
     print("\n".join(telemetry))
     return 0
 

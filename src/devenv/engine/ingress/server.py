@@ -13,7 +13,7 @@ import asyncio
 import resource
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple, cast
+from typing import NamedTuple, Protocol, cast
 
 import httptools
 
@@ -195,7 +195,7 @@ class ClientConnection(asyncio.Protocol):
         self.refusal: IngressError | None = None  # why, when it is not a parse error
         self.head_read = 0  # bytes read while a request's head is incomplete
         self.upgrading = False
-        self.body: httptools.HttpRequestParser | None = None  # a non-websocket upgrade's body
+        self.body: _Feed | None = None  # a non-websocket upgrade's body: its own parser
         self.stalled = False  # the client reads slower than it is answered (pause_writing)
         self.writable: asyncio.Future[None] | None = None  # set when it reads again
         # the request being answered
@@ -252,7 +252,9 @@ class ClientConnection(asyncio.Protocol):
                     self._refuse(_head_too_big())
         except httptools.HttpParserUpgrade as upgrade:
             self.upgrading = True
-            if self.body is not None:  # h2c and the like, with a body: that body follows
+            # h2c and the like, with a body: that body follows (the parser's callback set
+            # `self.body`, which mypy, so mypyc, takes for None here: read in a method)
+            if self._has_body():
                 self._body(data[upgrade.args[0]:])
                 return
             req = self.parsing
@@ -265,6 +267,9 @@ class ClientConnection(asyncio.Protocol):
             if self.deferred is not None:  # (its message did not complete: the task's)
                 self.deferred = None
                 self._kick()
+
+    def _has_body(self) -> bool:
+        return self.body is not None
 
     def _body(self, data: bytes) -> None:
         assert self.body is not None
@@ -894,21 +899,21 @@ class ClientConnection(asyncio.Protocol):
                         refused.append(f"{backend.id}: {_reason(exc)}")
                         if edge is not None:
                             edge.instance = None  # it never took the request
-                        continue
-                if self.lost:
-                    conn.close()
-                    return None
-                outcome = await self._send(conn, req, head, body, streamed)
-                keep = not fresh
-                if outcome == LOST and reused and not conn.received:
-                    # its kept-alive connection was found closed: once more, anew
-                    try:
-                        conn = await ingress.upstreams.connect(backend)
-                    except (OSError, TimeoutError) as exc:
-                        return self._closed(service, backend.id, exc)
+                if conn is not None:  # (else refused: the next; no `continue` here, for mypyc)
+                    if self.lost:
+                        conn.close()
+                        return None
                     outcome = await self._send(conn, req, head, body, streamed)
-                    keep = False
-                return self._relay(conn, outcome, service, backend.id, keep=keep)
+                    keep = not fresh
+                    if outcome == LOST and reused and not conn.received:
+                        # its kept-alive connection was found closed: once more, anew
+                        try:
+                            conn = await ingress.upstreams.connect(backend)
+                        except (OSError, TimeoutError) as exc:
+                            return self._closed(service, backend.id, exc)
+                        outcome = await self._send(conn, req, head, body, streamed)
+                        keep = False
+                    return self._relay(conn, outcome, service, backend.id, keep=keep)
             finally:
                 release(backend, True)
         return IngressError(502, f"service '{service}': no instance took the connection "
@@ -1143,6 +1148,13 @@ def route(routes: RouteTable, host_header: bytes | None, target: bytes
         return Routed("", "", b"")
     suffix = matched.forward(raw).encode("latin-1") + (b"?" + query if query else b"")
     return Routed(matched.service, matched.prefix or host, suffix)
+
+
+class _Feed(Protocol):
+    """A parser, as `self.body` holds one (mypyc checks a union with httptools's class
+    against the wrong type)."""
+
+    def feed_data(self, data: bytes) -> None: ...
 
 
 class _Body:

@@ -1,0 +1,78 @@
+"""The ingress's compiled build (`engine/ingress/native.py`): used only while it matches the
+sources as they are, never an unfinished one, never when turned off; and, where a C compiler
+and mypyc are present (as `make test` has them), the ingress the tests run is the compiled one
+(`make test` runs the ingress's own tests interpreted as well)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from devenv.checks import machine_checks
+from devenv.engine.ingress import native
+
+
+def _sources(tmp_path: Path) -> Path:
+    for name in native.MODULES:
+        (tmp_path / f"{name}.py").write_text(f"# {name}\n")
+    return tmp_path
+
+
+def _built(here: Path) -> Path:
+    folder = here / "_native" / native.digest(here)
+    folder.mkdir(parents=True)
+    (folder / native.BUILT).write_text("\n")
+    return folder
+
+
+def test_a_build_is_used_while_it_matches_the_sources(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native.OFF, raising=False)
+    here = _sources(tmp_path)
+    assert native.folder(here) is None  # nothing built
+    folder = _built(here)
+    path = [str(here)]
+    assert native.activate(path, here) == folder
+    assert native.activate(path, here) == folder
+    assert path == [str(folder), str(here)]  # first, once
+
+    (here / "server.py").write_text("# server, edited\n")  # an edit: the build is older
+    assert native.folder(here) is None
+    assert native.activate([str(here)], here) is None
+
+
+def test_an_unfinished_build_or_a_turned_off_one_is_not_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(native.OFF, raising=False)
+    here = _sources(tmp_path)
+    folder = _built(here)
+    (folder / native.BUILT).unlink()  # (killed before it finished)
+    assert native.folder(here) is None
+    (folder / native.BUILT).write_text("\n")
+    assert native.folder(here) == folder
+    monkeypatch.setenv(native.OFF, "1")
+    assert native.folder(here) is None
+
+
+def test_the_ingress_runs_compiled_where_it_can_be_built() -> None:
+    if os.environ.get(native.OFF):
+        pytest.skip(f"{native.OFF} is set: this run tests the interpreted ingress")
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler here: the ingress runs interpreted (make native says so)")
+    compiled, said = native.describe()
+    assert compiled, f"the ingress should run compiled after `make native`: {said}"
+    assert native.folder() is not None
+
+
+def test_doctor_says_how_the_ingress_runs(tmp_path: Path) -> None:
+    """(`make test` runs this file compiled, then interpreted: both answers are checked.)"""
+    check = {c.name: c for c in machine_checks(tmp_path)}["ingress"]
+    if native.compiled():
+        assert (check.status, check.message) == ("ok", "compiled (mypyc)")
+    else:
+        assert check.status == "warn" and check.message.startswith("interpreted: ")
+        assert ("unset DEVENV_INTERPRETED" if os.environ.get(native.OFF) else
+                "make native") in check.fix
