@@ -25,10 +25,11 @@ lint: $(BIN)/.installed
 
 # What the tests use from Debian, installed when missing (as root; else those tests are
 # skipped, saying why): a C compiler for the compiled ingress (`native`), a real headless
-# Chromium for the shop's page, Node for the polyglot project `devenv init` is tested on, and PostgreSQL 15 with its contrib extensions
-# (uuid-ossp, pgcrypto) for a system PostgreSQL through bin_dir; npm, for the `mermaid`
-# package that reads `docs generate`'s graph (into ~/.cache/devenv-tests). One apt run for all; no
-# cluster of Debian's own is created (or started). docker-registry: a real registry for
+# Chromium for the shop's page, Node for the polyglot project `devenv init` is tested on,
+# and PostgreSQL 15 with its contrib extensions (uuid-ossp, pgcrypto) for a system
+# PostgreSQL through bin_dir; npm, for the `mermaid` package that reads `docs generate`'s
+# graph (into ~/.cache/devenv-tests). One apt run for all; no cluster of Debian's own is
+# created (or started). docker-registry: a real registry for
 # `devenv publish`'s images (the tests start their own on loopback; Debian's is not started).
 DEBIAN_TOOLS := cc:gcc chromium:chromium node:nodejs /usr/lib/postgresql/15/bin/postgres:postgresql-15 \
 	/usr/bin/prometheus:prometheus /usr/sbin/nginx:nginx-light wrk:wrk \

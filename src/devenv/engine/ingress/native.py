@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -28,6 +29,7 @@ MODULES = ("edge", "messages", "outbox", "routes", "server", "upstream")
 HERE = Path(__file__).resolve().parent
 BUILT = "BUILT"  # written last: a folder without it is an unfinished build
 OFF = "DEVENV_INTERPRETED"
+STALE = 3600.0  # seconds: a temporary build folder this old was left by a killed build
 
 
 def digest(here: Path = HERE) -> str:
@@ -106,8 +108,9 @@ def build(here: Path = HERE) -> tuple[bool, str]:
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    for old in (here / "_native").iterdir():
-        if old != target and not old.name.startswith(".build-"):
+    for old in (here / "_native").iterdir():  # older builds, and ones killed midway
+        if old != target and not (old.name.startswith(".build-") and
+                                  time.time() - old.stat().st_mtime < STALE):
             shutil.rmtree(old, ignore_errors=True)
     return True, f"built ({target.name})"
 
@@ -151,7 +154,10 @@ assert not server.__file__.endswith(".py"), server.__file__
 
 
 def main() -> int:
-    ok, said = build()
+    try:
+        ok, said = build()
+    except (OSError, subprocess.SubprocessError) as exc:  # (a read-only install, a hung cc)
+        ok, said = False, str(exc)
     print(f"the ingress, compiled: {said}" if ok else
           f"note: the ingress runs interpreted (slower): {said}")
     return 0
