@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from conftest import free_ports
-from devenv.engine.ingress import Ingress, RouteSpec, build_routes
+from devenv.engine.ingress import Ingress, RouteSpec, build_routes, native
+from devenv.engine.ingress import server as server_mod
 from devenv.engine.ingress import upstream as upstream_mod
 from devenv.engine.pool import Backend, Pool
 
@@ -863,5 +864,29 @@ def test_an_answer_before_the_upload_ends_says_the_connection_closes() -> None:
             async with asyncio.timeout(3):
                 assert await reader.read(-1) == b"big"  # then closed, as it said
             writer.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_failure_of_the_ingress_own_while_reading_is_a_500_and_logged(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a 400 blaming the client: what a parser callback of the ingress raised (a bug; as
+    compiled code's type checks would raise) is logged, and the client told it is devenv's."""
+    if native.compiled():
+        pytest.skip("a compiled class cannot be patched: `make test` runs this interpreted")
+
+    def on_url(self: object, url: bytes) -> None:
+        raise TypeError("str object expected; got bytes")
+
+    monkeypatch.setattr(server_mod.ClientConnection, "on_url", on_url)
+
+    async def scenario() -> None:
+        logged: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: logged.append(ctx))
+        async with ingress(echo_path) as setup:
+            out = await exchange(setup.ingress, get())
+        assert out.startswith(b"HTTP/1.1 500"), out
+        assert b"this is a bug of devenv's" in out and b"TypeError" in out
+        assert [str(ctx["exception"]) for ctx in logged] == ["str object expected; got bytes"]
 
     asyncio.run(scenario())

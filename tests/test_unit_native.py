@@ -16,9 +16,13 @@ from devenv.engine.ingress import native
 
 
 def _sources(tmp_path: Path) -> Path:
-    for name in native.MODULES:
-        (tmp_path / f"{name}.py").write_text(f"# {name}\n")
-    return tmp_path
+    """A package tree as devenv's: the ingress's modules and those it imports."""
+    here = tmp_path / "devenv/engine/ingress"
+    for path in [here / f"{name}.py" for name in native.MODULES] + [
+            tmp_path / "devenv" / d for d in native.DEPENDS]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# {path.name}\n")
+    return here
 
 
 def _built(here: Path) -> Path:
@@ -42,6 +46,9 @@ def test_a_build_is_used_while_it_matches_the_sources(tmp_path: Path,
     (here / "server.py").write_text("# server, edited\n")  # an edit: the build is older
     assert native.folder(here) is None
     assert native.activate([str(here)], here) is None
+    folder = _built(here)
+    (here.parent / "pool.py").write_text("# a type the compiled code relies on, edited\n")
+    assert native.folder(here) is None
 
 
 def test_an_unfinished_build_or_a_turned_off_one_is_not_used(

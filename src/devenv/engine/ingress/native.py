@@ -26,6 +26,10 @@ from importlib import metadata
 from pathlib import Path
 
 MODULES = ("edge", "messages", "outbox", "routes", "server", "upstream")
+# what they import from devenv (not compiled): the types mypyc takes from them are checked in
+# the compiled code, so a change there needs a new build too (paths from the package `devenv`)
+DEPENDS = ("engine/pool.py", "telemetry/context.py", "telemetry/model.py",
+           "telemetry/sampling.py")
 HERE = Path(__file__).resolve().parent
 BUILT = "BUILT"  # written last: a folder without it is an unfinished build
 OFF = "DEVENV_INTERPRETED"
@@ -33,10 +37,12 @@ STALE = 3600.0  # seconds: a temporary build folder this old was left by a kille
 
 
 def digest(here: Path = HERE) -> str:
-    """What a build is for: these sources, this interpreter, this mypyc."""
+    """What a build is for: these sources and those they import, this interpreter, this
+    mypyc."""
     h = hashlib.sha256(f"{sys.implementation.cache_tag} {sys.platform} {_mypy()}".encode())
-    for name in MODULES:
-        h.update((here / f"{name}.py").read_bytes())
+    for path in [here / f"{name}.py" for name in MODULES] + [here.parents[1] / d
+                                                             for d in DEPENDS]:
+        h.update(path.read_bytes())
     return h.hexdigest()[:20]
 
 

@@ -58,17 +58,20 @@ class Outbox:
                     "transport": transport.inner})
 
 
-class Held(asyncio.Transport):
+class Held:
     """A socket transport whose writes the outbox holds while the ingress is busy. Every use
     of the connection goes through it, so what is written keeps its order: a write after one
     held is held too, and closing or aborting sends what is held first (as a write made at
     once would have been). When the peer's EOF closes the socket transport itself (a
-    protocol's `eof_received` returning None), its protocol flushes first."""
+    protocol's `eof_received` returning None), its protocol flushes first.
+
+    It has a transport's methods but not `asyncio.Transport` as its base: compiled (mypyc),
+    a class on that base overlaps the base's `__slots__` (`_extra`) with its own fields, and
+    leaked a dict a connection."""
 
     __slots__ = ("inner", "outbox", "pending")
 
     def __init__(self, inner: asyncio.Transport, outbox: Outbox):
-        super().__init__()
         self.inner = inner
         self.outbox = outbox
         self.pending: list[bytes] | None = None

@@ -119,7 +119,7 @@ class Request:
         self.parts: list[bytes] = []  # its body, read ahead of sending it
         self.size = 0
         self.trailers = 0  # bytes of trailer fields read (RFC 9112 7.1.2), dropped
-        self.sink: asyncio.Transport | None = None  # where its body goes as it comes
+        self.sink: Held | None = None  # where its body goes as it comes
         self.early = b""  # a websocket's first bytes, read with its upgrade
         self.bad = ""  # why its body could not be read to its end
         self.resent = False  # sent once on a kept-alive connection found closed
@@ -201,7 +201,7 @@ class ClientConnection(asyncio.Protocol):
         # the request being answered
         self.waiter: asyncio.Future[int] | None = None
         self.upstream: Upstream | None = None
-        self.tunnel: asyncio.Transport | None = None
+        self.tunnel: Held | None = None
         self.websocket = False
         self.framed = Framing.NONE
         self.keep = True
@@ -1072,6 +1072,14 @@ class ClientConnection(asyncio.Protocol):
         return self.broken and len(self.queue) <= 1
 
     def _garbled(self, exc: Exception) -> None:
+        cause = exc.__context__  # (httptools chains what a callback of ours raised)
+        if cause is not None and not isinstance(cause, _TooMany):  # ours, not the client's:
+            self.loop.call_exception_handler({  # logged, and a 500 (compiled code's type
+                "message": "the ingress failed reading a request", "exception": cause,
+                "protocol": self})  # checks fail so, where interpreted code went on)
+            self.refusal = self.refusal or IngressError(
+                500, f"the ingress failed reading the request ({type(cause).__name__}: "
+                f"{cause}); this is a bug of devenv's")
         req = self.parsing
         if req is not None and req.method and not req.complete and req in self.queue:
             refusal = self.refusal  # its body is unreadable: never sent on whole

@@ -85,7 +85,7 @@ class Upstream(asyncio.Protocol):
         self.idle_since = 0.0
         self.upgraded = False
         self.early = b""  # a websocket's first bytes, read with its 101
-        self.tunnel: asyncio.Transport | None = None  # a websocket's client, once spliced
+        self.tunnel: Held | None = None  # a websocket's client, once spliced
 
     # ---- asyncio
 
@@ -240,7 +240,7 @@ class Upstream(asyncio.Protocol):
             else:
                 self.transport.abort()
 
-    def splice(self, client: asyncio.Transport) -> None:
+    def splice(self, client: Held) -> None:
         """A websocket: from now on, what the instance sends goes to the client as it is."""
         self.tunnel = client
         if self.early:
