@@ -1,14 +1,15 @@
 """The ingress's data plane compiled to C (mypyc), used when a build matches its sources.
 
-Its modules (`MODULES`) are plain, fully typed Python; mypyc compiles them as they are. The
-compiled ones run a request in about two thirds of the interpreted CPU, which is what lets the
-ingress add under 1 ms at 32 connections on a 2-core machine (`bench/bench_ingress.py`).
+Its modules (`MODULES`) are plain, fully typed Python; mypyc compiles them as they are.
+Compiled, their Python costs about two thirds of the interpreted CPU a request, which takes
+0.25-0.3 ms off what the ingress adds at 32 connections on 2 cores (`bench/bench_ingress.py`).
 
-`native.main()` builds them (mypyc, from the `mypy` package, and a C
-compiler; `make` runs it) into `_native/<digest>/` beside them. The package puts that folder
-first on its path (`ingress/__init__.py`, `activate`), so `server`, `upstream`, … import from
-it. The digest covers the sources, the interpreter and mypy's version: an edited module is
-never shadowed by an older build, it runs interpreted until built again. Without a compiler
+`native.main()` builds them (mypyc, from the `mypy` package, and a C compiler; `make native`
+runs it) into `_native/<digest>/` beside them. The package puts that folder first on its path
+(`ingress/__init__.py`, `activate`), so `server`, `upstream`, … import from it. The digest
+covers the sources and those whose types they rely on (`DEPENDS`), the interpreter's
+extension ABI and mypy's version: an edited module is never shadowed by an older build, it
+runs interpreted until built again. Without a compiler
 (or with `DEVENV_INTERPRETED=1`) the same modules run interpreted, behaving the same; `devenv
 doctor` says which it is.
 """
@@ -20,6 +21,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from importlib import metadata
@@ -39,7 +41,8 @@ STALE = 3600.0  # seconds: a temporary build folder this old was left by a kille
 def digest(here: Path = HERE) -> str:
     """What a build is for: these sources and those they import, this interpreter, this
     mypyc."""
-    h = hashlib.sha256(f"{sys.implementation.cache_tag} {sys.platform} {_mypy()}".encode())
+    abi = sysconfig.get_config_var("EXT_SUFFIX")  # (version, debug or free-threaded, machine)
+    h = hashlib.sha256(f"{abi} {sys.platform} {_mypy()}".encode())
     for path in [here / f"{name}.py" for name in MODULES] + [here.parents[1] / d
                                                              for d in DEPENDS]:
         h.update(path.read_bytes())
@@ -96,7 +99,7 @@ def build(here: Path = HERE) -> tuple[bool, str]:
     try:
         out = work / "out"
         run = subprocess.run(
-            [sys.executable, "-c", _SETUP, str(here.parents[2]), str(work), str(out),
+            [sys.executable, "-c", _SETUP, str(work), str(out),
              *(f"devenv/engine/ingress/{m}.py" for m in MODULES)],
             cwd=here.parents[2], capture_output=True, text=True, timeout=900,
             env={**os.environ, "MYPY_CACHE_DIR": str(work / "cache")})
@@ -135,7 +138,7 @@ import sys
 from pathlib import Path
 from mypyc.build import mypycify
 from setuptools import setup
-root, work, out, *paths = sys.argv[1:]
+work, out, *paths = sys.argv[1:]
 exts = mypycify(paths, opt_level="3", group_name="devenv.engine.ingress.native_group",
                 target_dir=str(Path(work) / "c"))
 setup(name="devenv-ingress-native", ext_modules=exts, script_args=[
