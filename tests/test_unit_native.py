@@ -28,6 +28,7 @@ def _sources(tmp_path: Path) -> Path:
 def _built(here: Path) -> Path:
     folder = here / "_native" / native.digest(here)
     folder.mkdir(parents=True)
+    (folder / f"{native.GROUP}.so").write_bytes(b"")
     (folder / native.BUILT).write_text("\n")
     return folder
 
@@ -51,7 +52,7 @@ def test_a_build_is_used_while_it_matches_the_sources(tmp_path: Path,
     assert native.folder(here) is None
 
 
-def test_an_unfinished_build_or_a_turned_off_one_is_not_used(
+def test_an_unfinished_or_half_removed_build_or_a_turned_off_one_is_not_used(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(native.OFF, raising=False)
     here = _sources(tmp_path)
@@ -60,6 +61,9 @@ def test_an_unfinished_build_or_a_turned_off_one_is_not_used(
     assert native.folder(here) is None
     (folder / native.BUILT).write_text("\n")
     assert native.folder(here) == folder
+    (folder / f"{native.GROUP}.so").unlink()  # (a build being removed)
+    assert native.folder(here) is None
+    (folder / f"{native.GROUP}.so").write_bytes(b"")
     monkeypatch.setenv(native.OFF, "1")
     assert native.folder(here) is None
 

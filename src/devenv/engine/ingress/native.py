@@ -16,6 +16,7 @@ doctor` says which it is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -35,6 +36,7 @@ DEPENDS = ("engine/pool.py", "telemetry/context.py", "telemetry/model.py",
 HERE = Path(__file__).resolve().parent
 BUILT = "BUILT"  # written last: a folder without it is an unfinished build
 OFF = "DEVENV_INTERPRETED"
+GROUP = "native_group__mypyc"  # the compiled modules' shared library, without which none loads
 STALE = 3600.0  # seconds: a temporary build folder this old was left by a killed build
 
 
@@ -57,7 +59,8 @@ def folder(here: Path = HERE) -> Path | None:
         found = here / "_native" / digest(here)
     except OSError:
         return None
-    return found if (found / BUILT).is_file() else None
+    whole = (found / BUILT).is_file() and any(found.glob(f"{GROUP}*"))  # (being removed?)
+    return found if whole else None
 
 
 def activate(path: list[str], here: Path = HERE) -> Path | None:
@@ -118,9 +121,13 @@ def build(here: Path = HERE) -> tuple[bool, str]:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for old in (here / "_native").iterdir():  # older builds, and ones killed midway
-        if old != target and not (old.name.startswith(".build-") and
-                                  time.time() - old.stat().st_mtime < STALE):
-            shutil.rmtree(old, ignore_errors=True)
+        with contextlib.suppress(OSError):  # (another build's, removed meanwhile)
+            if old.name.startswith(".build-"):
+                if time.time() - old.stat().st_mtime > STALE:
+                    shutil.rmtree(old)
+            elif old != target:  # renamed first: never seen half removed
+                gone = old.rename(old.with_name(f".build-old-{old.name}"))
+                shutil.rmtree(gone)
     return True, f"built ({target.name})"
 
 
@@ -134,12 +141,14 @@ def _mypy() -> str:
 # Run in a child (mypyc works in the current directory, the source root): the C and the
 # extensions go to the build folder, the group's shared library inside the package.
 _SETUP = """
+import os
 import sys
 from pathlib import Path
 from mypyc.build import mypycify
 from setuptools import setup
 work, out, *paths = sys.argv[1:]
-exts = mypycify(paths, opt_level="3", group_name="devenv.engine.ingress.native_group",
+exts = mypycify(["--config-file", os.devnull, *paths], opt_level="3",  # (no config found
+                group_name="devenv.engine.ingress.native_group",  # above: its plugins run)
                 target_dir=str(Path(work) / "c"))
 setup(name="devenv-ingress-native", ext_modules=exts, script_args=[
     "-q", "build_ext", "--build-lib", str(Path(work) / "lib"),
