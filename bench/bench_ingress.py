@@ -187,7 +187,7 @@ def main() -> int:
                  ((upstream, "x"), (proxy, "x"), (edge, "backend-0.localhost"))]
     with nginx(upstream, proxy):
         telemetry = spans(upstream, secs)
-    _, said = native.describe()
+    _, said, _ = native.describe()
     print(f"machine: {psutil.cpu_count()} cores, Python {sys.version.split()[0]}; "
           f"wrk -t1 -c32 -d{secs}s, upstream: nginx `return 200`; medians of {rounds} "
           f"alternating rounds; the ingress {said}")
@@ -196,8 +196,7 @@ def main() -> int:
     direct, via_nginx, via_ingress = med["direct"], med["nginx proxy"], med["ingress"]
     for name, (rps, p50, errors) in med.items():
         added = "" if name == "direct" else f"  (added p50 {p50 - direct[1]:.3f} ms)"
-        label = "interpreted" if name == "interpreted" else name
-        print(f"  {label:<12} {rps:>9,.0f} req/s  p50 {p50:.3f} ms{added}  errors "
+        print(f"  {name:<12} {rps:>9,.0f} req/s  p50 {p50:.3f} ms{added}  errors "
               f"{errors:.0f}")
     print(f"ingress / nginx proxy: {via_ingress[0] / via_nginx[0]:.2f}x req/s (at least 0.3x "
           f"asked); interpreted {med['interpreted'][0] / via_nginx[0]:.2f}x")

@@ -73,7 +73,7 @@ def test_the_ingress_runs_compiled_where_it_can_be_built() -> None:
         pytest.skip(f"{native.OFF} is set: this run tests the interpreted ingress")
     if shutil.which("cc") is None:
         pytest.skip("no C compiler here: the ingress runs interpreted (make native says so)")
-    compiled, said = native.describe()
+    compiled, said, _ = native.describe()
     assert compiled, f"the ingress should run compiled after `make native`: {said}"
     assert native.folder() is not None
 

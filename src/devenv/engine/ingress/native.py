@@ -77,14 +77,15 @@ def compiled() -> bool:
     return not (server.__file__ or "").endswith(".py")
 
 
-def describe() -> tuple[bool, str]:
-    """(compiled, what to tell a user) for `devenv doctor`."""
+def describe() -> tuple[bool, str, str]:
+    """(compiled, what to tell a user, how to make it compiled) for `devenv doctor`."""
     if compiled():
-        return True, "compiled (mypyc)"
-    why = (f"{OFF} is set" if os.environ.get(OFF) else
-           "not built for these sources (`make native` builds it; it needs a C "
-           "compiler and the mypy package)")
-    return False, f"interpreted: {why}"
+        return True, "compiled (mypyc)", ""
+    if os.environ.get(OFF):
+        return False, f"interpreted: {OFF} is set", f"unset {OFF}"
+    return False, "interpreted: not built for these sources", (
+        "in devenv's checkout: `make native` (a C compiler and the mypy package; `make "
+        "demo` and `make test` build it too)")
 
 
 def build(here: Path = HERE) -> tuple[bool, str]:

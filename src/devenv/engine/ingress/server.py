@@ -13,7 +13,7 @@ import asyncio
 import resource
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple, Protocol, cast
+from typing import NamedTuple, cast
 
 import httptools
 
@@ -195,7 +195,7 @@ class ClientConnection(asyncio.Protocol):
         self.refusal: IngressError | None = None  # why, when it is not a parse error
         self.head_read = 0  # bytes read while a request's head is incomplete
         self.upgrading = False
-        self.body: _Feed | None = None  # a non-websocket upgrade's body: its own parser
+        self.body: httptools.HttpRequestParser | None = None  # a non-websocket upgrade's body
         self.stalled = False  # the client reads slower than it is answered (pause_writing)
         self.writable: asyncio.Future[None] | None = None  # set when it reads again
         # the request being answered
@@ -1072,11 +1072,14 @@ class ClientConnection(asyncio.Protocol):
         return self.broken and len(self.queue) <= 1
 
     def _garbled(self, exc: Exception) -> None:
-        cause = exc.__context__  # (httptools chains what a callback of ours raised)
-        if cause is not None and not isinstance(cause, _TooMany):  # ours, not the client's:
-            self.loop.call_exception_handler({  # logged, and a 500 (compiled code's type
+        # httptools chains what a callback of ours raised: other than _TooMany, that is a
+        # bug of the ingress's (as compiled code's type checks fail), not the client's: it is
+        # logged and answered 500
+        cause = exc.__context__
+        if cause is not None and not isinstance(cause, _TooMany):
+            self.loop.call_exception_handler({
                 "message": "the ingress failed reading a request", "exception": cause,
-                "protocol": self})  # checks fail so, where interpreted code went on)
+                "protocol": self})
             self.refusal = self.refusal or IngressError(
                 500, f"the ingress failed reading the request ({type(cause).__name__}: "
                 f"{cause}); this is a bug of devenv's")
@@ -1156,13 +1159,6 @@ def route(routes: RouteTable, host_header: bytes | None, target: bytes
         return Routed("", "", b"")
     suffix = matched.forward(raw).encode("latin-1") + (b"?" + query if query else b"")
     return Routed(matched.service, matched.prefix or host, suffix)
-
-
-class _Feed(Protocol):
-    """A parser, as `self.body` holds one (mypyc checks a union with httptools's class
-    against the wrong type)."""
-
-    def feed_data(self, data: bytes) -> None: ...
 
 
 class _Body:
