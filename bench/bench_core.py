@@ -138,7 +138,7 @@ import asyncio, sys
 from devenv.engine.ingress import Ingress, RouteSpec, build_routes
 from devenv.engine.pool import Backend, Pool
 from devenv.config.model import MonitoringConfig
-from devenv.telemetry.metrics import RequestStats
+from devenv.telemetry.counts import RequestStats
 from devenv.telemetry.model import Hub
 from devenv.telemetry.store import Traces
 from pathlib import Path
@@ -210,7 +210,7 @@ def edge_span_cost(n: int = 15_000) -> float:  # (under the store's MAX_QUEUED)
     new ids, the RequestSeen, publishing it (to the request metrics and a trace store's
     queue, as the engine does; the span itself is made by the store's writer process)."""
     from devenv.engine.ingress import Edge
-    from devenv.telemetry.metrics import RequestStats
+    from devenv.telemetry.counts import RequestStats
     from devenv.telemetry.model import Hub
     from devenv.telemetry.store import Traces
 

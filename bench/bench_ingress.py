@@ -30,7 +30,7 @@ import psutil
 from bench_core import EDGE_INGRESS, MODES, _cpu  # the ingress process, wired as the engine does
 
 from _common import ENV, free_ports
-from devenv.engine.ingress import native
+from devenv import native
 
 NAMES = ("direct", "nginx proxy", "ingress", "interpreted")
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from conftest import free_ports
-from devenv.engine.ingress import Ingress, RouteSpec, build_routes, native
+from devenv import native
+from devenv.engine.ingress import Ingress, RouteSpec, build_routes
 from devenv.engine.ingress import server as server_mod
 from devenv.engine.ingress import upstream as upstream_mod
 from devenv.engine.pool import Backend, Pool

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import free_ports
 from devenv.engine.api.metrics import _follow
 from devenv.engine.reconciler import Engine
-from devenv.telemetry.metrics import EngineMetrics, RequestStats, status_class
+from devenv.telemetry.counts import RequestStats, status_class
+from devenv.telemetry.metrics import EngineMetrics
 from devenv.telemetry.model import RequestSeen
 from devenv.telemetry.scrape import ScrapeError, Scraper, Target, merge, parse, relabel
 from devenv.wire import Progress, ReloadRecord, State

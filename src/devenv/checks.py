@@ -47,7 +47,7 @@ def machine_checks(root: Path) -> list[Check]:
 
 def _ingress() -> Check:
     """Whether the ingress runs compiled (mypyc) or interpreted, the same code but slower."""
-    from devenv.engine.ingress import native
+    from devenv import native
     compiled, said, fix = native.describe()
     return Check("ingress", "ok" if compiled else "warn", said, fix)
 

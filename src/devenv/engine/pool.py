@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
@@ -122,16 +122,11 @@ class Pool:
             backend.idle.set()
         backend.changed.set()
 
-    @contextlib.asynccontextmanager
-    async def use(self, exclude: set[str] | None = None,
-                  timeout: float | None = None, busy: bool = False) -> AsyncIterator[Backend]:
-        """A backend for one connection; `busy`: the whole block is one request."""
-        backend = await self.pick(exclude, timeout)
-        self.acquire(backend, busy)
-        try:
-            yield backend
-        finally:
-            self.release(backend, busy)
+    def use(self, exclude: set[str] | None = None, timeout: float | None = None,
+            busy: bool = False) -> Use:
+        """A backend for one connection (`async with pool.use() as backend`), counted while
+        the block runs; `busy`: the whole block is one request."""
+        return Use(self, exclude, timeout, busy)
 
     async def drain(self, backend: Backend, timeout: float, idle_timeout: float | None = None
                     ) -> None:
@@ -150,3 +145,24 @@ class Pool:
             backend.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(backend.changed.wait(), limit - waited)
+
+
+class Use:
+    """`Pool.use`'s context: a class, not a generator (the pool is compiled with the ingress,
+    `devenv/native.py`, and mypyc compiles no async generator)."""
+
+    def __init__(self, pool: Pool, exclude: set[str] | None, timeout: float | None,
+                 busy: bool):
+        self.pool, self.exclude, self.timeout, self.busy = pool, exclude, timeout, busy
+        self.backend: Backend | None = None
+
+    async def __aenter__(self) -> Backend:
+        backend = await self.pool.pick(self.exclude, self.timeout)
+        Pool.acquire(backend, self.busy)
+        self.backend = backend
+        return backend
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.backend is not None:
+            Pool.release(self.backend, self.busy)
+            self.backend = None

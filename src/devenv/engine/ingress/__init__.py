@@ -15,8 +15,7 @@ with flow control both ways, and instances are reached over kept-alive connectio
 (`upstream.py`). The modules: `routes.py` (hosts, paths, the route table: pure),
 `messages.py` (the heads it writes, body framing, its own answers: pure), `edge.py` (edge
 spans), `upstream.py` (connections to instances), `server.py` (connections from clients,
-`Ingress`); `native.py` puts their mypyc build, when one matches them, first on this package's
-path.
+`Ingress`); they run compiled (mypyc) when a build matches them (`devenv/native.py`).
 
 A request is replayed on another instance only when the one it was sent to never received it
 (the connection was refused); one that was sent and met a closed connection gets 502 at once.
@@ -44,11 +43,6 @@ of the descriptor limit) the oldest connections that are not in a request make r
 slow or idle clients by the thousand cannot take the descriptors the engine's control socket,
 its health probes and its services need.
 """
-# ruff: noqa: E402 (a build of its modules goes on the path before they are imported)
-
-from devenv.engine.ingress import native
-
-native.activate(__path__)  # its modules compiled (mypyc), when a build matches them
 
 from devenv.engine.ingress.edge import CLIENT_GONE, Edge
 from devenv.engine.ingress.messages import (
