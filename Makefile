@@ -11,8 +11,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test,shop]'  # shop: the example's traces
 	touch $@
 
-# The ingress and its hot path compiled with mypyc (35 s, once for each change of its sources; without a C
-# compiler it stays interpreted, slower, and this says so): src/devenv/native.py
+# The ingress and what it calls for every request, compiled with mypyc (30 s, once for each
+# change of their sources; without a C compiler they stay interpreted, slower, and this says
+# so): src/devenv/native.py. `test` and `bench` make it after `tools` (which brings gcc), so
+# that `make -j` cannot build it first.
 native: $(BIN)/.installed
 	@$(BIN)/python -c 'from devenv import native; raise SystemExit(native.main())'
 
@@ -58,12 +60,14 @@ tools:
 	  echo "note: mermaid not installed; test_docs_generate installs it, or skips saying why"
 browser node: tools
 
-test: lint tools native
+test: lint tools
+	@$(MAKE) --no-print-directory native
 	$(BIN)/python -m compileall -q src  # every engine and CLI the tests start imports devenv: compiled once, not per process (PYTHONDONTWRITEBYTECODE is common in dev containers)
 	$(BIN)/pytest -q -n 3 --dist worksteal  # three workers (most tests wait on processes); tests, not files, are shared out, and an idle worker takes from a busy one
-	DEVENV_INTERPRETED=1 $(BIN)/pytest -q -n 3 tests/test_ingress_http.py tests/test_unit_ingress.py tests/test_unit_outbox.py tests/test_unit_native.py  # the ingress's in-process tests again, interpreted (as where it cannot be compiled)
+	DEVENV_INTERPRETED=1 $(BIN)/pytest -q -n 3 tests/test_ingress_http.py tests/test_unit_ingress.py tests/test_unit_outbox.py tests/test_unit_native.py tests/test_unit_pool.py tests/test_unit_metrics.py  # the compiled modules' in-process tests again, interpreted (as where they cannot be compiled)
 
-bench: $(BIN)/.installed tools native
+bench: $(BIN)/.installed tools
+	@$(MAKE) --no-print-directory native
 	$(BIN)/python bench/bench_core.py
 	$(BIN)/python bench/bench_data.py
 	$(BIN)/python bench/bench_reload.py

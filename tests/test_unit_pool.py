@@ -91,7 +91,6 @@ def test_requests_in_flight_steer_new_ones_elsewhere() -> None:
                 assert (a.inflight, b.inflight) == (1, 1)
             assert (await pool.pick()) is second  # idle again, while `first` is still busy
         assert (a.inflight, b.inflight) == (0, 0)
-        assert a.idle.is_set() and b.idle.is_set()
 
     run_virtual(scenario())
 

@@ -22,18 +22,24 @@ class Backend:
     port: int
     inflight: int = 0  # connections open through it
     busy: int = 0  # of those, the ones waiting for an answer
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # drains waiting for those counts to change (futures, not an asyncio.Event: counted for
+    # every request, and an Event's set is a call into interpreted code each time)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
     used: bool = False  # a caller was sent to it
     on_first_use: Callable[[], None] | None = None
     on_leave: list[Callable[[Backend], None]] = field(default_factory=list)  # out of its pool
 
-    def __post_init__(self) -> None:
-        self.idle.set()
-
     def working(self, delta: int) -> None:
         self.busy += delta
-        self.changed.set()
+        if self.waiters:
+            self.changed()
+
+    def changed(self) -> None:
+        """Wake whoever waits for the counts to change."""
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class NoBackend(LookupError):
@@ -109,7 +115,6 @@ class Pool:
             if backend.on_first_use:
                 backend.on_first_use()
         backend.inflight += 1
-        backend.idle.clear()
         if busy:
             backend.working(1)
 
@@ -118,9 +123,8 @@ class Pool:
         backend.inflight -= 1
         if busy:
             backend.busy -= 1
-        if backend.inflight == 0:
-            backend.idle.set()
-        backend.changed.set()
+        if backend.waiters:
+            backend.changed()
 
     def use(self, exclude: set[str] | None = None, timeout: float | None = None,
             busy: bool = False) -> Use:
@@ -137,14 +141,15 @@ class Pool:
         loop = asyncio.get_running_loop()
         began = loop.time()
         linger = timeout if idle_timeout is None else min(idle_timeout, timeout)
-        while not backend.idle.is_set():
+        while backend.inflight > 0:
             waited = loop.time() - began
             if waited >= timeout or (backend.busy <= 0 and waited >= linger):
                 return
             limit = timeout if backend.busy > 0 else linger
-            backend.changed.clear()
+            waiter: asyncio.Future[None] = loop.create_future()
+            backend.waiters.append(waiter)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(backend.changed.wait(), limit - waited)
+                await asyncio.wait_for(waiter, limit - waited)
 
 
 class Use:

@@ -13,6 +13,7 @@ import asyncio
 import resource
 from collections import deque
 from collections.abc import Callable
+from time import monotonic  # the loop's clock: asyncio's loop.time() reads it, a call away
 from typing import NamedTuple, cast
 
 import httptools
@@ -431,7 +432,7 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         if req.sink is not None:
             req.sink.write(chunk(body) if req.chunked else body)
-            self.progress = self.loop.time()  # an upload in progress: not a silent instance
+            self.progress = monotonic()  # an upload in progress: not a silent instance
             return
         req.parts.append(body)
         req.size += len(body)
@@ -584,7 +585,7 @@ class ClientConnection(asyncio.Protocol):
             return False
         if not self.queue:
             self.accounts.waiting[self] = None  # idle again: keep-alive, evicted first
-            self.idle_at = now = self.loop.time()
+            self.idle_at = now = monotonic()
             if self.timer is None:  # (else the one armed before is re-armed then)
                 self.timer = self.loop.call_at(now + self.accounts.idle_timeout,
                                                self._idle_late)
@@ -617,7 +618,7 @@ class ClientConnection(asyncio.Protocol):
         backend = pool.pick_ready()
         if backend is None:
             return False
-        conn = self.ingress.upstreams.take(backend, self.loop.time())
+        conn = self.ingress.upstreams.take(backend, monotonic())
         if conn is None:
             req.picked = backend  # (the task's first try: one pick a request keeps turns fair)
             return False
@@ -772,7 +773,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _arm(self, timeout: float) -> None:
         loop = self.loop
-        self.timed, self.allowed, self.progress = True, timeout, loop.time()
+        self.timed, self.allowed, self.progress = True, timeout, monotonic()
         due = self.progress + timeout
         deadline = self.deadline
         if deadline is None:
@@ -786,7 +787,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.timed:
             return
         due = self.progress + self.allowed
-        if due > self.loop.time():  # armed for an earlier wait, or the body was sent on since
+        if due > monotonic():  # armed for an earlier wait, or the body was sent on since
             self.deadline = self.loop.call_at(due, self._late)
         else:
             self.timed = False
@@ -836,7 +837,7 @@ class ClientConnection(asyncio.Protocol):
 
     async def _proxy(self, req: Request, pool: Pool, service: str, suffix: bytes,
                      host: bytes) -> IngressError | None:
-        ingress, loop = self.ingress, self.loop
+        ingress = self.ingress
         streamed = False
         body = b""
         if req.has_body:
@@ -865,7 +866,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 streamed = True  # sent as it comes, once a connection is open
         head = self._head(req, suffix, host, chunked=streamed and req.chunked)
-        hold_until = loop.time() + pool.hold_timeout
+        hold_until = monotonic() + pool.hold_timeout
         tried: set[str] = set()
         refused: list[str] = []
         fresh = streamed or req.method not in IDEMPOTENT or req.resent
@@ -876,7 +877,7 @@ class ClientConnection(asyncio.Protocol):
                 backend = pool.pick_ready(tried)  # (no coroutine while one is ready)
             if backend is None:
                 try:
-                    backend = await pool.pick(tried, max(0.0, hold_until - loop.time()))
+                    backend = await pool.pick(tried, max(0.0, hold_until - monotonic()))
                 except NoBackend:
                     if refused:
                         return IngressError(502, f"service '{service}': no instance took the "
@@ -889,7 +890,7 @@ class ClientConnection(asyncio.Protocol):
             try:
                 if edge is not None:
                     edge.instance = backend.id
-                conn = None if fresh else ingress.upstreams.take(backend, loop.time())
+                conn = None if fresh else ingress.upstreams.take(backend, monotonic())
                 reused = conn is not None
                 if conn is None:
                     try:
@@ -976,7 +977,7 @@ class ClientConnection(asyncio.Protocol):
                     and not conn.closed:
                 conn.exchange = None
                 self.upstream = None
-                self.ingress.upstreams.give(conn, self.loop.time())
+                self.ingress.upstreams.give(conn, monotonic())
             return None
         finally:
             self._stop_timer()
@@ -1110,7 +1111,7 @@ class ClientConnection(asyncio.Protocol):
         if self not in self.accounts.waiting or self.queue:
             return  # in a request: armed again when it is idle again
         due = self.idle_at + self.accounts.idle_timeout
-        if self.loop.time() >= due - 0.001:
+        if monotonic() >= due - 0.001:
             self.drop()
         else:  # it was in a request since: wait for the rest of its idle time
             self.timer = self.loop.call_at(due, self._idle_late)

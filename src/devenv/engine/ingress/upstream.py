@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from time import monotonic  # the loop's clock: asyncio's loop.time() reads it, a call away
 from typing import Protocol, cast
 
 import httptools
@@ -312,7 +313,7 @@ class Upstreams:
         backends with none left; come again when the oldest left is due."""
         self.sweeper = None
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = monotonic()
         for backend, idle in list(self.idle.items()):
             kept = []
             for conn in idle:
