@@ -140,11 +140,17 @@ def build(here: Path = HERE) -> tuple[bool, str]:
     (here / "_native").mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=here / "_native"))
     try:
+        # a snapshot is compiled, and named by its own digest: a file saved meanwhile is not
+        # built under a digest it does not match
+        snapshot = work / "src"
+        shutil.copytree(here, snapshot / "devenv", ignore=shutil.ignore_patterns(
+            "_native", "__pycache__", "*.so", "*.pyc"))
+        target = here / "_native" / digest(snapshot / "devenv")
         out = work / "out"
         run = subprocess.run(
             [sys.executable, "-c", _SETUP, str(work), str(out),
              *(f"devenv/{m}.py" for m in MODULES)],
-            cwd=here.parent, capture_output=True, text=True, timeout=900,
+            cwd=snapshot, capture_output=True, text=True, timeout=900,
             env={**os.environ, "MYPY_CACHE_DIR": str(work / "cache")})
         if run.returncode != 0:
             return False, "mypyc failed: " + (run.stderr or run.stdout).strip()[-2000:]
