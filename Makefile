@@ -64,7 +64,7 @@ test: lint tools
 	@$(MAKE) --no-print-directory native
 	$(BIN)/python -m compileall -q src  # every engine and CLI the tests start imports devenv: compiled once, not per process (PYTHONDONTWRITEBYTECODE is common in dev containers)
 	$(BIN)/pytest -q -n 3 --dist worksteal  # three workers (most tests wait on processes); tests, not files, are shared out, and an idle worker takes from a busy one
-	DEVENV_INTERPRETED=1 $(BIN)/pytest -q -n 3 tests/test_ingress_http.py tests/test_unit_ingress.py tests/test_unit_outbox.py tests/test_unit_native.py tests/test_unit_pool.py tests/test_unit_metrics.py  # the compiled modules' in-process tests again, interpreted (as where they cannot be compiled)
+	DEVENV_INTERPRETED=1 $(BIN)/pytest -q -n 3 tests/test_ingress_http.py tests/test_unit_ingress.py tests/test_unit_outbox.py tests/test_unit_native.py tests/test_unit_pool.py tests/test_unit_balancer.py tests/test_unit_metrics.py tests/test_unit_traceparent.py  # the compiled modules' in-process tests again, interpreted (as where they cannot be compiled)
 
 bench: $(BIN)/.installed tools
 	@$(MAKE) --no-print-directory native

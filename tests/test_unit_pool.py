@@ -173,6 +173,7 @@ def test_drain_gives_up_after_its_timeout_when_work_never_finishes() -> None:
         await asyncio.sleep(0)
         await pool.drain(stuck, timeout=10.0)
         at, inflight = now(), stuck.inflight
+        assert stuck.waiters == []  # (given up: nothing left to wake)
         task.cancel()
         return at, inflight
 

@@ -118,9 +118,11 @@ def describe() -> tuple[bool, str, str]:
 
 
 def build(here: Path = HERE) -> tuple[bool, str]:
-    """Compile the modules into `_native/<digest>/` unless done already with this mypyc;
-    (ok, what happened). A build runs in a temporary folder, moved in once it imports;
-    older builds for this interpreter are removed."""
+    """Compile the modules into `_native/<digest>/` unless done already (with this mypyc,
+    when there is one); (ok, what happened). A build runs in a temporary folder, moved in
+    once it imports; other builds for this extension ABI are removed, but for one matching
+    the sources as they are by then. (A process that has loaded some of the modules from a
+    build removed meanwhile fails to load the rest: it loads them in one burst at start.)"""
     import shlex
     import shutil
     import subprocess
@@ -159,22 +161,24 @@ def build(here: Path = HERE) -> tuple[bool, str]:
         if check.returncode != 0:
             return False, "the compiled modules do not import: " + check.stderr.strip()[-2000:]
         (out / BUILT).write_text(stamp)
-        if target.exists():  # (an older mypyc's build of the same sources)
-            target.rename(target.with_name(f".build-old-{target.name}-{work.name}"))
-        try:
+        with contextlib.suppress(OSError):
+            if (target / BUILT).read_text() != stamp:  # an older mypyc's build of the same
+                target.rename(target.with_name(f".build-old-{target.name}-{work.name}"))
+        try:  # (an identical one, finished meanwhile by another build, is left as it is)
             out.rename(target)
         except OSError:  # another build finished first
             if not (target / BUILT).is_file():
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    keep = {target, here / "_native" / digest(here)}  # (the sources may be back as they were)
     for old in (here / "_native").iterdir():  # older builds, and ones killed midway
         with contextlib.suppress(OSError):  # (another build's, removed meanwhile)
             if old.name.startswith(".build-"):
                 if old.name.startswith(".build-old-") or \
                         time.time() - old.stat().st_mtime > STALE:
                     shutil.rmtree(old)
-            elif old != target and (old / BUILT).read_text().startswith(f"{SUFFIX}\n"):
+            elif old not in keep and (old / BUILT).read_text().startswith(f"{SUFFIX}\n"):
                 # (another interpreter's build is its own; renamed first: never half seen)
                 shutil.rmtree(old.rename(old.with_name(f".build-old-{old.name}")))
     return True, f"built ({target.name})"

@@ -150,6 +150,8 @@ class Pool:
             backend.waiters.append(waiter)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(waiter, limit - waited)
+            with contextlib.suppress(ValueError):  # (timed out: not woken, still listed)
+                backend.waiters.remove(waiter)
 
 
 class Use:

@@ -2,8 +2,9 @@
 
 `EngineMetrics` owns one `CollectorRegistry` per engine. Nothing runs in the background to
 keep the series fresh: the collector reads the runners at scrape time. Only what cannot be
-read later is counted as it happens: requests the ingress answered (`RequestSeen`, from the
-hub) and reload durations (`observe_reload`, called for each `Reloaded` event). Services'
+read later is counted as it happens (`counts.py`): requests the ingress answered
+(`RequestSeen`, from the hub) and reload durations (`observe_reload`, called for each
+`Reloaded` event). Services'
 own metrics come from the `Scraper` (telemetry/scrape.py), re-exposed with `service` and
 `instance` labels. Like all of `devenv.telemetry`, it imports nothing of the engine at run
 time: the engine's routes (engine/api/metrics.py) wire it to the event stream.

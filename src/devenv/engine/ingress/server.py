@@ -13,7 +13,7 @@ import asyncio
 import resource
 from collections import deque
 from collections.abc import Callable
-from time import monotonic  # the loop's clock: asyncio's loop.time() reads it, a call away
+from time import monotonic  # asyncio's loop.time() (its default loop's), without the call
 from typing import NamedTuple, cast
 
 import httptools

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from time import monotonic  # the loop's clock: asyncio's loop.time() reads it, a call away
+from time import monotonic  # asyncio's loop.time() (its default loop's), without the call
 from typing import Protocol, cast
 
 import httptools
