@@ -19,7 +19,6 @@ Without a compiler (or with `DEVENV_INTERPRETED=1`) they run interpreted, behavi
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -51,6 +50,8 @@ def off() -> bool:
 def digest(here: Path = HERE) -> str:
     """What a build is for: these sources and those they rely on, this recipe, this
     interpreter's ABI."""
+    import hashlib  # (here: every command imports devenv, few import the compiled modules)
+
     h = hashlib.sha256(f"{SUFFIX} {sys.platform}".encode())
     for name in (*MODULES, *DEPENDS, "native"):
         h.update((here / f"{name}.py").read_bytes())
