@@ -6,7 +6,8 @@ wires it (a Hub with the trace store open and a request sink): compiled (`make n
 builds it; as the engine runs it) and, beside it, interpreted (as without a C compiler).
 `wrk -t1 -c32` against the upstream directly, then each proxy, in alternating rounds; printed
 (medians): req/s of each, the ratio ingress/nginx-proxy, the p50 each proxy adds over direct,
-and the ingress's CPU per request.
+and the ingress's CPU per request; then the cost of telemetry, and the ingress's own work a
+request in-process (no sockets), compiled and interpreted.
 
     python bench/bench_ingress.py [--quick]
 
@@ -215,7 +216,90 @@ def main() -> int:
           f"{needed / via_ingress[0]:.2f}x what it does; its one thread at "
           f"{1e6 / needed:.0f} us a request)")
     print("\n".join(telemetry))
+    print(in_process())
     return 0
+
+
+# The ingress's own work a request, no sockets: a client connection and an instance's kept-alive
+# connection on fake transports, fed a request and its answer in turns of 32, telemetry on
+# (as by default), as the engine wires it. Prints the best of 3 runs of 50,000, in us.
+IN_PROCESS = """
+import asyncio, tempfile, time
+from pathlib import Path
+from devenv.config.model import MonitoringConfig
+from devenv.engine.ingress import Ingress, RouteSpec, build_routes
+from devenv.engine.ingress.server import ClientConnection
+from devenv.engine.ingress.upstream import Upstream
+from devenv.engine.pool import Backend, Pool
+from devenv.telemetry.counts import RequestStats
+from devenv.telemetry.model import Hub
+from devenv.telemetry.store import Traces
+
+class Fake:
+    def __init__(self): self.out = []
+    def write(self, data): self.out.append(data)
+    def get_extra_info(self, name, default=None):
+        return ("127.0.0.1", 5555) if name == "peername" else default
+    def is_closing(self): return False
+    def set_write_buffer_limits(self, high=None, low=None): pass
+    def get_write_buffer_size(self): return 0
+    def pause_reading(self): pass
+    def resume_reading(self): pass
+    def close(self): pass
+    def abort(self): pass
+
+ASK = b"GET / HTTP/1.1\\r\\nHost: backend-0.localhost\\r\\n\\r\\n"
+ANSWER = (b"HTTP/1.1 200 OK\\r\\nServer: nginx\\r\\nContent-Type: text/plain\\r\\n"
+          b"Content-Length: 2\\r\\nConnection: keep-alive\\r\\n\\r\\nok")
+
+async def main():
+    loop = asyncio.get_running_loop()
+    pool, backend = Pool("backend-0"), Backend("backend-0-1", "127.0.0.1", 9)
+    pool.add(backend)
+    stats, traces = RequestStats(), Traces(Path(tempfile.mkdtemp()))
+    ingress = Ingress(1, lambda name: pool, hub=Hub([traces.add], [traces.add_requests, stats.add]))
+    ingress.sampler.rate = MonitoringConfig().trace_rate
+    ingress.routes = build_routes([RouteSpec("backend-0", port=9)])
+    ingress.outbox.attach(loop)
+    client, client_side = ClientConnection(ingress), Fake()
+    client.connection_made(client_side)
+    conn, conn_side = Upstream(backend, ingress.outbox), Fake()
+    conn.connection_made(conn_side)
+    ingress.upstreams.give(conn, time.monotonic())
+
+    def run(n):
+        for i in range(n):
+            client.data_received(ASK)
+            conn.data_received(ANSWER)
+            if i % 32 == 31:  # the end of a turn of the loop
+                ingress.outbox.flush(); ingress._deliver(); loop._ready.clear()
+        ingress.outbox.flush(); ingress._deliver(); loop._ready.clear()
+        answered = sum(part.count(b"200 OK") for part in client_side.out)
+        assert answered == n, answered
+        client_side.out.clear(); conn_side.out.clear()
+
+    run(1000)
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter(); run(50_000)
+        best = min(best, (time.perf_counter() - began) / 50_000)
+    print(f"{best * 1e6:.2f}")
+
+asyncio.run(main())
+"""
+
+
+def in_process() -> str:
+    """The ingress's own work a request (in-process, fake transports), compiled and
+    interpreted."""
+    took = {}
+    for name, env in (("compiled", ENV), ("interpreted", {**ENV, native.OFF: "1"})):
+        took[name] = float(subprocess.run([sys.executable, "-c", IN_PROCESS], env=env,
+                                          capture_output=True, text=True,
+                                          check=True).stdout)
+    _, said, _ = native.describe()
+    return (f"the ingress's own work a request (in-process, fake transports, telemetry on): "
+            f"{took['compiled']:.1f} us {said}; {took['interpreted']:.1f} us interpreted")
 
 
 def spans(upstream: int, secs: int, rounds: int = 3) -> list[str]:

@@ -218,8 +218,8 @@ from pathlib import Path
 from devenv import native
 native.install(lambda: Path(sys.argv[1]))
 for name in sorted(native.NAMES):
-    module = importlib.import_module(name)
-    assert not (module.__file__ or "").endswith(".py"), module.__file__
+    origin = importlib.import_module(name).__spec__.origin or ""
+    assert origin.startswith(sys.argv[1]) and not origin.endswith(".py"), origin
 """
 
 

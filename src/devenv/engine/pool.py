@@ -31,11 +31,12 @@ class Backend:
 
     def working(self, delta: int) -> None:
         self.busy += delta
-        if self.waiters:
-            self.changed()
+        self.changed()
 
     def changed(self) -> None:
-        """Wake whoever waits for the counts to change."""
+        """Wake whoever waits for the counts to change (nearly always no one)."""
+        if not self.waiters:
+            return
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -123,8 +124,7 @@ class Pool:
         backend.inflight -= 1
         if busy:
             backend.busy -= 1
-        if backend.waiters:
-            backend.changed()
+        backend.changed()
 
     def use(self, exclude: set[str] | None = None, timeout: float | None = None,
             busy: bool = False) -> Use:
