@@ -122,10 +122,12 @@ def test_a_pattern_uses_an_earlier_response_and_prints_json(server: str,
 
 def test_quick_form_and_html_report(server: str, tmp_path: Path) -> None:
     report = tmp_path / "r.html"
+    report.write_text("an earlier run's report")
     done = load_test("--url", server + "/", "--connections", "4", "--duration", "1s",
                      "--report", str(report))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all" in done.stdout and "P95 MS" in done.stdout
+    assert done.stdout.startswith(f"load test of {server}/: 4 connections for 1s\n")
     page = report.read_text()
     assert page.count("<svg") >= 2 and "<polyline" in page  # latency and throughput drawn
     assert not any(a in page for a in ("src=", "href=", "<link", "url("))  # self-contained
@@ -133,8 +135,11 @@ def test_quick_form_and_html_report(server: str, tmp_path: Path) -> None:
 
 def test_bad_input_is_refused_with_what_and_where(tmp_path: Path) -> None:
     port = free_ports(1)[0]  # nothing listens there
-    gone = load_test("--url", f"http://127.0.0.1:{port}/", "--duration", "1s")
+    (tmp_path / "kept.html").write_text("an earlier run's report")
+    gone = load_test("--url", f"http://127.0.0.1:{port}/", "--duration", "1s", "--report",
+                     str(tmp_path / "kept.html"))
     assert gone.returncode == 1 and f"127.0.0.1:{port}" in gone.stderr
+    assert (tmp_path / "kept.html").read_text() == "an earlier run's report"  # (not lost)
     absurd = load_test("--url", f"http://127.0.0.1:{port}/", "--rate", "50000000/s")
     assert absurd.returncode == 2 and "1,000,000/s" in absurd.stderr
     many = load_test("--url", f"http://127.0.0.1:{port}/", "--connections", "900000")
@@ -226,8 +231,9 @@ def silent() -> Iterator[tuple[int, list[socket.socket]]]:
 
 
 def test_a_second_ctrl_c_stops_at_once(silent: tuple[int, list[socket.socket]]) -> None:
-    """After the first Ctrl-C the workers wait for their requests' timeout (10 s here, the
-    server never answers); a second Ctrl-C does not wait."""
+    """After the first Ctrl-C the workers give their requests in flight 2 s to finish (the
+    server never answers); a second Ctrl-C does not wait, and says the per-step figures
+    were not handed in."""
     port, taken = silent
     with loading("--url", f"http://127.0.0.1:{port}/", "--connections", "2",
                  "--duration", "30s") as run:
@@ -240,6 +246,8 @@ def test_a_second_ctrl_c_stops_at_once(silent: tuple[int, list[socket.socket]]) 
     assert time.monotonic() - stopped < 4, out
     assert run.returncode == 130, out
     assert "interrupted after" in out and "all" in out
+    assert "stopped at once (a second Ctrl-C): the workers' per-step figures were not " \
+        "handed in" in out
     assert workers and wait_for(lambda: not any(w.is_running() for w in workers))
 
 
@@ -338,6 +346,46 @@ def test_ctrl_c_in_open_model_stops_at_once_with_the_figures_up_to_it(server: st
         out = ctrl_c(run)
     assert time.monotonic() - started < 4, out
     assert run.returncode == 130, out
-    doc = json.loads(out)
+    assert "stopping: the requests in flight get up to 2s to finish" in out
+    doc = json.loads(out[out.index("{"):])  # (after what it said on stderr)
     assert doc["interrupted"] and doc["duration_s"] < 3
     assert 1 <= doc["requests"] <= 6 and doc["generator"]["arrivals"] == doc["requests"]
+
+
+def test_ctrl_c_gives_requests_in_flight_a_grace_not_their_timeout(
+        silent: tuple[int, list[socket.socket]]) -> None:
+    """20 arrivals a second to a server that never answers, a 30 s timeout: one Ctrl-C
+    says it is stopping and ends within the 2 s grace (not 30 s); the arrivals counted as
+    not sent are those due by the Ctrl-C, not the whole schedule's."""
+    port, taken = silent
+    with loading("--url", f"http://127.0.0.1:{port}/", "--rate", "20/s", "--duration", "60s",
+                 "--timeout", "30s", "--json") as run:
+        assert wait_for(lambda: len(taken) >= 5), "no connection arrived"
+        started = time.monotonic()
+        out = ctrl_c(run)
+    assert time.monotonic() - started < 6, out
+    assert run.returncode == 130, out
+    assert "stopping: the requests in flight get up to 2s to finish" in out
+    doc = json.loads(out[out.index("{"):])
+    due = 20 * doc["duration_s"]
+    assert doc["errors"]["by_kind"]["timeout"] == 0  # (cut off by the Ctrl-C, not timed out)
+    assert due - 3 <= doc["generator"]["not_sent"] <= due + 3, (due, doc["generator"])
+
+
+def test_a_ctrl_c_while_the_workers_start_prints_no_traceback(server: str) -> None:
+    with loading("--url", server, "--rate", "20/s", "--duration", "30s") as run:
+        assert wait_for(lambda: bool(workers_of(run)), timeout=10), "no worker started"
+        out = ctrl_c(run)  # (the worker is still importing: Ctrl-C is not its to take)
+    assert run.returncode == 130, out
+    assert "Traceback" not in out and "failed" not in out, out
+    assert "interrupted after" in out
+
+
+def test_a_scenario_name_is_printed_as_written(server: str, tmp_path: Path) -> None:
+    (tmp_path / "p.yml").write_text(
+        'scenarios:\n  "/browse [x]":\n    steps: [{get: /}]\n'
+        "stages: [{rate: 20/s, duration: 0.5s}]\n")
+    done = load_test("--url", server, "--pattern", "p.yml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"load test of {server}: 20/s for 0.5s [/browse [x]]" in done.stdout
+    assert "/browse [x]/GET /" in done.stdout

@@ -238,7 +238,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--connections", type=int, default=None, metavar="N", help="closed model: N "
                    "connections as fast as they go (default 32); with --rate: the most at once")
     s.add_argument("--duration", default=None, help="how long, e.g. 30s (default 10s)")
-    s.add_argument("--timeout", default="10s", help="one request's limit (default 10s)")
+    s.add_argument("--timeout", default=None, help="one request's limit (default 10s, or "
+                   "the pattern's)")
     s.add_argument("--pattern", default=None, metavar="FILE", help="scenarios, stages and "
                    "thresholds from a YAML file")
     s.add_argument("--scenario", default=None, metavar="NAME", help="only this scenario")
@@ -330,10 +331,13 @@ COMMANDS = {
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
-    module = importlib.import_module(f"devenv.cli.commands.{COMMANDS[args.command]}")
-    from devenv.cli import audit
+    try:  # (a Ctrl-C while the command loads: it never ran)
+        module = importlib.import_module(f"devenv.cli.commands.{COMMANDS[args.command]}")
+        from devenv.cli import audit
 
-    recording = audit.start(args, argv)  # None unless the command changes state
+        recording = audit.start(args, argv)  # None unless the command changes state
+    except KeyboardInterrupt:
+        return 130
     try:
         code, error = _run(module, args, recording.root if recording is not None else None)
     except BaseException as exc:

@@ -9,6 +9,7 @@ import os
 import queue as queues
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +17,10 @@ from typing import Any
 from devenv.core.errors import DevenvError, UsageError
 from devenv.loadtest.pattern import Pattern
 from devenv.loadtest.results import Results
-from devenv.loadtest.worker import Job, Target, main
+from devenv.loadtest.worker import INTERRUPT_GRACE, Job, Target, main
 
 Progress = Callable[[Results, float], None]  # (results so far, seconds elapsed)
+Notice = Callable[[str], None]  # what the run says as it goes (a Ctrl-C's effect)
 
 
 def reachable(target: Target, timeout: float = 3.0) -> None:
@@ -89,7 +91,8 @@ def check_open_files(need: int, get: Callable[[], Limits] | None = None,
 
 
 def run(pattern: Pattern, target: Target, *, workers: int | None = None,
-        progress: Progress | None = None, asked: str = "") -> Results:
+        progress: Progress | None = None, asked: str = "", notice: Notice | None = None
+        ) -> Results:
     """Run the pattern. Ctrl-C once: the workers stop and hand in what they did (a partial
     result); Ctrl-C again: they are stopped at once. A worker that dies: DevenvError."""
     count = workers or workers_for(pattern)
@@ -105,8 +108,7 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
     procs = [ctx.Process(target=main, daemon=True, name=f"devenv-load-{i}",
                          args=(Job(pattern, target, i, count, start_at), inbox, stop))
              for i in range(count)]
-    for proc in procs:
-        proc.start()
+    _start(procs)
     done: set[int] = set()
     failed: dict[int, str] = {}  # worker: why it died
     started = time.monotonic() + max(0.0, start_at - time.time())
@@ -144,14 +146,19 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
             except KeyboardInterrupt:
                 if results.interrupted:
                     hurry = True
+                elif notice is not None:
+                    grace = min(INTERRUPT_GRACE, pattern.timeout_s + 1)
+                    notice(f"stopping: the requests in flight get up to {grace:g}s to finish "
+                           "(Ctrl-C again to stop at once)")
                 results.interrupted = True
                 cut = cut or time.monotonic()
                 stop.set()
-                deadline = time.monotonic() + 3 + pattern.timeout_s
+                deadline = time.monotonic() + 3 + INTERRUPT_GRACE
     finally:
         stop.set()
         ended = time.monotonic()
         _end(procs, at_once=hurry or bool(failed))
+    results.steps_lost = results.interrupted and len(done) < count  # (stopped at once)
     results.duration_s = run_time(pattern.duration_s, results.last_s, ended - started,
                                   None if cut is None else cut - started)
     if results.timeline:
@@ -177,6 +184,19 @@ def run_time(stages_s: float, last_s: float, elapsed_s: float, cut_s: float | No
     if cut_s is not None:
         return max(0.0, cut_s, min(last_s, elapsed_s))
     return max(0.0, min(max(stages_s, last_s), elapsed_s))
+
+
+def _start(procs: list[Any]) -> None:
+    """Start the workers with Ctrl-C ignored (as they inherit it): a Ctrl-C is the parent's
+    to handle, even one that comes before a worker could say so itself."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        for proc in procs:
+            proc.start()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _died(code: int | None) -> str:

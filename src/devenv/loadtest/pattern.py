@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -206,13 +207,15 @@ class _Reader:
             # the values a step can use, with their columns when they are rows of a table:
             # the data sources', then those extracted before it (taking a name over)
             columns = {d.name: _columns(d.rows) for d in data}
+            index: list[int] = []  # (each step's place in the file's list)
             for i, s in enumerate(steps_node):
                 step = self.step(s, path + ("steps", i), columns)
                 if step:
                     steps.append(step)
+                    index.append(i)
                     columns.update((var, None) for var, _ in step.extract)
             seen: set[str] = set()
-            for i, step in enumerate(steps):
+            for i, step in zip(index, steps, strict=True):
                 if step.name in seen:
                     self.bad(path + ("steps", i, "name"), f"a second step named '{step.name}'"
                              "; give each step its own name")
@@ -311,7 +314,10 @@ class _Reader:
                  *(str(v) for v in headers.values())]
         for name, column in sorted(set().union(*(fields_in(t) for t in texts))):
             have = columns.get(name)
-            if have is not None and column not in have:
+            if have == set():
+                self.bad(path, f"'${{{name}.{column}}}': the values of {name} are not "
+                         f"mappings, so they have no field '{column}'; write ${{{name}}}")
+            elif have is not None and column not in have:
                 self.bad(path, f"'${{{name}.{column}}}': {name} has no column '{column}' "
                          f"(it has {', '.join(sorted(have))}){did_you_mean(column, have)}")
         extract = []
@@ -384,9 +390,28 @@ class _Reader:
         return Stage(kind, seconds, per_s, per_s)
 
 
+def url_problem(url: str, whole: bool = False) -> str | None:
+    """What is wrong with a URL to load, if anything. Other paths go under it (a pattern's
+    `url`, or --url with --path) unless it is requested `whole`: then it may have a query."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname:
+        return "give an http:// URL (https is not supported)"
+    try:
+        port = 80 if parts.port is None else parts.port
+    except ValueError:
+        port = 0
+    if not port:
+        return "its port must be a number from 1 to 65535"
+    if parts.query and not whole:
+        return "a URL that other paths go under cannot have a query"
+    return None
+
+
 def _columns(rows: tuple[Any, ...]) -> set[str] | None:
     """The fields the rows of a data source have (a CSV file's columns; of inline mappings,
-    those any row has), or None when its rows are not mappings."""
+    those any row has); none (an empty set) when no row is a mapping, None when some are."""
+    if not any(isinstance(r, dict) for r in rows):
+        return set()
     if not all(isinstance(r, dict) for r in rows):
         return None
     return set().union(*(map(str, r) for r in rows))
@@ -429,7 +454,14 @@ def load(file: Path, shown: str | None = None) -> Pattern:
     if len(given) > 1:
         r.bad((given[1],), f"give one of target, service or url (also {given[0]})")
     if given:
-        target = (given[0], str(doc[given[0]]))
+        kind, value = given[0], doc[given[0]]
+        if not isinstance(value, str) or not value:
+            r.bad((kind,), f"{value!r}: give " + ("an http:// URL" if kind == "url" else
+                                                  "a service's name"))
+        elif kind == "url" and (problem := url_problem(value)):
+            r.bad((kind,), f"{value!r}: {problem}")
+        else:
+            target = (kind, value)
     scenarios: list[Scenario] = []
     node = doc.get("scenarios")
     if not isinstance(node, dict) or not node:
@@ -455,6 +487,7 @@ def load(file: Path, shown: str | None = None) -> Pattern:
     timeout = r.duration(doc.get("timeout", 10), ("timeout",))
     thresholds = r.thresholds(doc.get("thresholds"), ("thresholds",))
     if r.problems:
+        r.problems.sort(key=lambda p: p.line or 0)  # (in the file's order)
         raise ConfigError(r.problems, hint=f"fix the lines above in {shown}")
     return Pattern(tuple(scenarios), tuple(stages), thresholds, target, connections, timeout,
                    shown)

@@ -57,6 +57,7 @@ class Verdict:
     threshold: Threshold
     actual: float
     requests: int = 1  # in the scope: none measured means nothing to hold the threshold to
+    reason: str = ""  # why it has no figure, when that is not "no requests"
 
     @property
     def ok(self) -> bool:
@@ -65,7 +66,7 @@ class Verdict:
     @property
     def why(self) -> str:
         """Why a threshold broke without a figure to compare ("" when it has one)."""
-        return "" if self.requests > 0 else "no requests"
+        return "" if self.requests > 0 else (self.reason or "no requests")
 
     def as_json(self) -> dict[str, Any]:
         return {"scope": self.scope or "all", "threshold": self.threshold.text,
@@ -87,9 +88,11 @@ class Results:
     not_sent: int = 0  # open model: arrivals due that were never measured
     busy: int = 0  # open model: arrivals taken late, every connection being busy
     lag_max_s: float = 0.0
+    lagged: int = 0  # open model: arrivals a free connection started late (the loop was)
     last_s: float = 0.0  # when the last request was answered, from the start
     cpu_share: float = 0.0  # open model: the most of a core a worker used (over a second)
     interrupted: bool = False
+    steps_lost: bool = False  # stopped at once (Ctrl-C twice): no per-step figures came
     verdicts: list[Verdict] = field(default_factory=list)
 
     def add_seconds(self, seconds: list[tuple[int, dict[str, Any]]]) -> None:
@@ -103,6 +106,7 @@ class Results:
         self.not_sent += done["not_sent"]
         self.busy += done["busy"]
         self.lag_max_s = max(self.lag_max_s, done["lag_max_s"])
+        self.lagged += done["lagged"]
         self.last_s = max(self.last_s, done["last_s"])
         self.cpu_share = max(self.cpu_share, done["cpu_share"])
 
@@ -127,30 +131,33 @@ class Results:
     @property
     def behind(self) -> str | None:
         """Why the asked rate was not kept, if it was not: the generator could not (then the
-        figures are the generator's, not the service's), or every connection was busy."""
+        figures are the generator's, not the service's), the machine was busy, or every
+        connection was."""
         if self.rate_asked is None:
             return None
-        late = self.late_share > LATE_SHARE or self.not_sent
-        if self.lag_max_s > 0.05 or (late and self.cpu_share >= SATURATED):
-            why = (f"it started requests up to {self.lag_max_s * 1000:.0f} ms late with "
-                   "connections free" if self.lag_max_s > 0.05 else
-                   f"a worker used {self.cpu_share:.0%} of a core while {self.busy:,} of "
-                   f"{self.arrivals:,} arrivals started late")
-            return (f"the generator could not keep the asked rate ({why}): the figures are "
-                    f"the generator's limit, not the service's; give more --workers (it had "
+        lagged = self.lagged / self.arrivals if self.arrivals else 0.0
+        late = self.late_share > LATE_SHARE or lagged > LATE_SHARE or self.not_sent
+        if late and self.cpu_share >= SATURATED:
+            return (f"the generator could not keep the asked rate (a worker used "
+                    f"{self.cpu_share:.0%} of a core while {self.busy + self.lagged:,} of "
+                    f"{self.arrivals:,} arrivals started late): the figures are the "
+                    f"generator's limit, not the service's; give more --workers (it had "
                     f"{self.workers}; at most one a core) or lower the rate")
         said = []
+        if lagged > LATE_SHARE:
+            said.append(f"{self.lagged:,} of {self.arrivals:,} arrivals ({lagged:.0%}) "
+                        f"started up to {self.lag_max_s * 1000:.0f} ms late with connections "
+                        f"free, while the generator used {self.cpu_share:.0%} of a core: the "
+                        "machine was busy with other work (their latency counts the wait)")
         if self.late_share > LATE_SHARE:
             said.append(f"{self.busy:,} of {self.arrivals:,} arrivals "
                         f"({self.late_share:.0%}) started late: every connection was busy "
-                        "(the latency counts the wait)")
+                        "(the latency counts the wait); raise --connections if the service "
+                        "should take more at once")
         if self.not_sent:
             said.append(f"{self.not_sent:,} arrivals due were never sent or answered before "
-                        "the run ended")
-        if not said:
-            return None
-        return "; ".join(said) + ("; raise --connections if the service should take more "
-                                  "at once")
+                        "the run " + ("was stopped" if self.interrupted else "ended"))
+        return "; ".join(said) or None
 
     def check(self, pattern: Pattern) -> list[Verdict]:
         seconds = max(self.duration_s, 1e-9)
@@ -161,6 +168,14 @@ class Results:
                     for t in thresholds]
 
         verdicts = judge("", self.total(), pattern.thresholds)
+        if self.steps_lost:  # (no per-step figures came: nothing to judge them by)
+            self.verdicts = verdicts + [
+                Verdict(scope, t, 0.0, 0, "not measured: the run was stopped at once")
+                for sc in pattern.scenarios
+                for scope, t in [*((sc.name, t) for t in sc.thresholds),
+                                 *((step_label((sc.name, st.name)), t) for st in sc.steps
+                                   for t in st.thresholds)]]
+            return self.verdicts
         for sc in pattern.scenarios:
             verdicts += judge(sc.name, self.scenario(sc.name), sc.thresholds)
             for step in sc.steps:
@@ -174,12 +189,14 @@ class Results:
         seconds = max(self.duration_s, 1e-9)
         total = self.total()
         doc = {"target": self.target, "asked": self.asked, "duration_s": round(seconds, 3),
-               "interrupted": self.interrupted, **total.as_json(seconds)}
+               "interrupted": self.interrupted, "steps_lost": self.steps_lost,
+               **total.as_json(seconds)}
         doc["steps"] = {step_label(k): v.as_json(seconds) for k, v in self.steps.items()}
         doc["thresholds"] = [v.as_json() for v in self.verdicts]
         doc["generator"] = {"workers": self.workers, "rate_asked": self.rate_asked,
                             "not_sent": self.not_sent, "late_max_ms":
-                            round(self.lag_max_s * 1000, 1), "arrivals": self.arrivals,
+                            round(self.lag_max_s * 1000, 1), "lagged": self.lagged,
+                            "arrivals": self.arrivals,
                             "late": self.busy, "late_share": round(self.late_share, 4),
                             "cpu_share": round(self.cpu_share, 3), "behind": self.behind}
         doc["timeline"] = [{"t": sec, "requests": f.requests, "errors": f.error_count,

@@ -10,7 +10,7 @@ from devenv.config.schema import parse_duration
 MAX_RATE = 1_000_000.0  # requests a second: past this no one machine generates or serves
 MAX_CONNECTIONS = 20_000  # connections (or virtual users): past this, descriptors run out
 MAX_DURATION_S = 24 * 3600.0
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*(s|m|h|sec|min))?\s*$")
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*(?:/\s*(s|m|h|sec|min))?\s*$")
 _PER = {None: 1.0, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
@@ -41,7 +41,8 @@ def rate(value: Any, zero_ok: bool = False) -> float:
 
 def rate_problem(per_s: float) -> str | None:
     if per_s > MAX_RATE:
-        return f"{per_s:g}/s is over the limit of {MAX_RATE:,.0f}/s"
+        shown = f"{per_s:,.0f}" if per_s < 1e15 else f"{per_s:g}"
+        return f"{shown}/s is over the limit of {MAX_RATE:,.0f}/s"
     return None
 
 

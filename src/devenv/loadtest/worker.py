@@ -33,6 +33,9 @@ from devenv.loadtest.schedule import Schedule
 
 Clock = Callable[[], float]
 KINDS = ("connect", "timeout", "status", "check")
+INTERRUPT_GRACE = 2.0  # after a Ctrl-C: how long the requests in flight get to finish
+LAG_TOLERANCE = 0.01  # an arrival a free connection started later than this is counted late
+BUSY_TOLERANCE = 0.001  # one a connection took later than this, having been busy, is `busy`
 STOP_CHECK = 0.5  # an open-model wait for an arrival's time looks at the stop flag this often
 # (a Ctrl-C is seen within it; more often costs a busy generator its CPU: 1,000 slots at
 # 2,000/s wait 0.5 s each)
@@ -77,7 +80,9 @@ class Recorder:
         self.arrivals = 0  # open model: arrivals a connection took (sent)
         self.not_sent = 0  # open model: arrivals due but never measured (the run ended first)
         self.lag_max_s = 0.0  # open model: most a free connection started late
+        self.lagged = 0  # open model: arrivals a free connection started over LAG_TOLERANCE late
         self.busy = 0  # open model: arrivals taken late because every connection was busy
+        self.stopped_at: float | None = None  # when the Ctrl-C was seen (the clock's time)
         self.last_s = 0.0  # when the last answer came, from the start
         self.cpu_share = 0.0  # open model: the share of a core the process used, at most
 
@@ -108,12 +113,21 @@ class Recorder:
             stats.errors[error] += 1
             sec.errors[error] += 1
 
+    def lag(self, late_s: float) -> None:
+        """An arrival a free connection started `late_s` after its time (the loop was busy:
+        this process, or the machine)."""
+        if late_s > self.lag_max_s:
+            self.lag_max_s = late_s
+        if late_s > LAG_TOLERANCE:
+            self.lagged += 1
+
     def done(self) -> dict[str, Any]:
         """What the parent merges at the end (`Results.add_done`): per step, and the open
         model's accounting."""
         return {"steps": [(sc, step, v.wire()) for (sc, step), v in self.steps.items()],
                 "arrivals": self.arrivals, "not_sent": self.not_sent,
-                "lag_max_s": self.lag_max_s, "busy": self.busy, "last_s": self.last_s,
+                "lag_max_s": self.lag_max_s, "lagged": self.lagged, "busy": self.busy,
+                "last_s": self.last_s,
                 "cpu_share": self.cpu_share}
 
     def take_seconds(self, before: int) -> list[tuple[int, dict[str, Any]]]:
@@ -125,12 +139,19 @@ async def open_loop(schedule: Schedule, start: float, slots: int, clock: Clock,
                     run_one: Callable[[float], Awaitable[None]], stopping: Callable[[], bool],
                     recorder: Recorder, last: float) -> None:
     """Open model: `slots` connections take the intended arrivals in turn; each waits for
-    its arrival's time, never for the server. An arrival taken late (every connection was
-    busy) still counts its latency from its intended time, and counts as `busy`. When the
-    loop stops (Ctrl-C) or is cancelled (the run's end), the arrivals already due (at most
-    `last`) that no connection sent are counted as not sent, the cancelled ones too."""
+    its arrival's time, never for the server. Every latency counts from the intended time.
+    An arrival a connection takes late, having been busy at that time, counts as `busy`
+    (every connection was); one a free connection starts late counts as lag (the loop was
+    late to it). When the loop stops (Ctrl-C) or is cancelled (the run's end), the arrivals
+    that were due by then (by the Ctrl-C, at most `last`) and that no connection sent are
+    counted as not sent, the cancelled ones too."""
+
+    def due() -> float:
+        cut = recorder.stopped_at
+        return min(clock() if cut is None else cut, last)
 
     async def slot() -> None:
+        free = start  # since when this connection is free (from the start: all are)
         while not stopping():
             at = schedule.next()
             if at is None:
@@ -147,16 +168,18 @@ async def open_loop(schedule: Schedule, start: float, slots: int, clock: Clock,
                         await asyncio.sleep(min(delay, STOP_CHECK))
                         delay = intended - clock()
                 except asyncio.CancelledError:
-                    if intended <= min(clock(), last):
+                    if intended <= due():
                         recorder.not_sent += 1
                     raise
-                if stopping():  # (Ctrl-C: an arrival due by now counts as not sent)
-                    recorder.not_sent += intended <= min(clock(), last)
+                if stopping():  # (Ctrl-C: an arrival due by then counts as not sent)
+                    recorder.not_sent += intended <= due()
                     return
-                recorder.lag_max_s = max(recorder.lag_max_s, clock() - intended)
-            elif delay < -0.001:
+                recorder.lag(-delay)
+            elif free > intended + BUSY_TOLERANCE:
                 late = True
                 recorder.busy += 1
+            else:
+                recorder.lag(-delay)
             recorder.arrivals += 1
             try:
                 await run_one(intended)
@@ -165,12 +188,13 @@ async def open_loop(schedule: Schedule, start: float, slots: int, clock: Clock,
                 recorder.busy -= late
                 recorder.not_sent += 1
                 raise
+            free = clock()
 
     try:
         await asyncio.gather(*(slot() for _ in range(slots)))
     finally:
-        due = min(clock(), last)
-        while (at := schedule.next()) is not None and start + at <= due:
+        cut = due()
+        while (at := schedule.next()) is not None and start + at <= cut:
             recorder.not_sent += 1
 
 
@@ -237,8 +261,9 @@ class FastConnection(asyncio.Protocol):
             self.send()
         self.buf = buf
 
-    def fail(self, kind: str) -> None:
-        if self.waiting:
+    def fail(self, kind: str | None) -> None:
+        """The request in flight failed (`kind`), or was cut off (None: not counted)."""
+        if self.waiting and kind is not None:
             self.w.rec.record(self.key, self.sent, time.perf_counter(), kind)
         self.waiting = False
         if self.transport is not None:
@@ -280,9 +305,13 @@ class Worker:
         ticker = asyncio.ensure_future(self._tick())
         try:
             delay = self.start - self.clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self._stages()
+            while delay > 0 and not self.stop_now:  # (a Ctrl-C before the start: no request)
+                await asyncio.sleep(min(delay, 0.1))
+                self._check_stop()
+                delay = self.start - self.clock()
+            self._check_stop()
+            if not self.stop_now:
+                await self._stages()
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -300,13 +329,17 @@ class Worker:
                 share = (used - cpu) / (now - since)
                 self.rec.cpu_share = max(self.rec.cpu_share, share)
                 since, cpu = now, used
-            if self.stop_requested():
-                self.stop_now = True
+            self._check_stop()
             now_sec = int(self.clock() - self.start)
             ready = self.rec.take_seconds(now_sec)
             if ready:
                 self.report(("seconds", self.job.part, ready))
             self._timeouts()
+
+    def _check_stop(self) -> None:
+        if self.stop_requested() and not self.stop_now:
+            self.rec.stopped_at = self.clock()
+            self.stop_now = True
 
     def _timeouts(self) -> None:
         limit = self.clock() - self.pattern.timeout_s
@@ -346,17 +379,31 @@ class Worker:
                 break
         tasks = busy + ([open_run] if open_run else [])
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.pattern.timeout_s + 1)
+            pending = await self._finish(tasks)
             self.stop_now = True
             for task in pending:
                 task.cancel()
-            for conn in self.fast:
-                conn.fail("timeout")
+            for conn in self.fast:  # (after a Ctrl-C: cut off, not timed out)
+                conn.fail("timeout" if self.rec.stopped_at is None else None)
             if pending:
                 await asyncio.wait(pending, timeout=1)
             for task in tasks:  # a bug in one: the worker fails, saying why (not lost)
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+
+    async def _finish(self, tasks: list[asyncio.Future[None]]) -> set[asyncio.Future[None]]:
+        """Wait for the requests in flight: up to the timeout, or, after a Ctrl-C, up to
+        INTERRUPT_GRACE past it; what is still pending then."""
+        limit = self.clock() + self.pattern.timeout_s + 1
+        pending = set(tasks)
+        while pending:
+            if self.stop_now and self.rec.stopped_at is not None:
+                limit = min(limit, self.rec.stopped_at + INTERRUPT_GRACE)
+            left = limit - self.clock()
+            if left <= 0:
+                break
+            _, pending = await asyncio.wait(pending, timeout=min(left, 0.1))
+        return pending
 
     async def _until(self, end: float) -> None:
         while not self.stop_now:

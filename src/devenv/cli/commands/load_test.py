@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import threading
 import time
 import urllib.parse
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from rich.markup import escape
 
@@ -21,6 +23,7 @@ from devenv.loadtest import generator, pattern, units
 from devenv.loadtest.report import Sample, write_report
 from devenv.loadtest.results import Results, step_label
 from devenv.loadtest.worker import Target
+from devenv.wire import ServiceStatus
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,33 +33,51 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or generator.workers_for(pat)
     generator.check_open_files(generator.files_needed(pat, workers))
     target, client = _target(args, pat)
-    report = _open_report(args.report) if args.report else None
-    try:
-        return _run(args, pat, target, client, workers, report)
-    except BaseException:
-        if report is not None and report.tell() == 0:  # (nothing to show: no empty file)
-            report.close()
-            Path(args.report).unlink(missing_ok=True)
-        raise
-    finally:
-        if report is not None:
-            report.close()
+    report = Path(args.report) if args.report else None
+    if report is not None:
+        _check_report(report, args.report)
+    return _run(args, pat, target, client, workers, report)
 
 
-def _open_report(name: str) -> TextIO:
-    """The report's file, opened before the run: a path that cannot be written is refused
-    now, not after the whole test."""
-    path = Path(name)
-    try:
-        return path.open("w", encoding="utf-8")
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+def _check_report(path: Path, name: str) -> None:
+    """Refuse now, not after the whole test, a report that could not be written. The file
+    itself is written only at the end, whole (a failed run leaves one already there as it
+    was)."""
+    reason = None
+    if path.is_dir():
+        reason = "it is a folder"
+    else:
+        try:
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
+                pass
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    if reason:
         raise UsageError(f"--report {name}: cannot write it ({reason})",
-                         hint="give a file in an existing folder you can write to") from None
+                         hint="give a file in an existing folder you can write to")
+
+
+def _write_report(path: Path, results: Results, samples: list[Sample]) -> None:
+    """The page, written beside `path` and then moved onto it."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            write_report(fh, results, samples)
+        os.chmod(temp, 0o666 & ~_umask())  # (as open() would)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _run(args: argparse.Namespace, pat: pattern.Pattern, target: Target,
-         client: Client | None, workers: int, report: TextIO | None) -> int:
+         client: Client | None, workers: int, report: Path | None) -> int:
     generator.reachable(target)
     samples: list[Sample] = []
     stop = threading.Event()
@@ -67,9 +88,9 @@ def _run(args: argparse.Namespace, pat: pattern.Pattern, target: Target,
     live = sys.stdout.isatty() and not args.json
     asked = _asked(pat)
     if not args.json:
-        out.print(f"load test of {escape(target.label)}: {asked}")
+        out.print(f"load test of {escape(target.label)}: {escape(asked)}")
     results = generator.run(pat, target, workers=workers, asked=asked,
-                            progress=_progress(pat) if live else None)
+                            progress=_progress(pat) if live else None, notice=_notice(live))
     stop.set()
     if sampler:
         sampler.join(timeout=3)
@@ -81,7 +102,7 @@ def _run(args: argparse.Namespace, pat: pattern.Pattern, target: Target,
     else:
         _summary(results)
     if report is not None:
-        write_report(report, results, samples)
+        _write_report(report, results, samples)
         if not args.json:
             out.print(f"report: {args.report}")
     if results.interrupted:
@@ -98,7 +119,10 @@ def _run(args: argparse.Namespace, pat: pattern.Pattern, target: Target,
 
 
 def _pattern(args: argparse.Namespace) -> pattern.Pattern:
-    timeout = _usage(units.duration, args.timeout, "--timeout", "a duration like 10s")
+    timeout = _usage(units.duration, args.timeout or "10s", "--timeout",
+                     "a duration like 10s")
+    if (problem := units.duration_problem(timeout)):
+        raise UsageError(f"--timeout: {problem}")
     thresholds = []
     for text in args.threshold:
         t = pattern.threshold(text, "--threshold")
@@ -106,10 +130,13 @@ def _pattern(args: argparse.Namespace) -> pattern.Pattern:
             raise UsageError(f"--threshold: {t}")
         thresholds.append(t)
     if args.pattern:
-        if args.rate or args.connections or args.path != "/":
-            raise UsageError("--pattern sets the rate, connections and paths",
+        if args.rate or args.connections or args.path != "/" or args.method.upper() != "GET":
+            raise UsageError("--pattern sets the rate, connections, methods and paths",
                              hint="give those in the pattern file, or drop --pattern")
         pat = pattern.load(Path(args.pattern), args.pattern)
+        if args.timeout:  # (over the file's own)
+            from dataclasses import replace
+            pat = replace(pat, timeout_s=timeout)
         if args.duration:  # a short run of a one-stage pattern
             if len(pat.stages) != 1:
                 raise UsageError("--duration with --pattern needs a pattern of one stage",
@@ -194,10 +221,10 @@ def _target(args: argparse.Namespace, pat: pattern.Pattern) -> tuple[Target, Cli
     if value not in services:
         raise UsageError(f"no service named {value!r}", hint=f"services: "
                          f"{', '.join(sorted(services))}")
+    _ready(services[value])
     if kind == "service":
         url = services[value].url
-        if not url:
-            raise DevenvError(f"service {value!r} has no address (no port)")
+        assert url is not None  # (`_ready` refused a service without an address)
         return _from_url(url, f"{value} ({url})"), client
     if not status.ingress:
         raise DevenvError("the ingress is not running", hint="use --service to load the "
@@ -207,48 +234,83 @@ def _target(args: argparse.Namespace, pat: pattern.Pattern) -> tuple[Target, Cli
                   f"{value} via the ingress ({status.ingress})"), client
 
 
+def _ready(svc: ServiceStatus) -> None:
+    """Refuse, before the run, a service that cannot answer HTTP now: a data service, one
+    without an address, one with no instance ready (every request would fail or wait)."""
+    name = svc.name
+    if not svc.url:
+        raise DevenvError(f"service {name!r} has no address (no port): there is nothing to "
+                          "send requests to")
+    scheme = svc.url.partition("://")[0]
+    if scheme != "http":
+        raise UsageError(f"service {name!r} is a {_KINDS.get(scheme, scheme)} data service; "
+                         "load-test sends HTTP requests",
+                         hint="load the services that use it (their requests reach it)")
+    if svc.replicas.ready == 0:
+        detail = f": {svc.detail}" if svc.detail else ""
+        raise DevenvError(f"service {name!r} has no instance ready ({svc.state}{detail})",
+                          hint=f"see `devenv status` and `devenv logs {name}`; run the test "
+                          "once it is healthy")
+
+
+_KINDS = {"postgresql": "PostgreSQL", "postgres": "PostgreSQL", "redis": "Redis"}
+
+
 def _from_url(url: str, label: str, *, whole: bool = False) -> Target:
     """Where a URL points; its path is put before every path requested, unless it is
     requested `whole` (the quick form's --url without --path: its path and query are the
     request's own)."""
+    problem = pattern.url_problem(url, whole=whole)
+    if problem:
+        hint = "put the query in the path (--path /p?q=1, or each step's)" \
+            if "query" in problem else None
+        raise UsageError(f"{url!r}: {problem}", hint=hint)
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname:
-        raise UsageError(f"{url!r}: give an http:// URL (https is not supported)")
-    try:
-        port = 80 if parts.port is None else parts.port
-    except ValueError:
-        port = 0
-    if not port:
-        raise UsageError(f"{url!r}: its port must be a number from 1 to 65535")
-    if parts.query and not whole:
-        raise UsageError(f"{url!r}: a URL that other paths go under cannot have a query",
-                         hint="put the query in the path (--path /p?q=1, or each step's)")
+    assert parts.hostname is not None
     prefix = "" if whole else parts.path.rstrip("/")
-    return Target(parts.hostname, port, parts.netloc, prefix, label or url)
+    return Target(parts.hostname, parts.port or 80, parts.netloc, prefix, label or url)
 
 
 def _asked(pat: pattern.Pattern) -> str:
     parts = []
     for s in pat.stages:
         if s.kind == "users":
-            parts.append(f"{s.users} connections for {s.duration_s:g}s")
+            parts.append(f"{s.users:,} connection{'s' if s.users != 1 else ''} for "
+                         f"{s.duration_s:g}s")
         elif s.kind == "ramp":
-            parts.append(f"{s.rate:g}/s to {s.to:g}/s over {s.duration_s:g}s")
+            parts.append(f"{_per_s(s.rate)} to {_per_s(s.to)} over {s.duration_s:g}s")
         else:
-            parts.append(f"{s.rate:g}/s for {s.duration_s:g}s" + (
+            parts.append(f"{_per_s(s.rate)} for {s.duration_s:g}s" + (
                 " (spike)" if s.kind == "spike" else ""))
     names = ", ".join(s.name for s in pat.scenarios)
     return "; ".join(parts) + (f" [{names}]" if pat.file else "")
 
 
+def _per_s(rate: float) -> str:
+    """A rate as read: 200/s, 1,000,000/s, 2.5/s, 0.167/s (not 1e+06/s)."""
+    return f"{rate:,.0f}/s" if rate >= 1000 or rate == int(rate) else f"{rate:.3g}/s"
+
+
+def _notice(live: bool) -> generator.Notice:
+    def say(text: str) -> None:
+        if live:
+            sys.stdout.write("\r\033[K")
+            sys.stdout.flush()
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    return say
+
+
 def _progress(pat: pattern.Pattern) -> generator.Progress:
     def show(results: Results, elapsed: float) -> None:
         total = results.total()
-        last = results.timeline.get(max(results.timeline)) if results.timeline else None
+        recent = sorted(s for s in results.timeline if s < int(elapsed))[-2:]  # (whole ones)
+        rps = f"{sum(results.timeline[s].requests for s in recent) / len(recent):,.0f}" \
+            if recent else "-"
         lat = total.hist.summary_ms()
         left = max(0.0, pat.duration_s - elapsed)
         sys.stdout.write(
-            f"\r\033[K{last.requests if last else 0:,} req/s  p50 {lat['p50']:.1f} ms  "
+            f"\r\033[K{rps} req/s  p50 {lat['p50']:.1f} ms  "
             f"p95 {lat['p95']:.1f} ms  p99 {lat['p99']:.1f} ms  errors {total.error_count:,}  "
             f"{left:.0f}s left")
         sys.stdout.flush()
@@ -290,10 +352,14 @@ def _summary(results: Results) -> None:
         out.print("errors: " + ", ".join(f"{k} {n:,}" for k, n in sorted(total.errors.items())))
     if results.interrupted:
         out.print(f"[yellow]interrupted after {results.duration_s:.1f}s: partial figures[/]")
+    if results.steps_lost:
+        out.print("[yellow]stopped at once (a second Ctrl-C): the workers' per-step figures "
+                  "were not handed in; the totals are those of the seconds received[/]")
     if results.behind:
         warn(results.behind)
     for v in results.verdicts:
-        mark = "[green]ok[/]" if v.ok else "[red]BROKEN[/]"
+        mark = "[green]ok[/]" if v.ok else "[yellow]NOT MEASURED[/]" if v.reason else \
+            "[red]BROKEN[/]"
         unit = "%" if v.threshold.metric == "errors" else (
             "/s" if v.threshold.metric == "rps" else " ms")
         actual = v.actual * 100 if v.threshold.metric == "errors" else v.actual
