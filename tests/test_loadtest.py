@@ -129,6 +129,11 @@ def test_quick_form_and_html_report(server: str, tmp_path: Path) -> None:
     assert "all" in done.stdout and "P95 MS" in done.stdout
     assert done.stdout.startswith(f"load test of {server}/: 4 connections for 1s\n")
     page = report.read_text()
+    (tmp_path / "latest.html").symlink_to(report)  # (a link to the report: written through)
+    again = load_test("--url", server + "/", "--connections", "1", "--duration", "0.5s",
+                      "--report", str(tmp_path / "latest.html"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (tmp_path / "latest.html").is_symlink() and report.read_text() != page
     assert page.count("<svg") >= 2 and "<polyline" in page  # latency and throughput drawn
     assert not any(a in page for a in ("src=", "href=", "<link", "url("))  # self-contained
 
@@ -389,3 +394,35 @@ def test_a_scenario_name_is_printed_as_written(server: str, tmp_path: Path) -> N
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"load test of {server}: 20/s for 0.5s [/browse [x]]" in done.stdout
     assert "/browse [x]/GET /" in done.stdout
+
+
+class _Slower(_Orders):
+    def do_GET(self) -> None:
+        time.sleep(0.3)
+        super().do_GET()
+
+
+def test_an_answer_later_than_the_timeout_is_a_timeout_in_the_closed_model() -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", free_ports(1)[0]), _Slower)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        done = load_test("--url", f"http://127.0.0.1:{httpd.server_address[1]}/",
+                         "--connections", "2", "--duration", "1s", "--timeout", "250ms",
+                         "--json")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    doc = json.loads(done.stdout)
+    assert done.returncode == 1, done.stdout + done.stderr  # (every request failed)
+    assert doc["requests"] >= 2 and doc["errors"]["by_kind"]["timeout"] == doc["requests"]
+
+
+def test_closed_model_requests_cut_off_by_a_ctrl_c_are_said(
+        silent: tuple[int, list[socket.socket]]) -> None:
+    port, taken = silent
+    with loading("--url", f"http://127.0.0.1:{port}/", "--connections", "2",
+                 "--duration", "30s", "--timeout", "30s") as run:
+        assert wait_for(lambda: len(taken) >= 2), "no connection arrived"
+        out = ctrl_c(run)
+    assert run.returncode == 130, out
+    assert "2 requests in flight when the run was stopped were cut off (not counted)" in out

@@ -377,14 +377,14 @@ def test_an_arrival_cancelled_while_late_is_not_counted_late() -> None:
 def test_a_saturated_generator_is_named_as_the_limit() -> None:
     results = Results("t", "100000/s for 3s", duration_s=3.0, rate_asked=100000.0, workers=1)
     results.add_done({"steps": [], "arrivals": 1000, "not_sent": 0, "lag_max_s": 0.0,
-                      "lagged": 0, "busy": 900, "last_s": 9.5, "cpu_share": 0.98})
+                      "lagged": 0, "cut_off": 0, "busy": 900, "last_s": 9.5, "cpu_share": 0.98})
     assert results.behind is not None
     assert results.behind.startswith("the generator could not keep the asked rate (a worker "
                                      "used 98% of a core")
     assert "give more --workers (it had 1" in results.behind
     calm = Results("t", "100/s", duration_s=3.0, rate_asked=100.0)
     calm.add_done({"steps": [], "arrivals": 1000, "not_sent": 0, "lag_max_s": 0.0,
-                   "lagged": 0, "busy": 900, "last_s": 3.0, "cpu_share": 0.3})
+                   "lagged": 0, "cut_off": 0, "busy": 900, "last_s": 3.0, "cpu_share": 0.3})
     assert calm.behind is not None and "every connection was busy" in calm.behind
 
 
@@ -450,7 +450,7 @@ def test_arrivals_started_late_with_free_connections_blame_a_busy_machine() -> N
     limit (more workers would not help) nor the connections."""
     results = Results("t", "200/s for 3s", duration_s=3.0, rate_asked=200.0, workers=1)
     results.add_done({"steps": [], "arrivals": 600, "not_sent": 0, "lag_max_s": 0.09,
-                      "lagged": 12, "busy": 0, "last_s": 3.0, "cpu_share": 0.07})
+                      "lagged": 12, "cut_off": 0, "busy": 0, "last_s": 3.0, "cpu_share": 0.07})
     assert results.behind is not None
     assert results.behind.startswith("12 of 600 arrivals (2%) started up to 90 ms late with "
                                      "connections free, while the generator used 7% of a "
@@ -458,7 +458,7 @@ def test_arrivals_started_late_with_free_connections_blame_a_busy_machine() -> N
     assert "--workers" not in results.behind and "every connection" not in results.behind
     one = Results("t", "200/s for 3s", duration_s=3.0, rate_asked=200.0, workers=1)
     one.add_done({"steps": [], "arrivals": 600, "not_sent": 0, "lag_max_s": 0.09,
-                  "lagged": 1, "busy": 0, "last_s": 3.0, "cpu_share": 0.07})
+                  "lagged": 1, "cut_off": 0, "busy": 0, "last_s": 3.0, "cpu_share": 0.07})
     assert one.behind is None  # (one hiccup: the rate was kept)
     assert one.as_json()["generator"]["late_max_ms"] == 90.0
 

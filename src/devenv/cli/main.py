@@ -245,7 +245,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--scenario", default=None, metavar="NAME", help="only this scenario")
     s.add_argument("--threshold", action="append", default=[], metavar="RULE",
                    help="e.g. 'p95 < 300ms' or 'errors < 1%%' (repeatable); broken: exit 1")
-    s.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
+    s.add_argument("--workers", type=int, default=None, metavar="N", help="generator "
+                   "processes (default: as the load needs, at most one a core)")
     s.add_argument("--json", action="store_true", help="print the figures as JSON")
     s.add_argument("--report", default=None, metavar="FILE.html", help="write an HTML report")
 
@@ -330,8 +331,8 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
     try:  # (a Ctrl-C while the command loads: it never ran)
+        args = parser().parse_args(argv)
         module = importlib.import_module(f"devenv.cli.commands.{COMMANDS[args.command]}")
         from devenv.cli import audit
 

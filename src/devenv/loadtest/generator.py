@@ -161,6 +161,10 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
     results.steps_lost = results.interrupted and len(done) < count  # (stopped at once)
     results.duration_s = run_time(pattern.duration_s, results.last_s, ended - started,
                                   None if cut is None else cut - started)
+    if cut is not None:
+        results.cut_s = max(0.0, cut - started)
+    if results.steps_lost and results.timeline:  # (only whole seconds came: rates over them)
+        results.duration_s = min(results.duration_s, max(results.timeline) + 1.0)
     if results.timeline:
         results.duration_s = max(results.duration_s, 1e-3)
     if not results.interrupted:

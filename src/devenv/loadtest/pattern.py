@@ -290,7 +290,9 @@ class _Reader:
             self.bad(path + ("method",), f"{method!r}: one of {', '.join(METHODS)}")
         if not isinstance(target, str) or not target.startswith("/"):
             key = shorthand[0].lower() if shorthand else "path"
-            self.bad(path + (key,), f"{target!r}: give a path starting with /, e.g. /api/items")
+            self.bad(path + (key,), ("no request: give `get: /path` (or post, ...), or "
+                                     "`method:` and `path:`") if target is None else
+                     f"{target!r}: give a path starting with /, e.g. /api/items")
             target = "/"
         headers = node.get("headers") or {}
         if not isinstance(headers, dict):

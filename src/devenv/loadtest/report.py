@@ -4,7 +4,6 @@ latency and throughput over time beside the services' CPU and memory."""
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -75,12 +74,17 @@ def page(results: Results, samples: list[Sample]) -> str:
         f"<td>{v['errors']['total']}</td>"
         + "".join(f"<td>{v['latency_ms'][p]}</td>" for p in ("p50", "p90", "p95", "p99", "max"))
         + "</tr>" for k, v in [*doc["steps"].items(), ("all", doc)])
-    verdicts = "".join(f"<li class={'ok' if v['ok'] else 'bad'}>{html.escape(v['scope'])}: "
+    verdicts = "".join(f"<li class={'ok' if v['ok'] else 'na' if v.get('reason') else 'bad'}>"
+                       f"{html.escape(v['scope'])}: "
                        f"{html.escape(v['threshold'])} "
                        f"({html.escape(v.get('reason') or 'was ' + str(v['actual']))})</li>"
                        for v in doc["thresholds"])
     behind = (f"<p class=bad>{html.escape(doc['generator']['behind'])}</p>"
               if doc["generator"]["behind"] else "")
+    kinds = ", ".join(f"{k} {n}" for k, n in doc["errors"]["by_kind"].items() if n)
+    kinds = f" ({kinds})" if kinds else ""
+    lost = (" (stopped at once: the per-step figures were not handed in)"
+            if doc["steps_lost"] else "")
     resources = (chart("CPU by service", "%", cpu) + chart("Memory by service", " MiB", mem)
                  if samples else "<p>No CPU and memory figures: the target is not a service "
                  "of a running environment.</p>")
@@ -88,13 +92,12 @@ def page(results: Results, samples: list[Sample]) -> str:
 <html><head><meta charset="utf-8"><title>devenv load test: {html.escape(doc['target'])}</title>
 <style>body{{font-family:sans-serif;margin:24px;color:#111}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{text-align:left}}
-.ok{{color:#16a34a}}.bad{{color:#dc2626}}.charts{{display:flex;flex-wrap:wrap;gap:16px}}
+.ok{{color:#16a34a}}.bad{{color:#dc2626}}.na{{color:#ca8a04}}.charts{{display:flex;flex-wrap:wrap;gap:16px}}
 </style></head><body>
 <h1>Load test: {html.escape(doc['target'])}</h1>
 <p>{html.escape(doc['asked'])} &mdash; {doc['requests']} requests in {doc['duration_s']}s,
 {doc['rps']} req/s, {doc['errors']['total']} errors
-{html.escape(json.dumps(doc['errors']['by_kind']))}
-{' (interrupted)' if doc['interrupted'] else ''}</p>{behind}
+{html.escape(kinds)}{' (interrupted)' if doc['interrupted'] else ''}{lost}</p>{behind}
 <table><tr><th>step</th><th>requests</th><th>req/s</th><th>errors</th><th>p50 ms</th>
 <th>p90 ms</th><th>p95 ms</th><th>p99 ms</th><th>max ms</th></tr>{rows}</table>
 <ul>{verdicts}</ul>

@@ -93,6 +93,8 @@ class Results:
     cpu_share: float = 0.0  # open model: the most of a core a worker used (over a second)
     interrupted: bool = False
     steps_lost: bool = False  # stopped at once (Ctrl-C twice): no per-step figures came
+    cut_s: float | None = None  # when the Ctrl-C came, from the start
+    cut_off: int = 0  # closed model: requests in flight at the Ctrl-C, cut off (not counted)
     verdicts: list[Verdict] = field(default_factory=list)
 
     def add_seconds(self, seconds: list[tuple[int, dict[str, Any]]]) -> None:
@@ -107,6 +109,7 @@ class Results:
         self.busy += done["busy"]
         self.lag_max_s = max(self.lag_max_s, done["lag_max_s"])
         self.lagged += done["lagged"]
+        self.cut_off += done["cut_off"]
         self.last_s = max(self.last_s, done["last_s"])
         self.cpu_share = max(self.cpu_share, done["cpu_share"])
 
@@ -134,7 +137,7 @@ class Results:
         figures are the generator's, not the service's), the machine was busy, or every
         connection was."""
         if self.rate_asked is None:
-            return None
+            return self.cut_note
         lagged = self.lagged / self.arrivals if self.arrivals else 0.0
         late = self.late_share > LATE_SHARE or lagged > LATE_SHARE or self.not_sent
         if late and self.cpu_share >= SATURATED:
@@ -143,7 +146,7 @@ class Results:
                     f"{self.arrivals:,} arrivals started late): the figures are the "
                     f"generator's limit, not the service's; give more --workers (it had "
                     f"{self.workers}; at most one a core) or lower the rate")
-        said = []
+        said = [self.cut_note] if self.cut_note else []
         if lagged > LATE_SHARE:
             said.append(f"{self.lagged:,} of {self.arrivals:,} arrivals ({lagged:.0%}) "
                         f"started up to {self.lag_max_s * 1000:.0f} ms late with connections "
@@ -155,9 +158,17 @@ class Results:
                         "(the latency counts the wait); raise --connections if the service "
                         "should take more at once")
         if self.not_sent:
-            said.append(f"{self.not_sent:,} arrivals due were never sent or answered before "
-                        "the run " + ("was stopped" if self.interrupted else "ended"))
+            said.append(f"{_n(self.not_sent, 'arrival')} due were never sent or answered "
+                        "before the run " + ("was stopped" if self.interrupted else "ended"))
         return "; ".join(said) or None
+
+    @property
+    def cut_note(self) -> str | None:
+        """The closed model's requests in flight at a Ctrl-C, not waited for (not counted)."""
+        if not self.cut_off:
+            return None
+        return (f"{_n(self.cut_off, 'request')} in flight when the run was stopped "
+                f"{'were' if self.cut_off != 1 else 'was'} cut off (not counted)")
 
     def check(self, pattern: Pattern) -> list[Verdict]:
         seconds = max(self.duration_s, 1e-9)
@@ -196,7 +207,7 @@ class Results:
         doc["generator"] = {"workers": self.workers, "rate_asked": self.rate_asked,
                             "not_sent": self.not_sent, "late_max_ms":
                             round(self.lag_max_s * 1000, 1), "lagged": self.lagged,
-                            "arrivals": self.arrivals,
+                            "arrivals": self.arrivals, "cut_off": self.cut_off,
                             "late": self.busy, "late_share": round(self.late_share, 4),
                             "cpu_share": round(self.cpu_share, 3), "behind": self.behind}
         doc["timeline"] = [{"t": sec, "requests": f.requests, "errors": f.error_count,
@@ -204,6 +215,10 @@ class Results:
                                if k in ("p50", "p95", "p99", "max")}}
                            for sec, f in sorted(self.timeline.items())]
         return doc
+
+
+def _n(count: int, thing: str) -> str:
+    return f"{count:,} {thing}{'s' if count != 1 else ''}"
 
 
 def _metric(figures: Figures, metric: str, seconds: float) -> float:

@@ -41,7 +41,9 @@ def rate(value: Any, zero_ok: bool = False) -> float:
 
 def rate_problem(per_s: float) -> str | None:
     if per_s > MAX_RATE:
-        shown = f"{per_s:,.0f}" if per_s < 1e15 else f"{per_s:g}"
+        if per_s == float("inf"):
+            return f"an endless rate is over the limit of {MAX_RATE:,.0f}/s"
+        shown = f"{per_s:,.0f}" if per_s == int(per_s) or per_s >= 1e15 else f"{per_s:,.3f}"
         return f"{shown}/s is over the limit of {MAX_RATE:,.0f}/s"
     return None
 

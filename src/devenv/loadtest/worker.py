@@ -83,6 +83,7 @@ class Recorder:
         self.lagged = 0  # open model: arrivals a free connection started over LAG_TOLERANCE late
         self.busy = 0  # open model: arrivals taken late because every connection was busy
         self.stopped_at: float | None = None  # when the Ctrl-C was seen (the clock's time)
+        self.cut_off = 0  # closed model: requests in flight cut off after a Ctrl-C
         self.last_s = 0.0  # when the last answer came, from the start
         self.cpu_share = 0.0  # open model: the share of a core the process used, at most
 
@@ -127,7 +128,7 @@ class Recorder:
         return {"steps": [(sc, step, v.wire()) for (sc, step), v in self.steps.items()],
                 "arrivals": self.arrivals, "not_sent": self.not_sent,
                 "lag_max_s": self.lag_max_s, "lagged": self.lagged, "busy": self.busy,
-                "last_s": self.last_s,
+                "last_s": self.last_s, "cut_off": self.cut_off,
                 "cpu_share": self.cpu_share}
 
     def take_seconds(self, before: int) -> list[tuple[int, dict[str, Any]]]:
@@ -251,7 +252,9 @@ class FastConnection(asyncio.Protocol):
                 return
             now = time.perf_counter()
             buf = buf[end:]
-            rec.record(self.key, self.sent, now, None if status < 400 else "status")
+            rec.record(self.key, self.sent, now, "timeout" if now - self.sent > self.w.timeout_s
+                       else None if status < 400 else "status")  # (timeouts are looked for
+            # every 0.1 s: one answered later than its limit is no success)
             if close:
                 self.buf = b""
                 self.waiting = False
@@ -263,8 +266,11 @@ class FastConnection(asyncio.Protocol):
 
     def fail(self, kind: str | None) -> None:
         """The request in flight failed (`kind`), or was cut off (None: not counted)."""
-        if self.waiting and kind is not None:
-            self.w.rec.record(self.key, self.sent, time.perf_counter(), kind)
+        if self.waiting:
+            if kind is not None:
+                self.w.rec.record(self.key, self.sent, time.perf_counter(), kind)
+            else:
+                self.w.rec.cut_off += 1
         self.waiting = False
         if self.transport is not None:
             self.transport.abort()
@@ -283,6 +289,7 @@ class Worker:
         self.job, self.report, self.stop_requested = job, report, stop
         self.pattern = job.pattern
         self.clock = clock
+        self.timeout_s = self.pattern.timeout_s
         self.start = clock() + max(0.0, job.start_at - time.time())
         self.rec = Recorder(self.start, clock)
         self.stop_now = False
@@ -529,8 +536,13 @@ class Worker:
                     conn = await asyncio.wait_for(self._connect(), self.pattern.timeout_s)
                     box[0] = conn
                 left = self.pattern.timeout_s - (self.clock() - sent)
-                resp = await asyncio.wait_for(conn.request(raw, step.method == "HEAD"),
-                                              max(left, 0.001))
+                try:
+                    resp = await asyncio.wait_for(conn.request(raw, step.method == "HEAD"),
+                                                  max(left, 0.001))
+                except asyncio.CancelledError:  # (a Ctrl-C's grace over: cut off)
+                    if intended is None:
+                        self.rec.cut_off += 1
+                    raise
             except TimeoutError:
                 self.rec.record(key, sent, self.clock(), "timeout")
                 self._drop(box)

@@ -33,10 +33,19 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or generator.workers_for(pat)
     generator.check_open_files(generator.files_needed(pat, workers))
     target, client = _target(args, pat)
-    report = Path(args.report) if args.report else None
+    report = _report_path(args.report) if args.report else None
     if report is not None:
         _check_report(report, args.report)
     return _run(args, pat, target, client, workers, report)
+
+
+def _report_path(name: str) -> Path:
+    """Where the report goes: through a link to its file (the link stays a link); a device
+    or pipe (/dev/stdout) as it is named."""
+    path = Path(name)
+    if path.exists() and not path.is_file():
+        return path
+    return Path(os.path.realpath(path))
 
 
 def _check_report(path: Path, name: str) -> None:
@@ -46,6 +55,9 @@ def _check_report(path: Path, name: str) -> None:
     reason = None
     if path.is_dir():
         reason = "it is a folder"
+    elif path.exists() and not path.is_file():  # (a device or a pipe: written as it is)
+        if not os.access(path, os.W_OK):
+            reason = "Permission denied"
     else:
         try:
             with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}."):
@@ -58,7 +70,12 @@ def _check_report(path: Path, name: str) -> None:
 
 
 def _write_report(path: Path, results: Results, samples: list[Sample]) -> None:
-    """The page, written beside `path` and then moved onto it."""
+    """The page, written beside `path` and then moved onto it (a device or a pipe: into
+    it)."""
+    if path.exists() and not path.is_file():
+        with path.open("w", encoding="utf-8") as fh:
+            write_report(fh, results, samples)
+        return
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -240,7 +257,7 @@ def _ready(svc: ServiceStatus) -> None:
     name = svc.name
     if not svc.url:
         raise DevenvError(f"service {name!r} has no address (no port): there is nothing to "
-                          "send requests to")
+                          "send requests to", hint="load a service that has a port")
     scheme = svc.url.partition("://")[0]
     if scheme != "http":
         raise UsageError(f"service {name!r} is a {_KINDS.get(scheme, scheme)} data service; "
@@ -288,7 +305,9 @@ def _asked(pat: pattern.Pattern) -> str:
 
 def _per_s(rate: float) -> str:
     """A rate as read: 200/s, 1,000,000/s, 2.5/s, 0.167/s (not 1e+06/s)."""
-    return f"{rate:,.0f}/s" if rate >= 1000 or rate == int(rate) else f"{rate:.3g}/s"
+    if rate >= 1000 or rate == int(rate):
+        return f"{rate:,.0f}/s"
+    return f"{rate:.3g}/s" if rate >= 0.001 else f"{rate:.10f}".rstrip("0") + "/s"
 
 
 def _notice(live: bool) -> generator.Notice:
@@ -351,7 +370,10 @@ def _summary(results: Results) -> None:
     if total.errors:
         out.print("errors: " + ", ".join(f"{k} {n:,}" for k, n in sorted(total.errors.items())))
     if results.interrupted:
-        out.print(f"[yellow]interrupted after {results.duration_s:.1f}s: partial figures[/]")
+        cut = results.cut_s if results.cut_s is not None else results.duration_s
+        out.print(f"[yellow]interrupted after {cut:.1f}s: partial figures (rates over "
+                  f"{results.duration_s:.1f}s, the answers to the Ctrl-C's requests in "
+                  "flight included)[/]")
     if results.steps_lost:
         out.print("[yellow]stopped at once (a second Ctrl-C): the workers' per-step figures "
                   "were not handed in; the totals are those of the seconds received[/]")
