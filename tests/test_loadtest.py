@@ -336,6 +336,7 @@ def test_every_request_failing_fails_the_run_and_chunked_answers_are_no_errors(
                         "--duration", "0.5s")
     assert missing.returncode == 1, missing.stdout + missing.stderr
     assert "every request to " in missing.stderr and "failed (status " in missing.stderr
+    assert "default/GET /orders/999: status 404 x" in missing.stdout  # (which status)
     chunked = load_test("--url", f"{server}/chunked", "--connections", "2",
                         "--duration", "1s", "--json")
     assert chunked.returncode == 0, chunked.stdout + chunked.stderr
@@ -426,3 +427,28 @@ def test_closed_model_requests_cut_off_by_a_ctrl_c_are_said(
         out = ctrl_c(run)
     assert run.returncode == 130, out
     assert "2 requests in flight when the run was stopped were cut off (not counted)" in out
+
+
+def test_failed_checks_say_what_failed_and_steps_keep_the_files_order(server: str,
+                                                                      tmp_path: Path) -> None:
+    """The first step's check fails every time, so the second never runs: it is still
+    listed, in the file's order (not alphabetically), with no figures; and the summary and
+    --json say what of the check failed."""
+    (tmp_path / "p.yml").write_text("""scenarios:
+  s:
+    steps:
+      - {name: zeta, get: /, check: {json: {$.ok: false}}}
+      - {name: alpha, get: /}
+stages: [{rate: 20/s, duration: 0.5s}]
+""")
+    text = load_test("--url", server, "--pattern", "p.yml", cwd=tmp_path)
+    assert text.returncode == 1, text.stdout + text.stderr
+    assert "s/zeta: check failed, $.ok: not false x" in text.stdout
+    rows = [line.split()[0] for line in text.stdout.splitlines() if line.startswith("s/")]
+    assert rows[:2] == ["s/zeta", "s/alpha"]
+    alpha = next(line for line in text.stdout.splitlines() if line.startswith("s/alpha"))
+    assert alpha.split()[1:4] == ["0", "0.0", "0"] and alpha.split()[4] == "-"
+    doc = json.loads(load_test("--url", server, "--pattern", "p.yml", "--json",
+                               cwd=tmp_path).stdout)
+    assert list(doc["steps"]) == ["s/zeta", "s/alpha"]
+    assert doc["errors"]["checks_failed"] == {"$.ok: not false": doc["requests"]}

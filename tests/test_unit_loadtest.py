@@ -326,8 +326,11 @@ def test_a_json_check_tells_true_from_1_and_json_sets_one_content_type() -> None
     worker = Worker(job, lambda message: None, lambda: False)
     raw = worker._raw(step, {})
     assert raw.lower().count(b"content-type") == 1
-    assert not worker._checked(step, b'{"ok": true}', {})
-    assert worker._checked(step, b'{"ok": 1}', {}) and worker._checked(step, b'{"ok": 1.0}', {})
+    assert worker._checked(step, b'{"ok": true}', {}) == "$.ok: not 1"  # (what failed)
+    assert worker._checked(step, b'{"ok": 1}', {}) == worker._checked(step, b'{"ok": 1.0}', {}) \
+        == ""
+    assert worker._checked(step, b'{"no": 1}', {}) == "$.ok: missing"
+    assert worker._checked(step, b'<html>', {}) == "the body is not JSON"
 
 
 def test_open_model_stops_waiting_for_its_next_arrival_on_ctrl_c() -> None:
@@ -402,9 +405,9 @@ def test_values_round_trip_and_nested_json_checks_tell_true_from_1(tmp_path: Pat
     assert http.encode("GET", "/p?q=100% off&r=%41", "h").startswith(
         b"GET /p?q=100%25%20off&r=%41 HTTP/1.1")
     step = Step("s", "GET", "/", check=Check(json=(("$.a", ("a",), [1, {"b": True}]),)))
-    assert not Worker._checked(step, b'{"a": [true, {"b": true}]}', {})
-    assert not Worker._checked(step, b'{"a": [1, {"b": 1}]}', {})
-    assert Worker._checked(step, b'{"a": [1.0, {"b": true}]}', {})
+    assert Worker._checked(step, b'{"a": [true, {"b": true}]}', {})  # (failed)
+    assert Worker._checked(step, b'{"a": [1, {"b": 1}]}', {})
+    assert Worker._checked(step, b'{"a": [1.0, {"b": true}]}', {}) == ""  # (passed)
 
 
 def test_columns_of_inline_rows_and_a_value_extracted_over_a_source(tmp_path: Path) -> None:

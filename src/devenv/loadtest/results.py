@@ -26,16 +26,22 @@ class Figures:
     hist: Histogram = field(default_factory=Histogram)
     requests: int = 0
     errors: Counter[str] = field(default_factory=Counter)
+    codes: Counter[int] = field(default_factory=Counter)  # the statuses of `status` errors
+    failed: Counter[str] = field(default_factory=Counter)  # why `check` errors failed
 
     def add_wire(self, wire: dict[str, Any]) -> None:
         self.hist.merge(Histogram.from_sparse(wire["buckets"], wire["max_us"]))
         self.requests += wire["requests"]
         self.errors.update(wire["errors"])
+        self.codes.update({int(k): n for k, n in wire.get("codes", {}).items()})
+        self.failed.update(wire.get("failed", {}))  # (a second's figures have neither)
 
     def add(self, other: Figures) -> None:
         self.hist.merge(other.hist)
         self.requests += other.requests
         self.errors.update(other.errors)
+        self.codes.update(other.codes)
+        self.failed.update(other.failed)
 
     @property
     def error_count(self) -> int:
@@ -47,7 +53,9 @@ class Figures:
                 "errors": {"total": self.error_count,
                            "rate": round(self.error_count / self.requests, 5)
                            if self.requests else 0.0,
-                           "by_kind": {k: self.errors.get(k, 0) for k in ERROR_KINDS}},
+                           "by_kind": {k: self.errors.get(k, 0) for k in ERROR_KINDS},
+                           "status_codes": {str(c): n for c, n in sorted(self.codes.items())},
+                           "checks_failed": dict(self.failed.most_common())},
                 "latency_ms": self.hist.summary_ms()}
 
 
@@ -96,6 +104,7 @@ class Results:
     cut_s: float | None = None  # when the Ctrl-C came, from the start
     cut_off: int = 0  # closed model: requests in flight at the Ctrl-C, cut off (not counted)
     verdicts: list[Verdict] = field(default_factory=list)
+    order: list[StepKey] = field(default_factory=list)  # the pattern's steps, as written
 
     def add_seconds(self, seconds: list[tuple[int, dict[str, Any]]]) -> None:
         for sec, wire in seconds:
@@ -117,7 +126,18 @@ class Results:
         out = Figures()
         for figures in self.timeline.values():
             out.add(figures)
+        for figures in self.steps.values():  # (the seconds do not carry these)
+            out.codes.update(figures.codes)
+            out.failed.update(figures.failed)
         return out
+
+    def step_rows(self) -> list[tuple[StepKey, Figures]]:
+        """Every step's figures, in the pattern's order (a step no iteration reached: none);
+        unless the workers were stopped at once (then no step's came)."""
+        if self.steps_lost:
+            return []
+        keys = self.order + [k for k in self.steps if k not in self.order]
+        return [(k, self.steps.get(k, Figures())) for k in keys]
 
     def scenario(self, name: str) -> Figures:
         out = Figures()
@@ -178,6 +198,7 @@ class Results:
             return [Verdict(scope, t, _metric(figures, t.metric, seconds), figures.requests)
                     for t in thresholds]
 
+        self.order = [(sc.name, st.name) for sc in pattern.scenarios for st in sc.steps]
         verdicts = judge("", self.total(), pattern.thresholds)
         if self.steps_lost:  # (no per-step figures came: nothing to judge them by)
             self.verdicts = verdicts + [
@@ -202,7 +223,7 @@ class Results:
         doc = {"target": self.target, "asked": self.asked, "duration_s": round(seconds, 3),
                "interrupted": self.interrupted, "steps_lost": self.steps_lost,
                **total.as_json(seconds)}
-        doc["steps"] = {step_label(k): v.as_json(seconds) for k, v in self.steps.items()}
+        doc["steps"] = {step_label(k): v.as_json(seconds) for k, v in self.step_rows()}
         doc["thresholds"] = [v.as_json() for v in self.verdicts]
         doc["generator"] = {"workers": self.workers, "rate_asked": self.rate_asked,
                             "not_sent": self.not_sent, "late_max_ms":

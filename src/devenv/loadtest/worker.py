@@ -64,10 +64,13 @@ class StepStats:
     hist: Histogram = field(default_factory=Histogram)
     errors: Counter[str] = field(default_factory=Counter)
     requests: int = 0  # answered or failed (a connect error has no latency)
+    codes: Counter[int] = field(default_factory=Counter)  # the statuses of `status` errors
+    failed: Counter[str] = field(default_factory=Counter)  # why `check` errors failed
 
     def wire(self) -> dict[str, Any]:
         return {"buckets": self.hist.sparse(), "max_us": self.hist.max_us,
-                "requests": self.requests, "errors": dict(self.errors)}
+                "requests": self.requests, "errors": dict(self.errors),
+                "codes": dict(self.codes), "failed": dict(self.failed)}
 
 
 class Recorder:
@@ -95,9 +98,9 @@ class Recorder:
         return stats
 
     def record(self, key: StepKey, sent: float, now: float, error: str | None = None, *,
-               timed: bool = True) -> None:
+               timed: bool = True, code: int = 0, why: str = "") -> None:
         """A request answered or failed; its latency unless it failed to connect or was
-        never sent (`timed` False)."""
+        never sent (`timed` False); a `status` error's `code`, a `check` error's `why`."""
         stats = self.steps.get(key)
         if stats is None:
             stats = self.steps[key] = StepStats()
@@ -113,6 +116,10 @@ class Recorder:
         if error:
             stats.errors[error] += 1
             sec.errors[error] += 1
+            if error == "status":
+                stats.codes[code] += 1
+            elif error == "check" and why:
+                stats.failed[why] += 1
 
     def lag(self, late_s: float) -> None:
         """An arrival a free connection started `late_s` after its time (the loop was busy:
@@ -252,9 +259,10 @@ class FastConnection(asyncio.Protocol):
                 return
             now = time.perf_counter()
             buf = buf[end:]
-            rec.record(self.key, self.sent, now, "timeout" if now - self.sent > self.w.timeout_s
-                       else None if status < 400 else "status")  # (timeouts are looked for
-            # every 0.1 s: one answered later than its limit is no success)
+            late = now - self.sent > self.w.timeout_s  # (timeouts are looked for every
+            # 0.1 s: an answer later than its limit is no success)
+            rec.record(self.key, self.sent, now, "timeout" if late else
+                       None if status < 400 else "status", code=status)
             if close:
                 self.buf = b""
                 self.waiting = False
@@ -523,9 +531,10 @@ class Worker:
                 return
             try:
                 raw = self._raw(step, values)
-            except TemplateError:  # (a value missing, or one a header cannot carry)
+            except TemplateError as exc:  # (a value missing, or one a header cannot carry)
                 now = self.clock()
-                self.rec.record(key, now, now, "check", timed=False)
+                self.rec.record(key, now, now, "check", timed=False,
+                                why=f"not sent: {exc}" if str(exc) else "not sent")
                 if intended is None:
                     await asyncio.sleep(0.05)  # never sent: a closed loop must not spin
                 return
@@ -555,12 +564,12 @@ class Worker:
                     await asyncio.sleep(0.05)  # a refused connection must not spin
                 return
             now = self.clock()
-            error = None
+            error, why = None, ""
             if not step.check.status_ok(resp.status):
                 error = "status"
-            elif not self._checked(step, resp.body, values):
+            elif (why := self._checked(step, resp.body, values)):
                 error = "check"
-            self.rec.record(key, sent, now, error)
+            self.rec.record(key, sent, now, error, code=resp.status, why=why)
             if error:
                 return
             lo, hi = sc.think_s
@@ -574,26 +583,30 @@ class Worker:
             box[0] = None
 
     @staticmethod
-    def _checked(step: Step, body: bytes, values: dict[str, Any]) -> bool:
+    def _checked(step: Step, body: bytes, values: dict[str, Any]) -> str:
+        """What of the step's checks failed ("" when none did); extracted values go into
+        `values`."""
         check = step.check
         if check.body is not None and check.body.encode() not in body:
-            return False
+            return f"body: no {check.body!r}"
         if not check.json and not step.extract:
-            return True
+            return ""
         try:
             doc = json.loads(body)
         except ValueError:
-            return False
-        for _, parts, expected in check.json:
+            return "the body is not JSON"
+        for path, parts, expected in check.json:
             got = extract(doc, parts)
-            if got is MISSING or (expected != "exists" and not _same(got, expected)):
-                return False
+            if got is MISSING:
+                return f"{path}: missing"
+            if expected != "exists" and not _same(got, expected):
+                return f"{path}: not {json.dumps(expected)}"
         for var, parts in step.extract:
             got = extract(doc, parts)
             if got is MISSING:
-                return False
+                return f"extract {var}: nothing at its path"
             values[var] = got
-        return True
+        return ""
 
 
 def _same(got: Any, expected: Any) -> bool:

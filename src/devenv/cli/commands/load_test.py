@@ -356,19 +356,26 @@ def _ms(value: float) -> str:
 def _summary(results: Results) -> None:
     seconds = max(results.duration_s, 1e-9)
     rows = []
-    steps = [(step_label(k), f) for k, f in sorted(results.steps.items())]
+    steps = [(step_label(k), f) for k, f in results.step_rows()]
     for key, figures in [*steps, ("all", results.total())]:
         d = figures.as_json(seconds)
         lat = d["latency_ms"]
         rows.append([escape(key), f"{d['requests']:,}", f"{d['rps']:,.1f}",
                      f"{d['errors']['total']:,}",
-                     *(_ms(lat[p]) for p in ("p50", "p90", "p95", "p99", "max"))])
+                     *(_ms(lat[p]) if d["requests"] else "-"
+                       for p in ("p50", "p90", "p95", "p99", "max"))])
     print_table([Column("STEP"), Column("REQUESTS"), Column("REQ/S"), Column("ERRORS"),
                  Column("P50 MS"), Column("P90 MS"), Column("P95 MS"), Column("P99 MS"),
                  Column("MAX MS")], rows)
     total = results.total()
     if total.errors:
         out.print("errors: " + ", ".join(f"{k} {n:,}" for k, n in sorted(total.errors.items())))
+    for key, figures in steps:
+        if figures.codes:
+            out.print(f"  {escape(key)}: status " + ", ".join(
+                f"{code} x{n:,}" for code, n in sorted(figures.codes.items())))
+        for why, n in figures.failed.most_common(3):
+            out.print(f"  {escape(key)}: check failed, {escape(why)} x{n:,}")
     if results.interrupted:
         cut = results.cut_s if results.cut_s is not None else results.duration_s
         out.print(f"[yellow]interrupted after {cut:.1f}s: partial figures (rates over "
