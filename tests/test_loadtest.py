@@ -242,7 +242,7 @@ def test_a_second_ctrl_c_stops_at_once(silent: tuple[int, list[socket.socket]]) 
     port, taken = silent
     with loading("--url", f"http://127.0.0.1:{port}/", "--connections", "2",
                  "--duration", "30s") as run:
-        assert wait_for(lambda: len(taken) >= 2), "no connection arrived"
+        assert wait_for(lambda: len(taken) >= 3), "no connection arrived"  # (the probe, and 2)
         workers = workers_of(run)
         os.killpg(run.pid, signal.SIGINT)
         time.sleep(0.5)  # (Ctrl-C twice, as a user would: the first one is taken)
@@ -375,7 +375,9 @@ def test_ctrl_c_gives_requests_in_flight_a_grace_not_their_timeout(
     doc = json.loads(out[out.index("{"):])
     due = 20 * doc["duration_s"]
     assert doc["errors"]["by_kind"]["timeout"] == 0  # (cut off by the Ctrl-C, not timed out)
-    assert due - 3 <= doc["generator"]["not_sent"] <= due + 3, (due, doc["generator"])
+    # (counted up to the worker's sight of the stop, up to 0.1 s after the parent's: the
+    # regressions this guards add the grace, +40, or the whole schedule, +1,200)
+    assert due - 2 <= doc["generator"]["not_sent"] <= due + 15, (due, doc["generator"])
 
 
 def test_a_ctrl_c_while_the_workers_start_prints_no_traceback(server: str) -> None:
@@ -423,7 +425,7 @@ def test_closed_model_requests_cut_off_by_a_ctrl_c_are_said(
     port, taken = silent
     with loading("--url", f"http://127.0.0.1:{port}/", "--connections", "2",
                  "--duration", "30s", "--timeout", "30s") as run:
-        assert wait_for(lambda: len(taken) >= 2), "no connection arrived"
+        assert wait_for(lambda: len(taken) >= 3), "no connection arrived"  # (the probe, and 2)
         out = ctrl_c(run)
     assert run.returncode == 130, out
     assert "2 requests in flight when the run was stopped were cut off (not counted)" in out

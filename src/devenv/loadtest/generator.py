@@ -108,7 +108,7 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
     procs = [ctx.Process(target=main, daemon=True, name=f"devenv-load-{i}",
                          args=(Job(pattern, target, i, count, start_at), inbox, stop))
              for i in range(count)]
-    _start(procs)
+    blocked = _start(procs)
     done: set[int] = set()
     failed: dict[int, str] = {}  # worker: why it died
     started = time.monotonic() + max(0.0, start_at - time.time())
@@ -119,6 +119,9 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
     try:
         while len(done) < count and not failed and not hurry:
             try:
+                if blocked:  # (a Ctrl-C pressed while they started comes now: the first)
+                    blocked = False
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
                 try:
                     message = inbox.get(timeout=0.2)
                 except queues.Empty:
@@ -153,12 +156,13 @@ def run(pattern: Pattern, target: Target, *, workers: int | None = None,
                 results.interrupted = True
                 cut = cut or time.monotonic()
                 stop.set()
-                deadline = time.monotonic() + 3 + INTERRUPT_GRACE
+                deadline = time.monotonic() + 5 + INTERRUPT_GRACE  # (their grace, and some)
     finally:
         stop.set()
         ended = time.monotonic()
         _end(procs, at_once=hurry or bool(failed))
-    results.steps_lost = results.interrupted and len(done) < count  # (stopped at once)
+    results.steps_lost = results.interrupted and len(done) < count
+    results.hurried = hurry
     results.duration_s = run_time(pattern.duration_s, results.last_s, ended - started,
                                   None if cut is None else cut - started)
     if cut is not None:
@@ -190,17 +194,23 @@ def run_time(stages_s: float, last_s: float, elapsed_s: float, cut_s: float | No
     return max(0.0, min(max(stages_s, last_s), elapsed_s))
 
 
-def _start(procs: list[Any]) -> None:
-    """Start the workers with Ctrl-C ignored (as they inherit it): a Ctrl-C is the parent's
-    to handle, even one that comes before a worker could say so itself."""
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+def _start(procs: list[Any]) -> bool:
+    """Start the workers with Ctrl-C blocked, as they inherit it (then ignore it): a Ctrl-C
+    is the parent's to handle, even one that comes before a worker could say so itself.
+    Whether it is still blocked here (the caller unblocks it where it takes a Ctrl-C: one
+    pressed meanwhile is not lost)."""
+    if threading.current_thread() is not threading.main_thread():
+        for proc in procs:
+            proc.start()
+        return False
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         for proc in procs:
             proc.start()
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        raise
+    return True
 
 
 def _died(code: int | None) -> str:

@@ -72,7 +72,8 @@ def page(results: Results, samples: list[Sample]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{v['requests']}</td><td>{v['rps']}</td>"
         f"<td>{v['errors']['total']}</td>"
-        + "".join(f"<td>{v['latency_ms'][p]}</td>" for p in ("p50", "p90", "p95", "p99", "max"))
+        + "".join(f"<td>{'-' if v['latency_ms'][p] is None else v['latency_ms'][p]}</td>"
+                  for p in ("p50", "p90", "p95", "p99", "max"))
         + "</tr>" for k, v in [*doc["steps"].items(), ("all", doc)])
     verdicts = "".join(f"<li class={'ok' if v['ok'] else 'na' if v.get('reason') else 'bad'}>"
                        f"{html.escape(v['scope'])}: "

@@ -56,7 +56,8 @@ class Figures:
                            "by_kind": {k: self.errors.get(k, 0) for k in ERROR_KINDS},
                            "status_codes": {str(c): n for c, n in sorted(self.codes.items())},
                            "checks_failed": dict(self.failed.most_common())},
-                "latency_ms": self.hist.summary_ms()}
+                "latency_ms": self.hist.summary_ms() if self.hist.total else
+                dict.fromkeys(("p50", "p90", "p95", "p99", "max"))}  # (none measured: null)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ class Results:
     last_s: float = 0.0  # when the last request was answered, from the start
     cpu_share: float = 0.0  # open model: the most of a core a worker used (over a second)
     interrupted: bool = False
-    steps_lost: bool = False  # stopped at once (Ctrl-C twice): no per-step figures came
+    steps_lost: bool = False  # stopped before the workers handed in their per-step figures
+    hurried: bool = False  # a second Ctrl-C stopped them at once
     cut_s: float | None = None  # when the Ctrl-C came, from the start
     cut_off: int = 0  # closed model: requests in flight at the Ctrl-C, cut off (not counted)
     verdicts: list[Verdict] = field(default_factory=list)

@@ -533,8 +533,9 @@ class Worker:
                 raw = self._raw(step, values)
             except TemplateError as exc:  # (a value missing, or one a header cannot carry)
                 now = self.clock()
-                self.rec.record(key, now, now, "check", timed=False,
-                                why=f"not sent: {exc}" if str(exc) else "not sent")
+                reason = str(exc).split(": ", 1)[0] if str(exc).startswith("a header") \
+                    else str(exc)  # (a value is no key: one a row would grow the counts)
+                self.rec.record(key, now, now, "check", timed=False, why=f"not sent: {reason}")
                 if intended is None:
                     await asyncio.sleep(0.05)  # never sent: a closed loop must not spin
                 return
@@ -549,7 +550,7 @@ class Worker:
                     resp = await asyncio.wait_for(conn.request(raw, step.method == "HEAD"),
                                                   max(left, 0.001))
                 except asyncio.CancelledError:  # (a Ctrl-C's grace over: cut off)
-                    if intended is None:
+                    if intended is None and self.rec.stopped_at is not None:
                         self.rec.cut_off += 1
                     raise
             except TimeoutError:

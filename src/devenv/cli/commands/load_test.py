@@ -33,29 +33,20 @@ def run(args: argparse.Namespace) -> int:
     workers = args.workers or generator.workers_for(pat)
     generator.check_open_files(generator.files_needed(pat, workers))
     target, client = _target(args, pat)
-    report = _report_path(args.report) if args.report else None
+    report = Path(args.report) if args.report else None
     if report is not None:
         _check_report(report, args.report)
     return _run(args, pat, target, client, workers, report)
 
 
-def _report_path(name: str) -> Path:
-    """Where the report goes: through a link to its file (the link stays a link); a device
-    or pipe (/dev/stdout) as it is named."""
-    path = Path(name)
-    if path.exists() and not path.is_file():
-        return path
-    return Path(os.path.realpath(path))
-
-
 def _check_report(path: Path, name: str) -> None:
-    """Refuse now, not after the whole test, a report that could not be written. The file
-    itself is written only at the end, whole (a failed run leaves one already there as it
-    was)."""
+    """Refuse now, not after the whole test, a report that could not be written. It is
+    written (in place: its mode, links and a device such as /dev/stdout kept) only once the
+    run has figures to show: one that fails before leaves an earlier report as it was."""
     reason = None
     if path.is_dir():
         reason = "it is a folder"
-    elif path.exists() and not path.is_file():  # (a device or a pipe: written as it is)
+    elif path.exists():
         if not os.access(path, os.W_OK):
             reason = "Permission denied"
     else:
@@ -67,30 +58,6 @@ def _check_report(path: Path, name: str) -> None:
     if reason:
         raise UsageError(f"--report {name}: cannot write it ({reason})",
                          hint="give a file in an existing folder you can write to")
-
-
-def _write_report(path: Path, results: Results, samples: list[Sample]) -> None:
-    """The page, written beside `path` and then moved onto it (a device or a pipe: into
-    it)."""
-    if path.exists() and not path.is_file():
-        with path.open("w", encoding="utf-8") as fh:
-            write_report(fh, results, samples)
-        return
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            write_report(fh, results, samples)
-        os.chmod(temp, 0o666 & ~_umask())  # (as open() would)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _run(args: argparse.Namespace, pat: pattern.Pattern, target: Target,
@@ -119,7 +86,8 @@ def _run(args: argparse.Namespace, pat: pattern.Pattern, target: Target,
     else:
         _summary(results)
     if report is not None:
-        _write_report(report, results, samples)
+        with report.open("w", encoding="utf-8") as fh:
+            write_report(fh, results, samples)
         if not args.json:
             out.print(f"report: {args.report}")
     if results.interrupted:
@@ -362,7 +330,7 @@ def _summary(results: Results) -> None:
         lat = d["latency_ms"]
         rows.append([escape(key), f"{d['requests']:,}", f"{d['rps']:,.1f}",
                      f"{d['errors']['total']:,}",
-                     *(_ms(lat[p]) if d["requests"] else "-"
+                     *(_ms(lat[p]) if lat[p] is not None else "-"
                        for p in ("p50", "p90", "p95", "p99", "max"))])
     print_table([Column("STEP"), Column("REQUESTS"), Column("REQ/S"), Column("ERRORS"),
                  Column("P50 MS"), Column("P90 MS"), Column("P95 MS"), Column("P99 MS"),
@@ -382,8 +350,10 @@ def _summary(results: Results) -> None:
                   f"{results.duration_s:.1f}s, the answers to the Ctrl-C's requests in "
                   "flight included)[/]")
     if results.steps_lost:
-        out.print("[yellow]stopped at once (a second Ctrl-C): the workers' per-step figures "
-                  "were not handed in; the totals are those of the seconds received[/]")
+        how = "stopped at once (a second Ctrl-C)" if results.hurried else \
+            "the workers did not finish in time"
+        out.print(f"[yellow]{how}: the workers' per-step figures were not handed in; the "
+                  "totals are those of the seconds received[/]")
     if results.behind:
         warn(results.behind)
     for v in results.verdicts:
