@@ -533,9 +533,7 @@ class Worker:
                 raw = self._raw(step, values)
             except TemplateError as exc:  # (a value missing, or one a header cannot carry)
                 now = self.clock()
-                reason = str(exc).split(": ", 1)[0] if str(exc).startswith("a header") \
-                    else str(exc)  # (a value is no key: one a row would grow the counts)
-                self.rec.record(key, now, now, "check", timed=False, why=f"not sent: {reason}")
+                self.rec.record(key, now, now, "check", timed=False, why=f"not sent: {exc}")
                 if intended is None:
                     await asyncio.sleep(0.05)  # never sent: a closed loop must not spin
                 return

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,6 @@ def _pattern(args: argparse.Namespace) -> pattern.Pattern:
                              hint="give those in the pattern file, or drop --pattern")
         pat = pattern.load(Path(args.pattern), args.pattern)
         if args.timeout:  # (over the file's own)
-            from dataclasses import replace
             pat = replace(pat, timeout_s=timeout)
         if args.duration:  # a short run of a one-stage pattern
             if len(pat.stages) != 1:
@@ -129,7 +129,6 @@ def _pattern(args: argparse.Namespace) -> pattern.Pattern:
             seconds = _usage(units.duration, args.duration, "--duration", "a duration")
             if (problem := units.duration_problem(seconds)):
                 raise UsageError(f"--duration: {problem}")
-            from dataclasses import replace
             pat = replace(pat, stages=(replace(pat.stages[0], duration_s=seconds),))
         if args.scenario:
             names = [s.name for s in pat.scenarios]
@@ -138,7 +137,6 @@ def _pattern(args: argparse.Namespace) -> pattern.Pattern:
                                  hint=f"scenarios: {', '.join(names)}")
             pat = pat.only(args.scenario)
         if thresholds:
-            from dataclasses import replace
             pat = replace(pat, thresholds=pat.thresholds + tuple(thresholds))
         return pat
     if args.scenario:
