@@ -297,7 +297,7 @@ class Worker:
         self.job, self.report, self.stop_requested = job, report, stop
         self.pattern = job.pattern
         self.clock = clock
-        self.timeout_s = self.pattern.timeout_s
+        self.timeout_s = self.pattern.timeout_s  # (read for every answer of the hot loop)
         self.start = clock() + max(0.0, job.start_at - time.time())
         self.rec = Recorder(self.start, clock)
         self.stop_now = False
@@ -412,7 +412,7 @@ class Worker:
         limit = self.clock() + self.pattern.timeout_s + 1
         pending = set(tasks)
         while pending:
-            if self.stop_now and self.rec.stopped_at is not None:
+            if self.rec.stopped_at is not None:  # (a Ctrl-C, now or meanwhile)
                 limit = min(limit, self.rec.stopped_at + INTERRUPT_GRACE)
             left = limit - self.clock()
             if left <= 0:
