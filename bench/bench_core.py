@@ -153,7 +153,7 @@ async def main() -> None:
     sinks = [stats.add] if mode == "metrics" else [traces.add_requests, stats.add]
     hub = Hub([traces.add], sinks) if mode != "off" else None
     ingress = Ingress(port, lambda name: pool, hub=hub)
-    ingress.sampler.rate = MonitoringConfig().trace_rate if mode == "on" else None
+    ingress.sampler.rate = MonitoringConfig().trace_rate if mode in ("on", "metrics") else None
     ingress.routes = build_routes([RouteSpec("backend-0", port=backend)])
     await ingress.start()
     print("ready", flush=True)

@@ -207,6 +207,24 @@ def test_steps_are_keyed_by_scenario_and_step_and_an_empty_scope_breaks() -> Non
     assert set(results.as_json()["steps"]) == {"api/v1/get/x"}
 
 
+def test_a_thresholds_figure_is_given_in_the_unit_it_is_written_in() -> None:
+    """`errors < 1%` broken by 1 error in 4 says 25 (%), in the JSON as in the summary, not
+    the fraction 0.25 under a threshold written in percent."""
+    rec = Recorder(0.0, lambda: 0.0)
+    for i in range(4):
+        rec.record(("s", "x"), 0.0, 0.002, error="status" if i == 0 else None)
+    pattern = Pattern((Scenario("s", (_step("x"),)),), (Stage("users", 1.0, users=1),),
+                      thresholds=(_rule("errors < 1%"), _rule("rps > 100"),
+                                  _rule("p50 < 1ms")))
+    results = Results("t", "asked", duration_s=1.0)
+    results.add_seconds(rec.take_seconds(10))
+    results.add_done(rec.done())
+    errors, rps, p50 = [v.as_json() for v in results.check(pattern)]
+    assert (errors["actual"], errors["unit"], errors["ok"]) == (25.0, "%", False)
+    assert (rps["actual"], rps["unit"]) == (4.0, "/s")
+    assert p50["unit"] == "ms" and p50["actual"] == pytest.approx(2, rel=0.1)
+
+
 def test_open_model_counts_late_and_cancelled_arrivals() -> None:
     """100 arrivals a second for 1 s on one connection to a server taking 20 ms: about
     half wait for the connection (late), and the run cut off at 1.5 s leaves the rest due
@@ -420,6 +438,13 @@ def test_columns_of_inline_rows_and_a_value_extracted_over_a_source(tmp_path: Pa
                  "      - get: /u/${user.name}\n"
                  "stages: [{rate: 5/s, duration: 1s}]\n")
     assert len(load(f).scenarios[0].steps) == 2
+    # rows that are all empty mappings are mappings still, with no field at all
+    f.write_text("scenarios:\n  s:\n    data: {e: [{}]}\n    steps: [{get: '/e/${e.id}'}]\n"
+                 "stages: [{rate: 5/s, duration: 1s}]\n")
+    with pytest.raises(ConfigError) as caught:
+        load(f, "load.yml")
+    assert caught.value.details == ["load.yml:4 scenarios.s.steps[0]: '${e.id}': e has no "
+                                    "column 'id' (its rows are empty mappings)"]
 
 
 def test_an_arrival_a_free_connection_starts_late_is_lag_not_a_busy_connection() -> None:
@@ -557,4 +582,5 @@ def test_a_service_that_cannot_answer_http_now_is_refused_before_the_run() -> No
     assert caught.value.exit_code == 1 and "devenv logs svc" in (caught.value.hint or "")
     with pytest.raises(DevenvError, match="has no address"):
         load_test._ready(_service(None))
-    assert load_test._per_s(1e6) == "1,000,000/s" and load_test._per_s(10 / 60) == "0.167/s"
+    assert units.shown(1e6) == "1,000,000/s" and units.shown(10 / 60) == "0.167/s"
+    assert units.rate_problem(1_000_000.5) == "1,000,000.500/s is over the limit of 1,000,000/s"

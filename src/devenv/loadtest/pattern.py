@@ -9,7 +9,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal, TypeAlias
 
 from devenv.config.load import Source, read_yaml
 from devenv.config.schema import Path as KeyPath
@@ -23,6 +23,11 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110 t
 METRICS = ("p50", "p90", "p95", "p99", "max", "errors", "rps")
 _THRESHOLD = re.compile(r"^\s*(p50|p90|p95|p99|max|errors|rps)\s*(<=|<|>=|>)\s*"
                         r"(\d+(?:\.\d+)?)\s*(ms|s|%|/s)?\s*$")
+
+# the fields of a data source's values: their columns (maybe none, `[{}]`); PLAIN: they are
+# not mappings; None: not known (some are, or a value extracted from a response)
+PLAIN: Final = "plain"
+Fields: TypeAlias = set[str] | Literal["plain"] | None
 
 
 @dataclass(frozen=True)
@@ -277,7 +282,7 @@ class _Reader:
             out.append(DataSource(name, tuple(rows), order))
         return tuple(out)
 
-    def step(self, node: Any, path: KeyPath, columns: dict[str, set[str] | None]
+    def step(self, node: Any, path: KeyPath, columns: dict[str, Fields]
              ) -> Step | None:
         if not self.keys(node, path, STEP):
             return None
@@ -316,12 +321,12 @@ class _Reader:
                  *(str(v) for v in headers.values())]
         for name, column in sorted(set().union(*(fields_in(t) for t in texts))):
             have = columns.get(name)
-            if have == set():
+            if have == PLAIN:
                 self.bad(path, f"'${{{name}.{column}}}': the values of {name} are not "
                          f"mappings, so they have no field '{column}'; write ${{{name}}}")
-            elif have is not None and column not in have:
+            elif isinstance(have, set) and column not in have:
                 self.bad(path, f"'${{{name}.{column}}}': {name} has no column '{column}' "
-                         f"(it has {', '.join(sorted(have))}){did_you_mean(column, have)}")
+                         f"({_has(have)}){did_you_mean(column, have)}")
         extract = []
         ex = node.get("extract") or {}
         if not isinstance(ex, dict):
@@ -409,14 +414,19 @@ def url_problem(url: str, whole: bool = False) -> str | None:
     return None
 
 
-def _columns(rows: tuple[Any, ...]) -> set[str] | None:
+def _columns(rows: tuple[Any, ...]) -> Fields:
     """The fields the rows of a data source have (a CSV file's columns; of inline mappings,
-    those any row has); none (an empty set) when no row is a mapping, None when some are."""
+    those any row has, maybe none: `[{}]`); PLAIN when no row is a mapping, None when some
+    are."""
     if not any(isinstance(r, dict) for r in rows):
-        return set()
+        return PLAIN
     if not all(isinstance(r, dict) for r in rows):
         return None
     return set().union(*(map(str, r) for r in rows))
+
+
+def _has(fields: set[str]) -> str:
+    return f"it has {', '.join(sorted(fields))}" if fields else "its rows are empty mappings"
 
 
 def threshold(text: str, where: str = "") -> Threshold | str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from devenv.loadtest.results import Results
 
@@ -78,7 +78,7 @@ def page(results: Results, samples: list[Sample]) -> str:
     verdicts = "".join(f"<li class={'ok' if v['ok'] else 'na' if v.get('reason') else 'bad'}>"
                        f"{html.escape(v['scope'])}: "
                        f"{html.escape(v['threshold'])} "
-                       f"({html.escape(v.get('reason') or 'was ' + str(v['actual']))})</li>"
+                       f"({html.escape(v.get('reason') or _was(v))})</li>"
                        for v in doc["thresholds"])
     behind = (f"<p class=bad>{html.escape(doc['generator']['behind'])}</p>"
               if doc["generator"]["behind"] else "")
@@ -86,6 +86,8 @@ def page(results: Results, samples: list[Sample]) -> str:
     kinds = f" ({kinds})" if kinds else ""
     lost = (" (stopped at once: the per-step figures were not handed in)"
             if doc["steps_lost"] else "")
+    cut = doc["generator"]["cut_off"]
+    lost += f"; {cut} in flight when it was stopped cut off (not counted)" if cut else ""
     resources = (chart("CPU by service", "%", cpu) + chart("Memory by service", " MiB", mem)
                  if samples else "<p>No CPU and memory figures: the target is not a service "
                  "of a running environment.</p>")
@@ -106,6 +108,11 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 {resources}</div>
 </body></html>
 """
+
+
+def _was(verdict: dict[str, Any]) -> str:
+    unit = verdict["unit"]
+    return f"was {verdict['actual']:g}{' ' if unit == 'ms' else ''}{unit}"
 
 
 def write_report(file: TextIO, results: Results, samples: list[Sample]) -> None:

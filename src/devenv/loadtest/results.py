@@ -60,6 +60,9 @@ class Figures:
                 dict.fromkeys(("p50", "p90", "p95", "p99", "max"))}  # (none measured: null)
 
 
+UNITS = {"errors": "%", "rps": "/s"}  # (a latency's: ms)
+
+
 @dataclass(frozen=True)
 class Verdict:
     scope: str  # "" (the whole run), a scenario, or scenario/step
@@ -77,9 +80,20 @@ class Verdict:
         """Why a threshold broke without a figure to compare ("" when it has one)."""
         return "" if self.requests > 0 else (self.reason or "no requests")
 
+    @property
+    def unit(self) -> str:
+        """The unit the threshold is written in, which its figure is given in."""
+        return UNITS.get(self.threshold.metric, "ms")
+
+    @property
+    def shown(self) -> float:
+        """The figure in that unit (errors as a percentage; kept as a fraction)."""
+        return self.actual * 100 if self.threshold.metric == "errors" else self.actual
+
     def as_json(self) -> dict[str, Any]:
         return {"scope": self.scope or "all", "threshold": self.threshold.text,
-                "actual": round(self.actual, 4) if self.requests else None, "ok": self.ok,
+                "actual": round(self.shown, 4) if self.requests else None,
+                "unit": self.unit, "ok": self.ok,
                 "requests": self.requests, "where": self.threshold.where,
                 **({"reason": self.why} if self.why else {})}
 
@@ -159,7 +173,7 @@ class Results:
         figures are the generator's, not the service's), the machine was busy, or every
         connection was."""
         if self.rate_asked is None:
-            return self.cut_note
+            return None
         lagged = self.lagged / self.arrivals if self.arrivals else 0.0
         late = self.late_share > LATE_SHARE or lagged > LATE_SHARE or self.not_sent
         if late and self.cpu_share >= SATURATED:
@@ -168,7 +182,7 @@ class Results:
                     f"{self.arrivals:,} arrivals started late): the figures are the "
                     f"generator's limit, not the service's; give more --workers (it had "
                     f"{self.workers}; at most one a core) or lower the rate")
-        said = [self.cut_note] if self.cut_note else []
+        said: list[str] = []
         if lagged > LATE_SHARE:
             said.append(f"{self.lagged:,} of {self.arrivals:,} arrivals ({lagged:.0%}) "
                         f"started up to {self.lag_max_s * 1000:.0f} ms late with connections "

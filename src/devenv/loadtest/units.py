@@ -43,9 +43,17 @@ def rate_problem(per_s: float) -> str | None:
     if per_s > MAX_RATE:
         if per_s == float("inf"):
             return f"an endless rate is over the limit of {MAX_RATE:,.0f}/s"
-        shown = f"{per_s:,.0f}" if per_s == int(per_s) or per_s >= 1e15 else f"{per_s:,.3f}"
-        return f"{shown}/s is over the limit of {MAX_RATE:,.0f}/s"
+        exact = per_s == int(per_s) or per_s >= 1e15  # (else its fraction is the excess)
+        return (f"{shown(per_s) if exact else f'{per_s:,.3f}/s'} is over the limit of "
+                f"{shown(MAX_RATE)}")
     return None
+
+
+def shown(per_s: float) -> str:
+    """A rate as read: 200/s, 1,000,000/s, 2.5/s, 0.167/s (not 1e+06/s)."""
+    if per_s >= 1000 or per_s == int(per_s):
+        return f"{per_s:,.0f}/s"
+    return f"{per_s:.3g}/s" if per_s >= 0.001 else f"{per_s:.10f}".rstrip("0") + "/s"
 
 
 def count_problem(n: int, what: str = "connections") -> str | None:

@@ -261,19 +261,12 @@ def _asked(pat: pattern.Pattern) -> str:
             parts.append(f"{s.users:,} connection{'s' if s.users != 1 else ''} for "
                          f"{s.duration_s:g}s")
         elif s.kind == "ramp":
-            parts.append(f"{_per_s(s.rate)} to {_per_s(s.to)} over {s.duration_s:g}s")
+            parts.append(f"{units.shown(s.rate)} to {units.shown(s.to)} over {s.duration_s:g}s")
         else:
-            parts.append(f"{_per_s(s.rate)} for {s.duration_s:g}s" + (
+            parts.append(f"{units.shown(s.rate)} for {s.duration_s:g}s" + (
                 " (spike)" if s.kind == "spike" else ""))
     names = ", ".join(s.name for s in pat.scenarios)
     return "; ".join(parts) + (f" [{names}]" if pat.file else "")
-
-
-def _per_s(rate: float) -> str:
-    """A rate as read: 200/s, 1,000,000/s, 2.5/s, 0.167/s (not 1e+06/s)."""
-    if rate >= 1000 or rate == int(rate):
-        return f"{rate:,.0f}/s"
-    return f"{rate:.3g}/s" if rate >= 0.001 else f"{rate:.10f}".rstrip("0") + "/s"
 
 
 def _notice(live: bool) -> generator.Notice:
@@ -347,6 +340,8 @@ def _summary(results: Results) -> None:
         out.print(f"[yellow]interrupted after {cut:.1f}s: partial figures (rates over "
                   f"{results.duration_s:.1f}s, the answers to the Ctrl-C's requests in "
                   "flight included)[/]")
+    if results.cut_note:
+        out.print(f"[yellow]{results.cut_note}[/]")
     if results.steps_lost:
         how = "stopped at once (a second Ctrl-C)" if results.hurried else \
             "the workers did not finish in time"
@@ -357,9 +352,7 @@ def _summary(results: Results) -> None:
     for v in results.verdicts:
         mark = "[green]ok[/]" if v.ok else "[yellow]NOT MEASURED[/]" if v.reason else \
             "[red]BROKEN[/]"
-        unit = "%" if v.threshold.metric == "errors" else (
-            "/s" if v.threshold.metric == "rps" else " ms")
-        actual = v.actual * 100 if v.threshold.metric == "errors" else v.actual
-        was = v.why or f"was {actual:.2f}{unit}"
+        unit = " ms" if v.unit == "ms" else v.unit
+        was = v.why or f"was {v.shown:.2f}{unit}"
         out.print(f"threshold {mark} {escape(v.scope or 'all')}: {escape(v.threshold.text)} "
                   f"({was}) [dim]{escape(v.threshold.where)}[/]")
