@@ -135,6 +135,7 @@ def throughput(port: int, host: str, conns: int, seconds: float) -> tuple[float,
 # up to monitoring.trace_rate a second), all (every request's trace recorded: trace_rate null)
 EDGE_INGRESS = """
 import asyncio, sys
+from devenv.core import eventloop
 from devenv.engine.ingress import Ingress, RouteSpec, build_routes
 from devenv.engine.pool import Backend, Pool
 from devenv.config.model import MonitoringConfig
@@ -160,7 +161,7 @@ async def main() -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     traces.close()
 
-asyncio.run(main())
+eventloop.run(main())  # (the engine's loop: uvloop, unless DEVENV_EVENT_LOOP=asyncio)
 """
 
 

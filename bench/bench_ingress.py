@@ -3,7 +3,8 @@
 An nginx answering `return 200` is the upstream. In front of it: nginx as a reverse proxy
 (keep-alive to the upstream), and devenv's Ingress in its own process, wired as the engine
 wires it (a Hub with the trace store open and a request sink): compiled (`make native`
-builds it; as the engine runs it) and, beside it, interpreted (as without a C compiler).
+builds it) on uvloop, as the engine runs it; beside it, compiled on asyncio's own loop
+(`DEVENV_EVENT_LOOP=asyncio`), and interpreted (as without a C compiler).
 `wrk -t1 -c32` against the upstream directly, then each proxy, in alternating rounds; printed
 (medians): req/s of each, the ratio ingress/nginx-proxy, the p50 each proxy adds over direct,
 and the ingress's CPU per request; then the cost of telemetry, and the ingress's own work a
@@ -32,8 +33,9 @@ from bench_core import EDGE_INGRESS, MODES, _cpu  # the ingress process, wired a
 
 from _common import ENV, free_ports
 from devenv import native
+from devenv.core import eventloop
 
-NAMES = ("direct", "nginx proxy", "ingress", "interpreted")
+NAMES = ("direct", "nginx proxy", "ingress", "on asyncio", "interpreted")
 
 NGINX_CONF = """\
 worker_processes 1;
@@ -89,13 +91,14 @@ def nginx(upstream: int, proxy: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ingress(port: int, upstream: int, mode: str = "on", compiled: bool = True
-            ) -> Iterator[psutil.Process]:
+def ingress(port: int, upstream: int, mode: str = "on", compiled: bool = True,
+            loop: str = "") -> Iterator[psutil.Process]:
     """devenv's Ingress in its own process; telemetry `mode` as bench_core's EDGE_INGRESS
     takes it (on: as the engine runs it by default); `compiled`: its mypyc build, if made
     (`make native`), else interpreted."""
     store = tempfile.mkdtemp(prefix="bench-traces-")
     env = ENV if compiled else {**ENV, native.OFF: "1"}
+    env = {**env, eventloop.LOOP_VAR: loop} if loop else env
     proc = subprocess.Popen([sys.executable, "-c", EDGE_INGRESS, str(port), str(upstream),
                              mode, store], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -161,11 +164,12 @@ def main() -> int:
             return 0
     quick = "--quick" in sys.argv
     secs, rounds = (2, 1) if quick else (5, 3)
-    upstream, proxy, edge, edge_py = free_ports(4)
+    upstream, proxy, edge, edge_aio, edge_py = free_ports(5)
     runs: dict[str, list[tuple[float, float, int]]] = {name: [] for name in NAMES}
     with nginx(upstream, proxy), ingress(edge, upstream) as proc, \
+            ingress(edge_aio, upstream, loop="asyncio"), \
             ingress(edge_py, upstream, compiled=False):
-        for port in (edge, edge_py):
+        for port in (edge, edge_aio, edge_py):
             wrk(port, "backend-0.localhost", 1)  # warm up: connections to the upstream
         for _ in range(rounds):  # alternating, so that a change in the machine's speed
             runs["direct"].append(wrk(upstream, "x", secs))  # touches each alike
@@ -177,6 +181,7 @@ def main() -> int:
             cpu = (_cpu(proc) - before) / served
             own = (_own_cpu(proc) - before_own) / served
             split_after, machine_after = proc.cpu_times(), psutil.cpu_times()
+            runs["on asyncio"].append(wrk(edge_aio, "backend-0.localhost", secs))
             runs["interpreted"].append(wrk(edge_py, "backend-0.localhost", secs))
         user = (split_after.user - split.user) / served
         system = (split_after.system - split.system) / served
@@ -200,7 +205,8 @@ def main() -> int:
         print(f"  {name:<12} {rps:>9,.0f} req/s  p50 {p50:.3f} ms{added}  errors "
               f"{errors:.0f}")
     print(f"ingress / nginx proxy: {via_ingress[0] / via_nginx[0]:.2f}x req/s (at least 0.3x "
-          f"asked); interpreted {med['interpreted'][0] / via_nginx[0]:.2f}x")
+          f"asked); compiled on asyncio's loop {med['on asyncio'][0] / via_nginx[0]:.2f}x; "
+          f"interpreted {med['interpreted'][0] / via_nginx[0]:.2f}x")
     print(f"one connection (wrk -c1), p50: direct {alone[0]:.3f} ms, nginx proxy "
           f"{alone[1]:.3f} ms (added {alone[1] - alone[0]:.3f}), ingress {alone[2]:.3f} ms "
           f"(added {alone[2] - alone[0]:.3f})")

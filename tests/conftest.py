@@ -3,6 +3,7 @@ worker's CLI zygote: tests/cli_zygote.py), real processes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -177,6 +178,20 @@ class Project:
             return int((self.root / ".devenv/run/engine.pid").read_text())
         except (OSError, ValueError):
             return None
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def both_loops(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's `asyncio.run` on asyncio's own loop, then on uvloop's (the engine's):
+    for the ingress, whose behaviour must not depend on the loop it runs on."""
+    if request.param == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield request.param
+    finally:
+        asyncio.set_event_loop_policy(None)
 
 
 @pytest.fixture

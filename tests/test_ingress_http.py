@@ -24,6 +24,8 @@ from devenv.engine.pool import Backend, Pool
 
 Handler = Callable[["Stub", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # (as the engine runs it: uvloop)
+
 
 @dataclass
 class Stub:

@@ -1,14 +1,19 @@
-"""The local runtime's balancer on real sockets: closing it while a caller waits for an
-instance ends that caller's connection at once, and quietly (no error in the loop's log)."""
+"""The local runtime's balancer on real sockets, on both event loops: closing it while a
+caller waits for an instance ends that caller's connection at once, and quietly (no error in
+the loop's log); so does a caller leaving while its instance still sends."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
+import pytest
+
 from conftest import free_ports
-from devenv.engine.pool import Pool
+from devenv.engine.pool import Backend, Pool
 from devenv.runtime.balancer import Balancer
+
+pytestmark = pytest.mark.usefixtures("both_loops")  # (the engine's: uvloop)
 
 
 def test_closing_while_a_caller_waits_for_an_instance_ends_it_quietly() -> None:
@@ -31,6 +36,49 @@ def test_closing_while_a_caller_waits_for_an_instance_ends_it_quietly() -> None:
                 await asyncio.sleep(0)
         finally:
             writer.close()
+        assert errors == []
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_leaving_while_its_instance_still_sends_ends_quietly() -> None:
+    """The instance streams on after the caller is gone: the splice stops at the closed side
+    (on uvloop a write to a closed transport raises, where asyncio's drops it)."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        instance_done = loop.create_future()
+
+        async def streaming(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    writer.write(b"x" * 4096)
+                    await writer.drain()
+                    await asyncio.sleep(0.005)
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                writer.close()
+                instance_done.set_result(None)
+
+        port, service_port = free_ports(2)
+        service = await asyncio.start_server(streaming, "127.0.0.1", service_port)
+        pool = Pool("api")
+        pool.add(Backend("api-1", "127.0.0.1", service_port))
+        balancer = Balancer("api", port, pool)
+        await balancer.open()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            async with asyncio.timeout(5):
+                assert await reader.readexactly(4096) == b"x" * 4096
+                writer.close()  # (gone, unread bytes and all: a reset)
+                await instance_done  # the instance's connection ended too
+                for _ in range(3):  # (the callbacks its ending queued)
+                    await asyncio.sleep(0.01)
+        finally:
+            await balancer.close()
+            service.close()
         assert errors == []
 
     asyncio.run(scenario())

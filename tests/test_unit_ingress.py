@@ -44,6 +44,8 @@ ROUTES = build_routes([
     RouteSpec("idle", host="idle.test", path="/idle", running=False),
 ])
 
+pytestmark = pytest.mark.usefixtures("both_loops")  # (as the engine runs it: uvloop)
+
 
 @pytest.mark.parametrize(("header", "name"), [
     ("localhost", "localhost"), ("LOCALHOST.:7700", "localhost"), ("127.0.0.1:80", "127.0.0.1"),

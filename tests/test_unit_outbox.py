@@ -10,11 +10,15 @@ import socket
 import tracemalloc
 from collections.abc import Awaitable, Callable
 
+import uvloop
+
 from devenv.engine.ingress.outbox import Held, Outbox
 
 
 def _on_pair(check: Callable[[Held, socket.socket, asyncio.AbstractEventLoop],
-                             Awaitable[None]]) -> None:
+                             Awaitable[None]],
+             loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop
+             ) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         ours, peer = socket.socketpair()
@@ -29,7 +33,8 @@ def _on_pair(check: Callable[[Held, socket.socket, asyncio.AbstractEventLoop],
             held.abort()
             peer.close()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
 
 
 def _available(peer: socket.socket) -> bytes:
@@ -76,6 +81,25 @@ def test_a_lone_write_goes_at_once() -> None:
         assert await done == b"now"
 
     _on_pair(check)
+
+
+def test_on_uvloop_every_write_is_held_to_the_end_of_its_turn_then_goes() -> None:
+    """uvloop does not show its queue of callbacks: a write is held even alone, and goes out
+    with the turn (no later I/O needed to send it)."""
+    async def check(held: Held, peer: socket.socket, loop: asyncio.AbstractEventLoop) -> None:
+        right_after = loop.create_future()
+
+        def alone() -> None:
+            held.write(b"now")
+            held.write(b" and then")
+            right_after.set_result(_available(peer))
+
+        loop.call_soon(alone)
+        assert await right_after == b""
+        async with asyncio.timeout(5):
+            assert await loop.sock_recv(peer, 65536) == b"now and then"
+
+    _on_pair(check, uvloop.new_event_loop)
 
 
 def test_closing_sends_what_was_held_first() -> None:

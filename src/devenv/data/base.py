@@ -28,6 +28,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from devenv.config.model import HealthCheck
 from devenv.core import faults
 from devenv.core.atomic import write_atomic
+from devenv.core.children import spawn
 from devenv.core.errors import DevenvError
 from devenv.core.paths import PRIVATE_FILE, private_dir
 from devenv.data import jail
@@ -402,10 +403,7 @@ async def run_tool(argv: list[str], env: dict[str, str] | None = None, what: str
     or an error that says what it waited for (cancelled or timed out, it is killed).
     `unset`: variables of devenv's environment the helper must not see."""
     environ = {k: v for k, v in os.environ.items() if k not in unset}
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env={**environ, **(env or {})},
-    )
+    proc, _ = await spawn(argv, merge_stderr=True, env={**environ, **(env or {})})
     if faults.armed(f"tool-killed:{Path(argv[0]).name}"):
         proc.kill()  # the fault tests: this helper dies at once, as if the OOM killer struck
     try:

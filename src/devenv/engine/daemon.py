@@ -17,6 +17,7 @@ from typing import IO
 
 from aiohttp import web
 
+from devenv.core import eventloop
 from devenv.core.atomic import write_atomic
 from devenv.core.paths import StateDir, socket_address
 from devenv.engine.api import make_app
@@ -98,7 +99,7 @@ def main(argv: list[str], lock: IO[str]) -> int:
               flush=True)
     write_atomic(state.pidfile, str(os.getpid()), mode=0o600)
     try:
-        asyncio.run(serve(root, state, runtimes))
+        eventloop.run(serve(root, state, runtimes))
     finally:
         state.pidfile.unlink(missing_ok=True)
         with contextlib.suppress(OSError):

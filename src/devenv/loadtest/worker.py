@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from devenv.core import eventloop
 from devenv.loadtest.data import (
     MISSING,
     Draw,
@@ -623,15 +624,9 @@ def _same(got: Any, expected: Any) -> bool:
 def main(job: Job, queue: Any, stop: Any) -> None:
     """The worker process's entry: Ctrl-C is the parent's to handle (it sets `stop`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]
-
-        uvloop.install()
-    except ImportError:
-        pass
     worker = Worker(job, queue.put, stop.is_set)
     try:
-        asyncio.run(worker.run())
+        eventloop.run(worker.run())
     except BaseException as exc:  # the parent says why, and that the figures are partial
         queue.put(("failed", job.part, f"{type(exc).__name__}: {exc}"))
         queue.close()

@@ -109,10 +109,12 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
                 mark: Callable[[], None]) -> None:
     try:
         while data := await src.read(CHUNK):
+            if dst.is_closing():  # the other side is gone (on uvloop a write would raise)
+                return
             mark()
             dst.write(data)
             await dst.drain()
-        if dst.can_write_eof():
+        if dst.can_write_eof() and not dst.is_closing():
             dst.write_eof()
     except (ConnectionError, OSError):
         pass

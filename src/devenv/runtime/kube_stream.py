@@ -208,6 +208,8 @@ async def forward(ws: aiohttp.ClientWebSocketResponse, reader: asyncio.StreamRea
                 seen.add(channel)
                 data = data[2:]
             if channel == 0 and data:
+                if writer.is_closing():  # the caller is gone (on uvloop a write would raise)
+                    return
                 writer.write(data)
                 await writer.drain()
             elif channel == 1 and data:

@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 
 from devenv.core.atomic import write_atomic
+from devenv.core.children import spawn
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
 from devenv.runtime.balancer import Balancer
@@ -79,30 +80,6 @@ def _running(proc: psutil.Process, pgid: int) -> bool:
             and os.getpgid(proc.pid) == pgid
     except (psutil.Error, OSError):
         return False
-
-
-class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's, plus a future set the moment the process exits. (`Process.wait()` also
-    waits for its pipes to close, which a detached child holding them delays forever.)"""
-
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop):
-        super().__init__(limit=limit, loop=loop)
-        self.exited: asyncio.Future[int] = loop.create_future()
-
-    def process_exited(self) -> None:
-        transport = self._transport  # type: ignore[attr-defined]  # (super() may drop it)
-        code = transport.get_returncode() if transport else None
-        super().process_exited()
-        if not self.exited.done():
-            self.exited.set_result(code if code is not None else -1)
-
-
-async def _spawn(argv: tuple[str, ...], **kwargs: object) -> tuple[asyncio.subprocess.Process,
-                                                                   _Protocol]:
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.subprocess_exec(
-        lambda: _Protocol(LINE_LIMIT, loop), *argv, **kwargs)  # type: ignore[arg-type]
-    return asyncio.subprocess.Process(transport, protocol, loop), protocol
 
 
 class LocalInstance:
@@ -246,11 +223,9 @@ class LocalInstance:
                 raise DevenvError(f"{self.spec.name}: process {target} is no longer running",
                                   hint="it may have restarted; try again")
             env = None if pidfd is None else {**os.environ, PIDFD_VAR: str(pidfd)}
-            proc = await asyncio.create_subprocess_exec(
-                *(target if a == PID_REF else a for a in argv),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env,
-                pass_fds=() if pidfd is None else (pidfd,))
+            proc, _ = await spawn(
+                [target if a == PID_REF else a for a in argv], start_new_session=True,
+                env=env, pass_fds=() if pidfd is None else (pidfd,))
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -342,18 +317,17 @@ class LocalRuntime:
             raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: not found",
                               hint=f"check services.{spec.service}.command (and PATH)")
         try:
-            proc, protocol = await _spawn(
-                self._limited(with_port(spec.command, port)), cwd=workdir,
+            proc, exited = await spawn(
+                self._limited(with_port(spec.command, port)), limit=LINE_LIMIT, cwd=workdir,
                 env={**env, ENGINE_VAR: self.token, INSTANCE_VAR: mark,
                      PROJECT_VAR: str(self.root)},
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+                start_new_session=True,
             )
         except OSError as exc:
             raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: {exc.strerror}",
                               hint=f"check services.{spec.service}.command") from exc
         self._remember(proc.pid)
-        return LocalInstance(spec, proc, protocol.exited, port, self, mark)
+        return LocalInstance(spec, proc, exited, port, self, mark)
 
     async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
                   instance: Instance | None = None) -> RunResult:
@@ -363,19 +337,19 @@ class LocalRuntime:
         self._started += 1
         mark = f"{self.token}-run-{self._started}"
         try:
-            proc, protocol = await _spawn(
-                with_port(argv, port), cwd=self.root / spec.workdir,
+            proc, exited = await spawn(
+                with_port(argv, port), merge_stderr=True, limit=LINE_LIMIT,
+                cwd=self.root / spec.workdir,
                 env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark,
                      PROJECT_VAR: str(self.root)},
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                start_new_session=True,
             )
         except OSError as exc:
             return RunResult(127, f"cannot run {argv[0]!r}: {exc.strerror}")
         assert proc.stdout is not None
         reader = asyncio.ensure_future(proc.stdout.read())
         try:
-            code: int | None = await asyncio.wait_for(asyncio.shield(protocol.exited), timeout)
+            code: int | None = await asyncio.wait_for(asyncio.shield(exited), timeout)
         except TimeoutError:
             code = None
         finally:

@@ -1,0 +1,89 @@
+"""Children started from the engine's loop write to real pipes: a program may open
+/dev/stdout (uvloop's own PIPE is a socket pair, which cannot be opened by path)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+
+import pytest
+import uvloop
+
+from devenv.core import eventloop
+from devenv.core.children import spawn
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+WRITES_BY_PATH = ("import sys\n"
+                  "open('/dev/stdout', 'w').write('out by path\\n')\n"
+                  "open('/dev/stderr', 'w').write('err by path\\n')\n"
+                  "sys.exit(3)\n")
+
+
+def run(loop: str, main: Callable[[], object]) -> object:
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        return runner.run(main())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_child_can_open_dev_stdout_and_its_output_and_exit_code_come_back(loop: str
+                                                                            ) -> None:
+    async def main() -> tuple[bytes, bytes, int | None, int]:
+        proc, exited = await spawn([sys.executable, "-c", WRITES_BY_PATH])
+        out, err = await proc.communicate()
+        return out, err, proc.returncode, await exited
+
+    assert run(loop, main) == (b"out by path\n", b"err by path\n", 3, 3)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_merged_stderr_comes_in_stdout_in_order_and_lines_can_be_read_as_they_come(
+        loop: str) -> None:
+    async def main() -> list[bytes]:
+        proc, _ = await spawn([sys.executable, "-u", "-c", WRITES_BY_PATH],
+                              merge_stderr=True)
+        assert proc.stdout is not None and proc.stderr is None
+        lines = [await proc.stdout.readline(), await proc.stdout.readline(),
+                 await proc.stdout.readline()]
+        await proc.wait()
+        return lines
+
+    assert run(loop, main) == [b"out by path\n", b"err by path\n", b""]
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_childs_pipes_are_closed_once_it_is_read_to_the_end(loop: str) -> None:
+    """No descriptor is left open by 20 children read to their end (uvloop keeps a read
+    pipe's transport open after EOF unless its protocol says not to), and none is closed
+    twice (a second close would close a file opened meanwhile under the same number)."""
+    def open_fds() -> set[str]:
+        return set(os.listdir("/proc/self/fd"))
+
+    async def main() -> tuple[set[str], set[str], bytes]:
+        await (await spawn(["true"]))[1]  # (uvloop opens a /dev/null once, and keeps it)
+        before = open_fds()
+        for _ in range(20):
+            proc, exited = await spawn([sys.executable, "-c", "print('hi')"])
+            assert await proc.communicate() == (b"hi\n", b"") and await exited == 0
+        for _ in range(3):  # (the callbacks the pipes' ends queued)
+            await asyncio.sleep(0.01)
+        with open(__file__, "rb") as mine:  # a file opened after: its descriptor stays ours
+            for _ in range(3):
+                await asyncio.sleep(0.01)
+            head = mine.read(3)
+        return before, open_fds(), head
+
+    before, after, head = run(loop, main)
+    assert after - before == set() and head == b'"""'
+
+
+def test_the_engine_runs_on_uvloop_unless_asked_for_asyncio(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(eventloop.LOOP_VAR, raising=False)
+    assert eventloop.loop_factory() is uvloop.new_event_loop
+    monkeypatch.setenv(eventloop.LOOP_VAR, "asyncio")
+    assert eventloop.loop_factory() is asyncio.new_event_loop
+    assert eventloop.run(asyncio.sleep(0, "done")) == "done"
