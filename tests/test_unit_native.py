@@ -124,11 +124,18 @@ def test_the_hot_path_runs_compiled_where_it_can_be_built() -> None:
     assert sys.modules["devenv.telemetry.model"].__file__.endswith(".py")  # type: ignore[union-attr]
 
 
-def test_doctor_says_how_the_ingress_runs(tmp_path: Path) -> None:
+def test_doctor_says_how_the_ingress_runs(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """(`make test` runs this file compiled, then interpreted: both answers are checked.)"""
+    monkeypatch.delenv("DEVENV_EVENT_LOOP", raising=False)
     check = {c.name: c for c in machine_checks(tmp_path)}["ingress"]
     if native.compiled():
-        assert (check.status, check.message) == ("ok", "compiled (mypyc)")
+        assert (check.status, check.message) == ("ok", "compiled (mypyc), on uvloop")
+        monkeypatch.setenv("DEVENV_EVENT_LOOP", "asyncio")
+        check = {c.name: c for c in machine_checks(tmp_path)}["ingress"]
+        assert (check.status, check.message) == (
+            "ok", "compiled (mypyc), on asyncio's own loop (DEVENV_EVENT_LOOP=asyncio asks "
+            "for it)")
     else:
         assert check.status == "warn" and check.message.startswith("interpreted: ")
         assert ("unset DEVENV_INTERPRETED" if os.environ.get(native.OFF) else

@@ -46,10 +46,16 @@ def machine_checks(root: Path) -> list[Check]:
 
 
 def _ingress() -> Check:
-    """Whether the ingress runs compiled (mypyc) or interpreted, the same code but slower."""
+    """Whether the ingress runs compiled (mypyc) or interpreted, the same code but slower,
+    and on which event loop."""
     from devenv import native
+    from devenv.core import eventloop
+
     compiled, said, fix = native.describe()
-    return Check("ingress", "ok" if compiled else "warn", said, fix)
+    fast_loop, loop = eventloop.describe()
+    if not fast_loop:
+        fix = fix or "pip install uvloop"
+    return Check("ingress", "ok" if compiled and fast_loop else "warn", f"{said}, {loop}", fix)
 
 
 def profiler_check(facts: permissions.Facts | None = None) -> Check:

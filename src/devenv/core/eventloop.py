@@ -40,3 +40,12 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 def is_uvloop(loop: asyncio.AbstractEventLoop) -> bool:
     return type(loop).__module__.startswith("uvloop")
+
+
+def describe() -> tuple[bool, str]:
+    """Whether the engine will run on uvloop, and what `devenv doctor` says of its loop."""
+    if loop_factory() is not asyncio.new_event_loop:
+        return True, "on uvloop"
+    if os.environ.get(LOOP_VAR, "").strip().lower() == "asyncio":
+        return True, f"on asyncio's own loop ({LOOP_VAR}=asyncio asks for it)"
+    return False, "on asyncio's own loop (uvloop is not installed: about a fifth slower)"
