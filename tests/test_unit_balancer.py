@@ -1,10 +1,13 @@
 """The local runtime's balancer on real sockets, on both event loops: closing it while a
 caller waits for an instance ends that caller's connection at once, and quietly (no error in
-the loop's log); so does a caller leaving while its instance still sends."""
+the loop's log); so does a caller leaving while its instance still sends; an instance that
+resets its connection resets the caller's."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from typing import Any
 
 import pytest
@@ -76,6 +79,51 @@ def test_a_caller_leaving_while_its_instance_still_sends_ends_quietly() -> None:
                 await instance_done  # the instance's connection ended too
                 for _ in range(3):  # (the callbacks its ending queued)
                     await asyncio.sleep(0.01)
+        finally:
+            await balancer.close()
+            service.close()
+        assert errors == []
+
+    asyncio.run(scenario())
+
+
+def test_an_instance_resetting_its_connection_resets_the_callers() -> None:
+    """The caller waits for the rest of an answer: its instance's reset ends its connection
+    too (it waited until it gave up itself, its balancer connection held)."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+
+        async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                            ) -> None:
+            await reader.read(10)
+            writer.write(b"part of an answer")
+            await writer.drain()
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()  # (closed with linger 0: a reset)
+
+        port, service_port = free_ports(2)
+        service = await asyncio.start_server(resetting, "127.0.0.1", service_port)
+        pool = Pool("api")
+        pool.add(Backend("api-1", "127.0.0.1", service_port))
+        balancer = Balancer("api", port, pool)
+        await balancer.open()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET / HTTP/1.1\r\n\r\n")
+            got = b""
+            async with asyncio.timeout(5):
+                try:
+                    while data := await reader.read(65536):
+                        got += data
+                except ConnectionResetError:
+                    pass
+                while balancer._conns:  # its connection through the balancer ended
+                    await asyncio.sleep(0.01)
+            writer.close()
+            assert got in (b"", b"part of an answer")
         finally:
             await balancer.close()
             service.close()

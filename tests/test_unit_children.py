@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 
 import pytest
@@ -78,6 +80,35 @@ def test_a_childs_pipes_are_closed_once_it_is_read_to_the_end(loop: str) -> None
 
     before, after, head = run(loop, main)
     assert after - before == set() and head == b'"""'
+
+
+def test_a_descriptor_the_engine_was_given_reaches_no_child() -> None:
+    """uvloop does not close a child's other descriptors: one the engine's starter left
+    inheritable is marked private at its start. (Run in a process of its own, given an
+    inheritable descriptor as the engine might be.)"""
+    check = textwrap.dedent("""
+        import asyncio, os, sys, uvloop
+        from devenv.core.children import keep_descriptors_private, spawn
+        given = int(sys.argv[1])
+        assert os.get_inheritable(given)
+        keep_descriptors_private()
+        assert not os.get_inheritable(given)
+        async def main():
+            proc, _ = await spawn([sys.executable, "-c", f"import os; os.fstat({given})"])
+            out, err = await proc.communicate()
+            return proc.returncode, err
+        code, err = uvloop.run(main())
+        assert code == 1 and b"Bad file descriptor" in err, (code, err)
+        print("private")
+        """)
+    given, other_end = os.pipe()
+    try:
+        done = subprocess.run([sys.executable, "-c", check, str(given)], pass_fds=(given,),
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        os.close(given)
+        os.close(other_end)
+    assert done.stdout == "private\n", done.stderr
 
 
 def test_the_engine_runs_on_uvloop_unless_asked_for_asyncio(

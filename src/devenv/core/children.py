@@ -109,3 +109,16 @@ async def _reader(loop: asyncio.AbstractEventLoop, fd: int, limit: int, fds: lis
         pipe.close()  # (on uvloop its transport closed the descriptor, if it took it)
         raise
     return reader
+
+
+def keep_descriptors_private() -> None:
+    """Mark every descriptor past stderr as not inherited by children: uvloop does not close
+    the others in a child (`close_fds` is not implemented), so one left inheritable by
+    whoever started this process would reach every service. (Python opens its own
+    non-inheritable; this is for those it was given.)"""
+    folder = "/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"
+    for name in os.listdir(folder):
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):  # (the listing's own, closed by now)
+                os.set_inheritable(fd, False)

@@ -17,7 +17,7 @@ from typing import IO
 
 from aiohttp import web
 
-from devenv.core import eventloop
+from devenv.core import children, eventloop
 from devenv.core.atomic import write_atomic
 from devenv.core.paths import StateDir, socket_address
 from devenv.engine.api import make_app
@@ -91,6 +91,7 @@ def raise_descriptor_limit() -> None:
 def main(argv: list[str], lock: IO[str]) -> int:
     """Serve the project at argv[0]; `lock` is its engine lock, already held."""
     raise_descriptor_limit()
+    children.keep_descriptors_private()
     root = Path(argv[0]).resolve()
     state = StateDir(root)
     runtimes = Runtimes(root)

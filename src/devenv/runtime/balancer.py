@@ -116,8 +116,8 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
             await dst.drain()
         if dst.can_write_eof() and not dst.is_closing():
             dst.write_eof()
-    except (ConnectionError, OSError):
-        pass
+    except (ConnectionError, OSError):  # a side reset: so is the other (else the caller
+        dst.transport.abort()  # waited on for an answer its instance will never send)
 
 
 async def _splice(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,

@@ -186,7 +186,10 @@ class ClientConnection(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None  # the header or the idle timeout
         # the response or body timeout: one timer a connection, armed at or before it is due
         # (not one a request: when a wait ends, the timer stays, to be re-armed when it fires)
-        self.deadline: asyncio.TimerHandle | None = None
+        self.deadline: asyncio.Handle | None = None
+        # when it is due on `monotonic()`: kept, not read back with `when()`, which uvloop's
+        # handle has not when it was armed under 0.5 ms ahead (its clock is in whole ms)
+        self.deadline_at = 0.0
         self.timed = False  # a wait is timed
         self.allowed = 0.0  # its timeout, counted again from a streamed body's progress
         self.progress = 0.0  # when it began, or the last part of a streamed body was sent on
@@ -777,10 +780,10 @@ class ClientConnection(asyncio.Protocol):
         due = self.progress + timeout
         deadline = self.deadline
         if deadline is None:
-            self.deadline = loop.call_at(due, self._late)
-        elif deadline.when() > due:  # (armed for a longer wait)
+            self.deadline, self.deadline_at = loop.call_at(due, self._late), due
+        elif self.deadline_at > due:  # (armed for a longer wait)
             deadline.cancel()
-            self.deadline = loop.call_at(due, self._late)
+            self.deadline, self.deadline_at = loop.call_at(due, self._late), due
 
     def _late(self) -> None:
         self.deadline = None
@@ -788,7 +791,8 @@ class ClientConnection(asyncio.Protocol):
             return
         due = self.progress + self.allowed
         if due > monotonic():  # armed for an earlier wait, or the body was sent on since
-            self.deadline = self.loop.call_at(due, self._late)
+            # (or fired a little early: uvloop's clock is in whole milliseconds)
+            self.deadline, self.deadline_at = self.loop.call_at(due, self._late), due
         else:
             self.timed = False
             self._wake(TIMEOUT)
