@@ -43,3 +43,21 @@ def test_a_shell_line_running_one_program_runs_it_with_exec(line: str, execed: b
     got = exec_one_program(["/bin/sh", "-c", line])
     assert got == (["/bin/sh", "-c", f"exec {line}"] if execed else ["/bin/sh", "-c", line])
     assert exec_one_program(["python3", "app.py"]) == ["python3", "app.py"]  # a list: no shell
+
+
+def test_a_version_whose_output_the_daemon_lost_is_asked_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short-lived exec's output came back empty from a loaded daemon once (a snapshot
+    failed on `list index out of range`): asked again; never printed is an error that says
+    so."""
+    from devenv.core.errors import DevenvError
+    from devenv.data import container
+
+    answers = ["", "\n", "postgres (PostgreSQL) 16.4\n"]
+    monkeypatch.setattr(container, "exec_out", lambda *a, **k: answers.pop(0))
+    printed = container.exec_printed("c1", ["postgres", "--version"])
+    assert printed == "postgres (PostgreSQL) 16.4\n" and answers == []  # (asked 3 times)
+    monkeypatch.setattr(container, "exec_out", lambda *a, **k: "")
+    with pytest.raises(DevenvError, match=r"postgres printed nothing in the container \(3 "):
+        container.exec_printed("c1", ["postgres", "--version"])
+

@@ -153,6 +153,17 @@ def exec_out(cid: str, argv: list[str], user: str = "", what: str = "",
     return out
 
 
+def exec_printed(cid: str, argv: list[str], user: str = "", what: str = "") -> str:
+    """What `argv`, a command that always prints (a version), printed in the container. A
+    short-lived exec's output can come back empty from the daemon when the machine is
+    loaded (seen once in a test run: a snapshot failed on it): asked again, up to 3 times."""
+    for _ in range(3):
+        out = exec_out(cid, argv, user, what)
+        if out.strip():
+            return out
+    raise DevenvError(f"{what or argv[0]} printed nothing in the container (3 tries)")
+
+
 def exec_to_file(cid: str, argv: list[str], dest: IO[bytes], stop: threading.Event,
                  user: str = "", what: str = "", timeout: float = STREAM_TIMEOUT) -> None:
     """`argv` run in the container, its standard output written to `dest` as it comes (its

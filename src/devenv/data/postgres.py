@@ -915,7 +915,7 @@ class _InContainer:
             await asyncio.to_thread(save)
         finally:
             stop.set()
-        out = await asyncio.to_thread(container.exec_out, cid, ["postgres", "--version"],
+        out = await asyncio.to_thread(container.exec_printed, cid, ["postgres", "--version"],
                                       IMAGE_USER)
         return out.split()[-1]
 

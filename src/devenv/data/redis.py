@@ -373,9 +373,13 @@ class _InContainer:
             await asyncio.to_thread(container.get_file, cid, dump, dest / "dump.rdb")
         finally:
             await asyncio.to_thread(container.exec_out, cid, ["rm", "-f", dump], IMAGE_USER)
-        out = await asyncio.to_thread(container.exec_out, cid, ["redis-server", "--version"],
-                                      IMAGE_USER)
-        return next(p.split("=")[1] for p in out.split() if p.startswith("v="))
+        out = await asyncio.to_thread(container.exec_printed, cid,
+                                      ["redis-server", "--version"], IMAGE_USER)
+        found = next((p.split("=")[1] for p in out.split() if p.startswith("v=")), None)
+        if found is None:
+            raise DevenvError(f"{ds.name}: redis-server --version said no version: "
+                              f"{out.strip()[:200]!r}")
+        return found
 
     def _pending(self, ds: RD) -> Path:
         return ds.folder / "restore.pending"
