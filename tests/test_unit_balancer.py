@@ -6,8 +6,10 @@ resets its connection resets the caller's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,6 +19,26 @@ from devenv.engine.pool import Backend, Pool
 from devenv.runtime.balancer import Balancer
 
 pytestmark = pytest.mark.usefixtures("both_loops")  # (the engine's: uvloop)
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def in_front_of(instance: Handler) -> AsyncIterator[tuple[Balancer, int]]:
+    """A balancer (and its port) in front of one instance served by `instance`; closed on
+    the way out."""
+    port, service_port = free_ports(2)
+    service = await asyncio.start_server(instance, "127.0.0.1", service_port)
+    pool = Pool("api")
+    pool.add(Backend("api-1", "127.0.0.1", service_port))
+    balancer = Balancer("api", port, pool)
+    await balancer.open()
+    try:
+        yield balancer, port
+    finally:
+        await balancer.close()
+        service.close()
 
 
 def test_closing_while_a_caller_waits_for_an_instance_ends_it_quietly() -> None:
@@ -65,13 +87,7 @@ def test_a_caller_leaving_while_its_instance_still_sends_ends_quietly() -> None:
                 writer.close()
                 instance_done.set_result(None)
 
-        port, service_port = free_ports(2)
-        service = await asyncio.start_server(streaming, "127.0.0.1", service_port)
-        pool = Pool("api")
-        pool.add(Backend("api-1", "127.0.0.1", service_port))
-        balancer = Balancer("api", port, pool)
-        await balancer.open()
-        try:
+        async with in_front_of(streaming) as (_, port):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             async with asyncio.timeout(5):
                 assert await reader.readexactly(4096) == b"x" * 4096
@@ -79,9 +95,6 @@ def test_a_caller_leaving_while_its_instance_still_sends_ends_quietly() -> None:
                 await instance_done  # the instance's connection ended too
                 for _ in range(3):  # (the callbacks its ending queued)
                     await asyncio.sleep(0.01)
-        finally:
-            await balancer.close()
-            service.close()
         assert errors == []
 
     asyncio.run(scenario())
@@ -104,13 +117,7 @@ def test_an_instance_resetting_its_connection_resets_the_callers() -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             writer.transport.abort()  # (closed with linger 0: a reset)
 
-        port, service_port = free_ports(2)
-        service = await asyncio.start_server(resetting, "127.0.0.1", service_port)
-        pool = Pool("api")
-        pool.add(Backend("api-1", "127.0.0.1", service_port))
-        balancer = Balancer("api", port, pool)
-        await balancer.open()
-        try:
+        async with in_front_of(resetting) as (balancer, port):
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET / HTTP/1.1\r\n\r\n")
             got = b""
@@ -124,9 +131,6 @@ def test_an_instance_resetting_its_connection_resets_the_callers() -> None:
                     await asyncio.sleep(0.01)
             writer.close()
             assert got in (b"", b"part of an answer")
-        finally:
-            await balancer.close()
-            service.close()
         assert errors == []
 
     asyncio.run(scenario())
