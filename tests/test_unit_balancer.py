@@ -1,7 +1,7 @@
 """The local runtime's balancer on real sockets, on both event loops: closing it while a
 caller waits for an instance ends that caller's connection at once, and quietly (no error in
 the loop's log); so does a caller leaving while its instance still sends; an instance that
-resets its connection resets the caller's."""
+resets its connection ends the caller's."""
 
 from __future__ import annotations
 
@@ -100,9 +100,10 @@ def test_a_caller_leaving_while_its_instance_still_sends_ends_quietly() -> None:
     asyncio.run(scenario())
 
 
-def test_an_instance_resetting_its_connection_resets_the_callers() -> None:
+def test_an_instance_resetting_its_connection_ends_the_callers() -> None:
     """The caller waits for the rest of an answer: its instance's reset ends its connection
-    too (it waited until it gave up itself, its balancer connection held)."""
+    too, after what came before it (it waited until it gave up itself, its balancer
+    connection held)."""
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
         errors: list[dict[str, Any]] = []

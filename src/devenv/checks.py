@@ -54,7 +54,7 @@ def _ingress() -> Check:
     compiled, said, fix = native.describe()
     fast_loop, loop = eventloop.describe()
     if not fast_loop:
-        fix = fix or "pip install uvloop"
+        fix = f"{fix}; pip install uvloop" if fix else "pip install uvloop"
     return Check("ingress", "ok" if compiled and fast_loop else "warn", f"{said}, {loop}", fix)
 
 

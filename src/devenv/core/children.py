@@ -1,16 +1,21 @@
 """Child processes started from an event loop, their output read through real pipes.
 
-uvloop (the engine's loop, core/eventloop.py) gives a child socket pairs for `PIPE`, where a
-program that opens `/dev/stdout` (nginx's `access_log /dev/stdout`, a shell's `> /dev/stderr`,
-py-spy) fails with ENXIO: a socket cannot be opened by path. Every child the engine reads
-from is started here instead, its stdout and stderr the write ends of `os.pipe()`s, on either
-loop alike."""
+They are started with `subprocess.Popen` (every other descriptor closed in the child), not
+the loop's `subprocess_exec`, because uvloop (the engine's loop, core/eventloop.py) differs
+there: its `PIPE` is a socket pair, which a program cannot open as `/dev/stdout` (nginx's
+`access_log /dev/stdout`, a shell's `> /dev/stderr`, py-spy: ENXIO); and it leaves its own
+inheritable copies of a child's stdio open in the child (it implements no `close_fds`), so
+a background job the child leaves keeps the pipes open, and its reader waits for that job.
+The loop reads the pipes; the exit is seen through a pidfd (Linux), else by a thread."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import signal
+import subprocess
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,28 +24,34 @@ from devenv.core import eventloop
 LIMIT = 2**16  # (asyncio's default for a StreamReader's line)
 
 
-class ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
-    """asyncio's, plus a future set the moment the process exits. (`Process.wait()` also
-    waits for its pipes to close, which a detached child holding them delays forever.)"""
+class Child:
+    """A started child: its pid, its output streams, its exit code once it exited (signals
+    as negative numbers, as asyncio's `Process`)."""
 
-    def __init__(self, limit: int, loop: asyncio.AbstractEventLoop):
-        super().__init__(limit=limit, loop=loop)
-        self.exited: asyncio.Future[int] = loop.create_future()
+    def __init__(self, popen: subprocess.Popen[bytes], exited: asyncio.Future[int]):
+        self._popen = popen
+        self.pid = popen.pid
+        self.exited = exited
+        self.stdout: asyncio.StreamReader | None = None
+        self.stderr: asyncio.StreamReader | None = None
 
-    def process_exited(self) -> None:
-        transport = self._transport  # type: ignore[attr-defined]  # (super() may drop it)
-        code = transport.get_returncode() if transport else None
-        super().process_exited()
-        if not self.exited.done():
-            self.exited.set_result(code if code is not None else -1)
+    @property
+    def returncode(self) -> int | None:
+        return self.exited.result() if self.exited.done() else None
 
+    async def wait(self) -> int:
+        return await asyncio.shield(self.exited)
 
-class Process(asyncio.subprocess.Process):
-    """asyncio's, whose output pipes are not its transport's (`communicate` reads them)."""
+    def send_signal(self, sig: int) -> None:
+        if self.exited.done():  # (reaped: the pid may be another process's by now)
+            raise ProcessLookupError(self.pid)
+        os.kill(self.pid, sig)
 
-    async def communicate(self, input: bytes | bytearray | memoryview | None = None
-                          ) -> tuple[bytes, bytes]:
-        assert input is None, "stdin is /dev/null"
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def communicate(self) -> tuple[bytes, bytes]:
+        """Its output to the end, then its exit (stdin is /dev/null)."""
         out, err = await asyncio.gather(_read(self.stdout), _read(self.stderr))
         await self.wait()
         return out, err
@@ -51,38 +62,70 @@ async def _read(stream: asyncio.StreamReader | None) -> bytes:
 
 
 async def spawn(argv: Sequence[str], *, merge_stderr: bool = False, limit: int = LIMIT,
-                **kwargs: Any) -> tuple[Process, asyncio.Future[int]]:
+                **kwargs: Any) -> tuple[Child, asyncio.Future[int]]:
     """Start `argv` (stdin: /dev/null) with its stdout, and its stderr unless merged into
-    it, on pipes the returned Process reads (`.stdout`, `.stderr`, `communicate()`); and a
-    future of its exit code, set as it exits. `kwargs` go to `subprocess_exec`."""
+    it, on pipes the returned Child reads (`.stdout`, `.stderr`, `communicate()`); and a
+    future of its exit code, set as it exits (whoever still holds its pipes). `kwargs` go
+    to `subprocess.Popen` (cwd, env, start_new_session, pass_fds). A program that cannot be
+    run raises OSError, as `subprocess` says it."""
     loop = asyncio.get_running_loop()
     fds: list[int] = []
-    transport: asyncio.SubprocessTransport | None = None
+    child: Child | None = None
     try:
         out_r, out_w = os.pipe()
         fds += (out_r, out_w)
         err_r, err_w = (None, out_w) if merge_stderr else os.pipe()
         if err_r is not None:
             fds += (err_r, err_w)
-        transport, protocol = await loop.subprocess_exec(
-            lambda: ExitProtocol(limit, loop), *argv, stdin=asyncio.subprocess.DEVNULL,
-            stdout=out_w, stderr=err_w, **kwargs)
+        popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out_w,
+                                 stderr=err_w, close_fds=True, **kwargs)
+        child = Child(popen, _exit_of(loop, popen))
         for fd in {out_w, err_w}:  # the child has them: its exit is their end
             fds.remove(fd)
             os.close(fd)
-        protocol.stdout = await _reader(loop, out_r, limit, fds)
+        child.stdout = await _reader(loop, out_r, limit, fds)
         if err_r is not None:
-            protocol.stderr = await _reader(loop, err_r, limit, fds)
+            child.stderr = await _reader(loop, err_r, limit, fds)
     except BaseException:
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
-        if transport is not None:  # (started, but its output cannot be read: not left)
+        if child is not None:  # (started, but its output cannot be read: not left)
             with contextlib.suppress(ProcessLookupError):
-                transport.kill()
-            transport.close()
+                child.kill()
         raise
-    return Process(transport, protocol, loop), protocol.exited
+    return child, child.exited
+
+
+def _exit_of(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes]
+             ) -> asyncio.Future[int]:
+    """A future of `popen`'s exit code, set on the loop once it exited and was reaped."""
+    exited: asyncio.Future[int] = loop.create_future()
+
+    def reaped(status: int) -> None:
+        code = os.waitstatus_to_exitcode(status)
+        popen.returncode = code  # (so that Popen never waits for it again)
+        if not exited.done():
+            exited.set_result(code)
+
+    try:
+        pidfd = os.pidfd_open(popen.pid)
+    except (AttributeError, OSError):  # no pidfd here: a thread waits for it
+        def wait() -> None:
+            _, status = os.waitpid(popen.pid, 0)
+            loop.call_soon_threadsafe(reaped, status)
+
+        threading.Thread(target=wait, name=f"wait-{popen.pid}", daemon=True).start()
+        return exited
+
+    def readable() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        _, status = os.waitpid(popen.pid, 0)  # (it has exited: at once)
+        reaped(status)
+
+    loop.add_reader(pidfd, readable)
+    return exited
 
 
 class _PipeProtocol(asyncio.StreamReaderProtocol):

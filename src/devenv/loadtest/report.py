@@ -7,6 +7,7 @@ import html
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from devenv.loadtest import units
 from devenv.loadtest.results import Results
 
 COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563",
@@ -111,8 +112,10 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 
 
 def _was(verdict: dict[str, Any]) -> str:
-    unit = verdict["unit"]
-    return f"was {verdict['actual']:g}{' ' if unit == 'ms' else ''}{unit}"
+    actual, unit = verdict["actual"], verdict["unit"]
+    if unit == "/s":
+        return f"was {units.shown(actual)}"
+    return f"was {actual:,.2f}{' ms' if unit == 'ms' else unit}"
 
 
 def write_report(file: TextIO, results: Results, samples: list[Sample]) -> None:

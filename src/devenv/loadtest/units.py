@@ -40,6 +40,8 @@ def rate(value: Any, zero_ok: bool = False) -> float:
 
 
 def rate_problem(per_s: float) -> str | None:
+    if per_s != per_s:  # (NaN: YAML's .nan)
+        return "not a number: give a rate like 200/s"
     if per_s > MAX_RATE:
         if per_s == float("inf"):
             return f"an endless rate is over the limit of {MAX_RATE:,.0f}/s"

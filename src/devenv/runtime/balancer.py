@@ -116,8 +116,9 @@ async def _pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter,
             await dst.drain()
         if dst.can_write_eof() and not dst.is_closing():
             dst.write_eof()
-    except (ConnectionError, OSError):  # a side reset: so is the other (else the caller
-        dst.transport.abort()  # waited on for an answer its instance will never send)
+    except (ConnectionError, OSError):  # a side reset: the other is ended too, once what
+        dst.close()  # came before is sent (else the caller waited on for an answer its
+        # instance will never send)
 
 
 async def _splice(r1: asyncio.StreamReader, w1: asyncio.StreamWriter,

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from devenv.core.atomic import write_atomic
-from devenv.core.children import spawn
+from devenv.core.children import Child, spawn
 from devenv.core.errors import DevenvError
 from devenv.core.paths import StateDir
 from devenv.runtime.balancer import Balancer
@@ -83,7 +83,7 @@ def _running(proc: psutil.Process, pgid: int) -> bool:
 
 
 class LocalInstance:
-    def __init__(self, spec: InstanceSpec, proc: asyncio.subprocess.Process,
+    def __init__(self, spec: InstanceSpec, proc: Child,
                  exited: asyncio.Future[int], port: int | None, runtime: LocalRuntime,
                  mark: str):
         self.spec = spec
@@ -251,7 +251,7 @@ def _pidfd(pid: int) -> int | None:
         return None
 
 
-async def _interrupt(proc: asyncio.subprocess.Process,
+async def _interrupt(proc: Child,
                      talk: asyncio.Future[tuple[bytes, bytes]]) -> None:
     """SIGINT (a profiler writes what it has and exits), then KILL after ATTACH_GRACE."""
     with contextlib.suppress(ProcessLookupError):
