@@ -35,9 +35,9 @@ def run(loop: str, main: Callable[[], object]) -> object:
 def test_a_child_can_open_dev_stdout_and_its_output_and_exit_code_come_back(loop: str
                                                                             ) -> None:
     async def main() -> tuple[bytes, bytes, int | None, int]:
-        proc, exited = await spawn([sys.executable, "-c", WRITES_BY_PATH])
+        proc = await spawn([sys.executable, "-c", WRITES_BY_PATH])
         out, err = await proc.communicate()
-        return out, err, proc.returncode, await exited
+        return out, err, proc.returncode, await proc.exited
 
     assert run(loop, main) == (b"out by path\n", b"err by path\n", 3, 3)
 
@@ -46,7 +46,7 @@ def test_a_child_can_open_dev_stdout_and_its_output_and_exit_code_come_back(loop
 def test_merged_stderr_comes_in_stdout_in_order_and_lines_can_be_read_as_they_come(
         loop: str) -> None:
     async def main() -> list[bytes]:
-        proc, _ = await spawn([sys.executable, "-u", "-c", WRITES_BY_PATH],
+        proc = await spawn([sys.executable, "-u", "-c", WRITES_BY_PATH],
                               merge_stderr=True)
         assert proc.stdout is not None and proc.stderr is None
         lines = [await proc.stdout.readline(), await proc.stdout.readline(),
@@ -65,11 +65,11 @@ def test_a_childs_pipes_are_closed_once_it_is_read_to_the_end(loop: str) -> None
         return set(os.listdir("/proc/self/fd"))
 
     async def main() -> tuple[set[str], set[str]]:
-        await (await spawn(["true"]))[1]  # (what a loop opens once, and keeps)
+        await (await spawn(["true"])).wait()  # (what a loop opens once, and keeps)
         before = open_fds()
         for _ in range(20):
-            proc, exited = await spawn([sys.executable, "-c", "print('hi')"])
-            assert await proc.communicate() == (b"hi\n", b"") and await exited == 0
+            proc = await spawn([sys.executable, "-c", "print('hi')"])
+            assert await proc.communicate() == (b"hi\n", b"") and proc.returncode == 0
         for _ in range(3):  # (the callbacks the pipes' ends queued)
             await asyncio.sleep(0.01)
         return before, open_fds()
@@ -85,11 +85,11 @@ def test_a_child_gets_only_its_stdio_and_a_job_it_leaves_does_not_hold_its_outpu
     child: a background job whose output went elsewhere still held the pipes, and reading
     the child to its end took the job's 3 s."""
     async def main() -> tuple[bytes, tuple[bytes, bytes], float]:
-        listing, _ = await spawn([sys.executable, "-c",
+        listing = await spawn([sys.executable, "-c",
                                   "import os; print(sorted(os.listdir('/proc/self/fd')))"])
         fds = (await listing.communicate())[0]
         began = time.monotonic()
-        proc, _ = await spawn(["sh", "-c", "sleep 3 >/dev/null 2>&1 & echo started"])
+        proc = await spawn(["sh", "-c", "sleep 3 >/dev/null 2>&1 & echo started"])
         out = await proc.communicate()
         return fds, out, time.monotonic() - began
 
@@ -99,19 +99,23 @@ def test_a_child_gets_only_its_stdio_and_a_job_it_leaves_does_not_hold_its_outpu
 
 
 def test_a_descriptor_the_engine_was_given_reaches_no_child() -> None:
-    """uvloop does not close a child's other descriptors: one the engine's starter left
-    inheritable is marked private at its start. (Run in a process of its own, given an
-    inheritable descriptor as the engine might be.)"""
+    """uvloop does not close a child's other descriptors when the loop spawns it (as the
+    migration's PostgreSQL server is): one the engine's starter left inheritable is marked
+    private at its start. (Run in a process of its own, given an inheritable descriptor as
+    the engine might be.)"""
     check = textwrap.dedent("""
         import asyncio, os, sys, uvloop
-        from devenv.core.children import keep_descriptors_private, spawn
+        from devenv.core.children import keep_descriptors_private
         given = int(sys.argv[1])
         assert os.get_inheritable(given)
         keep_descriptors_private()
         assert not os.get_inheritable(given)
         async def main():
-            proc, _ = await spawn([sys.executable, "-c", f"import os; os.fstat({given})"])
-            out, err = await proc.communicate()
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", f"import os; os.fstat({given})",
+                stderr=asyncio.subprocess.PIPE)
+            err = await proc.stderr.read()
+            await proc.wait()
             return proc.returncode, err
         code, err = uvloop.run(main())
         assert code == 1 and b"Bad file descriptor" in err, (code, err)

@@ -10,7 +10,7 @@ import pytest
 
 from devenv.cli.commands import load_test
 from devenv.core.errors import ConfigError, DevenvError, UsageError
-from devenv.loadtest import generator, http, units
+from devenv.loadtest import generator, http, report, units
 from devenv.loadtest.data import (
     MISSING,
     DataSource,
@@ -219,10 +219,16 @@ def test_a_thresholds_figure_is_given_in_the_unit_it_is_written_in() -> None:
     results = Results("t", "asked", duration_s=1.0)
     results.add_seconds(rec.take_seconds(10))
     results.add_done(rec.done())
-    errors, rps, p50 = [v.as_json() for v in results.check(pattern)]
+    verdicts = results.check(pattern)
+    errors, rps, p50 = [v.as_json() for v in verdicts]
     assert (errors["actual"], errors["unit"], errors["ok"]) == (25.0, "%", False)
     assert (rps["actual"], rps["unit"]) == (4.0, "/s")
     assert p50["unit"] == "ms" and p50["actual"] == pytest.approx(2, rel=0.1)
+    # the summary and the HTML report say it alike, in that unit
+    assert [v.said for v in verdicts[:2]] == ["was 25.00%", "was 4/s"]
+    assert verdicts[2].said.startswith("was 2.0") and verdicts[2].said.endswith(" ms")
+    page = report.page(results, [])
+    assert "errors &lt; 1% (was 25.00%)" in page and "rps &gt; 100 (was 4/s)" in page
 
 
 def test_open_model_counts_late_and_cancelled_arrivals() -> None:

@@ -28,10 +28,9 @@ class Child:
     """A started child: its pid, its output streams, its exit code once it exited (signals
     as negative numbers, as asyncio's `Process`)."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], exited: asyncio.Future[int]):
-        self._popen = popen
-        self.pid = popen.pid
-        self.exited = exited
+    def __init__(self, pid: int, exited: asyncio.Future[int]):
+        self.pid = pid
+        self.exited = exited  # its exit code, set as it exits (whoever still holds its pipes)
         self.stdout: asyncio.StreamReader | None = None
         self.stderr: asyncio.StreamReader | None = None
 
@@ -62,12 +61,11 @@ async def _read(stream: asyncio.StreamReader | None) -> bytes:
 
 
 async def spawn(argv: Sequence[str], *, merge_stderr: bool = False, limit: int = LIMIT,
-                **kwargs: Any) -> tuple[Child, asyncio.Future[int]]:
+                **kwargs: Any) -> Child:
     """Start `argv` (stdin: /dev/null) with its stdout, and its stderr unless merged into
-    it, on pipes the returned Child reads (`.stdout`, `.stderr`, `communicate()`); and a
-    future of its exit code, set as it exits (whoever still holds its pipes). `kwargs` go
-    to `subprocess.Popen` (cwd, env, start_new_session, pass_fds). A program that cannot be
-    run raises OSError, as `subprocess` says it."""
+    it, on pipes the returned Child reads (`.stdout`, `.stderr`, `communicate()`). `kwargs`
+    go to `subprocess.Popen` (cwd, env, start_new_session, pass_fds). A program that cannot
+    be run raises OSError, as `subprocess` says it."""
     loop = asyncio.get_running_loop()
     fds: list[int] = []
     child: Child | None = None
@@ -79,7 +77,7 @@ async def spawn(argv: Sequence[str], *, merge_stderr: bool = False, limit: int =
             fds += (err_r, err_w)
         popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out_w,
                                  stderr=err_w, close_fds=True, **kwargs)
-        child = Child(popen, _exit_of(loop, popen))
+        child = Child(popen.pid, _exit_of(loop, popen))
         for fd in {out_w, err_w}:  # the child has them: its exit is their end
             fds.remove(fd)
             os.close(fd)
@@ -94,7 +92,7 @@ async def spawn(argv: Sequence[str], *, merge_stderr: bool = False, limit: int =
             with contextlib.suppress(ProcessLookupError):
                 child.kill()
         raise
-    return child, child.exited
+    return child
 
 
 def _exit_of(loop: asyncio.AbstractEventLoop, popen: subprocess.Popen[bytes]

@@ -20,9 +20,13 @@ LOOP_VAR = "DEVENV_EVENT_LOOP"
 T = TypeVar("T")
 
 
+def _declined() -> bool:
+    return os.environ.get(LOOP_VAR, "").strip().lower() == "asyncio"
+
+
 def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop's `new_event_loop` when installed and not declined, else asyncio's."""
-    if os.environ.get(LOOP_VAR, "").strip().lower() != "asyncio":
+    if not _declined():
         try:
             import uvloop  # type: ignore[import-not-found, unused-ignore]
         except ImportError:
@@ -46,6 +50,6 @@ def describe() -> tuple[bool, str]:
     """Whether the engine will run on uvloop, and what `devenv doctor` says of its loop."""
     if loop_factory() is not asyncio.new_event_loop:
         return True, "on uvloop"
-    if os.environ.get(LOOP_VAR, "").strip().lower() == "asyncio":
+    if _declined():
         return True, f"on asyncio's own loop ({LOOP_VAR}=asyncio asks for it)"
     return False, "on asyncio's own loop (uvloop is not installed: about a fifth slower)"

@@ -403,7 +403,7 @@ async def run_tool(argv: list[str], env: dict[str, str] | None = None, what: str
     or an error that says what it waited for (cancelled or timed out, it is killed).
     `unset`: variables of devenv's environment the helper must not see."""
     environ = {k: v for k, v in os.environ.items() if k not in unset}
-    proc, _ = await spawn(argv, merge_stderr=True, env={**environ, **(env or {})})
+    proc = await spawn(argv, merge_stderr=True, env={**environ, **(env or {})})
     if faults.armed(f"tool-killed:{Path(argv[0]).name}"):
         proc.kill()  # the fault tests: this helper dies at once, as if the OOM killer struck
     try:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
-from devenv.loadtest import units
 from devenv.loadtest.results import Results
 
 COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563",
@@ -76,11 +75,9 @@ def page(results: Results, samples: list[Sample]) -> str:
         + "".join(f"<td>{'-' if v['latency_ms'][p] is None else v['latency_ms'][p]}</td>"
                   for p in ("p50", "p90", "p95", "p99", "max"))
         + "</tr>" for k, v in [*doc["steps"].items(), ("all", doc)])
-    verdicts = "".join(f"<li class={'ok' if v['ok'] else 'na' if v.get('reason') else 'bad'}>"
-                       f"{html.escape(v['scope'])}: "
-                       f"{html.escape(v['threshold'])} "
-                       f"({html.escape(v.get('reason') or _was(v))})</li>"
-                       for v in doc["thresholds"])
+    verdicts = "".join(f"<li class={'ok' if v.ok else 'na' if v.why else 'bad'}>"
+                       f"{html.escape(v.scope or 'all')}: {html.escape(v.threshold.text)} "
+                       f"({html.escape(v.said)})</li>" for v in results.verdicts)
     behind = (f"<p class=bad>{html.escape(doc['generator']['behind'])}</p>"
               if doc["generator"]["behind"] else "")
     kinds = ", ".join(f"{k} {n}" for k, n in doc["errors"]["by_kind"].items() if n)
@@ -109,13 +106,6 @@ td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}td:first-child{{t
 {resources}</div>
 </body></html>
 """
-
-
-def _was(verdict: dict[str, Any]) -> str:
-    actual, unit = verdict["actual"], verdict["unit"]
-    if unit == "/s":
-        return f"was {units.shown(actual)}"
-    return f"was {actual:,.2f}{' ms' if unit == 'ms' else unit}"
 
 
 def write_report(file: TextIO, results: Results, samples: list[Sample]) -> None:

@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from devenv.loadtest import units
 from devenv.loadtest.histogram import Histogram
 from devenv.loadtest.pattern import Pattern, Threshold
 
@@ -89,6 +90,16 @@ class Verdict:
     def shown(self) -> float:
         """The figure in that unit (errors as a percentage; kept as a fraction)."""
         return self.actual * 100 if self.threshold.metric == "errors" else self.actual
+
+    @property
+    def said(self) -> str:
+        """What the summary and the report say of its figure: why there is none, or it."""
+        if self.why:
+            return self.why
+        unit = self.unit
+        if unit == "/s":
+            return f"was {units.shown(self.shown)}"
+        return f"was {self.shown:,.2f}{' ms' if unit == 'ms' else unit}"
 
     def as_json(self) -> dict[str, Any]:
         return {"scope": self.scope or "all", "threshold": self.threshold.text,

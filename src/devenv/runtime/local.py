@@ -83,11 +83,9 @@ def _running(proc: psutil.Process, pgid: int) -> bool:
 
 
 class LocalInstance:
-    def __init__(self, spec: InstanceSpec, proc: Child,
-                 exited: asyncio.Future[int], port: int | None, runtime: LocalRuntime,
-                 mark: str):
+    def __init__(self, spec: InstanceSpec, proc: Child, port: int | None,
+                 runtime: LocalRuntime, mark: str):
         self.spec = spec
-        self._exited = exited
         self.mark = mark  # $DEVENV_INSTANCE of everything it starts
         self._proc = proc
         self._port = port
@@ -125,7 +123,7 @@ class LocalInstance:
                 reader.cancel()
 
     async def _reap(self) -> None:
-        code = await self._exited
+        code = await self._proc.exited
         if self._stopping is not None:
             # A stop: what the leader started has the rest of the grace to finish as asked
             # (`/bin/sh -c "python app.py"`: the shell dies of the signal at once; the app
@@ -223,7 +221,7 @@ class LocalInstance:
                 raise DevenvError(f"{self.spec.name}: process {target} is no longer running",
                                   hint="it may have restarted; try again")
             env = None if pidfd is None else {**os.environ, PIDFD_VAR: str(pidfd)}
-            proc, _ = await spawn(
+            proc = await spawn(
                 [target if a == PID_REF else a for a in argv], start_new_session=True,
                 env=env, pass_fds=() if pidfd is None else (pidfd,))
         finally:
@@ -317,7 +315,7 @@ class LocalRuntime:
             raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: not found",
                               hint=f"check services.{spec.service}.command (and PATH)")
         try:
-            proc, exited = await spawn(
+            proc = await spawn(
                 self._limited(with_port(spec.command, port)), limit=LINE_LIMIT, cwd=workdir,
                 env={**env, ENGINE_VAR: self.token, INSTANCE_VAR: mark,
                      PROJECT_VAR: str(self.root)},
@@ -327,7 +325,7 @@ class LocalRuntime:
             raise DevenvError(f"{spec.service}: cannot run {spec.command[0]!r}: {exc.strerror}",
                               hint=f"check services.{spec.service}.command") from exc
         self._remember(proc.pid)
-        return LocalInstance(spec, proc, exited, port, self, mark)
+        return LocalInstance(spec, proc, port, self, mark)
 
     async def run(self, spec: InstanceSpec, argv: tuple[str, ...], timeout: float,
                   instance: Instance | None = None) -> RunResult:
@@ -337,7 +335,7 @@ class LocalRuntime:
         self._started += 1
         mark = f"{self.token}-run-{self._started}"
         try:
-            proc, exited = await spawn(
+            proc = await spawn(
                 with_port(argv, port), merge_stderr=True, limit=LINE_LIMIT,
                 cwd=self.root / spec.workdir,
                 env={**self._env(spec, port), ENGINE_VAR: self.token, INSTANCE_VAR: mark,
@@ -349,7 +347,7 @@ class LocalRuntime:
         assert proc.stdout is not None
         reader = asyncio.ensure_future(proc.stdout.read())
         try:
-            code: int | None = await asyncio.wait_for(asyncio.shield(exited), timeout)
+            code: int | None = await asyncio.wait_for(proc.wait(), timeout)
         except TimeoutError:
             code = None
         finally:

@@ -352,7 +352,5 @@ def _summary(results: Results) -> None:
     for v in results.verdicts:
         mark = "[green]ok[/]" if v.ok else "[yellow]NOT MEASURED[/]" if v.reason else \
             "[red]BROKEN[/]"
-        unit = " ms" if v.unit == "ms" else v.unit
-        was = v.why or f"was {v.shown:.2f}{unit}"
         out.print(f"threshold {mark} {escape(v.scope or 'all')}: {escape(v.threshold.text)} "
-                  f"({was}) [dim]{escape(v.threshold.where)}[/]")
+                  f"({v.said}) [dim]{escape(v.threshold.where)}[/]")
